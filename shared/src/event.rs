@@ -1,0 +1,102 @@
+//! The PSP-neutral payment event a verified notification turns into.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::money::Money;
+
+/// `{source}#{merchant}#{payment_ref}`: identifies one payment in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PaymentKey(String);
+
+impl PaymentKey {
+    /// Builds the key from its three parts.
+    pub fn new(source: &str, merchant: &str, payment_ref: &str) -> Self {
+        Self(format!("{source}#{merchant}#{payment_ref}"))
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PaymentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The idempotency key of one notification: a PSP retry has the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventKey(String);
+
+impl EventKey {
+    /// Wraps a key built by a scheme's mapping.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the PSP says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A sale: authorization and capture in one step.
+    Payment,
+    /// A pre-authorization (funds held, not captured).
+    Authorization,
+    /// Completion of a pre-authorization.
+    Capture,
+    /// A (partial or full) refund of a paid payment.
+    Refund,
+    /// Cancellation of an authorization or of an uncaptured/unsettled payment.
+    Void,
+}
+
+/// Whether the PSP reports the operation as done, failed, or still in process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOutcome {
+    Succeeded,
+    Failed,
+    /// The PSP has not finished (UnionPay `respCode` 03/04/05): recorded, no state change.
+    Pending,
+}
+
+/// One verified notification, in PSP-neutral terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentEvent {
+    pub source: String,
+    pub merchant: String,
+    /// The PSP's id of the original payment this event belongs to.
+    pub payment_ref: String,
+    pub payment_key: PaymentKey,
+    pub event_key: EventKey,
+    pub kind: EventKind,
+    pub outcome: EventOutcome,
+    pub amount: Money,
+    /// The PSP's own id of this transaction (UnionPay `queryId`).
+    pub psp_txn_id: Option<String>,
+    /// When the PSP says the transaction happened.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub psp_time: Option<OffsetDateTime>,
+    /// The PSP's result code and message, for the audit trail.
+    pub result_code: Option<String>,
+    pub result_message: Option<String>,
+}

@@ -1,0 +1,14 @@
+//! paynotify's domain core: payment events, the state machine, PSP signature
+//! schemes, configuration and the test PKI shared by the CLI, ingest and worker.
+
+pub mod config;
+pub mod event;
+pub mod money;
+pub mod scheme;
+pub mod secret;
+pub mod state;
+pub mod testpki;
+
+pub use event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+pub use money::{Currency, Money};
+pub use state::{transition, PaymentState, PaymentStatus, Transition};
