@@ -1,1 +1,187 @@
-//! config
+//! One typed configuration: defaults, then the TOML file, then `PAYNOTIFY__*`
+//! environment variables (`PAYNOTIFY__SOURCES__UNIONPAY__SUCCESS_BODY=ok`).
+//! Keys and certificates are only ever references ([`SecretRef`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::scheme::unionpay::BodyFormat;
+use crate::secret::SecretRef;
+
+/// The CN identity of UnionPay's production signing certificates.
+pub const UNIONPAY_IDENTITY: &str = "中国银联股份有限公司";
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("configuration: source {source_name:?}: {why}")]
+    Source { source_name: String, why: String },
+    #[error("configuration: unknown source {0:?}")]
+    UnknownSource(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// PSP endpoints by name: `POST /notify/{name}`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// A PSP signature scheme. Unknown schemes fail at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemeKind {
+    Unionpay,
+}
+
+/// One notification source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub scheme: SchemeKind,
+    /// Merchant ids (`merId`) accepted from this source.
+    pub merchants: Vec<String>,
+    /// Body of the 200 answer the PSP expects.
+    #[serde(default = "default_success_body")]
+    pub success_body: String,
+    pub unionpay: Option<UnionPayConfig>,
+}
+
+/// Trust settings of a UnionPay source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnionPayConfig {
+    pub root_cert: SecretRef,
+    pub middle_cert: SecretRef,
+    /// Third `@` field of the signing certificate's CN.
+    #[serde(default = "default_identity")]
+    pub identity: String,
+    /// UnionPay signing certificates for 5.0.0 messages (chosen by `certId`).
+    #[serde(default)]
+    pub verify_certs: Vec<SecretRef>,
+    #[serde(default)]
+    pub body_format: BodyFormat,
+}
+
+fn default_success_body() -> String {
+    "ok".to_owned()
+}
+
+fn default_identity() -> String {
+    UNIONPAY_IDENTITY.to_owned()
+}
+
+impl Config {
+    /// Loads `path`, applies `PAYNOTIFY__*` overrides, resolves relative
+    /// `file:` references against the file's directory and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key or source.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("PAYNOTIFY__").split("__"));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        config.resolve(&base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (no environment overrides); relative paths are
+    /// resolved against `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`].
+    pub fn from_toml(toml: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = Figment::new().merge(Toml::string(toml)).extract().map_err(Box::new)?;
+        config.resolve(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The source called `name`.
+    ///
+    /// # Errors
+    /// `UnknownSource`.
+    pub fn source(&self, name: &str) -> Result<&SourceConfig, ConfigError> {
+        self.sources.get(name).ok_or_else(|| ConfigError::UnknownSource(name.to_owned()))
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        for source in self.sources.values_mut() {
+            if let Some(up) = source.unionpay.as_mut() {
+                up.root_cert = up.root_cert.relative_to(base);
+                up.middle_cert = up.middle_cert.relative_to(base);
+                for c in &mut up.verify_certs {
+                    *c = c.relative_to(base);
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, source) in &self.sources {
+            let bad = |why: &str| ConfigError::Source { source_name: name.clone(), why: why.to_owned() };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(bad("source names are letters, digits, '-' and '_'"));
+            }
+            if source.merchants.is_empty() {
+                return Err(bad("`merchants` is empty: no notification could ever be accepted"));
+            }
+            match source.scheme {
+                SchemeKind::Unionpay if source.unionpay.is_none() => {
+                    return Err(bad("scheme \"unionpay\" needs a [sources.NAME.unionpay] table"))
+                }
+                SchemeKind::Unionpay => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOML: &str = r#"
+        [sources.unionpay]
+        scheme = "unionpay"
+        merchants = ["777290058167151"]
+        [sources.unionpay.unionpay]
+        root_cert = "file:certs/root.pem"
+        middle_cert = "file:/etc/middle.pem"
+    "#;
+
+    #[test]
+    fn loads_defaults_and_resolves_paths() {
+        let c = Config::from_toml(TOML, Path::new("/cfg")).unwrap();
+        let s = c.source("unionpay").unwrap();
+        assert_eq!(s.success_body, "ok");
+        let up = s.unionpay.as_ref().unwrap();
+        assert_eq!(up.identity, UNIONPAY_IDENTITY);
+        assert_eq!(up.root_cert, SecretRef::File("/cfg/certs/root.pem".into()));
+        assert_eq!(up.middle_cert, SecretRef::File("/etc/middle.pem".into()));
+        assert!(matches!(c.source("nope"), Err(ConfigError::UnknownSource(_))));
+    }
+
+    #[test]
+    fn rejects_inline_certs_unknown_schemes_and_keys() {
+        let inline = TOML.replace("file:certs/root.pem", "-----BEGIN CERTIFICATE-----");
+        assert!(Config::from_toml(&inline, Path::new("/")).unwrap_err().to_string().contains("inline"));
+        let scheme = TOML.replace("scheme = \"unionpay\"", "scheme = \"paypal\"");
+        assert!(Config::from_toml(&scheme, Path::new("/")).is_err());
+        let typo = TOML.replace("merchants", "merchant");
+        assert!(Config::from_toml(&typo, Path::new("/")).is_err());
+        let empty = TOML.replace("[\"777290058167151\"]", "[]");
+        assert!(Config::from_toml(&empty, Path::new("/")).is_err());
+    }
+}

@@ -7,6 +7,7 @@ pub mod money;
 pub mod scheme;
 pub mod secret;
 pub mod state;
+pub mod testing;
 pub mod testpki;
 
 pub use event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};

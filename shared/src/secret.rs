@@ -1,1 +1,135 @@
-//! secret
+//! References to keys and certificates: `file:PATH` or
+//! `secretsmanager:ARN[#json-key]`, never inline values.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a key or certificate lives.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SecretRef {
+    /// A file; a relative path is resolved against the config file's directory.
+    File(PathBuf),
+    /// An AWS Secrets Manager secret, optionally one key of its JSON value.
+    SecretsManager { arn: String, json_key: Option<String> },
+}
+
+/// Why a reference cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{0:?} is not a reference: use `file:PATH` or `secretsmanager:ARN[#key]` (inline secrets are not accepted)")]
+    NotAReference(String),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("`secretsmanager:{0}` needs the AWS backend (`backend.kind = \"aws\"`)")]
+    NeedsAws(String),
+}
+
+impl SecretRef {
+    /// Parses `file:…` or `secretsmanager:…`.
+    ///
+    /// # Errors
+    /// `NotAReference` for anything else, including inline PEM.
+    pub fn parse(s: &str) -> Result<Self, SecretError> {
+        if let Some(path) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
+            return Ok(Self::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("secretsmanager:").filter(|p| !p.is_empty()) {
+            let (arn, key) = match rest.split_once('#') {
+                Some((arn, key)) => (arn, Some(key.to_owned())),
+                None => (rest, None),
+            };
+            return Ok(Self::SecretsManager { arn: arn.to_owned(), json_key: key });
+        }
+        let shown: String = s.chars().take(16).collect();
+        Err(SecretError::NotAReference(shown))
+    }
+
+    /// Resolves a relative file path against `base`.
+    pub fn relative_to(&self, base: &Path) -> Self {
+        match self {
+            Self::File(p) if p.is_relative() => Self::File(base.join(p)),
+            other => other.clone(),
+        }
+    }
+
+    /// Reads a `file:` reference.
+    ///
+    /// # Errors
+    /// `Read` when the file cannot be read; `NeedsAws` for Secrets Manager.
+    pub fn read_local(&self) -> Result<Secret, SecretError> {
+        match self {
+            Self::File(path) => std::fs::read(path)
+                .map(Secret)
+                .map_err(|source| SecretError::Read { path: path.clone(), source }),
+            Self::SecretsManager { arn, .. } => Err(SecretError::NeedsAws(arn.clone())),
+        }
+    }
+}
+
+impl TryFrom<String> for SecretRef {
+    type Error = SecretError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SecretRef> for String {
+    fn from(r: SecretRef) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::SecretsManager { arn, json_key: None } => write!(f, "secretsmanager:{arn}"),
+            Self::SecretsManager { arn, json_key: Some(k) } => write!(f, "secretsmanager:{arn}#{k}"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretRef({self})")
+    }
+}
+
+/// Bytes of a key or certificate; `Debug` never shows them.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl Secret {
+    /// The bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret([redacted; {} bytes])", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_references_and_refuses_inline_values() {
+        assert_eq!(SecretRef::parse("file:certs/root.pem").unwrap(), SecretRef::File("certs/root.pem".into()));
+        assert_eq!(
+            SecretRef::parse("secretsmanager:arn:aws:secretsmanager:x#pem").unwrap(),
+            SecretRef::SecretsManager { arn: "arn:aws:secretsmanager:x".into(), json_key: Some("pem".into()) }
+        );
+        let err = SecretRef::parse("-----BEGIN PRIVATE KEY-----\nMIIE").unwrap_err().to_string();
+        assert!(err.contains("inline"), "{err}");
+        assert!(!err.contains("MIIE"), "error must not echo the secret: {err}");
+        assert!(SecretRef::parse("file:").is_err());
+        assert_eq!(format!("{:?}", Secret(b"key".to_vec())), "Secret([redacted; 3 bytes])");
+    }
+}

@@ -1,0 +1,142 @@
+//! From a verified UnionPay message to a [`PaymentEvent`] (DESIGN §4, §5).
+
+use time::macros::{format_description, offset};
+use time::PrimitiveDateTime;
+
+use super::error::VerifyError;
+use super::fields::Fields;
+use crate::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use crate::money::{Currency, Money};
+
+/// Maps a verified message of `source` to a payment event.
+///
+/// `txnType` 01 purchase, 02 pre-auth, 03 pre-auth completion, 04 refund,
+/// 31 void, 32/33 pre-auth voids; `respCode` 00 and A6 succeed, 03/04/05 are
+/// still in process; a missing `currencyCode` means CNY. Purchases and pre-auths are keyed by their `queryId`;
+/// the others refer to the original by `origQryId`.
+///
+/// # Errors
+/// `UnsupportedTransaction` for other `txnType`s; `MissingField` or
+/// `MalformedField` for absent or malformed fields.
+pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyError> {
+    let merchant = fields.require("merId")?;
+    let txn_type = fields.require("txnType")?;
+    let (kind, ref_field) = match txn_type {
+        "01" => (EventKind::Payment, "queryId"),
+        "02" => (EventKind::Authorization, "queryId"),
+        "03" => (EventKind::Capture, "origQryId"),
+        "04" => (EventKind::Refund, "origQryId"),
+        "31" | "32" | "33" => (EventKind::Void, "origQryId"),
+        other => return Err(VerifyError::UnsupportedTransaction(other.to_owned())),
+    };
+    let payment_ref = fields.require(ref_field)?;
+    let resp_code = fields.require("respCode")?;
+    let outcome = match resp_code {
+        "00" | "A6" => EventOutcome::Succeeded,
+        "03" | "04" | "05" => EventOutcome::Pending,
+        _ => EventOutcome::Failed,
+    };
+    let order_id = fields.require("orderId")?;
+    let txn_time = fields.require("txnTime")?;
+    let query_id = fields.get("queryId").unwrap_or("");
+    let amount = parse_amount(fields.require("txnAmt")?)?;
+    // The ACP specification defaults `currencyCode` to 156 (CNY); refund and
+    // void responses often omit it.
+    let code = fields.get("currencyCode").unwrap_or("156");
+    let currency = Currency::from_numeric(code).ok_or_else(|| VerifyError::MalformedField {
+        field: "currencyCode",
+        why: format!("{code:?} is not a supported ISO 4217 numeric code"),
+    })?;
+    Ok(PaymentEvent {
+        source: source.to_owned(),
+        merchant: merchant.to_owned(),
+        payment_ref: payment_ref.to_owned(),
+        payment_key: PaymentKey::new(source, merchant, payment_ref),
+        event_key: EventKey::new(format!("{merchant}|{order_id}|{txn_time}|{txn_type}|{query_id}|{resp_code}")),
+        kind,
+        outcome,
+        amount: Money { minor: amount, currency },
+        psp_txn_id: (!query_id.is_empty()).then(|| query_id.to_owned()),
+        psp_time: Some(parse_txn_time(txn_time)?),
+        result_code: Some(resp_code.to_owned()),
+        result_message: fields.get("respMsg").map(str::to_owned),
+    })
+}
+
+fn parse_amount(s: &str) -> Result<u64, VerifyError> {
+    let bad = |why: &str| VerifyError::MalformedField { field: "txnAmt", why: format!("{s:?}: {why}") };
+    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("expected 1 to 12 digits of minor units"));
+    }
+    s.parse().map_err(|_| bad("not a number"))
+}
+
+/// `txnTime` is `YYYYMMDDhhmmss` in Beijing time (UTC+8).
+fn parse_txn_time(s: &str) -> Result<time::OffsetDateTime, VerifyError> {
+    let format = format_description!("[year][month][day][hour][minute][second]");
+    PrimitiveDateTime::parse(s, &format)
+        .map(|t| t.assume_offset(offset!(+8)))
+        .map_err(|e| VerifyError::MalformedField { field: "txnTime", why: format!("{s:?}: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purchase() -> Fields {
+        Fields::from_pairs([
+            ("merId", "777290058167151"),
+            ("txnType", "01"),
+            ("queryId", "Q1"),
+            ("respCode", "00"),
+            ("orderId", "O1"),
+            ("txnTime", "20220908132206"),
+            ("txnAmt", "1500"),
+            ("currencyCode", "156"),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn maps_a_purchase() {
+        let e = to_event("unionpay", &purchase()).unwrap();
+        assert_eq!(e.payment_key.as_str(), "unionpay#777290058167151#Q1");
+        assert_eq!(e.event_key.as_str(), "777290058167151|O1|20220908132206|01|Q1|00");
+        assert_eq!((e.kind, e.outcome, e.amount.minor), (EventKind::Payment, EventOutcome::Succeeded, 1500));
+        assert_eq!(e.amount.currency.as_str(), "CNY");
+        assert_eq!(e.psp_time.unwrap().unix_timestamp(), 1_662_614_526);
+    }
+
+    #[test]
+    fn refunds_refer_to_the_original_and_codes_map() {
+        let mut f = purchase();
+        f.set("txnType", "04");
+        assert_eq!(to_event("u", &f), Err(VerifyError::MissingField("origQryId")));
+        f.set("origQryId", "Q0");
+        f.set("respCode", "05");
+        let e = to_event("u", &f).unwrap();
+        assert_eq!((e.kind, e.outcome, e.payment_ref.as_str()), (EventKind::Refund, EventOutcome::Pending, "Q0"));
+        f.set("respCode", "12");
+        assert_eq!(to_event("u", &f).unwrap().outcome, EventOutcome::Failed);
+        f.set("respCode", "A6");
+        assert_eq!(to_event("u", &f).unwrap().outcome, EventOutcome::Succeeded);
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let mut f = purchase();
+        f.set("txnType", "79");
+        assert!(matches!(to_event("u", &f), Err(VerifyError::UnsupportedTransaction(_))));
+        for amount in ["", "-1", "1.00", "9999999999999", "１"] {
+            let mut f = purchase();
+            f.set("txnAmt", amount);
+            assert!(matches!(to_event("u", &f), Err(VerifyError::MalformedField { field: "txnAmt", .. })));
+        }
+        let mut f = purchase();
+        f.set("currencyCode", "999");
+        assert!(matches!(to_event("u", &f), Err(VerifyError::MalformedField { field: "currencyCode", .. })));
+        let mut f = purchase();
+        f.set("txnTime", "2022-09-08");
+        assert!(matches!(to_event("u", &f), Err(VerifyError::MalformedField { field: "txnTime", .. })));
+    }
+}

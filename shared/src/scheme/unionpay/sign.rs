@@ -1,0 +1,57 @@
+//! Signing UnionPay messages with an RSA key: what a merchant does for its
+//! requests, and what the simulator does in UnionPay's place with the test PKI.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeyPair;
+use aws_lc_rs::signature;
+use base64::Engine;
+
+use super::error::VerifyError;
+use super::fields::{canonical_string, Fields};
+use super::verify::digest_for_signing;
+
+/// An RSA private key that signs UnionPay messages.
+#[derive(Debug)]
+pub struct MerchantSigner {
+    key: KeyPair,
+    rng: SystemRandom,
+}
+
+impl MerchantSigner {
+    /// Loads a PKCS#8 private key from PEM (`PRIVATE KEY`) or DER.
+    ///
+    /// # Errors
+    /// `MalformedCertificate` when the key cannot be read.
+    pub fn from_pkcs8(bytes: &[u8]) -> Result<Self, VerifyError> {
+        let der = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            let (_, pem) = x509_parser::pem::parse_x509_pem(bytes.trim_ascii_start())
+                .map_err(|e| VerifyError::MalformedCertificate(format!("bad PEM key: {e}")))?;
+            pem.contents
+        } else {
+            bytes.to_vec()
+        };
+        let key = KeyPair::from_pkcs8(&der)
+            .map_err(|e| VerifyError::MalformedCertificate(format!("not an RSA PKCS#8 key: {e}")))?;
+        Ok(Self { key, rng: SystemRandom::new() })
+    }
+}
+
+/// Signs `fields` in place: replaces `signature` with the base64 RSA
+/// PKCS#1 v1.5 SHA-256 signature of hex(SHA-256(S)), as version 5.1.0 does.
+/// (5.0.0's SHA-1 signatures are verified but never produced.)
+/// Set `certId` or `signPubKeyCert` before signing: they are signed too.
+///
+/// # Errors
+/// `MissingField` without `version`; `UnsupportedSignMethod` for a version other than 5.1.0.
+pub fn sign_fields(signer: &MerchantSigner, fields: &mut Fields) -> Result<(), VerifyError> {
+    fields.remove("signature");
+    let version = fields.require("version")?.to_owned();
+    let digest_hex = digest_for_signing(&version, &canonical_string(fields))?;
+    let mut sig = vec![0; signer.key.public_modulus_len()];
+    signer
+        .key
+        .sign(&signature::RSA_PKCS1_SHA256, &signer.rng, digest_hex.as_bytes(), &mut sig)
+        .map_err(|_| VerifyError::MalformedCertificate("RSA signing failed".into()))?;
+    fields.set("signature", &base64::engine::general_purpose::STANDARD.encode(sig));
+    Ok(())
+}
