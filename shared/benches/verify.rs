@@ -1,1 +1,54 @@
-fn main(){}
+//! Verification cost of one real UnionPay 5.1.0 notification, and its parts.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use paynotify_shared::config::UNIONPAY_IDENTITY;
+use paynotify_shared::scheme::unionpay::{
+    canonical_string, parse_form, to_event, BodyFormat, UnionPayVerifier, VerifierConfig,
+};
+use paynotify_shared::testing::{
+    cfca_trust, json_vector_form, yansongda_verifier, YANSONGDA_AT, YANSONGDA_MERCHANT,
+};
+use paynotify_shared::transition;
+
+fn benches(c: &mut Criterion) {
+    let body = json_vector_form("unionpay/yansongda-pay/backnotify_purchase_20220908.json");
+    let fields = parse_form(&body).unwrap();
+    let verifier = yansongda_verifier(BodyFormat::Form);
+    verifier
+        .verify(&body, YANSONGDA_AT)
+        .expect("vector verifies");
+
+    c.bench_function("unionpay/parse_form", |b| {
+        b.iter(|| parse_form(black_box(&body)).unwrap())
+    });
+    c.bench_function("unionpay/canonical_string", |b| {
+        b.iter(|| canonical_string(black_box(&fields)))
+    });
+    c.bench_function("unionpay/verify_5.1.0_chain_cached", |b| {
+        b.iter(|| verifier.verify(black_box(&body), YANSONGDA_AT).unwrap())
+    });
+    c.bench_function("unionpay/verify_5.1.0_chain_uncached", |b| {
+        b.iter_batched(
+            || {
+                UnionPayVerifier::new(&VerifierConfig {
+                    trust: cfca_trust(UNIONPAY_IDENTITY),
+                    verify_certs: vec![],
+                    merchants: vec![YANSONGDA_MERCHANT.into()],
+                    body_format: BodyFormat::Form,
+                })
+                .unwrap()
+            },
+            |fresh| fresh.verify(black_box(&body), YANSONGDA_AT).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let event = to_event("unionpay", &fields).unwrap();
+    c.bench_function("state/transition_purchase", |b| {
+        b.iter(|| transition(None, black_box(&event)))
+    });
+}
+
+criterion_group!(verify, benches);
+criterion_main!(verify);

@@ -90,7 +90,10 @@ impl Config {
             .merge(Toml::file_exact(path))
             .merge(Env::prefixed("PAYNOTIFY__").split("__"));
         let mut config: Config = figment.extract().map_err(Box::new)?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         config.resolve(&base);
         config.validate()?;
         Ok(config)
@@ -102,7 +105,10 @@ impl Config {
     /// # Errors
     /// [`ConfigError`].
     pub fn from_toml(toml: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = Figment::new().merge(Toml::string(toml)).extract().map_err(Box::new)?;
+        let mut config: Config = Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(Box::new)?;
         config.resolve(base);
         config.validate()?;
         Ok(config)
@@ -113,7 +119,9 @@ impl Config {
     /// # Errors
     /// `UnknownSource`.
     pub fn source(&self, name: &str) -> Result<&SourceConfig, ConfigError> {
-        self.sources.get(name).ok_or_else(|| ConfigError::UnknownSource(name.to_owned()))
+        self.sources
+            .get(name)
+            .ok_or_else(|| ConfigError::UnknownSource(name.to_owned()))
     }
 
     fn resolve(&mut self, base: &Path) {
@@ -130,16 +138,27 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         for (name, source) in &self.sources {
-            let bad = |why: &str| ConfigError::Source { source_name: name.clone(), why: why.to_owned() };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            let bad = |why: &str| ConfigError::Source {
+                source_name: name.clone(),
+                why: why.to_owned(),
+            };
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(bad("source names are letters, digits, '-' and '_'"));
             }
             if source.merchants.is_empty() {
-                return Err(bad("`merchants` is empty: no notification could ever be accepted"));
+                return Err(bad(
+                    "`merchants` is empty: no notification could ever be accepted",
+                ));
             }
             match source.scheme {
                 SchemeKind::Unionpay if source.unionpay.is_none() => {
-                    return Err(bad("scheme \"unionpay\" needs a [sources.NAME.unionpay] table"))
+                    return Err(bad(
+                        "scheme \"unionpay\" needs a [sources.NAME.unionpay] table",
+                    ))
                 }
                 SchemeKind::Unionpay => {}
             }
@@ -170,13 +189,19 @@ mod tests {
         assert_eq!(up.identity, UNIONPAY_IDENTITY);
         assert_eq!(up.root_cert, SecretRef::File("/cfg/certs/root.pem".into()));
         assert_eq!(up.middle_cert, SecretRef::File("/etc/middle.pem".into()));
-        assert!(matches!(c.source("nope"), Err(ConfigError::UnknownSource(_))));
+        assert!(matches!(
+            c.source("nope"),
+            Err(ConfigError::UnknownSource(_))
+        ));
     }
 
     #[test]
     fn rejects_inline_certs_unknown_schemes_and_keys() {
         let inline = TOML.replace("file:certs/root.pem", "-----BEGIN CERTIFICATE-----");
-        assert!(Config::from_toml(&inline, Path::new("/")).unwrap_err().to_string().contains("inline"));
+        assert!(Config::from_toml(&inline, Path::new("/"))
+            .unwrap_err()
+            .to_string()
+            .contains("inline"));
         let scheme = TOML.replace("scheme = \"unionpay\"", "scheme = \"paypal\"");
         assert!(Config::from_toml(&scheme, Path::new("/")).is_err());
         let typo = TOML.replace("merchants", "merchant");

@@ -24,11 +24,17 @@ impl SourceVerifier {
     /// `ConfigError::Source` when a reference cannot be read or the trust
     /// configuration is invalid.
     pub fn from_config(name: &str, source: &SourceConfig) -> Result<Self, ConfigError> {
-        let bad = |why: String| ConfigError::Source { source_name: name.to_owned(), why };
+        let bad = |why: String| ConfigError::Source {
+            source_name: name.to_owned(),
+            why,
+        };
         let read = |r: &SecretRef| r.read_local().map(|s| s.0).map_err(|e| bad(e.to_string()));
         match source.scheme {
             SchemeKind::Unionpay => {
-                let up = source.unionpay.as_ref().ok_or_else(|| bad("missing [unionpay] table".into()))?;
+                let up = source
+                    .unionpay
+                    .as_ref()
+                    .ok_or_else(|| bad("missing [unionpay] table".into()))?;
                 let config = VerifierConfig {
                     trust: TrustConfig {
                         root: read(&up.root_cert)?,
@@ -50,7 +56,12 @@ impl SourceVerifier {
     ///
     /// # Errors
     /// The failed step as a [`VerifyError`].
-    pub fn verify(&self, source: &str, body: &[u8], received_at: OffsetDateTime) -> Result<PaymentEvent, VerifyError> {
+    pub fn verify(
+        &self,
+        source: &str,
+        body: &[u8],
+        received_at: OffsetDateTime,
+    ) -> Result<PaymentEvent, VerifyError> {
         match self {
             Self::UnionPay(v) => {
                 let verified = v.verify(body, received_at)?;

@@ -13,7 +13,10 @@ pub enum SecretRef {
     /// A file; a relative path is resolved against the config file's directory.
     File(PathBuf),
     /// An AWS Secrets Manager secret, optionally one key of its JSON value.
-    SecretsManager { arn: String, json_key: Option<String> },
+    SecretsManager {
+        arn: String,
+        json_key: Option<String>,
+    },
 }
 
 /// Why a reference cannot be used.
@@ -22,7 +25,10 @@ pub enum SecretError {
     #[error("{0:?} is not a reference: use `file:PATH` or `secretsmanager:ARN[#key]` (inline secrets are not accepted)")]
     NotAReference(String),
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`secretsmanager:{0}` needs the AWS backend (`backend.kind = \"aws\"`)")]
     NeedsAws(String),
 }
@@ -41,7 +47,10 @@ impl SecretRef {
                 Some((arn, key)) => (arn, Some(key.to_owned())),
                 None => (rest, None),
             };
-            return Ok(Self::SecretsManager { arn: arn.to_owned(), json_key: key });
+            return Ok(Self::SecretsManager {
+                arn: arn.to_owned(),
+                json_key: key,
+            });
         }
         let shown: String = s.chars().take(16).collect();
         Err(SecretError::NotAReference(shown))
@@ -61,9 +70,14 @@ impl SecretRef {
     /// `Read` when the file cannot be read; `NeedsAws` for Secrets Manager.
     pub fn read_local(&self) -> Result<Secret, SecretError> {
         match self {
-            Self::File(path) => std::fs::read(path)
-                .map(Secret)
-                .map_err(|source| SecretError::Read { path: path.clone(), source }),
+            Self::File(path) => {
+                std::fs::read(path)
+                    .map(Secret)
+                    .map_err(|source| SecretError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+            }
             Self::SecretsManager { arn, .. } => Err(SecretError::NeedsAws(arn.clone())),
         }
     }
@@ -86,8 +100,14 @@ impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::File(p) => write!(f, "file:{}", p.display()),
-            Self::SecretsManager { arn, json_key: None } => write!(f, "secretsmanager:{arn}"),
-            Self::SecretsManager { arn, json_key: Some(k) } => write!(f, "secretsmanager:{arn}#{k}"),
+            Self::SecretsManager {
+                arn,
+                json_key: None,
+            } => write!(f, "secretsmanager:{arn}"),
+            Self::SecretsManager {
+                arn,
+                json_key: Some(k),
+            } => write!(f, "secretsmanager:{arn}#{k}"),
         }
     }
 }
@@ -121,15 +141,29 @@ mod tests {
 
     #[test]
     fn parses_references_and_refuses_inline_values() {
-        assert_eq!(SecretRef::parse("file:certs/root.pem").unwrap(), SecretRef::File("certs/root.pem".into()));
+        assert_eq!(
+            SecretRef::parse("file:certs/root.pem").unwrap(),
+            SecretRef::File("certs/root.pem".into())
+        );
         assert_eq!(
             SecretRef::parse("secretsmanager:arn:aws:secretsmanager:x#pem").unwrap(),
-            SecretRef::SecretsManager { arn: "arn:aws:secretsmanager:x".into(), json_key: Some("pem".into()) }
+            SecretRef::SecretsManager {
+                arn: "arn:aws:secretsmanager:x".into(),
+                json_key: Some("pem".into())
+            }
         );
-        let err = SecretRef::parse("-----BEGIN PRIVATE KEY-----\nMIIE").unwrap_err().to_string();
+        let err = SecretRef::parse("-----BEGIN PRIVATE KEY-----\nMIIE")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("inline"), "{err}");
-        assert!(!err.contains("MIIE"), "error must not echo the secret: {err}");
+        assert!(
+            !err.contains("MIIE"),
+            "error must not echo the secret: {err}"
+        );
         assert!(SecretRef::parse("file:").is_err());
-        assert_eq!(format!("{:?}", Secret(b"key".to_vec())), "Secret([redacted; 3 bytes])");
+        assert_eq!(
+            format!("{:?}", Secret(b"key".to_vec())),
+            "Secret([redacted; 3 bytes])"
+        );
     }
 }

@@ -130,7 +130,9 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
         (S::Authorized, Capture, Succeeded) if amount <= state.authorized_minor => {
             next(S::Paid, &|s| s.paid_minor = amount)
         }
-        (S::Authorized, Capture, Succeeded) => conflict(state, event, "capture exceeds authorization"),
+        (S::Authorized, Capture, Succeeded) => {
+            conflict(state, event, "capture exceeds authorization")
+        }
         (S::Authorized, Void, Succeeded) => next(S::Voided, &|_| {}),
         (S::Paid, Void, Succeeded) => next(S::Voided, &|_| {}),
         (S::Paid | S::PartiallyRefunded, Refund, Succeeded) => {

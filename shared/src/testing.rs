@@ -31,7 +31,10 @@ pub fn vectors_dir() -> PathBuf {
 pub fn read_vector(rel: &str) -> Vec<u8> {
     let path = vectors_dir().join(rel);
     std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("cannot read vector {} ({e}); set PAYNOTIFY_VECTORS to the vectors directory", path.display())
+        panic!(
+            "cannot read vector {} ({e}); set PAYNOTIFY_VECTORS to the vectors directory",
+            path.display()
+        )
     })
 }
 
@@ -59,8 +62,11 @@ pub fn yansongda_verifier(format: BodyFormat) -> UnionPayVerifier {
 pub fn json_vector_fields(rel: &str) -> Fields {
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&read_vector(rel)).expect("vector is a JSON object");
-    Fields::from_pairs(map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())))
-        .expect("vector has unique keys")
+    Fields::from_pairs(
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())),
+    )
+    .expect("vector has unique keys")
 }
 
 /// A JSON vector re-encoded as the form body UnionPay would POST.

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyPair, SerialNumber,
-    PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyPair,
+    SerialNumber, PKCS_RSA_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -49,17 +49,29 @@ pub enum TestPkiError {
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("writing {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
-fn params(cn: &str, ca: bool, serial: u64, options: &TestPkiOptions) -> Result<CertificateParams, rcgen::Error> {
+fn params(
+    cn: &str,
+    ca: bool,
+    serial: u64,
+    options: &TestPkiOptions,
+) -> Result<CertificateParams, rcgen::Error> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CountryName, "CN");
     dn.push(DnType::OrganizationName, "paynotify test PKI");
     dn.push(DnType::CommonName, DnValue::Utf8String(cn.to_owned()));
     p.distinguished_name = dn;
-    p.is_ca = if ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::NoCa };
+    p.is_ca = if ca {
+        IsCa::Ca(BasicConstraints::Unconstrained)
+    } else {
+        IsCa::NoCa
+    };
     p.not_before = options.not_before;
     p.not_after = options.not_after;
     p.serial_number = Some(SerialNumber::from(serial.to_be_bytes().to_vec()));
@@ -74,10 +86,15 @@ pub fn generate(options: &TestPkiOptions) -> Result<TestPki, TestPkiError> {
     let root_key = KeyPair::generate_for(&PKCS_RSA_SHA256)?;
     let root = params("paynotify TEST ROOT CA", true, 1, options)?.self_signed(&root_key)?;
     let middle_key = KeyPair::generate_for(&PKCS_RSA_SHA256)?;
-    let middle = params("paynotify TEST OCA", true, 2, options)?.signed_by(&middle_key, &root, &root_key)?;
+    let middle =
+        params("paynotify TEST OCA", true, 2, options)?.signed_by(&middle_key, &root, &root_key)?;
     let leaf_key = KeyPair::generate_for(&PKCS_RSA_SHA256)?;
     let serial = 0x10_0000_0000 + u64::from(rand_u16(&leaf_key));
-    let cn = format!("041@Z{}@{}@00000001", options.not_before.year(), options.identity);
+    let cn = format!(
+        "041@Z{}@{}@00000001",
+        options.not_before.year(),
+        options.identity
+    );
     let leaf = params(&cn, false, serial, options)?.signed_by(&leaf_key, &middle, &middle_key)?;
     Ok(TestPki {
         root_pem: root.pem(),
@@ -101,18 +118,31 @@ impl TestPki {
     ///
     /// # Errors
     /// `Write` when a file cannot be written.
-    pub fn write(&self, dir: &Path, identity: &str, merchants: &[String]) -> Result<(), TestPkiError> {
+    pub fn write(
+        &self,
+        dir: &Path,
+        identity: &str,
+        merchants: &[String],
+    ) -> Result<(), TestPkiError> {
         let write = |name: &str, contents: &str| {
             let path = dir.join(name);
-            std::fs::write(&path, contents).map_err(|source| TestPkiError::Write { path: path.display().to_string(), source })
+            std::fs::write(&path, contents).map_err(|source| TestPkiError::Write {
+                path: path.display().to_string(),
+                source,
+            })
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|source| TestPkiError::Write { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| TestPkiError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
         write("root.pem", &self.root_pem)?;
         write("middle.pem", &self.middle_pem)?;
         write("signer.pem", &self.leaf_pem)?;
         write("signer.key.pem", &self.leaf_key_pem)?;
-        write("unionpay-source.toml", &self.config_snippet(identity, merchants))
+        write(
+            "unionpay-source.toml",
+            &self.config_snippet(identity, merchants),
+        )
     }
 
     /// A `[sources.unionpay]` table trusting this PKI (paths relative to its directory).

@@ -21,7 +21,10 @@ fn ev(id: &str, kind: EventKind, outcome: EventOutcome, minor: u64) -> PaymentEv
         event_key: EventKey::new(id),
         kind,
         outcome,
-        amount: Money { minor, currency: cny() },
+        amount: Money {
+            minor,
+            currency: cny(),
+        },
         psp_txn_id: None,
         psp_time: None,
         result_code: None,
@@ -42,11 +45,20 @@ use EventOutcome::*;
 #[test]
 fn purchase_then_partial_then_full_refund() {
     let paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
-    assert_eq!((paid.status, paid.paid_minor, paid.version), (PaymentStatus::Paid, 100, 1));
+    assert_eq!(
+        (paid.status, paid.paid_minor, paid.version),
+        (PaymentStatus::Paid, 100, 1)
+    );
     let part = applied(transition(Some(&paid), &ev("2", Refund, Succeeded, 30)));
-    assert_eq!((part.status, part.refunded_minor), (PaymentStatus::PartiallyRefunded, 30));
+    assert_eq!(
+        (part.status, part.refunded_minor),
+        (PaymentStatus::PartiallyRefunded, 30)
+    );
     let full = applied(transition(Some(&part), &ev("3", Refund, Succeeded, 70)));
-    assert_eq!((full.status, full.refunded_minor, full.version), (PaymentStatus::Refunded, 100, 3));
+    assert_eq!(
+        (full.status, full.refunded_minor, full.version),
+        (PaymentStatus::Refunded, 100, 3)
+    );
     assert!(matches!(
         transition(Some(&full), &ev("4", Refund, Succeeded, 1)),
         Transition::Conflict(_)
@@ -56,49 +68,91 @@ fn purchase_then_partial_then_full_refund() {
 #[test]
 fn over_refund_and_zero_refund_conflict() {
     let paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
-    assert!(matches!(transition(Some(&paid), &ev("2", Refund, Succeeded, 101)), Transition::Conflict(_)));
-    assert!(matches!(transition(Some(&paid), &ev("2", Refund, Succeeded, 0)), Transition::Conflict(_)));
+    assert!(matches!(
+        transition(Some(&paid), &ev("2", Refund, Succeeded, 101)),
+        Transition::Conflict(_)
+    ));
+    assert!(matches!(
+        transition(Some(&paid), &ev("2", Refund, Succeeded, 0)),
+        Transition::Conflict(_)
+    ));
     let mut usd = ev("2", Refund, Succeeded, 10);
     usd.amount.currency = Currency::from_alpha("USD").unwrap();
-    assert!(matches!(transition(Some(&paid), &usd), Transition::Conflict(_)));
+    assert!(matches!(
+        transition(Some(&paid), &usd),
+        Transition::Conflict(_)
+    ));
 }
 
 #[test]
 fn events_before_their_payment_retry() {
     for kind in [Refund, Void, Capture] {
-        assert!(matches!(transition(None, &ev("1", kind, Succeeded, 1)), Transition::Retry(_)));
-        assert_eq!(transition(None, &ev("1", kind, Failed, 1)), Transition::Record);
+        assert!(matches!(
+            transition(None, &ev("1", kind, Succeeded, 1)),
+            Transition::Retry(_)
+        ));
+        assert_eq!(
+            transition(None, &ev("1", kind, Failed, 1)),
+            Transition::Record
+        );
     }
 }
 
 #[test]
 fn pending_and_failed_refunds_are_recorded_only() {
     let paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
-    assert_eq!(transition(Some(&paid), &ev("2", Refund, Pending, 5)), Transition::Record);
-    assert_eq!(transition(Some(&paid), &ev("2", Refund, Failed, 5)), Transition::Record);
-    assert_eq!(transition(None, &ev("2", Payment, Pending, 5)), Transition::Record);
+    assert_eq!(
+        transition(Some(&paid), &ev("2", Refund, Pending, 5)),
+        Transition::Record
+    );
+    assert_eq!(
+        transition(Some(&paid), &ev("2", Refund, Failed, 5)),
+        Transition::Record
+    );
+    assert_eq!(
+        transition(None, &ev("2", Payment, Pending, 5)),
+        Transition::Record
+    );
 }
 
 #[test]
 fn authorization_capture_void() {
     let auth = applied(transition(None, &ev("1", Authorization, Succeeded, 100)));
     assert_eq!(auth.status, PaymentStatus::Authorized);
-    assert!(matches!(transition(Some(&auth), &ev("2", Capture, Succeeded, 101)), Transition::Conflict(_)));
+    assert!(matches!(
+        transition(Some(&auth), &ev("2", Capture, Succeeded, 101)),
+        Transition::Conflict(_)
+    ));
     let cap = applied(transition(Some(&auth), &ev("2", Capture, Succeeded, 80)));
     assert_eq!((cap.status, cap.paid_minor), (PaymentStatus::Paid, 80));
-    assert_eq!(applied(transition(Some(&auth), &ev("3", Void, Succeeded, 100))).status, PaymentStatus::Voided);
-    assert_eq!(applied(transition(Some(&cap), &ev("3", Void, Succeeded, 80))).status, PaymentStatus::Voided);
+    assert_eq!(
+        applied(transition(Some(&auth), &ev("3", Void, Succeeded, 100))).status,
+        PaymentStatus::Voided
+    );
+    assert_eq!(
+        applied(transition(Some(&cap), &ev("3", Void, Succeeded, 80))).status,
+        PaymentStatus::Voided
+    );
     let failed = applied(transition(None, &ev("1", Payment, Failed, 100)));
     assert_eq!(failed.status, PaymentStatus::Failed);
-    assert!(matches!(transition(Some(&failed), &ev("2", Refund, Succeeded, 1)), Transition::Conflict(_)));
+    assert!(matches!(
+        transition(Some(&failed), &ev("2", Refund, Succeeded, 1)),
+        Transition::Conflict(_)
+    ));
 }
 
 #[test]
 fn void_after_refund_and_second_payment_conflict() {
     let paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
     let part = applied(transition(Some(&paid), &ev("2", Refund, Succeeded, 30)));
-    assert!(matches!(transition(Some(&part), &ev("3", Void, Succeeded, 100)), Transition::Conflict(_)));
-    assert!(matches!(transition(Some(&paid), &ev("4", Payment, Succeeded, 100)), Transition::Conflict(_)));
+    assert!(matches!(
+        transition(Some(&part), &ev("3", Void, Succeeded, 100)),
+        Transition::Conflict(_)
+    ));
+    assert!(matches!(
+        transition(Some(&paid), &ev("4", Payment, Succeeded, 100)),
+        Transition::Conflict(_)
+    ));
 }
 
 /// Applies events as a ledger and queue would: duplicates by event key are
@@ -113,7 +167,10 @@ fn run(events: &[PaymentEvent]) -> Option<PaymentState> {
         }
         match transition(state.as_ref(), &e) {
             Transition::Apply(s) => {
-                assert!(s.refunded_minor <= s.paid_minor, "refunded exceeds paid: {s:?}");
+                assert!(
+                    s.refunded_minor <= s.paid_minor,
+                    "refunded exceeds paid: {s:?}"
+                );
                 assert_eq!(s.version, state.as_ref().map_or(0, |p| p.version) + 1);
                 seen.insert(e.event_key.clone());
                 state = Some(s);
@@ -130,9 +187,8 @@ fn run(events: &[PaymentEvent]) -> Option<PaymentState> {
 
 /// A consistent history of one payment, in the order the PSP produced it.
 fn history() -> impl Strategy<Value = Vec<PaymentEvent>> {
-    let refunds = (1u64..10_000).prop_flat_map(|paid| {
-        (Just(paid), proptest::collection::vec(1u64..=paid, 0..6))
-    });
+    let refunds = (1u64..10_000)
+        .prop_flat_map(|paid| (Just(paid), proptest::collection::vec(1u64..=paid, 0..6)));
     prop_oneof![
         refunds.prop_map(|(paid, parts)| {
             let mut out = vec![ev("pay", Payment, Succeeded, paid)];
@@ -148,12 +204,22 @@ fn history() -> impl Strategy<Value = Vec<PaymentEvent>> {
             }
             out
         }),
-        (1u64..10_000).prop_map(|paid| vec![ev("pay", Payment, Succeeded, paid), ev("void", Void, Succeeded, paid)]),
+        (1u64..10_000).prop_map(|paid| vec![
+            ev("pay", Payment, Succeeded, paid),
+            ev("void", Void, Succeeded, paid)
+        ]),
         (1u64..10_000, any::<bool>()).prop_map(|(held, void)| {
-            let last = if void { ev("void", Void, Succeeded, held) } else { ev("cap", Capture, Succeeded, held / 2 + 1) };
+            let last = if void {
+                ev("void", Void, Succeeded, held)
+            } else {
+                ev("cap", Capture, Succeeded, held / 2 + 1)
+            };
             vec![ev("auth", Authorization, Succeeded, held), last]
         }),
-        (1u64..10_000).prop_map(|paid| vec![ev("pay", Payment, Failed, paid), ev("r", Refund, Failed, paid)]),
+        (1u64..10_000).prop_map(|paid| vec![
+            ev("pay", Payment, Failed, paid),
+            ev("r", Refund, Failed, paid)
+        ]),
     ]
 }
 

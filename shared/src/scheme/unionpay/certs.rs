@@ -2,7 +2,7 @@
 //! `signPubKeyCert`: it must chain to the configured root through the
 //! configured middle certificate, be valid when the message was received, and
 //! name the configured identity in its CN. Chain and identity results are
-//! cached per certificate fingerprint; validity is checked on every call
+//! cached per certificate (keyed by a SHA-256 of its bytes); validity is checked on every call
 //! because it depends on the receive time.
 
 use std::collections::HashMap;
@@ -141,18 +141,19 @@ impl ChainValidator {
     /// `MalformedCertificate`, `UntrustedCertificate`, `IdentityMismatch`,
     /// `CertificateExpired`.
     pub fn validate(&self, leaf: &[u8], at: OffsetDateTime) -> Result<Arc<CertInfo>, VerifyError> {
-        let der = to_der(leaf)?;
-        let fingerprint: [u8; 32] = Sha256::digest(&der).into();
-        let cached = self.cache.read().ok().and_then(|c| c.get(&fingerprint).cloned());
+        // Keyed by the exact bytes received, so a cache hit skips PEM decoding;
+        // a miss validates from scratch.
+        let key: [u8; 32] = Sha256::digest(leaf).into();
+        let cached = self.cache.read().ok().and_then(|c| c.get(&key).cloned());
         let info = match cached {
             Some(info) => info,
             None => {
-                let info = Arc::new(self.validate_uncached(&der)?);
+                let info = Arc::new(self.validate_uncached(&to_der(leaf)?)?);
                 if let Ok(mut cache) = self.cache.write() {
                     if cache.len() >= LEAF_CACHE_CAPACITY {
                         cache.clear();
                     }
-                    cache.insert(fingerprint, info.clone());
+                    cache.insert(key, info.clone());
                 }
                 info
             }
@@ -168,7 +169,10 @@ impl ChainValidator {
         verify_link(&cert, &self.middle, "signing certificate")?;
         let found = identity_of(&cert).unwrap_or_default();
         if found != self.identity {
-            return Err(VerifyError::IdentityMismatch { expected: self.identity.clone(), found });
+            return Err(VerifyError::IdentityMismatch {
+                expected: self.identity.clone(),
+                found,
+            });
         }
         Ok(CertInfo::from_cert(&cert, der))
     }
@@ -180,13 +184,20 @@ fn identity_of(cert: &X509Certificate<'_>) -> Option<String> {
     let attr = cert.subject().iter_common_name().next()?;
     // CFCA encodes some CNs as T61String, which x509-parser does not decode;
     // their bytes are ASCII.
-    let cn = attr.as_str().ok().or_else(|| std::str::from_utf8(attr.as_slice()).ok())?;
+    let cn = attr
+        .as_str()
+        .ok()
+        .or_else(|| std::str::from_utf8(attr.as_slice()).ok())?;
     cn.split('@').nth(2).map(str::to_owned)
 }
 
 /// Checks that `issuer` issued `child`: names match and the signature
 /// (sha1WithRSA or sha256WithRSA, verified explicitly) is valid.
-fn verify_link(child: &X509Certificate<'_>, issuer: &CertInfo, what: &str) -> Result<(), VerifyError> {
+fn verify_link(
+    child: &X509Certificate<'_>,
+    issuer: &CertInfo,
+    what: &str,
+) -> Result<(), VerifyError> {
     if child.issuer().as_raw() != issuer.subject_raw.as_slice() {
         return Err(VerifyError::UntrustedCertificate(format!(
             "{what} is issued by {:?}, not by the configured {:?}",
@@ -195,7 +206,8 @@ fn verify_link(child: &X509Certificate<'_>, issuer: &CertInfo, what: &str) -> Re
         )));
     }
     let oid = &child.signature_algorithm.algorithm;
-    let algorithm: &'static dyn signature::VerificationAlgorithm = if *oid == OID_PKCS1_SHA1WITHRSA {
+    let algorithm: &'static dyn signature::VerificationAlgorithm = if *oid == OID_PKCS1_SHA1WITHRSA
+    {
         &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
     } else if *oid == OID_PKCS1_SHA256WITHRSA {
         &signature::RSA_PKCS1_2048_8192_SHA256
@@ -217,8 +229,10 @@ fn verify_link(child: &X509Certificate<'_>, issuer: &CertInfo, what: &str) -> Re
 
 fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, VerifyError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
-        Ok(_) => Err(VerifyError::MalformedCertificate("trailing bytes after the certificate".into())),
+        Ok(([], cert)) => Ok(cert),
+        Ok(_) => Err(VerifyError::MalformedCertificate(
+            "trailing bytes after the certificate".into(),
+        )),
         Err(e) => Err(VerifyError::MalformedCertificate(e.to_string())),
     }
 }
@@ -232,7 +246,10 @@ fn to_der(bytes: &[u8]) -> Result<Vec<u8>, VerifyError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(trimmed)
         .map_err(|e| VerifyError::MalformedCertificate(format!("bad PEM: {e}")))?;
     if pem.label != "CERTIFICATE" {
-        return Err(VerifyError::MalformedCertificate(format!("PEM block is {:?}, not CERTIFICATE", pem.label)));
+        return Err(VerifyError::MalformedCertificate(format!(
+            "PEM block is {:?}, not CERTIFICATE",
+            pem.label
+        )));
     }
     Ok(pem.contents)
 }

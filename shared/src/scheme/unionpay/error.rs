@@ -17,7 +17,10 @@ pub enum VerifyError {
     #[error("field `{field}` is malformed: {why}")]
     MalformedField { field: &'static str, why: String },
     #[error("unsupported version/signMethod: version={version:?} signMethod={sign_method:?}")]
-    UnsupportedSignMethod { version: String, sign_method: String },
+    UnsupportedSignMethod {
+        version: String,
+        sign_method: String,
+    },
     #[error("`signature` is not valid base64")]
     MalformedSignature,
     #[error("certificate cannot be parsed: {0}")]
@@ -68,7 +71,9 @@ impl VerifyError {
     /// The verification step that failed (DESIGN §6 numbering in words).
     pub fn step(&self) -> &'static str {
         match self {
-            Self::MalformedBody(_) | Self::UnsupportedEncoding(_) | Self::DuplicateField(_) => "parse",
+            Self::MalformedBody(_) | Self::UnsupportedEncoding(_) | Self::DuplicateField(_) => {
+                "parse"
+            }
             Self::MissingField(_)
             | Self::MalformedField { .. }
             | Self::UnsupportedSignMethod { .. }

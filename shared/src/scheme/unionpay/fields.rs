@@ -24,11 +24,22 @@ pub enum BodyFormat {
 }
 
 /// One field: raw bytes for the canonical string, text for everything else.
+/// In UTF-8 messages (nearly all) the two are the same bytes, stored once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Field {
-    key: Vec<u8>,
-    value: Vec<u8>,
     text: String,
+    /// The raw bytes, when the charset is not UTF-8.
+    raw: Option<Vec<u8>>,
+}
+
+impl Field {
+    fn utf8(text: String) -> Self {
+        Self { text, raw: None }
+    }
+
+    fn raw(&self) -> &[u8] {
+        self.raw.as_deref().unwrap_or(self.text.as_bytes())
+    }
 }
 
 /// The fields of one message, ordered bytewise by key.
@@ -45,9 +56,12 @@ impl Fields {
     pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, VerifyError> {
-        let raw = pairs
-            .into_iter()
-            .map(|(k, v)| (k.as_ref().as_bytes().to_vec(), v.as_ref().as_bytes().to_vec()));
+        let raw = pairs.into_iter().map(|(k, v)| {
+            (
+                k.as_ref().as_bytes().to_vec(),
+                v.as_ref().as_bytes().to_vec(),
+            )
+        });
         build(raw)
     }
 
@@ -66,10 +80,8 @@ impl Fields {
 
     /// Sets `key` to a UTF-8 value (used when signing).
     pub fn set(&mut self, key: &str, value: &str) {
-        self.map.insert(
-            key.as_bytes().to_vec(),
-            Field { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), text: value.to_owned() },
-        );
+        self.map
+            .insert(key.as_bytes().to_vec(), Field::utf8(value.to_owned()));
     }
 
     /// Removes `key`, returning its text value.
@@ -79,7 +91,10 @@ impl Fields {
 
     /// Keys and text values in canonical order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.map.values().map(|f| (std::str::from_utf8(&f.key).unwrap_or(""), f.text.as_str()))
+        // Keys are checked to be printable ASCII when parsed.
+        self.map
+            .iter()
+            .map(|(k, f)| (std::str::from_utf8(k).unwrap_or(""), f.text.as_str()))
     }
 
     /// Number of fields.
@@ -95,13 +110,13 @@ impl Fields {
     /// Encodes the fields as an `application/x-www-form-urlencoded` body.
     pub fn to_form_body(&self) -> String {
         let mut out = String::new();
-        for (i, f) in self.map.values().enumerate() {
+        for (i, (k, f)) in self.map.iter().enumerate() {
             if i > 0 {
                 out.push('&');
             }
-            percent_encode_into(&f.key, &mut out);
+            percent_encode_into(k, &mut out);
             out.push('=');
-            percent_encode_into(&f.value, &mut out);
+            percent_encode_into(f.raw(), &mut out);
         }
         out
     }
@@ -110,14 +125,24 @@ impl Fields {
 /// The canonical string S of DESIGN §6: every field but `signature`, sorted
 /// bytewise by key, `k=v` joined by `&`, values exactly as received.
 pub fn canonical_string(fields: &Fields) -> Vec<u8> {
-    let mut out = Vec::with_capacity(fields.map.values().map(|f| f.key.len() + f.value.len() + 2).sum());
-    for f in fields.map.values().filter(|f| f.key != b"signature") {
+    let mut out = Vec::with_capacity(
+        fields
+            .map
+            .iter()
+            .map(|(k, f)| k.len() + f.raw().len() + 2)
+            .sum(),
+    );
+    for (k, f) in fields
+        .map
+        .iter()
+        .filter(|(k, _)| k.as_slice() != b"signature")
+    {
         if !out.is_empty() {
             out.push(b'&');
         }
-        out.extend_from_slice(&f.key);
+        out.extend_from_slice(k);
         out.push(b'=');
-        out.extend_from_slice(&f.value);
+        out.extend_from_slice(f.raw());
     }
     out
 }
@@ -200,7 +225,9 @@ pub fn parse_raw(body: &[u8]) -> Result<Fields, VerifyError> {
         }
     }
     if close.is_some() {
-        return Err(VerifyError::MalformedBody("unterminated '{' or '[' group".into()));
+        return Err(VerifyError::MalformedBody(
+            "unterminated '{' or '[' group".into(),
+        ));
     }
     finish(key.take(), &mut buf)?;
     build(pairs)
@@ -211,7 +238,9 @@ fn build(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<Fields, 
     let mut raw: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (k, v) in pairs {
         if k.is_empty() {
-            return Err(VerifyError::MalformedBody("field with an empty name".into()));
+            return Err(VerifyError::MalformedBody(
+                "field with an empty name".into(),
+            ));
         }
         if !k.iter().all(|b| b.is_ascii_graphic()) {
             return Err(VerifyError::MalformedBody(format!(
@@ -220,7 +249,9 @@ fn build(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<Fields, 
             )));
         }
         if raw.contains_key(&k) {
-            return Err(VerifyError::DuplicateField(String::from_utf8_lossy(&k).into_owned()));
+            return Err(VerifyError::DuplicateField(
+                String::from_utf8_lossy(&k).into_owned(),
+            ));
         }
         raw.insert(k, v);
     }
@@ -230,14 +261,21 @@ fn build(pairs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<Fields, 
     };
     let mut map = BTreeMap::new();
     for (key, value) in raw {
-        let text = charset.decode(&value).ok_or_else(|| {
+        let invalid = || {
             VerifyError::MalformedBody(format!(
                 "field `{}` is not valid {}",
                 String::from_utf8_lossy(&key),
                 charset.name()
             ))
-        })?;
-        map.insert(key.clone(), Field { key, value, text });
+        };
+        let field = match charset {
+            Charset::Utf8 => Field::utf8(String::from_utf8(value).map_err(|_| invalid())?),
+            Charset::Gb18030 => Field {
+                text: charset.decode(&value).ok_or_else(invalid)?,
+                raw: Some(value),
+            },
+        };
+        map.insert(key, field);
     }
     Ok(Fields { map })
 }
@@ -253,7 +291,9 @@ impl Charset {
         match label.to_ascii_lowercase().as_slice() {
             b"utf-8" | b"utf8" => Ok(Self::Utf8),
             b"gbk" | b"gb2312" | b"gb18030" => Ok(Self::Gb18030),
-            other => Err(VerifyError::UnsupportedEncoding(String::from_utf8_lossy(other).into_owned())),
+            other => Err(VerifyError::UnsupportedEncoding(
+                String::from_utf8_lossy(other).into_owned(),
+            )),
         }
     }
 
@@ -288,7 +328,10 @@ fn percent_decode(input: &[u8]) -> Result<Vec<u8>, VerifyError> {
                     u8::from_str_radix(h, 16).ok()
                 });
                 let byte = hex.ok_or_else(|| {
-                    VerifyError::MalformedBody(format!("bad percent escape near {:?}", preview(&input[i..])))
+                    VerifyError::MalformedBody(format!(
+                        "bad percent escape near {:?}",
+                        preview(&input[i..])
+                    ))
                 })?;
                 out.push(byte);
                 i += 2;
@@ -329,20 +372,47 @@ mod tests {
         let f = parse_form(b"b=x%2By+z&a=%E4%B8%AD&encoding=UTF-8").unwrap();
         assert_eq!(f.get("b"), Some("x+y z"));
         assert_eq!(f.get("a"), Some("中"));
-        assert_eq!(canonical_string(&f), "a=中&b=x+y z&encoding=UTF-8".as_bytes());
+        assert_eq!(
+            canonical_string(&f),
+            "a=中&b=x+y z&encoding=UTF-8".as_bytes()
+        );
     }
 
     #[test]
     fn form_rejects_bad_input() {
-        assert!(matches!(parse_form(b""), Err(VerifyError::MalformedBody(_))));
-        assert!(matches!(parse_form(b"a=1&b"), Err(VerifyError::MalformedBody(_))));
-        assert!(matches!(parse_form(b"=1"), Err(VerifyError::MalformedBody(_))));
-        assert!(matches!(parse_form(b"a=%4"), Err(VerifyError::MalformedBody(_))));
-        assert!(matches!(parse_form(b"a=%zz"), Err(VerifyError::MalformedBody(_))));
-        assert!(matches!(parse_form(b"a=%FF"), Err(VerifyError::MalformedBody(_))));
+        assert!(matches!(
+            parse_form(b""),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            parse_form(b"a=1&b"),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            parse_form(b"=1"),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            parse_form(b"a=%4"),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            parse_form(b"a=%zz"),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            parse_form(b"a=%FF"),
+            Err(VerifyError::MalformedBody(_))
+        ));
         assert!(matches!(parse_form(b"a=1&a=1"), Err(VerifyError::DuplicateField(k)) if k == "a"));
-        assert!(matches!(parse_form(b"a=1&encoding=latin1"), Err(VerifyError::UnsupportedEncoding(_))));
-        assert!(matches!(parse_form(b"a%20b=1"), Err(VerifyError::MalformedBody(_))));
+        assert!(matches!(
+            parse_form(b"a=1&encoding=latin1"),
+            Err(VerifyError::UnsupportedEncoding(_))
+        ));
+        assert!(matches!(
+            parse_form(b"a%20b=1"),
+            Err(VerifyError::MalformedBody(_))
+        ));
     }
 
     #[test]
@@ -359,9 +429,18 @@ mod tests {
         assert_eq!(f.get("a"), Some("{x=1&y=2}"));
         assert_eq!(f.get("b"), Some("[p&q]"));
         assert_eq!(f.get("c"), Some("d=e"));
-        assert!(matches!(parse_raw(b"a={x"), Err(VerifyError::MalformedBody(_))));
-        assert!(matches!(parse_raw(b"a=1&a=2"), Err(VerifyError::DuplicateField(_))));
-        assert!(matches!(parse_raw(b"abc&a=1"), Err(VerifyError::MalformedBody(_))));
+        assert!(matches!(
+            parse_raw(b"a={x"),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert!(matches!(
+            parse_raw(b"a=1&a=2"),
+            Err(VerifyError::DuplicateField(_))
+        ));
+        assert!(matches!(
+            parse_raw(b"abc&a=1"),
+            Err(VerifyError::MalformedBody(_))
+        ));
     }
 
     #[test]

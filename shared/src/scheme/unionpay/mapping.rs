@@ -52,10 +52,15 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         merchant: merchant.to_owned(),
         payment_ref: payment_ref.to_owned(),
         payment_key: PaymentKey::new(source, merchant, payment_ref),
-        event_key: EventKey::new(format!("{merchant}|{order_id}|{txn_time}|{txn_type}|{query_id}|{resp_code}")),
+        event_key: EventKey::new(format!(
+            "{merchant}|{order_id}|{txn_time}|{txn_type}|{query_id}|{resp_code}"
+        )),
         kind,
         outcome,
-        amount: Money { minor: amount, currency },
+        amount: Money {
+            minor: amount,
+            currency,
+        },
         psp_txn_id: (!query_id.is_empty()).then(|| query_id.to_owned()),
         psp_time: Some(parse_txn_time(txn_time)?),
         result_code: Some(resp_code.to_owned()),
@@ -64,7 +69,10 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
 }
 
 fn parse_amount(s: &str) -> Result<u64, VerifyError> {
-    let bad = |why: &str| VerifyError::MalformedField { field: "txnAmt", why: format!("{s:?}: {why}") };
+    let bad = |why: &str| VerifyError::MalformedField {
+        field: "txnAmt",
+        why: format!("{s:?}: {why}"),
+    };
     if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad("expected 1 to 12 digits of minor units"));
     }
@@ -76,7 +84,10 @@ fn parse_txn_time(s: &str) -> Result<time::OffsetDateTime, VerifyError> {
     let format = format_description!("[year][month][day][hour][minute][second]");
     PrimitiveDateTime::parse(s, &format)
         .map(|t| t.assume_offset(offset!(+8)))
-        .map_err(|e| VerifyError::MalformedField { field: "txnTime", why: format!("{s:?}: {e}") })
+        .map_err(|e| VerifyError::MalformedField {
+            field: "txnTime",
+            why: format!("{s:?}: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -101,8 +112,14 @@ mod tests {
     fn maps_a_purchase() {
         let e = to_event("unionpay", &purchase()).unwrap();
         assert_eq!(e.payment_key.as_str(), "unionpay#777290058167151#Q1");
-        assert_eq!(e.event_key.as_str(), "777290058167151|O1|20220908132206|01|Q1|00");
-        assert_eq!((e.kind, e.outcome, e.amount.minor), (EventKind::Payment, EventOutcome::Succeeded, 1500));
+        assert_eq!(
+            e.event_key.as_str(),
+            "777290058167151|O1|20220908132206|01|Q1|00"
+        );
+        assert_eq!(
+            (e.kind, e.outcome, e.amount.minor),
+            (EventKind::Payment, EventOutcome::Succeeded, 1500)
+        );
         assert_eq!(e.amount.currency.as_str(), "CNY");
         assert_eq!(e.psp_time.unwrap().unix_timestamp(), 1_662_614_526);
     }
@@ -111,11 +128,17 @@ mod tests {
     fn refunds_refer_to_the_original_and_codes_map() {
         let mut f = purchase();
         f.set("txnType", "04");
-        assert_eq!(to_event("u", &f), Err(VerifyError::MissingField("origQryId")));
+        assert_eq!(
+            to_event("u", &f),
+            Err(VerifyError::MissingField("origQryId"))
+        );
         f.set("origQryId", "Q0");
         f.set("respCode", "05");
         let e = to_event("u", &f).unwrap();
-        assert_eq!((e.kind, e.outcome, e.payment_ref.as_str()), (EventKind::Refund, EventOutcome::Pending, "Q0"));
+        assert_eq!(
+            (e.kind, e.outcome, e.payment_ref.as_str()),
+            (EventKind::Refund, EventOutcome::Pending, "Q0")
+        );
         f.set("respCode", "12");
         assert_eq!(to_event("u", &f).unwrap().outcome, EventOutcome::Failed);
         f.set("respCode", "A6");
@@ -126,17 +149,38 @@ mod tests {
     fn rejects_bad_fields() {
         let mut f = purchase();
         f.set("txnType", "79");
-        assert!(matches!(to_event("u", &f), Err(VerifyError::UnsupportedTransaction(_))));
+        assert!(matches!(
+            to_event("u", &f),
+            Err(VerifyError::UnsupportedTransaction(_))
+        ));
         for amount in ["", "-1", "1.00", "9999999999999", "１"] {
             let mut f = purchase();
             f.set("txnAmt", amount);
-            assert!(matches!(to_event("u", &f), Err(VerifyError::MalformedField { field: "txnAmt", .. })));
+            assert!(matches!(
+                to_event("u", &f),
+                Err(VerifyError::MalformedField {
+                    field: "txnAmt",
+                    ..
+                })
+            ));
         }
         let mut f = purchase();
         f.set("currencyCode", "999");
-        assert!(matches!(to_event("u", &f), Err(VerifyError::MalformedField { field: "currencyCode", .. })));
+        assert!(matches!(
+            to_event("u", &f),
+            Err(VerifyError::MalformedField {
+                field: "currencyCode",
+                ..
+            })
+        ));
         let mut f = purchase();
         f.set("txnTime", "2022-09-08");
-        assert!(matches!(to_event("u", &f), Err(VerifyError::MalformedField { field: "txnTime", .. })));
+        assert!(matches!(
+            to_event("u", &f),
+            Err(VerifyError::MalformedField {
+                field: "txnTime",
+                ..
+            })
+        ));
     }
 }

@@ -30,9 +30,13 @@ impl MerchantSigner {
         } else {
             bytes.to_vec()
         };
-        let key = KeyPair::from_pkcs8(&der)
-            .map_err(|e| VerifyError::MalformedCertificate(format!("not an RSA PKCS#8 key: {e}")))?;
-        Ok(Self { key, rng: SystemRandom::new() })
+        let key = KeyPair::from_pkcs8(&der).map_err(|e| {
+            VerifyError::MalformedCertificate(format!("not an RSA PKCS#8 key: {e}"))
+        })?;
+        Ok(Self {
+            key,
+            rng: SystemRandom::new(),
+        })
     }
 }
 
@@ -50,8 +54,16 @@ pub fn sign_fields(signer: &MerchantSigner, fields: &mut Fields) -> Result<(), V
     let mut sig = vec![0; signer.key.public_modulus_len()];
     signer
         .key
-        .sign(&signature::RSA_PKCS1_SHA256, &signer.rng, digest_hex.as_bytes(), &mut sig)
+        .sign(
+            &signature::RSA_PKCS1_SHA256,
+            &signer.rng,
+            digest_hex.as_bytes(),
+            &mut sig,
+        )
         .map_err(|_| VerifyError::MalformedCertificate("RSA signing failed".into()))?;
-    fields.set("signature", &base64::engine::general_purpose::STANDARD.encode(sig));
+    fields.set(
+        "signature",
+        &base64::engine::general_purpose::STANDARD.encode(sig),
+    );
     Ok(())
 }

@@ -99,7 +99,11 @@ impl UnionPayVerifier {
     ///
     /// # Errors
     /// The first failed step, as a [`VerifyError`].
-    pub fn verify(&self, body: &[u8], received_at: OffsetDateTime) -> Result<Verified, VerifyError> {
+    pub fn verify(
+        &self,
+        body: &[u8],
+        received_at: OffsetDateTime,
+    ) -> Result<Verified, VerifyError> {
         self.verify_fields(self.parse(body)?, received_at)
     }
 
@@ -107,12 +111,19 @@ impl UnionPayVerifier {
     ///
     /// # Errors
     /// The first failed step, as a [`VerifyError`].
-    pub fn verify_fields(&self, fields: Fields, received_at: OffsetDateTime) -> Result<Verified, VerifyError> {
+    pub fn verify_fields(
+        &self,
+        fields: Fields,
+        received_at: OffsetDateTime,
+    ) -> Result<Verified, VerifyError> {
         let signature = decode_signature(fields.require("signature")?)?;
         let (version, certificate) = match sign_version(&fields)? {
             SignVersion::V510 => {
                 let pem = fields.require("signPubKeyCert")?;
-                (SignVersion::V510, self.chain.validate(pem.as_bytes(), received_at)?)
+                (
+                    SignVersion::V510,
+                    self.chain.validate(pem.as_bytes(), received_at)?,
+                )
             }
             SignVersion::V500 => {
                 let cert_id = fields.require("certId")?;
@@ -137,7 +148,11 @@ impl UnionPayVerifier {
             return Err(VerifyError::UnknownMerchant(merchant.to_owned()));
         }
         let version = fields.require("version")?.to_owned();
-        Ok(Verified { fields, version, certificate })
+        Ok(Verified {
+            fields,
+            version,
+            certificate,
+        })
     }
 
     /// Shows the canonical string, digest and certificate chain of a body,
@@ -149,7 +164,10 @@ impl UnionPayVerifier {
         let mut chain = Vec::new();
         match version {
             Some(SignVersion::V510) => {
-                if let Some(leaf) = fields.get("signPubKeyCert").and_then(|p| CertInfo::parse(p.as_bytes()).ok()) {
+                if let Some(leaf) = fields
+                    .get("signPubKeyCert")
+                    .and_then(|p| CertInfo::parse(p.as_bytes()).ok())
+                {
                     chain.push(leaf);
                 }
                 chain.extend(self.chain.anchors().into_iter().cloned());
@@ -208,6 +226,9 @@ fn decode_signature(signature: &str) -> Result<Vec<u8>, VerifyError> {
 pub(super) fn digest_for_signing(version: &str, canonical: &[u8]) -> Result<String, VerifyError> {
     match version {
         "5.1.0" => Ok(hex_digest(&SignVersion::V510, canonical)),
-        other => Err(VerifyError::UnsupportedSignMethod { version: other.to_owned(), sign_method: "01".into() }),
+        other => Err(VerifyError::UnsupportedSignMethod {
+            version: other.to_owned(),
+            sign_method: "01".into(),
+        }),
     }
 }

@@ -1,0 +1,76 @@
+//! `paynotify verify`: verify one notification body from stdin, the tool to
+//! reach for when every notification says `BadSignature`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use paynotify_shared::config::Config;
+use paynotify_shared::scheme::unionpay::to_event;
+use paynotify_shared::scheme::SourceVerifier;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Source name as configured (`[sources.NAME]`).
+    #[arg(long)]
+    source: String,
+    /// Verify as if received at this time (RFC 3339); default now.
+    #[arg(long, value_parser = parse_time)]
+    at: Option<OffsetDateTime>,
+    /// Also print the canonical string, the digest and the certificate chain.
+    #[arg(long)]
+    explain: bool,
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+/// Prints the verdict; exit 0 when valid, 1 when rejected.
+///
+/// # Errors
+/// Usage errors (config, source, stdin), reported with exit status 2.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let source = config.source(&args.source)?;
+    let SourceVerifier::UnionPay(verifier) = SourceVerifier::from_config(&args.source, source)?;
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("reading the body from stdin")?;
+    let at = args.at.unwrap_or_else(OffsetDateTime::now_utc);
+
+    let mut verdict = match verifier.verify(&body, at) {
+        Ok(verified) => match to_event(&args.source, &verified.fields) {
+            Ok(event) => json!({
+                "valid": true, "error": null, "step": null,
+                "payment_ref": event.payment_ref, "event": event,
+            }),
+            Err(e) => json!({
+                "valid": true, "error": null, "step": null, "payment_ref": null, "event": null,
+                "event_error": e.to_string(),
+            }),
+        },
+        Err(e) => json!({
+            "valid": false, "error": e.name(), "message": e.to_string(), "step": e.step(),
+            "payment_ref": null, "event": null,
+        }),
+    };
+    verdict["received_at"] = Value::String(at.format(&Rfc3339)?);
+    if args.explain {
+        verdict["explain"] = serde_json::to_value(verifier.explain(&body))?;
+    }
+    crate::print_stdout(&serde_json::to_string_pretty(&verdict)?)?;
+    Ok(if verdict["valid"] == Value::Bool(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
