@@ -1,5 +1,8 @@
 //! The `paynotify` command line: parses flags and hands off to a command module.
 
+mod demo_cmd;
+mod ops_cmd;
+mod simulate_cmd;
 mod testpki_cmd;
 mod verify_cmd;
 
@@ -21,6 +24,30 @@ enum Command {
     Verify(verify_cmd::Args),
     /// Generate a UnionPay-shaped test PKI and a config snippet that trusts it.
     Testpki(testpki_cmd::Args),
+    /// Run ingest and workers until Ctrl-C or SIGTERM.
+    Serve(ops_cmd::ConfigArg),
+    /// Look up payments in the ledger.
+    #[command(subcommand)]
+    Txn(TxnCommand),
+    /// Inspect the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Send signed UnionPay-style notifications to a running paynotify.
+    Simulate(simulate_cmd::Args),
+    /// Run the whole pipeline on a fresh data directory with simulated traffic.
+    Demo(demo_cmd::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum TxnCommand {
+    /// A payment's state and history.
+    Get(ops_cmd::TxnGet),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead letters with their reasons.
+    List(ops_cmd::DlqList),
 }
 
 /// Prints to stdout; a closed pipe (`| head`) ends output quietly instead of panicking.
@@ -36,12 +63,23 @@ pub(crate) fn print_stdout(text: &str) -> std::io::Result<()> {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => ops_cmd::serve(args).await,
+        Command::Txn(TxnCommand::Get(args)) => ops_cmd::txn_get(args).await,
+        Command::Dlq(DlqCommand::List(args)) => ops_cmd::dlq_list(args).await,
+        Command::Simulate(args) => simulate_cmd::run(args).await,
+        Command::Demo(args) => demo_cmd::run(args).await,
         Command::Verify(args) => verify_cmd::run(args),
         Command::Testpki(args) => testpki_cmd::run(args),
-    };
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run_async(cli.command)));
     match result {
         Ok(code) => code,
         Err(e) => {

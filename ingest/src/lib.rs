@@ -1,1 +1,170 @@
-//! placeholder
+//! The ingest: `POST /notify/{source}` archives the exact bytes, enqueues
+//! them, and only then answers 200 with the source's success body (DESIGN §1,
+//! §7). No signature check, no parsing. Health and metrics are served on a
+//! separate admin listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use paynotify_shared::config::IngestConfig;
+use paynotify_shared::envelope::{Envelope, Received};
+use paynotify_shared::ports::{Archive, Queue};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tracing::{error, info};
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub accepted: AtomicU64,
+    pub unknown_source: AtomicU64,
+    pub rejected_body: AtomicU64,
+    pub unavailable: AtomicU64,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct IngestState {
+    pub archive: Arc<dyn Archive>,
+    pub queue: Arc<dyn Queue>,
+    /// Success body by source name.
+    pub sources: Arc<BTreeMap<String, String>>,
+    pub metrics: Arc<IngestMetrics>,
+}
+
+/// The public router.
+pub fn router(state: IngestState, config: &IngestConfig) -> Router {
+    Router::new()
+        .route("/notify/{source}", post(notify))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
+            config.read_timeout_ms,
+        )))
+        .with_state(state)
+}
+
+/// The admin router: `/healthz`, `/readyz`, `/metrics`.
+pub fn admin_router(state: IngestState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn notify(
+    State(state): State<IngestState>,
+    Path(source): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let received_at = OffsetDateTime::now_utc();
+    let Some(success_body) = state.sources.get(&source).cloned() else {
+        state.metrics.unknown_source.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::NOT_FOUND, "unknown source\n").into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
+        Ok(b) => b,
+        Err(rejection) => {
+            state.metrics.rejected_body.fetch_add(1, Ordering::Relaxed);
+            return rejection.into_response();
+        }
+    };
+    let envelope = Envelope::new(Received {
+        source: &source,
+        received_at,
+        remote_addr: Some(remote.to_string()),
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers,
+        body: &bytes,
+    });
+    let json = envelope.to_json();
+    let key = envelope.archive_key();
+    if let Err(e) = state.archive.put(&key, &json).await {
+        error!(notification_id = %envelope.id, source = %source, stage = "ingest", error = %e, "archive failed");
+        state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
+    }
+    if let Err(e) = state.queue.send(&json).await {
+        error!(notification_id = %envelope.id, source = %source, stage = "ingest", error = %e, "enqueue failed");
+        state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response();
+    }
+    state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    info!(notification_id = %envelope.id, source = %source, stage = "ingest", direction = "notification", bytes = bytes.len(), "accepted");
+    (StatusCode::OK, success_body).into_response()
+}
+
+async fn readyz(State(state): State<IngestState>) -> Response {
+    match state.queue.depth().await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("queue: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<IngestState>) -> String {
+    let m = &state.metrics;
+    let depth = state.queue.depth().await.map(|d| d as i64).unwrap_or(-1);
+    format!(
+        "# TYPE paynotify_ingest_requests_total counter\n\
+         paynotify_ingest_requests_total{{result=\"accepted\"}} {}\n\
+         paynotify_ingest_requests_total{{result=\"unknown_source\"}} {}\n\
+         paynotify_ingest_requests_total{{result=\"rejected_body\"}} {}\n\
+         paynotify_ingest_requests_total{{result=\"unavailable\"}} {}\n\
+         # TYPE paynotify_queue_depth gauge\npaynotify_queue_depth {depth}\n",
+        m.accepted.load(Ordering::Relaxed),
+        m.unknown_source.load(Ordering::Relaxed),
+        m.rejected_body.load(Ordering::Relaxed),
+        m.unavailable.load(Ordering::Relaxed),
+    )
+}
+
+/// Serves the public and admin listeners until `shutdown` is cancelled, then
+/// stops accepting and finishes the requests in flight.
+///
+/// # Errors
+/// Listener errors.
+pub async fn run(
+    listener: TcpListener,
+    admin: TcpListener,
+    state: IngestState,
+    config: &IngestConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let public = axum::serve(
+        listener,
+        router(state.clone(), config).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin =
+        axum::serve(admin, admin_router(state)).with_graceful_shutdown(shutdown.cancelled_owned());
+    let (a, b) = tokio::join!(
+        std::future::IntoFuture::into_future(public),
+        std::future::IntoFuture::into_future(admin)
+    );
+    a.and(b)
+}

@@ -30,9 +30,97 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
     /// PSP endpoints by name: `POST /notify/{name}`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// Which implementation of the ports to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A data directory: archive files and SQLite queue and ledger.
+    #[default]
+    Local,
+}
+
+/// Where archive, queue and ledger live, and the queue's semantics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    /// Data directory of the local backend.
+    pub data_dir: PathBuf,
+    /// How long a received message stays invisible before redelivery.
+    pub visibility_timeout_secs: u32,
+    /// Receives before a message goes to the dead-letter queue.
+    pub max_receives: u32,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Local,
+            data_dir: PathBuf::from("paynotify-data"),
+            visibility_timeout_secs: 30,
+            max_receives: 8,
+        }
+    }
+}
+
+/// The HTTP ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Where PSPs POST notifications.
+    pub listen: String,
+    /// `/healthz`, `/readyz`, `/metrics`; keep it off the public network.
+    pub admin_listen: String,
+    /// Larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// A client must send its whole body within this time (else 408).
+    pub read_timeout_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            max_body_bytes: 1 << 20,
+            read_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The queue workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Messages processed at once.
+    pub concurrency: usize,
+    /// Long-poll wait of one receive.
+    pub receive_wait_ms: u64,
+    /// First retry delay; later ones grow exponentially with jitter.
+    pub retry_min_delay_ms: u64,
+    pub retry_max_delay_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            receive_wait_ms: 1000,
+            retry_min_delay_ms: 1000,
+            retry_max_delay_secs: 300,
+        }
+    }
 }
 
 /// A PSP signature scheme. Unknown schemes fail at load time.
@@ -125,6 +213,9 @@ impl Config {
     }
 
     fn resolve(&mut self, base: &Path) {
+        if self.backend.data_dir.is_relative() {
+            self.backend.data_dir = base.join(&self.backend.data_dir);
+        }
         for source in self.sources.values_mut() {
             if let Some(up) = source.unionpay.as_mut() {
                 up.root_cert = up.root_cert.relative_to(base);

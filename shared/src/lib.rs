@@ -1,9 +1,12 @@
 //! paynotify's domain core: payment events, the state machine, PSP signature
 //! schemes, configuration and the test PKI shared by the CLI, ingest and worker.
 
+pub mod backend;
 pub mod config;
+pub mod envelope;
 pub mod event;
 pub mod money;
+pub mod ports;
 pub mod scheme;
 pub mod secret;
 pub mod state;

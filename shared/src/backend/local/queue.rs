@@ -1,0 +1,283 @@
+//! A queue in SQLite with SQS semantics: visibility timeout, receive count,
+//! delay, a dead-letter table after `max_receives`, and a long-poll `receive`
+//! that wakes as soon as a message is sent (in this process) or becomes
+//! visible.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+use tokio::sync::Notify;
+
+use super::db::{now_ms, Db};
+use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    sent_at INTEGER NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    dead_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
+";
+
+/// While waiting in `receive`, how often to look for messages that became
+/// visible or were sent by another process.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The local queue.
+#[derive(Clone)]
+pub struct LocalQueue {
+    db: Db,
+    visibility_ms: i64,
+    max_receives: u32,
+    arrived: Arc<Notify>,
+}
+
+fn unavailable(e: String) -> QueueError {
+    QueueError::Unavailable(e)
+}
+
+impl LocalQueue {
+    /// Opens the queue database.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn open(
+        path: &Path,
+        visibility_timeout_secs: u32,
+        max_receives: u32,
+    ) -> rusqlite::Result<Self> {
+        Ok(Self {
+            db: Db::open(path, SCHEMA)?,
+            visibility_ms: i64::from(visibility_timeout_secs) * 1000,
+            max_receives: max_receives.max(1),
+            arrived: Arc::new(Notify::new()),
+        })
+    }
+
+    async fn receive_now(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
+        let (visibility, max_receives) = (self.visibility_ms, self.max_receives);
+        self.db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let now = now_ms();
+                let mut out = Vec::new();
+                {
+                    let mut select = tx.prepare_cached(
+                        "SELECT id, body, receive_count FROM messages WHERE visible_at <= ?1 ORDER BY visible_at LIMIT ?2",
+                    )?;
+                    let rows: Vec<(String, Vec<u8>, u32)> = select
+                        .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<Result<_, _>>()?;
+                    for (id, body, count) in rows {
+                        if count >= max_receives {
+                            // SQS moves a message past maxReceiveCount to the DLQ instead of delivering it.
+                            tx.execute(
+                                "INSERT OR REPLACE INTO dead_letters (id, body, reason, error, receive_count, dead_at)
+                                 VALUES (?1, ?2, 'max_receives_exceeded', 'received too many times without being deleted', ?3, ?4)",
+                                params![id, body, count, now],
+                            )?;
+                            tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+                            continue;
+                        }
+                        let receipt = ulid::Ulid::new().to_string();
+                        tx.execute(
+                            "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1, receipt = ?2 WHERE id = ?3",
+                            params![now + visibility, receipt, id],
+                        )?;
+                        out.push(QueueMessage { id, receipt: Receipt(receipt), body, receive_count: count + 1 });
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Queue for LocalQueue {
+    async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
+        let mut ids = self.send_batch(&[body.to_vec()]).await?;
+        ids.pop()
+            .ok_or_else(|| QueueError::Unavailable("send returned no id".into()))
+    }
+
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> Result<Vec<String>, QueueError> {
+        if bodies.len() > 10 {
+            return Err(QueueError::BatchTooLarge(bodies.len()));
+        }
+        let bodies = bodies.to_vec();
+        let ids = self
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let now = now_ms();
+                let mut ids = Vec::with_capacity(bodies.len());
+                for body in bodies {
+                    let id = ulid::Ulid::new().to_string();
+                    tx.execute(
+                        "INSERT INTO messages (id, body, sent_at, visible_at) VALUES (?1, ?2, ?3, ?3)",
+                        params![id, body, now],
+                    )?;
+                    ids.push(id);
+                }
+                tx.commit()?;
+                Ok(ids)
+            })
+            .await
+            .map_err(unavailable)?;
+        self.arrived.notify_waiters();
+        Ok(ids)
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        let max = max.clamp(1, 10);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.arrived.notified();
+            let got = self.receive_now(max).await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            let _ = tokio::time::timeout((deadline - now).min(POLL), notified).await;
+        }
+    }
+
+    async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        let r = receipt.0.clone();
+        self.db
+            .call(move |c| {
+                c.execute("DELETE FROM messages WHERE receipt = ?1", params![r])
+                    .map(|_| ())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError> {
+        let r = receipt.0.clone();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE messages SET visible_at = ?1 WHERE receipt = ?2",
+                    params![now_ms() + i64::from(seconds) * 1000, r],
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &QueueMessage,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let (id, receipt, body, count) = (
+            message.id.clone(),
+            message.receipt.0.clone(),
+            message.body.clone(),
+            message.receive_count,
+        );
+        let (reason, error) = (reason.to_owned(), error.to_owned());
+        self.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                // Only the current delivery may dead-letter the message.
+                let current: Option<String> = tx
+                    .query_row("SELECT id FROM messages WHERE receipt = ?1", params![receipt], |r| r.get(0))
+                    .optional()?;
+                if current.is_some() {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO dead_letters (id, body, reason, error, receive_count, dead_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![id, body, reason, error, count, now_ms()],
+                    )?;
+                    tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.db
+            .call(move |c| {
+                let mut s = c.prepare(
+                    "SELECT id, reason, error, receive_count, dead_at, body FROM dead_letters ORDER BY dead_at, id LIMIT ?1",
+                )?;
+                let rows = s.query_map(params![limit as i64], |r| {
+                    let ms: i64 = r.get(4)?;
+                    Ok(DeadLetter {
+                        id: r.get(0)?,
+                        reason: r.get(1)?,
+                        error: r.get(2)?,
+                        receive_count: r.get(3)?,
+                        dead_at: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                        body: r.get(5)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+        let reason = reason.map(str::to_owned);
+        let moved = self
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let filter = "(?1 IS NULL OR reason = ?1)";
+                let now = now_ms();
+                let n = tx.execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO messages (id, body, sent_at, visible_at)
+                         SELECT id, body, ?2, ?2 FROM dead_letters WHERE {filter}"
+                    ),
+                    params![reason, now],
+                )?;
+                tx.execute(
+                    &format!("DELETE FROM dead_letters WHERE {filter}"),
+                    params![reason],
+                )?;
+                tx.commit()?;
+                Ok(n)
+            })
+            .await
+            .map_err(unavailable)?;
+        self.arrived.notify_waiters();
+        Ok(moved)
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.db
+            .call(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n as u64)
+            .map_err(unavailable)
+    }
+}

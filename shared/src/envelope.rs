@@ -1,0 +1,238 @@
+//! Envelope v1 (DESIGN §4): what ingest archives and enqueues for every
+//! notification, carrying the exact bytes received.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Headers that describe one hop, not the notification; not archived.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Why an envelope cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported envelope version {0}")]
+    Version(u8),
+    #[error("envelope body is not valid base64")]
+    Base64,
+    #[error("envelope body does not match its body_sha256")]
+    Digest,
+}
+
+/// One received notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u8,
+    /// ULID assigned by ingest.
+    pub id: String,
+    pub source: String,
+    #[serde(with = "rfc3339_ms")]
+    pub received_at: OffsetDateTime,
+    pub remote_addr: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// The body when it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub body: Option<String>,
+    /// The body, base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub body_b64: Option<String>,
+    pub body_sha256: String,
+}
+
+/// The request as ingest saw it.
+#[derive(Debug, Clone)]
+pub struct Received<'a> {
+    pub source: &'a str,
+    pub received_at: OffsetDateTime,
+    pub remote_addr: Option<String>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: Vec<(String, String)>,
+    pub body: &'a [u8],
+}
+
+impl Envelope {
+    /// Wraps a received request with a fresh ULID.
+    pub fn new(r: Received<'_>) -> Self {
+        let (body, body_b64) = match std::str::from_utf8(r.body) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(r.body)),
+            ),
+        };
+        Self {
+            v: 1,
+            id: ulid::Ulid::new().to_string(),
+            source: r.source.to_owned(),
+            received_at: r.received_at,
+            remote_addr: r.remote_addr,
+            method: r.method.to_owned(),
+            path: r.path.to_owned(),
+            query: r.query.map(str::to_owned),
+            headers: r
+                .headers
+                .into_iter()
+                .filter(|(k, _)| !HOP_BY_HOP.contains(&k.to_ascii_lowercase().as_str()))
+                .collect(),
+            body,
+            body_b64,
+            body_sha256: hex::encode(Sha256::digest(r.body)),
+        }
+    }
+
+    /// `raw/source={source}/date={YYYY-MM-DD}/hour={HH}/{id}.json`, in UTC.
+    pub fn archive_key(&self) -> String {
+        let t = self.received_at.to_offset(time::UtcOffset::UTC);
+        format!(
+            "raw/source={}/date={:04}-{:02}-{:02}/hour={:02}/{}.json",
+            self.source,
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            self.id
+        )
+    }
+
+    /// The exact body bytes, checked against `body_sha256`.
+    ///
+    /// # Errors
+    /// `Base64` or `Digest` when the envelope was altered.
+    pub fn body_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let bytes = match (&self.body, &self.body_b64) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| EnvelopeError::Base64)?,
+            (None, None) => Vec::new(),
+        };
+        if hex::encode(Sha256::digest(&bytes)) != self.body_sha256 {
+            return Err(EnvelopeError::Digest);
+        }
+        Ok(bytes)
+    }
+
+    /// Serialises to the JSON that is archived and enqueued.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and checks an envelope.
+    ///
+    /// # Errors
+    /// `Json`, `Version`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let e: Self = serde_json::from_slice(bytes)?;
+        if e.v != 1 {
+            return Err(EnvelopeError::Version(e.v));
+        }
+        Ok(e)
+    }
+}
+
+/// Millisecond RFC 3339 in UTC, e.g. `2026-11-25T23:15:16.123Z`.
+pub mod rfc3339_ms {
+    use super::*;
+
+    /// Formats `t` with millisecond precision.
+    pub fn format(t: OffsetDateTime) -> String {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let t = t
+            .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+            .unwrap_or(t);
+        t.format(&Rfc3339).unwrap_or_default()
+    }
+
+    pub fn serialize<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let s = String::deserialize(d)?;
+        OffsetDateTime::parse(&s, &Rfc3339).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn received(body: &[u8]) -> Envelope {
+        Envelope::new(Received {
+            source: "unionpay",
+            received_at: datetime!(2026-11-25 23:15:16.123456 +08:00),
+            remote_addr: Some("10.0.0.1:5000".into()),
+            method: "POST",
+            path: "/notify/unionpay",
+            query: None,
+            headers: vec![
+                ("Content-Type".into(), "x".into()),
+                ("Connection".into(), "close".into()),
+            ],
+            body,
+        })
+    }
+
+    #[test]
+    fn round_trips_text_and_binary_bodies() {
+        for body in [
+            b"a=1&b=2".as_slice(),
+            b"\xff\x00binary".as_slice(),
+            b"".as_slice(),
+        ] {
+            let e = received(body);
+            let back = Envelope::from_json(&e.to_json()).unwrap();
+            assert_eq!(back.body_bytes().unwrap(), body);
+            assert_eq!(back, e);
+        }
+        let e = received(b"x");
+        assert_eq!(e.headers.len(), 1, "hop-by-hop headers are dropped");
+        let json = String::from_utf8(e.to_json()).unwrap();
+        assert!(
+            json.contains("\"received_at\":\"2026-11-25T15:15:16.123Z\""),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn key_is_hive_partitioned_in_utc() {
+        let e = received(b"x");
+        assert_eq!(
+            e.archive_key(),
+            format!("raw/source=unionpay/date=2026-11-25/hour=15/{}.json", e.id)
+        );
+    }
+
+    #[test]
+    fn tampered_envelopes_are_detected() {
+        let mut e = received(b"a=1");
+        e.body = Some("a=2".into());
+        assert!(matches!(e.body_bytes(), Err(EnvelopeError::Digest)));
+        assert!(Envelope::from_json(b"{").is_err());
+        let mut v2 = received(b"a");
+        v2.v = 2;
+        assert!(matches!(
+            Envelope::from_json(&v2.to_json()),
+            Err(EnvelopeError::Version(2))
+        ));
+    }
+}

@@ -1,0 +1,182 @@
+//! One paynotify process: backends from configuration, the ingest listeners
+//! and the workers, started together and stopped gracefully.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use paynotify_ingest::{IngestMetrics, IngestState};
+use paynotify_shared::backend::{self, Backends};
+use paynotify_shared::config::Config;
+use paynotify_shared::scheme::SourceVerifier;
+use paynotify_worker::{Hooks, Stats, WorkerContext};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Which parts to run in this process.
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    pub ingest: bool,
+    pub worker: bool,
+    pub hooks: Hooks,
+}
+
+impl AppOptions {
+    /// Ingest and workers together, as `paynotify serve`.
+    pub fn all() -> Self {
+        Self {
+            ingest: true,
+            worker: true,
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+/// A running process.
+pub struct App {
+    /// Where PSPs POST notifications (when ingest runs).
+    pub addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub backends: Backends,
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    ingest: Option<JoinHandle<std::io::Result<()>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// Builds the verifier of every configured source.
+///
+/// # Errors
+/// When a source's certificates cannot be read or do not chain.
+pub fn build_verifiers(config: &Config) -> anyhow::Result<BTreeMap<String, SourceVerifier>> {
+    config
+        .sources
+        .iter()
+        .map(|(name, source)| Ok((name.clone(), SourceVerifier::from_config(name, source)?)))
+        .collect()
+}
+
+impl App {
+    /// Opens the backends and starts what `options` asks for.
+    ///
+    /// # Errors
+    /// Configuration, backend or listener errors.
+    pub async fn start(config: &Config, options: AppOptions) -> anyhow::Result<Self> {
+        let backends = backend::build(&config.backend)?;
+        let shutdown = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
+        let (mut addr, mut admin_addr, mut ingest, mut worker) = (None, None, None, None);
+        if options.worker {
+            let ctx = WorkerContext {
+                queue: backends.queue.clone(),
+                ledger: backends.ledger.clone(),
+                verifiers: Arc::new(build_verifiers(config)?),
+                config: config.worker.clone(),
+                max_receives: config.backend.max_receives,
+                stats: stats.clone(),
+                hooks: options.hooks.clone(),
+            };
+            worker = Some(tokio::spawn(paynotify_worker::run(ctx, shutdown.clone())));
+        }
+        if options.ingest {
+            let listener = TcpListener::bind(&config.ingest.listen)
+                .await
+                .with_context(|| format!("binding ingest to {}", config.ingest.listen))?;
+            let admin = TcpListener::bind(&config.ingest.admin_listen)
+                .await
+                .with_context(|| format!("binding admin to {}", config.ingest.admin_listen))?;
+            addr = Some(listener.local_addr()?);
+            admin_addr = Some(admin.local_addr()?);
+            let state = IngestState {
+                archive: backends.archive.clone(),
+                queue: backends.queue.clone(),
+                sources: Arc::new(
+                    config
+                        .sources
+                        .iter()
+                        .map(|(k, s)| (k.clone(), s.success_body.clone()))
+                        .collect(),
+                ),
+                metrics: Arc::new(IngestMetrics::default()),
+            };
+            let (cfg, token) = (config.ingest.clone(), shutdown.clone());
+            ingest = Some(tokio::spawn(async move {
+                paynotify_ingest::run(listener, admin, state, &cfg, token).await
+            }));
+        }
+        Ok(Self {
+            addr,
+            admin_addr,
+            backends,
+            stats,
+            shutdown,
+            ingest,
+            worker,
+        })
+    }
+
+    /// A token that stops the process when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the shutdown token is cancelled, then for ingest to finish
+    /// its requests and the workers their messages.
+    ///
+    /// # Errors
+    /// A listener error or a panicked task.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.cancelled().await;
+        if let Some(i) = self.ingest {
+            i.await.context("ingest task")??;
+        }
+        if let Some(w) = self.worker {
+            w.await.context("worker task")?;
+        }
+        Ok(())
+    }
+
+    /// Cancels and waits.
+    ///
+    /// # Errors
+    /// As [`App::wait`].
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// JSON-lines logs to stderr; `RUST_LOG` overrides `default`.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,156 @@
+//! `paynotify serve`, `txn get` and `dlq list`: running the pipeline and
+//! looking into its ledger and dead-letter queue.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use paynotify::app::{init_logging, shutdown_signal, App, AppOptions};
+use paynotify_shared::backend;
+use paynotify_shared::config::Config;
+use paynotify_shared::envelope::Envelope;
+use paynotify_shared::PaymentKey;
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Runs ingest and workers until Ctrl-C or SIGTERM, then drains and exits 0.
+///
+/// # Errors
+/// Configuration, backend or listener errors.
+pub async fn serve(args: ConfigArg) -> anyhow::Result<ExitCode> {
+    init_logging("info");
+    let config = Config::load(&args.config)?;
+    let app = App::start(&config, AppOptions::all()).await?;
+    tracing::info!(ingest = ?app.addr, admin = ?app.admin_addr, data_dir = %config.backend.data_dir.display(), "serving");
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests, finishing in-flight work");
+        token.cancel();
+    });
+    app.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TxnGet {
+    #[command(flatten)]
+    config: ConfigArg,
+    source: String,
+    merchant: String,
+    /// The PSP's id of the original payment (UnionPay `queryId`).
+    payment_ref: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints a payment's state and history; exit 1 when it is not in the ledger.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn txn_get(args: TxnGet) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend)?;
+    let key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
+    let state = backends.ledger.get_payment(&key).await?;
+    let history = backends.ledger.history(&key).await?;
+    let found = state.is_some() || !history.is_empty();
+    if args.json {
+        crate::print_stdout(&serde_json::to_string_pretty(&json!({
+            "payment_key": key, "state": state, "history": history,
+        }))?)?;
+    } else {
+        let mut out = format!("payment {key}\n");
+        match &state {
+            Some(s) => out.push_str(&format!(
+                "  status {}  paid {} {}  refunded {}  version {}\n",
+                s.status.as_str(),
+                s.paid_minor,
+                s.currency,
+                s.refunded_minor,
+                s.version
+            )),
+            None => out.push_str("  no state in the ledger\n"),
+        }
+        for e in &history {
+            out.push_str(&format!(
+                "  {}  {} {}  {} {}  -> {}  ({})\n",
+                e.recorded_at,
+                e.kind,
+                e.outcome,
+                e.amount_minor,
+                e.currency,
+                e.status_after.as_deref().unwrap_or("unchanged"),
+                e.event_key
+            ));
+        }
+        crate::print_stdout(out.trim_end())?;
+    }
+    Ok(if found {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqList {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists dead letters: id, reason, receive count and archive key.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn dlq_list(args: DlqList) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend)?;
+    let entries: Vec<_> = backends
+        .queue
+        .dlq_list(args.limit)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let archive_key = Envelope::from_json(&d.body).ok().map(|e| e.archive_key());
+            json!({
+                "id": d.id, "reason": d.reason, "error": d.error, "receive_count": d.receive_count,
+                "dead_at": d.dead_at.to_string(), "archive_key": archive_key,
+            })
+        })
+        .collect();
+    if args.json {
+        crate::print_stdout(&serde_json::to_string_pretty(&entries)?)?;
+    } else {
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}  {:<22} receives={}  {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or(""),
+                    e["receive_count"],
+                    e["archive_key"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        crate::print_stdout(&format!(
+            "{} dead letters\n{}",
+            entries.len(),
+            lines.join("\n")
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,306 @@
+//! A UnionPay simulator: builds notifications shaped like UnionPay's, signs
+//! them with a test PKI's signing key, and POSTs them over real HTTP,
+//! retrying on anything but 200 the way UnionPay does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paynotify_shared::scheme::unionpay::{sign_fields, Fields, MerchantSigner};
+use time::macros::{format_description, offset};
+use time::OffsetDateTime;
+
+/// Delivery attempts before the simulator gives up on a notification.
+const MAX_ATTEMPTS: u32 = 6;
+
+/// Signs notifications as UnionPay would, with a test key.
+pub struct Simulator {
+    signer: MerchantSigner,
+    leaf_pem: String,
+    pub merchant: String,
+    client: reqwest::Client,
+    url: String,
+}
+
+/// The result of sending one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Answered 200 after this many attempts.
+    Accepted(u32),
+    /// Never answered 200.
+    Failed(u16),
+}
+
+impl Simulator {
+    /// A simulator signing with `key_pem` and embedding `leaf_pem`.
+    ///
+    /// # Errors
+    /// When the key cannot be read.
+    pub fn new(
+        key_pem: &[u8],
+        leaf_pem: &str,
+        merchant: &str,
+        url: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            signer: MerchantSigner::from_pkcs8(key_pem)?,
+            leaf_pem: leaf_pem.to_owned(),
+            merchant: merchant.to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()?,
+            url: url.to_owned(),
+        }))
+    }
+
+    fn base(
+        &self,
+        txn_type: &str,
+        order_id: &str,
+        query_id: &str,
+        amount: u64,
+        resp_code: &str,
+    ) -> Fields {
+        let now = OffsetDateTime::now_utc().to_offset(offset!(+8));
+        let txn_time = now
+            .format(format_description!(
+                "[year][month][day][hour][minute][second]"
+            ))
+            .unwrap_or_default();
+        let mut f = Fields::default();
+        for (k, v) in [
+            ("accessType", "0"),
+            ("bizType", "000201"),
+            ("currencyCode", "156"),
+            ("encoding", "utf-8"),
+            ("merId", &self.merchant),
+            ("orderId", order_id),
+            ("queryId", query_id),
+            ("respCode", resp_code),
+            (
+                "respMsg",
+                if resp_code == "00" {
+                    "成功[0000000]"
+                } else {
+                    "失败"
+                },
+            ),
+            ("signMethod", "01"),
+            ("txnAmt", &amount.to_string()),
+            ("txnSubType", "01"),
+            ("txnTime", &txn_time),
+            ("txnType", txn_type),
+            ("version", "5.1.0"),
+            ("signPubKeyCert", &self.leaf_pem),
+        ] {
+            f.set(k, v);
+        }
+        f
+    }
+
+    /// A signed purchase (txnType 01) notification body.
+    pub fn purchase(&self, query_id: &str, amount: u64) -> String {
+        self.sign(self.base("01", &format!("o{query_id}"), query_id, amount, "00"))
+    }
+
+    /// A signed refund (04) of `orig_query_id`.
+    pub fn refund(&self, orig_query_id: &str, refund_id: &str, amount: u64) -> String {
+        let mut f = self.base("04", &format!("r{refund_id}"), refund_id, amount, "00");
+        f.set("origQryId", orig_query_id);
+        self.sign(f)
+    }
+
+    /// A signed void (31) of `orig_query_id`.
+    pub fn void(&self, orig_query_id: &str, void_id: &str, amount: u64) -> String {
+        let mut f = self.base("31", &format!("v{void_id}"), void_id, amount, "00");
+        f.set("origQryId", orig_query_id);
+        self.sign(f)
+    }
+
+    fn sign(&self, mut fields: Fields) -> String {
+        // Signing fails only for a version other than 5.1.0, which `base` never sets.
+        let _ = sign_fields(&self.signer, &mut fields);
+        fields.to_form_body()
+    }
+
+    /// POSTs `body`, retrying non-200 answers and connection errors with backoff.
+    pub async fn send(&self, body: String) -> Delivery {
+        let mut last = 0;
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self
+                .client
+                .post(&self.url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.clone())
+                .send()
+                .await
+            {
+                Ok(r) if r.status().as_u16() == 200 => return Delivery::Accepted(attempt),
+                Ok(r) => last = r.status().as_u16(),
+                Err(_) => last = 0,
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        Delivery::Failed(last)
+    }
+}
+
+/// Changes `txnAmt` without re-signing: what an attacker in the middle would send.
+pub fn tamper(body: &str) -> String {
+    match body.find("txnAmt=") {
+        Some(i) => {
+            let rest = &body[i + 7..];
+            let end = rest.find('&').unwrap_or(rest.len());
+            format!("{}txnAmt=1{}{}", &body[..i], &rest[..end], &rest[end..])
+        }
+        None => format!("{body}&txnAmt=1"),
+    }
+}
+
+/// The traffic mix of a simulation.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    /// Payments to simulate (each a purchase, plus its refunds or void).
+    pub count: usize,
+    /// Notifications per second across all senders (0 = as fast as possible).
+    pub rate: f64,
+    /// Fraction of purchases UnionPay delivers 8 times concurrently.
+    pub duplicates: f64,
+    /// Fraction of purchases also sent once more with `txnAmt` altered.
+    pub tamper: f64,
+    /// Fraction of payments refunded (half partially then fully, half fully).
+    pub refunds: f64,
+    /// Fraction of payments voided.
+    pub voids: f64,
+    /// Fraction of refunded payments whose first refund arrives before the purchase.
+    pub early_refunds: f64,
+    /// Concurrent senders.
+    pub concurrency: usize,
+}
+
+/// What a simulation sent and what the ledger should end up with.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub sent: u64,
+    pub accepted: u64,
+    pub failed: u64,
+    pub duplicate_deliveries: u64,
+    pub tampered: u64,
+    pub forged: u64,
+    pub expected_paid: u64,
+    pub expected_refunded: u64,
+    pub expected_voided: u64,
+}
+
+impl Report {
+    fn add(&mut self, d: Delivery) {
+        self.sent += 1;
+        match d {
+            Delivery::Accepted(_) => self.accepted += 1,
+            Delivery::Failed(_) => self.failed += 1,
+        }
+    }
+}
+
+/// Sends `mix.count` payments' worth of notifications. `forger`, when given,
+/// signs a few notifications with an untrusted certificate.
+pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &Mix) -> Report {
+    use rand::Rng;
+    let permits = Arc::new(tokio::sync::Semaphore::new(mix.concurrency.max(1)));
+    let interval =
+        (mix.rate > 0.0).then(|| Duration::from_secs_f64(mix.concurrency.max(1) as f64 / mix.rate));
+    let run_id = ulid::Ulid::new().to_string().to_lowercase();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut report = Report::default();
+    for i in 0..mix.count {
+        let mut rng = rand::rng();
+        let amount: u64 = rng.random_range(100..100_000);
+        let roll: f64 = rng.random();
+        let (refund, void) = (
+            roll < mix.refunds,
+            roll >= mix.refunds && roll < mix.refunds + mix.voids,
+        );
+        let partial = refund && rng.random_bool(0.5);
+        let early = refund && rng.random_bool(mix.early_refunds.clamp(0.0, 1.0));
+        let dup = rng.random_bool(mix.duplicates.clamp(0.0, 1.0));
+        let tampered = rng.random_bool(mix.tamper.clamp(0.0, 1.0));
+        match (refund, void) {
+            (true, _) => report.expected_refunded += 1,
+            (_, true) => report.expected_voided += 1,
+            _ => report.expected_paid += 1,
+        }
+        report.duplicate_deliveries += if dup { 7 } else { 0 };
+        report.tampered += u64::from(tampered);
+        let (sim, permits) = (sim.clone(), permits.clone());
+        let query_id = format!("{run_id}{i:08}");
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = tokio::time::Instant::now();
+            let mut out = Report::default();
+            let purchase = sim.purchase(&query_id, amount);
+            let mut refunds = Vec::new();
+            if refund && partial {
+                refunds.push(sim.refund(&query_id, &format!("{query_id}r1"), amount / 3));
+                refunds.push(sim.refund(&query_id, &format!("{query_id}r2"), amount - amount / 3));
+            } else if refund {
+                refunds.push(sim.refund(&query_id, &format!("{query_id}r1"), amount));
+            }
+            if early {
+                if let Some(first) = refunds.first() {
+                    out.add(sim.send(first.clone()).await);
+                }
+            }
+            if dup {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (s, b) = (sim.clone(), purchase.clone());
+                        tokio::spawn(async move { s.send(b).await })
+                    })
+                    .collect();
+                for h in handles {
+                    out.add(h.await.unwrap_or(Delivery::Failed(0)));
+                }
+            } else {
+                out.add(sim.send(purchase.clone()).await);
+            }
+            if tampered {
+                out.add(sim.send(tamper(&purchase)).await);
+            }
+            for (n, r) in refunds.into_iter().enumerate() {
+                if !(early && n == 0) {
+                    out.add(sim.send(r).await);
+                }
+            }
+            if void {
+                out.add(
+                    sim.send(sim.void(&query_id, &format!("{query_id}v"), amount))
+                        .await,
+                );
+            }
+            if let Some(interval) = interval {
+                tokio::time::sleep_until(started + interval).await;
+            }
+            out
+        });
+    }
+    if let Some(forger) = forger {
+        for i in 0..5 {
+            let f = forger.clone();
+            let q = format!("{run_id}forged{i}");
+            tasks.spawn(async move {
+                let mut out = Report {
+                    forged: 1,
+                    ..Report::default()
+                };
+                out.add(f.send(f.purchase(&q, 100)).await);
+                out
+            });
+        }
+    }
+    while let Some(Ok(r)) = tasks.join_next().await {
+        report.sent += r.sent;
+        report.accepted += r.accepted;
+        report.failed += r.failed;
+        report.forged += r.forged;
+    }
+    report
+}

@@ -1,0 +1,65 @@
+//! `paynotify simulate`: signed UnionPay-style traffic against a running paynotify.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use paynotify::simulate::{run_mix, Mix, Simulator};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Notification URL, e.g. http://127.0.0.1:8080/notify/unionpay
+    #[arg(long)]
+    url: String,
+    /// Test PKI directory (from `paynotify testpki`) whose signer.key.pem signs.
+    #[arg(long)]
+    pki: PathBuf,
+    #[arg(long, default_value = "777290058167151")]
+    merchant: String,
+    /// Payments to simulate.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Payments per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Fraction of purchases delivered 8 times concurrently.
+    #[arg(long, default_value_t = 0.1)]
+    duplicates: f64,
+    /// Fraction of purchases also sent with an altered amount.
+    #[arg(long, default_value_t = 0.0)]
+    tamper: f64,
+    /// Fraction of payments refunded.
+    #[arg(long, default_value_t = 0.2)]
+    refunds: f64,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+/// Sends the traffic and prints a JSON report; exit 1 if any notification never got a 200.
+///
+/// # Errors
+/// When the PKI cannot be read.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let key = std::fs::read(args.pki.join("signer.key.pem")).context("reading signer.key.pem")?;
+    let leaf =
+        std::fs::read_to_string(args.pki.join("signer.pem")).context("reading signer.pem")?;
+    let sim = Simulator::new(&key, &leaf, &args.merchant, &args.url)?;
+    let mix = Mix {
+        count: args.count,
+        rate: args.rate,
+        duplicates: args.duplicates,
+        tamper: args.tamper,
+        refunds: args.refunds,
+        voids: 0.05,
+        early_refunds: 0.1,
+        concurrency: args.concurrency,
+    };
+    let report = run_mix(sim, None, &mix).await;
+    crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
