@@ -1,7 +1,6 @@
 //! One paynotify process: backends from configuration, the ingest listeners
 //! and the workers, started together and stopped gracefully.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,6 +9,7 @@ use paynotify_ingest::{IngestMetrics, IngestState};
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::Config;
 use paynotify_shared::scheme::SourceVerifier;
+pub use paynotify_shared::telemetry::{init_logging, shutdown_signal};
 use paynotify_worker::{Hooks, Stats, WorkerContext};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -46,18 +46,6 @@ pub struct App {
     worker: Option<JoinHandle<()>>,
 }
 
-/// Builds the verifier of every configured source.
-///
-/// # Errors
-/// When a source's certificates cannot be read or do not chain.
-pub fn build_verifiers(config: &Config) -> anyhow::Result<BTreeMap<String, SourceVerifier>> {
-    config
-        .sources
-        .iter()
-        .map(|(name, source)| Ok((name.clone(), SourceVerifier::from_config(name, source)?)))
-        .collect()
-}
-
 impl App {
     /// Opens the backends and starts what `options` asks for.
     ///
@@ -72,7 +60,7 @@ impl App {
             let ctx = WorkerContext {
                 queue: backends.queue.clone(),
                 ledger: backends.ledger.clone(),
-                verifiers: Arc::new(build_verifiers(config)?),
+                verifiers: Arc::new(SourceVerifier::all(config)?),
                 config: config.worker.clone(),
                 max_receives: config.backend.max_receives,
                 stats: stats.clone(),
@@ -146,37 +134,4 @@ impl App {
         self.shutdown.cancel();
         self.wait().await
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
-/// JSON-lines logs to stderr; `RUST_LOG` overrides `default`.
-pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -82,7 +82,9 @@ impl Envelope {
             v: 1,
             id: ulid::Ulid::new().to_string(),
             source: r.source.to_owned(),
-            received_at: r.received_at,
+            // Stored as archived (UTC, milliseconds), so the worker verifies
+            // against exactly the time in the archive.
+            received_at: rfc3339_ms::truncate(r.received_at),
             remote_addr: r.remote_addr,
             method: r.method.to_owned(),
             path: r.path.to_owned(),
@@ -152,13 +154,16 @@ impl Envelope {
 pub mod rfc3339_ms {
     use super::*;
 
+    /// `t` in UTC, truncated to whole milliseconds.
+    pub fn truncate(t: OffsetDateTime) -> OffsetDateTime {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        t.replace_nanosecond(u32::from(t.millisecond()) * 1_000_000)
+            .unwrap_or(t)
+    }
+
     /// Formats `t` with millisecond precision.
     pub fn format(t: OffsetDateTime) -> String {
-        let t = t.to_offset(time::UtcOffset::UTC);
-        let t = t
-            .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-            .unwrap_or(t);
-        t.format(&Rfc3339).unwrap_or_default()
+        truncate(t).format(&Rfc3339).unwrap_or_default()
     }
 
     pub fn serialize<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {

@@ -10,6 +10,7 @@ pub mod ports;
 pub mod scheme;
 pub mod secret;
 pub mod state;
+pub mod telemetry;
 pub mod testing;
 pub mod testpki;
 

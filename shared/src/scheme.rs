@@ -17,6 +17,20 @@ pub enum SourceVerifier {
 }
 
 impl SourceVerifier {
+    /// The verifier of every configured source, by name.
+    ///
+    /// # Errors
+    /// As [`SourceVerifier::from_config`].
+    pub fn all(
+        config: &crate::config::Config,
+    ) -> Result<std::collections::BTreeMap<String, Self>, ConfigError> {
+        config
+            .sources
+            .iter()
+            .map(|(name, source)| Ok((name.clone(), Self::from_config(name, source)?)))
+            .collect()
+    }
+
     /// Builds the verifier of `name` from its configuration, reading its
     /// certificates.
     ///

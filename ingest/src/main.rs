@@ -1,0 +1,55 @@
+//! `paynotify-ingest`: the ingest alone, for running it apart from the workers
+//! on the same backend.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use paynotify_ingest::{IngestMetrics, IngestState};
+use paynotify_shared::backend;
+use paynotify_shared::config::Config;
+use paynotify_shared::telemetry::{init_logging, shutdown_signal};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging("info");
+    let path = config_path()?;
+    let config = Config::load(&path)?;
+    let backends = backend::build(&config.backend)?;
+    let listener = tokio::net::TcpListener::bind(&config.ingest.listen)
+        .await
+        .with_context(|| format!("binding {}", config.ingest.listen))?;
+    let admin = tokio::net::TcpListener::bind(&config.ingest.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", config.ingest.admin_listen))?;
+    let state = IngestState {
+        archive: backends.archive,
+        queue: backends.queue,
+        sources: Arc::new(
+            config
+                .sources
+                .iter()
+                .map(|(k, s)| (k.clone(), s.success_body.clone()))
+                .collect(),
+        ),
+        metrics: Arc::new(IngestMetrics::default()),
+    };
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "ingest serving");
+    paynotify_ingest::run(listener, admin, state, &config.ingest, shutdown).await?;
+    Ok(())
+}
+
+/// `--config FILE` is the only argument.
+fn config_path() -> anyhow::Result<std::path::PathBuf> {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (Some("--config"), Some(path)) => Ok(path.into()),
+        _ => anyhow::bail!("usage: paynotify-ingest --config FILE"),
+    }
+}

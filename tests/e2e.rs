@@ -1,0 +1,387 @@
+//! End to end on the embedded backend: the real ingest and worker on port 0
+//! and a temporary data directory, driven by signed HTTP notifications.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paynotify::app::{App, AppOptions};
+use paynotify::simulate::{tamper, Delivery, Simulator};
+use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
+use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
+use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
+use paynotify_worker::Hooks;
+
+const MERCHANT: &str = "777290058167151";
+
+struct TestApp {
+    app: Option<App>,
+    dir: tempfile::TempDir,
+    config: Config,
+    pki: TestPki,
+    sim: Arc<Simulator>,
+    url: String,
+}
+
+fn config_in(dir: &std::path::Path, pki: &TestPki) -> Config {
+    pki.write(&dir.join("pki"), UNIONPAY_IDENTITY, &[MERCHANT.into()])
+        .unwrap();
+    let text = format!(
+        "[backend]\ndata_dir = \"data\"\nvisibility_timeout_secs = 1\nmax_receives = 20\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_body_bytes = 1048576\n\
+         [worker]\nconcurrency = 4\nreceive_wait_ms = 200\nretry_min_delay_ms = 100\nretry_max_delay_secs = 1\n{}",
+        pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
+            .replace("file:root.pem", "file:pki/root.pem")
+            .replace("file:middle.pem", "file:pki/middle.pem")
+    );
+    let path = dir.join("paynotify.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    let config = config_in(dir.path(), &pki);
+    let app = App::start(&config, options).await.unwrap();
+    let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
+    let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
+    TestApp {
+        app: Some(app),
+        dir,
+        config,
+        pki,
+        sim,
+        url,
+    }
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::all()).await
+}
+
+impl TestApp {
+    fn app(&self) -> &App {
+        self.app.as_ref().unwrap()
+    }
+
+    async fn payment(&self, query_id: &str) -> Option<PaymentState> {
+        let key = PaymentKey::new("unionpay", MERCHANT, query_id);
+        self.app().backends.ledger.get_payment(&key).await.unwrap()
+    }
+
+    async fn wait_for_status(&self, query_id: &str, status: PaymentStatus) -> PaymentState {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.payment(query_id).await {
+                if s.status == status {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{query_id} never became {status:?}: {:?}",
+                self.payment(query_id).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_until_drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.app().backends.queue.depth().await.unwrap() > 0 {
+            assert!(Instant::now() < deadline, "queue never drained");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn dlq_reasons(&self) -> Vec<String> {
+        let mut r: Vec<String> = self
+            .app()
+            .backends
+            .queue
+            .dlq_list(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.reason)
+            .collect();
+        r.sort();
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchase_becomes_paid() {
+    let t = spawn_app().await;
+    assert_eq!(
+        t.sim.send(t.sim.purchase("q1", 1500)).await,
+        Delivery::Accepted(1)
+    );
+    let s = t.wait_for_status("q1", PaymentStatus::Paid).await;
+    assert_eq!(
+        (s.paid_minor, s.currency.as_str(), s.version),
+        (1500, "CNY", 1)
+    );
+    // The archive holds the exact envelope.
+    let keys = t
+        .app()
+        .backends
+        .archive
+        .list("raw/source=unionpay/", None, None)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_then_full_refund_becomes_refunded() {
+    let t = spawn_app().await;
+    t.sim.send(t.sim.purchase("q2", 1000)).await;
+    t.wait_for_status("q2", PaymentStatus::Paid).await;
+    t.sim.send(t.sim.refund("q2", "r1", 300)).await;
+    let s = t
+        .wait_for_status("q2", PaymentStatus::PartiallyRefunded)
+        .await;
+    assert_eq!(s.refunded_minor, 300);
+    t.sim.send(t.sim.refund("q2", "r2", 700)).await;
+    let s = t.wait_for_status("q2", PaymentStatus::Refunded).await;
+    assert_eq!((s.paid_minor, s.refunded_minor, s.version), (1000, 1000, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_deliveries_apply_once() {
+    let t = spawn_app().await;
+    let body = t.sim.purchase("q3", 500);
+    let sends: Vec<_> = (0..8)
+        .map(|_| {
+            let (sim, body) = (t.sim.clone(), body.clone());
+            tokio::spawn(async move { sim.send(body).await })
+        })
+        .collect();
+    for s in sends {
+        assert!(matches!(s.await.unwrap(), Delivery::Accepted(_)));
+    }
+    t.wait_until_drained().await;
+    let key = PaymentKey::new("unionpay", MERCHANT, "q3");
+    assert_eq!(
+        t.app().backends.ledger.history(&key).await.unwrap().len(),
+        1
+    );
+    assert_eq!(t.payment("q3").await.unwrap().version, 1);
+    assert!(t.dlq_reasons().await.is_empty());
+    assert_eq!(t.app().stats.snapshot().duplicates, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_before_purchase_waits_for_it() {
+    let t = spawn_app().await;
+    t.sim.send(t.sim.refund("q4", "r1", 800)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.payment("q4").await.is_none());
+    t.sim.send(t.sim.purchase("q4", 800)).await;
+    let s = t.wait_for_status("q4", PaymentStatus::Refunded).await;
+    assert_eq!(s.refunded_minor, 800);
+    assert!(t.app().stats.snapshot().retried >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone() {
+    let t = spawn_app().await;
+    let forged_pki = generate(&TestPkiOptions::default()).unwrap();
+    let forger = Simulator::new(
+        forged_pki.leaf_key_pem.as_bytes(),
+        &forged_pki.leaf_pem,
+        MERCHANT,
+        &t.url,
+    )
+    .unwrap();
+    // Ingest accepts both (it does not verify); the worker rejects them.
+    assert!(matches!(
+        t.sim.send(tamper(&t.sim.purchase("q5", 100))).await,
+        Delivery::Accepted(_)
+    ));
+    assert!(matches!(
+        forger.send(forger.purchase("q6", 100)).await,
+        Delivery::Accepted(_)
+    ));
+    t.wait_until_drained().await;
+    assert_eq!(
+        t.dlq_reasons().await,
+        vec!["BadSignature", "UntrustedCertificate"]
+    );
+    assert!(t.payment("q5").await.is_none());
+    assert!(t.payment("q6").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_unknown_and_binary_requests() {
+    let t = spawn_app().await;
+    let client = reqwest::Client::new();
+    let big = vec![b'a'; 2 << 20];
+    let r = client.post(&t.url).body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    // Chunked (no Content-Length) is limited too.
+    assert_eq!(post_chunked(t.app().addr.unwrap(), big.len()).await, 413);
+    let unknown = t.url.replace("/notify/unionpay", "/notify/paypal");
+    assert_eq!(
+        client
+            .post(&unknown)
+            .body("a=1")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    // Non-UTF-8 bytes are archived exactly and dead-lettered with a reason.
+    let r = client
+        .post(&t.url)
+        .body(vec![0xff, 0xfe, b'=', 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    t.wait_until_drained().await;
+    assert_eq!(t.dlq_reasons().await, vec!["MalformedBody"]);
+    let admin = format!("http://{}", t.app().admin_addr.unwrap());
+    assert_eq!(
+        client
+            .get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let metrics = client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("paynotify_ingest_requests_total{result=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    // The public listener does not serve admin endpoints.
+    assert_eq!(
+        client
+            .get(t.url.replace("/notify/unionpay", "/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+}
+
+/// POSTs `total` bytes with `Transfer-Encoding: chunked` over a raw socket and
+/// returns the status code of the answer.
+async fn post_chunked(addr: std::net::SocketAddr, total: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /notify/unionpay HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..total / chunk.len() {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if s.write_all(&frame).await.is_err() {
+            break; // the server answered and closed early
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut buf = vec![0; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_ledger_write_and_delete_is_a_duplicate_on_redelivery() {
+    let crash = Arc::new(AtomicBool::new(true));
+    let c = crash.clone();
+    // The first ack crashes (message abandoned after the ledger write); later ones do not.
+    let hooks = Hooks {
+        crash_after_apply: Some(Arc::new(move || c.swap(false, Ordering::SeqCst))),
+    };
+    let t = spawn_app_with(AppOptions {
+        hooks,
+        ..AppOptions::all()
+    })
+    .await;
+    t.sim.send(t.sim.purchase("q7", 100)).await;
+    t.wait_for_status("q7", PaymentStatus::Paid).await;
+    assert!(
+        !crash.load(Ordering::SeqCst),
+        "the crash hook fired after the ledger write"
+    );
+    // After the 1 s visibility timeout it is redelivered, found Duplicate, and deleted.
+    t.wait_until_drained().await;
+    let snap = t.app().stats.snapshot();
+    assert_eq!(snap.duplicates, 1);
+    assert_eq!(t.payment("q7").await.unwrap().version, 1);
+    let key = PaymentKey::new("unionpay", MERCHANT, "q7");
+    assert_eq!(
+        t.app().backends.ledger.history(&key).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_applies_everything_queued_once() {
+    // First run: ingest only, as if the workers were down.
+    let mut t = spawn_app_with(AppOptions {
+        ingest: true,
+        worker: false,
+        ..AppOptions::default()
+    })
+    .await;
+    for i in 0..20 {
+        let q = format!("r{i}");
+        assert!(matches!(
+            t.sim.send(t.sim.purchase(&q, 100 + i)).await,
+            Delivery::Accepted(_)
+        ));
+        t.sim
+            .send(t.sim.refund(&q, &format!("{q}-refund"), 10))
+            .await;
+    }
+    assert_eq!(t.app().backends.queue.depth().await.unwrap(), 40);
+    t.app.take().unwrap().stop().await.unwrap();
+
+    // Second run on the same data directory, ingest and workers.
+    let app = App::start(&t.config, AppOptions::all()).await.unwrap();
+    t.app = Some(app);
+    t.wait_until_drained().await;
+    for i in 0..20 {
+        let s = t.payment(&format!("r{i}")).await.unwrap();
+        assert_eq!(
+            (s.status, s.refunded_minor, s.version),
+            (PaymentStatus::PartiallyRefunded, 10, 2),
+            "r{i}"
+        );
+    }
+    assert!(t.dlq_reasons().await.is_empty());
+    let _ = (&t.dir, &t.pki);
+}
