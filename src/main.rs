@@ -32,6 +32,11 @@ enum Command {
     /// Inspect the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Re-enqueue archived notifications of a time range (idempotent).
+    Replay(ops_cmd::Replay),
+    /// Read the raw archive.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Send signed UnionPay-style notifications to a running paynotify.
     Simulate(simulate_cmd::Args),
     /// Run the whole pipeline on a fresh data directory with simulated traffic.
@@ -48,6 +53,16 @@ enum TxnCommand {
 enum DlqCommand {
     /// Dead letters with their reasons.
     List(ops_cmd::DlqList),
+    /// Move dead letters back to the queue (all, or one reason).
+    Redrive(ops_cmd::DlqRedrive),
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// List archive keys.
+    Ls(ops_cmd::ArchiveLs),
+    /// Print one archived envelope.
+    Cat(ops_cmd::ArchiveCat),
 }
 
 /// Prints to stdout; a closed pipe (`| head`) ends output quietly instead of panicking.
@@ -68,6 +83,10 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => ops_cmd::serve(args).await,
         Command::Txn(TxnCommand::Get(args)) => ops_cmd::txn_get(args).await,
         Command::Dlq(DlqCommand::List(args)) => ops_cmd::dlq_list(args).await,
+        Command::Dlq(DlqCommand::Redrive(args)) => ops_cmd::dlq_redrive(args).await,
+        Command::Replay(args) => ops_cmd::replay(args).await,
+        Command::Archive(ArchiveCommand::Ls(args)) => ops_cmd::archive_ls(args).await,
+        Command::Archive(ArchiveCommand::Cat(args)) => ops_cmd::archive_cat(args).await,
         Command::Simulate(args) => simulate_cmd::run(args).await,
         Command::Demo(args) => demo_cmd::run(args).await,
         Command::Verify(args) => verify_cmd::run(args),

@@ -26,7 +26,9 @@ pub async fn serve(args: ConfigArg) -> anyhow::Result<ExitCode> {
     init_logging("info");
     let config = Config::load(&args.config)?;
     let app = App::start(&config, AppOptions::all()).await?;
-    tracing::info!(ingest = ?app.addr, admin = ?app.admin_addr, data_dir = %config.backend.data_dir.display(), "serving");
+    let show = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(ingest = %show(app.addr), admin = %show(app.admin_addr),
+                   data_dir = %config.backend.data_dir.display(), "serving");
     let token = app.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -152,5 +154,119 @@ pub async fn dlq_list(args: DlqList) -> anyhow::Result<ExitCode> {
             lines.join("\n")
         ))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqRedrive {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only dead letters with this reason (e.g. `retries_exhausted`).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// Moves dead letters back to the queue; prints how many.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn dlq_redrive(args: DlqRedrive) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend)?;
+    let moved = backends.queue.redrive(args.reason.as_deref()).await?;
+    crate::print_stdout(&json!({ "redriven": moved }).to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ArchiveLs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Key prefix, e.g. `raw/source=unionpay/date=2026-11-25/`.
+    #[arg(long, default_value = "raw/")]
+    prefix: String,
+    /// Only hours from this time (RFC 3339).
+    #[arg(long, value_parser = crate::verify_cmd::parse_time)]
+    from: Option<time::OffsetDateTime>,
+    /// Only hours up to this time (RFC 3339).
+    #[arg(long, value_parser = crate::verify_cmd::parse_time)]
+    to: Option<time::OffsetDateTime>,
+}
+
+/// Lists archive keys, one per line.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn archive_ls(args: ArchiveLs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend)?;
+    let keys = backends
+        .archive
+        .list(&args.prefix, args.from, args.to)
+        .await?;
+    crate::print_stdout(&keys.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ArchiveCat {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The archive key.
+    key: String,
+}
+
+/// Prints one archived envelope.
+///
+/// # Errors
+/// Configuration or backend errors, or a missing key.
+pub async fn archive_cat(args: ArchiveCat) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend)?;
+    let bytes = backends.archive.get(&args.key).await?;
+    crate::print_stdout(&String::from_utf8_lossy(&bytes))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Replay {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Start of the range (RFC 3339); whole hours are replayed.
+    #[arg(long, value_parser = crate::verify_cmd::parse_time)]
+    from: time::OffsetDateTime,
+    /// End of the range (RFC 3339).
+    #[arg(long, value_parser = crate::verify_cmd::parse_time)]
+    to: time::OffsetDateTime,
+    /// Only this source.
+    #[arg(long)]
+    source: Option<String>,
+}
+
+/// Re-enqueues archived notifications in a time range. Safe at any time:
+/// applying is idempotent, so what was applied before becomes a duplicate.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend)?;
+    let prefix = match &args.source {
+        Some(s) => format!("raw/source={s}/"),
+        None => "raw/".to_owned(),
+    };
+    let keys = backends
+        .archive
+        .list(&prefix, Some(args.from), Some(args.to))
+        .await?;
+    let mut sent = 0usize;
+    for chunk in keys.chunks(10) {
+        let mut bodies = Vec::with_capacity(chunk.len());
+        for key in chunk {
+            bodies.push(backends.archive.get(key).await?);
+        }
+        sent += backends.queue.send_batch(&bodies).await?.len();
+    }
+    crate::print_stdout(&json!({ "replayed": sent }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }

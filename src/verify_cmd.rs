@@ -29,7 +29,7 @@ pub struct Args {
     explain: bool,
 }
 
-fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
 

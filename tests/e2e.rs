@@ -40,9 +40,14 @@ fn config_in(dir: &std::path::Path, pki: &TestPki) -> Config {
 }
 
 async fn spawn_app_with(options: AppOptions) -> TestApp {
+    spawn_app_tweaked(options, |_| {}).await
+}
+
+async fn spawn_app_tweaked(options: AppOptions, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let pki = generate(&TestPkiOptions::default()).unwrap();
-    let config = config_in(dir.path(), &pki);
+    let mut config = config_in(dir.path(), &pki);
+    tweak(&mut config);
     let app = App::start(&config, options).await.unwrap();
     let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
     let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
@@ -384,4 +389,24 @@ async fn restart_applies_everything_queued_once() {
     }
     assert!(t.dlq_reasons().await.is_empty());
     let _ = (&t.dir, &t.pki);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_whose_payment_never_arrives_is_dead_lettered_with_the_last_error() {
+    let t = spawn_app_tweaked(AppOptions::all(), |c| c.backend.max_receives = 3).await;
+    t.sim.send(t.sim.refund("never", "r1", 100)).await;
+    t.wait_until_drained().await;
+    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        (dlq[0].reason.as_str(), dlq[0].receive_count),
+        ("retries_exhausted", 3)
+    );
+    assert!(
+        dlq[0].error.contains("not in the ledger yet"),
+        "{}",
+        dlq[0].error
+    );
+    assert_eq!(t.app().stats.snapshot().retried, 2);
+    assert!(t.payment("never").await.is_none());
 }

@@ -1,0 +1,186 @@
+//! The ingest answers 200 only after archive and queue both succeeded, 503
+//! when either fails, and cuts off slow clients.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use paynotify_ingest::{IngestMetrics, IngestState};
+use paynotify_shared::backend::local::{LocalArchive, LocalQueue};
+use paynotify_shared::config::IngestConfig;
+use paynotify_shared::ports::{
+    Archive, ArchiveError, DeadLetter, Queue, QueueError, QueueMessage, Receipt,
+};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// An archive whose store is down.
+struct DownArchive;
+
+#[async_trait]
+impl Archive for DownArchive {
+    async fn put(&self, _: &str, _: &[u8]) -> Result<(), ArchiveError> {
+        Err(ArchiveError::Unavailable("disk full".into()))
+    }
+    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+        Err(ArchiveError::NotFound(key.into()))
+    }
+    async fn list(
+        &self,
+        _: &str,
+        _: Option<OffsetDateTime>,
+        _: Option<OffsetDateTime>,
+    ) -> Result<Vec<String>, ArchiveError> {
+        Ok(vec![])
+    }
+}
+
+struct Ingest {
+    addr: SocketAddr,
+    queue: LocalQueue,
+    archive: LocalArchive,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> Ingest {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = LocalArchive::open(dir.path().join("archive")).unwrap();
+    let queue = LocalQueue::open(&dir.path().join("q.sqlite3"), 30, 5).unwrap();
+    let queue_port: Arc<dyn Queue> = if queue_down {
+        Arc::new(FailingQueue(queue.clone()))
+    } else {
+        Arc::new(queue.clone())
+    };
+    let state = IngestState {
+        archive: if archive_down {
+            Arc::new(DownArchive)
+        } else {
+            Arc::new(archive.clone())
+        },
+        queue: queue_port,
+        sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
+        metrics: Arc::new(IngestMetrics::default()),
+    };
+    let config = IngestConfig {
+        read_timeout_ms,
+        ..IngestConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(
+        async move { paynotify_ingest::run(listener, admin, state, &config, token).await },
+    );
+    Ingest {
+        addr,
+        queue,
+        archive,
+        _dir: dir,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+/// A queue whose sends fail (the rest delegates to a working queue).
+struct FailingQueue(LocalQueue);
+
+#[async_trait]
+impl Queue for FailingQueue {
+    async fn send(&self, _: &[u8]) -> Result<String, QueueError> {
+        Err(QueueError::Unavailable("queue down".into()))
+    }
+    async fn send_batch(&self, b: &[Vec<u8>]) -> Result<Vec<String>, QueueError> {
+        self.0.send_batch(b).await
+    }
+    async fn receive(&self, m: usize, w: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        self.0.receive(m, w).await
+    }
+    async fn delete(&self, r: &Receipt) -> Result<(), QueueError> {
+        self.0.delete(r).await
+    }
+    async fn delay(&self, r: &Receipt, s: u32) -> Result<(), QueueError> {
+        self.0.delay(r, s).await
+    }
+    async fn dead_letter(&self, m: &QueueMessage, r: &str, e: &str) -> Result<(), QueueError> {
+        self.0.dead_letter(m, r, e).await
+    }
+    async fn dlq_list(&self, l: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.0.dlq_list(l).await
+    }
+    async fn redrive(&self, r: Option<&str>) -> Result<usize, QueueError> {
+        self.0.redrive(r).await
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Err(QueueError::Unavailable("queue down".into()))
+    }
+}
+
+async fn post(addr: SocketAddr, body: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/notify/unionpay"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn answers_200_with_the_success_body_after_archive_and_queue() {
+    let i = start(false, false, 10_000).await;
+    assert_eq!(post(i.addr, "a=1").await, (200, "ok".to_owned()));
+    assert_eq!(i.queue.depth().await.unwrap(), 1);
+    let keys = i
+        .archive
+        .list("raw/source=unionpay/", None, None)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let archived = i.archive.get(&keys[0]).await.unwrap();
+    let queued = i.queue.receive(1, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        archived, queued[0].body,
+        "the archived object is the enqueued message"
+    );
+}
+
+#[tokio::test]
+async fn answers_503_when_the_archive_or_the_queue_fails() {
+    let i = start(true, false, 10_000).await;
+    assert_eq!(post(i.addr, "a=1").await.0, 503);
+    assert_eq!(
+        i.queue.depth().await.unwrap(),
+        0,
+        "nothing enqueued without an archived copy"
+    );
+    let i = start(false, true, 10_000).await;
+    assert_eq!(post(i.addr, "a=1").await.0, 503);
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let i = start(false, false, 300).await;
+    let mut s = tokio::net::TcpStream::connect(i.addr).await.unwrap();
+    s.write_all(b"POST /notify/unionpay HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0; 128];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let status_line = String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    assert!(!status_line.contains(" 200 "), "{status_line}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(i.queue.depth().await.unwrap(), 0);
+}

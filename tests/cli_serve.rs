@@ -1,0 +1,188 @@
+//! `paynotify serve` as an operator runs it: real process, real HTTP, the
+//! inspection commands beside it, environment overrides, replay, and a
+//! graceful exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use paynotify::simulate::{tamper, Delivery, Simulator};
+use paynotify_shared::config::UNIONPAY_IDENTITY;
+use paynotify_shared::testpki::{generate, TestPkiOptions};
+use serde_json::Value;
+
+const MERCHANT: &str = "777290058167151";
+
+fn paynotify(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paynotify"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("paynotify runs")
+}
+
+/// Starts `serve` and returns it with the ingest address from its log.
+fn serve(config: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["fields"]["message"] == "serving" {
+                    let _ = tx.send(
+                        v["fields"]["ingest"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve logs its address");
+    (child, addr)
+}
+
+fn txn(config: &str, query_id: &str, env: &[(&str, &str)]) -> (Option<i32>, Value) {
+    let out = paynotify(
+        &[
+            "txn", "get", "--config", config, "unionpay", MERCHANT, query_id, "--json",
+        ],
+        env,
+    );
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "condition never held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_ledger_dlq_replay_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    pki.write(dir.path(), UNIONPAY_IDENTITY, &[MERCHANT.into()])
+        .unwrap();
+    let config = dir.path().join("paynotify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\ndata_dir = \"data\"\n[ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [worker]\nretry_min_delay_ms = 100\n{}",
+            pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (mut child, addr) = serve(&config);
+    let url = format!("http://{addr}/notify/unionpay");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
+    let purchase = sim.purchase("s1", 4200);
+    assert!(matches!(
+        rt.block_on(sim.send(purchase.clone())),
+        Delivery::Accepted(1)
+    ));
+    assert!(matches!(
+        rt.block_on(sim.send(tamper(&purchase))),
+        Delivery::Accepted(1)
+    ));
+
+    wait_for(|| txn(cfg, "s1", &[]).1["state"]["status"] == "PAID");
+    let (code, v) = txn(cfg, "s1", &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["state"]["paid_minor"], 4200);
+    assert_eq!(v["history"].as_array().unwrap().len(), 1);
+
+    wait_for(|| {
+        let out = paynotify(&["dlq", "list", "--config", cfg, "--json"], &[]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .map(|v| v.as_array().map_or(0, Vec::len) == 1)
+            .unwrap_or(false)
+    });
+    let dlq: Value =
+        serde_json::from_slice(&paynotify(&["dlq", "list", "--config", cfg, "--json"], &[]).stdout)
+            .unwrap();
+    assert_eq!(dlq[0]["reason"], "BadSignature");
+    let key = dlq[0]["archive_key"].as_str().unwrap().to_owned();
+    let cat = paynotify(&["archive", "cat", "--config", cfg, &key], &[]);
+    assert!(String::from_utf8_lossy(&cat.stdout).contains("\"source\":\"unionpay\""));
+
+    // An environment override points at another (empty) data directory.
+    let other = dir.path().join("other");
+    let (code, _) = txn(
+        cfg,
+        "s1",
+        &[("PAYNOTIFY__BACKEND__DATA_DIR", other.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(1), "the override was applied");
+
+    // Replaying the archive changes nothing: the purchase is a duplicate, the
+    // tampered one is dead-lettered again.
+    let ls = paynotify(&["archive", "ls", "--config", cfg], &[]);
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 2);
+    let out = paynotify(
+        &[
+            "replay",
+            "--config",
+            cfg,
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+        ],
+        &[],
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["replayed"],
+        2
+    );
+    wait_for(|| {
+        let out = paynotify(&["dlq", "list", "--config", cfg, "--json"], &[]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .map(|v| v.as_array().map_or(0, Vec::len) == 2)
+            .unwrap_or(false)
+    });
+    let (_, v) = txn(cfg, "s1", &[]);
+    assert_eq!(
+        (
+            v["state"]["version"].clone(),
+            v["history"].as_array().unwrap().len()
+        ),
+        (1.into(), 1)
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(0));
+}
