@@ -34,6 +34,9 @@ enum Command {
     Dlq(DlqCommand),
     /// Re-enqueue archived notifications of a time range (idempotent).
     Replay(ops_cmd::Replay),
+    /// AWS backend set-up.
+    #[command(subcommand)]
+    Aws(AwsCommand),
     /// Read the raw archive.
     #[command(subcommand)]
     Archive(ArchiveCommand),
@@ -55,6 +58,12 @@ enum DlqCommand {
     List(ops_cmd::DlqList),
     /// Move dead letters back to the queue (all, or one reason).
     Redrive(ops_cmd::DlqRedrive),
+}
+
+#[derive(Debug, Subcommand)]
+enum AwsCommand {
+    /// Create the bucket, queues and table when missing (emulators, first trials).
+    Init(ops_cmd::ConfigArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,11 +94,12 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq(DlqCommand::List(args)) => ops_cmd::dlq_list(args).await,
         Command::Dlq(DlqCommand::Redrive(args)) => ops_cmd::dlq_redrive(args).await,
         Command::Replay(args) => ops_cmd::replay(args).await,
+        Command::Aws(AwsCommand::Init(args)) => ops_cmd::aws_init(args).await,
         Command::Archive(ArchiveCommand::Ls(args)) => ops_cmd::archive_ls(args).await,
         Command::Archive(ArchiveCommand::Cat(args)) => ops_cmd::archive_cat(args).await,
         Command::Simulate(args) => simulate_cmd::run(args).await,
         Command::Demo(args) => demo_cmd::run(args).await,
-        Command::Verify(args) => verify_cmd::run(args),
+        Command::Verify(args) => verify_cmd::run(args).await,
         Command::Testpki(args) => testpki_cmd::run(args),
     }
 }

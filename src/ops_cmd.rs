@@ -58,7 +58,7 @@ pub struct TxnGet {
 /// Configuration or backend errors.
 pub async fn txn_get(args: TxnGet) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
     let state = backends.ledger.get_payment(&key).await?;
     let history = backends.ledger.history(&key).await?;
@@ -119,7 +119,7 @@ pub struct DlqList {
 /// Configuration or backend errors.
 pub async fn dlq_list(args: DlqList) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let entries: Vec<_> = backends
         .queue
         .dlq_list(args.limit)
@@ -172,7 +172,7 @@ pub struct DlqRedrive {
 /// Configuration or backend errors.
 pub async fn dlq_redrive(args: DlqRedrive) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let moved = backends.queue.redrive(args.reason.as_deref()).await?;
     crate::print_stdout(&json!({ "redriven": moved }).to_string())?;
     Ok(ExitCode::SUCCESS)
@@ -199,7 +199,7 @@ pub struct ArchiveLs {
 /// Configuration or backend errors.
 pub async fn archive_ls(args: ArchiveLs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let keys = backends
         .archive
         .list(&args.prefix, args.from, args.to)
@@ -222,7 +222,7 @@ pub struct ArchiveCat {
 /// Configuration or backend errors, or a missing key.
 pub async fn archive_cat(args: ArchiveCat) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let bytes = backends.archive.get(&args.key).await?;
     crate::print_stdout(&String::from_utf8_lossy(&bytes))?;
     Ok(ExitCode::SUCCESS)
@@ -250,7 +250,7 @@ pub struct Replay {
 /// Configuration or backend errors.
 pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let prefix = match &args.source {
         Some(s) => format!("raw/source={s}/"),
         None => "raw/".to_owned(),
@@ -268,5 +268,18 @@ pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
         sent += backends.queue.send_batch(&bodies).await?.len();
     }
     crate::print_stdout(&json!({ "replayed": sent }).to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the AWS resources `[backend.aws]` names, when missing.
+///
+/// # Errors
+/// Configuration errors or a failed AWS call.
+pub async fn aws_init(args: ConfigArg) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let report = paynotify_shared::backend::aws::setup::init(&config.backend)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -37,10 +37,19 @@ pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
 ///
 /// # Errors
 /// Usage errors (config, source, stdin), reported with exit status 2.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let source = config.source(&args.source)?;
-    let SourceVerifier::UnionPay(verifier) = SourceVerifier::from_config(&args.source, source)?;
+    let secrets = match config.backend.kind {
+        paynotify_shared::config::BackendKind::Aws => Some(
+            paynotify_shared::backend::aws::Clients::new(&config.backend.aws)
+                .await
+                .secrets,
+        ),
+        paynotify_shared::config::BackendKind::Local => None,
+    };
+    let SourceVerifier::UnionPay(verifier) =
+        SourceVerifier::load(&args.source, source, secrets.as_ref()).await?;
     let mut body = Vec::new();
     std::io::stdin()
         .read_to_end(&mut body)

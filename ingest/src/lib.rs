@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use paynotify_shared::config::IngestConfig;
-use paynotify_shared::envelope::{Envelope, Received};
+use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
 use paynotify_shared::ports::{Archive, Queue};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -109,7 +109,12 @@ async fn notify(
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
     }
-    if let Err(e) = state.queue.send(&json).await {
+    let message = if json.len() > state.queue.max_message_bytes() {
+        QueuedBody::pointer_json(&key)
+    } else {
+        json
+    };
+    if let Err(e) = state.queue.send(&message).await {
         error!(notification_id = %envelope.id, source = %source, stage = "ingest", error = %e, "enqueue failed");
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response();

@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging("info");
     let path = config_path()?;
     let config = Config::load(&path)?;
-    let backends = backend::build(&config.backend)?;
+    let backends = backend::build(&config.backend).await?;
     let listener = tokio::net::TcpListener::bind(&config.ingest.listen)
         .await
         .with_context(|| format!("binding {}", config.ingest.listen))?;

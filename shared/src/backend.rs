@@ -1,8 +1,11 @@
 //! Backends for the three ports, chosen once from configuration.
 
+pub mod aws;
 pub mod local;
 
 use std::sync::Arc;
+
+use time::OffsetDateTime;
 
 use crate::config::{BackendConfig, BackendKind};
 use crate::ports::{Archive, Ledger, Queue};
@@ -13,6 +16,32 @@ pub struct Backends {
     pub archive: Arc<dyn Archive>,
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
+    /// API call counts (AWS backend only).
+    pub api_calls: Option<Arc<aws::ApiCalls>>,
+    /// Secrets Manager, for `secretsmanager:` references (AWS backend only).
+    pub secrets: Option<aws_sdk_secretsmanager::Client>,
+}
+
+/// Whether the `date=YYYY-MM-DD/hour=HH` partition of an archive key overlaps
+/// `[from, to]`; keys without partitions match only an open range.
+pub(crate) fn hour_in_range(
+    key: &str,
+    from: Option<OffsetDateTime>,
+    to: Option<OffsetDateTime>,
+) -> bool {
+    let hour = (|| {
+        let date = key.split("date=").nth(1)?.get(..10)?;
+        let hour = key.split("hour=").nth(1)?.get(..2)?;
+        OffsetDateTime::parse(
+            &format!("{date}T{hour}:00:00Z"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    })();
+    match hour {
+        Some(h) => from.is_none_or(|f| h + time::Duration::HOUR > f) && to.is_none_or(|t| h <= t),
+        None => from.is_none() && to.is_none(),
+    }
 }
 
 /// Why the backends could not be opened.
@@ -20,14 +49,17 @@ pub struct Backends {
 pub enum BackendError {
     #[error("opening the local backend in {path}: {why}")]
     Local { path: String, why: String },
+    #[error("opening the AWS backend: {0}")]
+    Aws(String),
 }
 
 /// Opens the backends `config` names.
 ///
 /// # Errors
 /// `BackendError` when a store cannot be opened.
-pub fn build(config: &BackendConfig) -> Result<Backends, BackendError> {
+pub async fn build(config: &BackendConfig) -> Result<Backends, BackendError> {
     match config.kind {
         BackendKind::Local => local::open(config),
+        BackendKind::Aws => aws::open(config).await,
     }
 }

@@ -48,6 +48,57 @@ pub enum BackendKind {
     /// A data directory: archive files and SQLite queue and ledger.
     #[default]
     Local,
+    /// S3, SQS and DynamoDB (`[backend.aws]`).
+    Aws,
+}
+
+/// Server-side encryption requested for every archived object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Sse {
+    /// SSE-KMS, with `kms_key_id` or the account's `aws/s3` key.
+    #[default]
+    #[serde(rename = "aws:kms")]
+    Kms,
+    /// SSE-S3.
+    #[serde(rename = "AES256")]
+    Aes256,
+}
+
+/// The AWS backend's resources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    pub region: String,
+    /// An emulator or VPC endpoint; the standard endpoints when absent.
+    pub endpoint_url: Option<String>,
+    pub bucket: String,
+    /// Queue names (URLs are looked up).
+    pub queue: String,
+    pub dead_letter_queue: String,
+    pub table: String,
+    pub sse: Sse,
+    pub kms_key_id: Option<String>,
+    /// How long concurrent sends wait to share one `SendMessageBatch`.
+    pub send_batch_window_ms: u64,
+    /// How often certificates from Secrets Manager are read again.
+    pub secrets_refresh_secs: u64,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            bucket: "paynotify-archive".into(),
+            queue: "paynotify".into(),
+            dead_letter_queue: "paynotify-dlq".into(),
+            table: "paynotify-ledger".into(),
+            sse: Sse::Kms,
+            kms_key_id: None,
+            send_batch_window_ms: 5,
+            secrets_refresh_secs: 300,
+        }
+    }
 }
 
 /// Where archive, queue and ledger live, and the queue's semantics.
@@ -61,6 +112,7 @@ pub struct BackendConfig {
     pub visibility_timeout_secs: u32,
     /// Receives before a message goes to the dead-letter queue.
     pub max_receives: u32,
+    pub aws: AwsConfig,
 }
 
 impl Default for BackendConfig {
@@ -70,6 +122,7 @@ impl Default for BackendConfig {
             data_dir: PathBuf::from("paynotify-data"),
             visibility_timeout_secs: 30,
             max_receives: 8,
+            aws: AwsConfig::default(),
         }
     }
 }

@@ -150,6 +150,44 @@ impl Envelope {
     }
 }
 
+/// What travels on the queue instead of an envelope too large for it: the
+/// archive key where the whole envelope is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pointer {
+    pub v: u8,
+    pub archive_key: String,
+}
+
+/// A queue message body: an envelope, or a pointer to one in the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueuedBody {
+    Envelope(Box<Envelope>),
+    Pointer(String),
+}
+
+impl QueuedBody {
+    /// Parses a queue message body.
+    ///
+    /// # Errors
+    /// As [`Envelope::from_json`].
+    pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if let Ok(p) = serde_json::from_slice::<Pointer>(bytes) {
+            return Ok(Self::Pointer(p.archive_key));
+        }
+        Envelope::from_json(bytes).map(|e| Self::Envelope(Box::new(e)))
+    }
+
+    /// The pointer JSON for `archive_key`.
+    pub fn pointer_json(archive_key: &str) -> Vec<u8> {
+        serde_json::to_vec(&Pointer {
+            v: 1,
+            archive_key: archive_key.to_owned(),
+        })
+        .unwrap_or_default()
+    }
+}
+
 /// Millisecond RFC 3339 in UTC, e.g. `2026-11-25T23:15:16.123Z`.
 pub mod rfc3339_ms {
     use super::*;
@@ -215,6 +253,20 @@ mod tests {
         assert!(
             json.contains("\"received_at\":\"2026-11-25T15:15:16.123Z\""),
             "{json}"
+        );
+    }
+
+    #[test]
+    fn pointers_and_envelopes_are_told_apart() {
+        let e = received(b"x");
+        assert_eq!(
+            QueuedBody::parse(&e.to_json()).unwrap(),
+            QueuedBody::Envelope(Box::new(e.clone()))
+        );
+        let p = QueuedBody::pointer_json(&e.archive_key());
+        assert_eq!(
+            QueuedBody::parse(&p).unwrap(),
+            QueuedBody::Pointer(e.archive_key())
         );
     }
 

@@ -114,6 +114,11 @@ pub trait Queue: Send + Sync {
     async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError>;
     /// Messages not yet deleted or dead-lettered (visible or in flight).
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// The largest message body `send` accepts; larger envelopes travel as
+    /// an archive pointer.
+    fn max_message_bytes(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Ledger failures (all transient: the message is retried).

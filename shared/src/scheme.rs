@@ -3,6 +3,9 @@
 
 pub mod unionpay;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
 use time::OffsetDateTime;
 
 use crate::config::{ConfigError, SchemeKind, SourceConfig};
@@ -20,42 +23,56 @@ impl SourceVerifier {
     /// The verifier of every configured source, by name.
     ///
     /// # Errors
-    /// As [`SourceVerifier::from_config`].
-    pub fn all(
+    /// As [`SourceVerifier::load`].
+    pub async fn all(
         config: &crate::config::Config,
-    ) -> Result<std::collections::BTreeMap<String, Self>, ConfigError> {
-        config
-            .sources
-            .iter()
-            .map(|(name, source)| Ok((name.clone(), Self::from_config(name, source)?)))
-            .collect()
+        secrets: Option<&aws_sdk_secretsmanager::Client>,
+    ) -> Result<BTreeMap<String, Self>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, source) in &config.sources {
+            out.insert(name.clone(), Self::load(name, source, secrets).await?);
+        }
+        Ok(out)
     }
 
-    /// Builds the verifier of `name` from its configuration, reading its
-    /// certificates.
+    /// Builds the verifier of `name`, reading its certificates from files or
+    /// Secrets Manager.
     ///
     /// # Errors
     /// `ConfigError::Source` when a reference cannot be read or the trust
     /// configuration is invalid.
-    pub fn from_config(name: &str, source: &SourceConfig) -> Result<Self, ConfigError> {
+    pub async fn load(
+        name: &str,
+        source: &SourceConfig,
+        secrets: Option<&aws_sdk_secretsmanager::Client>,
+    ) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Source {
             source_name: name.to_owned(),
             why,
         };
-        let read = |r: &SecretRef| r.read_local().map(|s| s.0).map_err(|e| bad(e.to_string()));
         match source.scheme {
             SchemeKind::Unionpay => {
                 let up = source
                     .unionpay
                     .as_ref()
                     .ok_or_else(|| bad("missing [unionpay] table".into()))?;
+                let read = |r: &SecretRef| {
+                    let r = r.clone();
+                    async move { r.read(secrets).await.map(|s| s.0) }
+                };
+                let mut verify_certs = Vec::new();
+                for r in &up.verify_certs {
+                    verify_certs.push(read(r).await.map_err(|e| bad(e.to_string()))?);
+                }
                 let config = VerifierConfig {
                     trust: TrustConfig {
-                        root: read(&up.root_cert)?,
-                        middle: read(&up.middle_cert)?,
+                        root: read(&up.root_cert).await.map_err(|e| bad(e.to_string()))?,
+                        middle: read(&up.middle_cert)
+                            .await
+                            .map_err(|e| bad(e.to_string()))?,
                         identity: up.identity.clone(),
                     },
-                    verify_certs: up.verify_certs.iter().map(read).collect::<Result<_, _>>()?,
+                    verify_certs,
                     merchants: source.merchants.clone(),
                     body_format: up.body_format,
                 };
@@ -83,4 +100,46 @@ impl SourceVerifier {
             }
         }
     }
+}
+
+/// The verifiers of all sources, replaceable while workers run so that a
+/// rotated certificate in Secrets Manager is picked up without a restart.
+#[derive(Debug, Default)]
+pub struct VerifierSet {
+    current: RwLock<Arc<BTreeMap<String, SourceVerifier>>>,
+}
+
+impl VerifierSet {
+    /// A set holding `verifiers`.
+    pub fn new(verifiers: BTreeMap<String, SourceVerifier>) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(verifiers)),
+        }
+    }
+
+    /// The verifiers now.
+    pub fn current(&self) -> Arc<BTreeMap<String, SourceVerifier>> {
+        self.current.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Replaces all verifiers at once.
+    pub fn replace(&self, verifiers: BTreeMap<String, SourceVerifier>) {
+        if let Ok(mut c) = self.current.write() {
+            *c = Arc::new(verifiers);
+        }
+    }
+}
+
+/// Whether any source reads a certificate from Secrets Manager.
+pub fn uses_secrets_manager(config: &crate::config::Config) -> bool {
+    config
+        .sources
+        .values()
+        .filter_map(|s| s.unionpay.as_ref())
+        .any(|u| {
+            std::iter::once(&u.root_cert)
+                .chain(std::iter::once(&u.middle_cert))
+                .chain(u.verify_certs.iter())
+                .any(|r| matches!(r, SecretRef::SecretsManager { .. }))
+        })
 }

@@ -5,15 +5,17 @@
 
 mod stats;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use paynotify_shared::config::Config;
 use paynotify_shared::config::WorkerConfig;
-use paynotify_shared::envelope::Envelope;
-use paynotify_shared::ports::{ApplyOutcome, Ledger, Queue, QueueError, QueueMessage};
-use paynotify_shared::scheme::SourceVerifier;
+use paynotify_shared::envelope::{Envelope, QueuedBody};
+use paynotify_shared::ports::{
+    ApplyOutcome, Archive, ArchiveError, Ledger, Queue, QueueError, QueueMessage,
+};
+use paynotify_shared::scheme::{SourceVerifier, VerifierSet};
 use paynotify_shared::{transition, Transition};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +62,9 @@ pub struct Hooks {
 pub struct WorkerContext {
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
-    pub verifiers: Arc<BTreeMap<String, SourceVerifier>>,
+    /// Where envelopes too large for the queue are fetched from.
+    pub archive: Arc<dyn Archive>,
+    pub verifiers: Arc<VerifierSet>,
     pub config: WorkerConfig,
     pub max_receives: u32,
     pub stats: Arc<Stats>,
@@ -76,15 +80,29 @@ fn dead(reason: &str, error: impl ToString) -> Disposition {
 
 /// Verifies, maps and applies one message; never touches the queue.
 pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposition {
-    let envelope = match Envelope::from_json(&message.body) {
-        Ok(e) => e,
+    let envelope = match QueuedBody::parse(&message.body) {
+        Ok(QueuedBody::Envelope(e)) => *e,
+        Ok(QueuedBody::Pointer(key)) => match ctx.archive.get(&key).await {
+            Ok(bytes) => match Envelope::from_json(&bytes) {
+                Ok(e) => e,
+                Err(e) => return dead("malformed_envelope", e),
+            },
+            Err(ArchiveError::NotFound(k)) => {
+                return dead(
+                    "missing_archive_object",
+                    format!("{k} is not in the archive"),
+                )
+            }
+            Err(e) => return Disposition::Retry(e.to_string()),
+        },
         Err(e) => return dead("malformed_envelope", e),
     };
     let body = match envelope.body_bytes() {
         Ok(b) => b,
         Err(e) => return dead("malformed_envelope", e),
     };
-    let Some(verifier) = ctx.verifiers.get(&envelope.source) else {
+    let verifiers = ctx.verifiers.current();
+    let Some(verifier) = verifiers.get(&envelope.source) else {
         return dead(
             "unknown_source",
             format!("source {:?} is not configured", envelope.source),
@@ -229,4 +247,26 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Reloads every source's certificates each `every` (from files or Secrets
+/// Manager) until `shutdown`, so a rotated certificate is used without a
+/// restart. A failed reload keeps the verifiers in use and is logged.
+pub async fn refresh_verifiers(
+    set: Arc<VerifierSet>,
+    config: Config,
+    secrets: Option<aws_sdk_secretsmanager::Client>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            () = shutdown.cancelled() => return,
+        }
+        match SourceVerifier::all(&config, secrets.as_ref()).await {
+            Ok(v) => set.replace(v),
+            Err(e) => warn!(error = %e, "reloading certificates failed; keeping the current ones"),
+        }
+    }
 }

@@ -40,5 +40,7 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         archive: Arc::new(archive),
         queue: Arc::new(queue),
         ledger: Arc::new(ledger),
+        api_calls: None,
+        secrets: None,
     })
 }

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::backend::hour_in_range;
 use crate::ports::{Archive, ArchiveError};
 
 /// Files under one directory.
@@ -73,14 +74,6 @@ fn put_sync(path: &Path, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
         .map_err(unavailable)
 }
 
-/// The `date=YYYY-MM-DD/hour=HH` of a key, as an hour start.
-fn hour_of(key: &str) -> Option<OffsetDateTime> {
-    let date = key.split("date=").nth(1)?.get(..10)?;
-    let hour = key.split("hour=").nth(1)?.get(..2)?;
-    let t = format!("{date}T{hour}:00:00Z");
-    OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
-}
-
 fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -134,12 +127,7 @@ impl Archive for LocalArchive {
             let mut keys = Vec::new();
             walk(&root, &root, &mut keys).map_err(unavailable)?;
             keys.retain(|k| k.starts_with(&prefix));
-            keys.retain(|k| match hour_of(k) {
-                Some(h) => {
-                    from.is_none_or(|f| h + time::Duration::HOUR > f) && to.is_none_or(|t| h <= t)
-                }
-                None => from.is_none() && to.is_none(),
-            });
+            keys.retain(|k| hour_in_range(k, from, to));
             keys.sort();
             Ok(keys)
         })

@@ -1,0 +1,124 @@
+//! The AWS backend: the archive on S3, the queue on SQS (with its DLQ), the
+//! ledger on one DynamoDB table. Built from `[backend.aws]` with the standard
+//! credential chain; `endpoint_url` points it at an emulator.
+
+mod archive;
+mod batch;
+mod calls;
+mod ledger;
+mod queue;
+pub mod setup;
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub use archive::S3Archive;
+pub use calls::ApiCalls;
+pub use ledger::DynamoLedger;
+pub use queue::SqsQueue;
+
+use super::{BackendError, Backends};
+use crate::config::{AwsConfig, BackendConfig};
+
+/// Loads the SDK configuration: region and endpoint from `config`,
+/// credentials from the standard chain.
+pub async fn sdk_config(config: &AwsConfig) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
+    if let Some(url) = &config.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// The three service clients, each counting its API calls.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub calls: Arc<ApiCalls>,
+}
+
+impl Clients {
+    /// Builds the clients for `config`.
+    pub async fn new(config: &AwsConfig) -> Self {
+        let sdk = sdk_config(config).await;
+        let calls = Arc::new(ApiCalls::default());
+        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+            // Emulators serve buckets by path, not by virtual host.
+            .force_path_style(config.endpoint_url.is_some())
+            .interceptor(calls.interceptor())
+            .build();
+        let sqs = aws_sdk_sqs::config::Builder::from(&sdk)
+            .interceptor(calls.interceptor())
+            .build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(calls.interceptor())
+            .build();
+        let secrets = aws_sdk_secretsmanager::config::Builder::from(&sdk)
+            .interceptor(calls.interceptor())
+            .build();
+        Self {
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
+            secrets: aws_sdk_secretsmanager::Client::from_conf(secrets),
+            calls,
+        }
+    }
+}
+
+/// Opens the AWS backends (the queue URLs are looked up once).
+///
+/// # Errors
+/// `BackendError::Aws` when a queue cannot be found.
+pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
+    let clients = Clients::new(&config.aws).await;
+    let queue = SqsQueue::open(&clients, &config.aws, config.visibility_timeout_secs).await?;
+    Ok(Backends {
+        archive: Arc::new(S3Archive::new(&clients, &config.aws)),
+        queue: Arc::new(queue),
+        ledger: Arc::new(DynamoLedger::new(&clients, &config.aws)),
+        api_calls: Some(clients.calls.clone()),
+        secrets: Some(clients.secrets.clone()),
+    })
+}
+
+/// A readable message for an SDK error, with the service's code when it has one.
+pub(crate) fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("service error"),
+                err.message().unwrap_or("")
+            )
+        }
+        other => format!("{other}"),
+    }
+}
+
+/// As [`describe`], for Secrets Manager errors.
+pub(crate) fn describe_secrets<E, R>(e: &aws_sdk_secretsmanager::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + aws_sdk_secretsmanager::error::ProvideErrorMetadata,
+{
+    match e {
+        aws_sdk_secretsmanager::error::SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("service error"),
+                err.message().unwrap_or("")
+            )
+        }
+        other => format!("{other}"),
+    }
+}

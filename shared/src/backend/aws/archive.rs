@@ -1,0 +1,114 @@
+//! The archive on S3: create-only `PutObject` (`If-None-Match: *`), SSE on
+//! every object, listing by prefix with pagination and hour-partition filtering.
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
+use time::OffsetDateTime;
+
+use super::{describe, Clients};
+use crate::backend::hour_in_range;
+use crate::config::{AwsConfig, Sse};
+use crate::ports::{Archive, ArchiveError};
+
+/// One bucket.
+#[derive(Debug, Clone)]
+pub struct S3Archive {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    sse: Sse,
+    kms_key_id: Option<String>,
+}
+
+impl S3Archive {
+    /// The archive in `config.bucket`.
+    pub fn new(clients: &Clients, config: &AwsConfig) -> Self {
+        Self {
+            client: clients.s3.clone(),
+            bucket: config.bucket.clone(),
+            sse: config.sse,
+            kms_key_id: config.kms_key_id.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Archive for S3Archive {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .content_type("application/json")
+            .body(ByteStream::from(bytes.to_vec()));
+        req = match self.sse {
+            Sse::Kms => req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(self.kms_key_id.clone()),
+            Sse::Aes256 => req.server_side_encryption(ServerSideEncryption::Aes256),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                // 412: the key exists; 409: a concurrent conditional put of the same key won.
+                if matches!(status, Some(412) | Some(409)) {
+                    Err(ArchiveError::AlreadyExists(key.to_owned()))
+                } else {
+                    Err(ArchiveError::Unavailable(describe(&e)))
+                }
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .body
+                .collect()
+                .await
+                .map(|b| b.into_bytes().to_vec())
+                .map_err(|e| ArchiveError::Unavailable(e.to_string())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                Err(ArchiveError::NotFound(key.to_owned()))
+            }
+            Err(e) => Err(ArchiveError::Unavailable(describe(&e))),
+        }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+    ) -> Result<Vec<String>, ArchiveError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| ArchiveError::Unavailable(describe(&e)))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned))
+                    .filter(|k| hour_in_range(k, from, to)),
+            );
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}

@@ -1,0 +1,475 @@
+//! The queue on SQS: concurrent sends coalesced into `SendMessageBatch`,
+//! long-poll receives with `ApproximateReceiveCount`, batched deletes,
+//! `ChangeMessageVisibility` for delays, and a dead-letter queue written with
+//! the reason, the error and the receive count as message attributes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
+
+use super::batch::Batcher;
+use super::{describe, Clients};
+use crate::config::AwsConfig;
+use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
+
+/// SQS's limit on one message body.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Dead-letter attributes are cut to this length.
+const MAX_ATTRIBUTE_CHARS: usize = 1024;
+
+fn unavailable<E, R>(e: aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    QueueError::Unavailable(describe(&e))
+}
+
+/// A main queue and its dead-letter queue.
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+    dlq_url: String,
+    sends: Batcher<String, String>,
+    deletes: Batcher<String, ()>,
+}
+
+impl SqsQueue {
+    /// Looks up both queues' URLs and starts the batching tasks.
+    ///
+    /// # Errors
+    /// `BackendError::Aws` when a queue does not exist.
+    pub async fn open(
+        clients: &Clients,
+        config: &AwsConfig,
+        _visibility_timeout_secs: u32,
+    ) -> Result<Self, crate::backend::BackendError> {
+        let client = clients.sqs.clone();
+        let lookup = |name: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .get_queue_url()
+                    .queue_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        crate::backend::BackendError::Aws(format!(
+                            "queue {name:?}: {}",
+                            describe(&e)
+                        ))
+                    })?
+                    .queue_url
+                    .ok_or_else(|| {
+                        crate::backend::BackendError::Aws(format!("queue {name:?} has no URL"))
+                    })
+            }
+        };
+        let url = lookup(config.queue.clone()).await?;
+        let dlq_url = lookup(config.dead_letter_queue.clone()).await?;
+        let window = Duration::from_millis(config.send_batch_window_ms);
+        let (c, u) = (client.clone(), url.clone());
+        let sends = Batcher::spawn(
+            10,
+            window,
+            Arc::new(move |bodies: Vec<String>| {
+                let (c, u) = (c.clone(), u.clone());
+                Box::pin(async move { send_batch(&c, &u, bodies).await })
+            }),
+        );
+        let (c, u) = (client.clone(), url.clone());
+        let deletes = Batcher::spawn(
+            10,
+            window,
+            Arc::new(move |receipts: Vec<String>| {
+                let (c, u) = (c.clone(), u.clone());
+                Box::pin(async move { delete_batch(&c, &u, receipts).await })
+            }),
+        );
+        Ok(Self {
+            client,
+            url,
+            dlq_url,
+            sends,
+            deletes,
+        })
+    }
+
+    /// Receives from the DLQ until it returns nothing, hiding what it read
+    /// for `hide_secs`. SQS has no non-destructive listing; callers release
+    /// what they do not consume.
+    async fn scan_dlq(
+        &self,
+        limit: usize,
+        hide_secs: i32,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = self
+                .client
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(hide_secs)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let messages = got.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            for m in messages {
+                if seen.insert(m.message_id.clone().unwrap_or_default()) && out.len() < limit {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, messages: &[aws_sdk_sqs::types::Message]) {
+        for m in messages {
+            if let Some(r) = &m.receipt_handle {
+                let _ = self
+                    .client
+                    .change_message_visibility()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(r)
+                    .visibility_timeout(0)
+                    .send()
+                    .await;
+            }
+        }
+    }
+}
+
+async fn send_batch(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    bodies: Vec<String>,
+) -> Vec<Result<String, QueueError>> {
+    let n = bodies.len();
+    let entries: Result<Vec<_>, _> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body)
+                .build()
+        })
+        .collect();
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            return (0..n)
+                .map(|_| Err(QueueError::Unavailable(e.to_string())))
+                .collect()
+        }
+    };
+    match client
+        .send_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let mut results: Vec<Result<String, QueueError>> = (0..n)
+                .map(|_| Err(QueueError::Unavailable("no result for this entry".into())))
+                .collect();
+            for ok in out.successful {
+                if let Ok(i) = ok.id.parse::<usize>() {
+                    if i < n {
+                        results[i] = Ok(ok.message_id);
+                    }
+                }
+            }
+            for failed in out.failed {
+                if let Ok(i) = failed.id.parse::<usize>() {
+                    if i < n {
+                        results[i] = Err(QueueError::Unavailable(format!(
+                            "{}: {}",
+                            failed.code,
+                            failed.message.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            results
+        }
+        Err(e) => {
+            let why = describe(&e);
+            (0..n)
+                .map(|_| Err(QueueError::Unavailable(why.clone())))
+                .collect()
+        }
+    }
+}
+
+async fn delete_batch(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    receipts: Vec<String>,
+) -> Vec<Result<(), QueueError>> {
+    let n = receipts.len();
+    let entries: Result<Vec<_>, _> = receipts
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(r)
+                .build()
+        })
+        .collect();
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            return (0..n)
+                .map(|_| Err(QueueError::Unavailable(e.to_string())))
+                .collect()
+        }
+    };
+    match client
+        .delete_message_batch()
+        .queue_url(url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let mut results: Vec<Result<(), QueueError>> = (0..n).map(|_| Ok(())).collect();
+            for failed in out.failed {
+                if let Ok(i) = failed.id.parse::<usize>() {
+                    // A stale receipt is a no-op by contract; other failures are reported.
+                    if i < n && failed.code != "ReceiptHandleIsInvalid" {
+                        results[i] = Err(QueueError::Unavailable(format!(
+                            "{}: {}",
+                            failed.code,
+                            failed.message.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            results
+        }
+        Err(e) => {
+            let why = describe(&e);
+            (0..n)
+                .map(|_| Err(QueueError::Unavailable(why.clone())))
+                .collect()
+        }
+    }
+}
+
+fn text(s: &str) -> Option<MessageAttributeValue> {
+    let s: String = s.chars().take(MAX_ATTRIBUTE_CHARS).collect();
+    let s = if s.is_empty() { "-".to_owned() } else { s };
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(s)
+        .build()
+        .ok()
+}
+
+fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> String {
+    m.message_attributes
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value.clone())
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
+        let body = String::from_utf8(body.to_vec())
+            .map_err(|_| QueueError::Unavailable("SQS message bodies must be UTF-8".into()))?;
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(QueueError::Unavailable(format!(
+                "message of {} bytes exceeds SQS's limit",
+                body.len()
+            )));
+        }
+        self.sends.submit(body).await
+    }
+
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> Result<Vec<String>, QueueError> {
+        if bodies.len() > 10 {
+            return Err(QueueError::BatchTooLarge(bodies.len()));
+        }
+        let texts: Result<Vec<String>, _> = bodies
+            .iter()
+            .map(|b| String::from_utf8(b.clone()))
+            .collect();
+        let texts = texts
+            .map_err(|_| QueueError::Unavailable("SQS message bodies must be UTF-8".into()))?;
+        send_batch(&self.client, &self.url, texts)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let count = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                Some(QueueMessage {
+                    id: m.message_id?,
+                    receipt: Receipt(m.receipt_handle?),
+                    body: m.body.unwrap_or_default().into_bytes(),
+                    receive_count: count,
+                })
+            })
+            .collect())
+    }
+
+    async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        self.deletes.submit(receipt.0.clone()).await
+    }
+
+    async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(&receipt.0)
+            .visibility_timeout(seconds.min(43_200) as i32)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &QueueMessage,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let body = String::from_utf8_lossy(&message.body).into_owned();
+        let mut attributes = HashMap::new();
+        for (k, v) in [
+            ("reason", reason.to_owned()),
+            ("error", error.to_owned()),
+            ("receive_count", message.receive_count.to_string()),
+            ("original_id", message.id.clone()),
+        ] {
+            if let Some(a) = text(&v) {
+                attributes.insert(k.to_owned(), a);
+            }
+        }
+        self.client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(body)
+            .set_message_attributes(Some(attributes))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        self.delete(&message.receipt).await
+    }
+
+    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let messages = self.scan_dlq(limit, 5).await?;
+        self.release(&messages).await;
+        Ok(messages
+            .iter()
+            .map(|m| {
+                let sent_ms: i64 = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                DeadLetter {
+                    id: attr(m, "original_id"),
+                    reason: attr(m, "reason"),
+                    error: attr(m, "error"),
+                    receive_count: attr(m, "receive_count").parse().unwrap_or(0),
+                    dead_at: time::OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(sent_ms) * 1_000_000,
+                    )
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                    body: m.body.clone().unwrap_or_default().into_bytes(),
+                }
+            })
+            .collect())
+    }
+
+    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+        let messages = self.scan_dlq(usize::MAX, 30).await?;
+        let (chosen, others): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
+        self.release(&others).await;
+        for m in &chosen {
+            self.client
+                .send_message()
+                .queue_url(&self.url)
+                .message_body(m.body.clone().unwrap_or_default())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if let Some(r) = &m.receipt_handle {
+                self.client
+                    .delete_message()
+                    .queue_url(&self.dlq_url)
+                    .receipt_handle(r)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(chosen.len())
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        MAX_MESSAGE_BYTES
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out
+            .attributes
+            .unwrap_or_default()
+            .values()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum())
+    }
+}

@@ -1,0 +1,133 @@
+//! `paynotify aws init`: creates the bucket, the DLQ, the queue with its
+//! redrive policy, and the table when they do not exist. For emulators and
+//! first trials; production uses `infra/`.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::{describe, Clients};
+use crate::config::BackendConfig;
+
+/// What `init` did, for the operator.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct InitReport {
+    pub bucket: String,
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub table: String,
+}
+
+/// Creates whatever is missing.
+///
+/// # Errors
+/// The first failed call, described.
+pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
+    let aws = &config.aws;
+    let c = Clients::new(aws).await;
+    let mut bucket = c.s3.create_bucket().bucket(&aws.bucket);
+    if aws.region != "us-east-1" {
+        bucket = bucket.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    aws.region.as_str(),
+                ))
+                .build(),
+        );
+    }
+    if let Err(e) = bucket.send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you());
+        if !owned {
+            return Err(format!("bucket {}: {}", aws.bucket, describe(&e)));
+        }
+    }
+    let dlq_url = c
+        .sqs
+        .create_queue()
+        .queue_name(&aws.dead_letter_queue)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(|e| format!("queue {}: {}", aws.dead_letter_queue, describe(&e)))?
+        .queue_url
+        .unwrap_or_default();
+    let dlq_arn = c
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| format!("queue {}: {}", aws.dead_letter_queue, describe(&e)))?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap_or_default();
+    // SQS moves a message to the DLQ after one receive more than the worker allows.
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": (config.max_receives + 1).to_string(),
+    });
+    let queue_url = c
+        .sqs
+        .create_queue()
+        .queue_name(&aws.queue)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            config.visibility_timeout_secs.to_string(),
+        )
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("queue {}: {}", aws.queue, describe(&e)))?
+        .queue_url
+        .unwrap_or_default();
+    let key = |name: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(t)
+            .build()
+    };
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let created = c
+        .dynamodb
+        .create_table()
+        .table_name(&aws.table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
+        .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
+        .attribute_definitions(attr("pk").map_err(|e| e.to_string())?)
+        .attribute_definitions(attr("sk").map_err(|e| e.to_string())?)
+        .send()
+        .await;
+    if let Err(e) = created {
+        if !e
+            .as_service_error()
+            .is_some_and(|s| s.is_resource_in_use_exception())
+        {
+            return Err(format!("table {}: {}", aws.table, describe(&e)));
+        }
+    }
+    c.dynamodb
+        .wait_until_table_exists()
+        .table_name(&aws.table)
+        .wait(Duration::from_secs(120))
+        .await
+        .map_err(|e| format!("table {} never became active: {e}", aws.table))?;
+    Ok(InitReport {
+        bucket: aws.bucket.clone(),
+        queue_url,
+        dead_letter_queue_url: dlq_url,
+        table: aws.table.clone(),
+    })
+}
