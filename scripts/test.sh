@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of paynotify: formatting, clippy, the whole test
-# suite. This is the README's test command and what CI runs.
+# suite, with the AWS backend tests against moto_server (installed into a venv
+# under target/ and started on a free port). This is the README's test
+# command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== AWS emulator (moto_server)"
+eval "$(scripts/moto.sh start)"
+trap 'scripts/moto.sh stop' EXIT
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+echo "   $PAYNOTIFY_TEST_AWS_ENDPOINT"
 echo "== cargo test"
 cargo test --workspace --locked
 echo "test.sh: all checks passed"

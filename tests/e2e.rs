@@ -11,6 +11,43 @@ use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
 use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
 use paynotify_worker::Hooks;
+use support::Kind;
+
+mod support;
+
+/// Each end-to-end test runs once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Local).await
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Aws).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    purchase_becomes_paid,
+    partial_then_full_refund_becomes_refunded,
+    eight_concurrent_deliveries_apply_once,
+    refund_before_purchase_waits_for_it,
+    tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone,
+    oversized_unknown_and_binary_requests,
+    crash_between_ledger_write_and_delete_is_a_duplicate_on_redelivery,
+    restart_applies_everything_queued_once,
+    refund_whose_payment_never_arrives_is_dead_lettered_with_the_last_error,
+);
 
 const MERCHANT: &str = "777290058167151";
 
@@ -39,15 +76,20 @@ fn config_in(dir: &std::path::Path, pki: &TestPki) -> Config {
     Config::load(&path).unwrap()
 }
 
-async fn spawn_app_with(options: AppOptions) -> TestApp {
-    spawn_app_tweaked(options, |_| {}).await
+async fn spawn_app_with(kind: Kind, options: AppOptions) -> TestApp {
+    spawn_app_tweaked(kind, options, |_| {}).await
 }
 
-async fn spawn_app_tweaked(options: AppOptions, tweak: impl FnOnce(&mut Config)) -> TestApp {
+async fn spawn_app_tweaked(
+    kind: Kind,
+    options: AppOptions,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let pki = generate(&TestPkiOptions::default()).unwrap();
     let mut config = config_in(dir.path(), &pki);
     tweak(&mut config);
+    support::prepare(kind, &mut config.backend, dir.path()).await;
     let app = App::start(&config, options).await.unwrap();
     let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
     let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
@@ -61,8 +103,8 @@ async fn spawn_app_tweaked(options: AppOptions, tweak: impl FnOnce(&mut Config))
     }
 }
 
-async fn spawn_app() -> TestApp {
-    spawn_app_with(AppOptions::all()).await
+async fn spawn_app(kind: Kind) -> TestApp {
+    spawn_app_with(kind, AppOptions::all()).await
 }
 
 impl TestApp {
@@ -116,9 +158,8 @@ impl TestApp {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purchase_becomes_paid() {
-    let t = spawn_app().await;
+async fn purchase_becomes_paid(kind: Kind) {
+    let t = spawn_app(kind).await;
     assert_eq!(
         t.sim.send(t.sim.purchase("q1", 1500)).await,
         Delivery::Accepted(1)
@@ -139,9 +180,8 @@ async fn purchase_becomes_paid() {
     assert_eq!(keys.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partial_then_full_refund_becomes_refunded() {
-    let t = spawn_app().await;
+async fn partial_then_full_refund_becomes_refunded(kind: Kind) {
+    let t = spawn_app(kind).await;
     t.sim.send(t.sim.purchase("q2", 1000)).await;
     t.wait_for_status("q2", PaymentStatus::Paid).await;
     t.sim.send(t.sim.refund("q2", "r1", 300)).await;
@@ -154,9 +194,8 @@ async fn partial_then_full_refund_becomes_refunded() {
     assert_eq!((s.paid_minor, s.refunded_minor, s.version), (1000, 1000, 3));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_concurrent_deliveries_apply_once() {
-    let t = spawn_app().await;
+async fn eight_concurrent_deliveries_apply_once(kind: Kind) {
+    let t = spawn_app(kind).await;
     let body = t.sim.purchase("q3", 500);
     let sends: Vec<_> = (0..8)
         .map(|_| {
@@ -178,9 +217,8 @@ async fn eight_concurrent_deliveries_apply_once() {
     assert_eq!(t.app().stats.snapshot().duplicates, 7);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refund_before_purchase_waits_for_it() {
-    let t = spawn_app().await;
+async fn refund_before_purchase_waits_for_it(kind: Kind) {
+    let t = spawn_app(kind).await;
     t.sim.send(t.sim.refund("q4", "r1", 800)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(t.payment("q4").await.is_none());
@@ -190,9 +228,8 @@ async fn refund_before_purchase_waits_for_it() {
     assert!(t.app().stats.snapshot().retried >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone() {
-    let t = spawn_app().await;
+async fn tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone(kind: Kind) {
+    let t = spawn_app(kind).await;
     let forged_pki = generate(&TestPkiOptions::default()).unwrap();
     let forger = Simulator::new(
         forged_pki.leaf_key_pem.as_bytes(),
@@ -219,9 +256,8 @@ async fn tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone() {
     assert!(t.payment("q6").await.is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_unknown_and_binary_requests() {
-    let t = spawn_app().await;
+async fn oversized_unknown_and_binary_requests(kind: Kind) {
+    let t = spawn_app(kind).await;
     let client = reqwest::Client::new();
     let big = vec![b'a'; 2 << 20];
     let r = client.post(&t.url).body(big.clone()).send().await.unwrap();
@@ -322,18 +358,20 @@ async fn post_chunked(addr: std::net::SocketAddr, total: usize) -> u16 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_between_ledger_write_and_delete_is_a_duplicate_on_redelivery() {
+async fn crash_between_ledger_write_and_delete_is_a_duplicate_on_redelivery(kind: Kind) {
     let crash = Arc::new(AtomicBool::new(true));
     let c = crash.clone();
     // The first ack crashes (message abandoned after the ledger write); later ones do not.
     let hooks = Hooks {
         crash_after_apply: Some(Arc::new(move || c.swap(false, Ordering::SeqCst))),
     };
-    let t = spawn_app_with(AppOptions {
-        hooks,
-        ..AppOptions::all()
-    })
+    let t = spawn_app_with(
+        kind,
+        AppOptions {
+            hooks,
+            ..AppOptions::all()
+        },
+    )
     .await;
     t.sim.send(t.sim.purchase("q7", 100)).await;
     t.wait_for_status("q7", PaymentStatus::Paid).await;
@@ -353,14 +391,16 @@ async fn crash_between_ledger_write_and_delete_is_a_duplicate_on_redelivery() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_applies_everything_queued_once() {
+async fn restart_applies_everything_queued_once(kind: Kind) {
     // First run: ingest only, as if the workers were down.
-    let mut t = spawn_app_with(AppOptions {
-        ingest: true,
-        worker: false,
-        ..AppOptions::default()
-    })
+    let mut t = spawn_app_with(
+        kind,
+        AppOptions {
+            ingest: true,
+            worker: false,
+            ..AppOptions::default()
+        },
+    )
     .await;
     for i in 0..20 {
         let q = format!("r{i}");
@@ -391,9 +431,8 @@ async fn restart_applies_everything_queued_once() {
     let _ = (&t.dir, &t.pki);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refund_whose_payment_never_arrives_is_dead_lettered_with_the_last_error() {
-    let t = spawn_app_tweaked(AppOptions::all(), |c| c.backend.max_receives = 3).await;
+async fn refund_whose_payment_never_arrives_is_dead_lettered_with_the_last_error(kind: Kind) {
+    let t = spawn_app_tweaked(kind, AppOptions::all(), |c| c.backend.max_receives = 3).await;
     t.sim.send(t.sim.refund("never", "r1", 100)).await;
     t.wait_until_drained().await;
     let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();

@@ -68,10 +68,11 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .attributes
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .unwrap_or_default();
-    // SQS moves a message to the DLQ after one receive more than the worker allows.
+    // As the local queue: a message received `max_receives` times without
+    // being deleted moves to the DLQ instead of being delivered again.
     let redrive = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": (config.max_receives + 1).to_string(),
+        "maxReceiveCount": config.max_receives.to_string(),
     });
     let queue_url = c
         .sqs

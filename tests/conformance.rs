@@ -1,0 +1,399 @@
+//! One conformance suite for the three ports, written once and run against
+//! the local backend and the AWS backend (on the emulator).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paynotify_shared::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use paynotify_shared::money::{Currency, Money};
+use paynotify_shared::ports::{ApplyOutcome, ArchiveError};
+use paynotify_shared::{transition, PaymentStatus, Transition};
+use support::{backends, Kind};
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Local).await
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Aws).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    archive_put_is_create_only,
+    archive_list_paginates_and_filters_by_hour,
+    queue_is_at_least_once_with_visibility,
+    queue_delay_hides_a_message,
+    queue_dead_letters_after_max_receives_and_redrives,
+    queue_dead_letter_keeps_reason_and_receive_count,
+    queue_batches_and_long_polls,
+    ledger_apply_is_atomic_and_idempotent,
+    ledger_concurrent_appliers_have_one_winner,
+);
+
+async fn archive_put_is_create_only(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let key = "raw/source=u/date=2026-11-25/hour=23/a.json";
+    b.archive.put(key, b"{\"first\":1}").await.unwrap();
+    assert!(matches!(
+        b.archive.put(key, b"{\"second\":2}").await,
+        Err(ArchiveError::AlreadyExists(_))
+    ));
+    assert_eq!(b.archive.get(key).await.unwrap(), b"{\"first\":1}");
+    assert!(matches!(
+        b.archive.get("raw/missing.json").await,
+        Err(ArchiveError::NotFound(_))
+    ));
+    // Sixteen racers for one new key: exactly one wins.
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let a = b.archive.clone();
+            tokio::spawn(async move {
+                a.put("raw/race.json", format!("{i}").as_bytes())
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for r in racers {
+        winners += usize::from(r.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn archive_list_paginates_and_filters_by_hour(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(backends(kind, dir.path(), 30, 5).await);
+    // More than one S3 page (1,000 keys).
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..16 {
+        let b = b.clone();
+        tasks.spawn(async move {
+            for i in (chunk..1010).step_by(16) {
+                let key = format!("raw/source=u/date=2026-11-25/hour=10/{i:05}.json");
+                b.archive.put(&key, b"{}").await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    b.archive
+        .put("raw/source=u/date=2026-11-25/hour=12/x.json", b"{}")
+        .await
+        .unwrap();
+    b.archive
+        .put("raw/source=v/date=2026-11-25/hour=12/y.json", b"{}")
+        .await
+        .unwrap();
+    let all = b.archive.list("raw/source=u/", None, None).await.unwrap();
+    assert_eq!(all.len(), 1011);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted");
+    let from = time::macros::datetime!(2026-11-25 11:00 UTC);
+    let late = b.archive.list("raw/", Some(from), None).await.unwrap();
+    assert_eq!(late.len(), 2);
+    let to = time::macros::datetime!(2026-11-25 10:30 UTC);
+    assert_eq!(
+        b.archive
+            .list("raw/source=u/", None, Some(to))
+            .await
+            .unwrap()
+            .len(),
+        1010
+    );
+}
+
+async fn queue_is_at_least_once_with_visibility(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 1, 5).await;
+    let q = &b.queue;
+    q.send(b"{\"m\":1}").await.unwrap();
+    let first = q.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!((first.len(), first[0].receive_count), (1, 1));
+    assert_eq!(first[0].body, b"{\"m\":1}");
+    assert!(
+        q.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+        "invisible while in flight"
+    );
+    // Not deleted: delivered again after the visibility timeout, counted.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = q.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!((second.len(), second[0].receive_count), (1, 2));
+    assert_eq!(second[0].id, first[0].id);
+    q.delete(&second[0].receipt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        q.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+        "deleted for good"
+    );
+    assert_eq!(q.depth().await.unwrap(), 0);
+}
+
+async fn queue_delay_hides_a_message(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 1, 5).await;
+    let q = &b.queue;
+    q.send(b"{}").await.unwrap();
+    let m = q.receive(1, Duration::from_secs(2)).await.unwrap();
+    q.delay(&m[0].receipt, 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        q.receive(1, Duration::ZERO).await.unwrap().is_empty(),
+        "still delayed after the visibility timeout"
+    );
+    let again = q.receive(1, Duration::from_secs(4)).await.unwrap();
+    assert_eq!(again[0].receive_count, 2);
+    assert_eq!(q.depth().await.unwrap(), 1);
+}
+
+async fn queue_dead_letters_after_max_receives_and_redrives(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 1, 2).await;
+    let q = &b.queue;
+    q.send(b"{\"poison\":true}").await.unwrap();
+    for n in 1..=2 {
+        let m = q.receive(1, Duration::from_secs(3)).await.unwrap();
+        assert_eq!(m[0].receive_count, n);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // The third receive finds it gone to the DLQ.
+    assert!(q
+        .receive(1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_empty());
+    let dlq = q.dlq_list(10).await.unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].body, b"{\"poison\":true}");
+    assert_eq!(q.redrive(None).await.unwrap(), 1);
+    let back = q.receive(1, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(back[0].body, b"{\"poison\":true}");
+    assert_eq!(back[0].receive_count, 1, "a redriven message starts over");
+}
+
+async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let q = &b.queue;
+    q.send(b"{\"a\":1}").await.unwrap();
+    q.send(b"{\"b\":2}").await.unwrap();
+    let got = q.receive(10, Duration::from_secs(2)).await.unwrap();
+    let got = if got.len() < 2 {
+        let mut all = got;
+        all.extend(q.receive(10, Duration::from_secs(2)).await.unwrap());
+        all
+    } else {
+        got
+    };
+    assert_eq!(got.len(), 2);
+    q.dead_letter(&got[0], "BadSignature", "signature does not verify")
+        .await
+        .unwrap();
+    q.dead_letter(&got[1], "conflict", "Refund on VOIDED")
+        .await
+        .unwrap();
+    assert_eq!(
+        q.depth().await.unwrap(),
+        0,
+        "dead-lettered messages leave the queue"
+    );
+    let mut dlq = q.dlq_list(10).await.unwrap();
+    dlq.sort_by(|a, b| a.reason.cmp(&b.reason));
+    assert_eq!(
+        dlq.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(),
+        vec!["BadSignature", "conflict"]
+    );
+    assert_eq!(dlq[0].error, "signature does not verify");
+    assert_eq!(dlq[0].receive_count, 1);
+    assert_eq!(q.redrive(Some("conflict")).await.unwrap(), 1);
+    let left = q.dlq_list(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reason, "BadSignature");
+    let back = q.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(back.len(), 1);
+}
+
+async fn queue_batches_and_long_polls(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let q = b.queue.clone();
+    assert!(q.send_batch(&vec![b"{}".to_vec(); 11]).await.is_err());
+    assert_eq!(
+        q.send_batch(&vec![b"{}".to_vec(); 10]).await.unwrap().len(),
+        10
+    );
+    // Concurrent single sends each get their own id.
+    let sends: Vec<_> = (0..25)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move { q.send(format!("{{\"i\":{i}}}").as_bytes()).await.unwrap() })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for s in sends {
+        ids.insert(s.await.unwrap());
+    }
+    assert_eq!(ids.len(), 25);
+    assert_eq!(q.depth().await.unwrap(), 35);
+    let mut received = 0;
+    while received < 35 {
+        let got = q.receive(10, Duration::from_secs(1)).await.unwrap();
+        assert!(!got.is_empty() && got.len() <= 10);
+        for m in &got {
+            q.delete(&m.receipt).await.unwrap();
+        }
+        received += got.len();
+    }
+    // A long poll returns as soon as a message arrives.
+    let sender = q.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sender.send(b"{\"late\":1}").await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let got = q.receive(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].body, b"{\"late\":1}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+fn event(key: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent {
+    PaymentEvent {
+        source: "u".into(),
+        merchant: "m".into(),
+        payment_ref: key.into(),
+        payment_key: PaymentKey::new("u", "m", key),
+        event_key: EventKey::new(id),
+        kind,
+        outcome: EventOutcome::Succeeded,
+        amount: Money {
+            minor,
+            currency: Currency::from_alpha("CNY").unwrap(),
+        },
+        psp_txn_id: None,
+        psp_time: None,
+        result_code: None,
+        result_message: None,
+    }
+}
+
+async fn ledger_apply_is_atomic_and_idempotent(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let pay = event("p1", "e1", EventKind::Payment, 1000);
+    assert!(l.get_payment(&pay.payment_key).await.unwrap().is_none());
+    let Transition::Apply(paid) = transition(None, &pay) else {
+        panic!()
+    };
+    assert_eq!(
+        l.apply(&pay, "n1", Some(&paid), 0).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        l.apply(&pay, "n1", Some(&paid), 0).await.unwrap(),
+        ApplyOutcome::Duplicate
+    );
+    assert!(l
+        .contains_event(&pay.payment_key, &pay.event_key)
+        .await
+        .unwrap());
+    // A stale version is refused and writes nothing: not even the event.
+    let refund = event("p1", "e2", EventKind::Refund, 400);
+    let Transition::Apply(part) = transition(Some(&paid), &refund) else {
+        panic!()
+    };
+    assert_eq!(
+        l.apply(&refund, "n2", Some(&part), 0).await.unwrap(),
+        ApplyOutcome::VersionConflict
+    );
+    assert!(!l
+        .contains_event(&refund.payment_key, &refund.event_key)
+        .await
+        .unwrap());
+    assert_eq!(
+        l.apply(&refund, "n2", Some(&part), 1).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    // A record without a state change still checks the version.
+    let mut pending = event("p1", "e3", EventKind::Refund, 10);
+    pending.outcome = EventOutcome::Pending;
+    assert_eq!(
+        l.apply(&pending, "n3", None, 1).await.unwrap(),
+        ApplyOutcome::VersionConflict
+    );
+    assert_eq!(
+        l.apply(&pending, "n3", None, 2).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let state = l.get_payment(&pay.payment_key).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            state.status,
+            state.paid_minor,
+            state.refunded_minor,
+            state.version
+        ),
+        (PaymentStatus::PartiallyRefunded, 1000, 400, 2)
+    );
+    let history = l.history(&pay.payment_key).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| h.event_key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["e1", "e2", "e3"]
+    );
+    assert_eq!(
+        history[1].status_after.as_deref(),
+        Some("PARTIALLY_REFUNDED")
+    );
+    assert_eq!(history[2].status_after, None);
+}
+
+async fn ledger_concurrent_appliers_have_one_winner(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let first = event("p2", "c-0", EventKind::Payment, 100);
+    let Transition::Apply(state) = transition(None, &first) else {
+        panic!()
+    };
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (l, s) = (b.ledger.clone(), state.clone());
+            tokio::spawn(async move {
+                let e = event("p2", &format!("c-{i}"), EventKind::Payment, 100);
+                l.apply(&e, "n", Some(&s), 0).await.unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ApplyOutcome::Applied)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, ApplyOutcome::Applied | ApplyOutcome::VersionConflict)));
+    assert_eq!(b.ledger.history(&first.payment_key).await.unwrap().len(), 1);
+}

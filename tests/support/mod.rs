@@ -1,0 +1,72 @@
+//! Test support shared by the integration tests: backends of either kind
+//! with unique resource names, on a temporary directory or the AWS emulator.
+
+#![allow(dead_code)]
+
+use paynotify_shared::backend::{self, Backends};
+use paynotify_shared::config::{BackendConfig, BackendKind, Sse};
+
+/// Which backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Local,
+    Aws,
+}
+
+/// The AWS emulator's endpoint. Fails loudly when it is not running: the
+/// AWS tests never skip.
+pub fn aws_endpoint() -> String {
+    std::env::var("PAYNOTIFY_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "PAYNOTIFY_TEST_AWS_ENDPOINT is not set: the AWS backend tests need moto_server. \
+             Run scripts/test.sh (it installs moto from scripts/requirements-moto.txt into a venv and \
+             starts it), or start `moto_server -H 127.0.0.1 -p PORT` and set \
+             PAYNOTIFY_TEST_AWS_ENDPOINT=http://127.0.0.1:PORT"
+        )
+    })
+}
+
+/// Points `config` at fresh, uniquely named resources of `kind` under `dir`
+/// (local) or on the emulator (AWS), creating them.
+pub async fn prepare(kind: Kind, config: &mut BackendConfig, dir: &std::path::Path) {
+    match kind {
+        Kind::Local => {
+            config.kind = BackendKind::Local;
+            config.data_dir = dir.join("data");
+        }
+        Kind::Aws => {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+            let id = ulid::Ulid::new().to_string().to_lowercase();
+            config.kind = BackendKind::Aws;
+            config.aws.endpoint_url = Some(aws_endpoint());
+            config.aws.region = "us-east-1".into();
+            config.aws.bucket = format!("pn-{id}");
+            config.aws.queue = format!("pn-{id}");
+            config.aws.dead_letter_queue = format!("pn-{id}-dlq");
+            config.aws.table = format!("pn-{id}");
+            config.aws.sse = Sse::Kms;
+            config.aws.send_batch_window_ms = 2;
+            backend::aws::setup::init(config)
+                .await
+                .expect("creating emulator resources");
+        }
+    }
+}
+
+/// Fresh backends of `kind` with the given queue semantics.
+pub async fn backends(
+    kind: Kind,
+    dir: &std::path::Path,
+    visibility_timeout_secs: u32,
+    max_receives: u32,
+) -> Backends {
+    let mut config = BackendConfig {
+        visibility_timeout_secs,
+        max_receives,
+        ..BackendConfig::default()
+    };
+    prepare(kind, &mut config, dir).await;
+    backend::build(&config).await.expect("opening backends")
+}
