@@ -19,6 +19,11 @@ pub struct Args {
     /// Data directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Run on the AWS backend at this endpoint (an emulator such as
+    /// moto_server) instead of the embedded one; creates uniquely named
+    /// resources and reports AWS API calls per notification.
+    #[arg(long)]
+    aws_endpoint: Option<String>,
 }
 
 /// Runs the demo and prints the summary; exit 1 if anything was lost.
@@ -40,16 +45,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let forged = generate(&TestPkiOptions::default())?;
 
     let config_path = dir.join("paynotify.toml");
+    let backend = match &args.aws_endpoint {
+        None => "data_dir = \"data\"".to_owned(),
+        Some(url) => {
+            let id = ulid::Ulid::new().to_string().to_lowercase();
+            format!(
+                "kind = \"aws\"\n[backend.aws]\nendpoint_url = {url:?}\nbucket = \"paynotify-demo-{id}\"\n\
+                 queue = \"paynotify-demo-{id}\"\ndead_letter_queue = \"paynotify-demo-{id}-dlq\"\n\
+                 table = \"paynotify-demo-{id}\""
+            )
+        }
+    };
     let config_text = format!(
-        "[backend]\ndata_dir = \"data\"\nvisibility_timeout_secs = 10\nmax_receives = 8\n\n\
+        "[backend]\nvisibility_timeout_secs = 10\nmax_receives = 8\n{backend}\n\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
-         [worker]\nconcurrency = 8\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\n\n{}",
+         [worker]\nconcurrency = 4\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\n\n{}",
         pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.to_owned()])
             .replace("file:root.pem", "file:pki/root.pem")
             .replace("file:middle.pem", "file:pki/middle.pem")
     );
     std::fs::write(&config_path, config_text)?;
     let config = Config::load(&config_path)?;
+    if args.aws_endpoint.is_some() {
+        paynotify_shared::backend::aws::setup::init(&config.backend)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
     let app = App::start(&config, AppOptions::all()).await?;
     let addr = app
         .addr
@@ -91,14 +112,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dlq = app.backends.queue.dlq_list(100_000).await?;
     let archived = app.backends.archive.list("raw/", None, None).await?.len();
     let left = app.backends.queue.depth().await?;
-    let backends = app.backends.clone();
+    let api_calls = app.backends.api_calls.as_ref().map(|c| c.snapshot());
     app.stop().await?;
 
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
     for d in &dlq {
         *reasons.entry(d.reason.clone()).or_default() += 1;
     }
-    let _ = backends;
     let cfg = config_path.display();
     println!();
     println!(
@@ -133,12 +153,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.expected_paid, report.expected_refunded, report.expected_voided, report.tampered, report.forged
     );
     println!();
-    println!(
-        "archive   {}/data/archive/raw/source=unionpay/",
-        dir.display()
-    );
-    println!("ledger    {}/data/ledger.sqlite3", dir.display());
-    println!("queue+DLQ {}/data/queue.sqlite3", dir.display());
+    match &api_calls {
+        Some(calls) => {
+            println!(
+                "AWS API calls per accepted notification ({} accepted):",
+                report.accepted
+            );
+            for (op, n) in calls {
+                println!(
+                    "  {op:<32} {:>8.3}   ({n} calls)",
+                    *n as f64 / report.accepted.max(1) as f64
+                );
+            }
+            println!();
+            println!(
+                "resources bucket/queue/table {} on {}",
+                config.backend.aws.bucket,
+                config.backend.aws.endpoint_url.as_deref().unwrap_or("AWS")
+            );
+        }
+        None => {
+            println!(
+                "archive   {}/data/archive/raw/source=unionpay/",
+                dir.display()
+            );
+            println!("ledger    {}/data/ledger.sqlite3", dir.display());
+            println!("queue+DLQ {}/data/queue.sqlite3", dir.display());
+        }
+    }
     println!("inspect   paynotify dlq list --config {cfg}");
     println!("          paynotify txn get --config {cfg} unionpay {MERCHANT} <queryId> --json");
     println!("          paynotify serve --config {cfg}");

@@ -449,3 +449,127 @@ async fn refund_whose_payment_never_arrives_is_dead_lettered_with_the_last_error
     assert_eq!(t.app().stats.snapshot().retried, 2);
     assert!(t.payment("never").await.is_none());
 }
+
+/// What only the AWS backend has: SSE on archived objects, envelopes too
+/// large for SQS travelling as archive pointers, certificates in Secrets
+/// Manager that rotate without a restart.
+mod aws_only {
+    use super::*;
+    use paynotify_shared::backend::aws::Clients;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn archived_objects_are_encrypted_json() {
+        let t = spawn_app(Kind::Aws).await;
+        t.sim.send(t.sim.purchase("sse", 100)).await;
+        let keys = t
+            .app()
+            .backends
+            .archive
+            .list("raw/", None, None)
+            .await
+            .unwrap();
+        let clients = Clients::new(&t.config.backend.aws).await;
+        let head = clients
+            .s3
+            .head_object()
+            .bucket(&t.config.backend.aws.bucket)
+            .key(&keys[0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption().map(|s| s.as_str()),
+            Some("aws:kms")
+        );
+        assert_eq!(head.content_type(), Some("application/json"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn envelopes_over_the_sqs_limit_travel_as_archive_pointers() {
+        let t = spawn_app(Kind::Aws).await;
+        let body = format!("reserved={}", "x".repeat(300 * 1024));
+        let r = reqwest::Client::new()
+            .post(&t.url)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        t.wait_until_drained().await;
+        // The worker fetched the envelope from S3 and verified the real body.
+        assert_eq!(t.dlq_reasons().await, vec!["MissingField"]);
+        let calls = t.app().backends.api_calls.as_ref().unwrap().snapshot();
+        assert!(
+            calls.get("S3.GetObject").copied().unwrap_or(0) >= 1,
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotated_certificates_in_secrets_manager_are_used_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = generate(&TestPkiOptions::default()).unwrap();
+        let new = generate(&TestPkiOptions::default()).unwrap();
+        let mut config = config_in(dir.path(), &old);
+        support::prepare(Kind::Aws, &mut config.backend, dir.path()).await;
+        let clients = Clients::new(&config.backend.aws).await;
+        let trust = |pki: &TestPki| {
+            serde_json::json!({ "root": pki.root_pem, "middle": pki.middle_pem }).to_string()
+        };
+        let arn = clients
+            .secrets
+            .create_secret()
+            .name(format!("{}-unionpay-trust", config.backend.aws.table))
+            .secret_string(trust(&old))
+            .send()
+            .await
+            .unwrap()
+            .arn
+            .unwrap();
+        let source = config
+            .sources
+            .get_mut("unionpay")
+            .unwrap()
+            .unionpay
+            .as_mut()
+            .unwrap();
+        source.root_cert =
+            paynotify_shared::secret::SecretRef::parse(&format!("secretsmanager:{arn}#root"))
+                .unwrap();
+        source.middle_cert =
+            paynotify_shared::secret::SecretRef::parse(&format!("secretsmanager:{arn}#middle"))
+                .unwrap();
+        config.backend.aws.secrets_refresh_secs = 1;
+        let app = App::start(&config, AppOptions::all()).await.unwrap();
+        let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
+        let old_sim =
+            Simulator::new(old.leaf_key_pem.as_bytes(), &old.leaf_pem, MERCHANT, &url).unwrap();
+        let new_sim =
+            Simulator::new(new.leaf_key_pem.as_bytes(), &new.leaf_pem, MERCHANT, &url).unwrap();
+        let t = TestApp {
+            app: Some(app),
+            dir,
+            config,
+            pki: old,
+            sim: old_sim.clone(),
+            url,
+        };
+
+        old_sim.send(old_sim.purchase("before", 100)).await;
+        t.wait_for_status("before", PaymentStatus::Paid).await;
+        clients
+            .secrets
+            .put_secret_value()
+            .secret_id(&arn)
+            .secret_string(trust(&new))
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        new_sim.send(new_sim.purchase("after", 100)).await;
+        t.wait_for_status("after", PaymentStatus::Paid).await;
+        old_sim.send(old_sim.purchase("stale", 100)).await;
+        t.wait_until_drained().await;
+        assert_eq!(t.dlq_reasons().await, vec!["UntrustedCertificate"]);
+    }
+}

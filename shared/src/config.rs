@@ -156,8 +156,10 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Messages processed at once.
+    /// Receive loops; each processes up to `receive_batch` messages at once.
     pub concurrency: usize,
+    /// Messages taken per receive (1..=10).
+    pub receive_batch: usize,
     /// Long-poll wait of one receive.
     pub receive_wait_ms: u64,
     /// First retry delay; later ones grow exponentially with jitter.
@@ -168,7 +170,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 4,
+            receive_batch: 10,
             receive_wait_ms: 1000,
             retry_min_delay_ms: 1000,
             retry_max_delay_secs: 300,

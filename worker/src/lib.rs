@@ -217,7 +217,9 @@ pub async fn settle(
 }
 
 /// Receives and processes until `shutdown` is cancelled, then finishes the
-/// messages in hand and returns.
+/// messages in hand and returns. `concurrency` receive loops each take up to
+/// `receive_batch` messages per call and process them concurrently, so one
+/// receive (and, on SQS, one batched delete) serves many notifications.
 pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..ctx.config.concurrency.max(1) {
@@ -226,7 +228,7 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
             let wait = Duration::from_millis(ctx.config.receive_wait_ms);
             while !shutdown.is_cancelled() {
                 let received = tokio::select! {
-                    r = ctx.queue.receive(1, wait) => r,
+                    r = ctx.queue.receive(ctx.config.receive_batch.clamp(1, 10), wait) => r,
                     () = shutdown.cancelled() => break,
                 };
                 let messages = match received {
@@ -237,12 +239,17 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
                         continue;
                     }
                 };
+                let mut batch = tokio::task::JoinSet::new();
                 for message in messages {
-                    let disposition = process_one(&ctx, &message).await;
-                    if let Err(e) = settle(&ctx, &message, &disposition).await {
-                        warn!(message_id = %message.id, error = %e, "settling failed; the message will be redelivered");
-                    }
+                    let ctx = ctx.clone();
+                    batch.spawn(async move {
+                        let disposition = process_one(&ctx, &message).await;
+                        if let Err(e) = settle(&ctx, &message, &disposition).await {
+                            warn!(message_id = %message.id, error = %e, "settling failed; the message will be redelivered");
+                        }
+                    });
                 }
+                while batch.join_next().await.is_some() {}
             }
         });
     }
