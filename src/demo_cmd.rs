@@ -16,6 +16,10 @@ pub struct Args {
     /// Payments to simulate.
     #[arg(long, default_value_t = 2000)]
     count: usize,
+    /// Payments per second (0 = as fast as possible). Each payment is about
+    /// two notifications (purchase, refunds, voids, retries).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Data directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -59,7 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config_text = format!(
         "[backend]\nvisibility_timeout_secs = 10\nmax_receives = 8\n{backend}\n\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
-         [worker]\nconcurrency = 4\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\n\n{}",
+         [worker]\nconcurrency = 16\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\n\n{}",
         pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.to_owned()])
             .replace("file:root.pem", "file:pki/root.pem")
             .replace("file:middle.pem", "file:pki/middle.pem")
@@ -91,7 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     let mix = Mix {
         count: args.count,
-        rate: 0.0,
+        rate: args.rate,
         duplicates: 0.05,
         tamper: 0.01,
         refunds: 0.3,

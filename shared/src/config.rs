@@ -170,7 +170,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 4,
+            concurrency: 16,
             receive_batch: 10,
             receive_wait_ms: 1000,
             retry_min_delay_ms: 1000,

@@ -26,6 +26,10 @@ pub use stats::{Stats, StatsSnapshot};
 /// How often `apply` is retried after a version conflict before the message
 /// is retried through the queue.
 const MAX_VERSION_CONFLICTS: u32 = 5;
+/// An event that arrives before its payment is looked at again this many
+/// times, pausing a little longer each time, before it goes back to the queue.
+const EARLY_EVENT_LOOKS: u32 = 3;
+const EARLY_EVENT_PAUSE: Duration = Duration::from_millis(20);
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +119,8 @@ pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposi
             return dead(e.name(), e);
         }
     };
-    for _ in 0..MAX_VERSION_CONFLICTS {
+    let mut early_looks = 0;
+    for _ in 0..MAX_VERSION_CONFLICTS + EARLY_EVENT_LOOKS {
         let current = match ctx.ledger.get_payment(&event.payment_key).await {
             Ok(c) => c,
             Err(e) => return Disposition::Retry(e.to_string()),
@@ -135,6 +140,13 @@ pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposi
             {
                 let _ = why;
                 return Disposition::Ack(AckKind::Duplicate);
+            }
+            // The payment may be in flight in this very batch: look again
+            // shortly before paying a queue round trip of a second or more.
+            Transition::Retry(_) if early_looks < EARLY_EVENT_LOOKS => {
+                early_looks += 1;
+                tokio::time::sleep(EARLY_EVENT_PAUSE * early_looks).await;
+                continue;
             }
             Transition::Retry(why) => return Disposition::Retry(why),
             Transition::Conflict(why) => return dead("conflict", why),

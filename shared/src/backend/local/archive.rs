@@ -1,29 +1,66 @@
 //! The archive as files: `{dir}/raw/source=…/date=…/hour=…/{id}.json`,
-//! written create-only and fsync'd (file and directory) before `put` returns.
+//! written create-only and durable before `put` returns.
+//!
+//! Puts are group-committed: one writer thread creates every waiting object
+//! exclusively and makes them all durable with one `syncfs` of the archive's
+//! filesystem (one `fsync` per file and directory on other systems) before
+//! answering any of them.
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio::sync::oneshot;
 
 use crate::backend::hour_in_range;
 use crate::ports::{Archive, ArchiveError};
+
+/// Objects made durable together at most.
+const MAX_GROUP: usize = 512;
+/// Writer threads. Measured: two writers creating files in the same hour
+/// directory contend on its lock and halve throughput (BENCHMARKS.md).
+const WRITERS: usize = 1;
+
+struct PutJob {
+    path: PathBuf,
+    key: String,
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<(), ArchiveError>>,
+}
 
 /// Files under one directory.
 #[derive(Debug, Clone)]
 pub struct LocalArchive {
     root: PathBuf,
+    writer: mpsc::Sender<PutJob>,
+}
+
+impl std::fmt::Debug for PutJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutJob")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalArchive {
-    /// Uses (creating) `root`.
+    /// Uses (creating) `root` and starts the writer thread.
     ///
     /// # Errors
     /// When the directory cannot be created.
     pub fn open(root: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(Self { root })
+        let (tx, rx) = mpsc::channel();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..WRITERS {
+            let (sync_root, rx) = (root.clone(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("archive-writer-{i}"))
+                .spawn(move || writer_loop(&sync_root, &rx))?;
+        }
+        Ok(Self { root, writer: tx })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, ArchiveError> {
@@ -40,38 +77,100 @@ fn unavailable(e: std::io::Error) -> ArchiveError {
     ArchiveError::Unavailable(e.to_string())
 }
 
-/// Writes to a temporary file, fsyncs it, then links it to its final name
-/// (which fails if the name exists) and fsyncs the directory: a crash leaves
-/// either no object or the whole object, never a partial one.
-fn put_sync(path: &Path, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| ArchiveError::InvalidKey(key.to_owned()))?;
-    std::fs::create_dir_all(dir).map_err(unavailable)?;
-    if path.exists() {
-        return Err(ArchiveError::AlreadyExists(key.to_owned()));
+fn writer_loop(root: &Path, rx: &std::sync::Mutex<mpsc::Receiver<PutJob>>) {
+    loop {
+        let jobs = {
+            let Ok(rx) = rx.lock() else { return };
+            let Ok(first) = rx.recv() else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        let results: Vec<Result<(), ArchiveError>> = jobs
+            .iter()
+            .map(|j| write_unsynced(&j.path, &j.key, &j.bytes))
+            .collect();
+        let written: Vec<&Path> = jobs
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(j, _)| j.path.as_path())
+            .collect();
+        let synced = if written.is_empty() {
+            Ok(())
+        } else {
+            make_durable(root, &written)
+        };
+        for (job, result) in jobs.into_iter().zip(results) {
+            let result = match (&synced, result) {
+                (Err(e), Ok(())) => Err(ArchiveError::Unavailable(format!("sync: {e}"))),
+                (_, r) => r,
+            };
+            let _ = job.reply.send(result);
+        }
     }
-    let tmp = dir.join(format!(".tmp-{}", ulid::Ulid::new()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
+}
+
+/// Creates the object's file exclusively (`O_CREAT|O_EXCL`: an existing name
+/// is `AlreadyExists`, never overwritten) and writes it. It becomes durable in
+/// the group's sync; a put is answered only after that, so an object that can
+/// be incomplete after a crash is one whose put was never acknowledged.
+fn write_unsynced(path: &Path, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+    let create = || {
+        std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::hard_link(&tmp, path)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(ArchiveError::AlreadyExists(key.to_owned()))
+            .open(path)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .ok_or_else(|| ArchiveError::InvalidKey(key.to_owned()))?;
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+            create()
         }
-        Err(e) => return Err(unavailable(e)),
+        other => other,
     }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(unavailable)
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => ArchiveError::AlreadyExists(key.to_owned()),
+        _ => unavailable(e),
+    })?;
+    if let Err(e) = file.write_all(bytes) {
+        // Do not leave a partial object under the name.
+        let _ = std::fs::remove_file(path);
+        return Err(unavailable(e));
+    }
+    Ok(())
+}
+
+/// One `syncfs` flushes every file and directory entry written above.
+#[cfg(target_os = "linux")]
+fn make_durable(root: &Path, _written: &[&Path]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(root)?;
+    // SAFETY: `dir` is an open file descriptor for the whole call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn make_durable(_root: &Path, written: &[&Path]) -> std::io::Result<()> {
+    for path in written {
+        std::fs::File::open(path)?.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
@@ -85,10 +184,8 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
         let path = entry.path();
         if entry.file_type()?.is_dir() {
             walk(&path, root, out)?;
-        } else if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
-            if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
         }
     }
     Ok(())
@@ -98,10 +195,19 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
 impl Archive for LocalArchive {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
         let path = self.path(key)?;
-        let (key, bytes) = (key.to_owned(), bytes.to_vec());
-        tokio::task::spawn_blocking(move || put_sync(&path, &key, &bytes))
+        let (reply, result) = oneshot::channel();
+        let job = PutJob {
+            path,
+            key: key.to_owned(),
+            bytes: bytes.to_vec(),
+            reply,
+        };
+        self.writer
+            .send(job)
+            .map_err(|_| ArchiveError::Unavailable("archive writer stopped".into()))?;
+        result
             .await
-            .map_err(|e| ArchiveError::Unavailable(e.to_string()))?
+            .map_err(|_| ArchiveError::Unavailable("archive writer dropped the request".into()))?
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
@@ -126,8 +232,7 @@ impl Archive for LocalArchive {
         tokio::task::spawn_blocking(move || {
             let mut keys = Vec::new();
             walk(&root, &root, &mut keys).map_err(unavailable)?;
-            keys.retain(|k| k.starts_with(&prefix));
-            keys.retain(|k| hour_in_range(k, from, to));
+            keys.retain(|k| k.starts_with(&prefix) && hour_in_range(k, from, to));
             keys.sort();
             Ok(keys)
         })

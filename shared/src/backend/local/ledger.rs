@@ -6,7 +6,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use super::db::{now_ms, Db};
+use super::db::{exec, now_ms, row, Db};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{ApplyOutcome, EventRecord, Ledger, LedgerError};
@@ -73,8 +73,9 @@ impl Ledger for LocalLedger {
     async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {
         let k = key.clone();
         self.db
-            .call(move |c| {
-                c.query_row(
+            .read(move |c| {
+                row(
+                    c,
                     "SELECT status, currency, authorized_minor, paid_minor, refunded_minor, version
                      FROM payments WHERE payment_key = ?1",
                     params![k.as_str()],
@@ -117,11 +118,9 @@ impl Ledger for LocalLedger {
         let notification_id = notification_id.to_owned();
         let new_state = new_state.cloned();
         self.db
-            .call(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .write(move |tx| {
                 let key = event.payment_key.as_str();
-                let exists: Option<i64> = tx
-                    .query_row(
+                let exists: Option<i64> = row(tx,
                         "SELECT 1 FROM events WHERE payment_key = ?1 AND event_key = ?2",
                         params![key, event.event_key.as_str()],
                         |r| r.get(0),
@@ -130,20 +129,19 @@ impl Ledger for LocalLedger {
                 if exists.is_some() {
                     return Ok(ApplyOutcome::Duplicate);
                 }
-                let version: i64 = tx
-                    .query_row("SELECT version FROM payments WHERE payment_key = ?1", params![key], |r| r.get(0))
+                let version: i64 = row(tx, "SELECT version FROM payments WHERE payment_key = ?1", params![key], |r| r.get(0))
                     .optional()?
                     .unwrap_or(0);
                 if version as u64 != expected_version {
                     return Ok(ApplyOutcome::VersionConflict);
                 }
                 let now = now_ms();
-                let seq: i64 = tx.query_row(
+                let seq: i64 = row(tx,
                     "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE payment_key = ?1",
                     params![key],
                     |r| r.get(0),
                 )?;
-                tx.execute(
+                exec(tx,
                     "INSERT INTO events (payment_key, event_key, seq, notification_id, kind, outcome, amount_minor,
                                          currency, status_after, recorded_at, event_json)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -162,7 +160,7 @@ impl Ledger for LocalLedger {
                     ],
                 )?;
                 if let Some(s) = &new_state {
-                    tx.execute(
+                    exec(tx,
                         "INSERT INTO payments (payment_key, status, currency, authorized_minor, paid_minor,
                                                refunded_minor, version, updated_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -180,7 +178,6 @@ impl Ledger for LocalLedger {
                         ],
                     )?;
                 }
-                tx.commit()?;
                 Ok(ApplyOutcome::Applied)
             })
             .await
@@ -194,8 +191,9 @@ impl Ledger for LocalLedger {
     ) -> Result<bool, LedgerError> {
         let (k, e) = (key.as_str().to_owned(), event_key.as_str().to_owned());
         self.db
-            .call(move |c| {
-                c.query_row(
+            .read(move |c| {
+                row(
+                    c,
                     "SELECT 1 FROM events WHERE payment_key = ?1 AND event_key = ?2",
                     params![k, e],
                     |_| Ok(()),
@@ -210,7 +208,7 @@ impl Ledger for LocalLedger {
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
         let k = key.clone();
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut s = c.prepare(
                     "SELECT event_key, notification_id, kind, outcome, amount_minor, currency, status_after, recorded_at
                      FROM events WHERE payment_key = ?1 ORDER BY seq",

@@ -11,17 +11,22 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::Notify;
 
-use super::db::{now_ms, Db};
+use super::db::{exec, now_ms, row, Db};
 use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
 
 const SCHEMA: &str = "
+-- Bodies live apart from the small, often updated delivery rows, so a
+-- receive or a delay rewrites a few bytes, not the whole envelope.
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
-    body BLOB NOT NULL,
     sent_at INTEGER NOT NULL,
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bodies (
+    id TEXT PRIMARY KEY,
+    body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
@@ -74,13 +79,13 @@ impl LocalQueue {
     async fn receive_now(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
         let (visibility, max_receives) = (self.visibility_ms, self.max_receives);
         self.db
-            .call(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            .write(move |tx| {
                 let now = now_ms();
                 let mut out = Vec::new();
                 {
                     let mut select = tx.prepare_cached(
-                        "SELECT id, body, receive_count FROM messages WHERE visible_at <= ?1 ORDER BY visible_at LIMIT ?2",
+                        "SELECT m.id, b.body, m.receive_count FROM messages m JOIN bodies b ON b.id = m.id
+                         WHERE m.visible_at <= ?1 ORDER BY m.visible_at LIMIT ?2",
                     )?;
                     let rows: Vec<(String, Vec<u8>, u32)> = select
                         .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -88,23 +93,23 @@ impl LocalQueue {
                     for (id, body, count) in rows {
                         if count >= max_receives {
                             // SQS moves a message past maxReceiveCount to the DLQ instead of delivering it.
-                            tx.execute(
+                            exec(tx,
                                 "INSERT OR REPLACE INTO dead_letters (id, body, reason, error, receive_count, dead_at)
                                  VALUES (?1, ?2, 'max_receives_exceeded', 'received too many times without being deleted', ?3, ?4)",
                                 params![id, body, count, now],
                             )?;
-                            tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+                            exec(tx, "DELETE FROM messages WHERE id = ?1", params![id])?;
+                            exec(tx, "DELETE FROM bodies WHERE id = ?1", params![id])?;
                             continue;
                         }
                         let receipt = ulid::Ulid::new().to_string();
-                        tx.execute(
+                        exec(tx,
                             "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1, receipt = ?2 WHERE id = ?3",
                             params![now + visibility, receipt, id],
                         )?;
                         out.push(QueueMessage { id, receipt: Receipt(receipt), body, receive_count: count + 1 });
                     }
                 }
-                tx.commit()?;
                 Ok(out)
             })
             .await
@@ -127,19 +132,23 @@ impl Queue for LocalQueue {
         let bodies = bodies.to_vec();
         let ids = self
             .db
-            .call(move |c| {
-                let tx = c.transaction()?;
+            .write(move |tx| {
                 let now = now_ms();
                 let mut ids = Vec::with_capacity(bodies.len());
                 for body in bodies {
                     let id = ulid::Ulid::new().to_string();
-                    tx.execute(
-                        "INSERT INTO messages (id, body, sent_at, visible_at) VALUES (?1, ?2, ?3, ?3)",
-                        params![id, body, now],
+                    exec(
+                        tx,
+                        "INSERT INTO messages (id, sent_at, visible_at) VALUES (?1, ?2, ?2)",
+                        params![id, now],
+                    )?;
+                    exec(
+                        tx,
+                        "INSERT INTO bodies (id, body) VALUES (?1, ?2)",
+                        params![id, body],
                     )?;
                     ids.push(id);
                 }
-                tx.commit()?;
                 Ok(ids)
             })
             .await
@@ -165,9 +174,13 @@ impl Queue for LocalQueue {
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
         let r = receipt.0.clone();
         self.db
-            .call(move |c| {
-                c.execute("DELETE FROM messages WHERE receipt = ?1", params![r])
-                    .map(|_| ())
+            .write(move |c| {
+                exec(
+                    c,
+                    "DELETE FROM bodies WHERE id = (SELECT id FROM messages WHERE receipt = ?1)",
+                    params![r],
+                )?;
+                exec(c, "DELETE FROM messages WHERE receipt = ?1", params![r]).map(|_| ())
             })
             .await
             .map_err(unavailable)
@@ -176,8 +189,9 @@ impl Queue for LocalQueue {
     async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError> {
         let r = receipt.0.clone();
         self.db
-            .call(move |c| {
-                c.execute(
+            .write(move |c| {
+                exec(
+                    c,
                     "UPDATE messages SET visible_at = ?1 WHERE receipt = ?2",
                     params![now_ms() + i64::from(seconds) * 1000, r],
                 )
@@ -201,21 +215,20 @@ impl Queue for LocalQueue {
         );
         let (reason, error) = (reason.to_owned(), error.to_owned());
         self.db
-            .call(move |c| {
-                let tx = c.transaction()?;
+            .write(move |tx| {
                 // Only the current delivery may dead-letter the message.
-                let current: Option<String> = tx
-                    .query_row("SELECT id FROM messages WHERE receipt = ?1", params![receipt], |r| r.get(0))
+                let current: Option<String> = row(tx, "SELECT id FROM messages WHERE receipt = ?1", params![receipt], |r| r.get(0))
                     .optional()?;
                 if current.is_some() {
-                    tx.execute(
+                    exec(tx,
                         "INSERT OR REPLACE INTO dead_letters (id, body, reason, error, receive_count, dead_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         params![id, body, reason, error, count, now_ms()],
                     )?;
-                    tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+                    exec(tx, "DELETE FROM messages WHERE id = ?1", params![id])?;
+                    exec(tx, "DELETE FROM bodies WHERE id = ?1", params![id])?;
                 }
-                tx.commit()
+                Ok(())
             })
             .await
             .map_err(unavailable)
@@ -223,7 +236,7 @@ impl Queue for LocalQueue {
 
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut s = c.prepare(
                     "SELECT id, reason, error, receive_count, dead_at, body FROM dead_letters ORDER BY dead_at, id LIMIT ?1",
                 )?;
@@ -249,22 +262,27 @@ impl Queue for LocalQueue {
         let reason = reason.map(str::to_owned);
         let moved = self
             .db
-            .call(move |c| {
-                let tx = c.transaction()?;
+            .write(move |tx| {
                 let filter = "(?1 IS NULL OR reason = ?1)";
                 let now = now_ms();
-                let n = tx.execute(
+                let n = exec(tx,
                     &format!(
-                        "INSERT OR IGNORE INTO messages (id, body, sent_at, visible_at)
-                         SELECT id, body, ?2, ?2 FROM dead_letters WHERE {filter}"
+                        "INSERT OR IGNORE INTO messages (id, sent_at, visible_at)
+                         SELECT id, ?2, ?2 FROM dead_letters WHERE {filter}"
                     ),
                     params![reason, now],
                 )?;
-                tx.execute(
+                exec(
+                    tx,
+                    &format!(
+                        "INSERT OR REPLACE INTO bodies (id, body) SELECT id, body FROM dead_letters WHERE {filter}"
+                    ),
+                    params![reason],
+                )?;
+                exec(tx,
                     &format!("DELETE FROM dead_letters WHERE {filter}"),
                     params![reason],
                 )?;
-                tx.commit()?;
                 Ok(n)
             })
             .await
@@ -275,7 +293,11 @@ impl Queue for LocalQueue {
 
     async fn depth(&self) -> Result<u64, QueueError> {
         self.db
-            .call(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0)))
+            .read(|c| {
+                row(c, "SELECT COUNT(*) FROM messages", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
             .await
             .map(|n| n as u64)
             .map_err(unavailable)
