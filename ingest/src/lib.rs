@@ -92,20 +92,25 @@ async fn notify(
             return rejection.into_response();
         }
     };
-    let envelope = Envelope::new(Received {
-        source: &source,
-        received_at,
-        remote_addr: Some(remote.to_string()),
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers,
-        body: &bytes,
-    });
-    let json = envelope.to_json();
-    let key = envelope.archive_key();
+    // Only the serialised envelope is kept across the awaits below: with a
+    // thousand requests in flight, every copy of a body counts.
+    let body_len = bytes.len();
+    let (id, key, json) = {
+        let envelope = Envelope::new(Received {
+            source: &source,
+            received_at,
+            remote_addr: Some(remote.to_string()),
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers,
+            body: &bytes,
+        });
+        drop(bytes);
+        (envelope.id.clone(), envelope.archive_key(), envelope.to_json())
+    };
     if let Err(e) = state.archive.put(&key, &json).await {
-        error!(notification_id = %envelope.id, source = %source, stage = "ingest", error = %e, "archive failed");
+        error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "archive failed");
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
     }
@@ -115,12 +120,12 @@ async fn notify(
         json
     };
     if let Err(e) = state.queue.send(&message).await {
-        error!(notification_id = %envelope.id, source = %source, stage = "ingest", error = %e, "enqueue failed");
+        error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "enqueue failed");
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response();
     }
     state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-    info!(notification_id = %envelope.id, source = %source, stage = "ingest", direction = "notification", bytes = bytes.len(), "accepted");
+    info!(notification_id = %id, source = %source, stage = "ingest", direction = "notification", bytes = body_len, "accepted");
     (StatusCode::OK, success_body).into_response()
 }
 
