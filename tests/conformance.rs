@@ -253,9 +253,8 @@ async fn queue_batches_and_long_polls(kind: Kind) {
     while received < 35 {
         let got = q.receive(10, Duration::from_secs(1)).await.unwrap();
         assert!(!got.is_empty() && got.len() <= 10);
-        for m in &got {
-            q.delete(&m.receipt).await.unwrap();
-        }
+        let receipts: Vec<_> = got.iter().map(|m| m.receipt.clone()).collect();
+        q.delete_batch(&receipts).await.unwrap();
         received += got.len();
     }
     // A long poll returns as soon as a message arrives.
@@ -268,6 +267,12 @@ async fn queue_batches_and_long_polls(kind: Kind) {
     let got = q.receive(1, Duration::from_secs(5)).await.unwrap();
     assert_eq!(got[0].body, b"{\"late\":1}");
     assert!(started.elapsed() < Duration::from_secs(4));
+    q.delete_batch(&[got[0].receipt.clone()]).await.unwrap();
+    assert_eq!(
+        q.depth().await.unwrap(),
+        0,
+        "batched deletes removed every message"
+    );
 }
 
 fn event(key: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent {

@@ -107,7 +107,11 @@ async fn notify(
             body: &bytes,
         });
         drop(bytes);
-        (envelope.id.clone(), envelope.archive_key(), envelope.to_json())
+        (
+            envelope.id.clone(),
+            envelope.archive_key(),
+            envelope.to_json(),
+        )
     };
     if let Err(e) = state.archive.put(&key, &json).await {
         error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "archive failed");

@@ -103,6 +103,14 @@ pub trait Queue: Send + Sync {
     async fn send_batch(&self, bodies: &[Vec<u8>]) -> Result<Vec<String>, QueueError>;
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError>;
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError>;
+    /// Deletes several deliveries; as `delete` for each, in as few calls as
+    /// the backend allows.
+    async fn delete_batch(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        for r in receipts {
+            self.delete(r).await?;
+        }
+        Ok(())
+    }
     async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError>;
     async fn dead_letter(
         &self,

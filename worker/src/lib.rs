@@ -228,6 +228,36 @@ pub async fn settle(
     Ok(())
 }
 
+/// Settles a received batch: acknowledged messages are deleted together in
+/// one call (one `DeleteMessageBatch` on SQS), the others one by one.
+pub async fn settle_batch(ctx: &WorkerContext, results: Vec<(QueueMessage, Disposition)>) {
+    let mut acked = Vec::new();
+    for (message, disposition) in &results {
+        match disposition {
+            Disposition::Ack(kind) => {
+                if let Some(crash) = &ctx.hooks.crash_after_apply {
+                    if crash() {
+                        continue;
+                    }
+                }
+                acked.push((message.receipt.clone(), *kind));
+            }
+            other => {
+                if let Err(e) = settle(ctx, message, other).await {
+                    warn!(message_id = %message.id, error = %e, "settling failed; the message will be redelivered");
+                }
+            }
+        }
+    }
+    let receipts: Vec<_> = acked.iter().map(|(r, _)| r.clone()).collect();
+    match ctx.queue.delete_batch(&receipts).await {
+        Ok(()) => acked.iter().for_each(|(_, kind)| ctx.stats.ack(*kind)),
+        Err(e) => {
+            warn!(error = %e, count = receipts.len(), "deleting acknowledged messages failed; they will be redelivered as duplicates")
+        }
+    }
+}
+
 /// Receives and processes until `shutdown` is cancelled, then finishes the
 /// messages in hand and returns. `concurrency` receive loops each take up to
 /// `receive_batch` messages per call and process them concurrently, so one
@@ -256,12 +286,16 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
                     let ctx = ctx.clone();
                     batch.spawn(async move {
                         let disposition = process_one(&ctx, &message).await;
-                        if let Err(e) = settle(&ctx, &message, &disposition).await {
-                            warn!(message_id = %message.id, error = %e, "settling failed; the message will be redelivered");
-                        }
+                        (message, disposition)
                     });
                 }
-                while batch.join_next().await.is_some() {}
+                let mut done = Vec::new();
+                while let Some(result) = batch.join_next().await {
+                    if let Ok(pair) = result {
+                        done.push(pair);
+                    }
+                }
+                settle_batch(&ctx, done).await;
             }
         });
     }

@@ -355,6 +355,16 @@ impl Queue for SqsQueue {
         self.deletes.submit(receipt.0.clone()).await
     }
 
+    async fn delete_batch(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        for chunk in receipts.chunks(10) {
+            let handles = chunk.iter().map(|r| r.0.clone()).collect();
+            for result in delete_batch(&self.client, &self.url, handles).await {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
     async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError> {
         self.client
             .change_message_visibility()

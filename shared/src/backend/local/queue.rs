@@ -186,6 +186,20 @@ impl Queue for LocalQueue {
             .map_err(unavailable)
     }
 
+    async fn delete_batch(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        let receipts: Vec<String> = receipts.iter().map(|r| r.0.clone()).collect();
+        self.db
+            .write(move |c| {
+                for r in &receipts {
+                    exec(c, "DELETE FROM bodies WHERE id = (SELECT id FROM messages WHERE receipt = ?1)", params![r])?;
+                    exec(c, "DELETE FROM messages WHERE receipt = ?1", params![r])?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError> {
         let r = receipt.0.clone();
         self.db
