@@ -101,6 +101,7 @@ impl App {
                         .collect(),
                 ),
                 metrics: Arc::new(IngestMetrics::default()),
+                api_calls: backends.api_calls.clone(),
             };
             let (cfg, token) = (config.ingest.clone(), shutdown.clone());
             ingest = Some(tokio::spawn(async move {

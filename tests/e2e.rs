@@ -458,6 +458,29 @@ mod aws_only {
     use paynotify_shared::backend::aws::Clients;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_sends_share_send_message_batch_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = support::backends(Kind::Aws, dir.path(), 30, 5).await;
+        let sends: Vec<_> = (0..100)
+            .map(|i| {
+                let q = b.queue.clone();
+                tokio::spawn(async move { q.send(format!("{{\"n\":{i}}}").as_bytes()).await })
+            })
+            .collect();
+        for s in sends {
+            s.await.unwrap().unwrap();
+        }
+        let calls = b.api_calls.as_ref().unwrap().snapshot();
+        let batches = calls.get("SQS.SendMessageBatch").copied().unwrap_or(0);
+        assert!(
+            batches <= 20,
+            "100 concurrent sends took {batches} SendMessageBatch calls"
+        );
+        assert_eq!(calls.get("SQS.SendMessage"), None);
+        assert_eq!(b.queue.depth().await.unwrap(), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn archived_objects_are_encrypted_json() {
         let t = spawn_app(Kind::Aws).await;
         t.sim.send(t.sim.purchase("sse", 100)).await;

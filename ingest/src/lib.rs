@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use paynotify_shared::backend::aws::ApiCalls;
 use paynotify_shared::config::IngestConfig;
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
 use paynotify_shared::ports::{Archive, Queue};
@@ -41,6 +42,8 @@ pub struct IngestState {
     /// Success body by source name.
     pub sources: Arc<BTreeMap<String, String>>,
     pub metrics: Arc<IngestMetrics>,
+    /// AWS API calls of this process, when on the AWS backend.
+    pub api_calls: Option<Arc<ApiCalls>>,
 }
 
 /// The public router.
@@ -143,7 +146,7 @@ async fn readyz(State(state): State<IngestState>) -> Response {
 async fn metrics(State(state): State<IngestState>) -> String {
     let m = &state.metrics;
     let depth = state.queue.depth().await.map(|d| d as i64).unwrap_or(-1);
-    format!(
+    let mut out = format!(
         "# TYPE paynotify_ingest_requests_total counter\n\
          paynotify_ingest_requests_total{{result=\"accepted\"}} {}\n\
          paynotify_ingest_requests_total{{result=\"unknown_source\"}} {}\n\
@@ -154,7 +157,16 @@ async fn metrics(State(state): State<IngestState>) -> String {
         m.unknown_source.load(Ordering::Relaxed),
         m.rejected_body.load(Ordering::Relaxed),
         m.unavailable.load(Ordering::Relaxed),
-    )
+    );
+    if let Some(calls) = &state.api_calls {
+        out.push_str("# TYPE paynotify_aws_api_calls_total counter\n");
+        for (operation, n) in calls.snapshot() {
+            out.push_str(&format!(
+                "paynotify_aws_api_calls_total{{operation=\"{operation}\"}} {n}\n"
+            ));
+        }
+    }
+    out
 }
 
 /// Serves the public and admin listeners until `shutdown` is cancelled, then

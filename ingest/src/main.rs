@@ -23,8 +23,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.ingest.admin_listen))?;
     let state = IngestState {
-        archive: backends.archive,
-        queue: backends.queue,
+        archive: backends.archive.clone(),
+        queue: backends.queue.clone(),
         sources: Arc::new(
             config
                 .sources
@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect(),
         ),
         metrics: Arc::new(IngestMetrics::default()),
+        api_calls: backends.api_calls.clone(),
     };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -64,6 +64,7 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
         queue: queue_port,
         sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
         metrics: Arc::new(IngestMetrics::default()),
+        api_calls: None,
     };
     let config = IngestConfig {
         read_timeout_ms,
