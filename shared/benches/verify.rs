@@ -1,9 +1,11 @@
-//! Verification cost of one real UnionPay 5.1.0 notification, and its parts.
+//! Verification cost of one real UnionPay 5.1.0 notification and its parts,
+//! the state transition, and envelope encoding and decoding.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use paynotify_shared::config::UNIONPAY_IDENTITY;
+use paynotify_shared::envelope::{Envelope, Received};
 use paynotify_shared::scheme::unionpay::{
     canonical_string, parse_form, to_event, BodyFormat, UnionPayVerifier, VerifierConfig,
 };
@@ -47,6 +49,32 @@ fn benches(c: &mut Criterion) {
     let event = to_event("unionpay", &fields).unwrap();
     c.bench_function("state/transition_purchase", |b| {
         b.iter(|| transition(None, black_box(&event)))
+    });
+
+    let received = || Received {
+        source: "unionpay",
+        received_at: time::OffsetDateTime::now_utc(),
+        remote_addr: Some("203.0.113.7:41234".into()),
+        method: "POST",
+        path: "/notify/unionpay",
+        query: None,
+        headers: vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )],
+        body: &body,
+    };
+    c.bench_function("envelope/encode", |b| {
+        b.iter(|| Envelope::new(black_box(received())).to_json())
+    });
+    let json = Envelope::new(received()).to_json();
+    c.bench_function("envelope/decode_and_check", |b| {
+        b.iter(|| {
+            Envelope::from_json(black_box(&json))
+                .unwrap()
+                .body_bytes()
+                .unwrap()
+        })
     });
 }
 

@@ -134,7 +134,18 @@ impl Envelope {
 
     /// Serialises to the JSON that is archived and enqueued.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        // Sized up front: the body dominates, and growing by doubling would
+        // briefly hold twice the envelope for every request in flight.
+        let body = self
+            .body
+            .as_ref()
+            .or(self.body_b64.as_ref())
+            .map_or(0, String::len);
+        let mut out = Vec::with_capacity(body + body / 8 + 1024);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Parses and checks an envelope.

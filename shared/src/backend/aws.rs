@@ -8,6 +8,7 @@ mod calls;
 mod ledger;
 mod queue;
 pub mod setup;
+mod sqs_batches;
 
 use std::sync::Arc;
 

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
-};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 
 use super::batch::Batcher;
+use super::sqs_batches::{delete_batch, send_batch};
 use super::{describe, Clients};
 use crate::config::AwsConfig;
 use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
@@ -147,126 +145,6 @@ impl SqsQueue {
                     .send()
                     .await;
             }
-        }
-    }
-}
-
-async fn send_batch(
-    client: &aws_sdk_sqs::Client,
-    url: &str,
-    bodies: Vec<String>,
-) -> Vec<Result<String, QueueError>> {
-    let n = bodies.len();
-    let entries: Result<Vec<_>, _> = bodies
-        .into_iter()
-        .enumerate()
-        .map(|(i, body)| {
-            SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(body)
-                .build()
-        })
-        .collect();
-    let entries = match entries {
-        Ok(e) => e,
-        Err(e) => {
-            return (0..n)
-                .map(|_| Err(QueueError::Unavailable(e.to_string())))
-                .collect()
-        }
-    };
-    match client
-        .send_message_batch()
-        .queue_url(url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
-        Ok(out) => {
-            let mut results: Vec<Result<String, QueueError>> = (0..n)
-                .map(|_| Err(QueueError::Unavailable("no result for this entry".into())))
-                .collect();
-            for ok in out.successful {
-                if let Ok(i) = ok.id.parse::<usize>() {
-                    if i < n {
-                        results[i] = Ok(ok.message_id);
-                    }
-                }
-            }
-            for failed in out.failed {
-                if let Ok(i) = failed.id.parse::<usize>() {
-                    if i < n {
-                        results[i] = Err(QueueError::Unavailable(format!(
-                            "{}: {}",
-                            failed.code,
-                            failed.message.unwrap_or_default()
-                        )));
-                    }
-                }
-            }
-            results
-        }
-        Err(e) => {
-            let why = describe(&e);
-            (0..n)
-                .map(|_| Err(QueueError::Unavailable(why.clone())))
-                .collect()
-        }
-    }
-}
-
-async fn delete_batch(
-    client: &aws_sdk_sqs::Client,
-    url: &str,
-    receipts: Vec<String>,
-) -> Vec<Result<(), QueueError>> {
-    let n = receipts.len();
-    let entries: Result<Vec<_>, _> = receipts
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(r)
-                .build()
-        })
-        .collect();
-    let entries = match entries {
-        Ok(e) => e,
-        Err(e) => {
-            return (0..n)
-                .map(|_| Err(QueueError::Unavailable(e.to_string())))
-                .collect()
-        }
-    };
-    match client
-        .delete_message_batch()
-        .queue_url(url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
-        Ok(out) => {
-            let mut results: Vec<Result<(), QueueError>> = (0..n).map(|_| Ok(())).collect();
-            for failed in out.failed {
-                if let Ok(i) = failed.id.parse::<usize>() {
-                    // A stale receipt is a no-op by contract; other failures are reported.
-                    if i < n && failed.code != "ReceiptHandleIsInvalid" {
-                        results[i] = Err(QueueError::Unavailable(format!(
-                            "{}: {}",
-                            failed.code,
-                            failed.message.unwrap_or_default()
-                        )));
-                    }
-                }
-            }
-            results
-        }
-        Err(e) => {
-            let why = describe(&e);
-            (0..n)
-                .map(|_| Err(QueueError::Unavailable(why.clone())))
-                .collect()
         }
     }
 }

@@ -76,6 +76,35 @@ impl LocalQueue {
         })
     }
 
+    /// Inserts messages in one group-committed write and wakes waiting receivers.
+    async fn insert(&self, bodies: Vec<Vec<u8>>) -> Result<Vec<String>, QueueError> {
+        let ids = self
+            .db
+            .write(move |tx| {
+                let now = now_ms();
+                let mut ids = Vec::with_capacity(bodies.len());
+                for body in bodies {
+                    let id = ulid::Ulid::new().to_string();
+                    exec(
+                        tx,
+                        "INSERT INTO messages (id, sent_at, visible_at) VALUES (?1, ?2, ?2)",
+                        params![id, now],
+                    )?;
+                    exec(
+                        tx,
+                        "INSERT INTO bodies (id, body) VALUES (?1, ?2)",
+                        params![id, body],
+                    )?;
+                    ids.push(id);
+                }
+                Ok(ids)
+            })
+            .await
+            .map_err(unavailable)?;
+        self.arrived.notify_waiters();
+        Ok(ids)
+    }
+
     async fn receive_now(&self, max: usize) -> Result<Vec<QueueMessage>, QueueError> {
         let (visibility, max_receives) = (self.visibility_ms, self.max_receives);
         self.db
@@ -120,7 +149,7 @@ impl LocalQueue {
 #[async_trait]
 impl Queue for LocalQueue {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
-        let mut ids = self.send_batch(&[body.to_vec()]).await?;
+        let mut ids = self.insert(vec![body.to_vec()]).await?;
         ids.pop()
             .ok_or_else(|| QueueError::Unavailable("send returned no id".into()))
     }
@@ -129,32 +158,7 @@ impl Queue for LocalQueue {
         if bodies.len() > 10 {
             return Err(QueueError::BatchTooLarge(bodies.len()));
         }
-        let bodies = bodies.to_vec();
-        let ids = self
-            .db
-            .write(move |tx| {
-                let now = now_ms();
-                let mut ids = Vec::with_capacity(bodies.len());
-                for body in bodies {
-                    let id = ulid::Ulid::new().to_string();
-                    exec(
-                        tx,
-                        "INSERT INTO messages (id, sent_at, visible_at) VALUES (?1, ?2, ?2)",
-                        params![id, now],
-                    )?;
-                    exec(
-                        tx,
-                        "INSERT INTO bodies (id, body) VALUES (?1, ?2)",
-                        params![id, body],
-                    )?;
-                    ids.push(id);
-                }
-                Ok(ids)
-            })
-            .await
-            .map_err(unavailable)?;
-        self.arrived.notify_waiters();
-        Ok(ids)
+        self.insert(bodies.to_vec()).await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
