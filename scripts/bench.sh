@@ -47,20 +47,26 @@ load() { # url extra-args...
     -H 'Content-Type: application/x-www-form-urlencoded' "$@" "$url"
 }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# Each phase starts with the disk quiet: the previous phase's dirty pages are
+# written back first, so they do not land in the next phase's fsyncs.
+settle() { sync; sleep 2; }
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # 1. Full load: ingest, then bare axum.
+settle
 config "$work/full" 18080 19090 > "$work/full.toml"
 RUST_LOG=warn "$bin/paynotify-ingest" --config "$work/full.toml" & ingest=$!
 wait_port 18080
 full=$(load http://127.0.0.1:18080/notify/unionpay -z "$DURATION" -c 64)
 kill $ingest; wait $ingest || true
+settle
 "$bin/examples/bare_axum" 127.0.0.1:18099 & bare=$!
 wait_port 18099
 baseline=$(load http://127.0.0.1:18099/notify/unionpay -z "$DURATION" -c 64)
 kill $bare; wait $bare || true
 
 # 2. Fixed 5,000/s; 3. RSS with 1,000 connections.
+settle
 config "$work/rate" 18081 19091 > "$work/rate.toml"
 RUST_LOG=warn "$bin/paynotify-ingest" --config "$work/rate.toml" & ingest=$!
 wait_port 18081
@@ -70,6 +76,7 @@ rss_kib=$(grep VmHWM /proc/$ingest/status | awk '{print $2}')
 kill $ingest; wait $ingest || true
 
 # 4. Worker drain of a pre-filled queue.
+settle
 config "$work/drain" 18082 19092 > "$work/drain.toml"
 RUST_LOG=warn "$bin/paynotify-ingest" --config "$work/drain.toml" & ingest=$!
 wait_port 18082
@@ -84,9 +91,11 @@ end=$(date +%s.%N)
 kill $worker $ingest; wait $worker $ingest || true
 drain_rate=$(python3 -c "print(round($filled / ($end - $start)))")
 
+settle
 # 5. Steady end-to-end latency.
 steady=$("$bin/paynotify" demo --count $((STEADY_PAYMENTS_PER_S * 20)) --rate "$STEADY_PAYMENTS_PER_S" --data-dir "$work/steady")
 
+settle
 # 6. Verification against openssl, one run.
 verify_us=$(cargo bench -p paynotify-shared --bench verify -- --warm-up-time 1 --measurement-time 3 verify_5.1.0_chain_cached 2>/dev/null \
   | awk '/time:/{gsub(/\[/,""); print $4, $5; exit}')

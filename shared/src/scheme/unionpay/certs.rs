@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use aws_lc_rs::signature::{self, ParsedPublicKey, UnparsedPublicKey};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -49,6 +49,12 @@ pub struct CertInfo {
     pub fingerprint: String,
     #[serde(skip)]
     pub(crate) public_key: Vec<u8>,
+    /// The key parsed once for each message digest, so a verification does
+    /// not parse it again (`None` when the key is not RSA-2048..8192).
+    #[serde(skip)]
+    pub(crate) key_sha256: Option<ParsedPublicKey>,
+    #[serde(skip)]
+    pub(crate) key_sha1: Option<ParsedPublicKey>,
     #[serde(skip)]
     subject_raw: Vec<u8>,
 }
@@ -82,6 +88,16 @@ impl CertInfo {
             signature_algorithm,
             fingerprint: hex::encode(Sha256::digest(der)),
             public_key: cert.public_key().subject_public_key.data.to_vec(),
+            key_sha256: ParsedPublicKey::new(
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                &cert.public_key().subject_public_key.data,
+            )
+            .ok(),
+            key_sha1: ParsedPublicKey::new(
+                &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                &cert.public_key().subject_public_key.data,
+            )
+            .ok(),
             subject_raw: cert.subject().as_raw().to_vec(),
         }
     }

@@ -315,32 +315,39 @@ impl Charset {
 }
 
 /// Form decoding: `+` is a space, `%XX` a byte; a malformed escape is an error
-/// (the official SDK's `URLDecoder` rejects it too).
+/// (the official SDK's `URLDecoder` rejects it too). Runs of plain bytes are
+/// copied at once.
 fn percent_decode(input: &[u8]) -> Result<Vec<u8>, VerifyError> {
     let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = input.get(i + 1..i + 3).and_then(|h| {
-                    let h = std::str::from_utf8(h).ok()?;
-                    u8::from_str_radix(h, 16).ok()
-                });
-                let byte = hex.ok_or_else(|| {
-                    VerifyError::MalformedBody(format!(
-                        "bad percent escape near {:?}",
-                        preview(&input[i..])
-                    ))
-                })?;
-                out.push(byte);
-                i += 2;
-            }
-            b => out.push(b),
+    let mut rest = input;
+    while let Some(at) = rest.iter().position(|&b| b == b'%' || b == b'+') {
+        out.extend_from_slice(&rest[..at]);
+        if rest[at] == b'+' {
+            out.push(b' ');
+            rest = &rest[at + 1..];
+            continue;
         }
-        i += 1;
+        let byte = match rest.get(at + 1..at + 3) {
+            Some(&[hi, lo]) => hex_value(hi).zip(hex_value(lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        let byte = byte.ok_or_else(|| {
+            VerifyError::MalformedBody(format!("bad percent escape near {:?}", preview(&rest[at..])))
+        })?;
+        out.push(byte);
+        rest = &rest[at + 3..];
     }
+    out.extend_from_slice(rest);
     Ok(out)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 fn percent_encode_into(bytes: &[u8], out: &mut String) {

@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use base64::Engine;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -136,13 +135,17 @@ impl UnionPayVerifier {
             }
         };
         let digest_hex = hex_digest(&version, &canonical_string(&fields));
-        let algorithm: &dyn signature::VerificationAlgorithm = match version {
-            SignVersion::V510 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            SignVersion::V500 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        let key = match version {
+            SignVersion::V510 => certificate.key_sha256.as_ref(),
+            SignVersion::V500 => certificate.key_sha1.as_ref(),
         };
-        UnparsedPublicKey::new(algorithm, &certificate.public_key)
-            .verify(digest_hex.as_bytes(), &signature)
-            .map_err(|_| VerifyError::BadSignature)?;
+        key.ok_or_else(|| {
+            VerifyError::MalformedCertificate(
+                "the certificate's key is not an RSA key of 2048 to 8192 bits".into(),
+            )
+        })?
+        .verify_sig(digest_hex.as_bytes(), &signature)
+        .map_err(|_| VerifyError::BadSignature)?;
         let merchant = fields.require("merId")?;
         if !self.merchants.contains(merchant) {
             return Err(VerifyError::UnknownMerchant(merchant.to_owned()));
