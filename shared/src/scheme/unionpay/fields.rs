@@ -332,7 +332,10 @@ fn percent_decode(input: &[u8]) -> Result<Vec<u8>, VerifyError> {
             _ => None,
         };
         let byte = byte.ok_or_else(|| {
-            VerifyError::MalformedBody(format!("bad percent escape near {:?}", preview(&rest[at..])))
+            VerifyError::MalformedBody(format!(
+                "bad percent escape near {:?}",
+                preview(&rest[at..])
+            ))
         })?;
         out.push(byte);
         rest = &rest[at + 3..];
