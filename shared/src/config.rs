@@ -78,7 +78,8 @@ pub struct AwsConfig {
     pub table: String,
     pub sse: Sse,
     pub kms_key_id: Option<String>,
-    /// How long concurrent sends wait to share one `SendMessageBatch`.
+    /// How long concurrent sends wait to share one `SendMessageBatch` (10 ms:
+    /// ≤ 0.2 calls per notification at ≈ 700/s, BENCHMARKS.md).
     pub send_batch_window_ms: u64,
     /// How often certificates from Secrets Manager are read again.
     pub secrets_refresh_secs: u64,
@@ -95,7 +96,7 @@ impl Default for AwsConfig {
             table: "paynotify-ledger".into(),
             sse: Sse::Kms,
             kms_key_id: None,
-            send_batch_window_ms: 5,
+            send_batch_window_ms: 10,
             secrets_refresh_secs: 300,
         }
     }
