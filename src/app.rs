@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use paynotify_ingest::{IngestMetrics, IngestState};
+use paynotify_ingest::IngestState;
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::Config;
 use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
@@ -90,19 +90,7 @@ impl App {
                 .with_context(|| format!("binding admin to {}", config.ingest.admin_listen))?;
             addr = Some(listener.local_addr()?);
             admin_addr = Some(admin.local_addr()?);
-            let state = IngestState {
-                archive: backends.archive.clone(),
-                queue: backends.queue.clone(),
-                sources: Arc::new(
-                    config
-                        .sources
-                        .iter()
-                        .map(|(k, s)| (k.clone(), s.success_body.clone()))
-                        .collect(),
-                ),
-                metrics: Arc::new(IngestMetrics::default()),
-                api_calls: backends.api_calls.clone(),
-            };
+            let state = IngestState::new(config, &backends);
             let (cfg, token) = (config.ingest.clone(), shutdown.clone());
             ingest = Some(tokio::spawn(async move {
                 paynotify_ingest::run(listener, admin, state, &cfg, token).await

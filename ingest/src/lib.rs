@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use paynotify_shared::backend::aws::ApiCalls;
-use paynotify_shared::config::IngestConfig;
+use paynotify_shared::backend::Backends;
+use paynotify_shared::config::{Config, IngestConfig};
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
 use paynotify_shared::ports::{Archive, Queue};
 use time::OffsetDateTime;
@@ -44,6 +45,25 @@ pub struct IngestState {
     pub metrics: Arc<IngestMetrics>,
     /// AWS API calls of this process, when on the AWS backend.
     pub api_calls: Option<Arc<ApiCalls>>,
+}
+
+impl IngestState {
+    /// The state for the configured sources on `backends`.
+    pub fn new(config: &Config, backends: &Backends) -> Self {
+        Self {
+            archive: backends.archive.clone(),
+            queue: backends.queue.clone(),
+            sources: Arc::new(
+                config
+                    .sources
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.success_body.clone()))
+                    .collect(),
+            ),
+            metrics: Arc::new(IngestMetrics::default()),
+            api_calls: backends.api_calls.clone(),
+        }
+    }
 }
 
 /// The public router.

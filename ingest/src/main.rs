@@ -1,10 +1,8 @@
 //! `paynotify-ingest`: the ingest alone, for running it apart from the workers
 //! on the same backend.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use paynotify_ingest::{IngestMetrics, IngestState};
+use paynotify_ingest::IngestState;
 use paynotify_shared::backend;
 use paynotify_shared::config::Config;
 use paynotify_shared::telemetry::{init_logging, shutdown_signal};
@@ -22,19 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(&config.ingest.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.ingest.admin_listen))?;
-    let state = IngestState {
-        archive: backends.archive.clone(),
-        queue: backends.queue.clone(),
-        sources: Arc::new(
-            config
-                .sources
-                .iter()
-                .map(|(k, s)| (k.clone(), s.success_body.clone()))
-                .collect(),
-        ),
-        metrics: Arc::new(IngestMetrics::default()),
-        api_calls: backends.api_calls.clone(),
-    };
+    let state = IngestState::new(&config, &backends);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {

@@ -69,6 +69,19 @@ pub enum EventKind {
     Void,
 }
 
+impl EventKind {
+    /// The name used in the ledger and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Payment => "payment",
+            Self::Authorization => "authorization",
+            Self::Capture => "capture",
+            Self::Refund => "refund",
+            Self::Void => "void",
+        }
+    }
+}
+
 /// Whether the PSP reports the operation as done, failed, or still in process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +90,17 @@ pub enum EventOutcome {
     Failed,
     /// The PSP has not finished (UnionPay `respCode` 03/04/05): recorded, no state change.
     Pending,
+}
+
+impl EventOutcome {
+    /// The name used in the ledger and in output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+        }
+    }
 }
 
 /// One verified notification, in PSP-neutral terms.
@@ -99,4 +123,24 @@ pub struct PaymentEvent {
     /// The PSP's result code and message, for the audit trail.
     pub result_code: Option<String>,
     pub result_message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_serialised_form() {
+        use EventKind::*;
+        for k in [Payment, Authorization, Capture, Refund, Void] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        for o in [
+            EventOutcome::Succeeded,
+            EventOutcome::Failed,
+            EventOutcome::Pending,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
 }

@@ -108,7 +108,7 @@ impl SecretRef {
             .secret_id(arn)
             .send()
             .await
-            .map_err(|e| fail(crate::backend::aws::describe_secrets(&e)))?;
+            .map_err(|e| fail(crate::backend::aws::describe(&e)))?;
         let bytes = match (out.secret_string, out.secret_binary) {
             (Some(s), _) => s.into_bytes(),
             (None, Some(b)) => b.into_inner(),

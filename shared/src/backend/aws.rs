@@ -88,31 +88,14 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
     })
 }
 
-/// A readable message for an SDK error, with the service's code when it has one.
+/// A readable message for an SDK error (of any service: they share the
+/// smithy error types), with the service's code when it has one.
 pub(crate) fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata,
 {
     match e {
         aws_sdk_s3::error::SdkError::ServiceError(s) => {
-            let err = s.err();
-            format!(
-                "{}: {}",
-                err.code().unwrap_or("service error"),
-                err.message().unwrap_or("")
-            )
-        }
-        other => format!("{other}"),
-    }
-}
-
-/// As [`describe`], for Secrets Manager errors.
-pub(crate) fn describe_secrets<E, R>(e: &aws_sdk_secretsmanager::error::SdkError<E, R>) -> String
-where
-    E: std::error::Error + aws_sdk_secretsmanager::error::ProvideErrorMetadata,
-{
-    match e {
-        aws_sdk_secretsmanager::error::SdkError::ServiceError(s) => {
             let err = s.err();
             format!(
                 "{}: {}",

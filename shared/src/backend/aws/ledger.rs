@@ -46,13 +46,6 @@ fn event_sk(event_key: &EventKey) -> String {
     format!("EVENT#{event_key}")
 }
 
-fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 fn unavailable(why: String) -> LedgerError {
     LedgerError::Unavailable(why)
 }
@@ -124,8 +117,8 @@ impl Ledger for DynamoLedger {
             ("sk".to_owned(), s(event_sk(&event.event_key))),
             ("event_key".to_owned(), s(event.event_key.as_str())),
             ("notification_id".to_owned(), s(notification_id)),
-            ("kind".to_owned(), s(name(&event.kind))),
-            ("outcome".to_owned(), s(name(&event.outcome))),
+            ("kind".to_owned(), s(event.kind.as_str())),
+            ("outcome".to_owned(), s(event.outcome.as_str())),
             ("amount_minor".to_owned(), n(event.amount.minor)),
             ("currency".to_owned(), s(event.amount.currency.as_str())),
             ("recorded_at".to_owned(), n(now_ms)),

@@ -61,13 +61,6 @@ fn unavailable(e: String) -> LedgerError {
     LedgerError::Unavailable(e)
 }
 
-fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 #[async_trait]
 impl Ledger for LocalLedger {
     async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {
@@ -150,8 +143,8 @@ impl Ledger for LocalLedger {
                         event.event_key.as_str(),
                         seq,
                         notification_id,
-                        name(&event.kind),
-                        name(&event.outcome),
+                        event.kind.as_str(),
+                        event.outcome.as_str(),
                         event.amount.minor as i64,
                         event.amount.currency.as_str(),
                         new_state.as_ref().map(|s| s.status.as_str()),
