@@ -1,6 +1,7 @@
 //! One conformance suite for the three ports, written once and run against
 //! the local backend and the AWS backend (on the emulator).
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -12,28 +13,7 @@ use paynotify_shared::ports::{ApplyOutcome, ArchiveError};
 use paynotify_shared::{transition, PaymentStatus, Transition};
 use support::{backends, Kind};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Local).await
-                }
-            )*
-        }
-        mod aws {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Aws).await
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     archive_put_is_create_only,
     archive_list_paginates_and_filters_by_hour,
     queue_is_at_least_once_with_visibility,

@@ -13,29 +13,8 @@ use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
 use paynotify_worker::Hooks;
 use support::Kind;
 
+#[macro_use]
 mod support;
-
-/// Each end-to-end test runs once per backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Local).await
-                }
-            )*
-        }
-        mod aws {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Aws).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     purchase_becomes_paid,

@@ -6,6 +6,29 @@
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::{BackendConfig, BackendKind, Sse};
 
+/// Instantiates each named `async fn(Kind)` test once per backend, in
+/// modules `local` and `aws`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Local).await
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Aws).await
+                }
+            )*
+        }
+    };
+}
+
 /// Which backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
