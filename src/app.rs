@@ -8,7 +8,6 @@ use anyhow::Context;
 use paynotify_ingest::IngestState;
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::Config;
-use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
 pub use paynotify_shared::telemetry::{init_logging, shutdown_signal};
 use paynotify_worker::{Hooks, Stats, WorkerContext};
 use tokio::net::TcpListener;
@@ -57,28 +56,14 @@ impl App {
         let stats = Arc::new(Stats::default());
         let (mut addr, mut admin_addr, mut ingest, mut worker) = (None, None, None, None);
         if options.worker {
-            let verifiers = Arc::new(VerifierSet::new(
-                SourceVerifier::all(config, backends.secrets.as_ref()).await?,
-            ));
-            if uses_secrets_manager(config) {
-                tokio::spawn(paynotify_worker::refresh_verifiers(
-                    verifiers.clone(),
-                    config.clone(),
-                    backends.secrets.clone(),
-                    std::time::Duration::from_secs(config.backend.aws.secrets_refresh_secs.max(1)),
-                    shutdown.clone(),
-                ));
-            }
-            let ctx = WorkerContext {
-                queue: backends.queue.clone(),
-                ledger: backends.ledger.clone(),
-                archive: backends.archive.clone(),
-                verifiers,
-                config: config.worker.clone(),
-                max_receives: config.backend.max_receives,
-                stats: stats.clone(),
-                hooks: options.hooks.clone(),
-            };
+            let ctx = WorkerContext::start(
+                config,
+                &backends,
+                stats.clone(),
+                options.hooks.clone(),
+                &shutdown,
+            )
+            .await?;
             worker = Some(tokio::spawn(paynotify_worker::run(ctx, shutdown.clone())));
         }
         if options.ingest {

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::config::WorkerConfig;
 use paynotify_shared::envelope::{Envelope, QueuedBody};
 use paynotify_shared::ports::{
     ApplyOutcome, Archive, ArchiveError, Ledger, Queue, QueueError, QueueMessage,
 };
-use paynotify_shared::scheme::{SourceVerifier, VerifierSet};
+use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
 use paynotify_shared::{transition, Transition};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -300,6 +301,45 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+impl WorkerContext {
+    /// Builds the worker for `config` on `backends`: loads every source's
+    /// verifier and, when a certificate comes from Secrets Manager, starts
+    /// the task that reloads them until `shutdown`.
+    ///
+    /// # Errors
+    /// When a source's certificates cannot be read or do not chain.
+    pub async fn start(
+        config: &Config,
+        backends: &Backends,
+        stats: Arc<Stats>,
+        hooks: Hooks,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, paynotify_shared::config::ConfigError> {
+        let verifiers = Arc::new(VerifierSet::new(
+            SourceVerifier::all(config, backends.secrets.as_ref()).await?,
+        ));
+        if uses_secrets_manager(config) {
+            tokio::spawn(refresh_verifiers(
+                verifiers.clone(),
+                config.clone(),
+                backends.secrets.clone(),
+                Duration::from_secs(config.backend.aws.secrets_refresh_secs.max(1)),
+                shutdown.clone(),
+            ));
+        }
+        Ok(Self {
+            queue: backends.queue.clone(),
+            ledger: backends.ledger.clone(),
+            archive: backends.archive.clone(),
+            verifiers,
+            config: config.worker.clone(),
+            max_receives: config.backend.max_receives,
+            stats,
+            hooks,
+        })
+    }
 }
 
 /// Reloads every source's certificates each `every` (from files or Secrets
