@@ -186,7 +186,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     println!("inspect   paynotify dlq list --config {cfg}");
-    println!("          paynotify txn get --config {cfg} unionpay {MERCHANT} <queryId> --json");
+    println!(
+        "          paynotify txn get --config {cfg} unionpay {MERCHANT} {} --json",
+        report.sample_payment_ref
+    );
     println!("          paynotify serve --config {cfg}");
     let lost = report.accepted as usize != archived || left > 0;
     Ok(if lost {

@@ -180,6 +180,8 @@ pub struct Mix {
 /// What a simulation sent and what the ledger should end up with.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
+    /// One simulated payment's reference (UnionPay `queryId`), to look up.
+    pub sample_payment_ref: String,
     pub sent: u64,
     pub accepted: u64,
     pub failed: u64,
@@ -210,7 +212,10 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
         (mix.rate > 0.0).then(|| Duration::from_secs_f64(mix.concurrency.max(1) as f64 / mix.rate));
     let run_id = ulid::Ulid::new().to_string().to_lowercase();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut report = Report::default();
+    let mut report = Report {
+        sample_payment_ref: format!("{run_id}{:08}", 0),
+        ..Report::default()
+    };
     for i in 0..mix.count {
         let mut rng = rand::rng();
         let amount: u64 = rng.random_range(100..100_000);
