@@ -108,7 +108,10 @@ async fn notify(
             )
         })
         .collect();
-    let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
+    // The body extractor needs the request head (its extensions carry the body
+    // limit); keep only method and URI, not a second copy of the headers.
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let bytes = match Bytes::from_request(Request::from_parts(parts, body), &()).await {
         Ok(b) => b,
         Err(rejection) => {
             state.metrics.rejected_body.fetch_add(1, Ordering::Relaxed);
@@ -123,9 +126,9 @@ async fn notify(
             source: &source,
             received_at,
             remote_addr: Some(remote.to_string()),
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query(),
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query(),
             headers,
             body: &bytes,
         });

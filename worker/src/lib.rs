@@ -199,10 +199,8 @@ pub async fn settle(
     let stats = &ctx.stats;
     match disposition {
         Disposition::Ack(kind) => {
-            if let Some(crash) = &ctx.hooks.crash_after_apply {
-                if crash() {
-                    return Ok(());
-                }
+            if crashes_after_apply(ctx) {
+                return Ok(());
             }
             ctx.queue.delete(&message.receipt).await?;
             stats.ack(*kind);
@@ -229,6 +227,14 @@ pub async fn settle(
     Ok(())
 }
 
+/// The test fault hook: abandon an acknowledged message before its delete.
+fn crashes_after_apply(ctx: &WorkerContext) -> bool {
+    ctx.hooks
+        .crash_after_apply
+        .as_ref()
+        .is_some_and(|crash| crash())
+}
+
 /// Settles a received batch: acknowledged messages are deleted together in
 /// one call (one `DeleteMessageBatch` on SQS), the others one by one.
 pub async fn settle_batch(ctx: &WorkerContext, results: Vec<(QueueMessage, Disposition)>) {
@@ -236,10 +242,8 @@ pub async fn settle_batch(ctx: &WorkerContext, results: Vec<(QueueMessage, Dispo
     for (message, disposition) in &results {
         match disposition {
             Disposition::Ack(kind) => {
-                if let Some(crash) = &ctx.hooks.crash_after_apply {
-                    if crash() {
-                        continue;
-                    }
+                if crashes_after_apply(ctx) {
+                    continue;
                 }
                 acked.push((message.receipt.clone(), *kind));
             }

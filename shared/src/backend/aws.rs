@@ -78,7 +78,7 @@ impl Clients {
 /// `BackendError::Aws` when a queue cannot be found.
 pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
     let clients = Clients::new(&config.aws).await;
-    let queue = SqsQueue::open(&clients, &config.aws, config.visibility_timeout_secs).await?;
+    let queue = SqsQueue::open(&clients, &config.aws).await?;
     Ok(Backends {
         archive: Arc::new(S3Archive::new(&clients, &config.aws)),
         queue: Arc::new(queue),

@@ -45,7 +45,6 @@ impl SqsQueue {
     pub async fn open(
         clients: &Clients,
         config: &AwsConfig,
-        _visibility_timeout_secs: u32,
     ) -> Result<Self, crate::backend::BackendError> {
         let client = clients.sqs.clone();
         let lookup = |name: String| {

@@ -19,9 +19,6 @@ use crate::ports::{Archive, ArchiveError};
 
 /// Objects made durable together at most.
 const MAX_GROUP: usize = 512;
-/// Writer threads. Measured: two writers creating files in the same hour
-/// directory contend on its lock and halve throughput (BENCHMARKS.md).
-const WRITERS: usize = 1;
 
 struct PutJob {
     path: PathBuf,
@@ -53,13 +50,12 @@ impl LocalArchive {
     pub fn open(root: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
         let (tx, rx) = mpsc::channel();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..WRITERS {
-            let (sync_root, rx) = (root.clone(), rx.clone());
-            std::thread::Builder::new()
-                .name(format!("archive-writer-{i}"))
-                .spawn(move || writer_loop(&sync_root, &rx))?;
-        }
+        let sync_root = root.clone();
+        // One writer: two, creating files in the same hour directory, contend
+        // on its lock and halved throughput when measured (BENCHMARKS.md).
+        std::thread::Builder::new()
+            .name("archive-writer".into())
+            .spawn(move || writer_loop(&sync_root, rx))?;
         Ok(Self { root, writer: tx })
     }
 
@@ -77,20 +73,15 @@ fn unavailable(e: std::io::Error) -> ArchiveError {
     ArchiveError::Unavailable(e.to_string())
 }
 
-fn writer_loop(root: &Path, rx: &std::sync::Mutex<mpsc::Receiver<PutJob>>) {
-    loop {
-        let jobs = {
-            let Ok(rx) = rx.lock() else { return };
-            let Ok(first) = rx.recv() else { return };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+fn writer_loop(root: &Path, rx: mpsc::Receiver<PutJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-            jobs
-        };
+        }
         let results: Vec<Result<(), ArchiveError>> = jobs
             .iter()
             .map(|j| write_unsynced(&j.path, &j.key, &j.bytes))

@@ -176,18 +176,7 @@ impl Queue for LocalQueue {
     }
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
-        let r = receipt.0.clone();
-        self.db
-            .write(move |c| {
-                exec(
-                    c,
-                    "DELETE FROM bodies WHERE id = (SELECT id FROM messages WHERE receipt = ?1)",
-                    params![r],
-                )?;
-                exec(c, "DELETE FROM messages WHERE receipt = ?1", params![r]).map(|_| ())
-            })
-            .await
-            .map_err(unavailable)
+        self.delete_batch(std::slice::from_ref(receipt)).await
     }
 
     async fn delete_batch(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
