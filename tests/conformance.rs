@@ -268,6 +268,7 @@ fn event(key: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent {
             minor,
             currency: Currency::from_alpha("CNY").unwrap(),
         },
+        currency_defaulted: false,
         psp_txn_id: None,
         psp_time: None,
         result_code: None,

@@ -6,37 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use paynotify_ingest::{IngestMetrics, IngestState};
 use paynotify_shared::backend::local::{LocalArchive, LocalQueue};
 use paynotify_shared::config::IngestConfig;
-use paynotify_shared::ports::{
-    Archive, ArchiveError, DeadLetter, Queue, QueueError, QueueMessage, Receipt,
-};
-use time::OffsetDateTime;
+use paynotify_shared::faults::{Faults, FaultyArchive, FaultyQueue};
+use paynotify_shared::ports::{Archive, Queue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-/// An archive whose store is down.
-struct DownArchive;
-
-#[async_trait]
-impl Archive for DownArchive {
-    async fn put(&self, _: &str, _: &[u8]) -> Result<(), ArchiveError> {
-        Err(ArchiveError::Unavailable("disk full".into()))
-    }
-    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
-        Err(ArchiveError::NotFound(key.into()))
-    }
-    async fn list(
-        &self,
-        _: &str,
-        _: Option<OffsetDateTime>,
-        _: Option<OffsetDateTime>,
-    ) -> Result<Vec<String>, ArchiveError> {
-        Ok(vec![])
-    }
-}
 
 struct Ingest {
     addr: SocketAddr,
@@ -50,17 +26,20 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
     let dir = tempfile::tempdir().unwrap();
     let archive = LocalArchive::open(dir.path().join("archive")).unwrap();
     let queue = LocalQueue::open(&dir.path().join("q.sqlite3"), 30, 5).unwrap();
-    let queue_port: Arc<dyn Queue> = if queue_down {
-        Arc::new(FailingQueue(queue.clone()))
-    } else {
-        Arc::new(queue.clone())
+    let down = |on: bool| {
+        let f = Faults::new();
+        f.set_down(on);
+        f
     };
+    let queue_port: Arc<dyn Queue> = Arc::new(FaultyQueue {
+        inner: Arc::new(queue.clone()),
+        faults: down(queue_down),
+    });
     let state = IngestState {
-        archive: if archive_down {
-            Arc::new(DownArchive)
-        } else {
-            Arc::new(archive.clone())
-        },
+        archive: Arc::new(FaultyArchive {
+            inner: Arc::new(archive.clone()),
+            faults: down(archive_down),
+        }),
         queue: queue_port,
         sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
         metrics: Arc::new(IngestMetrics::default()),
@@ -84,40 +63,6 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
         archive,
         _dir: dir,
         _shutdown: shutdown.drop_guard(),
-    }
-}
-
-/// A queue whose sends fail (the rest delegates to a working queue).
-struct FailingQueue(LocalQueue);
-
-#[async_trait]
-impl Queue for FailingQueue {
-    async fn send(&self, _: &[u8]) -> Result<String, QueueError> {
-        Err(QueueError::Unavailable("queue down".into()))
-    }
-    async fn send_batch(&self, b: &[Vec<u8>]) -> Result<Vec<String>, QueueError> {
-        self.0.send_batch(b).await
-    }
-    async fn receive(&self, m: usize, w: Duration) -> Result<Vec<QueueMessage>, QueueError> {
-        self.0.receive(m, w).await
-    }
-    async fn delete(&self, r: &Receipt) -> Result<(), QueueError> {
-        self.0.delete(r).await
-    }
-    async fn delay(&self, r: &Receipt, s: u32) -> Result<(), QueueError> {
-        self.0.delay(r, s).await
-    }
-    async fn dead_letter(&self, m: &QueueMessage, r: &str, e: &str) -> Result<(), QueueError> {
-        self.0.dead_letter(m, r, e).await
-    }
-    async fn dlq_list(&self, l: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        self.0.dlq_list(l).await
-    }
-    async fn redrive(&self, r: Option<&str>) -> Result<usize, QueueError> {
-        self.0.redrive(r).await
-    }
-    async fn depth(&self) -> Result<u64, QueueError> {
-        Err(QueueError::Unavailable("queue down".into()))
     }
 }
 

@@ -166,6 +166,13 @@ pub struct WorkerConfig {
     /// First retry delay; later ones grow exponentially with jitter.
     pub retry_min_delay_ms: u64,
     pub retry_max_delay_secs: u64,
+    /// How long a transient failure (backend error, throttling) is retried,
+    /// however many receives that takes, before it is dead-lettered as
+    /// `retries_exhausted`.
+    pub retry_for_secs: u64,
+    /// A parked event older than this is reported by `reconcile` and
+    /// `/metrics` (`paynotify_parked_events_overdue`).
+    pub parked_alert_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -176,6 +183,8 @@ impl Default for WorkerConfig {
             receive_wait_ms: 1000,
             retry_min_delay_ms: 1000,
             retry_max_delay_secs: 300,
+            retry_for_secs: 6 * 3600,
+            parked_alert_secs: 24 * 3600,
         }
     }
 }

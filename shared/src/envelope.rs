@@ -161,20 +161,38 @@ impl Envelope {
     }
 }
 
-/// What travels on the queue instead of an envelope too large for it: the
-/// archive key where the whole envelope is.
+/// What travels on the queue instead of an envelope too large for it (or a
+/// retried message's new delivery): the archive key where the whole envelope
+/// is, and how long it has been retried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pointer {
     pub v: u8,
     pub archive_key: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retry: Option<RetryState>,
+}
+
+/// Carried by a message that was sent again to keep retrying a transient
+/// failure past the queue's receive limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryState {
+    /// When its first delivery was first received.
+    #[serde(with = "rfc3339_ms")]
+    pub since: OffsetDateTime,
+    /// Receives of earlier deliveries.
+    pub attempts: u32,
 }
 
 /// A queue message body: an envelope, or a pointer to one in the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueuedBody {
     Envelope(Box<Envelope>),
-    Pointer(String),
+    Pointer {
+        archive_key: String,
+        retry: Option<RetryState>,
+    },
 }
 
 impl QueuedBody {
@@ -184,18 +202,59 @@ impl QueuedBody {
     /// As [`Envelope::from_json`].
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         if let Ok(p) = serde_json::from_slice::<Pointer>(bytes) {
-            return Ok(Self::Pointer(p.archive_key));
+            if p.v != 1 {
+                return Err(EnvelopeError::Version(p.v));
+            }
+            return Ok(Self::Pointer {
+                archive_key: p.archive_key,
+                retry: p.retry,
+            });
         }
         Envelope::from_json(bytes).map(|e| Self::Envelope(Box::new(e)))
     }
 
     /// The pointer JSON for `archive_key`.
     pub fn pointer_json(archive_key: &str) -> Vec<u8> {
+        Self::pointer_json_with(archive_key, None)
+    }
+
+    /// The pointer JSON for `archive_key`, carrying `retry`.
+    pub fn pointer_json_with(archive_key: &str, retry: Option<RetryState>) -> Vec<u8> {
         serde_json::to_vec(&Pointer {
             v: 1,
             archive_key: archive_key.to_owned(),
+            retry,
         })
         .unwrap_or_default()
+    }
+
+    /// Where the envelope is archived.
+    pub fn archive_key(&self) -> String {
+        match self {
+            Self::Envelope(e) => e.archive_key(),
+            Self::Pointer { archive_key, .. } => archive_key.clone(),
+        }
+    }
+
+    /// The retries of earlier deliveries, if any.
+    pub fn retry(&self) -> Option<&RetryState> {
+        match self {
+            Self::Envelope(_) => None,
+            Self::Pointer { retry, .. } => retry.as_ref(),
+        }
+    }
+
+    /// The notification's id (the envelope's ULID, also the archive file name).
+    pub fn notification_id(&self) -> String {
+        match self {
+            Self::Envelope(e) => e.id.clone(),
+            Self::Pointer { archive_key, .. } => archive_key
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(".json")
+                .to_owned(),
+        }
     }
 }
 
@@ -275,10 +334,21 @@ mod tests {
             QueuedBody::Envelope(Box::new(e.clone()))
         );
         let p = QueuedBody::pointer_json(&e.archive_key());
+        let pointer = QueuedBody::parse(&p).unwrap();
         assert_eq!(
-            QueuedBody::parse(&p).unwrap(),
-            QueuedBody::Pointer(e.archive_key())
+            pointer,
+            QueuedBody::Pointer {
+                archive_key: e.archive_key(),
+                retry: None
+            }
         );
+        assert_eq!(pointer.notification_id(), e.id);
+        let retry = RetryState {
+            since: datetime!(2026-11-25 23:15:16.123 UTC),
+            attempts: 7,
+        };
+        let p = QueuedBody::pointer_json_with(&e.archive_key(), Some(retry));
+        assert_eq!(QueuedBody::parse(&p).unwrap().retry(), Some(&retry));
     }
 
     #[test]

@@ -18,9 +18,22 @@ impl PaymentKey {
         Self(format!("{source}#{merchant}#{payment_ref}"))
     }
 
+    /// A key read back from the ledger.
+    pub fn from_stored(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key of another payment reference of the same source and merchant
+    /// (a completion's own id, for its alias).
+    pub fn sibling(&self, payment_ref: &str) -> Self {
+        let mut parts = self.0.splitn(3, '#');
+        let (source, merchant) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        Self::new(source, merchant, payment_ref)
     }
 }
 
@@ -65,8 +78,12 @@ pub enum EventKind {
     Capture,
     /// A (partial or full) refund of a paid payment.
     Refund,
-    /// Cancellation of an authorization or of an uncaptured/unsettled payment.
+    /// Cancellation of a payment or of a completed capture, for the whole
+    /// amount (UnionPay 31, 33).
     Void,
+    /// Cancellation of a pre-authorization that was not captured, for the
+    /// whole amount held (UnionPay 32).
+    AuthorizationVoid,
 }
 
 impl EventKind {
@@ -78,6 +95,7 @@ impl EventKind {
             Self::Capture => "capture",
             Self::Refund => "refund",
             Self::Void => "void",
+            Self::AuthorizationVoid => "authorization_void",
         }
     }
 }
@@ -115,6 +133,11 @@ pub struct PaymentEvent {
     pub kind: EventKind,
     pub outcome: EventOutcome,
     pub amount: Money,
+    /// The message named no currency and `amount.currency` is the scheme's
+    /// default (UnionPay: CNY); a payment in another currency then conflicts
+    /// with a reason that says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub currency_defaulted: bool,
     /// The PSP's own id of this transaction (UnionPay `queryId`).
     pub psp_txn_id: Option<String>,
     /// When the PSP says the transaction happened.
@@ -132,7 +155,14 @@ mod tests {
     #[test]
     fn names_match_the_serialised_form() {
         use EventKind::*;
-        for k in [Payment, Authorization, Capture, Refund, Void] {
+        for k in [
+            Payment,
+            Authorization,
+            Capture,
+            Refund,
+            Void,
+            AuthorizationVoid,
+        ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
         for o in [

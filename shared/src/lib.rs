@@ -5,6 +5,7 @@ pub mod backend;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod faults;
 pub mod money;
 pub mod ports;
 pub mod scheme;

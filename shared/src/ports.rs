@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
-use crate::state::PaymentState;
+use crate::state::{PaymentState, PaymentStatus};
 
 /// Archive failures.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,9 @@ pub struct QueueMessage {
     pub body: Vec<u8>,
     /// How many times this message has been received, this delivery included.
     pub receive_count: u32,
+    /// When this message was first received (SQS
+    /// `ApproximateFirstReceiveTimestamp`).
+    pub first_received_at: Option<OffsetDateTime>,
 }
 
 /// A message in the dead-letter queue.
@@ -94,6 +97,8 @@ pub struct DeadLetter {
 /// - `delete` and `delay` act on the delivery named by the receipt; a stale
 ///   receipt is a no-op.
 /// - `delay` makes the message invisible for `seconds` from now.
+/// - `send_delayed` sends a message that becomes visible after `seconds`
+///   (at most `max_delay_secs`).
 /// - `dead_letter` moves the message to the DLQ with a reason, atomically.
 /// - `redrive` moves dead letters (all, or those with `reason`) back with a
 ///   receive count of zero and returns how many moved.
@@ -101,6 +106,11 @@ pub struct DeadLetter {
 pub trait Queue: Send + Sync {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError>;
     async fn send_batch(&self, bodies: &[Vec<u8>]) -> Result<Vec<String>, QueueError>;
+    async fn send_delayed(&self, body: &[u8], seconds: u32) -> Result<String, QueueError>;
+    /// The longest delay `send_delayed` takes.
+    fn max_delay_secs(&self) -> u32 {
+        u32::MAX
+    }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError>;
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError>;
     /// Deletes several deliveries; as `delete` for each, in as few calls as
@@ -136,15 +146,106 @@ pub enum LedgerError {
     Unavailable(String),
 }
 
-/// What `apply` did.
+/// What `write` (or `apply`) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// The event is recorded (and the new state stored, if any).
+    /// Everything in the write is durable.
     Applied,
-    /// This event key is already recorded: nothing changed.
+    /// The incoming event key is already recorded or parked: nothing changed.
     Duplicate,
-    /// The payment's version is not the expected one: re-read and decide again.
+    /// A version is not the expected one: re-read and decide again.
     VersionConflict,
+}
+
+/// An event that arrived before the payment it refers to, kept in the ledger
+/// until that payment arrives (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    pub event: PaymentEvent,
+    pub notification_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub parked_at: OffsetDateTime,
+    /// Set when the payment arrived and this event contradicted it: it stays
+    /// here, unapplied, for `reconcile` and an operator.
+    pub conflict: Option<String>,
+}
+
+/// What the ledger holds under one payment key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentEntry {
+    /// The payment; `None` before the payment itself has arrived.
+    pub state: Option<PaymentState>,
+    /// Guards every write under this key; 0 when nothing is stored.
+    pub version: u64,
+    /// Events waiting for the payment (and ones that conflicted with it).
+    pub parked: Vec<ParkedEvent>,
+    /// This key is a pre-authorization completion's own id: its events
+    /// belong to that payment.
+    pub alias_of: Option<PaymentKey>,
+}
+
+/// One event recorded by a write.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub event: PaymentEvent,
+    pub notification_id: String,
+    /// The payment's status after this event, when it changed it.
+    pub status_after: Option<PaymentStatus>,
+    /// Where the event was parked, when it was.
+    pub unparked_from: Option<PaymentKey>,
+}
+
+/// A completion's id made an alias of the payment, in the same write.
+#[derive(Debug, Clone)]
+pub struct AliasWrite {
+    pub key: PaymentKey,
+    pub expected_version: u64,
+}
+
+/// One atomic change under one payment key (and the alias keys it creates).
+#[derive(Debug, Clone)]
+pub struct LedgerWrite {
+    pub key: PaymentKey,
+    pub expected_version: u64,
+    /// The incoming notification's event: recorded (with its status) or parked.
+    pub incoming: Incoming,
+    /// The new state, when it changes.
+    pub state: Option<PaymentState>,
+    /// Parked events applied in this write, in order, after the incoming one.
+    pub unparked: Vec<RecordedEvent>,
+    /// Parked events (under `key` or an alias key) that contradict the
+    /// payment: kept parked, with the reason.
+    pub conflicts: Vec<ParkedEntry>,
+    pub aliases: Vec<AliasWrite>,
+}
+
+impl LedgerWrite {
+    /// Whether this write raises the version under `key`: every write does,
+    /// except one that only records the incoming event.
+    pub fn bumps_version(&self) -> bool {
+        self.state.is_some()
+            || matches!(self.incoming, Incoming::Park(_))
+            || !self.unparked.is_empty()
+            || !self.conflicts.is_empty()
+            || !self.aliases.is_empty()
+    }
+}
+
+/// What happens to the incoming event.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Record(RecordedEvent),
+    Park(ParkedEvent),
+}
+
+impl Incoming {
+    /// The incoming event.
+    pub fn event(&self) -> &PaymentEvent {
+        match self {
+            Self::Record(r) => &r.event,
+            Self::Park(p) => &p.event,
+        }
+    }
 }
 
 /// One recorded event of a payment, for `txn get`.
@@ -160,32 +261,83 @@ pub struct EventRecord {
     pub status_after: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub recorded_at: OffsetDateTime,
+    /// The full event as recorded, for `reconcile`.
+    #[serde(skip)]
+    pub event: Option<PaymentEvent>,
+}
+
+/// A parked event with its payment key, as listed for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParkedEntry {
+    pub payment_key: PaymentKey,
+    #[serde(flatten)]
+    pub parked: ParkedEvent,
 }
 
 /// The payment ledger.
 ///
 /// # Contract
-/// - `apply` records `event` and, when given, stores `new_state`, in one
-///   atomic step, only if the event key is new for this payment (else
-///   `Duplicate`, checked first) and the stored version equals
-///   `expected_version` (0 for no payment yet; else `VersionConflict`).
+/// - `write` is atomic: all of it or nothing. It is refused as `Duplicate`
+///   when the incoming event key is already recorded (an incoming record) or
+///   parked (an incoming park) under `key` (checked first; a caller that
+///   loaded the entry sees the other kind in it, guarded by the version), and as `VersionConflict` unless the version stored
+///   under `key` (0 when nothing is) and under each alias key equals the
+///   expected one. Every write raises the version under `key` by one, except
+///   one that only records an event; an alias key's version is raised too.
+/// - A parked event is stored under `key` until a write names it in
+///   `unparked` (recorded as an event, removed from the parked ones) or in
+///   `conflicts` (kept parked with the reason).
+/// - `load` returns the state, version, parked events and alias of a key as
+///   of one point in time.
 /// - `history` lists a payment's recorded events in the order they were applied.
-/// - `contains_event` is true once `apply` returned `Applied` for that event key.
+/// - `contains_event` is true once an event key is recorded or parked.
+/// - `parked_before` lists parked events parked before `t` (conflicted ones
+///   included), oldest first, at most `limit`.
 #[async_trait]
 pub trait Ledger: Send + Sync {
-    async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError>;
+    async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError>;
+    async fn write(&self, write: &LedgerWrite) -> Result<ApplyOutcome, LedgerError>;
+    async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError>;
+    /// Whether the event key is already recorded (or parked) for this payment.
+    async fn contains_event(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+    ) -> Result<bool, LedgerError>;
+    async fn parked_before(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEntry>, LedgerError>;
+
+    /// The payment's state, if it has arrived.
+    async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {
+        Ok(self.load(key).await?.state)
+    }
+
+    /// Records `event` and, when given, stores `new_state` (whose version
+    /// must be `expected_version + 1`): a write with nothing parked.
     async fn apply(
         &self,
         event: &PaymentEvent,
         notification_id: &str,
         new_state: Option<&PaymentState>,
         expected_version: u64,
-    ) -> Result<ApplyOutcome, LedgerError>;
-    async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError>;
-    /// Whether the event key is already recorded for this payment.
-    async fn contains_event(
-        &self,
-        key: &PaymentKey,
-        event_key: &EventKey,
-    ) -> Result<bool, LedgerError>;
+    ) -> Result<ApplyOutcome, LedgerError> {
+        self.write(&LedgerWrite {
+            key: event.payment_key.clone(),
+            expected_version,
+            incoming: Incoming::Record(RecordedEvent {
+                event: event.clone(),
+                notification_id: notification_id.to_owned(),
+                status_after: new_state.map(|s| s.status),
+                unparked_from: None,
+            }),
+            state: new_state.cloned(),
+            unparked: Vec::new(),
+            conflicts: Vec::new(),
+            aliases: Vec::new(),
+        })
+        .await
+    }
 }

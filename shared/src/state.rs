@@ -81,7 +81,7 @@ pub enum Transition {
 
 /// Decides the effect of `event` on `current` (DESIGN §5).
 pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Transition {
-    use EventKind::{Authorization, Capture, Payment, Refund, Void};
+    use EventKind::{Authorization, AuthorizationVoid, Capture, Payment, Refund, Void};
     use EventOutcome::{Failed, Pending, Succeeded};
     use PaymentStatus as S;
 
@@ -105,7 +105,7 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
             (Payment, Succeeded) => new(S::Paid, 0, amount),
             (Payment | Authorization, Failed) => new(S::Failed, 0, 0),
             (Authorization, Succeeded) => new(S::Authorized, amount, 0),
-            (Capture | Refund | Void, Succeeded) => Transition::Retry(format!(
+            (Capture | Refund | Void | AuthorizationVoid, Succeeded) => Transition::Retry(format!(
                 "{:?} for payment {} that is not in the ledger yet",
                 event.kind, event.payment_key
             )),
@@ -113,11 +113,20 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
         };
     };
 
-    if event.outcome == Failed && matches!(event.kind, Capture | Refund | Void) {
+    if event.outcome == Failed && matches!(event.kind, Capture | Refund | Void | AuthorizationVoid)
+    {
         return Transition::Record;
     }
     if event.amount.currency != state.currency {
-        return conflict(state, event, "currency differs from the payment's");
+        let why = if event.currency_defaulted {
+            format!(
+                "the message names no currency ({} assumed) and the payment is in {}",
+                event.amount.currency, state.currency
+            )
+        } else {
+            "currency differs from the payment's".to_owned()
+        };
+        return conflict(state, event, &why);
     }
     let next = |status, f: &dyn Fn(&mut PaymentState)| {
         let mut s = state.clone();
@@ -133,8 +142,24 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
         (S::Authorized, Capture, Succeeded) => {
             conflict(state, event, "capture exceeds authorization")
         }
-        (S::Authorized, Void, Succeeded) => next(S::Voided, &|_| {}),
-        (S::Paid, Void, Succeeded) => next(S::Voided, &|_| {}),
+        // A void cancels the whole amount: held for an authorization, paid
+        // for a sale or a captured authorization.
+        (S::Authorized, Void | AuthorizationVoid, Succeeded)
+            if amount == state.authorized_minor =>
+        {
+            next(S::Voided, &|_| {})
+        }
+        (S::Paid, Void, Succeeded) if amount == state.paid_minor => next(S::Voided, &|_| {}),
+        (S::Authorized | S::Paid, Void | AuthorizationVoid, Succeeded)
+            if event.kind == Void || state.status == S::Authorized =>
+        {
+            conflict(state, event, "void amount differs from the payment's")
+        }
+        (_, AuthorizationVoid, Succeeded) => conflict(
+            state,
+            event,
+            "a pre-authorization void applies only to an uncaptured authorization",
+        ),
         (S::Paid | S::PartiallyRefunded, Refund, Succeeded) => {
             let cumulative = state.refunded_minor.checked_add(amount);
             match cumulative {

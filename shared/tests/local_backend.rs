@@ -100,6 +100,7 @@ fn event(id: &str) -> PaymentEvent {
             minor: 100,
             currency: Currency::from_alpha("CNY").unwrap(),
         },
+        currency_defaulted: false,
         psp_txn_id: None,
         psp_time: None,
         result_code: None,

@@ -2,7 +2,14 @@
 //! them to the ledger and settles each message with exactly one disposition
 //! (DESIGN §1). [`process_one`] decides; [`settle`] acts on the queue; [`run`]
 //! is the receive loop around them.
+//!
+//! Two bounds, kept apart: a transient failure (a backend error, throttling)
+//! is retried for `retry_for_secs` of wall time, however many receives that
+//! takes, by moving the message to a fresh delivery that carries when its
+//! retries began; a message that panics the worker, or is never settled, is
+//! bounded by receives (and on SQS by the redrive policy).
 
+pub mod apply;
 mod stats;
 
 use std::sync::Arc;
@@ -12,33 +19,26 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::config::WorkerConfig;
-use paynotify_shared::envelope::{Envelope, QueuedBody};
-use paynotify_shared::ports::{
-    ApplyOutcome, Archive, ArchiveError, Ledger, Queue, QueueError, QueueMessage,
-};
+use paynotify_shared::envelope::{Envelope, QueuedBody, RetryState};
+use paynotify_shared::ports::{Archive, ArchiveError, Ledger, Queue, QueueError, QueueMessage};
 use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
-use paynotify_shared::{transition, Transition};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use stats::{Stats, StatsSnapshot};
-
-/// How often `apply` is retried after a version conflict before the message
-/// is retried through the queue.
-const MAX_VERSION_CONFLICTS: u32 = 5;
-/// An event that arrives before its payment is looked at again this many
-/// times, pausing a little longer each time, before it goes back to the queue.
-const EARLY_EVENT_LOOKS: u32 = 3;
-const EARLY_EVENT_PAUSE: Duration = Duration::from_millis(20);
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     /// Durable: delete the message.
     Ack(AckKind),
-    /// Transient: make the message visible again later.
+    /// Transient: make the message visible again later, for up to
+    /// `retry_for_secs` of wall time.
     Retry(String),
+    /// Processing panicked: retried a few receives, then dead-lettered as
+    /// `panic`.
+    Panicked(String),
     /// Permanent: move the message to the DLQ with this reason.
     DeadLetter { reason: String, error: String },
 }
@@ -50,6 +50,8 @@ pub enum AckKind {
     Applied,
     /// Recorded without a state change (in-process result, failed refund).
     Recorded,
+    /// Arrived before its payment: parked in the ledger until it arrives.
+    Parked,
     /// Already applied before (a PSP retry or a redelivery).
     Duplicate,
 }
@@ -60,6 +62,9 @@ pub struct Hooks {
     /// Called after the ledger write and before the queue delete; returning
     /// `true` abandons the message there, as a crash would.
     pub crash_after_apply: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// Called with each verified event before it is applied (a test may
+    /// panic in it).
+    pub before_apply: Option<Arc<dyn Fn(&paynotify_shared::event::PaymentEvent) + Send + Sync>>,
 }
 
 /// Everything the worker needs.
@@ -76,7 +81,7 @@ pub struct WorkerContext {
     pub hooks: Hooks,
 }
 
-fn dead(reason: &str, error: impl ToString) -> Disposition {
+pub(crate) fn dead(reason: &str, error: impl ToString) -> Disposition {
     Disposition::DeadLetter {
         reason: reason.to_owned(),
         error: error.to_string(),
@@ -87,7 +92,9 @@ fn dead(reason: &str, error: impl ToString) -> Disposition {
 pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposition {
     let envelope = match QueuedBody::parse(&message.body) {
         Ok(QueuedBody::Envelope(e)) => *e,
-        Ok(QueuedBody::Pointer(key)) => match ctx.archive.get(&key).await {
+        Ok(QueuedBody::Pointer {
+            archive_key: key, ..
+        }) => match ctx.archive.get(&key).await {
             Ok(bytes) => match Envelope::from_json(&bytes) {
                 Ok(e) => e,
                 Err(e) => return dead("malformed_envelope", e),
@@ -120,57 +127,28 @@ pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposi
             return dead(e.name(), e);
         }
     };
-    let mut early_looks = 0;
-    for _ in 0..MAX_VERSION_CONFLICTS + EARLY_EVENT_LOOKS {
-        let current = match ctx.ledger.get_payment(&event.payment_key).await {
-            Ok(c) => c,
-            Err(e) => return Disposition::Retry(e.to_string()),
-        };
-        let expected = current.as_ref().map_or(0, |s| s.version);
-        let (new_state, kind) = match transition(current.as_ref(), &event) {
-            Transition::Apply(s) => (Some(s), AckKind::Applied),
-            Transition::Record => (None, AckKind::Recorded),
-            // A redelivery of an applied event looks like a conflict or an
-            // early event to the state machine: it is a duplicate.
-            Transition::Retry(why) | Transition::Conflict(why)
-                if ctx
-                    .ledger
-                    .contains_event(&event.payment_key, &event.event_key)
-                    .await
-                    .unwrap_or(false) =>
-            {
-                let _ = why;
-                return Disposition::Ack(AckKind::Duplicate);
-            }
-            // The payment may be in flight in this very batch: look again
-            // shortly before paying a queue round trip of a second or more.
-            Transition::Retry(_) if early_looks < EARLY_EVENT_LOOKS => {
-                early_looks += 1;
-                tokio::time::sleep(EARLY_EVENT_PAUSE * early_looks).await;
-                continue;
-            }
-            Transition::Retry(why) => return Disposition::Retry(why),
-            Transition::Conflict(why) => return dead("conflict", why),
-        };
-        match ctx
-            .ledger
-            .apply(&event, &envelope.id, new_state.as_ref(), expected)
-            .await
-        {
-            Ok(ApplyOutcome::Applied) => {
+    if let Some(hook) = &ctx.hooks.before_apply {
+        hook(&event);
+    }
+    let ref_ = event.payment_ref.clone();
+    let disposition = apply::apply(ctx.ledger.as_ref(), &envelope.id, event).await;
+    match &disposition {
+        Disposition::Ack(kind @ (AckKind::Applied | AckKind::Parked)) => {
+            if *kind == AckKind::Applied {
                 let latency = OffsetDateTime::now_utc() - envelope.received_at;
                 ctx.stats
                     .record_latency(latency.whole_microseconds().max(0) as u64);
-                info!(notification_id = %envelope.id, source = %envelope.source, payment_ref = %event.payment_ref,
-                      stage = "apply", status = new_state.as_ref().map(|s| s.status.as_str()), "applied");
-                return Disposition::Ack(kind);
             }
-            Ok(ApplyOutcome::Duplicate) => return Disposition::Ack(AckKind::Duplicate),
-            Ok(ApplyOutcome::VersionConflict) => continue,
-            Err(e) => return Disposition::Retry(e.to_string()),
+            info!(notification_id = %envelope.id, source = %envelope.source, payment_ref = %ref_,
+                  stage = "apply", outcome = ?kind, "applied");
         }
+        Disposition::Retry(why) => {
+            warn!(notification_id = %envelope.id, source = %envelope.source, payment_ref = %ref_,
+                  stage = "apply", error = %why, "will retry");
+        }
+        _ => {}
     }
-    Disposition::Retry("payment changed concurrently too often".into())
+    disposition
 }
 
 /// The visibility delay before the `receive_count`-th retry: exponential from
@@ -186,8 +164,22 @@ pub fn retry_delay(config: &WorkerConfig, receive_count: u32) -> Duration {
         .unwrap_or(Duration::from_secs(config.retry_max_delay_secs))
 }
 
-/// Acts on the queue for `disposition`: delete, delay, or dead-letter. On the
-/// last allowed receive a retry becomes a dead letter with the last error.
+/// The receive at which a retried message moves to a fresh delivery (and
+/// a panicking one is dead-lettered): two short of the queue's limit, so a
+/// failed settle or a crash still leaves a receive before the redrive.
+fn last_own_receive(max_receives: u32) -> u32 {
+    max_receives.saturating_sub(2).max(1)
+}
+
+/// Acts on the queue for `disposition`: delete, delay, re-enqueue or
+/// dead-letter.
+///
+/// A `Retry` is dead-lettered as `retries_exhausted` once its retries have
+/// lasted `retry_for_secs` (counted from the first receive of the first
+/// delivery). Before that, the message is made invisible for the next delay
+/// or, near the queue's receive limit, sent again as a pointer that carries
+/// when its retries began and how many there were, and the old delivery is
+/// deleted. A `Panicked` message is dead-lettered as `panic` at that receive.
 ///
 /// # Errors
 /// Queue errors; the message then reappears after its visibility timeout.
@@ -205,17 +197,17 @@ pub async fn settle(
             ctx.queue.delete(&message.receipt).await?;
             stats.ack(*kind);
         }
-        Disposition::Retry(why) if message.receive_count >= ctx.max_receives => {
-            ctx.queue
-                .dead_letter(message, "retries_exhausted", why)
-                .await?;
-            stats.dead_letter("retries_exhausted");
+        Disposition::Retry(why) => retry(ctx, message, why).await?,
+        Disposition::Panicked(why)
+            if message.receive_count >= last_own_receive(ctx.max_receives) =>
+        {
+            ctx.queue.dead_letter(message, "panic", why).await?;
+            warn!(message_id = %message.id, stage = "dead_letter", reason = "panic", "dead-lettered");
+            stats.dead_letter("panic");
         }
-        Disposition::Retry(_) => {
+        Disposition::Panicked(_) => {
             let delay = retry_delay(&ctx.config, message.receive_count);
-            ctx.queue
-                .delay(&message.receipt, delay.as_secs_f64().ceil().max(1.0) as u32)
-                .await?;
+            ctx.queue.delay(&message.receipt, whole_secs(delay)).await?;
             stats.retry();
         }
         Disposition::DeadLetter { reason, error } => {
@@ -224,6 +216,47 @@ pub async fn settle(
             stats.dead_letter(reason);
         }
     }
+    Ok(())
+}
+
+fn whole_secs(d: Duration) -> u32 {
+    d.as_secs_f64().ceil().clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
+/// Settles a transient failure (see [`settle`]).
+async fn retry(ctx: &WorkerContext, message: &QueueMessage, why: &str) -> Result<(), QueueError> {
+    let now = OffsetDateTime::now_utc();
+    let carried = QueuedBody::parse(&message.body).ok();
+    let earlier = carried.as_ref().and_then(QueuedBody::retry);
+    let since = earlier
+        .map(|r| r.since)
+        .or(message.first_received_at)
+        .unwrap_or(now);
+    let attempts = earlier.map_or(0, |r| r.attempts) + message.receive_count;
+    let elapsed = now - since;
+    if elapsed >= time::Duration::seconds(ctx.config.retry_for_secs as i64) {
+        let error = format!("{why} (retried {attempts} times over {elapsed})");
+        ctx.queue
+            .dead_letter(message, "retries_exhausted", &error)
+            .await?;
+        warn!(message_id = %message.id, stage = "dead_letter", reason = "retries_exhausted", "dead-lettered");
+        ctx.stats.dead_letter("retries_exhausted");
+        return Ok(());
+    }
+    let delay = whole_secs(retry_delay(&ctx.config, attempts));
+    match carried.as_ref().map(QueuedBody::archive_key) {
+        Some(key) if message.receive_count >= last_own_receive(ctx.max_receives) => {
+            // Sent before the delete: a crash between leaves a duplicate
+            // delivery, which applying idempotently absorbs; never none.
+            let body = QueuedBody::pointer_json_with(&key, Some(RetryState { since, attempts }));
+            ctx.queue
+                .send_delayed(&body, delay.min(ctx.queue.max_delay_secs()))
+                .await?;
+            ctx.queue.delete(&message.receipt).await?;
+        }
+        _ => ctx.queue.delay(&message.receipt, delay).await?,
+    }
+    ctx.stats.retry();
     Ok(())
 }
 
@@ -263,6 +296,55 @@ pub async fn settle_batch(ctx: &WorkerContext, results: Vec<(QueueMessage, Dispo
     }
 }
 
+/// Processes received messages concurrently. A message whose processing
+/// panics is not lost: it is logged with its notification id and settled as
+/// `Panicked`.
+pub async fn process_batch(
+    ctx: &WorkerContext,
+    messages: Vec<QueueMessage>,
+) -> Vec<(QueueMessage, Disposition)> {
+    let handles: Vec<_> = messages
+        .into_iter()
+        .map(|message| {
+            let (ctx, m) = (ctx.clone(), message.clone());
+            (
+                message,
+                tokio::spawn(async move { process_one(&ctx, &m).await }),
+            )
+        })
+        .collect();
+    let mut done = Vec::with_capacity(handles.len());
+    for (message, handle) in handles {
+        let disposition = match handle.await {
+            Ok(d) => d,
+            Err(e) => {
+                let why = panic_text(e);
+                let notification_id = QueuedBody::parse(&message.body)
+                    .map(|b| b.notification_id())
+                    .unwrap_or_default();
+                error!(message_id = %message.id, notification_id = %notification_id, error = %why,
+                       "processing panicked");
+                Disposition::Panicked(why)
+            }
+        };
+        done.push((message, disposition));
+    }
+    done
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return format!("processing was cancelled: {e}");
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    format!("panic: {text}")
+}
+
 /// Receives and processes until `shutdown` is cancelled, then finishes the
 /// messages in hand and returns. `concurrency` receive loops each take up to
 /// `receive_batch` messages per call and process them concurrently, so one
@@ -286,20 +368,7 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
                         continue;
                     }
                 };
-                let mut batch = tokio::task::JoinSet::new();
-                for message in messages {
-                    let ctx = ctx.clone();
-                    batch.spawn(async move {
-                        let disposition = process_one(&ctx, &message).await;
-                        (message, disposition)
-                    });
-                }
-                let mut done = Vec::new();
-                while let Some(result) = batch.join_next().await {
-                    if let Ok(pair) = result {
-                        done.push(pair);
-                    }
-                }
+                let done = process_batch(&ctx, messages).await;
                 settle_batch(&ctx, done).await;
             }
         });

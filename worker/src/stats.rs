@@ -16,6 +16,7 @@ pub struct Stats {
     applied: AtomicU64,
     recorded: AtomicU64,
     duplicates: AtomicU64,
+    parked: AtomicU64,
     retried: AtomicU64,
     dead: Mutex<BTreeMap<String, u64>>,
     latencies_us: Mutex<Vec<u64>>,
@@ -27,6 +28,8 @@ pub struct StatsSnapshot {
     pub applied: u64,
     pub recorded: u64,
     pub duplicates: u64,
+    /// Events parked until their payment arrives.
+    pub parked: u64,
     pub retried: u64,
     pub dead_lettered: BTreeMap<String, u64>,
     pub p50_ms: f64,
@@ -39,6 +42,7 @@ impl Stats {
             AckKind::Applied => &self.applied,
             AckKind::Recorded => &self.recorded,
             AckKind::Duplicate => &self.duplicates,
+            AckKind::Parked => &self.parked,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -80,6 +84,7 @@ impl Stats {
             applied: self.applied.load(Ordering::Relaxed),
             recorded: self.recorded.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead.lock().map(|d| d.clone()).unwrap_or_default(),
             p50_ms: pct(0.50),

@@ -25,6 +25,7 @@ fn ev(id: &str, kind: EventKind, outcome: EventOutcome, minor: u64) -> PaymentEv
             minor,
             currency: cny(),
         },
+        currency_defaulted: false,
         psp_txn_id: None,
         psp_time: None,
         result_code: None,
@@ -142,6 +143,64 @@ fn authorization_capture_void() {
 }
 
 #[test]
+fn voids_cancel_the_whole_amount_and_preauth_voids_only_authorizations() {
+    let auth = applied(transition(None, &ev("1", Authorization, Succeeded, 100)));
+    for amount in [99, 101, 0] {
+        assert!(matches!(
+            transition(Some(&auth), &ev("2", Void, Succeeded, amount)),
+            Transition::Conflict(_)
+        ));
+        assert!(matches!(
+            transition(Some(&auth), &ev("2", AuthorizationVoid, Succeeded, amount)),
+            Transition::Conflict(_)
+        ));
+    }
+    assert_eq!(
+        applied(transition(
+            Some(&auth),
+            &ev("2", AuthorizationVoid, Succeeded, 100)
+        ))
+        .status,
+        PaymentStatus::Voided
+    );
+    let cap = applied(transition(Some(&auth), &ev("2", Capture, Succeeded, 80)));
+    let Transition::Conflict(why) =
+        transition(Some(&cap), &ev("3", AuthorizationVoid, Succeeded, 80))
+    else {
+        panic!("a pre-auth void of a captured payment must conflict")
+    };
+    assert!(why.contains("uncaptured"), "{why}");
+    assert!(matches!(
+        transition(Some(&cap), &ev("3", Void, Succeeded, 100)),
+        Transition::Conflict(_)
+    ));
+    let paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
+    assert!(matches!(
+        transition(Some(&paid), &ev("2", AuthorizationVoid, Succeeded, 100)),
+        Transition::Conflict(_)
+    ));
+    assert!(matches!(
+        transition(None, &ev("2", AuthorizationVoid, Succeeded, 100)),
+        Transition::Retry(_)
+    ));
+}
+
+#[test]
+fn an_assumed_currency_that_differs_says_so() {
+    let mut paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
+    paid.currency = Currency::from_alpha("USD").unwrap();
+    let mut refund = ev("2", Refund, Succeeded, 10);
+    refund.currency_defaulted = true;
+    let Transition::Conflict(why) = transition(Some(&paid), &refund) else {
+        panic!("expected a conflict")
+    };
+    assert!(
+        why.contains("names no currency (CNY assumed)") && why.contains("USD"),
+        "{why}"
+    );
+}
+
+#[test]
 fn void_after_refund_and_second_payment_conflict() {
     let paid = applied(transition(None, &ev("1", Payment, Succeeded, 100)));
     let part = applied(transition(Some(&paid), &ev("2", Refund, Succeeded, 30)));
@@ -243,9 +302,9 @@ proptest! {
     #[test]
     fn arbitrary_sequences_never_refund_more_than_paid(
         events in proptest::collection::vec(
-            (0usize..5, 0usize..3, 0u64..500, 0u8..12)
+            (0usize..6, 0usize..3, 0u64..500, 0u8..12)
                 .prop_map(|(k, o, amount, id)| {
-                    let kind = [Payment, Authorization, Capture, Refund, Void][k];
+                    let kind = [Payment, Authorization, Capture, Refund, Void, AuthorizationVoid][k];
                     let outcome = [Succeeded, Failed, Pending][o];
                     ev(&id.to_string(), kind, outcome, amount)
                 }),

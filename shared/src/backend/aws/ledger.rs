@@ -1,21 +1,35 @@
 //! The ledger on one DynamoDB table: partition key `pk` = payment key, sort
-//! key `sk` = `STATE` for the payment's state and `EVENT#{event key}` for each
-//! recorded event. `apply` is one `TransactWriteItems`: the event put is
-//! conditional on the event being new, the state write on the version.
+//! key `sk` = `STATE` for the payment's state (or only its version, or an
+//! alias), `EVENT#{event key}` for each recorded event and `PARKED#{event
+//! key}` for each event waiting for its payment. A write is one
+//! `TransactWriteItems`: the incoming event's put is conditional on the event
+//! being new, the state write (or check) on the version. Parked items carry
+//! `gsi_parked` and `parked_at`, the keys of the sparse `parked` index that
+//! reports old parked events.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
+use time::OffsetDateTime;
 
 use super::{describe, Clients};
 use crate::config::AwsConfig;
-use crate::event::{EventKey, PaymentEvent, PaymentKey};
+use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
-use crate::ports::{ApplyOutcome, EventRecord, Ledger, LedgerError};
+use crate::ports::{
+    ApplyOutcome, EventRecord, Incoming, Ledger, LedgerError, LedgerWrite, ParkedEntry,
+    ParkedEvent, PaymentEntry, RecordedEvent,
+};
 use crate::state::{PaymentState, PaymentStatus};
 
 const STATE: &str = "STATE";
+const PARKED: &str = "PARKED#";
+/// The sparse index over parked events, and its constant partition value.
+pub const PARKED_INDEX: &str = "parked";
+const PARKED_PARTITION: &str = "parked";
+/// `TransactWriteItems` takes at most 100 items.
+const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// One table.
 #[derive(Debug, Clone)]
@@ -46,6 +60,32 @@ fn event_sk(event_key: &EventKey) -> String {
     format!("EVENT#{event_key}")
 }
 
+fn parked_sk(event_key: &EventKey) -> String {
+    format!("{PARKED}{event_key}")
+}
+
+fn ms(t: OffsetDateTime) -> i128 {
+    t.unix_timestamp_nanos() / 1_000_000
+}
+
+fn from_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn parked_from(item: &HashMap<String, AttributeValue>) -> Option<ParkedEvent> {
+    Some(ParkedEvent {
+        event: serde_json::from_str(get_s(item, "event_json")?).ok()?,
+        notification_id: get_s(item, "notification_id")?.to_owned(),
+        parked_at: from_ms(get_n(item, "parked_at")?),
+        conflict: get_s(item, "conflict").map(str::to_owned),
+    })
+}
+
+fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, LedgerError> {
+    r.map_err(|e| unavailable(e.to_string()))
+}
+
 fn unavailable(why: String) -> LedgerError {
     LedgerError::Unavailable(why)
 }
@@ -71,112 +111,225 @@ impl DynamoLedger {
     }
 }
 
-#[async_trait]
-impl Ledger for DynamoLedger {
-    async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(key.as_str()))
-            .key("sk", s(STATE))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable(describe(&e)))?;
-        let Some(item) = out.item else {
-            return Ok(None);
-        };
-        let bad = |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
-        Ok(Some(PaymentState {
-            payment_key: key.clone(),
-            status: get_s(&item, "status")
-                .and_then(PaymentStatus::parse)
-                .ok_or_else(|| bad("status"))?,
-            currency: get_s(&item, "currency")
-                .and_then(Currency::from_alpha)
-                .ok_or_else(|| bad("currency"))?,
-            authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
-            paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
-            refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
-            version: get_n(&item, "version").ok_or_else(|| bad("version"))? as u64,
-        }))
+impl DynamoLedger {
+    fn put_event(
+        &self,
+        key: &str,
+        r: &RecordedEvent,
+        now: i128,
+        only_if_new: bool,
+    ) -> Result<TransactWriteItem, LedgerError> {
+        let e = &r.event;
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(key)),
+            ("sk".to_owned(), s(event_sk(&e.event_key))),
+            ("event_key".to_owned(), s(e.event_key.as_str())),
+            ("notification_id".to_owned(), s(&r.notification_id)),
+            ("kind".to_owned(), s(e.kind.as_str())),
+            ("outcome".to_owned(), s(e.outcome.as_str())),
+            ("amount_minor".to_owned(), n(e.amount.minor)),
+            ("currency".to_owned(), s(e.amount.currency.as_str())),
+            ("recorded_at".to_owned(), n(now)),
+            ("event_json".to_owned(), s(built(serde_json::to_string(e))?)),
+        ]);
+        if let Some(st) = r.status_after {
+            item.insert("status_after".to_owned(), s(st.as_str()));
+        }
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+        if only_if_new {
+            put = put.condition_expression("attribute_not_exists(pk)");
+        }
+        Ok(TransactWriteItem::builder()
+            .put(built(put.build())?)
+            .build())
     }
 
-    async fn apply(
+    fn put_parked(
         &self,
-        event: &PaymentEvent,
-        notification_id: &str,
-        new_state: Option<&PaymentState>,
-        expected_version: u64,
-    ) -> Result<ApplyOutcome, LedgerError> {
-        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let key = event.payment_key.as_str();
-        let mut event_item = HashMap::from([
+        key: &str,
+        p: &ParkedEvent,
+        only_if_new: bool,
+    ) -> Result<TransactWriteItem, LedgerError> {
+        let mut item = HashMap::from([
             ("pk".to_owned(), s(key)),
-            ("sk".to_owned(), s(event_sk(&event.event_key))),
-            ("event_key".to_owned(), s(event.event_key.as_str())),
-            ("notification_id".to_owned(), s(notification_id)),
-            ("kind".to_owned(), s(event.kind.as_str())),
-            ("outcome".to_owned(), s(event.outcome.as_str())),
-            ("amount_minor".to_owned(), n(event.amount.minor)),
-            ("currency".to_owned(), s(event.amount.currency.as_str())),
-            ("recorded_at".to_owned(), n(now_ms)),
+            ("sk".to_owned(), s(parked_sk(&p.event.event_key))),
+            ("event_key".to_owned(), s(p.event.event_key.as_str())),
+            ("notification_id".to_owned(), s(&p.notification_id)),
+            ("parked_at".to_owned(), n(ms(p.parked_at))),
+            ("gsi_parked".to_owned(), s(PARKED_PARTITION)),
             (
                 "event_json".to_owned(),
-                s(serde_json::to_string(event).unwrap_or_default()),
+                s(built(serde_json::to_string(&p.event))?),
             ),
         ]);
-        if let Some(st) = new_state {
-            event_item.insert("status_after".to_owned(), s(st.status.as_str()));
+        if let Some(why) = &p.conflict {
+            item.insert("conflict".to_owned(), s(why));
         }
-        let put_event = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(event_item))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| unavailable(e.to_string()))?;
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+        if only_if_new {
+            put = put.condition_expression("attribute_not_exists(pk)");
+        }
+        Ok(TransactWriteItem::builder()
+            .put(built(put.build())?)
+            .build())
+    }
+
+    /// The `STATE` item of `key` at `expected_version + 1`: the payment's
+    /// state, or only the version (and an alias) when there is none.
+    fn put_state(
+        &self,
+        key: &str,
+        state: Option<&PaymentState>,
+        expected_version: u64,
+        alias_of: Option<&str>,
+        now: i128,
+    ) -> Result<TransactWriteItem, LedgerError> {
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(key)),
+            ("sk".to_owned(), s(STATE)),
+            ("version".to_owned(), n(expected_version + 1)),
+            ("updated_at".to_owned(), n(now)),
+        ]);
+        if let Some(st) = state {
+            item.extend([
+                ("status".to_owned(), s(st.status.as_str())),
+                ("currency".to_owned(), s(st.currency.as_str())),
+                ("authorized_minor".to_owned(), n(st.authorized_minor)),
+                ("paid_minor".to_owned(), n(st.paid_minor)),
+                ("refunded_minor".to_owned(), n(st.refunded_minor)),
+            ]);
+        }
+        if let Some(target) = alias_of {
+            item.insert("alias_of".to_owned(), s(target));
+        }
         let (condition, values) = Self::state_condition(expected_version);
-        let state_write = match new_state {
-            Some(st) => TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(HashMap::from([
-                            ("pk".to_owned(), s(key)),
-                            ("sk".to_owned(), s(STATE)),
-                            ("status".to_owned(), s(st.status.as_str())),
-                            ("currency".to_owned(), s(st.currency.as_str())),
-                            ("authorized_minor".to_owned(), n(st.authorized_minor)),
-                            ("paid_minor".to_owned(), n(st.paid_minor)),
-                            ("refunded_minor".to_owned(), n(st.refunded_minor)),
-                            ("version".to_owned(), n(st.version)),
-                            ("updated_at".to_owned(), n(now_ms)),
-                        ])))
-                        .condition_expression(condition)
-                        .set_expression_attribute_values(values)
-                        .build()
-                        .map_err(|e| unavailable(e.to_string()))?,
-                )
-                .build(),
-            None => TransactWriteItem::builder()
-                .condition_check(
+        Ok(TransactWriteItem::builder()
+            .put(built(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression(condition)
+                    .set_expression_attribute_values(values)
+                    .build(),
+            )?)
+            .build())
+    }
+}
+
+#[async_trait]
+impl Ledger for DynamoLedger {
+    async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
+        // `PARKED#…` < `STATE` and `EVENT#…` sorts before both: one
+        // consistent query reads the state and the parked events, not the
+        // recorded ones.
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk >= :p")
+            .expression_attribute_values(":pk", s(key.as_str()))
+            .expression_attribute_values(":p", s(PARKED))
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let mut entry = PaymentEntry::default();
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                let sk = get_s(&item, "sk").unwrap_or_default();
+                if sk == STATE {
+                    let bad =
+                        |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
+                    entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
+                    entry.alias_of = get_s(&item, "alias_of").map(PaymentKey::from_stored);
+                    if let Some(status) = get_s(&item, "status") {
+                        entry.state = Some(PaymentState {
+                            payment_key: key.clone(),
+                            status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
+                            currency: get_s(&item, "currency")
+                                .and_then(Currency::from_alpha)
+                                .ok_or_else(|| bad("currency"))?,
+                            authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
+                            paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
+                            refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
+                            version: entry.version,
+                        });
+                    }
+                } else if sk.starts_with(PARKED) {
+                    entry.parked.push(parked_from(&item).ok_or_else(|| {
+                        unavailable(format!("stored parked event {sk} of {key} is invalid"))
+                    })?);
+                }
+            }
+        }
+        entry.parked.sort_by(|a, b| {
+            a.parked_at
+                .cmp(&b.parked_at)
+                .then_with(|| a.event.event_key.cmp(&b.event.event_key))
+        });
+        Ok(entry)
+    }
+
+    async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
+        let now = ms(OffsetDateTime::now_utc());
+        let key = w.key.as_str();
+        let mut items = Vec::new();
+        // The incoming event first: its condition decides `Duplicate`.
+        items.push(match &w.incoming {
+            Incoming::Record(r) => self.put_event(key, r, now, true)?,
+            Incoming::Park(p) => self.put_parked(key, p, true)?,
+        });
+        for r in &w.unparked {
+            items.push(self.put_event(key, r, now, false)?);
+            if let Some(from) = &r.unparked_from {
+                items.push(
+                    TransactWriteItem::builder()
+                        .delete(built(
+                            Delete::builder()
+                                .table_name(&self.table)
+                                .key("pk", s(from.as_str()))
+                                .key("sk", s(parked_sk(&r.event.event_key)))
+                                .build(),
+                        )?)
+                        .build(),
+                );
+            }
+        }
+        for p in &w.conflicts {
+            items.push(self.put_parked(p.payment_key.as_str(), &p.parked, false)?);
+        }
+        items.push(if w.bumps_version() {
+            self.put_state(key, w.state.as_ref(), w.expected_version, None, now)?
+        } else {
+            let (condition, values) = Self::state_condition(w.expected_version);
+            TransactWriteItem::builder()
+                .condition_check(built(
                     ConditionCheck::builder()
                         .table_name(&self.table)
                         .key("pk", s(key))
                         .key("sk", s(STATE))
                         .condition_expression(condition)
                         .set_expression_attribute_values(values)
-                        .build()
-                        .map_err(|e| unavailable(e.to_string()))?,
-                )
-                .build(),
-        };
+                        .build(),
+                )?)
+                .build()
+        });
+        for a in &w.aliases {
+            items.push(self.put_state(a.key.as_str(), None, a.expected_version, Some(key), now)?);
+        }
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(unavailable(format!(
+                "a write of {} items exceeds DynamoDB's {MAX_TRANSACTION_ITEMS} per transaction",
+                items.len()
+            )));
+        }
         let result = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_event).build())
-            .transact_items(state_write)
+            .set_transact_items(Some(items))
             .send()
             .await;
         match result {
@@ -187,11 +340,11 @@ impl Ledger for DynamoLedger {
                 {
                     let codes: Vec<&str> =
                         c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
-                    // The event check is first: a redelivery is a duplicate whatever the version.
+                    // The incoming event is first: a redelivery is a duplicate whatever the version.
                     if codes.first() == Some(&"ConditionalCheckFailed") {
                         return Ok(ApplyOutcome::Duplicate);
                     }
-                    if codes.get(1) == Some(&"ConditionalCheckFailed") {
+                    if codes.contains(&"ConditionalCheckFailed") {
                         return Ok(ApplyOutcome::VersionConflict);
                     }
                     // TransactionConflict, throttling: transient.
@@ -200,6 +353,42 @@ impl Ledger for DynamoLedger {
                 Err(unavailable(describe(&e)))
             }
         }
+    }
+
+    async fn parked_before(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEntry>, LedgerError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PARKED_INDEX)
+            .key_condition_expression("gsi_parked = :g AND parked_at < :t")
+            .expression_attribute_values(":g", s(PARKED_PARTITION))
+            .expression_attribute_values(":t", n(ms(t)))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if let (Some(pk), Some(parked)) = (get_s(&item, "pk"), parked_from(&item)) {
+                    out.push(ParkedEntry {
+                        payment_key: PaymentKey::from_stored(pk),
+                        parked,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
@@ -235,6 +424,7 @@ impl Ledger for DynamoLedger {
                     i128::from(get_n(i, "recorded_at").unwrap_or(0)) * 1_000_000,
                 )
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                event: get_s(i, "event_json").and_then(|j| serde_json::from_str(j).ok()),
             })
             .collect();
         records.sort_by(|a, b| {

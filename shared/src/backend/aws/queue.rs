@@ -18,6 +18,8 @@ use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
 
 /// SQS's limit on one message body.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// SQS's longest `DelaySeconds`.
+const MAX_DELAY_SECS: u32 = 900;
 /// Dead-letter attributes are cut to this length.
 const MAX_ATTRIBUTE_CHARS: usize = 1024;
 
@@ -196,6 +198,25 @@ impl Queue for SqsQueue {
             .collect()
     }
 
+    async fn send_delayed(&self, body: &[u8], seconds: u32) -> Result<String, QueueError> {
+        let body = String::from_utf8(body.to_vec())
+            .map_err(|_| QueueError::Unavailable("SQS message bodies must be UTF-8".into()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .delay_seconds(seconds.min(MAX_DELAY_SECS) as i32)
+            .send()
+            .await
+            .map_err(unavailable)?
+            .message_id
+            .ok_or_else(|| QueueError::Unavailable("SendMessage returned no id".into()))
+    }
+
+    fn max_delay_secs(&self) -> u32 {
+        MAX_DELAY_SECS
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
         let out = self
             .client
@@ -204,6 +225,9 @@ impl Queue for SqsQueue {
             .max_number_of_messages(max.clamp(1, 10) as i32)
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(
+                MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+            )
             .send()
             .await
             .map_err(unavailable)?;
@@ -218,11 +242,23 @@ impl Queue for SqsQueue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
+                let first_received_at = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| {
+                        a.get(&MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
+                    })
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .and_then(|ms| {
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                            .ok()
+                    });
                 Some(QueueMessage {
                     id: m.message_id?,
                     receipt: Receipt(m.receipt_handle?),
                     body: m.body.unwrap_or_default().into_bytes(),
                     receive_count: count,
+                    first_received_at,
                 })
             })
             .collect())

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -94,12 +95,24 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             .key_type(t)
             .build()
     };
-    let attr = |name: &str| {
+    let attr = |name: &str, t: ScalarAttributeType| {
         AttributeDefinition::builder()
             .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
+            .attribute_type(t)
             .build()
     };
+    // The sparse index of parked events, for `reconcile` and `/metrics`.
+    let parked_index = GlobalSecondaryIndex::builder()
+        .index_name(super::ledger::PARKED_INDEX)
+        .key_schema(key("gsi_parked", KeyType::Hash).map_err(|e| e.to_string())?)
+        .key_schema(key("parked_at", KeyType::Range).map_err(|e| e.to_string())?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
     let created = c
         .dynamodb
         .create_table()
@@ -107,8 +120,15 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .billing_mode(BillingMode::PayPerRequest)
         .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
         .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("pk").map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("sk").map_err(|e| e.to_string())?)
+        .attribute_definitions(attr("pk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
+        .attribute_definitions(attr("sk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
+        .attribute_definitions(
+            attr("gsi_parked", ScalarAttributeType::S).map_err(|e| e.to_string())?,
+        )
+        .attribute_definitions(
+            attr("parked_at", ScalarAttributeType::N).map_err(|e| e.to_string())?,
+        )
+        .global_secondary_indexes(parked_index)
         .send()
         .await;
     if let Err(e) = created {

@@ -1,26 +1,34 @@
-//! The ledger in SQLite: the event record and the payment state are written
-//! in one transaction, guarded by the event key and the state's version.
+//! The ledger in SQLite: recorded events, parked events and the payment row
+//! (state, version, alias) of one key are written in one transaction,
+//! guarded by the event key and the version.
 
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
+use time::OffsetDateTime;
 
 use super::db::{exec, now_ms, row, Db};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
-use crate::ports::{ApplyOutcome, EventRecord, Ledger, LedgerError};
+use crate::ports::{
+    ApplyOutcome, EventRecord, Incoming, Ledger, LedgerError, LedgerWrite, ParkedEntry,
+    ParkedEvent, PaymentEntry, RecordedEvent,
+};
 use crate::state::{PaymentState, PaymentStatus};
 
 const SCHEMA: &str = "
+-- One row per key: a payment (status set), a key with only parked events
+-- (status NULL), or a completion's id pointing at its payment (alias_of).
 CREATE TABLE IF NOT EXISTS payments (
     payment_key TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    authorized_minor INTEGER NOT NULL,
-    paid_minor INTEGER NOT NULL,
-    refunded_minor INTEGER NOT NULL,
+    status TEXT,
+    currency TEXT,
+    authorized_minor INTEGER NOT NULL DEFAULT 0,
+    paid_minor INTEGER NOT NULL DEFAULT 0,
+    refunded_minor INTEGER NOT NULL DEFAULT 0,
     version INTEGER NOT NULL,
+    alias_of TEXT,
     updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -37,7 +45,50 @@ CREATE TABLE IF NOT EXISTS events (
     event_json TEXT NOT NULL,
     PRIMARY KEY (payment_key, event_key)
 );
+CREATE TABLE IF NOT EXISTS parked (
+    payment_key TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    notification_id TEXT NOT NULL,
+    parked_at INTEGER NOT NULL,
+    event_json TEXT NOT NULL,
+    conflict TEXT,
+    PRIMARY KEY (payment_key, event_key)
+);
+CREATE INDEX IF NOT EXISTS parked_by_age ON parked (parked_at);
+PRAGMA user_version = 2;
 ";
+
+/// Brings a ledger written by an earlier version (payments without
+/// `alias_of`, status required) to the current schema.
+fn migrate(path: &Path) -> rusqlite::Result<()> {
+    let conn = Connection::open(path)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let old: bool = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'payments'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if version < 2 && old {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE payments RENAME TO payments_v1;
+             CREATE TABLE payments (
+                 payment_key TEXT PRIMARY KEY, status TEXT, currency TEXT,
+                 authorized_minor INTEGER NOT NULL DEFAULT 0, paid_minor INTEGER NOT NULL DEFAULT 0,
+                 refunded_minor INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL,
+                 alias_of TEXT, updated_at INTEGER NOT NULL);
+             INSERT INTO payments SELECT payment_key, status, currency, authorized_minor, paid_minor,
+                 refunded_minor, version, NULL, updated_at FROM payments_v1;
+             DROP TABLE payments_v1;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
 
 /// The local ledger.
 #[derive(Clone)]
@@ -51,6 +102,7 @@ impl LocalLedger {
     /// # Errors
     /// SQLite errors.
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        migrate(path)?;
         Ok(Self {
             db: Db::open(path, SCHEMA)?,
         })
@@ -61,118 +113,261 @@ fn unavailable(e: String) -> LedgerError {
     LedgerError::Unavailable(e)
 }
 
+fn ms_to_time(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn invalid(what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("stored {what} is invalid").into(),
+    )
+}
+
+fn event_json(event: &PaymentEvent) -> rusqlite::Result<String> {
+    serde_json::to_string(event).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn parse_event(json: &str) -> rusqlite::Result<PaymentEvent> {
+    serde_json::from_str(json).map_err(|_| invalid("event"))
+}
+
+/// Reads everything stored under `key` in one snapshot.
+fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
+    let row_ = row(
+        c,
+        "SELECT status, currency, authorized_minor, paid_minor, refunded_minor, version, alias_of
+         FROM payments WHERE payment_key = ?1",
+        params![key.as_str()],
+        |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                [
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ],
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        },
+    )
+    .optional()?;
+    let Some((status, currency, [authorized, paid, refunded], version, alias)) = row_ else {
+        return Ok(PaymentEntry::default());
+    };
+    let state = match status {
+        Some(status) => Some(PaymentState {
+            payment_key: key.clone(),
+            status: PaymentStatus::parse(&status).ok_or_else(|| invalid("status"))?,
+            currency: currency
+                .as_deref()
+                .and_then(Currency::from_alpha)
+                .ok_or_else(|| invalid("currency"))?,
+            authorized_minor: authorized as u64,
+            paid_minor: paid as u64,
+            refunded_minor: refunded as u64,
+            version: version as u64,
+        }),
+        None => None,
+    };
+    let mut s = c.prepare_cached(
+        "SELECT notification_id, parked_at, event_json, conflict FROM parked
+         WHERE payment_key = ?1 ORDER BY parked_at, event_key",
+    )?;
+    let parked = s
+        .query_map(params![key.as_str()], |r| {
+            Ok(ParkedEvent {
+                notification_id: r.get(0)?,
+                parked_at: ms_to_time(r.get(1)?),
+                event: parse_event(&r.get::<_, String>(2)?)?,
+                conflict: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(PaymentEntry {
+        state,
+        version: version as u64,
+        parked,
+        alias_of: alias.map(PaymentKey::from_stored),
+    })
+}
+
+fn stored_version(c: &Connection, key: &str) -> rusqlite::Result<u64> {
+    Ok(row(
+        c,
+        "SELECT version FROM payments WHERE payment_key = ?1",
+        params![key],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .unwrap_or(0) as u64)
+}
+
+fn is_known(c: &Connection, key: &str, event_key: &str) -> rusqlite::Result<bool> {
+    Ok(row(
+        c,
+        "SELECT 1 FROM events WHERE payment_key = ?1 AND event_key = ?2
+         UNION ALL SELECT 1 FROM parked WHERE payment_key = ?1 AND event_key = ?2",
+        params![key, event_key],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+fn record(c: &Connection, key: &str, r: &RecordedEvent, now: i64) -> rusqlite::Result<()> {
+    let seq: i64 = row(
+        c,
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE payment_key = ?1",
+        params![key],
+        |r| r.get(0),
+    )?;
+    let e = &r.event;
+    exec(
+        c,
+        "INSERT INTO events (payment_key, event_key, seq, notification_id, kind, outcome, amount_minor,
+                             currency, status_after, recorded_at, event_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            key,
+            e.event_key.as_str(),
+            seq,
+            r.notification_id,
+            e.kind.as_str(),
+            e.outcome.as_str(),
+            e.amount.minor as i64,
+            e.amount.currency.as_str(),
+            r.status_after.map(|s| s.as_str()),
+            now,
+            event_json(e)?,
+        ],
+    )?;
+    if let Some(from) = &r.unparked_from {
+        exec(
+            c,
+            "DELETE FROM parked WHERE payment_key = ?1 AND event_key = ?2",
+            params![from.as_str(), e.event_key.as_str()],
+        )?;
+    }
+    Ok(())
+}
+
+fn park(c: &Connection, key: &str, p: &ParkedEvent) -> rusqlite::Result<()> {
+    exec(
+        c,
+        "INSERT INTO parked (payment_key, event_key, notification_id, parked_at, event_json, conflict)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (payment_key, event_key) DO UPDATE SET conflict = ?6",
+        params![
+            key,
+            p.event.event_key.as_str(),
+            p.notification_id,
+            to_ms(p.parked_at),
+            event_json(&p.event)?,
+            p.conflict,
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Stores the row of `key` at `version`: the state when given, else a row
+/// that only carries the version (and an alias when given).
+fn put_row(
+    c: &Connection,
+    key: &str,
+    state: Option<&PaymentState>,
+    version: u64,
+    alias_of: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    exec(
+        c,
+        "INSERT INTO payments (payment_key, status, currency, authorized_minor, paid_minor,
+                               refunded_minor, version, alias_of, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (payment_key) DO UPDATE SET
+             status = COALESCE(?2, status), currency = COALESCE(?3, currency),
+             authorized_minor = CASE WHEN ?2 IS NULL THEN authorized_minor ELSE ?4 END,
+             paid_minor = CASE WHEN ?2 IS NULL THEN paid_minor ELSE ?5 END,
+             refunded_minor = CASE WHEN ?2 IS NULL THEN refunded_minor ELSE ?6 END,
+             version = ?7, alias_of = COALESCE(?8, alias_of), updated_at = ?9",
+        params![
+            key,
+            state.map(|s| s.status.as_str()),
+            state.map(|s| s.currency.as_str()),
+            state.map_or(0, |s| s.authorized_minor as i64),
+            state.map_or(0, |s| s.paid_minor as i64),
+            state.map_or(0, |s| s.refunded_minor as i64),
+            version as i64,
+            alias_of,
+            now
+        ],
+    )
+    .map(|_| ())
+}
+
+fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
+    let key = w.key.as_str();
+    if is_known(c, key, w.incoming.event().event_key.as_str())? {
+        return Ok(ApplyOutcome::Duplicate);
+    }
+    if stored_version(c, key)? != w.expected_version {
+        return Ok(ApplyOutcome::VersionConflict);
+    }
+    for a in &w.aliases {
+        if stored_version(c, a.key.as_str())? != a.expected_version {
+            return Ok(ApplyOutcome::VersionConflict);
+        }
+    }
+    let now = now_ms();
+    match &w.incoming {
+        Incoming::Record(r) => record(c, key, r, now)?,
+        Incoming::Park(p) => park(c, key, p)?,
+    }
+    for r in &w.unparked {
+        record(c, key, r, now)?;
+    }
+    for p in &w.conflicts {
+        park(c, p.payment_key.as_str(), &p.parked)?;
+    }
+    if w.bumps_version() {
+        put_row(c, key, w.state.as_ref(), w.expected_version + 1, None, now)?;
+    }
+    for a in &w.aliases {
+        put_row(
+            c,
+            a.key.as_str(),
+            None,
+            a.expected_version + 1,
+            Some(key),
+            now,
+        )?;
+    }
+    Ok(ApplyOutcome::Applied)
+}
+
 #[async_trait]
 impl Ledger for LocalLedger {
-    async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {
+    async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
         let k = key.clone();
         self.db
-            .read(move |c| {
-                row(
-                    c,
-                    "SELECT status, currency, authorized_minor, paid_minor, refunded_minor, version
-                     FROM payments WHERE payment_key = ?1",
-                    params![k.as_str()],
-                    |r| {
-                        let status: String = r.get(0)?;
-                        let currency: String = r.get(1)?;
-                        let bad = |what: &str| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                0,
-                                rusqlite::types::Type::Text,
-                                format!("stored {what} is invalid").into(),
-                            )
-                        };
-                        Ok(PaymentState {
-                            payment_key: k.clone(),
-                            status: PaymentStatus::parse(&status).ok_or_else(|| bad("status"))?,
-                            currency: Currency::from_alpha(&currency)
-                                .ok_or_else(|| bad("currency"))?,
-                            authorized_minor: r.get::<_, i64>(2)? as u64,
-                            paid_minor: r.get::<_, i64>(3)? as u64,
-                            refunded_minor: r.get::<_, i64>(4)? as u64,
-                            version: r.get::<_, i64>(5)? as u64,
-                        })
-                    },
-                )
-                .optional()
-            })
+            .read(move |c| load(c, &k))
             .await
             .map_err(unavailable)
     }
 
-    async fn apply(
-        &self,
-        event: &PaymentEvent,
-        notification_id: &str,
-        new_state: Option<&PaymentState>,
-        expected_version: u64,
-    ) -> Result<ApplyOutcome, LedgerError> {
-        let event = event.clone();
-        let notification_id = notification_id.to_owned();
-        let new_state = new_state.cloned();
+    async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
+        let w = w.clone();
         self.db
-            .write(move |tx| {
-                let key = event.payment_key.as_str();
-                let exists: Option<i64> = row(tx,
-                        "SELECT 1 FROM events WHERE payment_key = ?1 AND event_key = ?2",
-                        params![key, event.event_key.as_str()],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if exists.is_some() {
-                    return Ok(ApplyOutcome::Duplicate);
-                }
-                let version: i64 = row(tx, "SELECT version FROM payments WHERE payment_key = ?1", params![key], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
-                if version as u64 != expected_version {
-                    return Ok(ApplyOutcome::VersionConflict);
-                }
-                let now = now_ms();
-                let seq: i64 = row(tx,
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE payment_key = ?1",
-                    params![key],
-                    |r| r.get(0),
-                )?;
-                exec(tx,
-                    "INSERT INTO events (payment_key, event_key, seq, notification_id, kind, outcome, amount_minor,
-                                         currency, status_after, recorded_at, event_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        key,
-                        event.event_key.as_str(),
-                        seq,
-                        notification_id,
-                        event.kind.as_str(),
-                        event.outcome.as_str(),
-                        event.amount.minor as i64,
-                        event.amount.currency.as_str(),
-                        new_state.as_ref().map(|s| s.status.as_str()),
-                        now,
-                        serde_json::to_string(&event).unwrap_or_default(),
-                    ],
-                )?;
-                if let Some(s) = &new_state {
-                    exec(tx,
-                        "INSERT INTO payments (payment_key, status, currency, authorized_minor, paid_minor,
-                                               refunded_minor, version, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT (payment_key) DO UPDATE SET status = ?2, currency = ?3, authorized_minor = ?4,
-                             paid_minor = ?5, refunded_minor = ?6, version = ?7, updated_at = ?8",
-                        params![
-                            key,
-                            s.status.as_str(),
-                            s.currency.as_str(),
-                            s.authorized_minor as i64,
-                            s.paid_minor as i64,
-                            s.refunded_minor as i64,
-                            s.version as i64,
-                            now
-                        ],
-                    )?;
-                }
-                Ok(ApplyOutcome::Applied)
-            })
+            .write(move |tx| write(tx, &w))
             .await
             .map_err(unavailable)
     }
@@ -184,15 +379,34 @@ impl Ledger for LocalLedger {
     ) -> Result<bool, LedgerError> {
         let (k, e) = (key.as_str().to_owned(), event_key.as_str().to_owned());
         self.db
+            .read(move |c| is_known(c, &k, &e))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn parked_before(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEntry>, LedgerError> {
+        self.db
             .read(move |c| {
-                row(
-                    c,
-                    "SELECT 1 FROM events WHERE payment_key = ?1 AND event_key = ?2",
-                    params![k, e],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map(|r| r.is_some())
+                let mut s = c.prepare_cached(
+                    "SELECT payment_key, notification_id, parked_at, event_json, conflict FROM parked
+                     WHERE parked_at < ?1 ORDER BY parked_at, payment_key, event_key LIMIT ?2",
+                )?;
+                let rows = s.query_map(params![to_ms(t), limit as i64], |r| {
+                    Ok(ParkedEntry {
+                        payment_key: PaymentKey::from_stored(r.get::<_, String>(0)?),
+                        parked: ParkedEvent {
+                            notification_id: r.get(1)?,
+                            parked_at: ms_to_time(r.get(2)?),
+                            event: parse_event(&r.get::<_, String>(3)?)?,
+                            conflict: r.get(4)?,
+                        },
+                    })
+                })?;
+                rows.collect()
             })
             .await
             .map_err(unavailable)
@@ -203,11 +417,11 @@ impl Ledger for LocalLedger {
         self.db
             .read(move |c| {
                 let mut s = c.prepare(
-                    "SELECT event_key, notification_id, kind, outcome, amount_minor, currency, status_after, recorded_at
+                    "SELECT event_key, notification_id, kind, outcome, amount_minor, currency, status_after, recorded_at,
+                            event_json
                      FROM events WHERE payment_key = ?1 ORDER BY seq",
                 )?;
                 let rows = s.query_map(params![k.as_str()], |r| {
-                    let ms: i64 = r.get(7)?;
                     Ok(EventRecord {
                         event_key: r.get(0)?,
                         notification_id: r.get(1)?,
@@ -216,8 +430,8 @@ impl Ledger for LocalLedger {
                         amount_minor: r.get::<_, i64>(4)? as u64,
                         currency: r.get(5)?,
                         status_after: r.get(6)?,
-                        recorded_at: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                        recorded_at: ms_to_time(r.get(7)?),
+                        event: serde_json::from_str(&r.get::<_, String>(8)?).ok(),
                     })
                 })?;
                 rows.collect()

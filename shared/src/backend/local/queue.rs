@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at INTEGER NOT NULL,
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    first_received_at INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bodies (
     id TEXT PRIMARY KEY,
@@ -44,6 +45,31 @@ CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
 /// While waiting in `receive`, how often to look for messages that became
 /// visible or were sent by another process.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Adds `first_received_at` to a queue written by an earlier version.
+fn add_first_received_at(path: &Path) -> rusqlite::Result<()> {
+    let conn = rusqlite::Connection::open(path)?;
+    let has_messages = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    let has_column = conn
+        .query_row(
+            "SELECT 1 FROM pragma_table_info('messages') WHERE name = 'first_received_at'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if has_messages && !has_column {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN first_received_at INTEGER")?;
+    }
+    Ok(())
+}
 
 /// The local queue.
 #[derive(Clone)]
@@ -68,6 +94,7 @@ impl LocalQueue {
         visibility_timeout_secs: u32,
         max_receives: u32,
     ) -> rusqlite::Result<Self> {
+        add_first_received_at(path)?;
         Ok(Self {
             db: Db::open(path, SCHEMA)?,
             visibility_ms: i64::from(visibility_timeout_secs) * 1000,
@@ -76,8 +103,9 @@ impl LocalQueue {
         })
     }
 
-    /// Inserts messages in one group-committed write and wakes waiting receivers.
-    async fn insert(&self, bodies: Vec<Vec<u8>>) -> Result<Vec<String>, QueueError> {
+    /// Inserts messages, visible after `delay_ms`, in one group-committed
+    /// write and wakes waiting receivers.
+    async fn insert(&self, bodies: Vec<Vec<u8>>, delay_ms: i64) -> Result<Vec<String>, QueueError> {
         let ids = self
             .db
             .write(move |tx| {
@@ -87,8 +115,8 @@ impl LocalQueue {
                     let id = ulid::Ulid::new().to_string();
                     exec(
                         tx,
-                        "INSERT INTO messages (id, sent_at, visible_at) VALUES (?1, ?2, ?2)",
-                        params![id, now],
+                        "INSERT INTO messages (id, sent_at, visible_at) VALUES (?1, ?2, ?3)",
+                        params![id, now, now + delay_ms],
                     )?;
                     exec(
                         tx,
@@ -113,13 +141,13 @@ impl LocalQueue {
                 let mut out = Vec::new();
                 {
                     let mut select = tx.prepare_cached(
-                        "SELECT m.id, b.body, m.receive_count FROM messages m JOIN bodies b ON b.id = m.id
+                        "SELECT m.id, b.body, m.receive_count, m.first_received_at FROM messages m JOIN bodies b ON b.id = m.id
                          WHERE m.visible_at <= ?1 ORDER BY m.visible_at LIMIT ?2",
                     )?;
-                    let rows: Vec<(String, Vec<u8>, u32)> = select
-                        .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    let rows: Vec<(String, Vec<u8>, u32, Option<i64>)> = select
+                        .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                         .collect::<Result<_, _>>()?;
-                    for (id, body, count) in rows {
+                    for (id, body, count, first) in rows {
                         if count >= max_receives {
                             // SQS moves a message past maxReceiveCount to the DLQ instead of delivering it.
                             exec(tx,
@@ -133,10 +161,21 @@ impl LocalQueue {
                         }
                         let receipt = ulid::Ulid::new().to_string();
                         exec(tx,
-                            "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1, receipt = ?2 WHERE id = ?3",
-                            params![now + visibility, receipt, id],
+                            "UPDATE messages SET visible_at = ?1, receive_count = receive_count + 1, receipt = ?2,
+                                 first_received_at = COALESCE(first_received_at, ?4) WHERE id = ?3",
+                            params![now + visibility, receipt, id, now],
                         )?;
-                        out.push(QueueMessage { id, receipt: Receipt(receipt), body, receive_count: count + 1 });
+                        let first = first.unwrap_or(now);
+                        out.push(QueueMessage {
+                            id,
+                            receipt: Receipt(receipt),
+                            body,
+                            receive_count: count + 1,
+                            first_received_at: time::OffsetDateTime::from_unix_timestamp_nanos(
+                                i128::from(first) * 1_000_000,
+                            )
+                            .ok(),
+                        });
                     }
                 }
                 Ok(out)
@@ -149,7 +188,13 @@ impl LocalQueue {
 #[async_trait]
 impl Queue for LocalQueue {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
-        let mut ids = self.insert(vec![body.to_vec()]).await?;
+        self.send_delayed(body, 0).await
+    }
+
+    async fn send_delayed(&self, body: &[u8], seconds: u32) -> Result<String, QueueError> {
+        let mut ids = self
+            .insert(vec![body.to_vec()], i64::from(seconds) * 1000)
+            .await?;
         ids.pop()
             .ok_or_else(|| QueueError::Unavailable("send returned no id".into()))
     }
@@ -158,7 +203,7 @@ impl Queue for LocalQueue {
         if bodies.len() > 10 {
             return Err(QueueError::BatchTooLarge(bodies.len()));
         }
-        self.insert(bodies.to_vec()).await
+        self.insert(bodies.to_vec(), 0).await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {

@@ -11,9 +11,12 @@ use crate::money::{Currency, Money};
 /// Maps a verified message of `source` to a payment event.
 ///
 /// `txnType` 01 purchase, 02 pre-auth, 03 pre-auth completion, 04 refund,
-/// 31 void, 32/33 pre-auth voids; `respCode` 00 and A6 succeed, 03/04/05 are
-/// still in process; a missing `currencyCode` means CNY. Purchases and pre-auths are keyed by their `queryId`;
-/// the others refer to the original by `origQryId`.
+/// 31 void, 32 pre-auth void, 33 completion void; `respCode` 00 and A6
+/// succeed, 03/04/05 are still in process; a missing `currencyCode` means CNY
+/// and is marked as defaulted. Purchases and pre-auths are keyed by their
+/// `queryId`; the others refer to the original by `origQryId` (a refund or
+/// 33 void of a completed pre-auth names the completion's `queryId`, which
+/// the ledger resolves through an alias).
 ///
 /// # Errors
 /// `UnsupportedTransaction` for other `txnType`s; `MissingField` or
@@ -26,7 +29,8 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         "02" => (EventKind::Authorization, "queryId"),
         "03" => (EventKind::Capture, "origQryId"),
         "04" => (EventKind::Refund, "origQryId"),
-        "31" | "32" | "33" => (EventKind::Void, "origQryId"),
+        "31" | "33" => (EventKind::Void, "origQryId"),
+        "32" => (EventKind::AuthorizationVoid, "origQryId"),
         other => return Err(VerifyError::UnsupportedTransaction(other.to_owned())),
     };
     let payment_ref = fields.require(ref_field)?;
@@ -42,7 +46,8 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
     let amount = parse_amount(fields.require("txnAmt")?)?;
     // The ACP specification defaults `currencyCode` to 156 (CNY); refund and
     // void responses often omit it.
-    let code = fields.get("currencyCode").unwrap_or("156");
+    let given = fields.get("currencyCode").filter(|c| !c.is_empty());
+    let code = given.unwrap_or("156");
     let currency = Currency::from_numeric(code).ok_or_else(|| VerifyError::MalformedField {
         field: "currencyCode",
         why: format!("{code:?} is not a supported ISO 4217 numeric code"),
@@ -61,6 +66,7 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
             minor: amount,
             currency,
         },
+        currency_defaulted: given.is_none(),
         psp_txn_id: (!query_id.is_empty()).then(|| query_id.to_owned()),
         psp_time: Some(parse_txn_time(txn_time)?),
         result_code: Some(resp_code.to_owned()),
@@ -143,6 +149,23 @@ mod tests {
         assert_eq!(to_event("u", &f).unwrap().outcome, EventOutcome::Failed);
         f.set("respCode", "A6");
         assert_eq!(to_event("u", &f).unwrap().outcome, EventOutcome::Succeeded);
+        assert!(!to_event("u", &f).unwrap().currency_defaulted);
+        f.set("txnType", "32");
+        assert_eq!(
+            to_event("u", &f).unwrap().kind,
+            EventKind::AuthorizationVoid
+        );
+        f.set("txnType", "33");
+        assert_eq!(to_event("u", &f).unwrap().kind, EventKind::Void);
+    }
+
+    #[test]
+    fn a_missing_currency_is_cny_and_marked_as_assumed() {
+        let mut f = purchase();
+        f.remove("currencyCode");
+        let e = to_event("u", &f).unwrap();
+        assert_eq!(e.amount.currency.as_str(), "CNY");
+        assert!(e.currency_defaulted);
     }
 
     #[test]

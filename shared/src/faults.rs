@@ -1,0 +1,366 @@
+//! Fault-injecting wrappers for the three ports, for tests and chaos runs:
+//! a backend that is down, fails at a rate, fails its Nth call, is slow, or
+//! does the work and then loses the reply. Each wrapper delegates to a real
+//! backend; one [`Faults`] switchboard, changed while running, decides what
+//! goes wrong and for which operations.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::event::{EventKey, PaymentKey};
+use crate::ports::{
+    ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Ledger, LedgerError, LedgerWrite,
+    ParkedEntry, PaymentEntry, Queue, QueueError, QueueMessage, Receipt,
+};
+
+const MILLION: f64 = 1_000_000.0;
+
+/// What goes wrong, shared by the wrappers that use it.
+#[derive(Debug, Default)]
+pub struct Faults {
+    down: AtomicBool,
+    error_ppm: AtomicU32,
+    lost_reply_ppm: AtomicU32,
+    latency_us: AtomicU64,
+    fail_nth: AtomicU64,
+    calls: AtomicU64,
+    injected: AtomicU64,
+    rng: AtomicU64,
+    only: Mutex<Option<Vec<&'static str>>>,
+}
+
+impl Faults {
+    /// A switchboard with nothing going wrong.
+    pub fn new() -> Arc<Self> {
+        let f = Self::default();
+        f.rng.store(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        Arc::new(f)
+    }
+
+    /// Every affected call fails at once (`true`) or none does.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Each affected call fails before reaching the backend with probability `p`.
+    pub fn set_error_rate(&self, p: f64) {
+        self.error_ppm
+            .store((p.clamp(0.0, 1.0) * MILLION) as u32, Ordering::SeqCst);
+    }
+
+    /// Each affected call that succeeds has its reply replaced by an error
+    /// with probability `p`: the effect happened, the caller cannot know.
+    pub fn set_lost_reply_rate(&self, p: f64) {
+        self.lost_reply_ppm
+            .store((p.clamp(0.0, 1.0) * MILLION) as u32, Ordering::SeqCst);
+    }
+
+    /// Every affected call waits this long first.
+    pub fn set_latency(&self, d: Duration) {
+        self.latency_us
+            .store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The `n`th affected call from now (1-based) fails; 0 turns it off.
+    pub fn fail_nth(&self, n: u64) {
+        self.calls.store(0, Ordering::SeqCst);
+        self.fail_nth.store(n, Ordering::SeqCst);
+    }
+
+    /// Only these operations (`put`, `send`, `write`, `load`, …) are
+    /// affected; all of them when `None`.
+    pub fn only(&self, ops: Option<&[&'static str]>) {
+        if let Ok(mut o) = self.only.lock() {
+            *o = ops.map(<[_]>::to_vec);
+        }
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    fn affects(&self, op: &str) -> bool {
+        self.only
+            .lock()
+            .map(|o| o.as_ref().is_none_or(|ops| ops.contains(&op)))
+            .unwrap_or(true)
+    }
+
+    /// A uniform draw in [0, 1e6) (xorshift; reproducible, no dependency).
+    fn draw(&self) -> u32 {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        (x % 1_000_000) as u32
+    }
+
+    fn inject(&self, op: &str, what: &str) -> String {
+        self.injected.fetch_add(1, Ordering::SeqCst);
+        format!("injected fault: {op} {what}")
+    }
+
+    /// Before the backend sees the call.
+    async fn before(&self, op: &str) -> Result<(), String> {
+        if !self.affects(op) {
+            return Ok(());
+        }
+        let latency = self.latency_us.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_micros(latency)).await;
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(self.inject(op, "backend down"));
+        }
+        if self.fail_nth.load(Ordering::SeqCst) == n {
+            return Err(self.inject(op, &format!("call {n} failed")));
+        }
+        if self.draw() < self.error_ppm.load(Ordering::SeqCst) {
+            return Err(self.inject(op, "throttled"));
+        }
+        Ok(())
+    }
+
+    /// After the backend succeeded: maybe the reply is lost.
+    fn after(&self, op: &str) -> Result<(), String> {
+        if self.affects(op) && self.draw() < self.lost_reply_ppm.load(Ordering::SeqCst) {
+            return Err(self.inject(op, "done, but the reply was lost"));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `call` on the inner port between the fault checks, mapping an
+/// injected fault to the port's transient error.
+macro_rules! faulty {
+    ($self:ident, $op:literal, $err:path, $call:expr) => {{
+        $self.faults.before($op).await.map_err($err)?;
+        let out = $call.await?;
+        $self.faults.after($op).map_err($err)?;
+        Ok(out)
+    }};
+}
+
+/// An archive with faults.
+pub struct FaultyArchive {
+    pub inner: Arc<dyn Archive>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Archive for FaultyArchive {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        faulty!(
+            self,
+            "put",
+            ArchiveError::Unavailable,
+            self.inner.put(key, bytes)
+        )
+    }
+    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+        faulty!(self, "get", ArchiveError::Unavailable, self.inner.get(key))
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+    ) -> Result<Vec<String>, ArchiveError> {
+        faulty!(
+            self,
+            "list",
+            ArchiveError::Unavailable,
+            self.inner.list(prefix, from, to)
+        )
+    }
+}
+
+/// A queue with faults.
+pub struct FaultyQueue {
+    pub inner: Arc<dyn Queue>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Queue for FaultyQueue {
+    async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
+        faulty!(self, "send", QueueError::Unavailable, self.inner.send(body))
+    }
+    async fn send_batch(&self, bodies: &[Vec<u8>]) -> Result<Vec<String>, QueueError> {
+        faulty!(
+            self,
+            "send",
+            QueueError::Unavailable,
+            self.inner.send_batch(bodies)
+        )
+    }
+    async fn send_delayed(&self, body: &[u8], seconds: u32) -> Result<String, QueueError> {
+        faulty!(
+            self,
+            "send",
+            QueueError::Unavailable,
+            self.inner.send_delayed(body, seconds)
+        )
+    }
+    fn max_delay_secs(&self) -> u32 {
+        self.inner.max_delay_secs()
+    }
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
+        faulty!(
+            self,
+            "receive",
+            QueueError::Unavailable,
+            self.inner.receive(max, wait)
+        )
+    }
+    async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        faulty!(
+            self,
+            "delete",
+            QueueError::Unavailable,
+            self.inner.delete(receipt)
+        )
+    }
+    async fn delete_batch(&self, receipts: &[Receipt]) -> Result<(), QueueError> {
+        faulty!(
+            self,
+            "delete",
+            QueueError::Unavailable,
+            self.inner.delete_batch(receipts)
+        )
+    }
+    async fn delay(&self, receipt: &Receipt, seconds: u32) -> Result<(), QueueError> {
+        faulty!(
+            self,
+            "delay",
+            QueueError::Unavailable,
+            self.inner.delay(receipt, seconds)
+        )
+    }
+    async fn dead_letter(
+        &self,
+        message: &QueueMessage,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        faulty!(
+            self,
+            "dead_letter",
+            QueueError::Unavailable,
+            self.inner.dead_letter(message, reason, error)
+        )
+    }
+    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        faulty!(
+            self,
+            "dlq_list",
+            QueueError::Unavailable,
+            self.inner.dlq_list(limit)
+        )
+    }
+    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+        faulty!(
+            self,
+            "redrive",
+            QueueError::Unavailable,
+            self.inner.redrive(reason)
+        )
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        faulty!(self, "depth", QueueError::Unavailable, self.inner.depth())
+    }
+    fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes()
+    }
+}
+
+/// A ledger with faults.
+pub struct FaultyLedger {
+    pub inner: Arc<dyn Ledger>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Ledger for FaultyLedger {
+    async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
+        faulty!(self, "load", LedgerError::Unavailable, self.inner.load(key))
+    }
+    async fn write(&self, write: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
+        faulty!(
+            self,
+            "write",
+            LedgerError::Unavailable,
+            self.inner.write(write)
+        )
+    }
+    async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
+        faulty!(
+            self,
+            "history",
+            LedgerError::Unavailable,
+            self.inner.history(key)
+        )
+    }
+    async fn contains_event(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+    ) -> Result<bool, LedgerError> {
+        faulty!(
+            self,
+            "contains_event",
+            LedgerError::Unavailable,
+            self.inner.contains_event(key, event_key)
+        )
+    }
+    async fn parked_before(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEntry>, LedgerError> {
+        faulty!(
+            self,
+            "parked_before",
+            LedgerError::Unavailable,
+            self.inner.parked_before(t, limit)
+        )
+    }
+}
+
+/// The three ports of `backends` behind one switchboard each.
+pub struct FaultyBackends {
+    pub archive: Arc<Faults>,
+    pub queue: Arc<Faults>,
+    pub ledger: Arc<Faults>,
+}
+
+impl FaultyBackends {
+    /// Wraps the ports of `backends` in place and returns their switchboards.
+    pub fn wrap(backends: &mut crate::backend::Backends) -> Self {
+        let f = Self {
+            archive: Faults::new(),
+            queue: Faults::new(),
+            ledger: Faults::new(),
+        };
+        backends.archive = Arc::new(FaultyArchive {
+            inner: backends.archive.clone(),
+            faults: f.archive.clone(),
+        });
+        backends.queue = Arc::new(FaultyQueue {
+            inner: backends.queue.clone(),
+            faults: f.queue.clone(),
+        });
+        backends.ledger = Arc::new(FaultyLedger {
+            inner: backends.ledger.clone(),
+            faults: f.ledger.clone(),
+        });
+        f
+    }
+}
