@@ -8,6 +8,7 @@ use anyhow::Context;
 use paynotify_ingest::IngestState;
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::Config;
+use paynotify_shared::faults::FaultyBackends;
 pub use paynotify_shared::telemetry::{init_logging, shutdown_signal};
 use paynotify_worker::{Hooks, Stats, WorkerContext};
 use tokio::net::TcpListener;
@@ -20,6 +21,8 @@ pub struct AppOptions {
     pub ingest: bool,
     pub worker: bool,
     pub hooks: Hooks,
+    /// Wrap every port in a fault injector (tests and chaos runs).
+    pub faults: bool,
 }
 
 impl AppOptions {
@@ -29,6 +32,7 @@ impl AppOptions {
             ingest: true,
             worker: true,
             hooks: Hooks::default(),
+            faults: false,
         }
     }
 }
@@ -40,6 +44,8 @@ pub struct App {
     pub admin_addr: Option<SocketAddr>,
     pub backends: Backends,
     pub stats: Arc<Stats>,
+    /// The fault switchboards, when started with `faults`.
+    pub faults: Option<FaultyBackends>,
     shutdown: CancellationToken,
     ingest: Option<JoinHandle<std::io::Result<()>>>,
     worker: Option<JoinHandle<()>>,
@@ -51,7 +57,8 @@ impl App {
     /// # Errors
     /// Configuration, backend or listener errors.
     pub async fn start(config: &Config, options: AppOptions) -> anyhow::Result<Self> {
-        let backends = backend::build(&config.backend).await?;
+        let mut backends = backend::build(&config.backend).await?;
+        let faults = options.faults.then(|| FaultyBackends::wrap(&mut backends));
         let shutdown = CancellationToken::new();
         let stats = Arc::new(Stats::default());
         let (mut addr, mut admin_addr, mut ingest, mut worker) = (None, None, None, None);
@@ -86,6 +93,7 @@ impl App {
             admin_addr,
             backends,
             stats,
+            faults,
             shutdown,
             ingest,
             worker,

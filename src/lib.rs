@@ -3,4 +3,5 @@
 //! layer of flags over these.
 
 pub mod app;
+pub mod reconcile;
 pub mod simulate;

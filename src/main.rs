@@ -2,6 +2,7 @@
 
 mod demo_cmd;
 mod ops_cmd;
+mod reconcile_cmd;
 mod simulate_cmd;
 mod testpki_cmd;
 mod verify_cmd;
@@ -34,6 +35,8 @@ enum Command {
     Dlq(DlqCommand),
     /// Re-enqueue archived notifications of a time range (idempotent).
     Replay(ops_cmd::Replay),
+    /// Check that every archived notification is accounted for and the ledger adds up.
+    Reconcile(reconcile_cmd::Args),
     /// AWS backend set-up.
     #[command(subcommand)]
     Aws(AwsCommand),
@@ -94,6 +97,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq(DlqCommand::List(args)) => ops_cmd::dlq_list(args).await,
         Command::Dlq(DlqCommand::Redrive(args)) => ops_cmd::dlq_redrive(args).await,
         Command::Replay(args) => ops_cmd::replay(args).await,
+        Command::Reconcile(args) => reconcile_cmd::run(args).await,
         Command::Aws(AwsCommand::Init(args)) => ops_cmd::aws_init(args).await,
         Command::Archive(ArchiveCommand::Ls(args)) => ops_cmd::archive_ls(args).await,
         Command::Archive(ArchiveCommand::Cat(args)) => ops_cmd::archive_cat(args).await,

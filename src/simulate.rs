@@ -116,6 +116,25 @@ impl Simulator {
         self.sign(f)
     }
 
+    /// A signed pre-authorization (02).
+    pub fn preauth(&self, query_id: &str, amount: u64) -> String {
+        self.sign(self.base("02", &format!("a{query_id}"), query_id, amount, "00"))
+    }
+
+    /// A signed message of `txn_type` with its own `query_id` that refers to
+    /// `orig_query_id`: 03 completion, 32 pre-auth void, 33 completion void.
+    pub fn follow_up(
+        &self,
+        txn_type: &str,
+        orig_query_id: &str,
+        query_id: &str,
+        amount: u64,
+    ) -> String {
+        let mut f = self.base(txn_type, &format!("f{query_id}"), query_id, amount, "00");
+        f.set("origQryId", orig_query_id);
+        self.sign(f)
+    }
+
     fn sign(&self, mut fields: Fields) -> String {
         // Signing fails only for a version other than 5.1.0, which `base` never sets.
         let _ = sign_fields(&self.signer, &mut fields);

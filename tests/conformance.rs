@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use paynotify_shared::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::money::{Currency, Money};
-use paynotify_shared::ports::{ApplyOutcome, ArchiveError};
+use paynotify_shared::ports::{
+    AliasWrite, ApplyOutcome, ArchiveError, Incoming, LedgerWrite, ParkedEntry, ParkedEvent,
+    RecordedEvent,
+};
 use paynotify_shared::{transition, PaymentStatus, Transition};
 use support::{backends, Kind};
 
@@ -23,6 +26,7 @@ on_both_backends!(
     queue_batches_and_long_polls,
     ledger_apply_is_atomic_and_idempotent,
     ledger_concurrent_appliers_have_one_winner,
+    ledger_parks_early_events_and_applies_them_with_the_payment,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -382,4 +386,151 @@ async fn ledger_concurrent_appliers_have_one_winner(kind: Kind) {
         .iter()
         .all(|o| matches!(o, ApplyOutcome::Applied | ApplyOutcome::VersionConflict)));
     assert_eq!(b.ledger.history(&first.payment_key).await.unwrap().len(), 1);
+}
+
+fn parked(e: &PaymentEvent, id: &str) -> ParkedEvent {
+    ParkedEvent {
+        event: e.clone(),
+        notification_id: id.into(),
+        parked_at: time::OffsetDateTime::now_utc() - time::Duration::hours(30),
+        conflict: None,
+    }
+}
+
+fn parking(e: &PaymentEvent, id: &str, expected_version: u64) -> LedgerWrite {
+    LedgerWrite {
+        key: e.payment_key.clone(),
+        expected_version,
+        incoming: Incoming::Park(parked(e, id)),
+        state: None,
+        unparked: vec![],
+        conflicts: vec![],
+        aliases: vec![],
+    }
+}
+
+async fn ledger_parks_early_events_and_applies_them_with_the_payment(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let refund = event("p3", "r1", EventKind::Refund, 300);
+    let over = event("p3", "r2", EventKind::Refund, 5000);
+    assert_eq!(
+        l.write(&parking(&refund, "n1", 0)).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    // A second delivery of a parked event is a duplicate; a park on a stale
+    // version is a conflict.
+    assert_eq!(
+        l.write(&parking(&refund, "n1", 1)).await.unwrap(),
+        ApplyOutcome::Duplicate
+    );
+    assert_eq!(
+        l.write(&parking(&over, "n2", 0)).await.unwrap(),
+        ApplyOutcome::VersionConflict
+    );
+    assert_eq!(
+        l.write(&parking(&over, "n2", 1)).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let entry = l.load(&refund.payment_key).await.unwrap();
+    assert_eq!(
+        (entry.state.clone(), entry.version, entry.parked.len()),
+        (None, 2, 2)
+    );
+    assert!(l
+        .contains_event(&refund.payment_key, &refund.event_key)
+        .await
+        .unwrap());
+    let old = l
+        .parked_before(
+            time::OffsetDateTime::now_utc() - time::Duration::hours(24),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.len(), 2, "{old:?}");
+    assert!(l
+        .parked_before(
+            time::OffsetDateTime::now_utc() - time::Duration::hours(31),
+            10
+        )
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A payment written on the version the parks left behind takes the first
+    // refund with it and keeps the second, which exceeds it, parked.
+    let pay = event("p3", "pay", EventKind::Payment, 1000);
+    let Transition::Apply(paid) = transition(None, &pay) else {
+        panic!()
+    };
+    let Transition::Apply(mut part) = transition(Some(&paid), &refund) else {
+        panic!()
+    };
+    part.version = 3;
+    let mut over_conflict = entry.parked[1].clone();
+    assert_eq!(over_conflict.event.event_key, over.event_key);
+    over_conflict.conflict = Some("refunds would exceed the amount paid".into());
+    let write = LedgerWrite {
+        key: pay.payment_key.clone(),
+        expected_version: 1,
+        incoming: Incoming::Record(RecordedEvent {
+            event: pay.clone(),
+            notification_id: "n3".into(),
+            status_after: Some(PaymentStatus::Paid),
+            unparked_from: None,
+        }),
+        state: Some(part.clone()),
+        unparked: vec![RecordedEvent {
+            event: refund.clone(),
+            notification_id: "n1".into(),
+            status_after: Some(PaymentStatus::PartiallyRefunded),
+            unparked_from: Some(refund.payment_key.clone()),
+        }],
+        conflicts: vec![ParkedEntry {
+            payment_key: over.payment_key.clone(),
+            parked: over_conflict,
+        }],
+        aliases: vec![AliasWrite {
+            key: PaymentKey::new("u", "m", "completion"),
+            expected_version: 0,
+        }],
+    };
+    assert_eq!(
+        l.write(&write).await.unwrap(),
+        ApplyOutcome::VersionConflict
+    );
+    let write = LedgerWrite {
+        expected_version: 2,
+        ..write
+    };
+    assert_eq!(l.write(&write).await.unwrap(), ApplyOutcome::Applied);
+    let entry = l.load(&pay.payment_key).await.unwrap();
+    assert_eq!(entry.version, 3);
+    assert_eq!(entry.state.as_ref().unwrap().refunded_minor, 300);
+    assert_eq!(entry.parked.len(), 1);
+    assert_eq!(entry.parked[0].event.event_key, over.event_key);
+    assert!(entry.parked[0]
+        .conflict
+        .as_deref()
+        .unwrap()
+        .contains("exceed"));
+    let history: Vec<_> = l.history(&pay.payment_key).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| h.event_key.as_str())
+            .collect::<Vec<_>>(),
+        vec!["pay", "r1"]
+    );
+    assert_eq!(history[1].notification_id, "n1");
+    let alias = l
+        .load(&PaymentKey::new("u", "m", "completion"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (alias.alias_of, alias.version, alias.state),
+        (Some(pay.payment_key.clone()), 1, None)
+    );
 }

@@ -3,14 +3,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paynotify::app::{App, AppOptions};
 use paynotify::simulate::{tamper, Delivery, Simulator};
-use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
 use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
-use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
+use paynotify_shared::{PaymentKey, PaymentStatus};
 use paynotify_worker::Hooks;
+use support::app::{config_in, spawn_app, spawn_app_tweaked, spawn_app_with, TestApp, MERCHANT};
 use support::Kind;
 
 #[macro_use]
@@ -27,115 +27,6 @@ on_both_backends!(
     restart_applies_everything_queued_once,
     refund_waits_parked_longer_than_queue_retries_would_last,
 );
-
-const MERCHANT: &str = "777290058167151";
-
-struct TestApp {
-    app: Option<App>,
-    dir: tempfile::TempDir,
-    config: Config,
-    pki: TestPki,
-    sim: Arc<Simulator>,
-    url: String,
-}
-
-fn config_in(dir: &std::path::Path, pki: &TestPki) -> Config {
-    pki.write(&dir.join("pki"), UNIONPAY_IDENTITY, &[MERCHANT.into()])
-        .unwrap();
-    let text = format!(
-        "[backend]\ndata_dir = \"data\"\nvisibility_timeout_secs = 1\nmax_receives = 20\n\
-         [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_body_bytes = 1048576\n\
-         [worker]\nconcurrency = 4\nreceive_wait_ms = 200\nretry_min_delay_ms = 100\nretry_max_delay_secs = 1\n{}",
-        pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
-            .replace("file:root.pem", "file:pki/root.pem")
-            .replace("file:middle.pem", "file:pki/middle.pem")
-    );
-    let path = dir.join("paynotify.toml");
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).unwrap()
-}
-
-async fn spawn_app_with(kind: Kind, options: AppOptions) -> TestApp {
-    spawn_app_tweaked(kind, options, |_| {}).await
-}
-
-async fn spawn_app_tweaked(
-    kind: Kind,
-    options: AppOptions,
-    tweak: impl FnOnce(&mut Config),
-) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = generate(&TestPkiOptions::default()).unwrap();
-    let mut config = config_in(dir.path(), &pki);
-    tweak(&mut config);
-    support::prepare(kind, &mut config.backend, dir.path()).await;
-    let app = App::start(&config, options).await.unwrap();
-    let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
-    let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
-    TestApp {
-        app: Some(app),
-        dir,
-        config,
-        pki,
-        sim,
-        url,
-    }
-}
-
-async fn spawn_app(kind: Kind) -> TestApp {
-    spawn_app_with(kind, AppOptions::all()).await
-}
-
-impl TestApp {
-    fn app(&self) -> &App {
-        self.app.as_ref().unwrap()
-    }
-
-    async fn payment(&self, query_id: &str) -> Option<PaymentState> {
-        let key = PaymentKey::new("unionpay", MERCHANT, query_id);
-        self.app().backends.ledger.get_payment(&key).await.unwrap()
-    }
-
-    async fn wait_for_status(&self, query_id: &str, status: PaymentStatus) -> PaymentState {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.payment(query_id).await {
-                if s.status == status {
-                    return s;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{query_id} never became {status:?}: {:?}",
-                self.payment(query_id).await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_until_drained(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.app().backends.queue.depth().await.unwrap() > 0 {
-            assert!(Instant::now() < deadline, "queue never drained");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn dlq_reasons(&self) -> Vec<String> {
-        let mut r: Vec<String> = self
-            .app()
-            .backends
-            .queue
-            .dlq_list(100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.reason)
-            .collect();
-        r.sort();
-        r
-    }
-}
 
 async fn purchase_becomes_paid(kind: Kind) {
     let t = spawn_app(kind).await;

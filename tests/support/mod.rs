@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod app;
+
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::{BackendConfig, BackendKind, Sse};
 

@@ -56,6 +56,9 @@ pub enum AckKind {
     Duplicate,
 }
 
+/// A hook called with a verified event.
+pub type EventHook = Arc<dyn Fn(&paynotify_shared::event::PaymentEvent) + Send + Sync>;
+
 /// Test-only fault injection.
 #[derive(Clone, Default)]
 pub struct Hooks {
@@ -64,7 +67,7 @@ pub struct Hooks {
     pub crash_after_apply: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     /// Called with each verified event before it is applied (a test may
     /// panic in it).
-    pub before_apply: Option<Arc<dyn Fn(&paynotify_shared::event::PaymentEvent) + Send + Sync>>,
+    pub before_apply: Option<EventHook>,
 }
 
 /// Everything the worker needs.

@@ -117,6 +117,7 @@ impl DynamoLedger {
         key: &str,
         r: &RecordedEvent,
         now: i128,
+        index: usize,
         only_if_new: bool,
     ) -> Result<TransactWriteItem, LedgerError> {
         let e = &r.event;
@@ -130,6 +131,8 @@ impl DynamoLedger {
             ("amount_minor".to_owned(), n(e.amount.minor)),
             ("currency".to_owned(), s(e.amount.currency.as_str())),
             ("recorded_at".to_owned(), n(now)),
+            // Events of one write share `recorded_at`; this keeps their order.
+            ("ord".to_owned(), n(now * 1000 + index as i128)),
             ("event_json".to_owned(), s(built(serde_json::to_string(e))?)),
         ]);
         if let Some(st) = r.status_after {
@@ -279,11 +282,11 @@ impl Ledger for DynamoLedger {
         let mut items = Vec::new();
         // The incoming event first: its condition decides `Duplicate`.
         items.push(match &w.incoming {
-            Incoming::Record(r) => self.put_event(key, r, now, true)?,
+            Incoming::Record(r) => self.put_event(key, r, now, 0, true)?,
             Incoming::Park(p) => self.put_parked(key, p, true)?,
         });
-        for r in &w.unparked {
-            items.push(self.put_event(key, r, now, false)?);
+        for (i, r) in w.unparked.iter().enumerate() {
+            items.push(self.put_event(key, r, now, i + 1, false)?);
             if let Some(from) = &r.unparked_from {
                 items.push(
                     TransactWriteItem::builder()
@@ -410,7 +413,10 @@ impl Ledger for DynamoLedger {
                     .unwrap_or_default(),
             );
         }
-        let mut records: Vec<EventRecord> = items
+        items.sort_by_key(|i| {
+            get_n(i, "ord").unwrap_or_else(|| get_n(i, "recorded_at").unwrap_or(0) * 1000)
+        });
+        let records: Vec<EventRecord> = items
             .iter()
             .map(|i| EventRecord {
                 event_key: get_s(i, "event_key").unwrap_or_default().to_owned(),
@@ -427,11 +433,6 @@ impl Ledger for DynamoLedger {
                 event: get_s(i, "event_json").and_then(|j| serde_json::from_str(j).ok()),
             })
             .collect();
-        records.sort_by(|a, b| {
-            a.recorded_at
-                .cmp(&b.recorded_at)
-                .then_with(|| a.event_key.cmp(&b.event_key))
-        });
         Ok(records)
     }
 
@@ -440,17 +441,23 @@ impl Ledger for DynamoLedger {
         key: &PaymentKey,
         event_key: &EventKey,
     ) -> Result<bool, LedgerError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(key.as_str()))
-            .key("sk", s(event_sk(event_key)))
-            .projection_expression("pk")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable(describe(&e)))?;
-        Ok(out.item.is_some())
+        // Recorded, else parked: two reads, only on the rare conflict path.
+        for sk in [event_sk(event_key), parked_sk(event_key)] {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(key.as_str()))
+                .key("sk", s(sk))
+                .projection_expression("pk")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| unavailable(describe(&e)))?;
+            if out.item.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

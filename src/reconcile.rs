@@ -1,0 +1,326 @@
+//! `reconcile`: proves, for a time range, that every archived notification
+//! is accounted for and that the ledger agrees with itself.
+//!
+//! An archived notification is accounted for when its event is recorded in
+//! the ledger (applied, recorded, or a duplicate of one that was), parked
+//! there, or its message is in the dead-letter queue. Every payment it
+//! touches is checked: its recorded events, replayed through the state
+//! machine from nothing, give exactly the stored state, and each event's
+//! recorded status is the one the replay gives. Parked events older than the
+//! configured bound, and parked events that contradicted their payment, are
+//! reported too. While the queue still holds messages, notifications not yet
+//! found may be among them: they are reported as unsettled, not lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use paynotify_shared::backend::Backends;
+use paynotify_shared::config::Config;
+use paynotify_shared::envelope::{Envelope, QueuedBody};
+use paynotify_shared::event::PaymentKey;
+use paynotify_shared::ports::{EventRecord, ParkedEntry};
+use paynotify_shared::scheme::SourceVerifier;
+use paynotify_shared::{transition, PaymentState, Transition};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// Dead letters read at most (the SQS DLQ is scanned, not listed).
+const MAX_DEAD_LETTERS: usize = 100_000;
+/// Parked events reported at most.
+const MAX_PARKED: usize = 10_000;
+
+/// One thing that does not add up.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Discrepancy {
+    /// `missing`, `unsettled`, `unreadable`, `rejected_not_dead_lettered`,
+    /// `state_mismatch`, `status_mismatch`, `parked_overdue`, `parked_conflict`.
+    pub kind: &'static str,
+    /// The notification, payment key or archive key concerned.
+    pub subject: String,
+    pub detail: String,
+}
+
+/// What reconcile found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub from: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub to: Option<OffsetDateTime>,
+    pub archived: u64,
+    /// Whose event is recorded in the ledger.
+    pub in_ledger: u64,
+    pub parked: u64,
+    pub dead_lettered: u64,
+    pub payments_checked: u64,
+    pub queue_depth: u64,
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+impl Report {
+    /// Whether everything adds up.
+    pub fn is_clean(&self) -> bool {
+        self.discrepancies.is_empty()
+    }
+
+    fn flag(&mut self, kind: &'static str, subject: impl Into<String>, detail: impl Into<String>) {
+        self.discrepancies.push(Discrepancy {
+            kind,
+            subject: subject.into(),
+            detail: detail.into(),
+        });
+    }
+}
+
+/// Reconciles the notifications archived in `[from, to]` (hours, as the
+/// archive partitions them) against the ledger and the dead-letter queue.
+///
+/// # Errors
+/// Configuration (certificates) or backend errors; a discrepancy is not an
+/// error but part of the report.
+pub async fn reconcile(
+    config: &Config,
+    backends: &Backends,
+    from: Option<OffsetDateTime>,
+    to: Option<OffsetDateTime>,
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        from,
+        to,
+        ..Report::default()
+    };
+    let verifiers = SourceVerifier::all(config, backends.secrets.as_ref()).await?;
+    let dead: HashSet<String> = backends
+        .queue
+        .dlq_list(MAX_DEAD_LETTERS)
+        .await?
+        .iter()
+        .filter_map(|d| QueuedBody::parse(&d.body).ok())
+        .map(|b| b.notification_id())
+        .collect();
+    report.queue_depth = backends.queue.depth().await?;
+    let keys = backends.archive.list("raw/", from, to).await?;
+    let total = keys.len() as u64;
+    let mut payments = BTreeSet::new();
+    for (i, key) in keys.iter().enumerate() {
+        progress(i as u64 + 1, total);
+        report.archived += 1;
+        let envelope = match backends
+            .archive
+            .get(key)
+            .await
+            .map(|b| Envelope::from_json(&b))
+        {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                report.flag("unreadable", key.clone(), e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let in_dlq = dead.contains(&envelope.id);
+        let verified = envelope
+            .body_bytes()
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                verifiers
+                    .get(&envelope.source)
+                    .ok_or_else(|| format!("source {:?} is not configured", envelope.source))?
+                    .verify(&envelope.source, &body, envelope.received_at)
+                    .map_err(|e| e.to_string())
+            });
+        let event = match verified {
+            Ok(event) => event,
+            Err(_) if in_dlq => {
+                report.dead_lettered += 1;
+                continue;
+            }
+            Err(why) => {
+                report.flag(
+                    "rejected_not_dead_lettered",
+                    envelope.id.clone(),
+                    format!("{key}: {why}"),
+                );
+                continue;
+            }
+        };
+        let mut payment = event.payment_key.clone();
+        let mut entry = backends.ledger.load(&payment).await?;
+        if let Some(target) = entry.alias_of.clone() {
+            payment = target;
+            entry = backends.ledger.load(&payment).await?;
+        }
+        if entry
+            .parked
+            .iter()
+            .any(|p| p.event.event_key == event.event_key)
+        {
+            report.parked += 1;
+        } else if backends
+            .ledger
+            .contains_event(&payment, &event.event_key)
+            .await?
+        {
+            report.in_ledger += 1;
+            payments.insert(payment);
+        } else if in_dlq {
+            report.dead_lettered += 1;
+        } else if report.queue_depth > 0 {
+            report.flag(
+                "unsettled",
+                envelope.id.clone(),
+                format!(
+                    "{key}: not in the ledger or the DLQ; the queue still holds {} messages",
+                    report.queue_depth
+                ),
+            );
+        } else {
+            report.flag(
+                "missing",
+                envelope.id.clone(),
+                format!(
+                    "{key}: {} of {} is in neither the ledger nor the DLQ",
+                    event.event_key, payment
+                ),
+            );
+        }
+    }
+    for payment in &payments {
+        report.payments_checked += 1;
+        check_payment(backends, payment, &mut report).await?;
+    }
+    let bound =
+        OffsetDateTime::now_utc() - time::Duration::seconds(config.worker.parked_alert_secs as i64);
+    let overdue = backends.ledger.parked_before(bound, MAX_PARKED).await?;
+    for ParkedEntry {
+        payment_key,
+        parked,
+    } in overdue
+    {
+        report.flag(
+            "parked_overdue",
+            parked.notification_id.clone(),
+            format!(
+                "{} of {payment_key} parked since {} waits for a payment that has not arrived",
+                parked.event.event_key, parked.parked_at
+            ),
+        );
+    }
+    for ParkedEntry {
+        payment_key,
+        parked,
+    } in backends
+        .ledger
+        .parked_before(OffsetDateTime::now_utc(), MAX_PARKED)
+        .await?
+    {
+        if let Some(why) = parked.conflict {
+            report.flag(
+                "parked_conflict",
+                parked.notification_id.clone(),
+                format!("{} of {payment_key}: {why}", parked.event.event_key),
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// Replays a payment's recorded events and compares with what is stored.
+async fn check_payment(
+    backends: &Backends,
+    key: &PaymentKey,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let history: Vec<EventRecord> = backends.ledger.history(key).await?;
+    let stored = backends.ledger.get_payment(key).await?;
+    let mut state: Option<PaymentState> = None;
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for record in &history {
+        *counts.entry(record.event_key.as_str()).or_default() += 1;
+        let Some(event) = &record.event else {
+            report.flag(
+                "unreadable",
+                key.to_string(),
+                format!("event {} has no stored event", record.event_key),
+            );
+            continue;
+        };
+        let status = match transition(state.as_ref(), event) {
+            Transition::Apply(s) => {
+                let status = s.status;
+                state = Some(s);
+                Some(status.as_str().to_owned())
+            }
+            Transition::Record => None,
+            Transition::Retry(why) | Transition::Conflict(why) => {
+                report.flag(
+                    "state_mismatch",
+                    key.to_string(),
+                    format!("event {} does not replay: {why}", record.event_key),
+                );
+                None
+            }
+        };
+        if status != record.status_after {
+            report.flag(
+                "status_mismatch",
+                key.to_string(),
+                format!(
+                    "event {} recorded status {:?}, replay gives {status:?}",
+                    record.event_key, record.status_after
+                ),
+            );
+        }
+    }
+    for (event_key, n) in counts {
+        if n > 1 {
+            report.flag(
+                "applied_twice",
+                key.to_string(),
+                format!("event {event_key} is recorded {n} times"),
+            );
+        }
+    }
+    let same = |a: &PaymentState, b: &PaymentState| {
+        (
+            a.status,
+            a.currency,
+            a.authorized_minor,
+            a.paid_minor,
+            a.refunded_minor,
+        ) == (
+            b.status,
+            b.currency,
+            b.authorized_minor,
+            b.paid_minor,
+            b.refunded_minor,
+        )
+    };
+    match (&stored, &state) {
+        (Some(s), Some(r)) if same(s, r) => {}
+        (None, None) => {}
+        _ => report.flag(
+            "state_mismatch",
+            key.to_string(),
+            format!(
+                "stored {:?}, replay of its events gives {:?}",
+                brief(stored.as_ref()),
+                brief(state.as_ref())
+            ),
+        ),
+    }
+    Ok(())
+}
+
+fn brief(s: Option<&PaymentState>) -> Option<String> {
+    s.map(|s| {
+        format!(
+            "{} paid {} refunded {} held {} {}",
+            s.status.as_str(),
+            s.paid_minor,
+            s.refunded_minor,
+            s.authorized_minor,
+            s.currency
+        )
+    })
+}

@@ -1,0 +1,217 @@
+//! The pipeline under injected faults, on both backends: outages longer
+//! than the queue's receive limit, throttling, lost replies, panics and
+//! failed reads. Each scenario ends in a clean `reconcile`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paynotify::app::AppOptions;
+use paynotify::simulate::Delivery;
+use paynotify_shared::PaymentStatus;
+use paynotify_worker::Hooks;
+use support::app::{spawn_app_tweaked, TestApp};
+use support::Kind;
+
+#[macro_use]
+mod support;
+
+on_both_backends!(
+    ledger_outage_outlasting_the_receive_limit_is_retried_until_it_ends,
+    transient_failures_past_retry_for_are_dead_lettered_as_retries_exhausted,
+    a_failed_duplicate_check_retries_instead_of_dead_lettering,
+    a_panic_is_caught_retried_and_dead_lettered_as_panic,
+    archive_down_answers_503_and_enqueues_nothing,
+    queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once,
+    ledger_throttling_and_lost_replies_apply_everything_once,
+);
+
+fn with_faults() -> AppOptions {
+    AppOptions {
+        faults: true,
+        ..AppOptions::all()
+    }
+}
+
+async fn wait_for_dlq(t: &TestApp, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reasons = t.dlq_reasons().await;
+        if reasons.len() >= n {
+            return reasons;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DLQ never reached {n}: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_clean(t: &TestApp) {
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+async fn ledger_outage_outlasting_the_receive_limit_is_retried_until_it_ends(kind: Kind) {
+    // Three receives, retries at most 1 s apart: cycled through the queue
+    // alone, a message would reach the DLQ within about 3 s.
+    let t = spawn_app_tweaked(kind, with_faults(), |c| c.backend.max_receives = 3).await;
+    t.faults().ledger.set_down(true);
+    t.sim.send(t.sim.purchase("outage", 500)).await;
+    t.sim.send(t.sim.refund("outage", "outage-r", 100)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        t.dlq_reasons().await.is_empty(),
+        "{:?}",
+        t.dlq_reasons().await
+    );
+    assert!(t.app().stats.snapshot().retried >= 4);
+    t.faults().ledger.set_down(false);
+    let s = t
+        .wait_for_status("outage", PaymentStatus::PartiallyRefunded)
+        .await;
+    assert_eq!(s.refunded_minor, 100);
+    t.wait_until_drained().await;
+    assert!(t.dlq_reasons().await.is_empty());
+    assert_clean(&t).await;
+}
+
+async fn transient_failures_past_retry_for_are_dead_lettered_as_retries_exhausted(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |c| {
+        c.backend.max_receives = 3;
+        c.worker.retry_for_secs = 2;
+    })
+    .await;
+    t.faults().ledger.set_down(true);
+    t.sim.send(t.sim.purchase("gone", 500)).await;
+    assert_eq!(wait_for_dlq(&t, 1).await, vec!["retries_exhausted"]);
+    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    assert!(dlq[0].error.contains("injected fault"), "{}", dlq[0].error);
+    t.faults().ledger.set_down(false);
+    assert!(t.payment("gone").await.is_none());
+    // Accounted for: in the DLQ.
+    assert_clean(&t).await;
+}
+
+async fn a_failed_duplicate_check_retries_instead_of_dead_lettering(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
+    t.sim.send(t.sim.purchase("dup", 500)).await;
+    t.wait_for_status("dup", PaymentStatus::Paid).await;
+    // A void of the wrong amount conflicts; whether it is a redelivery of an
+    // applied event cannot be read while the ledger fails that read.
+    t.faults().ledger.only(Some(&["contains_event"]));
+    t.faults().ledger.set_down(true);
+    t.sim.send(t.sim.void("dup", "dup-v", 499)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(t.dlq_reasons().await.is_empty());
+    assert!(t.app().stats.snapshot().retried >= 1);
+    t.faults().ledger.set_down(false);
+    assert_eq!(wait_for_dlq(&t, 1).await, vec!["conflict"]);
+    assert_eq!(t.payment("dup").await.unwrap().status, PaymentStatus::Paid);
+    assert_clean(&t).await;
+}
+
+async fn a_panic_is_caught_retried_and_dead_lettered_as_panic(kind: Kind) {
+    let hooks = Hooks {
+        before_apply: Some(Arc::new(|e| {
+            assert!(
+                e.payment_ref != "boom",
+                "injected panic for {}",
+                e.payment_ref
+            );
+        })),
+        ..Hooks::default()
+    };
+    let t = spawn_app_tweaked(
+        kind,
+        AppOptions {
+            hooks,
+            ..AppOptions::all()
+        },
+        |c| c.backend.max_receives = 4,
+    )
+    .await;
+    t.sim.send(t.sim.purchase("boom", 100)).await;
+    t.sim.send(t.sim.purchase("fine", 100)).await;
+    t.wait_for_status("fine", PaymentStatus::Paid).await;
+    assert_eq!(wait_for_dlq(&t, 1).await, vec!["panic"]);
+    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    assert!(
+        dlq[0].error.contains("injected panic for boom"),
+        "{}",
+        dlq[0].error
+    );
+    // Retried once (receive 1), dead-lettered at receive 2 = 4 - 2.
+    assert_eq!(dlq[0].receive_count, 2);
+    assert!(t.payment("boom").await.is_none());
+}
+
+async fn post(t: &TestApp, body: String) -> u16 {
+    reqwest::Client::new()
+        .post(&t.url)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn archive_down_answers_503_and_enqueues_nothing(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
+    t.faults().archive.only(Some(&["put"]));
+    t.faults().archive.set_down(true);
+    assert_eq!(post(&t, t.sim.purchase("a503", 100)).await, 503);
+    assert_eq!(t.app().backends.queue.depth().await.unwrap(), 0);
+    t.faults().archive.set_down(false);
+    assert_eq!(post(&t, t.sim.purchase("a503", 100)).await, 200);
+    t.wait_for_status("a503", PaymentStatus::Paid).await;
+    assert_clean(&t).await;
+}
+
+async fn queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
+    // The first send fails after the archive put, as if ingest died there.
+    t.faults().queue.only(Some(&["send"]));
+    t.faults().queue.fail_nth(1);
+    assert_eq!(
+        t.sim.send(t.sim.purchase("q503", 100)).await,
+        Delivery::Accepted(2)
+    );
+    t.wait_for_status("q503", PaymentStatus::Paid).await;
+    t.wait_until_drained().await;
+    let report = t.reconcile().await;
+    // Two archived copies of one notification: the orphan's event is the
+    // retry's, recorded once.
+    assert_eq!((report.archived, report.in_ledger), (2, 2));
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+    assert_eq!(t.payment("q503").await.unwrap().version, 1);
+}
+
+async fn ledger_throttling_and_lost_replies_apply_everything_once(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |c| c.backend.max_receives = 4).await;
+    let n = if kind == Kind::Aws { 6 } else { 30 };
+    t.faults().ledger.set_error_rate(0.3);
+    t.faults().ledger.set_lost_reply_rate(0.2);
+    for i in 0..n {
+        let q = format!("t{i}");
+        t.sim.send(t.sim.refund(&q, &format!("{q}-r"), 40)).await;
+        t.sim.send(t.sim.purchase(&q, 100)).await;
+    }
+    for i in 0..n {
+        let s = t
+            .wait_for_status(&format!("t{i}"), PaymentStatus::PartiallyRefunded)
+            .await;
+        assert_eq!((s.paid_minor, s.refunded_minor), (100, 40));
+    }
+    t.wait_until_drained().await;
+    assert!(t.faults().ledger.injected() > 0);
+    assert!(
+        t.dlq_reasons().await.is_empty(),
+        "{:?}",
+        t.dlq_reasons().await
+    );
+    let report = t.reconcile().await;
+    assert_eq!(report.in_ledger, 2 * n as u64);
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}

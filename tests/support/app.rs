@@ -1,0 +1,148 @@
+//! A whole paynotify process for end-to-end tests: ingest and workers on
+//! port 0, a fresh data directory (or emulator resources) and a test PKI,
+//! driven by the simulator.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paynotify::app::{App, AppOptions};
+use paynotify::simulate::Simulator;
+use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
+use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
+use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
+
+use super::Kind;
+
+pub const MERCHANT: &str = "777290058167151";
+
+pub struct TestApp {
+    pub app: Option<App>,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub pki: TestPki,
+    pub sim: Arc<Simulator>,
+    pub url: String,
+}
+
+pub fn config_in(dir: &std::path::Path, pki: &TestPki) -> Config {
+    pki.write(&dir.join("pki"), UNIONPAY_IDENTITY, &[MERCHANT.into()])
+        .unwrap();
+    let text = format!(
+        "[backend]\ndata_dir = \"data\"\nvisibility_timeout_secs = 1\nmax_receives = 20\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_body_bytes = 1048576\n\
+         [worker]\nconcurrency = 4\nreceive_wait_ms = 200\nretry_min_delay_ms = 100\nretry_max_delay_secs = 1\n{}",
+        pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
+            .replace("file:root.pem", "file:pki/root.pem")
+            .replace("file:middle.pem", "file:pki/middle.pem")
+    );
+    let path = dir.join("paynotify.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+pub async fn spawn_app_with(kind: Kind, options: AppOptions) -> TestApp {
+    spawn_app_tweaked(kind, options, |_| {}).await
+}
+
+pub async fn spawn_app_tweaked(
+    kind: Kind,
+    options: AppOptions,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    let mut config = config_in(dir.path(), &pki);
+    tweak(&mut config);
+    super::prepare(kind, &mut config.backend, dir.path()).await;
+    let app = App::start(&config, options).await.unwrap();
+    let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
+    let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
+    TestApp {
+        app: Some(app),
+        dir,
+        config,
+        pki,
+        sim,
+        url,
+    }
+}
+
+pub async fn spawn_app(kind: Kind) -> TestApp {
+    spawn_app_with(kind, AppOptions::all()).await
+}
+
+impl TestApp {
+    /// Reconciles the whole archive (with no faults injected).
+    pub async fn reconcile(&self) -> paynotify::reconcile::Report {
+        if let Some(f) = &self.app().faults {
+            for s in [&f.archive, &f.queue, &f.ledger] {
+                s.set_down(false);
+                s.set_error_rate(0.0);
+                s.set_lost_reply_rate(0.0);
+            }
+        }
+        paynotify::reconcile::reconcile(&self.config, &self.app().backends, None, None, |_, _| {})
+            .await
+            .unwrap()
+    }
+
+    /// The fault switchboards (the app must be started with `faults`).
+    pub fn faults(&self) -> &paynotify_shared::faults::FaultyBackends {
+        self.app().faults.as_ref().expect("started with faults")
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().unwrap()
+    }
+
+    pub async fn payment(&self, query_id: &str) -> Option<PaymentState> {
+        let key = PaymentKey::new("unionpay", MERCHANT, query_id);
+        // Through the app's ledger, which may be injecting faults: try again.
+        for _ in 0..50 {
+            if let Ok(p) = self.app().backends.ledger.get_payment(&key).await {
+                return p;
+            }
+        }
+        panic!("reading {key} failed 50 times")
+    }
+
+    pub async fn wait_for_status(&self, query_id: &str, status: PaymentStatus) -> PaymentState {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.payment(query_id).await {
+                if s.status == status {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{query_id} never became {status:?}: {:?}",
+                self.payment(query_id).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_until_drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.app().backends.queue.depth().await.unwrap() > 0 {
+            assert!(Instant::now() < deadline, "queue never drained");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn dlq_reasons(&self) -> Vec<String> {
+        let mut r: Vec<String> = self
+            .app()
+            .backends
+            .queue
+            .dlq_list(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.reason)
+            .collect();
+        r.sort();
+        r
+    }
+}
