@@ -1,0 +1,177 @@
+//! UnionPay flows end to end, in the order the PSP sends them and in
+//! others: pre-authorizations with completions, refunds and voids that name
+//! the completion's own id, pre-auth voids, and early events in random
+//! order. Then `reconcile` on a ledger and an archive corrupted on purpose.
+
+use std::time::Duration;
+
+use paynotify::app::AppOptions;
+use paynotify_shared::{PaymentKey, PaymentStatus};
+use rand::seq::SliceRandom;
+use support::app::{spawn_app, spawn_app_tweaked, MERCHANT};
+use support::Kind;
+
+#[macro_use]
+mod support;
+
+on_both_backends!(
+    refund_and_void_of_a_completion_apply_through_its_alias,
+    completion_refund_before_completion_before_preauth,
+    preauth_void_only_on_an_uncaptured_authorization,
+    early_refunds_in_random_order_wait_for_their_purchase,
+);
+
+async fn refund_and_void_of_a_completion_apply_through_its_alias(kind: Kind) {
+    let t = spawn_app(kind).await;
+    t.sim.send(t.sim.preauth("pa1", 1000)).await;
+    t.wait_for_status("pa1", PaymentStatus::Authorized).await;
+    t.sim.send(t.sim.follow_up("03", "pa1", "pc1", 800)).await;
+    t.wait_for_status("pa1", PaymentStatus::Paid).await;
+    // UnionPay names the completion's own queryId in a refund's origQryId.
+    t.sim.send(t.sim.refund("pc1", "pr1", 300)).await;
+    let s = t.wait_for_status("pa1", PaymentStatus::PartiallyRefunded).await;
+    assert_eq!((s.authorized_minor, s.paid_minor, s.refunded_minor), (1000, 800, 300));
+    // A second pre-auth, completed, then the completion voided (33).
+    t.sim.send(t.sim.preauth("pa2", 500)).await;
+    t.sim.send(t.sim.follow_up("03", "pa2", "pc2", 500)).await;
+    t.wait_for_status("pa2", PaymentStatus::Paid).await;
+    t.sim.send(t.sim.follow_up("33", "pc2", "pv2", 500)).await;
+    t.wait_for_status("pa2", PaymentStatus::Voided).await;
+    t.wait_until_drained().await;
+    assert!(t.dlq_reasons().await.is_empty(), "{:?}", t.dlq_reasons().await);
+    let alias = t
+        .app()
+        .backends
+        .ledger
+        .load(&PaymentKey::new("unionpay", MERCHANT, "pc1"))
+        .await
+        .unwrap();
+    assert_eq!(alias.alias_of, Some(PaymentKey::new("unionpay", MERCHANT, "pa1")));
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+async fn completion_refund_before_completion_before_preauth(kind: Kind) {
+    let t = spawn_app(kind).await;
+    t.sim.send(t.sim.refund("pc3", "pr3", 200)).await;
+    t.sim.send(t.sim.follow_up("03", "pa3", "pc3", 700)).await;
+    t.wait_until_drained().await;
+    assert!(t.payment("pa3").await.is_none());
+    t.sim.send(t.sim.preauth("pa3", 900)).await;
+    let s = t.wait_for_status("pa3", PaymentStatus::PartiallyRefunded).await;
+    assert_eq!((s.paid_minor, s.refunded_minor), (700, 200));
+    t.wait_until_drained().await;
+    let ledger = &t.app().backends.ledger;
+    for r in ["pa3", "pc3"] {
+        let e = ledger.load(&PaymentKey::new("unionpay", MERCHANT, r)).await.unwrap();
+        assert!(e.parked.is_empty(), "{r}: {:?}", e.parked);
+    }
+    assert_eq!(
+        ledger
+            .history(&PaymentKey::new("unionpay", MERCHANT, "pa3"))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+async fn preauth_void_only_on_an_uncaptured_authorization(kind: Kind) {
+    let t = spawn_app(kind).await;
+    t.sim.send(t.sim.preauth("pa4", 400)).await;
+    t.wait_for_status("pa4", PaymentStatus::Authorized).await;
+    t.sim.send(t.sim.follow_up("32", "pa4", "pv4", 400)).await;
+    t.wait_for_status("pa4", PaymentStatus::Voided).await;
+    t.sim.send(t.sim.preauth("pa5", 400)).await;
+    t.sim.send(t.sim.follow_up("03", "pa5", "pc5", 400)).await;
+    t.wait_for_status("pa5", PaymentStatus::Paid).await;
+    t.sim.send(t.sim.follow_up("32", "pa5", "pv5", 400)).await;
+    t.wait_until_drained().await;
+    assert_eq!(t.dlq_reasons().await, vec!["conflict"]);
+    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    assert!(dlq[0].error.contains("uncaptured"), "{}", dlq[0].error);
+    assert_eq!(t.payment("pa5").await.unwrap().status, PaymentStatus::Paid);
+}
+
+async fn early_refunds_in_random_order_wait_for_their_purchase(kind: Kind) {
+    let t = spawn_app_tweaked(kind, AppOptions::all(), |c| c.worker.concurrency = 4).await;
+    let mut bodies = vec![t.sim.purchase("mix", 1000)];
+    for (i, amount) in [100, 200, 300, 400].iter().enumerate() {
+        bodies.push(t.sim.refund("mix", &format!("mix-r{i}"), *amount));
+    }
+    bodies.shuffle(&mut rand::rng());
+    // Sent one after another, each a duplicate delivery too.
+    for body in bodies {
+        t.sim.send(body.clone()).await;
+        t.sim.send(body).await;
+    }
+    let s = t.wait_for_status("mix", PaymentStatus::Refunded).await;
+    assert_eq!(s.refunded_minor, 1000);
+    t.wait_until_drained().await;
+    assert!(t.dlq_reasons().await.is_empty());
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+/// `reconcile` must be able to fail: a corrupted ledger and an archived
+/// notification that never reached the queue are each reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_a_corrupted_ledger_and_an_unprocessed_archive_object() {
+    let t = spawn_app(Kind::Local).await;
+    t.sim.send(t.sim.purchase("c1", 1000)).await;
+    t.sim.send(t.sim.refund("c1", "c1-r", 300)).await;
+    t.sim.send(t.sim.purchase("c2", 500)).await;
+    t.wait_for_status("c1", PaymentStatus::PartiallyRefunded).await;
+    t.wait_for_status("c2", PaymentStatus::Paid).await;
+    t.wait_until_drained().await;
+    assert!(t.reconcile().await.is_clean());
+
+    // An archived notification that no worker ever saw.
+    let archived = t
+        .app()
+        .backends
+        .archive
+        .list("raw/", None, None)
+        .await
+        .unwrap();
+    let bytes = t.app().backends.archive.get(&archived[0]).await.unwrap();
+    let mut envelope = paynotify_shared::envelope::Envelope::from_json(&bytes).unwrap();
+    let body = t.sim.purchase("c3", 700);
+    envelope.id = ulid::Ulid::new().to_string();
+    envelope.body_sha256 = hex_sha256(body.as_bytes());
+    envelope.body = Some(body);
+    t.app()
+        .backends
+        .archive
+        .put(&envelope.archive_key(), &envelope.to_json())
+        .await
+        .unwrap();
+    // A refunded amount changed behind the ledger's back.
+    let db = rusqlite::Connection::open(t.config.backend.data_dir.join("ledger.sqlite3")).unwrap();
+    db.execute(
+        "UPDATE payments SET refunded_minor = 0 WHERE payment_key LIKE '%#c1'",
+        [],
+    )
+    .unwrap();
+    // An applied event deleted.
+    db.execute("DELETE FROM events WHERE payment_key LIKE '%#c2'", [])
+        .unwrap();
+    drop(db);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let report = t.reconcile().await;
+    let mut kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, vec!["missing", "missing", "state_mismatch"], "{:#?}", report.discrepancies);
+    assert!(report
+        .discrepancies
+        .iter()
+        .any(|d| d.kind == "missing" && d.subject == envelope.id));
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
