@@ -59,16 +59,26 @@ pub struct TxnGet {
 pub async fn txn_get(args: TxnGet) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let backends = backend::build(&config.backend).await?;
-    let key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
-    let state = backends.ledger.get_payment(&key).await?;
+    let mut key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
+    let mut entry = backends.ledger.load(&key).await?;
+    // A completion's own id leads to its payment.
+    let alias = entry.alias_of.clone();
+    if let Some(target) = &alias {
+        key = target.clone();
+        entry = backends.ledger.load(&key).await?;
+    }
+    let state = entry.state;
     let history = backends.ledger.history(&key).await?;
-    let found = state.is_some() || !history.is_empty();
+    let found = state.is_some() || !history.is_empty() || !entry.parked.is_empty();
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&json!({
-            "payment_key": key, "state": state, "history": history,
+            "payment_key": key, "state": state, "history": history, "parked": entry.parked,
         }))?)?;
     } else {
         let mut out = format!("payment {key}\n");
+        if alias.is_some() {
+            out.push_str(&format!("  ({} is a completion of this payment)\n", args.payment_ref));
+        }
         match &state {
             Some(s) => out.push_str(&format!(
                 "  status {}  paid {} {}  refunded {}  version {}\n",
@@ -90,6 +100,21 @@ pub async fn txn_get(args: TxnGet) -> anyhow::Result<ExitCode> {
                 e.currency,
                 e.status_after.as_deref().unwrap_or("unchanged"),
                 e.event_key
+            ));
+        }
+        for p in &entry.parked {
+            out.push_str(&format!(
+                "  parked since {}  {} {}  {} {}  ({}){}\n",
+                p.parked_at,
+                p.event.kind.as_str(),
+                p.event.outcome.as_str(),
+                p.event.amount.minor,
+                p.event.amount.currency,
+                p.event.event_key,
+                p.conflict
+                    .as_deref()
+                    .map(|c| format!("  conflict: {c}"))
+                    .unwrap_or_default()
             ));
         }
         crate::print_stdout(out.trim_end())?;

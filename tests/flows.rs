@@ -19,6 +19,7 @@ on_both_backends!(
     completion_refund_before_completion_before_preauth,
     preauth_void_only_on_an_uncaptured_authorization,
     early_refunds_in_random_order_wait_for_their_purchase,
+    a_refund_parked_past_the_alert_bound_is_reported,
 );
 
 async fn refund_and_void_of_a_completion_apply_through_its_alias(kind: Kind) {
@@ -113,6 +114,25 @@ async fn early_refunds_in_random_order_wait_for_their_purchase(kind: Kind) {
     assert!(t.dlq_reasons().await.is_empty());
     let report = t.reconcile().await;
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+async fn a_refund_parked_past_the_alert_bound_is_reported(kind: Kind) {
+    let t = spawn_app_tweaked(kind, AppOptions::all(), |c| c.worker.parked_alert_secs = 1).await;
+    t.sim.send(t.sim.refund("orphan", "orphan-r", 100)).await;
+    t.wait_until_drained().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", t.app().admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("paynotify_parked_events_overdue 1\n"), "{metrics}");
+    assert!(metrics.contains("paynotify_parked_events_conflicted 0\n"), "{metrics}");
+    let report = t.reconcile().await;
+    assert_eq!(report.parked, 1);
+    let kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, vec!["parked_overdue"], "{:#?}", report.discrepancies);
 }
 
 /// `reconcile` must be able to fail: a corrupted ledger and an archived

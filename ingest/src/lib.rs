@@ -19,7 +19,7 @@ use paynotify_shared::backend::aws::ApiCalls;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::{Config, IngestConfig};
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
-use paynotify_shared::ports::{Archive, Queue};
+use paynotify_shared::ports::{Archive, Ledger, Queue};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,10 @@ pub struct IngestMetrics {
 pub struct IngestState {
     pub archive: Arc<dyn Archive>,
     pub queue: Arc<dyn Queue>,
+    /// For the parked-event gauges on `/metrics`.
+    pub ledger: Option<Arc<dyn Ledger>>,
+    /// A parked event older than this is counted as overdue.
+    pub parked_alert_secs: u64,
     /// Success body by source name.
     pub sources: Arc<BTreeMap<String, String>>,
     pub metrics: Arc<IngestMetrics>,
@@ -53,6 +57,8 @@ impl IngestState {
         Self {
             archive: backends.archive.clone(),
             queue: backends.queue.clone(),
+            ledger: Some(backends.ledger.clone()),
+            parked_alert_secs: config.worker.parked_alert_secs,
             sources: Arc::new(
                 config
                     .sources
@@ -181,6 +187,9 @@ async fn metrics(State(state): State<IngestState>) -> String {
         m.rejected_body.load(Ordering::Relaxed),
         m.unavailable.load(Ordering::Relaxed),
     );
+    if let Some(ledger) = &state.ledger {
+        out.push_str(&parked_gauges(ledger.as_ref(), state.parked_alert_secs).await);
+    }
     if let Some(calls) = &state.api_calls {
         out.push_str("# TYPE paynotify_aws_api_calls_total counter\n");
         for (operation, n) in calls.snapshot() {
@@ -190,6 +199,32 @@ async fn metrics(State(state): State<IngestState>) -> String {
         }
     }
     out
+}
+
+/// Parked events counted at most per scrape.
+const MAX_PARKED_COUNTED: usize = 10_000;
+
+/// Parked events overdue (older than the bound) and conflicted (kept parked
+/// because they contradict their payment); -1 when the ledger cannot be read.
+async fn parked_gauges(ledger: &dyn Ledger, alert_secs: u64) -> String {
+    let now = OffsetDateTime::now_utc();
+    let overdue = ledger
+        .parked_before(now - time::Duration::seconds(alert_secs as i64), MAX_PARKED_COUNTED)
+        .await
+        .map_or(-1, |p| p.len() as i64);
+    let conflicted = ledger
+        .parked_before(now, MAX_PARKED_COUNTED)
+        .await
+        .map_or(-1, |p| p.iter().filter(|p| p.parked.conflict.is_some()).count() as i64);
+    format!(
+        "# HELP paynotify_parked_events_overdue Events parked for longer than worker.parked_alert_secs.
+         # TYPE paynotify_parked_events_overdue gauge
+paynotify_parked_events_overdue {overdue}
+         # HELP paynotify_parked_events_conflicted Parked events that contradict their payment.
+         # TYPE paynotify_parked_events_conflicted gauge
+paynotify_parked_events_conflicted {conflicted}
+"
+    )
 }
 
 /// Serves the public and admin listeners until `shutdown` is cancelled, then

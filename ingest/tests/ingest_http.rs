@@ -41,6 +41,8 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
             faults: down(archive_down),
         }),
         queue: queue_port,
+        ledger: None,
+        parked_alert_secs: 86_400,
         sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
         metrics: Arc::new(IngestMetrics::default()),
         api_calls: None,
