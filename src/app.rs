@@ -49,6 +49,7 @@ pub struct App {
     shutdown: CancellationToken,
     ingest: Option<JoinHandle<std::io::Result<()>>>,
     worker: Option<JoinHandle<()>>,
+    watch: JoinHandle<Option<String>>,
 }
 
 impl App {
@@ -60,6 +61,7 @@ impl App {
         let mut backends = backend::build(&config.backend).await?;
         let faults = options.faults.then(|| FaultyBackends::wrap(&mut backends));
         let shutdown = CancellationToken::new();
+        let watch = backends.watch(shutdown.clone());
         let stats = Arc::new(Stats::default());
         let (mut addr, mut admin_addr, mut ingest, mut worker) = (None, None, None, None);
         if options.worker {
@@ -97,6 +99,7 @@ impl App {
             shutdown,
             ingest,
             worker,
+            watch,
         })
     }
 
@@ -109,7 +112,8 @@ impl App {
     /// its requests and the workers their messages.
     ///
     /// # Errors
-    /// A listener error or a panicked task.
+    /// A listener error, a panicked task, or a store that can no longer be
+    /// written (which stopped the process).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.cancelled().await;
         if let Some(i) = self.ingest {
@@ -117,6 +121,9 @@ impl App {
         }
         if let Some(w) = self.worker {
             w.await.context("worker task")?;
+        }
+        if let Some(why) = self.watch.await.context("store watch")? {
+            anyhow::bail!("stopped: {why}");
         }
         Ok(())
     }

@@ -77,7 +77,10 @@ pub async fn txn_get(args: TxnGet) -> anyhow::Result<ExitCode> {
     } else {
         let mut out = format!("payment {key}\n");
         if alias.is_some() {
-            out.push_str(&format!("  ({} is a completion of this payment)\n", args.payment_ref));
+            out.push_str(&format!(
+                "  ({} is a completion of this payment)\n",
+                args.payment_ref
+            ));
         }
         match &state {
             Some(s) => out.push_str(&format!(

@@ -21,6 +21,7 @@ on_both_backends!(
     a_failed_duplicate_check_retries_instead_of_dead_lettering,
     a_panic_is_caught_retried_and_dead_lettered_as_panic,
     archive_down_answers_503_and_enqueues_nothing,
+    an_archive_put_retried_after_its_success_is_not_a_503,
     queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once,
     ledger_throttling_and_lost_replies_apply_everything_once,
 );
@@ -169,6 +170,15 @@ async fn archive_down_answers_503_and_enqueues_nothing(kind: Kind) {
     assert_clean(&t).await;
 }
 
+async fn an_archive_put_retried_after_its_success_is_not_a_503(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
+    t.faults().archive.only(Some(&["put"]));
+    t.faults().archive.set_repeat(true);
+    assert_eq!(post(&t, t.sim.purchase("twice", 100)).await, 200);
+    t.wait_for_status("twice", PaymentStatus::Paid).await;
+    assert_clean(&t).await;
+}
+
 async fn queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once(kind: Kind) {
     let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
     // The first send fails after the archive put, as if ingest died there.
@@ -214,4 +224,20 @@ async fn ledger_throttling_and_lost_replies_apply_everything_once(kind: Kind) {
     let report = t.reconcile().await;
     assert_eq!(report.in_ledger, 2 * n as u64);
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+/// A store that can no longer be written (a writer thread that ended) stops
+/// the whole process with an error, instead of answering 503 forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_can_no_longer_be_written_stops_the_process() {
+    let mut t = spawn_app_tweaked(Kind::Local, with_faults(), |_| {}).await;
+    t.faults()
+        .ledger
+        .set_fatal(Some("the writer of ledger.sqlite3 has stopped"));
+    let app = t.app.take().unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.wait())
+        .await
+        .expect("the process stopped by itself");
+    let error = stopped.expect_err("a fatal store is an error exit");
+    assert!(error.to_string().contains("ledger.sqlite3"), "{error}");
 }

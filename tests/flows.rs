@@ -30,8 +30,13 @@ async fn refund_and_void_of_a_completion_apply_through_its_alias(kind: Kind) {
     t.wait_for_status("pa1", PaymentStatus::Paid).await;
     // UnionPay names the completion's own queryId in a refund's origQryId.
     t.sim.send(t.sim.refund("pc1", "pr1", 300)).await;
-    let s = t.wait_for_status("pa1", PaymentStatus::PartiallyRefunded).await;
-    assert_eq!((s.authorized_minor, s.paid_minor, s.refunded_minor), (1000, 800, 300));
+    let s = t
+        .wait_for_status("pa1", PaymentStatus::PartiallyRefunded)
+        .await;
+    assert_eq!(
+        (s.authorized_minor, s.paid_minor, s.refunded_minor),
+        (1000, 800, 300)
+    );
     // A second pre-auth, completed, then the completion voided (33).
     t.sim.send(t.sim.preauth("pa2", 500)).await;
     t.sim.send(t.sim.follow_up("03", "pa2", "pc2", 500)).await;
@@ -39,7 +44,11 @@ async fn refund_and_void_of_a_completion_apply_through_its_alias(kind: Kind) {
     t.sim.send(t.sim.follow_up("33", "pc2", "pv2", 500)).await;
     t.wait_for_status("pa2", PaymentStatus::Voided).await;
     t.wait_until_drained().await;
-    assert!(t.dlq_reasons().await.is_empty(), "{:?}", t.dlq_reasons().await);
+    assert!(
+        t.dlq_reasons().await.is_empty(),
+        "{:?}",
+        t.dlq_reasons().await
+    );
     let alias = t
         .app()
         .backends
@@ -47,7 +56,10 @@ async fn refund_and_void_of_a_completion_apply_through_its_alias(kind: Kind) {
         .load(&PaymentKey::new("unionpay", MERCHANT, "pc1"))
         .await
         .unwrap();
-    assert_eq!(alias.alias_of, Some(PaymentKey::new("unionpay", MERCHANT, "pa1")));
+    assert_eq!(
+        alias.alias_of,
+        Some(PaymentKey::new("unionpay", MERCHANT, "pa1"))
+    );
     let report = t.reconcile().await;
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
 }
@@ -59,12 +71,17 @@ async fn completion_refund_before_completion_before_preauth(kind: Kind) {
     t.wait_until_drained().await;
     assert!(t.payment("pa3").await.is_none());
     t.sim.send(t.sim.preauth("pa3", 900)).await;
-    let s = t.wait_for_status("pa3", PaymentStatus::PartiallyRefunded).await;
+    let s = t
+        .wait_for_status("pa3", PaymentStatus::PartiallyRefunded)
+        .await;
     assert_eq!((s.paid_minor, s.refunded_minor), (700, 200));
     t.wait_until_drained().await;
     let ledger = &t.app().backends.ledger;
     for r in ["pa3", "pc3"] {
-        let e = ledger.load(&PaymentKey::new("unionpay", MERCHANT, r)).await.unwrap();
+        let e = ledger
+            .load(&PaymentKey::new("unionpay", MERCHANT, r))
+            .await
+            .unwrap();
         assert!(e.parked.is_empty(), "{r}: {:?}", e.parked);
     }
     assert_eq!(
@@ -127,8 +144,14 @@ async fn a_refund_parked_past_the_alert_bound_is_reported(kind: Kind) {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("paynotify_parked_events_overdue 1\n"), "{metrics}");
-    assert!(metrics.contains("paynotify_parked_events_conflicted 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("paynotify_parked_events_overdue 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("paynotify_parked_events_conflicted 0\n"),
+        "{metrics}"
+    );
     let report = t.reconcile().await;
     assert_eq!(report.parked, 1);
     let kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
@@ -143,7 +166,8 @@ async fn reconcile_reports_a_corrupted_ledger_and_an_unprocessed_archive_object(
     t.sim.send(t.sim.purchase("c1", 1000)).await;
     t.sim.send(t.sim.refund("c1", "c1-r", 300)).await;
     t.sim.send(t.sim.purchase("c2", 500)).await;
-    t.wait_for_status("c1", PaymentStatus::PartiallyRefunded).await;
+    t.wait_for_status("c1", PaymentStatus::PartiallyRefunded)
+        .await;
     t.wait_for_status("c2", PaymentStatus::Paid).await;
     t.wait_until_drained().await;
     assert!(t.reconcile().await.is_clean());
@@ -184,7 +208,12 @@ async fn reconcile_reports_a_corrupted_ledger_and_an_unprocessed_archive_object(
     let report = t.reconcile().await;
     let mut kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, vec!["missing", "missing", "state_mismatch"], "{:#?}", report.discrepancies);
+    assert_eq!(
+        kinds,
+        vec!["missing", "missing", "state_mismatch"],
+        "{:#?}",
+        report.discrepancies
+    );
     assert!(report
         .discrepancies
         .iter()

@@ -19,7 +19,7 @@ use paynotify_shared::backend::aws::ApiCalls;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::{Config, IngestConfig};
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
-use paynotify_shared::ports::{Archive, Ledger, Queue};
+use paynotify_shared::ports::{Archive, ArchiveError, Ledger, Queue};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -145,7 +145,7 @@ async fn notify(
             envelope.to_json(),
         )
     };
-    if let Err(e) = state.archive.put(&key, &json).await {
+    if let Err(e) = archive(state.archive.as_ref(), &key, &json).await {
         error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "archive failed");
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
@@ -165,7 +165,29 @@ async fn notify(
     (StatusCode::OK, success_body).into_response()
 }
 
+/// Puts the envelope. A put that finds its own key taken is a retry of a put
+/// that succeeded with its reply lost (an SDK retry after a timeout; keys are
+/// fresh ULIDs): it succeeded when the stored object is this envelope.
+async fn archive(archive: &dyn Archive, key: &str, json: &[u8]) -> Result<(), ArchiveError> {
+    match archive.put(key, json).await {
+        Err(ArchiveError::AlreadyExists(k)) => match archive.get(key).await {
+            Ok(stored) if stored == json => Ok(()),
+            Ok(_) => Err(ArchiveError::AlreadyExists(k)),
+            Err(e) => Err(e),
+        },
+        other => other,
+    }
+}
+
 async fn readyz(State(state): State<IngestState>) -> Response {
+    let fatal = state
+        .archive
+        .fatal()
+        .or_else(|| state.queue.fatal())
+        .or_else(|| state.ledger.as_ref().and_then(|l| l.fatal()));
+    if let Some(why) = fatal {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     match state.queue.depth().await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("queue: {e}\n")).into_response(),
@@ -209,13 +231,18 @@ const MAX_PARKED_COUNTED: usize = 10_000;
 async fn parked_gauges(ledger: &dyn Ledger, alert_secs: u64) -> String {
     let now = OffsetDateTime::now_utc();
     let overdue = ledger
-        .parked_before(now - time::Duration::seconds(alert_secs as i64), MAX_PARKED_COUNTED)
+        .parked_before(
+            now - time::Duration::seconds(alert_secs as i64),
+            MAX_PARKED_COUNTED,
+        )
         .await
         .map_or(-1, |p| p.len() as i64);
     let conflicted = ledger
         .parked_before(now, MAX_PARKED_COUNTED)
         .await
-        .map_or(-1, |p| p.iter().filter(|p| p.parked.conflict.is_some()).count() as i64);
+        .map_or(-1, |p| {
+            p.iter().filter(|p| p.parked.conflict.is_some()).count() as i64
+        });
     format!(
         "# HELP paynotify_parked_events_overdue Events parked for longer than worker.parked_alert_secs.
          # TYPE paynotify_parked_events_overdue gauge

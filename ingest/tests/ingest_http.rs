@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Ingest {
     addr: SocketAddr,
+    admin: SocketAddr,
     queue: LocalQueue,
     archive: LocalArchive,
     _dir: tempfile::TempDir,
@@ -54,6 +55,7 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_addr = admin.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(
@@ -61,6 +63,7 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
     );
     Ingest {
         addr,
+        admin: admin_addr,
         queue,
         archive,
         _dir: dir,
@@ -131,4 +134,26 @@ async fn slow_clients_are_cut_off() {
     assert!(!status_line.contains(" 200 "), "{status_line}");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(i.queue.depth().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn readyz_fails_when_a_store_writer_has_stopped() {
+    let i = start(false, false, 10_000).await;
+    let admin = i.admin;
+    let ready = || async move {
+        reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 200);
+    i.queue.stop_writer();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready().await != 503 {
+        assert!(Instant::now() < deadline, "readyz never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not a stuck ingest: every notification gets a 503 at once.
+    assert_eq!(post(i.addr, "a=1").await.0, 503);
 }

@@ -22,6 +22,39 @@ pub struct Backends {
     pub secrets: Option<aws_sdk_secretsmanager::Client>,
 }
 
+impl Backends {
+    /// Why one of the stores can no longer work in this process, if so.
+    pub fn fatal(&self) -> Option<String> {
+        self.archive
+            .fatal()
+            .or_else(|| self.queue.fatal())
+            .or_else(|| self.ledger.fatal())
+    }
+
+    /// Watches the stores and, when one can no longer work, logs why and
+    /// cancels `shutdown`; the returned task ends with that reason (or
+    /// `None` when `shutdown` was cancelled for another reason).
+    pub fn watch(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<Option<String>> {
+        let backends = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(why) = backends.fatal() {
+                    tracing::error!(error = %why, "a store can no longer be written; stopping");
+                    shutdown.cancel();
+                    return Some(why);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    () = shutdown.cancelled() => return backends.fatal(),
+                }
+            }
+        })
+    }
+}
+
 /// Whether the `date=YYYY-MM-DD/hour=HH` partition of an archive key overlaps
 /// `[from, to]`; keys without partitions match only an open range.
 pub(crate) fn hour_in_range(

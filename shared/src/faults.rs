@@ -31,6 +31,8 @@ pub struct Faults {
     injected: AtomicU64,
     rng: AtomicU64,
     only: Mutex<Option<Vec<&'static str>>>,
+    fatal: Mutex<Option<String>>,
+    repeat: AtomicBool,
 }
 
 impl Faults {
@@ -77,6 +79,27 @@ impl Faults {
         if let Ok(mut o) = self.only.lock() {
             *o = ops.map(<[_]>::to_vec);
         }
+    }
+
+    /// Every affected call is made twice and the second answer returned, as
+    /// an SDK does when the first attempt's reply was lost.
+    pub fn set_repeat(&self, on: bool) {
+        self.repeat.store(on, Ordering::SeqCst);
+    }
+
+    fn repeats(&self, op: &str) -> bool {
+        self.repeat.load(Ordering::SeqCst) && self.affects(op)
+    }
+
+    /// The wrapped store reports `why` as fatal (a stopped writer).
+    pub fn set_fatal(&self, why: Option<&str>) {
+        if let Ok(mut f) = self.fatal.lock() {
+            *f = why.map(str::to_owned);
+        }
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
     }
 
     /// Faults injected so far.
@@ -142,6 +165,9 @@ impl Faults {
 macro_rules! faulty {
     ($self:ident, $op:literal, $err:path, $call:expr) => {{
         $self.faults.before($op).await.map_err($err)?;
+        if $self.faults.repeats($op) {
+            let _ = $call.await;
+        }
         let out = $call.await?;
         $self.faults.after($op).map_err($err)?;
         Ok(out)
@@ -156,6 +182,10 @@ pub struct FaultyArchive {
 
 #[async_trait]
 impl Archive for FaultyArchive {
+    fn fatal(&self) -> Option<String> {
+        self.faults.fatal().or_else(|| self.inner.fatal())
+    }
+
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
         faulty!(
             self,
@@ -190,6 +220,10 @@ pub struct FaultyQueue {
 
 #[async_trait]
 impl Queue for FaultyQueue {
+    fn fatal(&self) -> Option<String> {
+        self.faults.fatal().or_else(|| self.inner.fatal())
+    }
+
     async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
         faulty!(self, "send", QueueError::Unavailable, self.inner.send(body))
     }
@@ -289,6 +323,10 @@ pub struct FaultyLedger {
 
 #[async_trait]
 impl Ledger for FaultyLedger {
+    fn fatal(&self) -> Option<String> {
+        self.faults.fatal().or_else(|| self.inner.fatal())
+    }
+
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
         faulty!(self, "load", LedgerError::Unavailable, self.inner.load(key))
     }

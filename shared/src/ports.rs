@@ -45,6 +45,11 @@ pub trait Archive: Send + Sync {
         from: Option<OffsetDateTime>,
         to: Option<OffsetDateTime>,
     ) -> Result<Vec<String>, ArchiveError>;
+    /// Why this store can no longer work in this process (a writer thread
+    /// that ended), if so: readiness fails and the process stops.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Queue failures.
@@ -136,6 +141,11 @@ pub trait Queue: Send + Sync {
     /// an archive pointer.
     fn max_message_bytes(&self) -> usize {
         usize::MAX
+    }
+    /// Why this store can no longer work in this process (a writer thread
+    /// that ended), if so: readiness fails and the process stops.
+    fn fatal(&self) -> Option<String> {
+        None
     }
 }
 
@@ -309,6 +319,11 @@ pub trait Ledger: Send + Sync {
         t: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<ParkedEntry>, LedgerError>;
+    /// Why this store can no longer work in this process (a writer thread
+    /// that ended), if so: readiness fails and the process stops.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
 
     /// The payment's state, if it has arrived.
     async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {

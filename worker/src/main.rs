@@ -34,6 +34,10 @@ async fn main() -> anyhow::Result<()> {
         token.cancel();
     });
     tracing::info!(concurrency = config.worker.concurrency, "worker running");
+    let watch = backends.watch(shutdown.clone());
     paynotify_worker::run(ctx, shutdown).await;
+    if let Some(why) = watch.await? {
+        anyhow::bail!("stopped: {why}");
+    }
     Ok(())
 }

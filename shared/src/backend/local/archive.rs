@@ -8,7 +8,8 @@
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -32,6 +33,8 @@ struct PutJob {
 pub struct LocalArchive {
     root: PathBuf,
     writer: mpsc::Sender<PutJob>,
+    /// Set when the writer thread has ended.
+    stopped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PutJob {
@@ -51,12 +54,28 @@ impl LocalArchive {
         std::fs::create_dir_all(&root)?;
         let (tx, rx) = mpsc::channel();
         let sync_root = root.clone();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = stopped.clone();
         // One writer: two, creating files in the same hour directory, contend
         // on its lock and halved throughput when measured (BENCHMARKS.md).
         std::thread::Builder::new()
             .name("archive-writer".into())
-            .spawn(move || writer_loop(&sync_root, rx))?;
-        Ok(Self { root, writer: tx })
+            .spawn(move || {
+                // Set however the thread ends, panics included.
+                struct Flag(Arc<AtomicBool>);
+                impl Drop for Flag {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::SeqCst);
+                    }
+                }
+                let _flag = Flag(flag);
+                writer_loop(&sync_root, rx);
+            })?;
+        Ok(Self {
+            root,
+            writer: tx,
+            stopped,
+        })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, ArchiveError> {
@@ -184,6 +203,12 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
 
 #[async_trait]
 impl Archive for LocalArchive {
+    fn fatal(&self) -> Option<String> {
+        self.stopped
+            .load(Ordering::SeqCst)
+            .then(|| "the archive writer has stopped".to_owned())
+    }
+
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
         let path = self.path(key)?;
         let (reply, result) = oneshot::channel();

@@ -3,11 +3,18 @@
 //! Every write runs on one writer thread. The thread takes all writes that
 //! are waiting, runs each inside its own savepoint of a single transaction,
 //! and commits once: one fsync makes many callers' writes durable, and a
-//! caller is answered only after the commit. A failed write rolls back to its
-//! savepoint without affecting the others. Reads run on a separate connection
-//! (WAL lets them proceed while the writer writes).
+//! caller is answered only after the commit. A failed (or panicking) write
+//! rolls back to its savepoint without affecting the others; a write whose
+//! savepoint cannot be opened is not run; when a rollback to a savepoint
+//! itself fails, the whole group is rolled back and every caller in it gets
+//! an error, so partial writes are never committed. Reads run on a separate
+//! connection (WAL lets them proceed while the writer writes). When the
+//! writer thread ends for any reason, [`Db::fatal`] says so: readiness fails
+//! and the process stops instead of answering 503 forever.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use rusqlite::Connection;
@@ -19,12 +26,31 @@ const MAX_GROUP: usize = 512;
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
 
+/// What the writer thread receives.
+enum Msg {
+    Write(WriteJob),
+    /// End the thread, as a crash of it would (tests).
+    Stop,
+}
+
 /// One SQLite database file in WAL mode with full fsync on commit.
 #[derive(Clone)]
 pub(crate) struct Db {
-    writer: mpsc::Sender<WriteJob>,
+    writer: mpsc::Sender<Msg>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the writer thread has ended.
+    stopped: Arc<AtomicBool>,
+    name: String,
+}
+
+/// Marks the writer stopped when its thread ends, by return or by panic.
+struct StopFlag(Arc<AtomicBool>);
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Reader connections; reads are short and served from SQLite's page cache,
@@ -52,21 +78,40 @@ impl Db {
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let (tx, rx) = mpsc::channel::<WriteJob>();
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = StopFlag(stopped.clone());
         std::thread::Builder::new()
-            .name(format!(
-                "sqlite-writer-{}",
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ))
-            .spawn(move || writer_loop(write_conn, rx))
+            .name(format!("sqlite-writer-{name}"))
+            .spawn(move || {
+                let _flag = flag;
+                writer_loop(write_conn, rx);
+            })
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(Self {
             writer: tx,
             readers: Arc::new(readers),
             next_reader: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            stopped,
+            name,
         })
+    }
+
+    /// Why this database can no longer be written, if it cannot.
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.stopped
+            .load(Ordering::SeqCst)
+            .then(|| format!("the writer of {} has stopped", self.name))
+    }
+
+    /// Ends the writer thread, as a crash of it would (tests).
+    #[doc(hidden)]
+    pub(crate) fn stop_writer(&self) {
+        let _ = self.writer.send(Msg::Stop);
     }
 
     /// Runs `f` atomically in the next group commit and returns its result
@@ -89,7 +134,7 @@ impl Db {
             (ok, complete)
         });
         self.writer
-            .send(job)
+            .send(Msg::Write(job))
             .map_err(|_| "database writer stopped".to_owned())?;
         rx.await
             .map_err(|_| "database writer dropped the request".to_owned())?
@@ -114,12 +159,18 @@ impl Db {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
+    let mut stop = false;
     while let Ok(first) = rx.recv() {
+        let Msg::Write(first) = first else { return };
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Msg::Write(job)) => jobs.push(job),
+                Ok(Msg::Stop) => {
+                    stop = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -130,25 +181,54 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             continue;
         }
         let mut completions = Vec::with_capacity(jobs.len());
+        let mut broken = None;
         for job in jobs {
-            let savepoint = exec(&conn, "SAVEPOINT op", []);
-            let (ok, complete) = job(&conn);
-            if savepoint.is_ok() {
-                if !ok {
-                    let _ = exec(&conn, "ROLLBACK TO op", []);
-                }
-                let _ = exec(&conn, "RELEASE op", []);
+            if broken.is_some() {
+                // Dropped unrun: its caller gets an error.
+                continue;
             }
-            completions.push(complete);
+            if let Err(e) = exec(&conn, "SAVEPOINT op", []) {
+                // Not run outside a savepoint: its writes could not be undone.
+                tracing::warn!(error = %e, "database writer cannot open a savepoint");
+                continue;
+            }
+            // A panicking job drops its completion (its caller gets an
+            // error) and is rolled back like a failed one.
+            let ok = match catch_unwind(AssertUnwindSafe(|| job(&conn))) {
+                Ok((ok, complete)) => {
+                    completions.push(complete);
+                    ok
+                }
+                Err(_) => false,
+            };
+            if !ok {
+                if let Err(e) = exec(&conn, "ROLLBACK TO op", []) {
+                    broken = Some(format!("rollback to savepoint: {e}"));
+                    continue;
+                }
+            }
+            if let Err(e) = exec(&conn, "RELEASE op", []) {
+                broken = Some(format!("release savepoint: {e}"));
+            }
         }
-        let commit = exec(&conn, "COMMIT", [])
-            .map(|_| ())
-            .map_err(|e| format!("commit: {e}"));
-        if commit.is_err() {
+        let commit = match broken {
+            // The group's state is unknown: none of it is committed.
+            Some(why) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(format!("group rolled back: {why}"))
+            }
+            None => exec(&conn, "COMMIT", [])
+                .map(|_| ())
+                .map_err(|e| format!("commit: {e}")),
+        };
+        if commit.is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         for complete in completions {
             complete(commit.clone());
+        }
+        if stop {
+            return;
         }
     }
 }
@@ -174,4 +254,67 @@ where
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn values(db: &Db) -> Vec<i64> {
+        db.read(|c| {
+            let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
+            let v = s.query_map([], |r| r.get(0))?.collect();
+            v
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_or_panicking_write_commits_nothing_and_spares_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite3"), "CREATE TABLE t (v INTEGER);").unwrap();
+        let insert = |v: i64, fail: u8| {
+            let db = db.clone();
+            async move {
+                db.write(move |c| {
+                    exec(c, "INSERT INTO t (v) VALUES (?1)", [v])?;
+                    match fail {
+                        1 => Err(rusqlite::Error::InvalidQuery),
+                        2 => panic!("a write that panics after inserting"),
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            }
+        };
+        // Submitted together, so they share groups.
+        let results = tokio::join!(insert(1, 0), insert(2, 1), insert(3, 2), insert(4, 0));
+        assert!(results.0.is_ok() && results.3.is_ok(), "{results:?}");
+        assert!(results.1.is_err() && results.2.is_err(), "{results:?}");
+        assert_eq!(values(&db).await, vec![1, 4]);
+        assert!(db.fatal().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_writer_is_reported_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.sqlite3"), "CREATE TABLE t (v INTEGER);").unwrap();
+        db.write(|c| exec(c, "INSERT INTO t (v) VALUES (1)", []))
+            .await
+            .unwrap();
+        db.stop_writer();
+        for _ in 0..100 {
+            if db.fatal().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(db.fatal().unwrap().contains("t.sqlite3"));
+        assert!(db
+            .write(|c| exec(c, "INSERT INTO t (v) VALUES (2)", []))
+            .await
+            .is_err());
+        assert_eq!(values(&db).await, vec![1]);
+    }
 }

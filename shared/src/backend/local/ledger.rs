@@ -354,8 +354,20 @@ fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
     Ok(ApplyOutcome::Applied)
 }
 
+impl LocalLedger {
+    /// Ends the database's writer thread, as a crash of it would (tests).
+    #[doc(hidden)]
+    pub fn stop_writer(&self) {
+        self.db.stop_writer();
+    }
+}
+
 #[async_trait]
 impl Ledger for LocalLedger {
+    fn fatal(&self) -> Option<String> {
+        self.db.fatal()
+    }
+
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
         let k = key.clone();
         self.db

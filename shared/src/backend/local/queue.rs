@@ -185,8 +185,20 @@ impl LocalQueue {
     }
 }
 
+impl LocalQueue {
+    /// Ends the database's writer thread, as a crash of it would (tests).
+    #[doc(hidden)]
+    pub fn stop_writer(&self) {
+        self.db.stop_writer();
+    }
+}
+
 #[async_trait]
 impl Queue for LocalQueue {
+    fn fatal(&self) -> Option<String> {
+        self.db.fatal()
+    }
+
     async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
         self.send_delayed(body, 0).await
     }
