@@ -15,7 +15,8 @@ case "${1:-start}" in
       cp scripts/requirements-moto.txt "$venv/.requirements"
     fi
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > target/moto.log 2>&1 &
+    # moto's own server, with DynamoDB requests serialized (see moto_server.py).
+    "$venv/bin/python" scripts/moto_server.py 127.0.0.1 "$port" > target/moto.log 2>&1 &
     echo $! > "$pidfile"
     for _ in $(seq 1 100); do
       if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/data.json', timeout=1)" 2>/dev/null; then

@@ -3,6 +3,8 @@
 //! §7). No signature check, no parsing. Health and metrics are served on a
 //! separate admin listener.
 
+pub mod serve;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +123,9 @@ async fn notify(
         Ok(b) => b,
         Err(rejection) => {
             state.metrics.rejected_body.fetch_add(1, Ordering::Relaxed);
+            if is_body_timeout(&rejection) {
+                return (StatusCode::REQUEST_TIMEOUT, "request body too slow\n").into_response();
+            }
             return rejection.into_response();
         }
     };
@@ -163,6 +168,18 @@ async fn notify(
     state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
     info!(notification_id = %id, source = %source, stage = "ingest", direction = "notification", bytes = body_len, "accepted");
     (StatusCode::OK, success_body).into_response()
+}
+
+/// Whether reading the body failed because the client sent it too slowly.
+fn is_body_timeout(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Puts the envelope. A put that finds its own key taken is a retry of a put
@@ -255,7 +272,8 @@ paynotify_parked_events_conflicted {conflicted}
 }
 
 /// Serves the public and admin listeners until `shutdown` is cancelled, then
-/// stops accepting and finishes the requests in flight.
+/// stops accepting, closes idle connections, and gives requests in flight
+/// `drain_secs` to finish ([`serve::serve`]).
 ///
 /// # Errors
 /// Listener errors.
@@ -266,16 +284,23 @@ pub async fn run(
     config: &IngestConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let public = axum::serve(
-        listener,
-        router(state.clone(), config).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin =
-        axum::serve(admin, admin_router(state)).with_graceful_shutdown(shutdown.cancelled_owned());
+    let limits = serve::Limits {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        max_connections: config.max_connections,
+        drain: Duration::from_secs(config.drain_secs),
+    };
+    let admin_limits = serve::Limits {
+        max_connections: 64,
+        ..limits
+    };
     let (a, b) = tokio::join!(
-        std::future::IntoFuture::into_future(public),
-        std::future::IntoFuture::into_future(admin)
+        serve::serve(
+            listener,
+            router(state.clone(), config),
+            limits,
+            shutdown.clone()
+        ),
+        serve::serve(admin, admin_router(state), admin_limits, shutdown)
     );
     a.and(b)
 }

@@ -1,5 +1,6 @@
 //! The ingest answers 200 only after archive and queue both succeeded, 503
-//! when either fails, and cuts off slow clients.
+//! when either fails, cuts off slow and idle clients, caps connections, and
+//! shuts down within its drain bound whatever clients do.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,10 +21,28 @@ struct Ingest {
     queue: LocalQueue,
     archive: LocalArchive,
     _dir: tempfile::TempDir,
-    _shutdown: tokio_util::sync::DropGuard,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> Ingest {
+    start_with(archive_down, queue_down, |c| {
+        c.read_timeout_ms = read_timeout_ms
+    })
+    .await
+}
+
+async fn start_with(
+    archive_down: bool,
+    queue_down: bool,
+    tweak: impl FnOnce(&mut IngestConfig),
+) -> Ingest {
     let dir = tempfile::tempdir().unwrap();
     let archive = LocalArchive::open(dir.path().join("archive")).unwrap();
     let queue = LocalQueue::open(&dir.path().join("q.sqlite3"), 30, 5).unwrap();
@@ -48,26 +67,26 @@ async fn start(archive_down: bool, queue_down: bool, read_timeout_ms: u64) -> In
         metrics: Arc::new(IngestMetrics::default()),
         api_calls: None,
     };
-    let config = IngestConfig {
-        read_timeout_ms,
-        ..IngestConfig::default()
-    };
+    let mut config = IngestConfig::default();
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin_addr = admin.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    tokio::spawn(
-        async move { paynotify_ingest::run(listener, admin, state, &config, token).await },
-    );
+    let server =
+        tokio::spawn(
+            async move { paynotify_ingest::run(listener, admin, state, &config, token).await },
+        );
     Ingest {
         addr,
         admin: admin_addr,
         queue,
         archive,
         _dir: dir,
-        _shutdown: shutdown.drop_guard(),
+        shutdown,
+        server,
     }
 }
 
@@ -131,7 +150,7 @@ async fn slow_clients_are_cut_off() {
         .next()
         .unwrap_or("")
         .to_owned();
-    assert!(!status_line.contains(" 200 "), "{status_line}");
+    assert!(status_line.contains(" 408 "), "{status_line}");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(i.queue.depth().await.unwrap(), 0);
 }
@@ -156,4 +175,104 @@ async fn readyz_fails_when_a_store_writer_has_stopped() {
     }
     // Not a stuck ingest: every notification gets a 503 at once.
     assert_eq!(post(i.addr, "a=1").await.0, 503);
+}
+
+/// Reads until the server closes the connection (or `within` passes).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+const HALF_A_HEAD: &[u8] = b"POST /notify/unionpay HTTP/1.1\r\nHost: x\r\nContent-Le";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_headers_are_cut_off_and_never_starve_other_clients() {
+    let i = start_with(false, false, |c| {
+        c.header_read_timeout_ms = 500;
+        c.max_connections = 400;
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(i.addr).await.unwrap();
+        s.write_all(HALF_A_HEAD).await.unwrap();
+        slow.push(s);
+    }
+    let started = Instant::now();
+    assert_eq!(post(i.addr, "a=1").await, (200, "ok".to_owned()));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(3)).await,
+            "a slow client was kept open"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let i = start_with(false, false, |c| c.header_read_timeout_ms = 300).await;
+    let mut s = tokio::net::TcpStream::connect(i.addr).await.unwrap();
+    s.write_all(b"POST /notify/unionpay HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\na=1")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let i = start_with(false, false, |c| c.max_connections = 5).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(tokio::net::TcpStream::connect(i.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(i.addr).await.unwrap();
+    assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(post(i.addr, "a=1").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_the_drain_bound_whatever_clients_do() {
+    let mut i = start_with(false, false, |c| {
+        c.header_read_timeout_ms = 60_000;
+        c.drain_secs = 1;
+    })
+    .await;
+    // One client mid-head, one idle keep-alive connection after a request.
+    let mut slow = tokio::net::TcpStream::connect(i.addr).await.unwrap();
+    slow.write_all(HALF_A_HEAD).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(i.addr).await.unwrap();
+    idle.write_all(b"POST /notify/unionpay HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\na=1")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 256];
+    let _ = idle.read(&mut buf).await.unwrap();
+    let started = Instant::now();
+    i.shutdown.cancel();
+    // The idle connection closes at once.
+    assert!(closed_within(&mut idle, Duration::from_millis(500)).await);
+    let server = &mut i.server;
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("ingest stopped within the drain bound")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(closed_within(&mut slow, Duration::from_millis(500)).await);
 }

@@ -140,6 +140,16 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// A client must send its whole body within this time (else 408).
     pub read_timeout_ms: u64,
+    /// A client must send a whole request head within this time, and a
+    /// keep-alive connection is closed after this long without a request;
+    /// the connection is closed without an answer.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once on the public listener; more are closed as
+    /// they are accepted.
+    pub max_connections: usize,
+    /// After SIGTERM, requests in flight get this long to finish before
+    /// their connections are closed (below ECS's 30 s stop timeout).
+    pub drain_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -149,6 +159,9 @@ impl Default for IngestConfig {
             admin_listen: "127.0.0.1:9090".into(),
             max_body_bytes: 1 << 20,
             read_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            drain_secs: 20,
         }
     }
 }
