@@ -117,6 +117,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let archived = app.backends.archive.list("raw/", None, None).await?.len();
     let left = app.backends.queue.depth().await?;
     let api_calls = app.backends.api_calls.as_ref().map(|c| c.snapshot());
+    let reconciled =
+        paynotify::reconcile::reconcile(&config, &app.backends, None, None, |_, _| {}).await?;
     app.stop().await?;
 
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
@@ -136,7 +138,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "duplicates suppressed    {:>8}   ({} extra PSP deliveries sent)",
         stats.duplicates, report.duplicate_deliveries
     );
-    println!("retried (event early)    {:>8}", stats.retried);
+    println!("parked (event early)     {:>8}", stats.parked);
+    println!("retried (transient)      {:>8}", stats.retried);
     println!("dead-lettered            {:>8}", dlq.len());
     for (reason, n) in &reasons {
         println!("  {reason:<22} {n:>8}");
@@ -156,6 +159,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "expected ledger          {} PAID, {} REFUNDED, {} VOIDED; {} tampered and {} forged to the DLQ",
         report.expected_paid, report.expected_refunded, report.expected_voided, report.tampered, report.forged
     );
+    println!(
+        "reconcile                {}",
+        if reconciled.is_clean() {
+            format!(
+                "clean: {} archived, {} in the ledger, {} parked, {} dead-lettered",
+                reconciled.archived, reconciled.in_ledger, reconciled.parked, reconciled.dead_lettered
+            )
+        } else {
+            format!("{} discrepancies", reconciled.discrepancies.len())
+        }
+    );
+    for d in reconciled.discrepancies.iter().take(10) {
+        println!("  {:<22} {} {}", d.kind, d.subject, d.detail);
+    }
     println!();
     match &api_calls {
         Some(calls) => {
@@ -191,7 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.sample_payment_ref
     );
     println!("          paynotify serve --config {cfg}");
-    let lost = report.accepted as usize != archived || left > 0;
+    let lost = report.accepted as usize != archived || left > 0 || !reconciled.is_clean();
     Ok(if lost {
         ExitCode::from(1)
     } else {
