@@ -164,7 +164,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if reconciled.is_clean() {
             format!(
                 "clean: {} archived, {} in the ledger, {} parked, {} dead-lettered",
-                reconciled.archived, reconciled.in_ledger, reconciled.parked, reconciled.dead_lettered
+                reconciled.archived,
+                reconciled.in_ledger,
+                reconciled.parked,
+                reconciled.dead_lettered
             )
         } else {
             format!("{} discrepancies", reconciled.discrepancies.len())

@@ -4,4 +4,5 @@
 
 pub mod app;
 pub mod reconcile;
+pub mod replay;
 pub mod simulate;

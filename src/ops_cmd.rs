@@ -148,10 +148,16 @@ pub struct DlqList {
 pub async fn dlq_list(args: DlqList) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let backends = backend::build(&config.backend).await?;
-    let entries: Vec<_> = backends
-        .queue
-        .dlq_list(args.limit)
-        .await?
+    let depth = backends.queue.dlq_depth().await?;
+    let listed = backends.queue.dlq_list(args.limit).await?;
+    if (listed.len() as u64) < depth && listed.len() < args.limit {
+        eprintln!(
+            "paynotify: listed {} of about {depth} dead letters; the others are in flight \
+             (another listing or redrive): run again",
+            listed.len()
+        );
+    }
+    let entries: Vec<_> = listed
         .into_iter()
         .map(|d| {
             let archive_key = Envelope::from_json(&d.body).ok().map(|e| e.archive_key());
@@ -202,7 +208,10 @@ pub async fn dlq_redrive(args: DlqRedrive) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let backends = backend::build(&config.backend).await?;
     let moved = backends.queue.redrive(args.reason.as_deref()).await?;
-    crate::print_stdout(&json!({ "redriven": moved }).to_string())?;
+    // What the scan could not reach (in flight elsewhere on SQS), or
+    // dead letters of other reasons, are still there: say so.
+    let left = backends.queue.dlq_depth().await?;
+    crate::print_stdout(&json!({ "redriven": moved, "still_in_dlq": left }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,14 +296,7 @@ pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
         .archive
         .list(&prefix, Some(args.from), Some(args.to))
         .await?;
-    let mut sent = 0usize;
-    for chunk in keys.chunks(10) {
-        let mut bodies = Vec::with_capacity(chunk.len());
-        for key in chunk {
-            bodies.push(backends.archive.get(key).await?);
-        }
-        sent += backends.queue.send_batch(&bodies).await?.len();
-    }
+    let sent = paynotify::replay::replay(&backends, &keys, |_| {}).await?;
     crate::print_stdout(&json!({ "replayed": sent }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }

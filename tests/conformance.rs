@@ -203,9 +203,11 @@ async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {
     );
     assert_eq!(dlq[0].error, "signature does not verify");
     assert_eq!(dlq[0].receive_count, 1);
+    assert_eq!(q.dlq_depth().await.unwrap(), 2);
     assert_eq!(q.redrive(Some("conflict")).await.unwrap(), 1);
     let left = q.dlq_list(10).await.unwrap();
     assert_eq!(left.len(), 1);
+    assert_eq!(q.dlq_depth().await.unwrap(), 1);
     assert_eq!(left[0].reason, "BadSignature");
     let back = q.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(back.len(), 1);

@@ -333,6 +333,51 @@ mod aws_only {
     use paynotify_shared::backend::aws::Clients;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_sends_large_envelopes_as_pointers_and_splits_batches_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = support::backends(Kind::Aws, dir.path(), 30, 5).await;
+        let mut keys = Vec::new();
+        // One envelope over SQS's 256 KiB, and nine of 100 KiB: ten that
+        // fit no single SendMessageBatch.
+        for size in std::iter::once(300 * 1024).chain(std::iter::repeat_n(100 * 1024, 9)) {
+            let body = "a".repeat(size);
+            let e =
+                paynotify_shared::envelope::Envelope::new(paynotify_shared::envelope::Received {
+                    source: "unionpay",
+                    received_at: time::OffsetDateTime::now_utc(),
+                    remote_addr: None,
+                    method: "POST",
+                    path: "/notify/unionpay",
+                    query: None,
+                    headers: vec![],
+                    body: body.as_bytes(),
+                });
+            b.archive.put(&e.archive_key(), &e.to_json()).await.unwrap();
+            keys.push(e.archive_key());
+        }
+        assert_eq!(
+            paynotify::replay::replay(&b, &keys, |_| {}).await.unwrap(),
+            10
+        );
+        let mut pointers = 0;
+        let mut received = 0;
+        while received < 10 {
+            for m in b.queue.receive(10, Duration::from_secs(1)).await.unwrap() {
+                received += 1;
+                let parsed = paynotify_shared::envelope::QueuedBody::parse(&m.body).unwrap();
+                if matches!(
+                    parsed,
+                    paynotify_shared::envelope::QueuedBody::Pointer { .. }
+                ) {
+                    pointers += 1;
+                    assert_eq!(parsed.archive_key(), keys[0]);
+                }
+            }
+        }
+        assert_eq!(pointers, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_sends_share_send_message_batch_calls() {
         let dir = tempfile::tempdir().unwrap();
         let b = support::backends(Kind::Aws, dir.path(), 30, 5).await;

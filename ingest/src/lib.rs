@@ -155,11 +155,7 @@ async fn notify(
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
     }
-    let message = if json.len() > state.queue.max_message_bytes() {
-        QueuedBody::pointer_json(&key)
-    } else {
-        json
-    };
+    let message = QueuedBody::for_queue(json, &key, state.queue.max_message_bytes());
     if let Err(e) = state.queue.send(&message).await {
         error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "enqueue failed");
         state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);

@@ -213,6 +213,20 @@ impl QueuedBody {
         Envelope::from_json(bytes).map(|e| Self::Envelope(Box::new(e)))
     }
 
+    /// What to enqueue for an envelope archived at `archive_key`: the
+    /// envelope itself, or a pointer when it exceeds `max_message_bytes`.
+    pub fn for_queue(
+        envelope_json: Vec<u8>,
+        archive_key: &str,
+        max_message_bytes: usize,
+    ) -> Vec<u8> {
+        if envelope_json.len() > max_message_bytes {
+            Self::pointer_json(archive_key)
+        } else {
+            envelope_json
+        }
+    }
+
     /// The pointer JSON for `archive_key`.
     pub fn pointer_json(archive_key: &str) -> Vec<u8> {
         Self::pointer_json_with(archive_key, None)

@@ -310,6 +310,14 @@ impl Queue for FaultyQueue {
     async fn depth(&self) -> Result<u64, QueueError> {
         faulty!(self, "depth", QueueError::Unavailable, self.inner.depth())
     }
+    async fn dlq_depth(&self) -> Result<u64, QueueError> {
+        faulty!(
+            self,
+            "dlq_depth",
+            QueueError::Unavailable,
+            self.inner.dlq_depth()
+        )
+    }
     fn max_message_bytes(&self) -> usize {
         self.inner.max_message_bytes()
     }

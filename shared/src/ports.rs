@@ -106,7 +106,10 @@ pub struct DeadLetter {
 ///   (at most `max_delay_secs`).
 /// - `dead_letter` moves the message to the DLQ with a reason, atomically.
 /// - `redrive` moves dead letters (all, or those with `reason`) back with a
-///   receive count of zero and returns how many moved.
+///   receive count of zero and returns how many moved. `dlq_list` and
+///   `redrive` may not reach every dead letter on a backend that cannot list
+///   without receiving (SQS: messages in flight elsewhere are skipped);
+///   callers compare with `dlq_depth` and say so.
 #[async_trait]
 pub trait Queue: Send + Sync {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError>;
@@ -137,6 +140,8 @@ pub trait Queue: Send + Sync {
     async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError>;
     /// Messages not yet deleted or dead-lettered (visible or in flight).
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// Messages in the dead-letter queue (approximate on SQS).
+    async fn dlq_depth(&self) -> Result<u64, QueueError>;
     /// The largest message body `send` accepts; larger envelopes travel as
     /// an archive pointer.
     fn max_message_bytes(&self) -> usize {

@@ -99,39 +99,65 @@ impl SqsQueue {
         })
     }
 
-    /// Receives from the DLQ until it returns nothing, hiding what it read
-    /// for `hide_secs`. SQS has no non-destructive listing; callers release
-    /// what they do not consume.
+    /// Receives from the DLQ, hiding what it read for `hide_secs`, until
+    /// `limit` messages, or two long polls in a row return nothing new, or
+    /// a bounded number of calls. SQS has no non-destructive listing:
+    /// messages in flight elsewhere are not seen, and callers release what
+    /// they do not consume.
     async fn scan_dlq(
         &self,
         limit: usize,
         hide_secs: i32,
     ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        let expected = self.approximate(&self.dlq_url).await? as usize;
+        let mut calls = expected.min(limit) / 10 * 2 + 10;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        while out.len() < limit {
+        let mut empty = 0;
+        // Seeing as many as SQS counts is enough; its count is approximate,
+        // so the scan also stops on its own.
+        while out.len() < limit.min(expected.max(1)) && empty < 2 && calls > 0 {
+            calls -= 1;
             let got = self
                 .client
                 .receive_message()
                 .queue_url(&self.dlq_url)
                 .max_number_of_messages(10)
                 .visibility_timeout(hide_secs)
+                .wait_time_seconds(1)
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .send()
                 .await
                 .map_err(unavailable)?;
-            let messages = got.messages.unwrap_or_default();
-            if messages.is_empty() {
-                break;
-            }
-            for m in messages {
+            let mut new = 0;
+            for m in got.messages.unwrap_or_default() {
                 if seen.insert(m.message_id.clone().unwrap_or_default()) && out.len() < limit {
                     out.push(m);
+                    new += 1;
                 }
             }
+            empty = if new == 0 { empty + 1 } else { 0 };
         }
         Ok(out)
+    }
+
+    /// `ApproximateNumberOfMessages` of a queue.
+    async fn approximate(&self, url: &str) -> Result<u64, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out
+            .attributes
+            .unwrap_or_default()
+            .get(&QueueAttributeName::ApproximateNumberOfMessages)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     async fn release(&self, messages: &[aws_sdk_sqs::types::Message]) {
@@ -347,7 +373,8 @@ impl Queue for SqsQueue {
     }
 
     async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
-        let messages = self.scan_dlq(usize::MAX, 30).await?;
+        // Hidden long enough for the whole scan and the moves after it.
+        let messages = self.scan_dlq(usize::MAX, 300).await?;
         let (chosen, others): (Vec<_>, Vec<_>) = messages
             .into_iter()
             .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
@@ -375,6 +402,10 @@ impl Queue for SqsQueue {
 
     fn max_message_bytes(&self) -> usize {
         MAX_MESSAGE_BYTES
+    }
+
+    async fn dlq_depth(&self) -> Result<u64, QueueError> {
+        self.approximate(&self.dlq_url).await
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {

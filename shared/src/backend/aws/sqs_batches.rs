@@ -8,8 +8,45 @@ use aws_sdk_sqs::types::{
 use super::describe;
 use crate::ports::QueueError;
 
-/// Sends `bodies` in one call; entry `i` of the result is body `i`'s message id.
+/// SQS's limit on the bodies of one `SendMessageBatch`, all entries together.
+pub(super) const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Sends `bodies` in as few calls as SQS's total-size limit allows (one,
+/// unless they add up to more than 256 KiB); entry `i` of the result is body
+/// `i`'s message id.
 pub(super) async fn send_batch(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    bodies: Vec<String>,
+) -> Vec<Result<String, QueueError>> {
+    let mut results = Vec::with_capacity(bodies.len());
+    for chunk in by_total_size(bodies, MAX_BATCH_BYTES) {
+        results.extend(send_one_batch(client, url, chunk).await);
+    }
+    results
+}
+
+/// Splits `bodies`, in order, into runs whose sizes add up to at most `max`
+/// (a body larger than `max` alone in its run, for SQS to refuse).
+fn by_total_size(bodies: Vec<String>, max: usize) -> Vec<Vec<String>> {
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    let mut size = 0;
+    for body in bodies {
+        match runs.last_mut() {
+            Some(run) if size + body.len() <= max => {
+                size += body.len();
+                run.push(body);
+            }
+            _ => {
+                size = body.len();
+                runs.push(vec![body]);
+            }
+        }
+    }
+    runs
+}
+
+async fn send_one_batch(
     client: &aws_sdk_sqs::Client,
     url: &str,
     bodies: Vec<String>,
@@ -124,4 +161,33 @@ fn all_failed<T>(n: usize, why: &str) -> Vec<Result<T, QueueError>> {
     (0..n)
         .map(|_| Err(QueueError::Unavailable(why.to_owned())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_split_by_total_size_in_order() {
+        let body = |n: usize, c: char| c.to_string().repeat(n);
+        let runs = by_total_size(
+            vec![
+                body(100, 'a'),
+                body(100, 'b'),
+                body(100, 'c'),
+                body(300, 'd'),
+                body(50, 'e'),
+            ],
+            250,
+        );
+        let firsts: Vec<Vec<char>> = runs
+            .iter()
+            .map(|r| r.iter().map(|b| b.chars().next().unwrap()).collect())
+            .collect();
+        assert_eq!(
+            firsts,
+            vec![vec!['a', 'b'], vec!['c'], vec!['d'], vec!['e']]
+        );
+        assert!(by_total_size(vec![], 10).is_empty());
+    }
 }

@@ -355,6 +355,18 @@ impl Queue for LocalQueue {
         Ok(moved)
     }
 
+    async fn dlq_depth(&self) -> Result<u64, QueueError> {
+        self.db
+            .read(|c| {
+                row(c, "SELECT COUNT(*) FROM dead_letters", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .await
+            .map(|n| n as u64)
+            .map_err(unavailable)
+    }
+
     async fn depth(&self) -> Result<u64, QueueError> {
         self.db
             .read(|c| {
