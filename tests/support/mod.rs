@@ -10,6 +10,7 @@ use paynotify_shared::config::{BackendConfig, BackendKind, Sse};
 
 /// Instantiates each named `async fn(Kind)` test once per backend, in
 /// modules `local` and `aws`.
+#[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod local {
