@@ -22,6 +22,8 @@ eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 echo "   $PAYNOTIFY_TEST_AWS_ENDPOINT"
+echo "== cargo build (the binaries tests/processes.rs runs)"
+cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
 echo "test.sh: all checks passed"
