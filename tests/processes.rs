@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,23 +107,28 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
 
     let url = format!("http://127.0.0.1:{port}/notify/unionpay");
     let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
-    let n = 400;
+    let n = 600;
+    let sent = Arc::new(AtomicUsize::new(0));
     let load = {
-        let sim = sim.clone();
-        tokio::spawn(async move { send_all(sim, n).await })
+        let (sim, sent) = (sim.clone(), sent.clone());
+        tokio::spawn(async move { send_all(sim, n, sent).await })
+    };
+    let reach = |part: usize| {
+        let sent = sent.clone();
+        async move {
+            while sent.load(Ordering::SeqCst) < part {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     };
 
     // Kill each process with SIGKILL in turn while the load runs.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        !load.is_finished(),
-        "the load ended before the worker was killed"
-    );
+    reach(n / 4).await;
     worker.kill().unwrap();
     worker.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     worker = start("paynotify-worker", &path);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    reach(n * 3 / 5).await;
     assert!(
         !load.is_finished(),
         "the load ended before the ingest was killed"
@@ -165,10 +171,11 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
 /// Sends `n` purchases, a third of them followed by a refund, eight at a
 /// time; returns the payments whose notifications all got a 200, with
 /// whether they were refunded.
-async fn send_all(sim: Arc<Simulator>, n: usize) -> Vec<(usize, bool)> {
+async fn send_all(sim: Arc<Simulator>, n: usize, sent: Arc<AtomicUsize>) -> Vec<(usize, bool)> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut accepted = Vec::new();
     for i in 0..n {
+        sent.store(i, Ordering::SeqCst);
         let sim = sim.clone();
         tasks.spawn(async move {
             let q = format!("p{i}");
