@@ -26,4 +26,6 @@ echo "== cargo build (the binaries tests/processes.rs runs)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== fuzz (bounded)"
+scripts/fuzz.sh "${PAYNOTIFY_FUZZ_SECS:-20}"
 echo "test.sh: all checks passed"

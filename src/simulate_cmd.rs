@@ -31,6 +31,12 @@ pub struct Args {
     /// Fraction of payments refunded.
     #[arg(long, default_value_t = 0.2)]
     refunds: f64,
+    /// Fraction of payments voided.
+    #[arg(long, default_value_t = 0.05)]
+    voids: f64,
+    /// Fraction of refunded payments whose first refund arrives before the purchase.
+    #[arg(long, default_value_t = 0.1)]
+    early_refunds: f64,
     /// Concurrent senders.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -51,8 +57,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         duplicates: args.duplicates,
         tamper: args.tamper,
         refunds: args.refunds,
-        voids: 0.05,
-        early_refunds: 0.1,
+        voids: args.voids,
+        early_refunds: args.early_refunds,
         concurrency: args.concurrency,
     };
     let report = run_mix(sim, None, &mix).await;
