@@ -22,6 +22,19 @@ eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 echo "   $PAYNOTIFY_TEST_AWS_ENDPOINT"
+echo "== a small filesystem for tests/disk_full.rs"
+small=target/small-disk
+mkdir -p "$small"
+if mountpoint -q "$small" || mount -t tmpfs -o size=16m tmpfs "$small" 2>/dev/null; then
+  export PAYNOTIFY_TEST_SMALL_DISK="$PWD/$small"
+  trap 'umount "$small" 2>/dev/null || true; scripts/moto.sh stop' EXIT
+  echo "   $PAYNOTIFY_TEST_SMALL_DISK (tmpfs, 16 MiB)"
+else
+  export PAYNOTIFY_TEST_SMALL_DISK=unavailable
+  echo "test.sh: *******************************************************************" >&2
+  echo "test.sh: cannot mount a tmpfs (not root?): the disk-full test will NOT run." >&2
+  echo "test.sh: *******************************************************************" >&2
+fi
 echo "== cargo build (the binaries tests/processes.rs runs)"
 cargo build --workspace --bins --locked
 echo "== cargo test"

@@ -52,8 +52,9 @@ pub async fn spawn_app_tweaked(
     let dir = tempfile::tempdir().unwrap();
     let pki = generate(&TestPkiOptions::default()).unwrap();
     let mut config = config_in(dir.path(), &pki);
-    tweak(&mut config);
     super::prepare(kind, &mut config.backend, dir.path()).await;
+    // After `prepare`, so a test may also choose where the data lives.
+    tweak(&mut config);
     let app = App::start(&config, options).await.unwrap();
     let url = format!("http://{}/notify/unionpay", app.addr.unwrap());
     let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
