@@ -8,14 +8,16 @@
 //! machine from nothing, give exactly the stored state, and each event's
 //! recorded status is the one the replay gives. Parked events older than the
 //! configured bound, and parked events that contradicted their payment, are
-//! reported too. While the queue still holds messages, notifications not yet
+//! reported too. An archive object that ends mid-JSON was cut short by a
+//! crash while being written, before ingest could acknowledge it: it is
+//! counted apart. While the queue still holds messages, notifications not yet
 //! found may be among them: they are reported as unsettled, not lost.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
-use paynotify_shared::envelope::{Envelope, QueuedBody};
+use paynotify_shared::envelope::{Envelope, EnvelopeError, QueuedBody};
 use paynotify_shared::event::PaymentKey;
 use paynotify_shared::ports::{EventRecord, ParkedEntry};
 use paynotify_shared::scheme::SourceVerifier;
@@ -53,6 +55,10 @@ pub struct Report {
     pub dead_lettered: u64,
     pub payments_checked: u64,
     pub queue_depth: u64,
+    /// Archive objects cut short by a crash while being written: ingest
+    /// answers 200 only after an object is whole and durable, so these were
+    /// never acknowledged (the PSP retried them); counted, not a discrepancy.
+    pub partial_writes: u64,
     pub discrepancies: Vec<Discrepancy>,
 }
 
@@ -112,6 +118,11 @@ pub async fn reconcile(
             .map(|b| Envelope::from_json(&b))
         {
             Ok(Ok(e)) => e,
+            // JSON that ends early: a write cut short, never acknowledged.
+            Ok(Err(EnvelopeError::Json(e))) if e.is_eof() => {
+                report.partial_writes += 1;
+                continue;
+            }
             Ok(Err(e)) => {
                 report.flag("unreadable", key.clone(), e.to_string());
                 continue;

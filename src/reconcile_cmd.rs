@@ -36,13 +36,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {
         let mut out = format!(
-            "archived {}  in ledger {}  parked {}  dead-lettered {}  payments checked {}  queue depth {}\n",
+            "archived {}  in ledger {}  parked {}  dead-lettered {}  payments checked {}  queue depth {}  \
+             partial writes {}\n",
             report.archived,
             report.in_ledger,
             report.parked,
             report.dead_lettered,
             report.payments_checked,
-            report.queue_depth
+            report.queue_depth,
+            report.partial_writes
         );
         for d in &report.discrepancies {
             out.push_str(&format!("{:<28} {}  {}\n", d.kind, d.subject, d.detail));

@@ -224,3 +224,31 @@ fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// A crash mid-write leaves a truncated archive object that ingest never
+/// acknowledged: counted apart, not a discrepancy; garbage is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_counts_truncated_archive_objects_apart_from_garbage() {
+    let t = spawn_app(Kind::Local).await;
+    t.sim.send(t.sim.purchase("w1", 100)).await;
+    t.wait_for_status("w1", PaymentStatus::Paid).await;
+    t.wait_until_drained().await;
+    let archive = &t.app().backends.archive;
+    let key = archive.list("raw/", None, None).await.unwrap().remove(0);
+    let whole = archive.get(&key).await.unwrap();
+    let truncated = key.replace(".json", "x.json");
+    archive
+        .put(&truncated, &whole[..whole.len() / 2])
+        .await
+        .unwrap();
+    let report = t.reconcile().await;
+    assert_eq!(report.partial_writes, 1);
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+    archive
+        .put(&key.replace(".json", "y.json"), b"not json at all")
+        .await
+        .unwrap();
+    let report = t.reconcile().await;
+    let kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, vec!["unreadable"]);
+}

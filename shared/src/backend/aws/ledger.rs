@@ -138,6 +138,15 @@ impl DynamoLedger {
         if let Some(st) = r.status_after {
             item.insert("status_after".to_owned(), s(st.as_str()));
         }
+        self.put_item(item, only_if_new)
+    }
+
+    /// A transaction put of `item`, only if no item has its key when asked.
+    fn put_item(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        only_if_new: bool,
+    ) -> Result<TransactWriteItem, LedgerError> {
         let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
         if only_if_new {
             put = put.condition_expression("attribute_not_exists(pk)");
@@ -168,13 +177,7 @@ impl DynamoLedger {
         if let Some(why) = &p.conflict {
             item.insert("conflict".to_owned(), s(why));
         }
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
-        if only_if_new {
-            put = put.condition_expression("attribute_not_exists(pk)");
-        }
-        Ok(TransactWriteItem::builder()
-            .put(built(put.build())?)
-            .build())
+        self.put_item(item, only_if_new)
     }
 
     /// The `STATE` item of `key` at `expected_version + 1`: the payment's

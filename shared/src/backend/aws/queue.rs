@@ -109,7 +109,12 @@ impl SqsQueue {
         limit: usize,
         hide_secs: i32,
     ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
-        let expected = self.approximate(&self.dlq_url).await? as usize;
+        let expected = self
+            .approximate(
+                &self.dlq_url,
+                &[QueueAttributeName::ApproximateNumberOfMessages],
+            )
+            .await? as usize;
         let mut calls = expected.min(limit) / 10 * 2 + 10;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -142,22 +147,26 @@ impl SqsQueue {
         Ok(out)
     }
 
-    /// `ApproximateNumberOfMessages` of a queue.
-    async fn approximate(&self, url: &str) -> Result<u64, QueueError> {
+    /// The sum of the named `Approximate…` counts of a queue.
+    async fn approximate(
+        &self,
+        url: &str,
+        names: &[QueueAttributeName],
+    ) -> Result<u64, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .set_attribute_names(Some(names.to_vec()))
             .send()
             .await
             .map_err(unavailable)?;
         Ok(out
             .attributes
             .unwrap_or_default()
-            .get(&QueueAttributeName::ApproximateNumberOfMessages)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+            .values()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum())
     }
 
     async fn release(&self, messages: &[aws_sdk_sqs::types::Message]) {
@@ -405,25 +414,22 @@ impl Queue for SqsQueue {
     }
 
     async fn dlq_depth(&self) -> Result<u64, QueueError> {
-        self.approximate(&self.dlq_url).await
+        self.approximate(
+            &self.dlq_url,
+            &[QueueAttributeName::ApproximateNumberOfMessages],
+        )
+        .await
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(out
-            .attributes
-            .unwrap_or_default()
-            .values()
-            .filter_map(|v| v.parse::<u64>().ok())
-            .sum())
+        self.approximate(
+            &self.url,
+            &[
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            ],
+        )
+        .await
     }
 }

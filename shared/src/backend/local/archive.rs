@@ -1,9 +1,8 @@
 //! The archive as files: `{dir}/raw/source=…/date=…/hour=…/{id}.json`,
 //! written create-only and durable before `put` returns.
 //!
-//! Puts are group-committed: one writer thread writes every waiting object
-//! to a private file, links it under its name (create-only: `link` refuses
-//! an existing name) and makes them all durable with one `syncfs` of the archive's
+//! Puts are group-committed: one writer thread creates every waiting object
+//! exclusively and makes them all durable with one `syncfs` of the archive's
 //! filesystem (one `fsync` per file and directory on other systems) before
 //! answering any of them.
 
@@ -127,23 +126,16 @@ fn writer_loop(root: &Path, rx: mpsc::Receiver<PutJob>) {
     }
 }
 
-/// Suffix of a file being written; never listed, left behind only by a crash.
-const PARTIAL: &str = ".partial";
-
-/// Writes the object to a private `….partial` file, then links it under its
-/// name (`link` fails on an existing name: `AlreadyExists`, never an
-/// overwrite) and removes the private name. The object appears whole or not
-/// at all, even if the process dies mid-write. It becomes durable in the
-/// group's sync; a put is answered only after that.
+/// Creates the object's file exclusively (`O_CREAT|O_EXCL`: an existing name
+/// is `AlreadyExists`, never overwritten) and writes it. It becomes durable in
+/// the group's sync; a put is answered only after that, so an object that can
+/// be incomplete after a crash is one whose put was never acknowledged.
 fn write_unsynced(path: &Path, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(format!(".{}{PARTIAL}", ulid::Ulid::new()));
-    let partial = PathBuf::from(partial);
     let create = || {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&partial)
+            .open(path)
     };
     let mut file = match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -155,15 +147,16 @@ fn write_unsynced(path: &Path, key: &str, bytes: &[u8]) -> Result<(), ArchiveErr
         }
         other => other,
     }
-    .map_err(unavailable)?;
-    let linked = file
-        .write_all(bytes)
-        .and_then(|()| std::fs::hard_link(&partial, path));
-    let _ = std::fs::remove_file(&partial);
-    linked.map_err(|e| match e.kind() {
+    .map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => ArchiveError::AlreadyExists(key.to_owned()),
         _ => unavailable(e),
-    })
+    })?;
+    if let Err(e) = file.write_all(bytes) {
+        // Do not leave a partial object under the name.
+        let _ = std::fs::remove_file(path);
+        return Err(unavailable(e));
+    }
+    Ok(())
 }
 
 /// One `syncfs` flushes every file and directory entry written above.
@@ -201,8 +194,6 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
         let path = entry.path();
         if entry.file_type()?.is_dir() {
             walk(&path, root, out)?;
-        } else if path.to_string_lossy().ends_with(PARTIAL) {
-            // A write cut short by a crash: never acknowledged, not an object.
         } else if let Ok(rel) = path.strip_prefix(root) {
             out.push(rel.to_string_lossy().replace('\\', "/"));
         }
