@@ -378,6 +378,59 @@ mod aws_only {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aws_init_adds_the_parked_index_to_an_older_table() {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = paynotify_shared::config::BackendConfig::default();
+        support::prepare(Kind::Aws, &mut config, dir.path()).await;
+        // A table as the previous version created it: no index.
+        config.aws.table = format!("{}-old", config.aws.table);
+        let clients = Clients::new(&config.aws).await;
+        let key = |n: &str, t| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+                .unwrap()
+        };
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        clients
+            .dynamodb
+            .create_table()
+            .table_name(&config.aws.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .send()
+            .await
+            .unwrap();
+        paynotify_shared::backend::aws::setup::init(&config)
+            .await
+            .unwrap();
+        let b = paynotify_shared::backend::build(&config).await.unwrap();
+        assert!(b
+            .ledger
+            .parked_before(time::OffsetDateTime::now_utc(), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // And a second init changes nothing.
+        paynotify_shared::backend::aws::setup::init(&config)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_sends_share_send_message_batch_calls() {
         let dir = tempfile::tempdir().unwrap();
         let b = support::backends(Kind::Aws, dir.path(), 30, 5).await;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -102,17 +103,19 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             .build()
     };
     // The sparse index of parked events, for `reconcile` and `/metrics`.
-    let parked_index = GlobalSecondaryIndex::builder()
-        .index_name(super::ledger::PARKED_INDEX)
-        .key_schema(key("gsi_parked", KeyType::Hash).map_err(|e| e.to_string())?)
-        .key_schema(key("parked_at", KeyType::Range).map_err(|e| e.to_string())?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
-        .build()
-        .map_err(|e| e.to_string())?;
+    let parked_index = || -> Result<GlobalSecondaryIndex, String> {
+        GlobalSecondaryIndex::builder()
+            .index_name(super::ledger::PARKED_INDEX)
+            .key_schema(key("gsi_parked", KeyType::Hash).map_err(|e| e.to_string())?)
+            .key_schema(key("parked_at", KeyType::Range).map_err(|e| e.to_string())?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .map_err(|e| e.to_string())
+    };
     let created = c
         .dynamodb
         .create_table()
@@ -128,7 +131,7 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .attribute_definitions(
             attr("parked_at", ScalarAttributeType::N).map_err(|e| e.to_string())?,
         )
-        .global_secondary_indexes(parked_index)
+        .global_secondary_indexes(parked_index()?)
         .send()
         .await;
     if let Err(e) = created {
@@ -137,6 +140,49 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             .is_some_and(|s| s.is_resource_in_use_exception())
         {
             return Err(format!("table {}: {}", aws.table, describe(&e)));
+        }
+        // A table from before the parked index: add it.
+        let table = c
+            .dynamodb
+            .describe_table()
+            .table_name(&aws.table)
+            .send()
+            .await
+            .map_err(|e| format!("table {}: {}", aws.table, describe(&e)))?;
+        let has_index = table
+            .table
+            .and_then(|t| t.global_secondary_indexes)
+            .unwrap_or_default()
+            .iter()
+            .any(|i| i.index_name() == Some(super::ledger::PARKED_INDEX));
+        if !has_index {
+            let index = parked_index()?;
+            c.dynamodb
+                .update_table()
+                .table_name(&aws.table)
+                .attribute_definitions(
+                    attr("gsi_parked", ScalarAttributeType::S).map_err(|e| e.to_string())?,
+                )
+                .attribute_definitions(
+                    attr("parked_at", ScalarAttributeType::N).map_err(|e| e.to_string())?,
+                )
+                .global_secondary_index_updates(
+                    GlobalSecondaryIndexUpdate::builder()
+                        .create(
+                            CreateGlobalSecondaryIndexAction::builder()
+                                .index_name(super::ledger::PARKED_INDEX)
+                                .set_key_schema(Some(index.key_schema().to_vec()))
+                                .set_projection(index.projection().cloned())
+                                .build()
+                                .map_err(|e| e.to_string())?,
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    format!("adding the parked index to {}: {}", aws.table, describe(&e))
+                })?;
         }
     }
     c.dynamodb
