@@ -37,6 +37,9 @@ enum Command {
     Replay(ops_cmd::Replay),
     /// Check that every archived notification is accounted for and the ledger adds up.
     Reconcile(reconcile_cmd::Args),
+    /// Events parked in the ledger, waiting for their payment.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
     /// AWS backend set-up.
     #[command(subcommand)]
     Aws(AwsCommand),
@@ -61,6 +64,12 @@ enum DlqCommand {
     List(ops_cmd::DlqList),
     /// Move dead letters back to the queue (all, or one reason).
     Redrive(ops_cmd::DlqRedrive),
+}
+
+#[derive(Debug, Subcommand)]
+enum ParkedCommand {
+    /// Parked events, oldest first, with how long they have waited and any conflict.
+    List(reconcile_cmd::ParkedList),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +107,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq(DlqCommand::Redrive(args)) => ops_cmd::dlq_redrive(args).await,
         Command::Replay(args) => ops_cmd::replay(args).await,
         Command::Reconcile(args) => reconcile_cmd::run(args).await,
+        Command::Parked(ParkedCommand::List(args)) => reconcile_cmd::parked_list(args).await,
         Command::Aws(AwsCommand::Init(args)) => ops_cmd::aws_init(args).await,
         Command::Archive(ArchiveCommand::Ls(args)) => ops_cmd::archive_ls(args).await,
         Command::Archive(ArchiveCommand::Cat(args)) => ops_cmd::archive_cat(args).await,

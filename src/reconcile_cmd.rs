@@ -1,5 +1,6 @@
 //! `paynotify reconcile`: prints what [`paynotify::reconcile`] found and
-//! exits 1 when anything does not add up.
+//! exits 1 when anything does not add up; `paynotify parked list`: what
+//! waits in the ledger for its payment.
 
 use std::process::ExitCode;
 
@@ -60,5 +61,64 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ParkedList {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// At most this many.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists parked events; exit 1 when one is older than
+/// `worker.parked_alert_secs` or contradicts its payment.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn parked_list(args: ParkedList) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let parked = backends.ledger.parked_before(now, args.limit).await?;
+    let bound = time::Duration::seconds(config.worker.parked_alert_secs as i64);
+    let alarming = parked
+        .iter()
+        .any(|p| p.parked.conflict.is_some() || now - p.parked.parked_at > bound);
+    if args.json {
+        crate::print_stdout(&serde_json::to_string_pretty(&parked)?)?;
+    } else {
+        let lines: Vec<String> = parked
+            .iter()
+            .map(|p| {
+                let e = &p.parked.event;
+                format!(
+                    "{}  waited {}  {} {} {} {}  notification {}{}",
+                    p.payment_key,
+                    now - p.parked.parked_at,
+                    e.kind.as_str(),
+                    e.outcome.as_str(),
+                    e.amount.minor,
+                    e.amount.currency,
+                    p.parked.notification_id,
+                    p.parked
+                        .conflict
+                        .as_deref()
+                        .map(|c| format!("  conflict: {c}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        crate::print_stdout(&lines.join("\n"))?;
+    }
+    Ok(if alarming {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -252,3 +252,36 @@ async fn reconcile_counts_truncated_archive_objects_apart_from_garbage() {
     let kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
     assert_eq!(kinds, vec!["unreadable"]);
 }
+
+/// `paynotify parked list` and `paynotify reconcile` from the command line,
+/// on the data directory of a running process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_list_and_reconcile_commands() {
+    let t = spawn_app(Kind::Local).await;
+    t.sim.send(t.sim.refund("cli", "cli-r", 100)).await;
+    t.wait_until_drained().await;
+    let config = t.dir.path().join("paynotify.toml");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), json)
+    };
+    let (code, parked) = run(&["parked", "list"]);
+    assert_eq!(code, Some(0), "{parked}");
+    assert_eq!(parked.as_array().unwrap().len(), 1);
+    assert_eq!(parked[0]["event"]["kind"], "refund");
+    assert!(parked[0]["payment_key"].as_str().unwrap().ends_with("#cli"));
+    let (code, report) = run(&["reconcile"]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        (report["archived"].as_u64(), report["parked"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
