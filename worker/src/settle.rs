@@ -1,0 +1,158 @@
+//! Settling a processed message on the queue: delete, delay, send again
+//! to keep retrying past the receive limit, or dead-letter (DESIGN §1).
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use paynotify_shared::config::WorkerConfig;
+use paynotify_shared::envelope::{QueuedBody, RetryState};
+use paynotify_shared::ports::{QueueError, QueueMessage};
+use time::OffsetDateTime;
+use tracing::warn;
+
+use crate::{Disposition, WorkerContext};
+
+/// The visibility delay before the `receive_count`-th retry: exponential from
+/// `retry_min_delay_ms` up to `retry_max_delay_secs`, with jitter.
+pub fn retry_delay(config: &WorkerConfig, receive_count: u32) -> Duration {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(config.retry_min_delay_ms))
+        .with_max_delay(Duration::from_secs(config.retry_max_delay_secs))
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(receive_count.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(config.retry_max_delay_secs))
+}
+
+/// The receive at which a retried message moves to a fresh delivery (and
+/// a panicking one is dead-lettered): two short of the queue's limit, so a
+/// failed settle or a crash still leaves a receive before the redrive.
+fn last_own_receive(max_receives: u32) -> u32 {
+    max_receives.saturating_sub(2).max(1)
+}
+
+/// Acts on the queue for `disposition`: delete, delay, re-enqueue or
+/// dead-letter.
+///
+/// A `Retry` is dead-lettered as `retries_exhausted` once its retries have
+/// lasted `retry_for_secs` (counted from the first receive of the first
+/// delivery). Before that, the message is made invisible for the next delay
+/// or, near the queue's receive limit, sent again as a pointer that carries
+/// when its retries began and how many there were, and the old delivery is
+/// deleted. A `Panicked` message is dead-lettered as `panic` at that receive.
+///
+/// # Errors
+/// Queue errors; the message then reappears after its visibility timeout.
+pub async fn settle(
+    ctx: &WorkerContext,
+    message: &QueueMessage,
+    disposition: &Disposition,
+) -> Result<(), QueueError> {
+    let stats = &ctx.stats;
+    match disposition {
+        Disposition::Ack(kind) => {
+            if crashes_after_apply(ctx) {
+                return Ok(());
+            }
+            ctx.queue.delete(&message.receipt).await?;
+            stats.ack(*kind);
+        }
+        Disposition::Retry(why) => retry(ctx, message, why).await?,
+        Disposition::Panicked(why)
+            if message.receive_count >= last_own_receive(ctx.max_receives) =>
+        {
+            ctx.queue.dead_letter(message, "panic", why).await?;
+            warn!(message_id = %message.id, stage = "dead_letter", reason = "panic", "dead-lettered");
+            stats.dead_letter("panic");
+        }
+        Disposition::Panicked(_) => {
+            let delay = retry_delay(&ctx.config, message.receive_count);
+            ctx.queue.delay(&message.receipt, whole_secs(delay)).await?;
+            stats.retry();
+        }
+        Disposition::DeadLetter { reason, error } => {
+            ctx.queue.dead_letter(message, reason, error).await?;
+            warn!(message_id = %message.id, stage = "dead_letter", reason = %reason, "dead-lettered");
+            stats.dead_letter(reason);
+        }
+    }
+    Ok(())
+}
+
+fn whole_secs(d: Duration) -> u32 {
+    d.as_secs_f64().ceil().clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
+/// Settles a transient failure (see [`settle`]).
+async fn retry(ctx: &WorkerContext, message: &QueueMessage, why: &str) -> Result<(), QueueError> {
+    let now = OffsetDateTime::now_utc();
+    let carried = QueuedBody::parse(&message.body).ok();
+    let earlier = carried.as_ref().and_then(QueuedBody::retry);
+    let since = earlier
+        .map(|r| r.since)
+        .or(message.first_received_at)
+        .unwrap_or(now);
+    let attempts = earlier.map_or(0, |r| r.attempts) + message.receive_count;
+    let elapsed = now - since;
+    if elapsed >= time::Duration::seconds(ctx.config.retry_for_secs as i64) {
+        let error = format!("{why} (retried {attempts} times over {elapsed})");
+        ctx.queue
+            .dead_letter(message, "retries_exhausted", &error)
+            .await?;
+        warn!(message_id = %message.id, stage = "dead_letter", reason = "retries_exhausted", "dead-lettered");
+        ctx.stats.dead_letter("retries_exhausted");
+        return Ok(());
+    }
+    let delay = whole_secs(retry_delay(&ctx.config, attempts));
+    match carried.as_ref().map(QueuedBody::archive_key) {
+        Some(key) if message.receive_count >= last_own_receive(ctx.max_receives) => {
+            // Sent before the delete: a crash between leaves a duplicate
+            // delivery, which applying idempotently absorbs; never none.
+            let body = QueuedBody::pointer_json_with(&key, Some(RetryState { since, attempts }));
+            ctx.queue
+                .send_delayed(&body, delay.min(ctx.queue.max_delay_secs()))
+                .await?;
+            ctx.queue.delete(&message.receipt).await?;
+        }
+        _ => ctx.queue.delay(&message.receipt, delay).await?,
+    }
+    ctx.stats.retry();
+    Ok(())
+}
+
+/// The test fault hook: abandon an acknowledged message before its delete.
+fn crashes_after_apply(ctx: &WorkerContext) -> bool {
+    ctx.hooks
+        .crash_after_apply
+        .as_ref()
+        .is_some_and(|crash| crash())
+}
+
+/// Settles a received batch: acknowledged messages are deleted together in
+/// one call (one `DeleteMessageBatch` on SQS), the others one by one.
+pub async fn settle_batch(ctx: &WorkerContext, results: Vec<(QueueMessage, Disposition)>) {
+    let mut acked = Vec::new();
+    for (message, disposition) in &results {
+        match disposition {
+            Disposition::Ack(kind) => {
+                if crashes_after_apply(ctx) {
+                    continue;
+                }
+                acked.push((message.receipt.clone(), *kind));
+            }
+            other => {
+                if let Err(e) = settle(ctx, message, other).await {
+                    warn!(message_id = %message.id, error = %e, "settling failed; the message will be redelivered");
+                }
+            }
+        }
+    }
+    let receipts: Vec<_> = acked.iter().map(|(r, _)| r.clone()).collect();
+    match ctx.queue.delete_batch(&receipts).await {
+        Ok(()) => acked.iter().for_each(|(_, kind)| ctx.stats.ack(*kind)),
+        Err(e) => {
+            warn!(error = %e, count = receipts.len(), "deleting acknowledged messages failed; they will be redelivered as duplicates")
+        }
+    }
+}
