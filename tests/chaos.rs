@@ -145,6 +145,8 @@ async fn a_panic_is_caught_retried_and_dead_lettered_as_panic(kind: Kind) {
     // Retried once (receive 1), dead-lettered at receive 2 = 4 - 2.
     assert_eq!(dlq[0].receive_count, 2);
     assert!(t.payment("boom").await.is_none());
+    t.wait_until_drained().await;
+    assert_clean(&t).await;
 }
 
 async fn post(t: &TestApp, body: String) -> u16 {

@@ -85,6 +85,9 @@ async fn eight_concurrent_deliveries_apply_once(kind: Kind) {
     assert_eq!(t.payment("q3").await.unwrap().version, 1);
     assert!(t.dlq_reasons().await.is_empty());
     assert_eq!(t.app().stats.snapshot().duplicates, 7);
+    let report = t.reconcile().await;
+    assert_eq!(report.in_ledger, 8, "eight archived deliveries, one event");
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
 }
 
 async fn refund_before_purchase_waits_for_it(kind: Kind) {
@@ -260,6 +263,8 @@ async fn crash_between_ledger_write_and_delete_is_a_duplicate_on_redelivery(kind
         t.app().backends.ledger.history(&key).await.unwrap().len(),
         1
     );
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
 }
 
 async fn restart_applies_everything_queued_once(kind: Kind) {
