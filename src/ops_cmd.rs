@@ -163,7 +163,8 @@ pub async fn dlq_list(args: DlqList) -> anyhow::Result<ExitCode> {
             let archive_key = Envelope::from_json(&d.body).ok().map(|e| e.archive_key());
             json!({
                 "id": d.id, "reason": d.reason, "error": d.error, "receive_count": d.receive_count,
-                "dead_at": d.dead_at.to_string(), "archive_key": archive_key,
+                "dead_at": paynotify_shared::envelope::rfc3339_ms::format(d.dead_at),
+                "archive_key": archive_key,
             })
         })
         .collect();

@@ -123,6 +123,13 @@ fn serve_ledger_dlq_replay_and_sigterm() {
         serde_json::from_slice(&paynotify(&["dlq", "list", "--config", cfg, "--json"], &[]).stdout)
             .unwrap();
     assert_eq!(dlq[0]["reason"], "BadSignature");
+    // Times in --json are RFC 3339.
+    let dead_at = dlq[0]["dead_at"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(dead_at, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "{dead_at}"
+    );
     let key = dlq[0]["archive_key"].as_str().unwrap().to_owned();
     let cat = paynotify(&["archive", "cat", "--config", cfg, &key], &[]);
     assert!(String::from_utf8_lossy(&cat.stdout).contains("\"source\":\"unionpay\""));
