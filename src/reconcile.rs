@@ -200,13 +200,14 @@ pub async fn reconcile(
         report.payments_checked += 1;
         check_payment(backends, payment, &mut report).await?;
     }
-    let bound =
-        OffsetDateTime::now_utc() - time::Duration::seconds(config.worker.parked_alert_secs as i64);
-    let overdue = backends.ledger.parked_before(bound, MAX_PARKED).await?;
+    // One read of the parked events, oldest first: the overdue ones lead.
+    let now = OffsetDateTime::now_utc();
+    let bound = now - time::Duration::seconds(config.worker.parked_alert_secs as i64);
+    let parked = backends.ledger.parked_before(now, MAX_PARKED).await?;
     for ParkedEntry {
         payment_key,
         parked,
-    } in overdue
+    } in parked.iter().filter(|p| p.parked.parked_at < bound)
     {
         report.flag(
             "parked_overdue",
@@ -220,12 +221,9 @@ pub async fn reconcile(
     for ParkedEntry {
         payment_key,
         parked,
-    } in backends
-        .ledger
-        .parked_before(OffsetDateTime::now_utc(), MAX_PARKED)
-        .await?
+    } in &parked
     {
-        if let Some(why) = parked.conflict {
+        if let Some(why) = &parked.conflict {
             report.flag(
                 "parked_conflict",
                 parked.notification_id.clone(),

@@ -149,25 +149,14 @@ async fn a_panic_is_caught_retried_and_dead_lettered_as_panic(kind: Kind) {
     assert_clean(&t).await;
 }
 
-async fn post(t: &TestApp, body: String) -> u16 {
-    reqwest::Client::new()
-        .post(&t.url)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 async fn archive_down_answers_503_and_enqueues_nothing(kind: Kind) {
     let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
     t.faults().archive.only(Some(&["put"]));
     t.faults().archive.set_down(true);
-    assert_eq!(post(&t, t.sim.purchase("a503", 100)).await, 503);
+    assert_eq!(t.post(t.sim.purchase("a503", 100)).await, 503);
     assert_eq!(t.app().backends.queue.depth().await.unwrap(), 0);
     t.faults().archive.set_down(false);
-    assert_eq!(post(&t, t.sim.purchase("a503", 100)).await, 200);
+    assert_eq!(t.post(t.sim.purchase("a503", 100)).await, 200);
     t.wait_for_status("a503", PaymentStatus::Paid).await;
     assert_clean(&t).await;
 }
@@ -176,7 +165,7 @@ async fn an_archive_put_retried_after_its_success_is_not_a_503(kind: Kind) {
     let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
     t.faults().archive.only(Some(&["put"]));
     t.faults().archive.set_repeat(true);
-    assert_eq!(post(&t, t.sim.purchase("twice", 100)).await, 200);
+    assert_eq!(t.post(t.sim.purchase("twice", 100)).await, 200);
     t.wait_for_status("twice", PaymentStatus::Paid).await;
     assert_clean(&t).await;
 }

@@ -52,19 +52,11 @@ async fn a_full_disk_answers_503_and_loses_nothing() {
     t.wait_for_status("before", PaymentStatus::Paid).await;
 
     let filler = fill(&disk);
-    let client = reqwest::Client::new();
     let bodies: Vec<String> = (0..5)
         .map(|i| t.sim.purchase(&format!("full{i}"), 100))
         .collect();
     for body in &bodies {
-        let status = client
-            .post(&t.url)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        let status = t.post(body.clone()).await;
         assert_eq!(
             status, 503,
             "a notification was acknowledged on a full disk"
@@ -75,17 +67,7 @@ async fn a_full_disk_answers_503_and_loses_nothing() {
 
     // The PSP's retries, now that there is space.
     for body in bodies {
-        assert_eq!(
-            client
-                .post(&t.url)
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            200
-        );
+        assert_eq!(t.post(body).await, 200);
     }
     for i in 0..5 {
         let s = t

@@ -346,17 +346,7 @@ mod aws_only {
         // fit no single SendMessageBatch.
         for size in std::iter::once(300 * 1024).chain(std::iter::repeat_n(100 * 1024, 9)) {
             let body = "a".repeat(size);
-            let e =
-                paynotify_shared::envelope::Envelope::new(paynotify_shared::envelope::Received {
-                    source: "unionpay",
-                    received_at: time::OffsetDateTime::now_utc(),
-                    remote_addr: None,
-                    method: "POST",
-                    path: "/notify/unionpay",
-                    query: None,
-                    headers: vec![],
-                    body: body.as_bytes(),
-                });
+            let e = support::envelope(body.as_bytes());
             b.archive.put(&e.archive_key(), &e.to_json()).await.unwrap();
             keys.push(e.archive_key());
         }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use paynotify::app::AppOptions;
-use paynotify_shared::envelope::{Envelope, Received};
+use paynotify_shared::envelope::Envelope;
 use paynotify_shared::ports::{QueueMessage, Receipt};
 use paynotify_shared::scheme::unionpay::BodyFormat;
 use paynotify_worker::{process_one, Disposition, Hooks, Stats, WorkerContext};
@@ -27,19 +27,6 @@ async fn app() -> TestApp {
         c.sources.insert("raw".into(), raw);
     })
     .await
-}
-
-async fn post_to(t: &TestApp, source: &str, body: Vec<u8>) -> u16 {
-    let url = t
-        .url
-        .replace("/notify/unionpay", &format!("/notify/{source}"));
-    reqwest::Client::new()
-        .post(url)
-        .body(body)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 /// Waits until `n` notifications are dead-lettered, then checks that none
@@ -108,7 +95,7 @@ async fn whitespace_truncation_and_foreign_bytes_are_dead_lettered_with_reasons(
     let n = bodies.len();
     for (source, body) in bodies {
         assert_eq!(
-            post_to(&t, source, body).await,
+            t.post_to(source, body).await,
             200,
             "ingest archives everything"
         );
@@ -130,18 +117,6 @@ async fn truncation_at_every_offset_is_a_dead_letter_in_the_worker() {
     .await
     .unwrap();
     let genuine = t.sim.purchase("h2", 100).into_bytes();
-    let envelope = |body: &[u8]| {
-        Envelope::new(Received {
-            source: "unionpay",
-            received_at: time::OffsetDateTime::now_utc(),
-            remote_addr: None,
-            method: "POST",
-            path: "/notify/unionpay",
-            query: None,
-            headers: vec![],
-            body,
-        })
-    };
     let message = |e: &Envelope| QueueMessage {
         id: e.id.clone(),
         receipt: Receipt("r".into()),
@@ -150,16 +125,16 @@ async fn truncation_at_every_offset_is_a_dead_letter_in_the_worker() {
         first_received_at: None,
     };
     for cut in 0..genuine.len() {
-        let d = process_one(&ctx, &message(&envelope(&genuine[..cut]))).await;
+        let d = process_one(&ctx, &message(&support::envelope(&genuine[..cut]))).await;
         assert!(
             matches!(&d, Disposition::DeadLetter { reason, .. } if !reason.is_empty()),
             "cut at {cut}: {d:?}"
         );
     }
-    let whole = process_one(&ctx, &message(&envelope(&genuine))).await;
+    let whole = process_one(&ctx, &message(&support::envelope(&genuine))).await;
     assert!(matches!(whole, Disposition::Ack(_)), "{whole:?}");
     // An altered envelope (body and digest disagree) is a dead letter too.
-    let mut e = envelope(&genuine);
+    let mut e = support::envelope(&genuine);
     e.body = Some("merId=1".into());
     assert!(matches!(
         process_one(&ctx, &message(&e)).await,
@@ -185,7 +160,7 @@ async fn oversized_bodies_and_header_floods_get_4xx_and_ingest_stays_up() {
     let t = app().await;
     let addr = t.app().addr.unwrap();
     // 10 MiB with a length (chunked bodies over the limit: e2e.rs).
-    let status = post_to(&t, "unionpay", vec![b'a'; 10 << 20]).await;
+    let status = t.post(vec![b'a'; 10 << 20]).await;
     assert!(status == 413 || status == 0, "{status}");
     // Ten thousand headers, and one header of a megabyte.
     for flood in [
@@ -211,8 +186,5 @@ async fn oversized_bodies_and_header_floods_get_4xx_and_ingest_stays_up() {
         );
     }
     assert_eq!(t.app().backends.queue.depth().await.unwrap(), 0);
-    assert_eq!(
-        post_to(&t, "unionpay", t.sim.purchase("h3", 1).into_bytes()).await,
-        200
-    );
+    assert_eq!(t.post(t.sim.purchase("h3", 1)).await, 200);
 }

@@ -242,20 +242,19 @@ const MAX_PARKED_COUNTED: usize = 10_000;
 /// Parked events overdue (older than the bound) and conflicted (kept parked
 /// because they contradict their payment); -1 when the ledger cannot be read.
 async fn parked_gauges(ledger: &dyn Ledger, alert_secs: u64) -> String {
+    // One read, oldest first: the overdue ones lead.
     let now = OffsetDateTime::now_utc();
-    let overdue = ledger
-        .parked_before(
-            now - time::Duration::seconds(alert_secs as i64),
-            MAX_PARKED_COUNTED,
-        )
-        .await
-        .map_or(-1, |p| p.len() as i64);
-    let conflicted = ledger
-        .parked_before(now, MAX_PARKED_COUNTED)
-        .await
-        .map_or(-1, |p| {
-            p.iter().filter(|p| p.parked.conflict.is_some()).count() as i64
-        });
+    let bound = now - time::Duration::seconds(alert_secs as i64);
+    let (overdue, conflicted) = match ledger.parked_before(now, MAX_PARKED_COUNTED).await {
+        Ok(parked) => (
+            parked.iter().filter(|p| p.parked.parked_at < bound).count() as i64,
+            parked
+                .iter()
+                .filter(|p| p.parked.conflict.is_some())
+                .count() as i64,
+        ),
+        Err(_) => (-1, -1),
+    };
     format!(
         "# HELP paynotify_parked_events_overdue Events parked for longer than worker.parked_alert_secs.
          # TYPE paynotify_parked_events_overdue gauge

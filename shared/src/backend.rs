@@ -55,6 +55,21 @@ impl Backends {
     }
 }
 
+/// Milliseconds since the Unix epoch, as the stores keep times.
+pub(crate) fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The time `ms` milliseconds after the Unix epoch; `None` out of range.
+pub(crate) fn from_unix_ms(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
+/// A stored time, the epoch when it is out of range.
+pub(crate) fn stored_time(ms: i64) -> OffsetDateTime {
+    from_unix_ms(ms).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// Whether the `date=YYYY-MM-DD/hour=HH` partition of an archive key overlaps
 /// `[from, to]`; keys without partitions match only an open range.
 pub(crate) fn hour_in_range(

@@ -87,6 +87,26 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs `body` to `/notify/{source}`; the status, or 0 when the
+    /// connection failed (the server may close it on an oversized body).
+    pub async fn post_to(&self, source: &str, body: impl Into<reqwest::Body>) -> u16 {
+        let url = self
+            .url
+            .replace("/notify/unionpay", &format!("/notify/{source}"));
+        reqwest::Client::new()
+            .post(url)
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// POSTs `body` to the UnionPay source, once (no PSP retries).
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> u16 {
+        self.post_to("unionpay", body).await
+    }
+
     /// The fault switchboards (the app must be started with `faults`).
     pub fn faults(&self) -> &paynotify_shared::faults::FaultyBackends {
         self.app().faults.as_ref().expect("started with faults")

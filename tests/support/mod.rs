@@ -32,6 +32,21 @@ macro_rules! on_both_backends {
     };
 }
 
+/// An envelope of `body` received now on the UnionPay source, as ingest
+/// builds it.
+pub fn envelope(body: &[u8]) -> paynotify_shared::envelope::Envelope {
+    paynotify_shared::envelope::Envelope::new(paynotify_shared::envelope::Received {
+        source: "unionpay",
+        received_at: time::OffsetDateTime::now_utc(),
+        remote_addr: None,
+        method: "POST",
+        path: "/notify/unionpay",
+        query: None,
+        headers: vec![],
+        body,
+    })
+}
+
 /// Which backend a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

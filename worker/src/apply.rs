@@ -92,6 +92,12 @@ pub fn plan(
         r.status_after = Some(state.status);
     }
     let mut pending: Vec<(PaymentKey, ParkedEvent)> = waiting(entry, &key);
+    let by_psp_time = |pending: &mut Vec<(PaymentKey, ParkedEvent)>| {
+        pending.sort_by(|(_, a), (_, b)| {
+            (a.event.psp_time, a.parked_at).cmp(&(b.event.psp_time, b.parked_at))
+        });
+    };
+    by_psp_time(&mut pending);
     let mut missing = Vec::new();
     let mut capture = alias_key(event);
     loop {
@@ -105,24 +111,24 @@ pub fn plan(
                         expected_version: a.version,
                     });
                     pending.extend(waiting(a, &alias));
+                    by_psp_time(&mut pending);
                 }
                 Some(_) => {}
             }
         }
-        pending.sort_by(|(_, a), (_, b)| {
-            (a.event.psp_time, a.parked_at).cmp(&(b.event.psp_time, b.parked_at))
+        // The first parked event (in PSP order) that applies now.
+        let next = pending.iter().enumerate().find_map(|(i, (_, p))| {
+            let e = rekeyed(&p.event, &key);
+            match transition(Some(&state), &e) {
+                Transition::Conflict(_) | Transition::Retry(_) => None,
+                t => Some((i, e, t)),
+            }
         });
-        let Some(i) = pending.iter().position(|(_, p)| {
-            !matches!(
-                transition(Some(&state), &rekeyed(&p.event, &key)),
-                Transition::Conflict(_) | Transition::Retry(_)
-            )
-        }) else {
+        let Some((i, e, t)) = next else {
             break;
         };
         let (from, parked) = pending.remove(i);
-        let e = rekeyed(&parked.event, &key);
-        let status_after = match transition(Some(&state), &e) {
+        let status_after = match t {
             Transition::Apply(s) => {
                 state = s;
                 Some(state.status)

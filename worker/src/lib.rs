@@ -163,12 +163,14 @@ pub async fn process_batch(
     ctx: &WorkerContext,
     messages: Vec<QueueMessage>,
 ) -> Vec<(QueueMessage, Disposition)> {
+    // Each task shares its message (the body is not copied); when the task
+    // ends, its handle is the only one left.
     let handles: Vec<_> = messages
         .into_iter()
         .map(|message| {
-            let (ctx, m) = (ctx.clone(), message.clone());
+            let (ctx, m) = (ctx.clone(), Arc::new(message));
             (
-                message,
+                m.clone(),
                 tokio::spawn(async move { process_one(&ctx, &m).await }),
             )
         })
@@ -187,6 +189,7 @@ pub async fn process_batch(
                 Disposition::Panicked(why)
             }
         };
+        let message = Arc::try_unwrap(message).unwrap_or_else(|m| (*m).clone());
         done.push((message, disposition));
     }
     done

@@ -62,9 +62,7 @@ pub async fn settle(
         Disposition::Panicked(why)
             if message.receive_count >= last_own_receive(ctx.max_receives) =>
         {
-            ctx.queue.dead_letter(message, "panic", why).await?;
-            warn!(message_id = %message.id, stage = "dead_letter", reason = "panic", "dead-lettered");
-            stats.dead_letter("panic");
+            dead_letter(ctx, message, "panic", why).await?;
         }
         Disposition::Panicked(_) => {
             let delay = retry_delay(&ctx.config, message.receive_count);
@@ -72,11 +70,22 @@ pub async fn settle(
             stats.retry();
         }
         Disposition::DeadLetter { reason, error } => {
-            ctx.queue.dead_letter(message, reason, error).await?;
-            warn!(message_id = %message.id, stage = "dead_letter", reason = %reason, "dead-lettered");
-            stats.dead_letter(reason);
+            dead_letter(ctx, message, reason, error).await?;
         }
     }
+    Ok(())
+}
+
+/// Moves the message to the DLQ with its reason, logs and counts it.
+async fn dead_letter(
+    ctx: &WorkerContext,
+    message: &QueueMessage,
+    reason: &str,
+    error: &str,
+) -> Result<(), QueueError> {
+    ctx.queue.dead_letter(message, reason, error).await?;
+    warn!(message_id = %message.id, stage = "dead_letter", reason = %reason, "dead-lettered");
+    ctx.stats.dead_letter(reason);
     Ok(())
 }
 
@@ -97,12 +106,7 @@ async fn retry(ctx: &WorkerContext, message: &QueueMessage, why: &str) -> Result
     let elapsed = now - since;
     if elapsed >= time::Duration::seconds(ctx.config.retry_for_secs as i64) {
         let error = format!("{why} (retried {attempts} times over {elapsed})");
-        ctx.queue
-            .dead_letter(message, "retries_exhausted", &error)
-            .await?;
-        warn!(message_id = %message.id, stage = "dead_letter", reason = "retries_exhausted", "dead-lettered");
-        ctx.stats.dead_letter("retries_exhausted");
-        return Ok(());
+        return dead_letter(ctx, message, "retries_exhausted", &error).await;
     }
     let delay = whole_secs(retry_delay(&ctx.config, attempts));
     match carried.as_ref().map(QueuedBody::archive_key) {

@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, Trans
 use time::OffsetDateTime;
 
 use super::{describe, Clients};
+use crate::backend::{stored_time, unix_ms};
 use crate::config::AwsConfig;
 use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
@@ -64,20 +65,11 @@ fn parked_sk(event_key: &EventKey) -> String {
     format!("{PARKED}{event_key}")
 }
 
-fn ms(t: OffsetDateTime) -> i128 {
-    t.unix_timestamp_nanos() / 1_000_000
-}
-
-fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 fn parked_from(item: &HashMap<String, AttributeValue>) -> Option<ParkedEvent> {
     Some(ParkedEvent {
         event: serde_json::from_str(get_s(item, "event_json")?).ok()?,
         notification_id: get_s(item, "notification_id")?.to_owned(),
-        parked_at: from_ms(get_n(item, "parked_at")?),
+        parked_at: stored_time(get_n(item, "parked_at")?),
         conflict: get_s(item, "conflict").map(str::to_owned),
     })
 }
@@ -116,7 +108,7 @@ impl DynamoLedger {
         &self,
         key: &str,
         r: &RecordedEvent,
-        now: i128,
+        now: i64,
         index: usize,
         only_if_new: bool,
     ) -> Result<TransactWriteItem, LedgerError> {
@@ -132,7 +124,7 @@ impl DynamoLedger {
             ("currency".to_owned(), s(e.amount.currency.as_str())),
             ("recorded_at".to_owned(), n(now)),
             // Events of one write share `recorded_at`; this keeps their order.
-            ("ord".to_owned(), n(now * 1000 + index as i128)),
+            ("ord".to_owned(), n(now * 1000 + index as i64)),
             ("event_json".to_owned(), s(built(serde_json::to_string(e))?)),
         ]);
         if let Some(st) = r.status_after {
@@ -167,7 +159,7 @@ impl DynamoLedger {
             ("sk".to_owned(), s(parked_sk(&p.event.event_key))),
             ("event_key".to_owned(), s(p.event.event_key.as_str())),
             ("notification_id".to_owned(), s(&p.notification_id)),
-            ("parked_at".to_owned(), n(ms(p.parked_at))),
+            ("parked_at".to_owned(), n(unix_ms(p.parked_at))),
             ("gsi_parked".to_owned(), s(PARKED_PARTITION)),
             (
                 "event_json".to_owned(),
@@ -188,7 +180,7 @@ impl DynamoLedger {
         state: Option<&PaymentState>,
         expected_version: u64,
         alias_of: Option<&str>,
-        now: i128,
+        now: i64,
     ) -> Result<TransactWriteItem, LedgerError> {
         let mut item = HashMap::from([
             ("pk".to_owned(), s(key)),
@@ -280,7 +272,7 @@ impl Ledger for DynamoLedger {
     }
 
     async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
-        let now = ms(OffsetDateTime::now_utc());
+        let now = unix_ms(OffsetDateTime::now_utc());
         let key = w.key.as_str();
         let mut items = Vec::new();
         // The incoming event first: its condition decides `Duplicate`.
@@ -373,7 +365,7 @@ impl Ledger for DynamoLedger {
             .index_name(PARKED_INDEX)
             .key_condition_expression("gsi_parked = :g AND parked_at < :t")
             .expression_attribute_values(":g", s(PARKED_PARTITION))
-            .expression_attribute_values(":t", n(ms(t)))
+            .expression_attribute_values(":t", n(unix_ms(t)))
             .into_paginator()
             .send();
         let mut out = Vec::new();
@@ -429,10 +421,7 @@ impl Ledger for DynamoLedger {
                 amount_minor: get_n(i, "amount_minor").unwrap_or(0) as u64,
                 currency: get_s(i, "currency").unwrap_or_default().to_owned(),
                 status_after: get_s(i, "status_after").map(str::to_owned),
-                recorded_at: time::OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(get_n(i, "recorded_at").unwrap_or(0)) * 1_000_000,
-                )
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                recorded_at: stored_time(get_n(i, "recorded_at").unwrap_or(0)),
                 event: get_s(i, "event_json").and_then(|j| serde_json::from_str(j).ok()),
             })
             .collect();

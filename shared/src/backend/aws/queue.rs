@@ -13,6 +13,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 use super::batch::Batcher;
 use super::sqs_batches::{delete_batch, send_batch};
 use super::{describe, Clients};
+use crate::backend::{from_unix_ms, stored_time};
 use crate::config::AwsConfig;
 use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
 
@@ -284,10 +285,7 @@ impl Queue for SqsQueue {
                         a.get(&MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
                     })
                     .and_then(|t| t.parse::<i64>().ok())
-                    .and_then(|ms| {
-                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                            .ok()
-                    });
+                    .and_then(from_unix_ms);
                 Some(QueueMessage {
                     id: m.message_id?,
                     receipt: Receipt(m.receipt_handle?),
@@ -371,10 +369,7 @@ impl Queue for SqsQueue {
                     reason: attr(m, "reason"),
                     error: attr(m, "error"),
                     receive_count: attr(m, "receive_count").parse().unwrap_or(0),
-                    dead_at: time::OffsetDateTime::from_unix_timestamp_nanos(
-                        i128::from(sent_ms) * 1_000_000,
-                    )
-                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                    dead_at: stored_time(sent_ms),
                     body: m.body.clone().unwrap_or_default().into_bytes(),
                 }
             })

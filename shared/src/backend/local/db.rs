@@ -253,7 +253,7 @@ where
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    crate::backend::unix_ms(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

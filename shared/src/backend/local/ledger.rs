@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::db::{exec, now_ms, row, Db};
+use crate::backend::{stored_time, unix_ms};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
@@ -113,15 +114,6 @@ fn unavailable(e: String) -> LedgerError {
     LedgerError::Unavailable(e)
 }
 
-fn ms_to_time(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn to_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 fn invalid(what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,
@@ -186,7 +178,7 @@ fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
         .query_map(params![key.as_str()], |r| {
             Ok(ParkedEvent {
                 notification_id: r.get(0)?,
-                parked_at: ms_to_time(r.get(1)?),
+                parked_at: stored_time(r.get(1)?),
                 event: parse_event(&r.get::<_, String>(2)?)?,
                 conflict: r.get(3)?,
             })
@@ -270,7 +262,7 @@ fn park(c: &Connection, key: &str, p: &ParkedEvent) -> rusqlite::Result<()> {
             key,
             p.event.event_key.as_str(),
             p.notification_id,
-            to_ms(p.parked_at),
+            unix_ms(p.parked_at),
             event_json(&p.event)?,
             p.conflict,
         ],
@@ -354,14 +346,6 @@ fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
     Ok(ApplyOutcome::Applied)
 }
 
-impl LocalLedger {
-    /// Ends the database's writer thread, as a crash of it would (tests).
-    #[doc(hidden)]
-    pub fn stop_writer(&self) {
-        self.db.stop_writer();
-    }
-}
-
 #[async_trait]
 impl Ledger for LocalLedger {
     fn fatal(&self) -> Option<String> {
@@ -407,12 +391,12 @@ impl Ledger for LocalLedger {
                     "SELECT payment_key, notification_id, parked_at, event_json, conflict FROM parked
                      WHERE parked_at < ?1 ORDER BY parked_at, payment_key, event_key LIMIT ?2",
                 )?;
-                let rows = s.query_map(params![to_ms(t), limit as i64], |r| {
+                let rows = s.query_map(params![unix_ms(t), limit as i64], |r| {
                     Ok(ParkedEntry {
                         payment_key: PaymentKey::from_stored(r.get::<_, String>(0)?),
                         parked: ParkedEvent {
                             notification_id: r.get(1)?,
-                            parked_at: ms_to_time(r.get(2)?),
+                            parked_at: stored_time(r.get(2)?),
                             event: parse_event(&r.get::<_, String>(3)?)?,
                             conflict: r.get(4)?,
                         },
@@ -442,7 +426,7 @@ impl Ledger for LocalLedger {
                         amount_minor: r.get::<_, i64>(4)? as u64,
                         currency: r.get(5)?,
                         status_after: r.get(6)?,
-                        recorded_at: ms_to_time(r.get(7)?),
+                        recorded_at: stored_time(r.get(7)?),
                         event: serde_json::from_str(&r.get::<_, String>(8)?).ok(),
                     })
                 })?;

@@ -12,6 +12,7 @@ use rusqlite::{params, OptionalExtension};
 use tokio::sync::Notify;
 
 use super::db::{exec, now_ms, row, Db};
+use crate::backend::{from_unix_ms, stored_time};
 use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
 
 const SCHEMA: &str = "
@@ -171,10 +172,7 @@ impl LocalQueue {
                             receipt: Receipt(receipt),
                             body,
                             receive_count: count + 1,
-                            first_received_at: time::OffsetDateTime::from_unix_timestamp_nanos(
-                                i128::from(first) * 1_000_000,
-                            )
-                            .ok(),
+                            first_received_at: from_unix_ms(first),
                         });
                     }
                 }
@@ -311,8 +309,7 @@ impl Queue for LocalQueue {
                         reason: r.get(1)?,
                         error: r.get(2)?,
                         receive_count: r.get(3)?,
-                        dead_at: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                        dead_at: stored_time(ms),
                         body: r.get(5)?,
                     })
                 })?;
