@@ -9,6 +9,7 @@ use paynotify_ingest::IngestState;
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::Config;
 use paynotify_shared::faults::FaultyBackends;
+use paynotify_shared::metrics::Metrics;
 pub use paynotify_shared::telemetry::{init_logging, shutdown_signal};
 use paynotify_worker::{Hooks, Stats, WorkerContext};
 use tokio::net::TcpListener;
@@ -44,6 +45,8 @@ pub struct App {
     pub admin_addr: Option<SocketAddr>,
     pub backends: Backends,
     pub stats: Arc<Stats>,
+    /// What `/metrics` serves: every port call, ingest and worker counter.
+    pub metrics: Arc<Metrics>,
     /// The fault switchboards, when started with `faults`.
     pub faults: Option<FaultyBackends>,
     shutdown: CancellationToken,
@@ -60,6 +63,9 @@ impl App {
     pub async fn start(config: &Config, options: AppOptions) -> anyhow::Result<Self> {
         let mut backends = backend::build(&config.backend).await?;
         let faults = options.faults.then(|| FaultyBackends::wrap(&mut backends));
+        // Metered outside the faults: an injected failure counts as one.
+        let metrics = Metrics::new(backends.api_calls.clone());
+        backends.metered(&metrics);
         let shutdown = CancellationToken::new();
         let watch = backends.watch(shutdown.clone());
         let stats = Arc::new(Stats::default());
@@ -69,6 +75,7 @@ impl App {
                 config,
                 &backends,
                 stats.clone(),
+                metrics.clone(),
                 options.hooks.clone(),
                 &shutdown,
             )
@@ -84,7 +91,7 @@ impl App {
                 .with_context(|| format!("binding admin to {}", config.ingest.admin_listen))?;
             addr = Some(listener.local_addr()?);
             admin_addr = Some(admin.local_addr()?);
-            let state = IngestState::new(config, &backends);
+            let state = IngestState::new(config, &backends, metrics.clone());
             let (cfg, token) = (config.ingest.clone(), shutdown.clone());
             ingest = Some(tokio::spawn(async move {
                 paynotify_ingest::run(listener, admin, state, &cfg, token).await
@@ -95,6 +102,7 @@ impl App {
             admin_addr,
             backends,
             stats,
+            metrics,
             faults,
             shutdown,
             ingest,

@@ -111,6 +111,7 @@ async fn truncation_at_every_offset_is_a_dead_letter_in_the_worker() {
         config,
         &t.app().backends,
         std::sync::Arc::new(Stats::default()),
+        t.app().metrics.clone(),
         Hooks::default(),
         &tokio_util::sync::CancellationToken::new(),
     )

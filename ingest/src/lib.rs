@@ -3,64 +3,51 @@
 //! §7). No signature check, no parsing. Health and metrics are served on a
 //! separate admin listener.
 
-pub mod serve;
+pub use paynotify_shared::serve;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::Router;
-use paynotify_shared::backend::aws::ApiCalls;
+use paynotify_shared::admin::Admin;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::{Config, IngestConfig};
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
-use paynotify_shared::ports::{Archive, ArchiveError, Ledger, Queue};
+use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
+use paynotify_shared::notification_span;
+use paynotify_shared::ports::{Archive, ArchiveError, Queue};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tracing::{error, info};
-
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct IngestMetrics {
-    pub accepted: AtomicU64,
-    pub unknown_source: AtomicU64,
-    pub rejected_body: AtomicU64,
-    pub unavailable: AtomicU64,
-}
+use tracing::{error, info, Instrument};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct IngestState {
     pub archive: Arc<dyn Archive>,
     pub queue: Arc<dyn Queue>,
-    /// For the parked-event gauges on `/metrics`.
-    pub ledger: Option<Arc<dyn Ledger>>,
-    /// A parked event older than this is counted as overdue.
-    pub parked_alert_secs: u64,
     /// Success body by source name.
     pub sources: Arc<BTreeMap<String, String>>,
-    pub metrics: Arc<IngestMetrics>,
-    /// AWS API calls of this process, when on the AWS backend.
-    pub api_calls: Option<Arc<ApiCalls>>,
+    pub metrics: Arc<Metrics>,
+    /// What the admin listener serves.
+    pub admin: Admin,
 }
 
 impl IngestState {
-    /// The state for the configured sources on `backends`.
-    pub fn new(config: &Config, backends: &Backends) -> Self {
+    /// The state for the configured sources on `backends`, counting into
+    /// `metrics` (shared with the workers of the same process).
+    pub fn new(config: &Config, backends: &Backends, metrics: Arc<Metrics>) -> Self {
         Self {
             archive: backends.archive.clone(),
             queue: backends.queue.clone(),
-            ledger: Some(backends.ledger.clone()),
-            parked_alert_secs: config.worker.parked_alert_secs,
             sources: Arc::new(
                 config
                     .sources
@@ -68,8 +55,12 @@ impl IngestState {
                     .map(|(k, s)| (k.clone(), s.success_body.clone()))
                     .collect(),
             ),
-            metrics: Arc::new(IngestMetrics::default()),
-            api_calls: backends.api_calls.clone(),
+            admin: Admin {
+                metrics: metrics.clone(),
+                backends: backends.clone(),
+                parked_alert_secs: config.worker.parked_alert_secs,
+            },
+            metrics,
         }
     }
 }
@@ -85,26 +76,40 @@ pub fn router(state: IngestState, config: &IngestConfig) -> Router {
         .with_state(state)
 }
 
-/// The admin router: `/healthz`, `/readyz`, `/metrics`.
-pub fn admin_router(state: IngestState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
 async fn notify(
     State(state): State<IngestState>,
     Path(source): Path<String>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let received_at = OffsetDateTime::now_utc();
+    let started = Instant::now();
     let Some(success_body) = state.sources.get(&source).cloned() else {
-        state.metrics.unknown_source.fetch_add(1, Ordering::Relaxed);
+        // The label is fixed: an attacker's path must not create series.
+        state
+            .metrics
+            .responded(UNKNOWN_SOURCE, 404, started.elapsed());
         return (StatusCode::NOT_FOUND, "unknown source\n").into_response();
     };
+    let span = notification_span!("ingest");
+    span.record("source", source.as_str());
+    let response = accept(&state, &source, success_body, remote, request)
+        .instrument(span)
+        .await;
+    state
+        .metrics
+        .responded(&source, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Reads, archives and enqueues one notification of a configured source.
+async fn accept(
+    state: &IngestState,
+    source: &str,
+    success_body: String,
+    remote: SocketAddr,
+    request: Request,
+) -> Response {
+    let received_at = OffsetDateTime::now_utc();
     let (parts, body) = request.into_parts();
     let headers = parts
         .headers
@@ -122,19 +127,21 @@ async fn notify(
     let bytes = match Bytes::from_request(Request::from_parts(parts, body), &()).await {
         Ok(b) => b,
         Err(rejection) => {
-            state.metrics.rejected_body.fetch_add(1, Ordering::Relaxed);
             if is_body_timeout(&rejection) {
+                info!(remote = %remote, "request body too slow");
                 return (StatusCode::REQUEST_TIMEOUT, "request body too slow\n").into_response();
             }
+            info!(remote = %remote, error = %rejection.body_text(), "request body rejected");
             return rejection.into_response();
         }
     };
+    state.metrics.received(source);
     // Only the serialised envelope is kept across the awaits below: with a
     // thousand requests in flight, every copy of a body counts.
     let body_len = bytes.len();
     let (id, key, json) = {
         let envelope = Envelope::new(Received {
-            source: &source,
+            source,
             received_at,
             remote_addr: Some(remote.to_string()),
             method: method.as_str(),
@@ -150,19 +157,19 @@ async fn notify(
             envelope.to_json(),
         )
     };
+    tracing::Span::current().record("notification_id", id.as_str());
     if let Err(e) = archive(state.archive.as_ref(), &key, &json).await {
-        error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "archive failed");
-        state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+        error!(error = %e, "archive failed");
         return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
     }
+    state.metrics.archived(source);
     let message = QueuedBody::for_queue(json, &key, state.queue.max_message_bytes());
     if let Err(e) = state.queue.send(&message).await {
-        error!(notification_id = %id, source = %source, stage = "ingest", error = %e, "enqueue failed");
-        state.metrics.unavailable.fetch_add(1, Ordering::Relaxed);
+        error!(error = %e, archive_key = %key, "enqueue failed");
         return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response();
     }
-    state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-    info!(notification_id = %id, source = %source, stage = "ingest", direction = "notification", bytes = body_len, "accepted");
+    state.metrics.enqueued(source);
+    info!(bytes = body_len, archive_key = %key, "accepted");
     (StatusCode::OK, success_body).into_response()
 }
 
@@ -190,80 +197,6 @@ async fn archive(archive: &dyn Archive, key: &str, json: &[u8]) -> Result<(), Ar
         },
         other => other,
     }
-}
-
-async fn readyz(State(state): State<IngestState>) -> Response {
-    let fatal = state
-        .archive
-        .fatal()
-        .or_else(|| state.queue.fatal())
-        .or_else(|| state.ledger.as_ref().and_then(|l| l.fatal()));
-    if let Some(why) = fatal {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
-    }
-    match state.queue.depth().await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("queue: {e}\n")).into_response(),
-    }
-}
-
-async fn metrics(State(state): State<IngestState>) -> String {
-    let m = &state.metrics;
-    let depth = state.queue.depth().await.map(|d| d as i64).unwrap_or(-1);
-    let mut out = format!(
-        "# TYPE paynotify_ingest_requests_total counter\n\
-         paynotify_ingest_requests_total{{result=\"accepted\"}} {}\n\
-         paynotify_ingest_requests_total{{result=\"unknown_source\"}} {}\n\
-         paynotify_ingest_requests_total{{result=\"rejected_body\"}} {}\n\
-         paynotify_ingest_requests_total{{result=\"unavailable\"}} {}\n\
-         # TYPE paynotify_queue_depth gauge\npaynotify_queue_depth {depth}\n",
-        m.accepted.load(Ordering::Relaxed),
-        m.unknown_source.load(Ordering::Relaxed),
-        m.rejected_body.load(Ordering::Relaxed),
-        m.unavailable.load(Ordering::Relaxed),
-    );
-    if let Some(ledger) = &state.ledger {
-        out.push_str(&parked_gauges(ledger.as_ref(), state.parked_alert_secs).await);
-    }
-    if let Some(calls) = &state.api_calls {
-        out.push_str("# TYPE paynotify_aws_api_calls_total counter\n");
-        for (operation, n) in calls.snapshot() {
-            out.push_str(&format!(
-                "paynotify_aws_api_calls_total{{operation=\"{operation}\"}} {n}\n"
-            ));
-        }
-    }
-    out
-}
-
-/// Parked events counted at most per scrape.
-const MAX_PARKED_COUNTED: usize = 10_000;
-
-/// Parked events overdue (older than the bound) and conflicted (kept parked
-/// because they contradict their payment); -1 when the ledger cannot be read.
-async fn parked_gauges(ledger: &dyn Ledger, alert_secs: u64) -> String {
-    // One read, oldest first: the overdue ones lead.
-    let now = OffsetDateTime::now_utc();
-    let bound = now - time::Duration::seconds(alert_secs as i64);
-    let (overdue, conflicted) = match ledger.parked_before(now, MAX_PARKED_COUNTED).await {
-        Ok(parked) => (
-            parked.iter().filter(|p| p.parked.parked_at < bound).count() as i64,
-            parked
-                .iter()
-                .filter(|p| p.parked.conflict.is_some())
-                .count() as i64,
-        ),
-        Err(_) => (-1, -1),
-    };
-    format!(
-        "# HELP paynotify_parked_events_overdue Events parked for longer than worker.parked_alert_secs.
-         # TYPE paynotify_parked_events_overdue gauge
-paynotify_parked_events_overdue {overdue}
-         # HELP paynotify_parked_events_conflicted Parked events that contradict their payment.
-         # TYPE paynotify_parked_events_conflicted gauge
-paynotify_parked_events_conflicted {conflicted}
-"
-    )
 }
 
 /// Serves the public and admin listeners until `shutdown` is cancelled, then
@@ -295,7 +228,12 @@ pub async fn run(
             limits,
             shutdown.clone()
         ),
-        serve::serve(admin, admin_router(state), admin_limits, shutdown)
+        serve::serve(
+            admin,
+            paynotify_shared::admin::router(state.admin),
+            admin_limits,
+            shutdown
+        )
     );
     a.and(b)
 }

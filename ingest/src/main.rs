@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use paynotify_ingest::IngestState;
-use paynotify_shared::backend;
 use paynotify_shared::config::Config;
+use paynotify_shared::metered;
 use paynotify_shared::telemetry::{init_logging, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
@@ -13,14 +13,14 @@ async fn main() -> anyhow::Result<()> {
     init_logging("info");
     let path = config_path()?;
     let config = Config::load(&path)?;
-    let backends = backend::build(&config.backend).await?;
+    let (backends, metrics) = metered::build(&config.backend).await?;
     let listener = tokio::net::TcpListener::bind(&config.ingest.listen)
         .await
         .with_context(|| format!("binding {}", config.ingest.listen))?;
     let admin = tokio::net::TcpListener::bind(&config.ingest.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.ingest.admin_listen))?;
-    let state = IngestState::new(&config, &backends);
+    let state = IngestState::new(&config, &backends, metrics);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {

@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paynotify_ingest::{IngestMetrics, IngestState};
-use paynotify_shared::backend::local::{LocalArchive, LocalQueue};
+use paynotify_ingest::IngestState;
+use paynotify_shared::admin::Admin;
+use paynotify_shared::backend::local::{LocalArchive, LocalLedger, LocalQueue};
+use paynotify_shared::backend::Backends;
 use paynotify_shared::config::IngestConfig;
 use paynotify_shared::faults::{Faults, FaultyArchive, FaultyQueue};
+use paynotify_shared::metrics::Metrics;
 use paynotify_shared::ports::{Archive, Queue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -55,17 +58,27 @@ async fn start_with(
         inner: Arc::new(queue.clone()),
         faults: down(queue_down),
     });
-    let state = IngestState {
+    let backends = Backends {
         archive: Arc::new(FaultyArchive {
             inner: Arc::new(archive.clone()),
             faults: down(archive_down),
         }),
         queue: queue_port,
-        ledger: None,
-        parked_alert_secs: 86_400,
-        sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
-        metrics: Arc::new(IngestMetrics::default()),
+        ledger: Arc::new(LocalLedger::open(&dir.path().join("l.sqlite3")).unwrap()),
         api_calls: None,
+        secrets: None,
+    };
+    let metrics = Metrics::new(None);
+    let state = IngestState {
+        archive: backends.archive.clone(),
+        queue: backends.queue.clone(),
+        sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
+        metrics: metrics.clone(),
+        admin: Admin {
+            metrics,
+            backends,
+            parked_alert_secs: 86_400,
+        },
     };
     let mut config = IngestConfig::default();
     tweak(&mut config);

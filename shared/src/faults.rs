@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::event::{EventKey, PaymentKey};
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Ledger, LedgerError, LedgerWrite,
-    ParkedEntry, PaymentEntry, Queue, QueueError, QueueMessage, Receipt,
+    ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
 };
 
 const MILLION: f64 = 1_000_000.0;
@@ -299,13 +299,32 @@ impl Queue for FaultyQueue {
             self.inner.dlq_list(limit)
         )
     }
-    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+    async fn redrive_with(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
         faulty!(
             self,
             "redrive",
             QueueError::Unavailable,
-            self.inner.redrive(reason)
+            self.inner.redrive_with(reason, progress)
         )
+    }
+    async fn purge_dead_letters(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
+        faulty!(
+            self,
+            "purge",
+            QueueError::Unavailable,
+            self.inner.purge_dead_letters(reason, progress)
+        )
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        faulty!(self, "stats", QueueError::Unavailable, self.inner.stats())
     }
     async fn depth(&self) -> Result<u64, QueueError> {
         faulty!(self, "depth", QueueError::Unavailable, self.inner.depth())

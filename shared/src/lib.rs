@@ -1,15 +1,19 @@
 //! paynotify's domain core: payment events, the state machine, PSP signature
 //! schemes, configuration and the test PKI shared by the CLI, ingest and worker.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod faults;
+pub mod metered;
+pub mod metrics;
 pub mod money;
 pub mod ports;
 pub mod scheme;
 pub mod secret;
+pub mod serve;
 pub mod state;
 pub mod telemetry;
 pub mod testing;

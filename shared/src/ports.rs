@@ -91,6 +91,24 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
 }
 
+/// Called with the number of messages handled so far.
+pub type Progress<'a> = &'a (dyn Fn(usize) + Send + Sync);
+
+/// A sample of the queue, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Ready to be received.
+    pub visible: u64,
+    /// Received and not yet deleted, delayed or dead-lettered.
+    pub in_flight: u64,
+    /// Sent with a delay, or made invisible for a retry, not yet visible.
+    pub delayed: u64,
+    pub dead_letters: u64,
+    /// Since the oldest message in the queue was sent, when the backend
+    /// can tell (on SQS it is CloudWatch's `ApproximateAgeOfOldestMessage`).
+    pub oldest_age: Option<Duration>,
+}
+
 /// The notification queue, with SQS semantics.
 ///
 /// # Contract
@@ -109,7 +127,12 @@ pub struct DeadLetter {
 ///   receive count of zero and returns how many moved. `dlq_list` and
 ///   `redrive` may not reach every dead letter on a backend that cannot list
 ///   without receiving (SQS: messages in flight elsewhere are skipped);
-///   callers compare with `dlq_depth` and say so.
+///   callers compare with `dlq_depth` and say so. `redrive_with` reports
+///   each message moved to `progress`.
+/// - `purge_dead_letters` deletes dead letters (all, or those with
+///   `reason`) and returns how many; their notifications stay in the archive.
+/// - `stats` samples the queue for `/metrics`: approximate on SQS, where the
+///   age of the oldest message is CloudWatch's, not the queue's (`None`).
 #[async_trait]
 pub trait Queue: Send + Sync {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError>;
@@ -137,7 +160,20 @@ pub trait Queue: Send + Sync {
         error: &str,
     ) -> Result<(), QueueError>;
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
-    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError>;
+    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+        self.redrive_with(reason, &|_| {}).await
+    }
+    async fn redrive_with(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError>;
+    async fn purge_dead_letters(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError>;
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
     /// Messages not yet deleted or dead-lettered (visible or in flight).
     async fn depth(&self) -> Result<u64, QueueError>;
     /// Messages in the dead-letter queue (approximate on SQS).

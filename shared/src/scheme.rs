@@ -102,6 +102,16 @@ impl SourceVerifier {
     }
 }
 
+impl SourceVerifier {
+    /// The PSP's transaction id in a body that may not verify (UnionPay
+    /// `queryId`), for the logs; `None` when it cannot be read.
+    pub fn txn_id(&self, body: &[u8]) -> Option<String> {
+        match self {
+            Self::UnionPay(v) => v.parse(body).ok()?.get("queryId").map(str::to_owned),
+        }
+    }
+}
+
 /// The verifiers of all sources, replaceable while workers run so that a
 /// rotated certificate in Secrets Manager is picked up without a restart.
 #[derive(Debug, Default)]

@@ -1,14 +1,338 @@
 //! Logging and process signals shared by every binary.
+//!
+//! Every log line is one event together with the fields of each span it is
+//! in, outermost first, flattened into the line: the span a notification's
+//! processing runs in (see [`notification_span`]) gives every line of its
+//! life `notification_id`, `source`, `psp_txn_id`, `unionpay_txn_id`,
+//! `stage` and `direction` without repeating them at each call site.
+//! Lines are JSON (one object per line) unless stderr is a terminal, where
+//! they are text; `PAYNOTIFY_LOG_FORMAT=json|text` chooses. `RUST_LOG`
+//! filters as usual.
+//!
+//! Card numbers never reach a log: in every value except the known
+//! identifier fields, a run of 13 to 19 digits (spaces or dashes between
+//! groups allowed) that passes the Luhn check keeps its first six and last
+//! four digits and the rest becomes `*` ([`mask_card_numbers`]).
 
-/// JSON-lines logs to stderr; `RUST_LOG` overrides `default`.
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Fields whose values are identifiers, never masked: a UnionPay `queryId`
+/// or merchant id may be 15 to 21 digits.
+const IDENTIFIERS: &[&str] = &[
+    "notification_id",
+    "message_id",
+    "source",
+    "psp_txn_id",
+    "unionpay_txn_id",
+    "payment_ref",
+    "payment_key",
+    "event_key",
+    "merchant",
+];
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (CloudWatch Logs Insights discovers the fields).
+    Json,
+    /// `time LEVEL message key=value …`, for a terminal.
+    Text,
+}
+
+impl LogFormat {
+    /// `PAYNOTIFY_LOG_FORMAT` (`json` or `text`), else text on a terminal
+    /// and JSON otherwise.
+    pub fn from_env() -> Self {
+        match std::env::var("PAYNOTIFY_LOG_FORMAT").as_deref() {
+            Ok("json") => Self::Json,
+            Ok("text") => Self::Text,
+            _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Self::Text,
+            _ => Self::Json,
+        }
+    }
+}
+
+/// Logs to stderr in [`LogFormat::from_env`]; `RUST_LOG` overrides `default`.
 pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(LineLayer::new(LogFormat::from_env(), std::io::stderr))
         .try_init();
+}
+
+/// The span one notification's processing runs in. Fields not known yet are
+/// recorded later with `Span::record` (`stage` changes as it moves on). It is
+/// an `error`-level span so that its fields are on every line, even when
+/// only warnings are logged.
+#[macro_export]
+macro_rules! notification_span {
+    ($stage:expr) => {
+        tracing::error_span!(
+            "notification",
+            notification_id = tracing::field::Empty,
+            message_id = tracing::field::Empty,
+            source = tracing::field::Empty,
+            psp_txn_id = tracing::field::Empty,
+            unionpay_txn_id = tracing::field::Empty,
+            stage = $stage,
+            direction = "inbound",
+        )
+    };
+}
+
+/// Records the PSP's transaction id on the current notification span
+/// (`psp_txn_id`, and `unionpay_txn_id` for a UnionPay source).
+pub fn record_txn_id(span: &tracing::Span, unionpay: bool, txn_id: &str) {
+    span.record("psp_txn_id", txn_id);
+    if unionpay {
+        span.record("unionpay_txn_id", txn_id);
+    }
+}
+
+/// A layer that writes each event as one line with its spans' fields.
+pub struct LineLayer<W> {
+    format: LogFormat,
+    writer: W,
+}
+
+impl<W> LineLayer<W> {
+    /// Lines in `format`, each written whole to a writer from `writer`.
+    pub fn new(format: LogFormat, writer: W) -> Self {
+        Self { format, writer }
+    }
+}
+
+/// The fields recorded on one span so far.
+#[derive(Default)]
+struct SpanFields(Vec<(&'static str, Value)>);
+
+impl SpanFields {
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
+
+impl Visit for SpanFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set(field.name(), Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field.name(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(field.name(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field.name(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field.name(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.set(field.name(), Value::String(format!("{value:?}")));
+    }
+}
+
+impl<S, W> Layer<S> for LineLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = SpanFields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
+                values.record(fields);
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = SpanFields::default();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(f) = span.extensions().get::<SpanFields>() {
+                    for (name, value) in &f.0 {
+                        fields.set(name, value.clone());
+                    }
+                }
+            }
+        }
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let line = match self.format {
+            LogFormat::Json => json_line(meta, fields),
+            LogFormat::Text => text_line(meta, fields),
+        };
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn masked(name: &str, value: Value) -> Value {
+    match value {
+        Value::String(s) if !IDENTIFIERS.contains(&name) => match mask_card_numbers(&s) {
+            Cow::Borrowed(_) => Value::String(s),
+            Cow::Owned(m) => Value::String(m),
+        },
+        other => other,
+    }
+}
+
+fn json_line(meta: &tracing::Metadata<'_>, fields: SpanFields) -> String {
+    let mut object = Map::new();
+    object.insert("timestamp".into(), now().into());
+    object.insert("level".into(), meta.level().as_str().into());
+    object.insert("target".into(), meta.target().into());
+    for (name, value) in fields.0 {
+        object.insert(name.to_owned(), masked(name, value));
+    }
+    let mut line = Value::Object(object).to_string();
+    line.push('\n');
+    line
+}
+
+fn text_line(meta: &tracing::Metadata<'_>, fields: SpanFields) -> String {
+    let mut line = format!("{} {:>5} ", now(), meta.level().as_str());
+    let mut rest = String::new();
+    for (name, value) in fields.0 {
+        match masked(name, value) {
+            Value::String(s) if name == "message" => line.push_str(&s),
+            Value::String(s) if s.contains(char::is_whitespace) || s.is_empty() => {
+                let _ = write!(rest, " {name}={s:?}");
+            }
+            Value::String(s) => {
+                let _ = write!(rest, " {name}={s}");
+            }
+            other => {
+                let _ = write!(rest, " {name}={other}");
+            }
+        }
+    }
+    line.push_str(&rest);
+    line.push('\n');
+    line
+}
+
+/// Masks card numbers in `text`: a run of 13 to 19 digits, in groups
+/// separated by one space or dash, that passes the Luhn check keeps its
+/// first six and last four digits; the others become `*` (separators are
+/// dropped). Longer digit runs (identifiers) are left alone.
+pub fn mask_card_numbers(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    if bytes.iter().filter(|b| b.is_ascii_digit()).count() < 13 {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let at_run_start = bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit());
+        if !at_run_start {
+            i += 1;
+            continue;
+        }
+        match card_at(bytes, i) {
+            Some((end, digits)) => {
+                out.push_str(&text[copied..i]);
+                out.push_str(&digits[..6]);
+                out.extend(std::iter::repeat_n('*', digits.len() - 10));
+                out.push_str(&digits[digits.len() - 4..]);
+                copied = end;
+                i = end;
+            }
+            None => {
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// The card number starting at `start` (a run of digit groups), if any:
+/// where it ends and its digits. The longest run of whole groups that is a
+/// card wins; a group longer than 19 digits is not part of one.
+fn card_at(bytes: &[u8], start: usize) -> Option<(usize, String)> {
+    let mut digits = String::new();
+    let mut best = None;
+    let mut i = start;
+    loop {
+        let group_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        digits.push_str(std::str::from_utf8(&bytes[group_start..i]).unwrap_or_default());
+        if digits.len() > 19 {
+            break;
+        }
+        if digits.len() >= 13 && luhn(&digits) {
+            best = Some((i, digits.clone()));
+        }
+        // One separator, then another group.
+        if i + 1 < bytes.len() && matches!(bytes[i], b' ' | b'-') && bytes[i + 1].is_ascii_digit() {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    best
+}
+
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let d2 = d * 2;
+                if d2 > 9 {
+                    d2 - 9
+                } else {
+                    d2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -32,3 +356,6 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,11 +21,14 @@ use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::config::WorkerConfig;
 use paynotify_shared::envelope::{Envelope, QueuedBody};
+use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
+use paynotify_shared::notification_span;
 use paynotify_shared::ports::{Archive, ArchiveError, Ledger, Queue, QueueMessage};
 use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
+use paynotify_shared::telemetry::record_txn_id;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument, Span};
 
 pub use settle::{retry_delay, settle, settle_batch};
 pub use stats::{Stats, StatsSnapshot};
@@ -45,6 +48,18 @@ pub enum Disposition {
     DeadLetter { reason: String, error: String },
 }
 
+/// One processed message, ready to be settled.
+#[derive(Debug)]
+pub struct Processed {
+    pub message: QueueMessage,
+    pub disposition: Disposition,
+    /// The configured source it came from ([`UNKNOWN_SOURCE`] when it
+    /// could not be read), for metrics.
+    pub source: String,
+    /// The notification's span: settling logs in it.
+    pub span: Span,
+}
+
 /// Why a message was acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckKind {
@@ -56,6 +71,18 @@ pub enum AckKind {
     Parked,
     /// Already applied before (a PSP retry or a redelivery).
     Duplicate,
+}
+
+impl AckKind {
+    /// The `outcome` label of `paynotify_worker_acknowledged_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Recorded => "recorded",
+            Self::Parked => "parked",
+            Self::Duplicate => "duplicate",
+        }
+    }
 }
 
 /// A hook called with a verified event.
@@ -83,6 +110,7 @@ pub struct WorkerContext {
     pub config: WorkerConfig,
     pub max_receives: u32,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     pub hooks: Hooks,
 }
 
@@ -93,8 +121,16 @@ pub(crate) fn dead(reason: &str, error: impl ToString) -> Disposition {
     }
 }
 
-/// Verifies, maps and applies one message; never touches the queue.
+/// Verifies, maps and applies one message; never touches the queue. Logs
+/// and records the notification's fields on the current span.
 pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposition {
+    process(ctx, message).await.0
+}
+
+/// [`process_one`], with the configured source the message came from.
+async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, String) {
+    let span = Span::current();
+    let unknown = || UNKNOWN_SOURCE.to_owned();
     let envelope = match QueuedBody::parse(&message.body) {
         Ok(QueuedBody::Envelope(e)) => *e,
         Ok(QueuedBody::Pointer {
@@ -102,95 +138,108 @@ pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposi
         }) => match ctx.archive.get(&key).await {
             Ok(bytes) => match Envelope::from_json(&bytes) {
                 Ok(e) => e,
-                Err(e) => return dead("malformed_envelope", e),
+                Err(e) => return (dead("malformed_envelope", e), unknown()),
             },
             Err(ArchiveError::NotFound(k)) => {
-                return dead(
-                    "missing_archive_object",
-                    format!("{k} is not in the archive"),
-                )
+                let why = format!("{k} is not in the archive");
+                return (dead("missing_archive_object", why), unknown());
             }
-            Err(e) => return Disposition::Retry(e.to_string()),
+            Err(e) => return (Disposition::Retry(e.to_string()), unknown()),
         },
-        Err(e) => return dead("malformed_envelope", e),
+        Err(e) => return (dead("malformed_envelope", e), unknown()),
     };
+    span.record("notification_id", envelope.id.as_str());
     let body = match envelope.body_bytes() {
         Ok(b) => b,
-        Err(e) => return dead("malformed_envelope", e),
+        Err(e) => return (dead("malformed_envelope", e), unknown()),
     };
     let verifiers = ctx.verifiers.current();
     let Some(verifier) = verifiers.get(&envelope.source) else {
-        return dead(
-            "unknown_source",
-            format!("source {:?} is not configured", envelope.source),
-        );
+        let why = format!("source {:?} is not configured", envelope.source);
+        return (dead("unknown_source", why), unknown());
     };
-    let event = match verifier.verify(&envelope.source, &body, envelope.received_at) {
+    let source = envelope.source.clone();
+    span.record("source", source.as_str());
+    span.record("stage", "verify");
+    let unionpay = matches!(verifier, SourceVerifier::UnionPay(_));
+    let event = match verifier.verify(&source, &body, envelope.received_at) {
         Ok(event) => event,
         Err(e) => {
-            warn!(notification_id = %envelope.id, source = %envelope.source, stage = "verify", error = %e, "rejected");
-            return dead(e.name(), e);
+            if let Some(id) = verifier.txn_id(&body) {
+                record_txn_id(&span, unionpay, &id);
+            }
+            ctx.metrics.verification_failed(&source, e.name());
+            warn!(error = %e, step = e.step(), "rejected");
+            return (dead(e.name(), e), source);
         }
     };
+    if let Some(id) = &event.psp_txn_id {
+        record_txn_id(&span, unionpay, id);
+    }
+    span.record("stage", "apply");
     if let Some(hook) = &ctx.hooks.before_apply {
         hook(&event);
     }
     let ref_ = event.payment_ref.clone();
     let disposition = apply::apply(ctx.ledger.as_ref(), &envelope.id, event).await;
     match &disposition {
-        Disposition::Ack(kind @ (AckKind::Applied | AckKind::Parked)) => {
+        Disposition::Ack(kind) => {
             if *kind == AckKind::Applied {
                 let latency = OffsetDateTime::now_utc() - envelope.received_at;
-                ctx.stats
-                    .record_latency(latency.whole_microseconds().max(0) as u64);
+                let latency = latency.unsigned_abs();
+                ctx.stats.record_latency(latency.as_micros() as u64);
+                ctx.metrics.applied_after(&source, latency);
             }
-            info!(notification_id = %envelope.id, source = %envelope.source, payment_ref = %ref_,
-                  stage = "apply", outcome = ?kind, "applied");
+            info!(payment_ref = %ref_, outcome = kind.as_str(), "applied");
         }
         Disposition::Retry(why) => {
-            warn!(notification_id = %envelope.id, source = %envelope.source, payment_ref = %ref_,
-                  stage = "apply", error = %why, "will retry");
+            warn!(payment_ref = %ref_, error = %why, "will retry");
         }
         _ => {}
     }
-    disposition
+    (disposition, source)
 }
 
-/// Processes received messages concurrently. A message whose processing
-/// panics is not lost: it is logged with its notification id and settled as
-/// `Panicked`.
-pub async fn process_batch(
-    ctx: &WorkerContext,
-    messages: Vec<QueueMessage>,
-) -> Vec<(QueueMessage, Disposition)> {
+/// Processes received messages concurrently, each in its notification's
+/// span. A message whose processing panics is not lost: it is logged with
+/// its notification id and settled as `Panicked`.
+pub async fn process_batch(ctx: &WorkerContext, messages: Vec<QueueMessage>) -> Vec<Processed> {
     // Each task shares its message (the body is not copied); when the task
     // ends, its handle is the only one left.
     let handles: Vec<_> = messages
         .into_iter()
         .map(|message| {
             let (ctx, m) = (ctx.clone(), Arc::new(message));
-            (
-                m.clone(),
-                tokio::spawn(async move { process_one(&ctx, &m).await }),
-            )
+            let span = notification_span!("receive");
+            span.record("message_id", m.id.as_str());
+            let task = {
+                let m = m.clone();
+                tokio::spawn(async move { process(&ctx, &m).await }.instrument(span.clone()))
+            };
+            (m, span, task)
         })
         .collect();
     let mut done = Vec::with_capacity(handles.len());
-    for (message, handle) in handles {
-        let disposition = match handle.await {
+    for (message, span, handle) in handles {
+        let (disposition, source) = match handle.await {
             Ok(d) => d,
             Err(e) => {
                 let why = panic_text(e);
                 let notification_id = QueuedBody::parse(&message.body)
                     .map(|b| b.notification_id())
                     .unwrap_or_default();
-                error!(message_id = %message.id, notification_id = %notification_id, error = %why,
-                       "processing panicked");
-                Disposition::Panicked(why)
+                span.record("notification_id", notification_id.as_str());
+                span.in_scope(|| error!(error = %why, "processing panicked"));
+                (Disposition::Panicked(why), UNKNOWN_SOURCE.to_owned())
             }
         };
         let message = Arc::try_unwrap(message).unwrap_or_else(|m| (*m).clone());
-        done.push((message, disposition));
+        done.push(Processed {
+            message,
+            disposition,
+            source,
+            span,
+        });
     }
     done
 }
@@ -250,6 +299,7 @@ impl WorkerContext {
         config: &Config,
         backends: &Backends,
         stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
         hooks: Hooks,
         shutdown: &CancellationToken,
     ) -> Result<Self, paynotify_shared::config::ConfigError> {
@@ -273,6 +323,7 @@ impl WorkerContext {
             config: config.worker.clone(),
             max_receives: config.backend.max_receives,
             stats,
+            metrics,
             hooks,
         })
     }

@@ -1,10 +1,15 @@
 //! `paynotify-worker`: the workers alone, for running them apart from ingest
-//! on the same backend.
+//! on the same backend, with their own admin listener (`worker.admin_listen`:
+//! `/healthz`, `/readyz`, `/metrics`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use paynotify_shared::backend;
+use anyhow::Context;
+use paynotify_shared::admin::{self, Admin};
 use paynotify_shared::config::Config;
+use paynotify_shared::metered;
+use paynotify_shared::serve::{serve, Limits};
 use paynotify_shared::telemetry::{init_logging, shutdown_signal};
 use paynotify_worker::{Hooks, Stats, WorkerContext};
 use tokio_util::sync::CancellationToken;
@@ -18,12 +23,16 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: paynotify-worker --config FILE"),
     };
     let config = Config::load(&path)?;
-    let backends = backend::build(&config.backend).await?;
+    let (backends, metrics) = metered::build(&config.backend).await?;
+    let admin_listener = tokio::net::TcpListener::bind(&config.worker.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", config.worker.admin_listen))?;
     let shutdown = CancellationToken::new();
     let ctx = WorkerContext::start(
         &config,
         &backends,
         Arc::new(Stats::default()),
+        metrics.clone(),
         Hooks::default(),
         &shutdown,
     )
@@ -33,9 +42,25 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal().await;
         token.cancel();
     });
-    tracing::info!(concurrency = config.worker.concurrency, "worker running");
+    tracing::info!(concurrency = config.worker.concurrency,
+                   admin = %admin_listener.local_addr()?, "worker running");
+    let admin = tokio::spawn(serve(
+        admin_listener,
+        admin::router(Admin {
+            metrics,
+            backends: backends.clone(),
+            parked_alert_secs: config.worker.parked_alert_secs,
+        }),
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            drain: Duration::from_secs(1),
+        },
+        shutdown.clone(),
+    ));
     let watch = backends.watch(shutdown.clone());
     paynotify_worker::run(ctx, shutdown).await;
+    admin.await??;
     if let Some(why) = watch.await? {
         anyhow::bail!("stopped: {why}");
     }

@@ -6,11 +6,11 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use paynotify_shared::config::WorkerConfig;
 use paynotify_shared::envelope::{QueuedBody, RetryState};
-use paynotify_shared::ports::{QueueError, QueueMessage};
+use paynotify_shared::ports::QueueError;
 use time::OffsetDateTime;
-use tracing::warn;
+use tracing::{warn, Instrument, Span};
 
-use crate::{Disposition, WorkerContext};
+use crate::{Disposition, Processed, WorkerContext};
 
 /// The visibility delay before the `receive_count`-th retry: exponential from
 /// `retry_min_delay_ms` up to `retry_max_delay_secs`, with jitter.
@@ -44,48 +44,59 @@ fn last_own_receive(max_receives: u32) -> u32 {
 ///
 /// # Errors
 /// Queue errors; the message then reappears after its visibility timeout.
-pub async fn settle(
-    ctx: &WorkerContext,
-    message: &QueueMessage,
-    disposition: &Disposition,
-) -> Result<(), QueueError> {
-    let stats = &ctx.stats;
+pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<(), QueueError> {
+    let Processed {
+        message,
+        disposition,
+        source,
+        ..
+    } = processed;
     match disposition {
         Disposition::Ack(kind) => {
             if crashes_after_apply(ctx) {
                 return Ok(());
             }
             ctx.queue.delete(&message.receipt).await?;
-            stats.ack(*kind);
+            ctx.stats.ack(*kind);
+            ctx.metrics.acknowledged(source, kind.as_str());
         }
-        Disposition::Retry(why) => retry(ctx, message, why).await?,
+        Disposition::Retry(why) => retry(ctx, processed, why).await?,
         Disposition::Panicked(why)
             if message.receive_count >= last_own_receive(ctx.max_receives) =>
         {
-            dead_letter(ctx, message, "panic", why).await?;
+            dead_letter(ctx, processed, "panic", why).await?;
         }
         Disposition::Panicked(_) => {
             let delay = retry_delay(&ctx.config, message.receive_count);
             ctx.queue.delay(&message.receipt, whole_secs(delay)).await?;
-            stats.retry();
+            retried(ctx, source);
         }
         Disposition::DeadLetter { reason, error } => {
-            dead_letter(ctx, message, reason, error).await?;
+            dead_letter(ctx, processed, reason, error).await?;
         }
     }
     Ok(())
 }
 
+fn retried(ctx: &WorkerContext, source: &str) {
+    ctx.stats.retry();
+    ctx.metrics.retried(source);
+}
+
 /// Moves the message to the DLQ with its reason, logs and counts it.
 async fn dead_letter(
     ctx: &WorkerContext,
-    message: &QueueMessage,
+    processed: &Processed,
     reason: &str,
     error: &str,
 ) -> Result<(), QueueError> {
-    ctx.queue.dead_letter(message, reason, error).await?;
-    warn!(message_id = %message.id, stage = "dead_letter", reason = %reason, "dead-lettered");
+    Span::current().record("stage", "dead_letter");
+    ctx.queue
+        .dead_letter(&processed.message, reason, error)
+        .await?;
+    warn!(reason = %reason, error = %error, "dead-lettered");
     ctx.stats.dead_letter(reason);
+    ctx.metrics.dead_lettered(&processed.source, reason);
     Ok(())
 }
 
@@ -94,7 +105,9 @@ fn whole_secs(d: Duration) -> u32 {
 }
 
 /// Settles a transient failure (see [`settle`]).
-async fn retry(ctx: &WorkerContext, message: &QueueMessage, why: &str) -> Result<(), QueueError> {
+async fn retry(ctx: &WorkerContext, processed: &Processed, why: &str) -> Result<(), QueueError> {
+    let message = &processed.message;
+    Span::current().record("stage", "retry");
     let now = OffsetDateTime::now_utc();
     let carried = QueuedBody::parse(&message.body).ok();
     let earlier = carried.as_ref().and_then(QueuedBody::retry);
@@ -106,7 +119,7 @@ async fn retry(ctx: &WorkerContext, message: &QueueMessage, why: &str) -> Result
     let elapsed = now - since;
     if elapsed >= time::Duration::seconds(ctx.config.retry_for_secs as i64) {
         let error = format!("{why} (retried {attempts} times over {elapsed})");
-        return dead_letter(ctx, message, "retries_exhausted", &error).await;
+        return dead_letter(ctx, processed, "retries_exhausted", &error).await;
     }
     let delay = whole_secs(retry_delay(&ctx.config, attempts));
     match carried.as_ref().map(QueuedBody::archive_key) {
@@ -121,7 +134,7 @@ async fn retry(ctx: &WorkerContext, message: &QueueMessage, why: &str) -> Result
         }
         _ => ctx.queue.delay(&message.receipt, delay).await?,
     }
-    ctx.stats.retry();
+    retried(ctx, &processed.source);
     Ok(())
 }
 
@@ -134,27 +147,42 @@ fn crashes_after_apply(ctx: &WorkerContext) -> bool {
 }
 
 /// Settles a received batch: acknowledged messages are deleted together in
-/// one call (one `DeleteMessageBatch` on SQS), the others one by one.
-pub async fn settle_batch(ctx: &WorkerContext, results: Vec<(QueueMessage, Disposition)>) {
+/// one call (one `DeleteMessageBatch` on SQS), the others one by one, each
+/// in its notification's span.
+pub async fn settle_batch(ctx: &WorkerContext, results: Vec<Processed>) {
     let mut acked = Vec::new();
-    for (message, disposition) in &results {
-        match disposition {
+    for processed in &results {
+        match &processed.disposition {
             Disposition::Ack(kind) => {
                 if crashes_after_apply(ctx) {
                     continue;
                 }
-                acked.push((message.receipt.clone(), *kind));
+                acked.push((processed, *kind));
             }
-            other => {
-                if let Err(e) = settle(ctx, message, other).await {
-                    warn!(message_id = %message.id, error = %e, "settling failed; the message will be redelivered");
+            _ => {
+                let span = processed.span.clone();
+                if let Err(e) = settle(ctx, processed).instrument(span.clone()).await {
+                    span.in_scope(
+                        || warn!(error = %e, "settling failed; the message will be redelivered"),
+                    );
                 }
             }
         }
     }
-    let receipts: Vec<_> = acked.iter().map(|(r, _)| r.clone()).collect();
+    if acked.is_empty() {
+        return;
+    }
+    let receipts: Vec<_> = acked
+        .iter()
+        .map(|(p, _)| p.message.receipt.clone())
+        .collect();
     match ctx.queue.delete_batch(&receipts).await {
-        Ok(()) => acked.iter().for_each(|(_, kind)| ctx.stats.ack(*kind)),
+        Ok(()) => {
+            for (p, kind) in &acked {
+                ctx.stats.ack(*kind);
+                ctx.metrics.acknowledged(&p.source, kind.as_str());
+            }
+        }
         Err(e) => {
             warn!(error = %e, count = receipts.len(), "deleting acknowledged messages failed; they will be redelivered as duplicates")
         }

@@ -15,7 +15,7 @@ use super::sqs_batches::{delete_batch, send_batch};
 use super::{describe, Clients};
 use crate::backend::{from_unix_ms, stored_time};
 use crate::config::AwsConfig;
-use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
+use crate::ports::{DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt};
 
 /// SQS's limit on one message body.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -148,12 +148,12 @@ impl SqsQueue {
         Ok(out)
     }
 
-    /// The sum of the named `Approximate…` counts of a queue.
-    async fn approximate(
+    /// The named attributes of a queue.
+    async fn attributes(
         &self,
         url: &str,
         names: &[QueueAttributeName],
-    ) -> Result<u64, QueueError> {
+    ) -> Result<HashMap<QueueAttributeName, String>, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
@@ -162,9 +162,18 @@ impl SqsQueue {
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(out
-            .attributes
-            .unwrap_or_default()
+        Ok(out.attributes.unwrap_or_default())
+    }
+
+    /// The sum of the named `Approximate…` counts of a queue.
+    async fn approximate(
+        &self,
+        url: &str,
+        names: &[QueueAttributeName],
+    ) -> Result<u64, QueueError> {
+        Ok(self
+            .attributes(url, names)
+            .await?
             .values()
             .filter_map(|v| v.parse::<u64>().ok())
             .sum())
@@ -376,13 +385,18 @@ impl Queue for SqsQueue {
             .collect())
     }
 
-    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+    async fn redrive_with(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
         // Hidden long enough for the whole scan and the moves after it.
         let messages = self.scan_dlq(usize::MAX, 300).await?;
         let (chosen, others): (Vec<_>, Vec<_>) = messages
             .into_iter()
             .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
         self.release(&others).await;
+        let mut moved = 0;
         for m in &chosen {
             self.client
                 .send_message()
@@ -400,8 +414,56 @@ impl Queue for SqsQueue {
                     .await
                     .map_err(unavailable)?;
             }
+            moved += 1;
+            progress(moved);
         }
-        Ok(chosen.len())
+        Ok(moved)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
+        let messages = self.scan_dlq(usize::MAX, 300).await?;
+        let (chosen, others): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
+        self.release(&others).await;
+        let mut purged = 0;
+        for chunk in chosen.chunks(10) {
+            let receipts = chunk
+                .iter()
+                .filter_map(|m| m.receipt_handle.clone())
+                .collect();
+            for result in delete_batch(&self.client, &self.dlq_url, receipts).await {
+                result?;
+                purged += 1;
+            }
+            progress(purged);
+        }
+        Ok(purged)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        use QueueAttributeName::{
+            ApproximateNumberOfMessages as Visible, ApproximateNumberOfMessagesDelayed as Delayed,
+            ApproximateNumberOfMessagesNotVisible as InFlight,
+        };
+        let (main, dlq) = tokio::try_join!(
+            self.attributes(&self.url, &[Visible, InFlight, Delayed]),
+            self.attributes(&self.dlq_url, &[Visible]),
+        )?;
+        let get = |m: &HashMap<QueueAttributeName, String>, k: &QueueAttributeName| {
+            m.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        Ok(QueueStats {
+            visible: get(&main, &Visible),
+            in_flight: get(&main, &InFlight),
+            delayed: get(&main, &Delayed),
+            dead_letters: get(&dlq, &Visible),
+            oldest_age: None,
+        })
     }
 
     fn max_message_bytes(&self) -> usize {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::db::{exec, now_ms, row, Db};
 use crate::backend::{from_unix_ms, stored_time};
-use crate::ports::{DeadLetter, Queue, QueueError, QueueMessage, Receipt};
+use crate::ports::{DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt};
 
 const SCHEMA: &str = "
 -- Bodies live apart from the small, often updated delivery rows, so a
@@ -319,7 +319,11 @@ impl Queue for LocalQueue {
             .map_err(unavailable)
     }
 
-    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+    async fn redrive_with(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
         let reason = reason.map(str::to_owned);
         let moved = self
             .db
@@ -349,7 +353,65 @@ impl Queue for LocalQueue {
             .await
             .map_err(unavailable)?;
         self.arrived.notify_waiters();
+        progress(moved);
         Ok(moved)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
+        let reason = reason.map(str::to_owned);
+        let purged = self
+            .db
+            .write(move |tx| {
+                exec(
+                    tx,
+                    "DELETE FROM dead_letters WHERE (?1 IS NULL OR reason = ?1)",
+                    params![reason],
+                )
+            })
+            .await
+            .map_err(unavailable)?;
+        progress(purged);
+        Ok(purged)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = now_ms();
+        self.db
+            .read(move |c| {
+                let (visible, in_flight, delayed, oldest) = row(
+                    c,
+                    "SELECT COALESCE(SUM(visible_at <= ?1), 0),
+                            COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),
+                            COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0),
+                            MIN(sent_at)
+                     FROM messages",
+                    params![now],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                        ))
+                    },
+                )?;
+                let dead: i64 = row(c, "SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+                Ok(QueueStats {
+                    visible: visible as u64,
+                    in_flight: in_flight as u64,
+                    delayed: delayed as u64,
+                    dead_letters: dead as u64,
+                    oldest_age: Some(oldest.map_or(Duration::ZERO, |t| {
+                        Duration::from_millis((now - t).max(0) as u64)
+                    })),
+                })
+            })
+            .await
+            .map_err(unavailable)
     }
 
     async fn dlq_depth(&self) -> Result<u64, QueueError> {
