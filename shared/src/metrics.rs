@@ -8,7 +8,6 @@
 //! dead-letter reasons, HTTP status codes and port operations, so a hostile
 //! sender cannot grow the series.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::{Family, MetricConstructor};
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -96,7 +95,7 @@ pub struct Metrics {
     backend_errors: Counters<PortLabels>,
     backend_seconds: Histograms<PortLabels>,
     queue_messages: Family<QueueLabels, Gauge>,
-    oldest_age: Gauge<f64, AtomicU64>,
+    oldest_age: Arc<OldestAge>,
     parked_overdue: Gauge,
     parked_conflicted: Gauge,
     sample_errors: Counters<PortLabels>,
@@ -148,7 +147,7 @@ impl Metrics {
                 count: 18,
             }),
             queue_messages: Family::default(),
-            oldest_age: Gauge::default(),
+            oldest_age: Arc::default(),
             parked_overdue: Gauge::default(),
             parked_conflicted: Gauge::default(),
             sample_errors: Family::default(),
@@ -220,7 +219,6 @@ impl Metrics {
             "Messages in the queue and the dead-letter queue, sampled at scrape (-1: unreadable)",
             m.queue_messages.clone(),
         );
-        r.register("queue_oldest_message_age_seconds", "Age of the oldest message in the queue, sampled at scrape (local backend; on SQS see CloudWatch ApproximateAgeOfOldestMessage)", m.oldest_age.clone());
         r.register(
             "parked_events_overdue",
             "Events parked for longer than worker.parked_alert_secs (-1: unreadable)",
@@ -236,6 +234,7 @@ impl Metrics {
             "Scrapes whose sample of a backend failed",
             m.sample_errors.clone(),
         );
+        r.register_collector(Box::new(m.oldest_age.clone()));
         if let Some(calls) = api_calls {
             r.register_collector(Box::new(AwsCalls(calls)));
         }
@@ -360,8 +359,8 @@ impl Metrics {
                 set("main", "in_flight", q.in_flight as i64);
                 set("main", "delayed", q.delayed as i64);
                 set("dead_letter", "visible", q.dead_letters as i64);
-                if let Some(age) = q.oldest_age {
-                    self.oldest_age.set(age.as_secs_f64());
+                if let Ok(mut age) = self.oldest_age.0.lock() {
+                    *age = q.oldest_age.map(|a| a.as_secs_f64());
                 }
             }
             Err(_) => {
@@ -413,6 +412,28 @@ fn source_labels(source: &str) -> SourceLabels {
     }
 }
 
+/// The age of the oldest message in the queue, exported only where the
+/// backend can tell (on SQS it is CloudWatch's
+/// `ApproximateAgeOfOldestMessage`, not a queue attribute).
+#[derive(Debug, Default)]
+struct OldestAge(std::sync::Mutex<Option<f64>>);
+
+impl Collector for OldestAge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(age) = self.0.lock().ok().and_then(|a| *a) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(age);
+        let metric = encoder.encode_descriptor(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message in the queue, sampled at scrape (local backend; on SQS see CloudWatch ApproximateAgeOfOldestMessage)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 /// The AWS API calls this process made, by operation (`aws_api_calls_total`).
 #[derive(Debug)]
 struct AwsCalls(Arc<ApiCalls>);
@@ -421,13 +442,14 @@ impl Collector for AwsCalls {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.0.snapshot();
         let mut family = encoder.encode_descriptor(
-            "paynotify_aws_api_calls",
+            "aws_api_calls",
             "AWS API calls made by this process, by operation",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
-        for (operation, n) in snapshot {
-            let labels = [("operation", operation)];
+        for (call, n) in snapshot {
+            let (service, operation) = call.split_once('.').unwrap_or(("", call.as_str()));
+            let labels = [("service", service), ("operation", operation)];
             let counter = ConstCounter::new(n);
             counter.encode(family.encode_family(&labels)?)?;
         }
