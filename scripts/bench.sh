@@ -38,6 +38,8 @@ data_dir = "$1"
 [ingest]
 listen = "127.0.0.1:$2"
 admin_listen = "127.0.0.1:$3"
+[worker]
+admin_listen = "127.0.0.1:0"
 $(sed -e "s#file:root.pem#file:$work/pki/root.pem#" -e "s#file:middle.pem#file:$work/pki/middle.pem#" "$work/pki/unionpay-source.toml")
 EOT
 }
@@ -82,7 +84,7 @@ RUST_LOG=warn "$bin/paynotify-ingest" --config "$work/drain.toml" & ingest=$!
 wait_port 18082
 "$bin/paynotify" simulate --url http://127.0.0.1:18082/notify/unionpay --pki "$work/pki" \
   --count "$DRAIN_COUNT" --refunds 0 --duplicates 0 --concurrency 64 > "$work/fill.json"
-depth() { curl -s http://127.0.0.1:19092/metrics | awk '/^paynotify_queue_depth/{print $2}'; }
+depth() { curl -s http://127.0.0.1:19092/metrics | awk '/^paynotify_queue_messages\{queue="main"/{n+=$2} END{print n+0}'; }
 filled=$(depth)
 start=$(date +%s.%N)
 RUST_LOG=warn "$bin/paynotify-worker" --config "$work/drain.toml" & worker=$!

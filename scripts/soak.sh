@@ -18,7 +18,7 @@ admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); 
 {
   printf '[backend]\ndata_dir = "data"\n'
   printf '[ingest]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "$port" "$admin"
-  printf '[worker]\nconcurrency = 8\n'
+  printf '[worker]\nconcurrency = 8\nadmin_listen = "127.0.0.1:0"\n'
   sed 's#file:#file:pki/#' "$work/pki/unionpay-source.toml"
 } > "$work/paynotify.toml"
 export RUST_LOG=warn
@@ -33,7 +33,7 @@ start=$(date +%s.%N)
   --count "$payments" --duplicates 0.04 --tamper 0.09 --refunds 0.3 --voids 0.05 \
   --early-refunds 0.3 --concurrency 64 > "$work/simulate.json"
 sent=$(date +%s.%N)
-while [ "$(curl -fs "http://127.0.0.1:$admin/metrics" | awk '/^paynotify_queue_depth /{print $2}')" != "0" ]; do
+while [ "$(curl -fs "http://127.0.0.1:$admin/metrics" | awk '/^paynotify_queue_messages\{queue="main"/{n+=$2} END{print n+0}')" != "0" ]; do
   sleep 0.5
 done
 drained=$(date +%s.%N)

@@ -99,7 +99,16 @@ impl Simulator {
 
     /// A signed purchase (txnType 01) notification body.
     pub fn purchase(&self, query_id: &str, amount: u64) -> String {
-        self.sign(self.base("01", &format!("o{query_id}"), query_id, amount, "00"))
+        self.purchase_with(query_id, amount, &[])
+    }
+
+    /// A signed purchase with more fields (e.g. `accNo`, the card number).
+    pub fn purchase_with(&self, query_id: &str, amount: u64, extra: &[(&str, &str)]) -> String {
+        let mut f = self.base("01", &format!("o{query_id}"), query_id, amount, "00");
+        for (k, v) in extra {
+            f.set(k, v);
+        }
+        self.sign(f)
     }
 
     /// A signed refund (04) of `orig_query_id`.

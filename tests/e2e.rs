@@ -190,7 +190,8 @@ async fn oversized_unknown_and_binary_requests(kind: Kind) {
         .await
         .unwrap();
     assert!(
-        metrics.contains("paynotify_ingest_requests_total{result=\"accepted\"} 1"),
+        metrics
+            .contains("paynotify_ingest_responses_total{source=\"unionpay\",status=\"200\"} 1\n"),
         "{metrics}"
     );
     // The public listener does not serve admin endpoints.

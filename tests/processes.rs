@@ -91,9 +91,11 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
     let (port, admin) = (free_port(), free_port());
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace(
+        // The ingest's admin listener (the first); the worker's stays on port 0.
+        .replacen(
             "admin_listen = \"127.0.0.1:0\"",
             &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            1,
         )
         .replace(
             "\nlisten = \"127.0.0.1:0\"",
@@ -203,4 +205,146 @@ async fn send_all(sim: Arc<Simulator>, n: usize, sent: Arc<AtomicUsize>) -> Vec<
         }
     }
     accepted
+}
+
+/// Starts `name` logging JSON at `info` into `log`.
+fn start_logging(name: &str, config: &Path, log: &Path) -> Child {
+    Command::new(binary(name))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("PAYNOTIFY_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The samples of `/metrics` at `admin` that are not comments.
+async fn samples(admin: u16) -> Vec<String> {
+    reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number() {
+    const CARD: &str = "6216261000000000018";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    config_in(dir.path(), &pki);
+    let path = dir.path().join("paynotify.toml");
+    let (port, admin, worker_admin) = (free_port(), free_port(), free_port());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            1,
+        )
+        .replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{worker_admin}\""),
+            1,
+        )
+        .replace(
+            "\nlisten = \"127.0.0.1:0\"",
+            &format!("\nlisten = \"127.0.0.1:{port}\""),
+        );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let (ingest_log, worker_log) = (dir.path().join("ingest.log"), dir.path().join("worker.log"));
+    let mut ingest = start_logging("paynotify-ingest", &path, &ingest_log);
+    let mut worker = start_logging("paynotify-worker", &path, &worker_log);
+    wait_ready(admin).await;
+    wait_ready(worker_admin).await;
+
+    let url = format!("http://127.0.0.1:{port}/notify/unionpay");
+    let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
+    let good = sim.purchase_with("logq1", 100, &[("accNo", CARD)]);
+    let bad = paynotify::simulate::tamper(&sim.purchase_with("logq2", 100, &[("accNo", CARD)]));
+    assert_eq!(sim.send(good).await, Delivery::Accepted(1));
+    assert_eq!(sim.send(bad).await, Delivery::Accepted(1));
+    let backends = backend::build(&config.backend).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backends.queue.depth().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "queue never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each process exports what it does, and only that.
+    let (ingest_samples, worker_samples) = (samples(admin).await, samples(worker_admin).await);
+    let has = |s: &[String], prefix: &str| s.iter().any(|l| l.starts_with(prefix));
+    assert!(has(
+        &ingest_samples,
+        "paynotify_ingest_enqueued_total{source=\"unionpay\"} 2"
+    ));
+    assert!(!has(&ingest_samples, "paynotify_worker_"));
+    assert!(has(
+        &worker_samples,
+        "paynotify_worker_acknowledged_total{source=\"unionpay\",outcome=\"applied\"} 1"
+    ));
+    assert!(has(
+        &worker_samples,
+        "paynotify_worker_dead_lettered_total{source=\"unionpay\",reason=\"BadSignature\"} 1"
+    ));
+    assert!(!has(&worker_samples, "paynotify_ingest_"));
+    assert!(sigterm(&mut ingest).success());
+    assert!(sigterm(&mut worker).success());
+
+    let logs = std::fs::read_to_string(&ingest_log).unwrap()
+        + &std::fs::read_to_string(&worker_log).unwrap();
+    assert!(!logs.contains(CARD), "a card number reached a log");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for (query_id, stages) in [
+        ("logq1", &["ingest", "apply"][..]),
+        ("logq2", &["ingest", "verify", "dead_letter"][..]),
+    ] {
+        // Ingest cannot read the body; its line carries the notification id.
+        let story: Vec<_> = lines
+            .iter()
+            .filter(|l| l["unionpay_txn_id"] == query_id)
+            .collect();
+        let id = story
+            .first()
+            .unwrap_or_else(|| panic!("no line names {query_id}:\n{logs}"))["notification_id"]
+            .clone();
+        let story: Vec<_> = lines
+            .iter()
+            .filter(|l| l["notification_id"] == id)
+            .collect();
+        let seen: Vec<_> = story.iter().map(|l| l["stage"].as_str().unwrap()).collect();
+        for stage in stages {
+            assert!(
+                seen.contains(stage),
+                "{query_id}: no {stage} line in {seen:?}"
+            );
+        }
+        for line in &story {
+            for field in [
+                "notification_id",
+                "source",
+                "stage",
+                "direction",
+                "timestamp",
+            ] {
+                assert!(line[field].is_string(), "{field} missing: {line}");
+            }
+            assert_eq!(line["source"], "unionpay");
+            assert_eq!(line["direction"], "inbound");
+            if line["stage"] != "ingest" {
+                assert_eq!(line["unionpay_txn_id"], query_id, "{line}");
+                assert_eq!(line["psp_txn_id"], query_id, "{line}");
+            }
+        }
+    }
 }

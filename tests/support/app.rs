@@ -30,7 +30,7 @@ pub fn config_in(dir: &std::path::Path, pki: &TestPki) -> Config {
     let text = format!(
         "[backend]\ndata_dir = \"data\"\nvisibility_timeout_secs = 1\nmax_receives = 20\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_body_bytes = 1048576\n\
-         [worker]\nconcurrency = 4\nreceive_wait_ms = 200\nretry_min_delay_ms = 100\nretry_max_delay_secs = 1\n{}",
+         [worker]\nadmin_listen = \"127.0.0.1:0\"\nconcurrency = 4\nreceive_wait_ms = 200\nretry_min_delay_ms = 100\nretry_max_delay_secs = 1\n{}",
         pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
             .replace("file:root.pem", "file:pki/root.pem")
             .replace("file:middle.pem", "file:pki/middle.pem")
