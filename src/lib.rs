@@ -3,6 +3,7 @@
 //! layer of flags over these.
 
 pub mod app;
+pub mod purge;
 pub mod reconcile;
 pub mod replay;
 pub mod simulate;

@@ -1,10 +1,13 @@
 //! The `paynotify` command line: parses flags and hands off to a command module.
 
 mod demo_cmd;
+mod dlq_cmd;
 mod ops_cmd;
+mod progress;
 mod reconcile_cmd;
 mod simulate_cmd;
 mod testpki_cmd;
+mod txn_cmd;
 mod verify_cmd;
 
 use std::process::ExitCode;
@@ -54,16 +57,23 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TxnCommand {
-    /// A payment's state and history.
-    Get(ops_cmd::TxnGet),
+    /// A payment's state and events.
+    Get(txn_cmd::Args),
+    /// A payment's whole story as a table: events, PSP times and codes,
+    /// amounts, statuses, notifications, and what is parked.
+    History(txn_cmd::Args),
 }
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Dead letters with their reasons.
-    List(ops_cmd::DlqList),
+    List(dlq_cmd::List),
+    /// One dead letter: reason, error, the request, and why it does not verify.
+    Show(dlq_cmd::Show),
     /// Move dead letters back to the queue (all, or one reason).
-    Redrive(ops_cmd::DlqRedrive),
+    Redrive(dlq_cmd::Redrive),
+    /// Delete dead letters (one reason, or all); the archive keeps their bytes.
+    Purge(dlq_cmd::Purge),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,9 +112,12 @@ pub(crate) fn print_stdout(text: &str) -> std::io::Result<()> {
 async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => ops_cmd::serve(args).await,
-        Command::Txn(TxnCommand::Get(args)) => ops_cmd::txn_get(args).await,
-        Command::Dlq(DlqCommand::List(args)) => ops_cmd::dlq_list(args).await,
-        Command::Dlq(DlqCommand::Redrive(args)) => ops_cmd::dlq_redrive(args).await,
+        Command::Txn(TxnCommand::Get(args)) => txn_cmd::get(args).await,
+        Command::Txn(TxnCommand::History(args)) => txn_cmd::history(args).await,
+        Command::Dlq(DlqCommand::List(args)) => dlq_cmd::list(args).await,
+        Command::Dlq(DlqCommand::Show(args)) => dlq_cmd::show(args).await,
+        Command::Dlq(DlqCommand::Redrive(args)) => dlq_cmd::redrive(args).await,
+        Command::Dlq(DlqCommand::Purge(args)) => dlq_cmd::purge(args).await,
         Command::Replay(args) => ops_cmd::replay(args).await,
         Command::Reconcile(args) => reconcile_cmd::run(args).await,
         Command::Parked(ParkedCommand::List(args)) => reconcile_cmd::parked_list(args).await,

@@ -1,5 +1,5 @@
-//! `paynotify serve`, `txn get` and `dlq list`: running the pipeline and
-//! looking into its ledger and dead-letter queue.
+//! `paynotify serve`, `replay`, `archive ls|cat` and `aws init`: running the
+//! pipeline, sending archived notifications again, reading the archive.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +7,6 @@ use std::process::ExitCode;
 use paynotify::app::{init_logging, shutdown_signal, App, AppOptions};
 use paynotify_shared::backend;
 use paynotify_shared::config::Config;
-use paynotify_shared::envelope::Envelope;
-use paynotify_shared::PaymentKey;
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -36,183 +34,6 @@ pub async fn serve(args: ConfigArg) -> anyhow::Result<ExitCode> {
         token.cancel();
     });
     app.wait().await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Debug, clap::Args)]
-pub struct TxnGet {
-    #[command(flatten)]
-    config: ConfigArg,
-    source: String,
-    merchant: String,
-    /// The PSP's id of the original payment (UnionPay `queryId`).
-    payment_ref: String,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Prints a payment's state and history; exit 1 when it is not in the ledger.
-///
-/// # Errors
-/// Configuration or backend errors.
-pub async fn txn_get(args: TxnGet) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
-    let mut key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
-    let mut entry = backends.ledger.load(&key).await?;
-    // A completion's own id leads to its payment.
-    let alias = entry.alias_of.clone();
-    if let Some(target) = &alias {
-        key = target.clone();
-        entry = backends.ledger.load(&key).await?;
-    }
-    let state = entry.state;
-    let history = backends.ledger.history(&key).await?;
-    let found = state.is_some() || !history.is_empty() || !entry.parked.is_empty();
-    if args.json {
-        crate::print_stdout(&serde_json::to_string_pretty(&json!({
-            "payment_key": key, "state": state, "history": history, "parked": entry.parked,
-        }))?)?;
-    } else {
-        let mut out = format!("payment {key}\n");
-        if alias.is_some() {
-            out.push_str(&format!(
-                "  ({} is a completion of this payment)\n",
-                args.payment_ref
-            ));
-        }
-        match &state {
-            Some(s) => out.push_str(&format!(
-                "  status {}  paid {} {}  refunded {}  version {}\n",
-                s.status.as_str(),
-                s.paid_minor,
-                s.currency,
-                s.refunded_minor,
-                s.version
-            )),
-            None => out.push_str("  no state in the ledger\n"),
-        }
-        for e in &history {
-            out.push_str(&format!(
-                "  {}  {} {}  {} {}  -> {}  ({})\n",
-                e.recorded_at,
-                e.kind,
-                e.outcome,
-                e.amount_minor,
-                e.currency,
-                e.status_after.as_deref().unwrap_or("unchanged"),
-                e.event_key
-            ));
-        }
-        for p in &entry.parked {
-            out.push_str(&format!(
-                "  parked since {}  {} {}  {} {}  ({}){}\n",
-                p.parked_at,
-                p.event.kind.as_str(),
-                p.event.outcome.as_str(),
-                p.event.amount.minor,
-                p.event.amount.currency,
-                p.event.event_key,
-                p.conflict
-                    .as_deref()
-                    .map(|c| format!("  conflict: {c}"))
-                    .unwrap_or_default()
-            ));
-        }
-        crate::print_stdout(out.trim_end())?;
-    }
-    Ok(if found {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-#[derive(Debug, clap::Args)]
-pub struct DlqList {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// At most this many entries.
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Lists dead letters: id, reason, receive count and archive key.
-///
-/// # Errors
-/// Configuration or backend errors.
-pub async fn dlq_list(args: DlqList) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
-    let depth = backends.queue.dlq_depth().await?;
-    let listed = backends.queue.dlq_list(args.limit).await?;
-    if (listed.len() as u64) < depth && listed.len() < args.limit {
-        eprintln!(
-            "paynotify: listed {} of about {depth} dead letters; the others are in flight \
-             (another listing or redrive): run again",
-            listed.len()
-        );
-    }
-    let entries: Vec<_> = listed
-        .into_iter()
-        .map(|d| {
-            let archive_key = Envelope::from_json(&d.body).ok().map(|e| e.archive_key());
-            json!({
-                "id": d.id, "reason": d.reason, "error": d.error, "receive_count": d.receive_count,
-                "dead_at": paynotify_shared::envelope::rfc3339_ms::format(d.dead_at),
-                "archive_key": archive_key,
-            })
-        })
-        .collect();
-    if args.json {
-        crate::print_stdout(&serde_json::to_string_pretty(&entries)?)?;
-    } else {
-        let lines: Vec<String> = entries
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}  {:<22} receives={}  {}",
-                    e["id"].as_str().unwrap_or(""),
-                    e["reason"].as_str().unwrap_or(""),
-                    e["receive_count"],
-                    e["archive_key"].as_str().unwrap_or("-")
-                )
-            })
-            .collect();
-        crate::print_stdout(&format!(
-            "{} dead letters\n{}",
-            entries.len(),
-            lines.join("\n")
-        ))?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Debug, clap::Args)]
-pub struct DlqRedrive {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Only dead letters with this reason (e.g. `retries_exhausted`).
-    #[arg(long)]
-    reason: Option<String>,
-}
-
-/// Moves dead letters back to the queue; prints how many.
-///
-/// # Errors
-/// Configuration or backend errors.
-pub async fn dlq_redrive(args: DlqRedrive) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
-    let moved = backends.queue.redrive(args.reason.as_deref()).await?;
-    // What the scan could not reach (in flight elsewhere on SQS), or
-    // dead letters of other reasons, are still there: say so.
-    let left = backends.queue.dlq_depth().await?;
-    crate::print_stdout(&json!({ "redriven": moved, "still_in_dlq": left }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -297,7 +118,9 @@ pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
         .archive
         .list(&prefix, Some(args.from), Some(args.to))
         .await?;
-    let sent = paynotify::replay::replay(&backends, &keys, |_| {}).await?;
+    let bar = crate::progress::bar(Some(keys.len() as u64), "replaying");
+    let sent = paynotify::replay::replay(&backends, &keys, |n| bar.set_position(n as u64)).await?;
+    bar.finish_and_clear();
     crate::print_stdout(&json!({ "replayed": sent }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -53,6 +53,9 @@ pub struct Report {
     pub in_ledger: u64,
     pub parked: u64,
     pub dead_lettered: u64,
+    /// Rejected, dead-lettered, then purged by an operator (recorded under
+    /// `audit/dlq-purged/`).
+    pub purged: u64,
     pub payments_checked: u64,
     pub queue_depth: u64,
     /// Archive objects cut short by a crash while being written: ingest
@@ -104,6 +107,7 @@ pub async fn reconcile(
         .filter_map(|d| QueuedBody::parse(&d.body).ok())
         .map(|b| b.notification_id())
         .collect();
+    let purged = crate::purge::purged_ids(backends).await?;
     report.queue_depth = backends.queue.depth().await?;
     let keys = backends.archive.list("raw/", from, to).await?;
     let total = keys.len() as u64;
@@ -144,6 +148,10 @@ pub async fn reconcile(
             Ok(event) => event,
             Err(_) if in_dlq => {
                 report.dead_lettered += 1;
+                continue;
+            }
+            Err(_) if purged.contains(&envelope.id) => {
+                report.purged += 1;
                 continue;
             }
             Err(why) => {

@@ -32,17 +32,24 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let backends = backend::build(&config.backend).await?;
-    let report = reconcile(&config, &backends, args.from, args.to, |_, _| {}).await?;
+    let bar = crate::progress::bar(None, "reconciling");
+    let report = reconcile(&config, &backends, args.from, args.to, |i, total| {
+        bar.set_length(total);
+        bar.set_position(i);
+    })
+    .await?;
+    bar.finish_and_clear();
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {
         let mut out = format!(
-            "archived {}  in ledger {}  parked {}  dead-lettered {}  payments checked {}  queue depth {}  \
-             partial writes {}\n",
+            "archived {}  in ledger {}  parked {}  dead-lettered {}  purged {}  payments checked {}  \
+             queue depth {}  partial writes {}\n",
             report.archived,
             report.in_ledger,
             report.parked,
             report.dead_lettered,
+            report.purged,
             report.payments_checked,
             report.queue_depth,
             report.partial_writes
@@ -98,13 +105,12 @@ pub async fn parked_list(args: ParkedList) -> anyhow::Result<ExitCode> {
             .map(|p| {
                 let e = &p.parked.event;
                 format!(
-                    "{}  waited {}  {} {} {} {}  notification {}{}",
+                    "{}  waited {}  {} {} {}  notification {}{}",
                     p.payment_key,
                     now - p.parked.parked_at,
                     e.kind.as_str(),
                     e.outcome.as_str(),
-                    e.amount.minor,
-                    e.amount.currency,
+                    e.amount,
                     p.parked.notification_id,
                     p.parked
                         .conflict

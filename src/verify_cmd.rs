@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use paynotify_shared::config::Config;
-use paynotify_shared::scheme::unionpay::to_event;
 use paynotify_shared::scheme::SourceVerifier;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -48,25 +47,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         paynotify_shared::config::BackendKind::Local => None,
     };
-    let SourceVerifier::UnionPay(verifier) =
-        SourceVerifier::load(&args.source, source, secrets.as_ref()).await?;
+    let verifier = SourceVerifier::load(&args.source, source, secrets.as_ref()).await?;
     let mut body = Vec::new();
     std::io::stdin()
         .read_to_end(&mut body)
         .context("reading the body from stdin")?;
     let at = args.at.unwrap_or_else(OffsetDateTime::now_utc);
 
-    let mut verdict = match verifier.verify(&body, at) {
-        Ok(verified) => match to_event(&args.source, &verified.fields) {
-            Ok(event) => json!({
-                "valid": true, "error": null, "step": null,
-                "payment_ref": event.payment_ref, "event": event,
-            }),
-            Err(e) => json!({
-                "valid": true, "error": null, "step": null, "payment_ref": null, "event": null,
-                "event_error": e.to_string(),
-            }),
-        },
+    let mut verdict = match verifier.verify(&args.source, &body, at) {
+        Ok(event) => json!({
+            "valid": true, "error": null, "step": null,
+            "payment_ref": event.payment_ref, "event": event,
+        }),
         Err(e) => json!({
             "valid": false, "error": e.name(), "message": e.to_string(), "step": e.step(),
             "payment_ref": null, "event": null,
@@ -74,7 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     verdict["received_at"] = Value::String(at.format(&Rfc3339)?);
     if args.explain {
-        verdict["explain"] = serde_json::to_value(verifier.explain(&body))?;
+        verdict["explain"] = verifier.explain(&body);
     }
     crate::print_stdout(&serde_json::to_string_pretty(&verdict)?)?;
     Ok(if verdict["valid"] == Value::Bool(true) {

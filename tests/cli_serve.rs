@@ -2,57 +2,16 @@
 //! inspection commands beside it, environment overrides, replay, and a
 //! graceful exit on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use paynotify::simulate::{tamper, Delivery, Simulator};
 use paynotify_shared::config::UNIONPAY_IDENTITY;
 use paynotify_shared::testpki::{generate, TestPkiOptions};
 use serde_json::Value;
+use support::cli::{paynotify, serve, wait_for, MERCHANT};
 
-const MERCHANT: &str = "777290058167151";
-
-fn paynotify(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paynotify"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("paynotify runs")
-}
-
-/// Starts `serve` and returns it with the ingest address from its log.
-fn serve(config: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paynotify"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["fields"]["message"] == "serving" {
-                    let _ = tx.send(
-                        v["fields"]["ingest"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve logs its address");
-    (child, addr)
-}
+mod support;
 
 fn txn(config: &str, query_id: &str, env: &[(&str, &str)]) -> (Option<i32>, Value) {
     let out = paynotify(
@@ -65,14 +24,6 @@ fn txn(config: &str, query_id: &str, env: &[(&str, &str)]) -> (Option<i32>, Valu
         out.status.code(),
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
     )
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "condition never held");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -23,6 +23,7 @@ on_both_backends!(
     queue_delay_hides_a_message,
     queue_dead_letters_after_max_receives_and_redrives,
     queue_dead_letter_keeps_reason_and_receive_count,
+    queue_purges_dead_letters_by_reason_and_counts_by_state,
     queue_batches_and_long_polls,
     ledger_apply_is_atomic_and_idempotent,
     ledger_concurrent_appliers_have_one_winner,
@@ -211,6 +212,69 @@ async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {
     assert_eq!(left[0].reason, "BadSignature");
     let back = q.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(back.len(), 1);
+}
+
+async fn queue_purges_dead_letters_by_reason_and_counts_by_state(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let q = &b.queue;
+    for body in ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}", "{\"d\":4}"] {
+        q.send(body.as_bytes()).await.unwrap();
+    }
+    q.send_delayed(b"{\"later\":1}", 600).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.extend(q.receive(10, Duration::from_secs(2)).await.unwrap());
+    }
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.visible,
+            stats.in_flight,
+            stats.delayed,
+            stats.dead_letters
+        ),
+        (0, 4, 1, 0)
+    );
+    q.dead_letter(&got[0], "BadSignature", "x").await.unwrap();
+    q.dead_letter(&got[1], "BadSignature", "y").await.unwrap();
+    q.dead_letter(&got[2], "conflict", "z").await.unwrap();
+    q.delay(&got[3].receipt, 0).await.unwrap();
+    let stats = q.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.visible,
+            stats.in_flight,
+            stats.delayed,
+            stats.dead_letters
+        ),
+        (1, 0, 1, 3)
+    );
+    match kind {
+        Kind::Local => assert!(stats.oldest_age.is_some()),
+        Kind::Aws => assert_eq!(stats.oldest_age, None, "CloudWatch's, not the queue's"),
+    }
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |n: usize| seen.store(n, std::sync::atomic::Ordering::SeqCst);
+    let mut purged = q
+        .purge_dead_letters(Some("BadSignature"), &progress)
+        .await
+        .unwrap();
+    purged.sort_by(|a, b| a.error.cmp(&b.error));
+    assert_eq!(
+        purged.iter().map(|d| d.error.as_str()).collect::<Vec<_>>(),
+        vec!["x", "y"]
+    );
+    assert_eq!(
+        purged[0].body, got[0].body,
+        "the purged message is returned whole"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let left = q.dlq_list(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reason, "conflict");
+    assert_eq!(q.purge_dead_letters(None, &|_| {}).await.unwrap().len(), 1);
+    assert_eq!(q.dlq_depth().await.unwrap(), 0);
 }
 
 async fn queue_batches_and_long_polls(kind: Kind) {

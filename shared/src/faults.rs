@@ -315,7 +315,7 @@ impl Queue for FaultyQueue {
         &self,
         reason: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<Vec<DeadLetter>, QueueError> {
         faulty!(
             self,
             "purge",

@@ -161,7 +161,7 @@ impl Queue for MeteredQueue {
         &self,
         reason: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<Vec<DeadLetter>, QueueError> {
         timed!(
             self,
             "purge_dead_letters",

@@ -53,6 +53,31 @@ impl Currency {
             .and_then(|(_, a)| Self::from_alpha(a))
     }
 
+    /// Digits after the decimal point of its minor unit (ISO 4217): 0 for
+    /// JPY and KRW, 3 for the dinars, 2 otherwise.
+    pub fn minor_digits(&self) -> u32 {
+        match self.as_str() {
+            "JPY" | "KRW" | "VND" | "CLP" | "ISK" | "UGX" | "XAF" | "XOF" => 0,
+            "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "IQD" | "LYD" => 3,
+            _ => 2,
+        }
+    }
+
+    /// `minor` units of this currency as a decimal: `1000` CNY is `10.00`.
+    pub fn decimal(&self, minor: u64) -> String {
+        let digits = self.minor_digits();
+        if digits == 0 {
+            return minor.to_string();
+        }
+        let scale = 10_u64.pow(digits);
+        format!(
+            "{}.{:0width$}",
+            minor / scale,
+            minor % scale,
+            width = digits as usize
+        )
+    }
+
     /// The alphabetic code.
     pub fn as_str(&self) -> &str {
         // Constructed only from ASCII letters.
@@ -86,9 +111,19 @@ pub struct Money {
     pub currency: Currency,
 }
 
+/// `10.00 CNY`: the decimal amount and the code, never a bare minor-unit count.
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.minor, self.currency)
+        write!(f, "{} {}", self.currency.decimal(self.minor), self.currency)
+    }
+}
+
+/// `minor` units of the currency named `code` as `10.00 CNY`; a code that is
+/// not ISO 4217 prints its minor units as they are.
+pub fn display_minor(minor: u64, code: &str) -> String {
+    match Currency::from_alpha(code) {
+        Some(c) => Money { minor, currency: c }.to_string(),
+        None => format!("{minor} (minor units) {code}"),
     }
 }
 
@@ -103,5 +138,19 @@ mod tests {
         assert!(Currency::from_numeric("999").is_none());
         assert!(Currency::from_alpha("C1Y").is_none());
         assert_eq!(Currency::from_alpha("eur").unwrap().as_str(), "EUR");
+    }
+
+    #[test]
+    fn amounts_print_as_decimals_in_their_minor_unit() {
+        let money = |minor, code| Money {
+            minor,
+            currency: Currency::from_alpha(code).unwrap(),
+        };
+        assert_eq!(money(1000, "CNY").to_string(), "10.00 CNY");
+        assert_eq!(money(5, "USD").to_string(), "0.05 USD");
+        assert_eq!(money(0, "EUR").to_string(), "0.00 EUR");
+        assert_eq!(money(1000, "JPY").to_string(), "1000 JPY");
+        assert_eq!(money(1234, "KWD").to_string(), "1.234 KWD");
+        assert_eq!(display_minor(1999, "CNY"), "19.99 CNY");
     }
 }

@@ -130,7 +130,7 @@ pub struct QueueStats {
 ///   callers compare with `dlq_depth` and say so. `redrive_with` reports
 ///   each message moved to `progress`.
 /// - `purge_dead_letters` deletes dead letters (all, or those with
-///   `reason`) and returns how many; their notifications stay in the archive.
+///   `reason`) and returns them; their notifications stay in the archive.
 /// - `stats` samples the queue for `/metrics`: approximate on SQS, where the
 ///   age of the oldest message is CloudWatch's, not the queue's (`None`).
 #[async_trait]
@@ -172,7 +172,7 @@ pub trait Queue: Send + Sync {
         &self,
         reason: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<usize, QueueError>;
+    ) -> Result<Vec<DeadLetter>, QueueError>;
     async fn stats(&self) -> Result<QueueStats, QueueError>;
     /// Messages not yet deleted or dead-lettered (visible or in flight).
     async fn depth(&self) -> Result<u64, QueueError>;

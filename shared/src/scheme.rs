@@ -103,6 +103,14 @@ impl SourceVerifier {
 }
 
 impl SourceVerifier {
+    /// Every step of verifying `body`, for an operator (`verify --explain`,
+    /// `dlq show`): the canonical string, the digest, the certificate chain.
+    pub fn explain(&self, body: &[u8]) -> serde_json::Value {
+        match self {
+            Self::UnionPay(v) => serde_json::to_value(v.explain(body)).unwrap_or_default(),
+        }
+    }
+
     /// The PSP's transaction id in a body that may not verify (UnionPay
     /// `queryId`), for the logs; `None` when it cannot be read.
     pub fn txn_id(&self, body: &[u8]) -> Option<String> {

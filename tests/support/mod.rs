@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod cli;
 
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::{BackendConfig, BackendKind, Sse};

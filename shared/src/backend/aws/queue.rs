@@ -213,6 +213,24 @@ fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A message received from the DLQ as a dead letter.
+fn dead_letter(m: &aws_sdk_sqs::types::Message) -> DeadLetter {
+    let sent_ms: i64 = m
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    DeadLetter {
+        id: attr(m, "original_id"),
+        reason: attr(m, "reason"),
+        error: attr(m, "error"),
+        receive_count: attr(m, "receive_count").parse().unwrap_or(0),
+        dead_at: stored_time(sent_ms),
+        body: m.body.clone().unwrap_or_default().into_bytes(),
+    }
+}
+
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
@@ -364,25 +382,7 @@ impl Queue for SqsQueue {
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let messages = self.scan_dlq(limit, 5).await?;
         self.release(&messages).await;
-        Ok(messages
-            .iter()
-            .map(|m| {
-                let sent_ms: i64 = m
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0);
-                DeadLetter {
-                    id: attr(m, "original_id"),
-                    reason: attr(m, "reason"),
-                    error: attr(m, "error"),
-                    receive_count: attr(m, "receive_count").parse().unwrap_or(0),
-                    dead_at: stored_time(sent_ms),
-                    body: m.body.clone().unwrap_or_default().into_bytes(),
-                }
-            })
-            .collect())
+        Ok(messages.iter().map(dead_letter).collect())
     }
 
     async fn redrive_with(
@@ -424,23 +424,24 @@ impl Queue for SqsQueue {
         &self,
         reason: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<Vec<DeadLetter>, QueueError> {
         let messages = self.scan_dlq(usize::MAX, 300).await?;
         let (chosen, others): (Vec<_>, Vec<_>) = messages
             .into_iter()
             .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
         self.release(&others).await;
-        let mut purged = 0;
+        let mut purged = Vec::with_capacity(chosen.len());
         for chunk in chosen.chunks(10) {
             let receipts = chunk
                 .iter()
                 .filter_map(|m| m.receipt_handle.clone())
                 .collect();
-            for result in delete_batch(&self.client, &self.dlq_url, receipts).await {
+            let results = delete_batch(&self.client, &self.dlq_url, receipts).await;
+            for (m, result) in chunk.iter().zip(results) {
                 result?;
-                purged += 1;
+                purged.push(dead_letter(m));
             }
-            progress(purged);
+            progress(purged.len());
         }
         Ok(purged)
     }

@@ -191,6 +191,29 @@ impl LocalQueue {
     }
 }
 
+/// The dead letters `clause` (after `FROM dead_letters`) selects.
+fn dead_letters<P: rusqlite::Params>(
+    c: &rusqlite::Connection,
+    clause: &str,
+    params: P,
+) -> rusqlite::Result<Vec<DeadLetter>> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT id, reason, error, receive_count, dead_at, body FROM dead_letters {clause}"
+    ))?;
+    let rows = s.query_map(params, |r| {
+        let ms: i64 = r.get(4)?;
+        Ok(DeadLetter {
+            id: r.get(0)?,
+            reason: r.get(1)?,
+            error: r.get(2)?,
+            receive_count: r.get(3)?,
+            dead_at: stored_time(ms),
+            body: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 #[async_trait]
 impl Queue for LocalQueue {
     fn fatal(&self) -> Option<String> {
@@ -298,23 +321,7 @@ impl Queue for LocalQueue {
 
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.db
-            .read(move |c| {
-                let mut s = c.prepare(
-                    "SELECT id, reason, error, receive_count, dead_at, body FROM dead_letters ORDER BY dead_at, id LIMIT ?1",
-                )?;
-                let rows = s.query_map(params![limit as i64], |r| {
-                    let ms: i64 = r.get(4)?;
-                    Ok(DeadLetter {
-                        id: r.get(0)?,
-                        reason: r.get(1)?,
-                        error: r.get(2)?,
-                        receive_count: r.get(3)?,
-                        dead_at: stored_time(ms),
-                        body: r.get(5)?,
-                    })
-                })?;
-                rows.collect()
-            })
+            .read(move |c| dead_letters(c, "ORDER BY dead_at, id LIMIT ?1", params![limit as i64]))
             .await
             .map_err(unavailable)
     }
@@ -361,20 +368,23 @@ impl Queue for LocalQueue {
         &self,
         reason: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<Vec<DeadLetter>, QueueError> {
         let reason = reason.map(str::to_owned);
         let purged = self
             .db
             .write(move |tx| {
+                let filter = "(?1 IS NULL OR reason = ?1)";
+                let purged = dead_letters(tx, &format!("WHERE {filter}"), params![reason])?;
                 exec(
                     tx,
-                    "DELETE FROM dead_letters WHERE (?1 IS NULL OR reason = ?1)",
+                    &format!("DELETE FROM dead_letters WHERE {filter}"),
                     params![reason],
-                )
+                )?;
+                Ok(purged)
             })
             .await
             .map_err(unavailable)?;
-        progress(purged);
+        progress(purged.len());
         Ok(purged)
     }
 

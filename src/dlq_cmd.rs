@@ -1,0 +1,352 @@
+//! `paynotify dlq list|show|redrive|purge`: the dead-letter queue, for an
+//! operator. Nothing here loses a notification: every dead letter's exact
+//! bytes stay in the archive, whatever is purged.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use paynotify_shared::backend::{self, Backends};
+use paynotify_shared::config::Config;
+use paynotify_shared::envelope::{rfc3339_ms, Envelope, QueuedBody};
+use paynotify_shared::ports::DeadLetter;
+use paynotify_shared::scheme::SourceVerifier;
+use paynotify_shared::telemetry::mask_card_numbers;
+use serde_json::{json, Value};
+
+use crate::ops_cmd::ConfigArg;
+
+/// Dead letters read at most by `show` and the dry runs (SQS is scanned).
+const MAX_SCAN: usize = 100_000;
+
+#[derive(Debug, clap::Args)]
+pub struct List {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads up to `limit` dead letters and says when the backend could not
+/// reach them all (on SQS, messages another reader holds are skipped).
+async fn read(backends: &Backends, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+    let depth = backends.queue.dlq_depth().await?;
+    let listed = backends.queue.dlq_list(limit).await?;
+    if (listed.len() as u64) < depth && listed.len() < limit {
+        eprintln!(
+            "paynotify: read {} of about {depth} dead letters; the others are in flight \
+             (another listing or redrive): run again",
+            listed.len()
+        );
+    }
+    Ok(listed)
+}
+
+/// The envelope a dead letter carries or points to.
+async fn envelope_of(backends: &Backends, d: &DeadLetter) -> Option<(Envelope, String)> {
+    match QueuedBody::parse(&d.body).ok()? {
+        QueuedBody::Envelope(e) => {
+            let key = e.archive_key();
+            Some((*e, key))
+        }
+        QueuedBody::Pointer { archive_key, .. } => {
+            let bytes = backends.archive.get(&archive_key).await.ok()?;
+            Some((Envelope::from_json(&bytes).ok()?, archive_key))
+        }
+    }
+}
+
+fn summary(d: &DeadLetter) -> Value {
+    let parsed = QueuedBody::parse(&d.body).ok();
+    json!({
+        "id": d.id,
+        "notification_id": parsed.as_ref().map(QueuedBody::notification_id),
+        "reason": d.reason,
+        "error": mask_card_numbers(&d.error),
+        "receive_count": d.receive_count,
+        "dead_at": rfc3339_ms::format(d.dead_at),
+        "archive_key": parsed.as_ref().map(QueuedBody::archive_key),
+    })
+}
+
+/// Lists dead letters: id, reason, receive count and archive key.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn list(args: List) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend).await?;
+    let entries: Vec<Value> = read(&backends, args.limit)
+        .await?
+        .iter()
+        .map(summary)
+        .collect();
+    if args.json {
+        crate::print_stdout(&serde_json::to_string_pretty(&entries)?)?;
+    } else {
+        let mut out = format!("{} dead letters\n", entries.len());
+        for e in &entries {
+            out.push_str(&format!(
+                "{}  {:<22} receives={}  {}\n",
+                e["id"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or(""),
+                e["receive_count"],
+                e["archive_key"].as_str().unwrap_or("-")
+            ));
+        }
+        crate::print_stdout(out.trim_end())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Show {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The dead letter's id, or its notification id.
+    id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Shows one dead letter: why it died, the request it carries, and, when
+/// its notification does not verify, the step that fails and every step of
+/// verifying it (`verify --explain`). Card numbers are masked. Exit 1 when
+/// there is no such dead letter.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn show(args: Show) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend).await?;
+    let dead = read(&backends, MAX_SCAN).await?;
+    let Some(d) = dead.iter().find(|d| {
+        d.id == args.id || QueuedBody::parse(&d.body).is_ok_and(|b| b.notification_id() == args.id)
+    }) else {
+        eprintln!("paynotify: no dead letter {}", args.id);
+        return Ok(ExitCode::from(1));
+    };
+    let mut out = summary(d);
+    if let Some((envelope, key)) = envelope_of(&backends, d).await {
+        out["archive_key"] = key.into();
+        let header = |name: &str| {
+            envelope
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let body = envelope.body_bytes().unwrap_or_default();
+        out["envelope"] = json!({
+            "source": envelope.source,
+            "received_at": rfc3339_ms::format(envelope.received_at),
+            "remote_addr": envelope.remote_addr,
+            "method": envelope.method,
+            "path": envelope.path,
+            "content_type": header("content-type"),
+            "body_bytes": body.len(),
+            "body_utf8": envelope.body.is_some(),
+        });
+        out["verification"] = verification(&config, &backends, &envelope, &body).await?;
+    }
+    if args.json {
+        crate::print_stdout(&mask_card_numbers(&serde_json::to_string_pretty(&out)?))?;
+    } else {
+        crate::print_stdout(&mask_card_numbers(&render(&out)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The notification verified again, at the time it was received, with the
+/// configuration now: the failing step and, when it fails, every step.
+async fn verification(
+    config: &Config,
+    backends: &Backends,
+    envelope: &Envelope,
+    body: &[u8],
+) -> anyhow::Result<Value> {
+    let Some(source) = config.sources.get(&envelope.source) else {
+        return Ok(json!({ "valid": false, "error": "unknown_source",
+            "message": format!("source {:?} is not configured", envelope.source) }));
+    };
+    let verifier =
+        SourceVerifier::load(&envelope.source, source, backends.secrets.as_ref()).await?;
+    Ok(
+        match verifier.verify(&envelope.source, body, envelope.received_at) {
+            Ok(event) => json!({ "valid": true, "event": event }),
+            Err(e) => json!({
+                "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
+                "explain": verifier.explain(body),
+            }),
+        },
+    )
+}
+
+/// The text form of `dlq show`.
+fn render(v: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "dead letter   {}\nnotification  {}\nreason        {}\nerror         {}\n\
+         receives      {}\ndead since    {}\narchive key   {}\n",
+        s(&v["id"]),
+        s(&v["notification_id"]),
+        s(&v["reason"]),
+        s(&v["error"]),
+        s(&v["receive_count"]),
+        s(&v["dead_at"]),
+        s(&v["archive_key"]),
+    );
+    let e = &v["envelope"];
+    if !e.is_null() {
+        out.push_str(&format!(
+            "received      {} from {} on {} {} ({} bytes, {})\n",
+            s(&e["received_at"]),
+            s(&e["remote_addr"]),
+            s(&e["method"]),
+            s(&e["path"]),
+            s(&e["body_bytes"]),
+            s(&e["content_type"]),
+        ));
+    }
+    let check = &v["verification"];
+    match check["valid"].as_bool() {
+        Some(true) => out.push_str("verifies now  yes: retry it with `dlq redrive`\n"),
+        Some(false) => {
+            out.push_str(&format!(
+                "verifies now  no: {} at step {}: {}\n",
+                s(&check["error"]),
+                s(&check["step"]),
+                s(&check["message"])
+            ));
+            if let Ok(explain) = serde_json::to_string_pretty(&check["explain"]) {
+                out.push_str("explain       ");
+                out.push_str(&explain.replace('\n', "\n              "));
+                out.push('\n');
+            }
+        }
+        None => {}
+    }
+    out.trim_end().to_owned()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Redrive {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only dead letters with this reason (e.g. `retries_exhausted`).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Say what would move, by reason, and move nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Counts dead letters by reason, of those `reason` selects.
+fn by_reason(dead: &[DeadLetter], reason: Option<&str>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for d in dead.iter().filter(|d| reason.is_none_or(|r| d.reason == r)) {
+        *out.entry(d.reason.clone()).or_default() += 1;
+    }
+    out
+}
+
+/// Moves dead letters back to the queue (or, with `--dry-run`, counts
+/// them); prints how many and how many are still dead-lettered.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend).await?;
+    if args.dry_run {
+        let counts = by_reason(&read(&backends, MAX_SCAN).await?, args.reason.as_deref());
+        let total: u64 = counts.values().sum();
+        crate::print_stdout(
+            &json!({ "dry_run": true, "would_redrive": total, "by_reason": counts }).to_string(),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = crate::progress::bar(Some(backends.queue.dlq_depth().await?), "redriving");
+    let progress = {
+        let bar = bar.clone();
+        move |n: usize| bar.set_position(n as u64)
+    };
+    let moved = backends
+        .queue
+        .redrive_with(args.reason.as_deref(), &progress)
+        .await?;
+    bar.finish_and_clear();
+    // What the scan could not reach (in flight elsewhere on SQS), or
+    // dead letters of other reasons, are still there: say so.
+    let left = backends.queue.dlq_depth().await?;
+    crate::print_stdout(&json!({ "redriven": moved, "still_in_dlq": left }).to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["reason", "all"])))]
+pub struct Purge {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Delete the dead letters with this reason.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Delete every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// Really delete; without it, say what would be deleted.
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Deletes dead letters (of one reason, or all) from the dead-letter queue,
+/// recording each under `audit/dlq-purged/` in the archive; their
+/// notifications stay in the archive and `replay` can bring them back.
+/// Without `--yes`, prints what it would delete and exits 1.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn purge(args: Purge) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let backends = backend::build(&config.backend).await?;
+    let reason = if args.all {
+        None
+    } else {
+        args.reason.as_deref()
+    };
+    if !args.yes {
+        let counts = by_reason(&read(&backends, MAX_SCAN).await?, reason);
+        let total: u64 = counts.values().sum();
+        crate::print_stdout(
+            &json!({ "dry_run": true, "would_purge": total, "by_reason": counts }).to_string(),
+        )?;
+        eprintln!("paynotify: nothing purged; pass --yes to delete {total} dead letters");
+        return Ok(ExitCode::from(1));
+    }
+    let bar = crate::progress::bar(Some(backends.queue.dlq_depth().await?), "purging");
+    let progress = {
+        let bar = bar.clone();
+        move |n: usize| bar.set_position(n as u64)
+    };
+    let purged = paynotify::purge::purge(&backends, reason, &progress).await?;
+    bar.finish_and_clear();
+    let left = backends.queue.dlq_depth().await?;
+    crate::print_stdout(
+        &json!({
+            "purged": purged.len(),
+            "by_reason": by_reason(&purged, None),
+            "still_in_dlq": left,
+            "recorded_under": paynotify::purge::PREFIX,
+        })
+        .to_string(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
