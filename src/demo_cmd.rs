@@ -30,7 +30,35 @@ pub struct Args {
     aws_endpoint: Option<String>,
 }
 
-/// Runs the demo and prints the summary; exit 1 if anything was lost.
+/// Prints the ledger the simulation should have produced beside the one it
+/// did and says whether they match.
+fn print_ledger_check(
+    report: &paynotify::simulate::Report,
+    got: &paynotify::reconcile::LedgerTotals,
+    dead: &std::collections::BTreeMap<String, u64>,
+) -> bool {
+    let rows = report.check(got, dead);
+    println!();
+    println!("{:<32} {:>18} {:>18}", "ledger", "expected", "got");
+    for row in &rows {
+        println!(
+            "{:<32} {:>18} {:>18}{}",
+            row.what,
+            row.expected,
+            row.got,
+            if row.matches() { "" } else { "   <- differs" }
+        );
+    }
+    let all = rows.iter().all(paynotify::simulate::CheckRow::matches);
+    println!(
+        "the ledger {} what was sent",
+        if all { "matches" } else { "does NOT match" }
+    );
+    all
+}
+
+/// Runs the demo and prints the summary; exit 1 if anything was lost or
+/// the ledger is not the one the simulation should have produced.
 ///
 /// # Errors
 /// Setup failures.
@@ -155,10 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "receipt -> applied       p50 {:.1} ms, p99 {:.1} ms",
         stats.p50_ms, stats.p99_ms
     );
-    println!(
-        "expected ledger          {} PAID, {} REFUNDED, {} VOIDED; {} tampered and {} forged to the DLQ",
-        report.expected_paid, report.expected_refunded, report.expected_voided, report.tampered, report.forged
-    );
+    let ledger_matches = print_ledger_check(&report, &reconciled.ledger, &reasons);
     println!(
         "reconcile                {}",
         if reconciled.is_clean() {
@@ -207,11 +232,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("inspect   paynotify dlq list --config {cfg}");
     println!(
+        "          paynotify txn history --config {cfg} unionpay {MERCHANT} {}",
+        report.sample_payment_ref
+    );
+    println!(
         "          paynotify txn get --config {cfg} unionpay {MERCHANT} {} --json",
         report.sample_payment_ref
     );
     println!("          paynotify serve --config {cfg}");
-    let lost = report.accepted as usize != archived || left > 0 || !reconciled.is_clean();
+    let lost = report.accepted as usize != archived
+        || left > 0
+        || !reconciled.is_clean()
+        || !ledger_matches;
     Ok(if lost {
         ExitCode::from(1)
     } else {

@@ -62,7 +62,18 @@ pub struct Report {
     /// answers 200 only after an object is whole and durable, so these were
     /// never acknowledged (the PSP retried them); counted, not a discrepancy.
     pub partial_writes: u64,
+    /// The checked payments as stored: how many in each status, and what
+    /// they hold paid and refunded per currency (minor units).
+    pub ledger: LedgerTotals,
     pub discrepancies: Vec<Discrepancy>,
+}
+
+/// Totals of the payments a reconcile checked.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerTotals {
+    pub by_status: BTreeMap<String, u64>,
+    pub paid_minor: BTreeMap<String, u64>,
+    pub refunded_minor: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -250,6 +261,16 @@ async fn check_payment(
 ) -> anyhow::Result<()> {
     let history: Vec<EventRecord> = backends.ledger.history(key).await?;
     let stored = backends.ledger.get_payment(key).await?;
+    if let Some(s) = &stored {
+        let totals = &mut report.ledger;
+        *totals
+            .by_status
+            .entry(s.status.as_str().to_owned())
+            .or_default() += 1;
+        let currency = s.currency.as_str().to_owned();
+        *totals.paid_minor.entry(currency.clone()).or_default() += s.paid_minor;
+        *totals.refunded_minor.entry(currency).or_default() += s.refunded_minor;
+    }
     let mut state: Option<PaymentState> = None;
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     for record in &history {

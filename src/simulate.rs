@@ -219,9 +219,101 @@ pub struct Report {
     pub expected_paid: u64,
     pub expected_refunded: u64,
     pub expected_voided: u64,
+    /// What the ledger should hold paid, in minor units (CNY): every
+    /// purchase, voided ones included (a void leaves what was paid).
+    pub expected_paid_minor: u64,
+    /// What the ledger should hold refunded, in minor units (CNY).
+    pub expected_refunded_minor: u64,
+}
+
+/// One line of the comparison of the expected ledger with the real one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRow {
+    pub what: &'static str,
+    pub expected: String,
+    pub got: String,
+}
+
+impl CheckRow {
+    pub fn matches(&self) -> bool {
+        self.expected == self.got
+    }
 }
 
 impl Report {
+    /// What the ledger should hold after this simulation beside what it
+    /// holds (`got`, from `reconcile`) and the dead letters by reason:
+    /// payments by status, paid and refunded totals, rejected notifications.
+    pub fn check(
+        &self,
+        got: &crate::reconcile::LedgerTotals,
+        dead: &std::collections::BTreeMap<String, u64>,
+    ) -> Vec<CheckRow> {
+        let cny = |m: &std::collections::BTreeMap<String, u64>| m.get("CNY").copied().unwrap_or(0);
+        let money = |minor| paynotify_shared::money::display_minor(minor, "CNY");
+        let status = |s: &str| got.by_status.get(s).copied().unwrap_or(0);
+        let others: u64 = got
+            .by_status
+            .iter()
+            .filter(|(s, _)| !["PAID", "REFUNDED", "VOIDED"].contains(&s.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        let reason = |r: &str| dead.get(r).copied().unwrap_or(0);
+        let other_dead: u64 = dead
+            .iter()
+            .filter(|(r, _)| !["BadSignature", "UntrustedCertificate"].contains(&r.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        let row = |what, expected: String, got: String| CheckRow {
+            what,
+            expected,
+            got,
+        };
+        vec![
+            row(
+                "PAID payments",
+                self.expected_paid.to_string(),
+                status("PAID").to_string(),
+            ),
+            row(
+                "REFUNDED payments",
+                self.expected_refunded.to_string(),
+                status("REFUNDED").to_string(),
+            ),
+            row(
+                "VOIDED payments",
+                self.expected_voided.to_string(),
+                status("VOIDED").to_string(),
+            ),
+            row("in any other status", "0".into(), others.to_string()),
+            row(
+                "paid total",
+                money(self.expected_paid_minor),
+                money(cny(&got.paid_minor)),
+            ),
+            row(
+                "refunded total",
+                money(self.expected_refunded_minor),
+                money(cny(&got.refunded_minor)),
+            ),
+            row(
+                "tampered -> BadSignature",
+                self.tampered.to_string(),
+                reason("BadSignature").to_string(),
+            ),
+            row(
+                "forged -> UntrustedCertificate",
+                self.forged.to_string(),
+                reason("UntrustedCertificate").to_string(),
+            ),
+            row(
+                "dead-lettered for another reason",
+                "0".into(),
+                other_dead.to_string(),
+            ),
+        ]
+    }
+
     fn add(&mut self, d: Delivery) {
         self.sent += 1;
         match d {
@@ -256,8 +348,12 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
         let early = refund && rng.random_bool(mix.early_refunds.clamp(0.0, 1.0));
         let dup = rng.random_bool(mix.duplicates.clamp(0.0, 1.0));
         let tampered = rng.random_bool(mix.tamper.clamp(0.0, 1.0));
+        report.expected_paid_minor += amount;
         match (refund, void) {
-            (true, _) => report.expected_refunded += 1,
+            (true, _) => {
+                report.expected_refunded += 1;
+                report.expected_refunded_minor += amount;
+            }
             (_, true) => report.expected_voided += 1,
             _ => report.expected_paid += 1,
         }
@@ -336,4 +432,58 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
         report.forged += r.forged;
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::reconcile::LedgerTotals;
+
+    fn expected() -> Report {
+        Report {
+            expected_paid: 2,
+            expected_refunded: 1,
+            expected_voided: 0,
+            expected_paid_minor: 3000,
+            expected_refunded_minor: 1000,
+            tampered: 1,
+            ..Report::default()
+        }
+    }
+
+    fn got(refunded_minor: u64) -> LedgerTotals {
+        LedgerTotals {
+            by_status: BTreeMap::from([("PAID".into(), 2), ("REFUNDED".into(), 1)]),
+            paid_minor: BTreeMap::from([("CNY".into(), 3000)]),
+            refunded_minor: BTreeMap::from([("CNY".into(), refunded_minor)]),
+        }
+    }
+
+    #[test]
+    fn the_ledger_check_names_what_differs() {
+        let dead = BTreeMap::from([("BadSignature".to_owned(), 1)]);
+        assert!(expected()
+            .check(&got(1000), &dead)
+            .iter()
+            .all(CheckRow::matches));
+        let rows = expected().check(&got(900), &dead);
+        let differs: Vec<_> = rows.iter().filter(|r| !r.matches()).collect();
+        assert_eq!(differs.len(), 1);
+        assert_eq!(
+            (
+                differs[0].what,
+                differs[0].expected.as_str(),
+                differs[0].got.as_str()
+            ),
+            ("refunded total", "10.00 CNY", "9.00 CNY")
+        );
+        // A dead letter the simulation did not send for is a difference.
+        let dead = BTreeMap::from([("BadSignature".to_owned(), 1), ("conflict".to_owned(), 1)]);
+        assert!(!expected()
+            .check(&got(1000), &dead)
+            .iter()
+            .all(CheckRow::matches));
+    }
 }

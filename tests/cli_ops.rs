@@ -226,3 +226,24 @@ fn dlq_and_ledger_tools() {
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn the_demo_checks_its_own_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = paynotify(
+        &["demo", "--count", "60", "--data-dir", data.to_str().unwrap()],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for expected in [
+        "the ledger matches what was sent",
+        "paid total",
+        "refunded total",
+        "reconcile                clean",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("<- differs"), "{stdout}");
+}
