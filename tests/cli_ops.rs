@@ -232,7 +232,13 @@ fn the_demo_checks_its_own_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let out = paynotify(
-        &["demo", "--count", "60", "--data-dir", data.to_str().unwrap()],
+        &[
+            "demo",
+            "--count",
+            "60",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
         &[],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

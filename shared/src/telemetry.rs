@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -172,61 +172,80 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = SpanFields::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(f) = span.extensions().get::<SpanFields>() {
-                    for (name, value) in &f.0 {
-                        fields.set(name, value.clone());
-                    }
-                }
+        let mut own = SpanFields::default();
+        event.record(&mut own);
+        let spans: Vec<_> = ctx
+            .event_scope(event)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let extensions: Vec<_> = spans.iter().map(|s| s.extensions()).collect();
+        // Outermost span first; a field set again further in (or on the
+        // event) keeps its first place and takes the inner value.
+        let mut fields: Vec<(&str, &Value)> = Vec::with_capacity(16);
+        let span_fields = extensions
+            .iter()
+            .rev()
+            .filter_map(|e| e.get::<SpanFields>())
+            .flat_map(|f| f.0.iter());
+        for (name, value) in span_fields.chain(own.0.iter()) {
+            match fields.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value,
+                None => fields.push((name, value)),
             }
         }
-        event.record(&mut fields);
         let meta = event.metadata();
         let line = match self.format {
-            LogFormat::Json => json_line(meta, fields),
-            LogFormat::Text => text_line(meta, fields),
+            LogFormat::Json => json_line(meta, &fields),
+            LogFormat::Text => text_line(meta, &fields),
         };
-        let _ = self.writer.make_writer().write_all(line.as_bytes());
+        let _ = self.writer.make_writer().write_all(&line);
     }
 }
 
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
-fn masked(name: &str, value: Value) -> Value {
+/// `value` with card numbers masked, unless `name` is an identifier.
+fn masked<'a>(name: &str, value: &'a Value) -> Cow<'a, Value> {
     match value {
-        Value::String(s) if !IDENTIFIERS.contains(&name) => match mask_card_numbers(&s) {
-            Cow::Borrowed(_) => Value::String(s),
-            Cow::Owned(m) => Value::String(m),
+        Value::String(s) if !IDENTIFIERS.contains(&name) => match mask_card_numbers(s) {
+            Cow::Borrowed(_) => Cow::Borrowed(value),
+            Cow::Owned(m) => Cow::Owned(Value::String(m)),
         },
-        other => other,
+        _ => Cow::Borrowed(value),
     }
 }
 
-fn json_line(meta: &tracing::Metadata<'_>, fields: SpanFields) -> String {
-    let mut object = Map::new();
-    object.insert("timestamp".into(), now().into());
-    object.insert("level".into(), meta.level().as_str().into());
-    object.insert("target".into(), meta.target().into());
-    for (name, value) in fields.0 {
-        object.insert(name.to_owned(), masked(name, value));
+fn push_time(line: &mut Vec<u8>) {
+    let _ = time::OffsetDateTime::now_utc().format_into(line, &Rfc3339);
+}
+
+fn json_line(meta: &tracing::Metadata<'_>, fields: &[(&str, &Value)]) -> Vec<u8> {
+    // Written in order into one buffer, without building a map: every
+    // notification writes two lines.
+    let mut line = Vec::with_capacity(512);
+    line.extend_from_slice(b"{\"timestamp\":\"");
+    push_time(&mut line);
+    line.extend_from_slice(b"\",\"level\":\"");
+    line.extend_from_slice(meta.level().as_str().as_bytes());
+    line.extend_from_slice(b"\",\"target\":");
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, meta.target());
+    for (name, value) in fields {
+        line.push(b',');
+        let _ = serde_json::to_writer(&mut line, name);
+        line.push(b':');
+        let _ = serde_json::to_writer(&mut line, masked(name, value).as_ref());
     }
-    let mut line = Value::Object(object).to_string();
-    line.push('\n');
+    line.extend_from_slice(b"}\n");
     line
 }
 
-fn text_line(meta: &tracing::Metadata<'_>, fields: SpanFields) -> String {
-    let mut line = format!("{} {:>5} ", now(), meta.level().as_str());
+fn text_line(meta: &tracing::Metadata<'_>, fields: &[(&str, &Value)]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(256);
+    push_time(&mut line);
+    let mut head = format!(" {:>5} ", meta.level().as_str());
     let mut rest = String::new();
-    for (name, value) in fields.0 {
-        match masked(name, value) {
-            Value::String(s) if name == "message" => line.push_str(&s),
+    for (name, value) in fields {
+        match masked(name, value).as_ref() {
+            Value::String(s) if *name == "message" => head.push_str(s),
             Value::String(s) if s.contains(char::is_whitespace) || s.is_empty() => {
                 let _ = write!(rest, " {name}={s:?}");
             }
@@ -238,8 +257,9 @@ fn text_line(meta: &tracing::Metadata<'_>, fields: SpanFields) -> String {
             }
         }
     }
-    line.push_str(&rest);
-    line.push('\n');
+    line.extend_from_slice(head.as_bytes());
+    line.extend_from_slice(rest.as_bytes());
+    line.push(b'\n');
     line
 }
 
