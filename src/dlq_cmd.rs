@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use paynotify_shared::backend::{self, Backends};
+use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::envelope::{rfc3339_ms, Envelope, QueuedBody};
 use paynotify_shared::ports::DeadLetter;
@@ -77,8 +77,7 @@ fn summary(d: &DeadLetter) -> Value {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn list(args: List) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     let entries: Vec<Value> = read(&backends, args.limit)
         .await?
         .iter()
@@ -121,8 +120,7 @@ pub struct Show {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn show(args: Show) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (config, backends) = args.config.open().await?;
     let dead = read(&backends, MAX_SCAN).await?;
     let Some(d) = dead.iter().find(|d| {
         d.id == args.id || QueuedBody::parse(&d.body).is_ok_and(|b| b.notification_id() == args.id)
@@ -264,8 +262,7 @@ fn by_reason(dead: &[DeadLetter], reason: Option<&str>) -> BTreeMap<String, u64>
 /// # Errors
 /// Configuration or backend errors.
 pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     if args.dry_run {
         let counts = by_reason(&read(&backends, MAX_SCAN).await?, args.reason.as_deref());
         let total: u64 = counts.values().sum();
@@ -315,8 +312,7 @@ pub struct Purge {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn purge(args: Purge) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     let reason = if args.all {
         None
     } else {

@@ -16,6 +16,18 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+impl ConfigArg {
+    /// Loads the configuration and opens its backends.
+    ///
+    /// # Errors
+    /// Configuration or backend errors.
+    pub async fn open(&self) -> anyhow::Result<(Config, paynotify_shared::backend::Backends)> {
+        let config = Config::load(&self.config)?;
+        let backends = backend::build(&config.backend).await?;
+        Ok((config, backends))
+    }
+}
+
 /// Runs ingest and workers until Ctrl-C or SIGTERM, then drains and exits 0.
 ///
 /// # Errors
@@ -57,8 +69,7 @@ pub struct ArchiveLs {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn archive_ls(args: ArchiveLs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     let keys = backends
         .archive
         .list(&args.prefix, args.from, args.to)
@@ -80,8 +91,7 @@ pub struct ArchiveCat {
 /// # Errors
 /// Configuration or backend errors, or a missing key.
 pub async fn archive_cat(args: ArchiveCat) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     let bytes = backends.archive.get(&args.key).await?;
     crate::print_stdout(&String::from_utf8_lossy(&bytes))?;
     Ok(ExitCode::SUCCESS)
@@ -108,8 +118,7 @@ pub struct Replay {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     let prefix = match &args.source {
         Some(s) => format!("raw/source={s}/"),
         None => "raw/".to_owned(),

@@ -5,8 +5,6 @@
 use std::process::ExitCode;
 
 use paynotify::reconcile::reconcile;
-use paynotify_shared::backend;
-use paynotify_shared::config::Config;
 
 use crate::ops_cmd::ConfigArg;
 
@@ -30,8 +28,7 @@ pub struct Args {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (config, backends) = args.config.open().await?;
     let bar = crate::progress::bar(None, "reconciling");
     let report = reconcile(&config, &backends, args.from, args.to, |i, total| {
         bar.set_length(total);
@@ -89,8 +86,7 @@ pub struct ParkedList {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn parked_list(args: ParkedList) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (config, backends) = args.config.open().await?;
     let now = time::OffsetDateTime::now_utc();
     let parked = backends.ledger.parked_before(now, args.limit).await?;
     let bound = time::Duration::seconds(config.worker.parked_alert_secs as i64);

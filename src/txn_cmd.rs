@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use paynotify_shared::backend;
-use paynotify_shared::config::Config;
 use paynotify_shared::money::display_minor;
 use paynotify_shared::ports::{EventRecord, ParkedEvent};
 use paynotify_shared::{PaymentKey, PaymentState};
@@ -38,8 +36,7 @@ struct Found {
 }
 
 async fn find(args: &Args) -> anyhow::Result<Found> {
-    let config = Config::load(&args.config.config)?;
-    let backends = backend::build(&config.backend).await?;
+    let (_, backends) = args.config.open().await?;
     let mut key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
     let mut entry = backends.ledger.load(&key).await?;
     let via_alias = entry.alias_of.is_some();

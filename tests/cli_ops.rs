@@ -7,10 +7,9 @@
 use std::process::Command;
 
 use paynotify::simulate::{tamper, Delivery, Simulator};
-use paynotify_shared::config::UNIONPAY_IDENTITY;
 use paynotify_shared::testpki::{generate, TestPkiOptions};
 use serde_json::Value;
-use support::cli::{assert_rfc3339_times, paynotify, serve, wait_for, MERCHANT};
+use support::cli::{assert_rfc3339_times, paynotify, serve, serve_config, wait_for, MERCHANT};
 
 mod support;
 
@@ -39,19 +38,7 @@ fn text(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn dlq_and_ledger_tools() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = generate(&TestPkiOptions::default()).unwrap();
-    pki.write(dir.path(), UNIONPAY_IDENTITY, &[MERCHANT.into()])
-        .unwrap();
-    let config = dir.path().join("paynotify.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[backend]\ndata_dir = \"data\"\n[ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [worker]\nretry_min_delay_ms = 100\n{}",
-            pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
-        ),
-    )
-    .unwrap();
+    let (config, pki) = serve_config(dir.path());
     let cfg = config.to_str().unwrap();
     let (mut child, addr) = serve(&config);
     let url = format!("http://{addr}/notify/unionpay");

@@ -6,10 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use paynotify::simulate::{tamper, Delivery, Simulator};
-use paynotify_shared::config::UNIONPAY_IDENTITY;
-use paynotify_shared::testpki::{generate, TestPkiOptions};
 use serde_json::Value;
-use support::cli::{paynotify, serve, wait_for, MERCHANT};
+use support::cli::{paynotify, serve, serve_config, wait_for, MERCHANT};
 
 mod support;
 
@@ -29,19 +27,7 @@ fn txn(config: &str, query_id: &str, env: &[(&str, &str)]) -> (Option<i32>, Valu
 #[test]
 fn serve_ledger_dlq_replay_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = generate(&TestPkiOptions::default()).unwrap();
-    pki.write(dir.path(), UNIONPAY_IDENTITY, &[MERCHANT.into()])
-        .unwrap();
-    let config = dir.path().join("paynotify.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[backend]\ndata_dir = \"data\"\n[ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [worker]\nretry_min_delay_ms = 100\n{}",
-            pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
-        ),
-    )
-    .unwrap();
+    let (config, pki) = serve_config(dir.path());
     let cfg = config.to_str().unwrap();
     let (mut child, addr) = serve(&config);
     let url = format!("http://{addr}/notify/unionpay");

@@ -103,14 +103,7 @@ async fn refund_before_purchase_waits_for_it(kind: Kind) {
 
 async fn tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone(kind: Kind) {
     let t = spawn_app(kind).await;
-    let forged_pki = generate(&TestPkiOptions::default()).unwrap();
-    let forger = Simulator::new(
-        forged_pki.leaf_key_pem.as_bytes(),
-        &forged_pki.leaf_pem,
-        MERCHANT,
-        &t.url,
-    )
-    .unwrap();
+    let forger = t.forger();
     // Ingest accepts both (it does not verify); the worker rejects them.
     assert!(matches!(
         t.sim.send(tamper(&t.sim.purchase("q5", 100))).await,

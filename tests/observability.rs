@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use paynotify::app::AppOptions;
-use paynotify::simulate::{tamper, Delivery, Simulator};
-use paynotify_shared::testpki::{generate, TestPkiOptions};
+use paynotify::simulate::{tamper, Delivery};
 use paynotify_shared::PaymentStatus;
-use support::app::{spawn_app_with, TestApp, MERCHANT};
+use support::app::{spawn_app_with, TestApp};
 use support::Kind;
 
 #[macro_use]
@@ -80,14 +79,7 @@ async fn every_counter_equals_what_was_sent(kind: Kind) {
         },
     )
     .await;
-    let forged_pki = generate(&TestPkiOptions::default()).unwrap();
-    let forger = Simulator::new(
-        forged_pki.leaf_key_pem.as_bytes(),
-        &forged_pki.leaf_pem,
-        MERCHANT,
-        &t.url,
-    )
-    .unwrap();
+    let forger = t.forger();
     let accepted = |d: Delivery| assert_eq!(d, Delivery::Accepted(1));
     // Two refunds before their purchases: parked.
     accepted(t.sim.send(t.sim.refund("e1", "e1r", 100)).await);

@@ -112,6 +112,18 @@ impl TestApp {
         self.app().faults.as_ref().expect("started with faults")
     }
 
+    /// A simulator that signs with an untrusted test PKI, posting here.
+    pub fn forger(&self) -> Arc<Simulator> {
+        let forged = generate(&TestPkiOptions::default()).unwrap();
+        Simulator::new(
+            forged.leaf_key_pem.as_bytes(),
+            &forged.leaf_pem,
+            MERCHANT,
+            &self.url,
+        )
+        .unwrap()
+    }
+
     pub fn app(&self) -> &App {
         self.app.as_ref().unwrap()
     }

@@ -6,7 +6,28 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use paynotify_shared::config::UNIONPAY_IDENTITY;
+use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
 use serde_json::Value;
+
+/// A test PKI and a `serve` configuration trusting it in `dir` (data in
+/// `dir/data`, listeners on port 0); returns the configuration's path.
+pub fn serve_config(dir: &Path) -> (std::path::PathBuf, TestPki) {
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    pki.write(dir, UNIONPAY_IDENTITY, &[MERCHANT.into()])
+        .unwrap();
+    let config = dir.join("paynotify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\ndata_dir = \"data\"\n[ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [worker]\nretry_min_delay_ms = 100\n{}",
+            pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.into()])
+        ),
+    )
+    .unwrap();
+    (config, pki)
+}
 
 pub const MERCHANT: &str = "777290058167151";
 
