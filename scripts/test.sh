@@ -22,6 +22,10 @@ eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 echo "   $PAYNOTIFY_TEST_AWS_ENDPOINT"
+echo "== Python tools (DuckDB for tests/analytics.rs)"
+PAYNOTIFY_TEST_PYTHON=$(scripts/tools.sh)
+export PAYNOTIFY_TEST_PYTHON
+echo "   $PAYNOTIFY_TEST_PYTHON"
 echo "== a small filesystem for tests/disk_full.rs"
 small=target/small-disk
 mkdir -p "$small"
