@@ -91,7 +91,7 @@ impl App {
                 .with_context(|| format!("binding admin to {}", config.ingest.admin_listen))?;
             addr = Some(listener.local_addr()?);
             admin_addr = Some(admin.local_addr()?);
-            let state = IngestState::new(config, &backends, metrics.clone());
+            let state = IngestState::new(config, &backends, metrics.clone(), options.worker);
             let (cfg, token) = (config.ingest.clone(), shutdown.clone());
             ingest = Some(tokio::spawn(async move {
                 paynotify_ingest::run(listener, admin, state, &cfg, token).await

@@ -43,8 +43,15 @@ pub struct IngestState {
 
 impl IngestState {
     /// The state for the configured sources on `backends`, counting into
-    /// `metrics` (shared with the workers of the same process).
-    pub fn new(config: &Config, backends: &Backends, metrics: Arc<Metrics>) -> Self {
+    /// `metrics` (shared with the workers of the same process). With
+    /// `sample_ledger`, `/metrics` also reads the parked events (a process
+    /// that runs workers; an ingest alone need not read the ledger).
+    pub fn new(
+        config: &Config,
+        backends: &Backends,
+        metrics: Arc<Metrics>,
+        sample_ledger: bool,
+    ) -> Self {
         Self {
             archive: backends.archive.clone(),
             queue: backends.queue.clone(),
@@ -59,6 +66,7 @@ impl IngestState {
                 metrics: metrics.clone(),
                 backends: backends.clone(),
                 parked_alert_secs: config.worker.parked_alert_secs,
+                sample_ledger,
             },
             metrics,
         }

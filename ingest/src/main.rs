@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(&config.ingest.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.ingest.admin_listen))?;
-    let state = IngestState::new(&config, &backends, metrics);
+    let state = IngestState::new(&config, &backends, metrics, false);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {

@@ -78,6 +78,7 @@ async fn start_with(
             metrics,
             backends,
             parked_alert_secs: 86_400,
+            sample_ledger: true,
         },
     };
     let mut config = IngestConfig::default();

@@ -21,6 +21,9 @@ pub struct Admin {
     pub backends: Backends,
     /// A parked event older than this is counted as overdue.
     pub parked_alert_secs: u64,
+    /// Whether `/metrics` reads the parked events from the ledger: not in
+    /// an ingest-only process, whose role may not read the ledger.
+    pub sample_ledger: bool,
 }
 
 /// The admin router.
@@ -45,7 +48,7 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 async fn metrics(State(admin): State<Admin>) -> Response {
     let sampler = Sampler {
         queue: admin.backends.queue.clone(),
-        ledger: admin.backends.ledger.clone(),
+        ledger: admin.sample_ledger.then(|| admin.backends.ledger.clone()),
         parked_alert_secs: admin.parked_alert_secs,
     };
     let text = admin.metrics.render(Some(&sampler)).await;

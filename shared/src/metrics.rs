@@ -95,9 +95,9 @@ pub struct Metrics {
     backend_errors: Counters<PortLabels>,
     backend_seconds: Histograms<PortLabels>,
     queue_messages: Family<QueueLabels, Gauge>,
-    oldest_age: Arc<OldestAge>,
-    parked_overdue: Gauge,
-    parked_conflicted: Gauge,
+    oldest_age: Arc<Sampled>,
+    parked_overdue: Arc<Sampled>,
+    parked_conflicted: Arc<Sampled>,
     sample_errors: Counters<PortLabels>,
 }
 
@@ -111,8 +111,8 @@ impl std::fmt::Debug for Metrics {
 #[derive(Clone)]
 pub struct Sampler {
     pub queue: Arc<dyn Queue>,
-    /// For the parked-event gauges.
-    pub ledger: Arc<dyn Ledger>,
+    /// For the parked-event gauges (left out when `None`).
+    pub ledger: Option<Arc<dyn Ledger>>,
     /// A parked event older than this is overdue.
     pub parked_alert_secs: u64,
 }
@@ -147,9 +147,18 @@ impl Metrics {
                 count: 18,
             }),
             queue_messages: Family::default(),
-            oldest_age: Arc::default(),
-            parked_overdue: Gauge::default(),
-            parked_conflicted: Gauge::default(),
+            oldest_age: Sampled::new(
+                "queue_oldest_message_age_seconds",
+                "Age of the oldest message in the queue, sampled at scrape (local backend; on SQS see CloudWatch ApproximateAgeOfOldestMessage)",
+            ),
+            parked_overdue: Sampled::new(
+                "parked_events_overdue",
+                "Events parked for longer than worker.parked_alert_secs (-1: unreadable)",
+            ),
+            parked_conflicted: Sampled::new(
+                "parked_events_conflicted",
+                "Parked events that contradict their payment (-1: unreadable)",
+            ),
             sample_errors: Family::default(),
             registry: Registry::with_prefix("paynotify"),
         };
@@ -220,21 +229,13 @@ impl Metrics {
             m.queue_messages.clone(),
         );
         r.register(
-            "parked_events_overdue",
-            "Events parked for longer than worker.parked_alert_secs (-1: unreadable)",
-            m.parked_overdue.clone(),
-        );
-        r.register(
-            "parked_events_conflicted",
-            "Parked events that contradict their payment (-1: unreadable)",
-            m.parked_conflicted.clone(),
-        );
-        r.register(
             "scrape_sample_errors",
             "Scrapes whose sample of a backend failed",
             m.sample_errors.clone(),
         );
-        r.register_collector(Box::new(m.oldest_age.clone()));
+        for sampled in [&m.oldest_age, &m.parked_overdue, &m.parked_conflicted] {
+            r.register_collector(Box::new(sampled.clone()));
+        }
         if let Some(calls) = api_calls {
             r.register_collector(Box::new(AwsCalls(calls)));
         }
@@ -343,11 +344,14 @@ impl Metrics {
     }
 
     async fn sample(&self, s: &Sampler) {
-        let (stats, parked) = tokio::join!(
-            s.queue.stats(),
-            s.ledger
-                .parked_before(time::OffsetDateTime::now_utc(), MAX_PARKED_COUNTED)
-        );
+        let now = time::OffsetDateTime::now_utc();
+        let parked = async {
+            match &s.ledger {
+                Some(l) => Some(l.parked_before(now, MAX_PARKED_COUNTED).await),
+                None => None,
+            }
+        };
+        let (stats, parked) = tokio::join!(s.queue.stats(), parked);
         let set = |queue, state, v: i64| {
             self.queue_messages
                 .get_or_create(&QueueLabels { queue, state })
@@ -359,9 +363,7 @@ impl Metrics {
                 set("main", "in_flight", q.in_flight as i64);
                 set("main", "delayed", q.delayed as i64);
                 set("dead_letter", "visible", q.dead_letters as i64);
-                if let Ok(mut age) = self.oldest_age.0.lock() {
-                    *age = q.oldest_age.map(|a| a.as_secs_f64());
-                }
+                self.oldest_age.set(q.oldest_age.map(|a| a.as_secs_f64()));
             }
             Err(_) => {
                 for (queue, state) in [
@@ -380,21 +382,21 @@ impl Metrics {
                     .inc();
             }
         }
-        let now = time::OffsetDateTime::now_utc();
         let bound = now - time::Duration::seconds(s.parked_alert_secs as i64);
         match parked {
-            Ok(parked) => {
+            None => {}
+            Some(Ok(parked)) => {
                 let overdue = parked.iter().filter(|p| p.parked.parked_at < bound).count();
                 let conflicted = parked
                     .iter()
                     .filter(|p| p.parked.conflict.is_some())
                     .count();
-                self.parked_overdue.set(overdue as i64);
-                self.parked_conflicted.set(conflicted as i64);
+                self.parked_overdue.set(Some(overdue as f64));
+                self.parked_conflicted.set(Some(conflicted as f64));
             }
-            Err(_) => {
-                self.parked_overdue.set(-1);
-                self.parked_conflicted.set(-1);
+            Some(Err(_)) => {
+                self.parked_overdue.set(Some(-1.0));
+                self.parked_conflicted.set(Some(-1.0));
                 self.sample_errors
                     .get_or_create(&PortLabels {
                         port: "ledger",
@@ -412,25 +414,46 @@ fn source_labels(source: &str) -> SourceLabels {
     }
 }
 
-/// The age of the oldest message in the queue, exported only where the
-/// backend can tell (on SQS it is CloudWatch's
-/// `ApproximateAgeOfOldestMessage`, not a queue attribute).
-#[derive(Debug, Default)]
-struct OldestAge(std::sync::Mutex<Option<f64>>);
+/// A gauge sampled at scrape, exported only once a sample set it: the age
+/// of the oldest message where the backend can tell (on SQS it is
+/// CloudWatch's `ApproximateAgeOfOldestMessage`, not a queue attribute),
+/// the parked events where this process reads the ledger. Never a made-up 0.
+#[derive(Debug)]
+struct Sampled {
+    name: &'static str,
+    help: &'static str,
+    value: std::sync::Mutex<Option<f64>>,
+}
 
-impl Collector for OldestAge {
+impl Sampled {
+    fn new(name: &'static str, help: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            help,
+            value: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn set(&self, value: Option<f64>) {
+        if let Ok(mut v) = self.value.lock() {
+            *v = value;
+        }
+    }
+}
+
+impl Collector for Sampled {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(age) = self.0.lock().ok().and_then(|a| *a) else {
+        let Some(value) = self.value.lock().ok().and_then(|v| *v) else {
             return Ok(());
         };
-        let gauge = ConstGauge::new(age);
-        let metric = encoder.encode_descriptor(
-            "queue_oldest_message_age_seconds",
-            "Age of the oldest message in the queue, sampled at scrape (local backend; on SQS see CloudWatch ApproximateAgeOfOldestMessage)",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)
+        let metric_type = ConstGauge::new(value).metric_type();
+        let metric = encoder.encode_descriptor(self.name, self.help, None, metric_type)?;
+        // Counts print as integers (`1`, not `1.0`).
+        if value.fract() == 0.0 && value.abs() < 1e15 {
+            ConstGauge::new(value as i64).encode(metric)
+        } else {
+            ConstGauge::new(value).encode(metric)
+        }
     }
 }
 

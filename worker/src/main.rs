@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             metrics,
             backends: backends.clone(),
             parked_alert_secs: config.worker.parked_alert_secs,
+            sample_ledger: true,
         }),
         Limits {
             header_read_timeout: Duration::from_secs(10),
