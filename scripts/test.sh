@@ -22,10 +22,18 @@ eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 echo "   $PAYNOTIFY_TEST_AWS_ENDPOINT"
-echo "== Python tools (DuckDB for tests/analytics.rs)"
+echo "== Python tools (DuckDB, cfn-lint, checkov)"
 PAYNOTIFY_TEST_PYTHON=$(scripts/tools.sh)
 export PAYNOTIFY_TEST_PYTHON
+tools=$(dirname "$PAYNOTIFY_TEST_PYTHON")
 echo "   $PAYNOTIFY_TEST_PYTHON"
+echo "== CloudFormation: cfn-lint, checkov, infra/tests/test_template.py"
+"$tools/cfn-lint" infra/*.yaml
+# --skip-download: no calls to the vendor's API (this machine has no network);
+# skipped checks are justified in the template (Metadata.checkov.skip).
+BC_SKIP_MAPPING=TRUE "$tools/checkov" --quiet --compact --skip-download --framework cloudformation \
+  -f infra/*.yaml
+"$PAYNOTIFY_TEST_PYTHON" infra/tests/test_template.py
 echo "== a small filesystem for tests/disk_full.rs"
 small=target/small-disk
 mkdir -p "$small"

@@ -257,6 +257,10 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
         .replace(
             "\nlisten = \"127.0.0.1:0\"",
             &format!("\nlisten = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "[worker]\n",
+            "[worker]\nparked_alert_secs = 1\nparked_check_secs = 1\n",
         );
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
@@ -272,6 +276,9 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
     let bad = paynotify::simulate::tamper(&sim.purchase_with("logq2", 100, &[("accNo", CARD)]));
     assert_eq!(sim.send(good).await, Delivery::Accepted(1));
     assert_eq!(sim.send(bad).await, Delivery::Accepted(1));
+    // A refund whose payment never comes: parked, then overdue.
+    let orphan = sim.refund("logq3", "logq3r", 100);
+    assert_eq!(sim.send(orphan).await, Delivery::Accepted(1));
     let backends = backend::build(&config.backend).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while backends.queue.depth().await.unwrap() > 0 {
@@ -283,7 +290,7 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
     let has = |s: &[String], prefix: &str| s.iter().any(|l| l.starts_with(prefix));
     assert!(has(
         &ingest_samples,
-        "paynotify_ingest_enqueued_total{source=\"unionpay\"} 2"
+        "paynotify_ingest_enqueued_total{source=\"unionpay\"} 3"
     ));
     assert!(!has(&ingest_samples, "paynotify_worker_"));
     assert!(has(
@@ -295,6 +302,19 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
         "paynotify_worker_dead_lettered_total{source=\"unionpay\",reason=\"BadSignature\"} 1"
     ));
     assert!(!has(&worker_samples, "paynotify_ingest_"));
+    // The worker says so in its log, which the stack's alarm counts.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&worker_log)
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.contains("\"message\":\"parked events need attention\"")
+                && l.contains("\"overdue\":1")
+        })
+    {
+        assert!(Instant::now() < deadline, "no parked-events warning");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(sigterm(&mut ingest).success());
     assert!(sigterm(&mut worker).success());
 

@@ -186,6 +186,9 @@ pub struct WorkerConfig {
     /// A parked event older than this is reported by `reconcile` and
     /// `/metrics` (`paynotify_parked_events_overdue`).
     pub parked_alert_secs: u64,
+    /// How often the workers read the parked events and log a warning when
+    /// some are overdue or conflicted (what the stack's alarm counts).
+    pub parked_check_secs: u64,
     /// `/healthz`, `/readyz`, `/metrics` of `paynotify-worker` (a process
     /// that runs ingest too serves them on `ingest.admin_listen`).
     pub admin_listen: String,
@@ -201,6 +204,7 @@ impl Default for WorkerConfig {
             retry_max_delay_secs: 300,
             retry_for_secs: 6 * 3600,
             parked_alert_secs: 24 * 3600,
+            parked_check_secs: 300,
             admin_listen: "127.0.0.1:9091".into(),
         }
     }

@@ -295,6 +295,7 @@ impl WorkerContext {
     ///
     /// # Errors
     /// When a source's certificates cannot be read or do not chain.
+    /// It also starts [`watch_parked`] every `worker.parked_check_secs`.
     pub async fn start(
         config: &Config,
         backends: &Backends,
@@ -315,6 +316,12 @@ impl WorkerContext {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(watch_parked(
+            backends.ledger.clone(),
+            config.worker.parked_alert_secs,
+            Duration::from_secs(config.worker.parked_check_secs.max(1)),
+            shutdown.clone(),
+        ));
         Ok(Self {
             queue: backends.queue.clone(),
             ledger: backends.ledger.clone(),
@@ -326,6 +333,40 @@ impl WorkerContext {
             metrics,
             hooks,
         })
+    }
+}
+
+/// Every `every` until `shutdown`, reads the parked events and, when some
+/// are older than `alert_secs` or contradict their payment, logs one warning
+/// `parked events need attention` with `overdue` and `conflicted` counts
+/// (the stack's log metric filter alarms on it; `/metrics` has the same
+/// counts as gauges where Prometheus scrapes).
+pub async fn watch_parked(
+    ledger: Arc<dyn Ledger>,
+    alert_secs: u64,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            () = shutdown.cancelled() => return,
+        }
+        let now = OffsetDateTime::now_utc();
+        let bound = now - time::Duration::seconds(alert_secs as i64);
+        match ledger.parked_before(now, 10_000).await {
+            Ok(parked) => {
+                let overdue = parked.iter().filter(|p| p.parked.parked_at < bound).count();
+                let conflicted = parked
+                    .iter()
+                    .filter(|p| p.parked.conflict.is_some())
+                    .count();
+                if overdue + conflicted > 0 {
+                    warn!(overdue, conflicted, "parked events need attention");
+                }
+            }
+            Err(e) => warn!(error = %e, "reading parked events failed"),
+        }
     }
 }
 
