@@ -49,6 +49,8 @@ else
 fi
 echo "== cargo build (the binaries tests/processes.rs runs)"
 cargo build --workspace --bins --locked
+echo "== the runtime image (or, without a container runtime, its minimal root filesystem)"
+scripts/image_check.sh target/debug
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== fuzz (bounded)"
