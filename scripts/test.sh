@@ -34,6 +34,9 @@ echo "== CloudFormation: cfn-lint, checkov, infra/tests/test_template.py"
 BC_SKIP_MAPPING=TRUE "$tools/checkov" --quiet --compact --skip-download --framework cloudformation \
   -f infra/*.yaml
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_template.py
+echo "== Kubernetes: kubernetes-validate --strict, infra/tests/test_k8s.py (KEDA's resources)"
+"$tools/kubernetes-validate" --strict --quiet infra/k8s/*.yaml
+"$PAYNOTIFY_TEST_PYTHON" infra/tests/test_k8s.py
 echo "== a small filesystem for tests/disk_full.rs"
 small=target/small-disk
 mkdir -p "$small"
