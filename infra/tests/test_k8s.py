@@ -11,9 +11,10 @@ Run by scripts/test.sh: python infra/tests/test_k8s.py
 
 import pathlib
 import re
-import sys
 
 import yaml
+
+import checks  # infra/tests/checks.py, beside this file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = [d for d in yaml.safe_load_all((ROOT / "infra/k8s/paynotify.yaml").read_text()) if d]
@@ -71,19 +72,5 @@ def test_deployments_run_the_image_safely():
     assert worker["terminationGracePeriodSeconds"] > vt
 
 
-def main():
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    failed = 0
-    for name, f in tests:
-        try:
-            f()
-            print(f"ok   {name}")
-        except Exception as e:  # a failed assert, or a manifest without the key
-            failed += 1
-            print(f"FAIL {name}: {e!r}")
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    checks.run(globals())

@@ -19,9 +19,10 @@ template's short-form intrinsics): python infra/tests/test_template.py.
 
 import pathlib
 import re
-import sys
 
 from cfnlint.decode import decode
+
+import checks  # infra/tests/checks.py, beside this file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE, MATCHES = decode(str(ROOT / "infra/paynotify.yaml"))
@@ -175,19 +176,5 @@ def test_worker_scales_on_backlog_per_task():
     assert PARAMETERS["WorkerMinTasks"]["MinValue"] >= 1, "backlog per task divides by running tasks"
 
 
-def main():
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    failed = 0
-    for name, f in tests:
-        try:
-            f()
-            print(f"ok   {name}")
-        except Exception as e:  # a failed assert, or a template without the key
-            failed += 1
-            print(f"FAIL {name}: {e!r}")
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    checks.run(globals())

@@ -1,0 +1,18 @@
+"""The runner both infra checks share: every `test_*` function of a module,
+each failure printed with its reason, exit 1 when any failed."""
+
+import sys
+
+
+def run(namespace):
+    tests = [(n, f) for n, f in namespace.items() if n.startswith("test_") and callable(f)]
+    failed = 0
+    for name, f in tests:
+        try:
+            f()
+            print(f"ok   {name}")
+        except Exception as e:  # a failed assert, or a document without the key
+            failed += 1
+            print(f"FAIL {name}: {e!r}")
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
