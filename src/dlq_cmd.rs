@@ -122,9 +122,10 @@ pub struct Show {
 pub async fn show(args: Show) -> anyhow::Result<ExitCode> {
     let (config, backends) = args.config.open().await?;
     let dead = read(&backends, MAX_SCAN).await?;
-    let Some(d) = dead.iter().find(|d| {
-        d.id == args.id || QueuedBody::parse(&d.body).is_ok_and(|b| b.notification_id() == args.id)
-    }) else {
+    let Some(d) = dead
+        .iter()
+        .find(|d| d.id == args.id || d.notification_id().as_deref() == Some(args.id.as_str()))
+    else {
         eprintln!("paynotify: no dead letter {}", args.id);
         return Ok(ExitCode::from(1));
     };
@@ -256,6 +257,15 @@ fn by_reason(dead: &[DeadLetter], reason: Option<&str>) -> BTreeMap<String, u64>
     out
 }
 
+/// Prints how many dead letters `reason` selects (all when `None`), by
+/// reason, under `key`; changes nothing. Returns the total.
+async fn dry_run(backends: &Backends, reason: Option<&str>, key: &str) -> anyhow::Result<u64> {
+    let counts = by_reason(&read(backends, MAX_SCAN).await?, reason);
+    let total: u64 = counts.values().sum();
+    crate::print_stdout(&json!({ "dry_run": true, key: total, "by_reason": counts }).to_string())?;
+    Ok(total)
+}
+
 /// Moves dead letters back to the queue (or, with `--dry-run`, counts
 /// them); prints how many and how many are still dead-lettered.
 ///
@@ -264,18 +274,11 @@ fn by_reason(dead: &[DeadLetter], reason: Option<&str>) -> BTreeMap<String, u64>
 pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
     let (_, backends) = args.config.open().await?;
     if args.dry_run {
-        let counts = by_reason(&read(&backends, MAX_SCAN).await?, args.reason.as_deref());
-        let total: u64 = counts.values().sum();
-        crate::print_stdout(
-            &json!({ "dry_run": true, "would_redrive": total, "by_reason": counts }).to_string(),
-        )?;
+        dry_run(&backends, args.reason.as_deref(), "would_redrive").await?;
         return Ok(ExitCode::SUCCESS);
     }
     let bar = crate::progress::bar(Some(backends.queue.dlq_depth().await?), "redriving");
-    let progress = {
-        let bar = bar.clone();
-        move |n: usize| bar.set_position(n as u64)
-    };
+    let progress = crate::progress::position(&bar);
     let moved = backends
         .queue
         .redrive_with(args.reason.as_deref(), &progress)
@@ -319,19 +322,12 @@ pub async fn purge(args: Purge) -> anyhow::Result<ExitCode> {
         args.reason.as_deref()
     };
     if !args.yes {
-        let counts = by_reason(&read(&backends, MAX_SCAN).await?, reason);
-        let total: u64 = counts.values().sum();
-        crate::print_stdout(
-            &json!({ "dry_run": true, "would_purge": total, "by_reason": counts }).to_string(),
-        )?;
+        let total = dry_run(&backends, reason, "would_purge").await?;
         eprintln!("paynotify: nothing purged; pass --yes to delete {total} dead letters");
         return Ok(ExitCode::from(1));
     }
     let bar = crate::progress::bar(Some(backends.queue.dlq_depth().await?), "purging");
-    let progress = {
-        let bar = bar.clone();
-        move |n: usize| bar.set_position(n as u64)
-    };
+    let progress = crate::progress::position(&bar);
     let purged = paynotify::purge::purge(&backends, reason, &progress).await?;
     bar.finish_and_clear();
     let left = backends.queue.dlq_depth().await?;

@@ -128,7 +128,7 @@ pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
         .list(&prefix, Some(args.from), Some(args.to))
         .await?;
     let bar = crate::progress::bar(Some(keys.len() as u64), "replaying");
-    let sent = paynotify::replay::replay(&backends, &keys, |n| bar.set_position(n as u64)).await?;
+    let sent = paynotify::replay::replay(&backends, &keys, crate::progress::position(&bar)).await?;
     bar.finish_and_clear();
     crate::print_stdout(&json!({ "replayed": sent }).to_string())?;
     Ok(ExitCode::SUCCESS)

@@ -28,3 +28,10 @@ pub fn bar(len: Option<u64>, what: &str) -> ProgressBar {
     bar.set_message(what.to_owned());
     bar
 }
+
+/// A callback that moves `bar` to the count it is given (the queue port's
+/// `Progress`).
+pub fn position(bar: &ProgressBar) -> impl Fn(usize) + Send + Sync {
+    let bar = bar.clone();
+    move |n| bar.set_position(n as u64)
+}

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use paynotify_shared::backend::Backends;
-use paynotify_shared::envelope::{rfc3339_ms, QueuedBody};
+use paynotify_shared::envelope::rfc3339_ms;
 use paynotify_shared::ports::{ArchiveError, DeadLetter, Progress};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -32,9 +32,7 @@ pub async fn purge(
     let purged = backends.queue.purge_dead_letters(reason, progress).await?;
     let now = OffsetDateTime::now_utc();
     for d in &purged {
-        let id = QueuedBody::parse(&d.body)
-            .map(|b| b.notification_id())
-            .unwrap_or_else(|_| d.id.clone());
+        let id = d.notification_id().unwrap_or_else(|| d.id.clone());
         let record = json!({
             "notification_id": id, "dead_letter_id": d.id, "reason": d.reason, "error": d.error,
             "dead_at": rfc3339_ms::format(d.dead_at), "purged_at": rfc3339_ms::format(now),

@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
-use paynotify_shared::envelope::{Envelope, EnvelopeError, QueuedBody};
+use paynotify_shared::envelope::{Envelope, EnvelopeError};
 use paynotify_shared::event::PaymentKey;
-use paynotify_shared::ports::{EventRecord, ParkedEntry};
+use paynotify_shared::ports::{DeadLetter, EventRecord, ParkedEntry, PARKED_SCAN_LIMIT};
 use paynotify_shared::scheme::SourceVerifier;
 use paynotify_shared::{transition, PaymentState, Transition};
 use serde::Serialize;
@@ -27,8 +27,6 @@ use time::OffsetDateTime;
 
 /// Dead letters read at most (the SQS DLQ is scanned, not listed).
 const MAX_DEAD_LETTERS: usize = 100_000;
-/// Parked events reported at most.
-const MAX_PARKED: usize = 10_000;
 
 /// One thing that does not add up.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -115,8 +113,7 @@ pub async fn reconcile(
         .dlq_list(MAX_DEAD_LETTERS)
         .await?
         .iter()
-        .filter_map(|d| QueuedBody::parse(&d.body).ok())
-        .map(|b| b.notification_id())
+        .filter_map(DeadLetter::notification_id)
         .collect();
     let purged = crate::purge::purged_ids(backends).await?;
     report.queue_depth = backends.queue.depth().await?;
@@ -221,12 +218,17 @@ pub async fn reconcile(
     }
     // One read of the parked events, oldest first: the overdue ones lead.
     let now = OffsetDateTime::now_utc();
-    let bound = now - time::Duration::seconds(config.worker.parked_alert_secs as i64);
-    let parked = backends.ledger.parked_before(now, MAX_PARKED).await?;
+    let alert_secs = config.worker.parked_alert_secs;
+    let parked = backends
+        .ledger
+        .parked_before(now, PARKED_SCAN_LIMIT)
+        .await?;
     for ParkedEntry {
         payment_key,
         parked,
-    } in parked.iter().filter(|p| p.parked.parked_at < bound)
+    } in parked
+        .iter()
+        .filter(|p| p.parked.is_overdue(now, alert_secs))
     {
         report.flag(
             "parked_overdue",

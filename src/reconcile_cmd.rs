@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use paynotify::reconcile::reconcile;
+use paynotify_shared::ports::ParkedCounts;
 
 use crate::ops_cmd::ConfigArg;
 
@@ -89,10 +90,8 @@ pub async fn parked_list(args: ParkedList) -> anyhow::Result<ExitCode> {
     let (config, backends) = args.config.open().await?;
     let now = time::OffsetDateTime::now_utc();
     let parked = backends.ledger.parked_before(now, args.limit).await?;
-    let bound = time::Duration::seconds(config.worker.parked_alert_secs as i64);
-    let alarming = parked
-        .iter()
-        .any(|p| p.parked.conflict.is_some() || now - p.parked.parked_at > bound);
+    let counts = ParkedCounts::of(&parked, now, config.worker.parked_alert_secs);
+    let alarming = counts.overdue + counts.conflicted > 0;
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&parked)?)?;
     } else {

@@ -272,6 +272,16 @@ impl QueuedBody {
     }
 }
 
+impl crate::ports::DeadLetter {
+    /// The notification this dead letter carries or points to; `None` when
+    /// its body is not a queued envelope.
+    pub fn notification_id(&self) -> Option<String> {
+        QueuedBody::parse(&self.body)
+            .ok()
+            .map(|b| b.notification_id())
+    }
+}
+
 /// Millisecond RFC 3339 in UTC, e.g. `2026-11-25T23:15:16.123Z`.
 pub mod rfc3339_ms {
     use super::*;

@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::backend::aws::ApiCalls;
-use crate::ports::{Ledger, Queue};
+use crate::ports::{Ledger, ParkedCounts, Queue, PARKED_SCAN_LIMIT};
 
 mod collectors;
 use collectors::{AwsCalls, Sampled};
@@ -118,9 +118,6 @@ pub struct Sampler {
     /// A parked event older than this is overdue.
     pub parked_alert_secs: u64,
 }
-
-/// Parked events counted at most per scrape.
-const MAX_PARKED_COUNTED: usize = 10_000;
 
 impl Metrics {
     /// A registry with every metric; `api_calls` adds the AWS call counters.
@@ -349,7 +346,7 @@ impl Metrics {
         let now = time::OffsetDateTime::now_utc();
         let parked = async {
             match &s.ledger {
-                Some(l) => Some(l.parked_before(now, MAX_PARKED_COUNTED).await),
+                Some(l) => Some(l.parked_before(now, PARKED_SCAN_LIMIT).await),
                 None => None,
             }
         };
@@ -384,17 +381,12 @@ impl Metrics {
                     .inc();
             }
         }
-        let bound = now - time::Duration::seconds(s.parked_alert_secs as i64);
         match parked {
             None => {}
             Some(Ok(parked)) => {
-                let overdue = parked.iter().filter(|p| p.parked.parked_at < bound).count();
-                let conflicted = parked
-                    .iter()
-                    .filter(|p| p.parked.conflict.is_some())
-                    .count();
-                self.parked_overdue.set(Some(overdue as f64));
-                self.parked_conflicted.set(Some(conflicted as f64));
+                let counts = ParkedCounts::of(&parked, now, s.parked_alert_secs);
+                self.parked_overdue.set(Some(counts.overdue as f64));
+                self.parked_conflicted.set(Some(counts.conflicted as f64));
             }
             Some(Err(_)) => {
                 self.parked_overdue.set(Some(-1.0));

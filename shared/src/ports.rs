@@ -221,6 +221,40 @@ pub struct ParkedEvent {
     pub conflict: Option<String>,
 }
 
+impl ParkedEvent {
+    /// Parked for longer than `alert_secs` at `now`: its payment is overdue.
+    pub fn is_overdue(&self, now: OffsetDateTime, alert_secs: u64) -> bool {
+        self.parked_at < now - time::Duration::seconds(alert_secs as i64)
+    }
+}
+
+/// Parked events read at most for one report, gauge or check.
+pub const PARKED_SCAN_LIMIT: usize = 10_000;
+
+/// How many parked events need a person: waiting longer than the alert
+/// bound, and contradicting the payment that arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParkedCounts {
+    pub overdue: usize,
+    pub conflicted: usize,
+}
+
+impl ParkedCounts {
+    /// The counts of `parked` at `now`.
+    pub fn of(parked: &[ParkedEntry], now: OffsetDateTime, alert_secs: u64) -> Self {
+        Self {
+            overdue: parked
+                .iter()
+                .filter(|p| p.parked.is_overdue(now, alert_secs))
+                .count(),
+            conflicted: parked
+                .iter()
+                .filter(|p| p.parked.conflict.is_some())
+                .count(),
+        }
+    }
+}
+
 /// What the ledger holds under one payment key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PaymentEntry {

@@ -23,7 +23,9 @@ use paynotify_shared::config::WorkerConfig;
 use paynotify_shared::envelope::{Envelope, QueuedBody};
 use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
 use paynotify_shared::notification_span;
-use paynotify_shared::ports::{Archive, ArchiveError, Ledger, Queue, QueueMessage};
+use paynotify_shared::ports::{
+    Archive, ArchiveError, Ledger, ParkedCounts, Queue, QueueMessage, PARKED_SCAN_LIMIT,
+};
 use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
 use paynotify_shared::telemetry::record_txn_id;
 use time::OffsetDateTime;
@@ -353,14 +355,12 @@ pub async fn watch_parked(
             () = shutdown.cancelled() => return,
         }
         let now = OffsetDateTime::now_utc();
-        let bound = now - time::Duration::seconds(alert_secs as i64);
-        match ledger.parked_before(now, 10_000).await {
+        match ledger.parked_before(now, PARKED_SCAN_LIMIT).await {
             Ok(parked) => {
-                let overdue = parked.iter().filter(|p| p.parked.parked_at < bound).count();
-                let conflicted = parked
-                    .iter()
-                    .filter(|p| p.parked.conflict.is_some())
-                    .count();
+                let ParkedCounts {
+                    overdue,
+                    conflicted,
+                } = ParkedCounts::of(&parked, now, alert_secs);
                 if overdue + conflicted > 0 {
                     warn!(overdue, conflicted, "parked events need attention");
                 }

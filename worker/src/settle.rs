@@ -10,7 +10,7 @@ use paynotify_shared::ports::QueueError;
 use time::OffsetDateTime;
 use tracing::{warn, Instrument, Span};
 
-use crate::{Disposition, Processed, WorkerContext};
+use crate::{AckKind, Disposition, Processed, WorkerContext};
 
 /// The visibility delay before the `receive_count`-th retry: exponential from
 /// `retry_min_delay_ms` up to `retry_max_delay_secs`, with jitter.
@@ -57,8 +57,7 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<(), Qu
                 return Ok(());
             }
             ctx.queue.delete(&message.receipt).await?;
-            ctx.stats.ack(*kind);
-            ctx.metrics.acknowledged(source, kind.as_str());
+            acknowledged(ctx, source, *kind);
         }
         Disposition::Retry(why) => retry(ctx, processed, why).await?,
         Disposition::Panicked(why)
@@ -78,6 +77,13 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<(), Qu
     Ok(())
 }
 
+/// Counts an acknowledged message in the demo's stats and the metrics.
+fn acknowledged(ctx: &WorkerContext, source: &str, kind: AckKind) {
+    ctx.stats.ack(kind);
+    ctx.metrics.acknowledged(source, kind.as_str());
+}
+
+/// Counts a retry in the demo's stats and the metrics.
 fn retried(ctx: &WorkerContext, source: &str) {
     ctx.stats.retry();
     ctx.metrics.retried(source);
@@ -179,8 +185,7 @@ pub async fn settle_batch(ctx: &WorkerContext, results: Vec<Processed>) {
     match ctx.queue.delete_batch(&receipts).await {
         Ok(()) => {
             for (p, kind) in &acked {
-                ctx.stats.ack(*kind);
-                ctx.metrics.acknowledged(&p.source, kind.as_str());
+                acknowledged(ctx, &p.source, *kind);
             }
         }
         Err(e) => {

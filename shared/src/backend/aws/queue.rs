@@ -148,6 +148,21 @@ impl SqsQueue {
         Ok(out)
     }
 
+    /// Receives every dead letter with `reason` (all when `None`), hidden
+    /// long enough for a whole scan and the moves or deletes after it, and
+    /// releases the others at once.
+    async fn take_dead_letters(
+        &self,
+        reason: Option<&str>,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        let messages = self.scan_dlq(usize::MAX, 300).await?;
+        let (chosen, others): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
+        self.release(&others).await;
+        Ok(chosen)
+    }
+
     /// The named attributes of a queue.
     async fn attributes(
         &self,
@@ -390,12 +405,7 @@ impl Queue for SqsQueue {
         reason: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<usize, QueueError> {
-        // Hidden long enough for the whole scan and the moves after it.
-        let messages = self.scan_dlq(usize::MAX, 300).await?;
-        let (chosen, others): (Vec<_>, Vec<_>) = messages
-            .into_iter()
-            .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
-        self.release(&others).await;
+        let chosen = self.take_dead_letters(reason).await?;
         let mut moved = 0;
         for m in &chosen {
             self.client
@@ -425,11 +435,7 @@ impl Queue for SqsQueue {
         reason: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<Vec<DeadLetter>, QueueError> {
-        let messages = self.scan_dlq(usize::MAX, 300).await?;
-        let (chosen, others): (Vec<_>, Vec<_>) = messages
-            .into_iter()
-            .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
-        self.release(&others).await;
+        let chosen = self.take_dead_letters(reason).await?;
         let mut purged = Vec::with_capacity(chosen.len());
         for chunk in chosen.chunks(10) {
             let receipts = chunk
