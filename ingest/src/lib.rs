@@ -96,7 +96,7 @@ async fn notify(
         state
             .metrics
             .responded(UNKNOWN_SOURCE, 404, started.elapsed());
-        return (StatusCode::NOT_FOUND, "unknown source\n").into_response();
+        return Answer::unknown_source().into_response();
     };
     let span = notification_span!("ingest");
     span.record("source", source.as_str());
@@ -119,16 +119,7 @@ async fn accept(
 ) -> Response {
     let received_at = OffsetDateTime::now_utc();
     let (parts, body) = request.into_parts();
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(&parts.headers);
     // The body extractor needs the request head (its extensions carry the body
     // limit); keep only method and URI, not a second copy of the headers.
     let (method, uri) = (parts.method.clone(), parts.uri.clone());
@@ -143,42 +134,117 @@ async fn accept(
             return rejection.into_response();
         }
     };
-    state.metrics.received(source);
-    // Only the serialised envelope is kept across the awaits below: with a
-    // thousand requests in flight, every copy of a body counts.
-    let body_len = bytes.len();
-    let (id, key, json) = {
-        let envelope = Envelope::new(Received {
-            source,
-            received_at,
-            remote_addr: Some(remote.to_string()),
-            method: method.as_str(),
-            path: uri.path(),
-            query: uri.query(),
-            headers,
-            body: &bytes,
-        });
-        drop(bytes);
-        (
-            envelope.id.clone(),
-            envelope.archive_key(),
-            envelope.to_json(),
-        )
-    };
+    // Only the serialised envelope is kept across the awaits of `store`:
+    // with a thousand requests in flight, every copy of a body counts.
+    let pending = Pending::new(Received {
+        source,
+        received_at,
+        remote_addr: Some(remote.to_string()),
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query(),
+        headers,
+        body: &bytes,
+    });
+    drop(bytes);
+    store(state, pending, success_body).await.into_response()
+}
+
+/// The headers of a request as the envelope keeps them (values that are not
+/// UTF-8 are kept lossily; the body is what is verified).
+pub fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A notification read in full, its envelope serialised, not yet stored.
+pub struct Pending {
+    source: String,
+    id: String,
+    key: String,
+    json: Vec<u8>,
+    body_len: usize,
+}
+
+impl Pending {
+    /// Wraps what a transport received (the server's request, a Lambda
+    /// event) in a fresh envelope.
+    pub fn new(received: Received<'_>) -> Self {
+        let body_len = received.body.len();
+        let envelope = Envelope::new(received);
+        Self {
+            source: envelope.source.clone(),
+            id: envelope.id.clone(),
+            key: envelope.archive_key(),
+            json: envelope.to_json(),
+            body_len,
+        }
+    }
+}
+
+/// What ingest answers a request: a status and a short text body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Answer {
+    /// `status` with `body`.
+    pub fn new(status: StatusCode, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+        }
+    }
+
+    /// The answer to a request for a source that is not configured.
+    pub fn unknown_source() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "unknown source\n")
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        (self.status, self.body).into_response()
+    }
+}
+
+/// Archives, then enqueues, one notification of a configured source, and
+/// answers 200 with `success_body` only when both are durable; 503 when
+/// either store fails (the PSP sends it again). Every transport (the
+/// server, the Lambda handler) stores through here, in the notification's
+/// span.
+pub async fn store(state: &IngestState, pending: Pending, success_body: String) -> Answer {
+    let Pending {
+        source,
+        id,
+        key,
+        json,
+        body_len,
+    } = pending;
+    state.metrics.received(&source);
     tracing::Span::current().record("notification_id", id.as_str());
     if let Err(e) = archive(state.archive.as_ref(), &key, &json).await {
         error!(error = %e, "archive failed");
-        return (StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n").into_response();
+        return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n");
     }
-    state.metrics.archived(source);
+    state.metrics.archived(&source);
     let message = QueuedBody::for_queue(json, &key, state.queue.max_message_bytes());
     if let Err(e) = state.queue.send(&message).await {
         error!(error = %e, archive_key = %key, "enqueue failed");
-        return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response();
+        return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n");
     }
-    state.metrics.enqueued(source);
+    state.metrics.enqueued(&source);
     info!(bytes = body_len, archive_key = %key, "accepted");
-    (StatusCode::OK, success_body).into_response()
+    Answer::new(StatusCode::OK, success_body)
 }
 
 /// Whether reading the body failed because the client sent it too slowly.

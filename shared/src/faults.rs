@@ -31,6 +31,7 @@ pub struct Faults {
     injected: AtomicU64,
     rng: AtomicU64,
     only: Mutex<Option<Vec<&'static str>>>,
+    payment: Mutex<Option<PaymentKey>>,
     fatal: Mutex<Option<String>>,
     repeat: AtomicBool,
 }
@@ -79,6 +80,21 @@ impl Faults {
         if let Ok(mut o) = self.only.lock() {
             *o = ops.map(<[_]>::to_vec);
         }
+    }
+
+    /// Only ledger calls about this payment are affected (all of them when
+    /// `None`): one record of a batch fails while the others go through.
+    pub fn only_payment(&self, key: Option<PaymentKey>) {
+        if let Ok(mut p) = self.payment.lock() {
+            *p = key;
+        }
+    }
+
+    fn spares(&self, key: &PaymentKey) -> bool {
+        self.payment
+            .lock()
+            .map(|p| p.as_ref().is_some_and(|only| only != key))
+            .unwrap_or(false)
     }
 
     /// Every affected call is made twice and the second answer returned, as
@@ -355,9 +371,15 @@ impl Ledger for FaultyLedger {
     }
 
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
+        if self.faults.spares(key) {
+            return self.inner.load(key).await;
+        }
         faulty!(self, "load", LedgerError::Unavailable, self.inner.load(key))
     }
     async fn write(&self, write: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
+        if self.faults.spares(&write.key) {
+            return self.inner.write(write).await;
+        }
         faulty!(
             self,
             "write",

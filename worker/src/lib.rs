@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument, Span};
 
-pub use settle::{retry_delay, settle, settle_batch};
+pub use settle::{acknowledged, retry_delay, settle, settle_batch, Settled};
 pub use stats::{Stats, StatsSnapshot};
 
 /// What happened to one message.
@@ -291,13 +291,13 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
 }
 
 impl WorkerContext {
-    /// Builds the worker for `config` on `backends`: loads every source's
-    /// verifier and, when a certificate comes from Secrets Manager, starts
-    /// the task that reloads them until `shutdown`.
+    /// Builds the worker for `config` on `backends` and starts its
+    /// background tasks ([`WorkerContext::build`], then
+    /// [`WorkerContext::spawn_refresh`] and [`watch_parked`] every
+    /// `worker.parked_check_secs`), until `shutdown`.
     ///
     /// # Errors
     /// When a source's certificates cannot be read or do not chain.
-    /// It also starts [`watch_parked`] every `worker.parked_check_secs`.
     pub async fn start(
         config: &Config,
         backends: &Backends,
@@ -306,23 +306,31 @@ impl WorkerContext {
         hooks: Hooks,
         shutdown: &CancellationToken,
     ) -> Result<Self, paynotify_shared::config::ConfigError> {
-        let verifiers = Arc::new(VerifierSet::new(
-            SourceVerifier::all(config, backends.secrets.as_ref()).await?,
-        ));
-        if uses_secrets_manager(config) {
-            tokio::spawn(refresh_verifiers(
-                verifiers.clone(),
-                config.clone(),
-                backends.secrets.clone(),
-                Duration::from_secs(config.backend.aws.secrets_refresh_secs.max(1)),
-                shutdown.clone(),
-            ));
-        }
+        let ctx = Self::build(config, backends, stats, metrics, hooks).await?;
+        ctx.spawn_refresh(config, backends, shutdown);
         tokio::spawn(watch_parked(
             backends.ledger.clone(),
             config.worker.parked_alert_secs,
             Duration::from_secs(config.worker.parked_check_secs.max(1)),
             shutdown.clone(),
+        ));
+        Ok(ctx)
+    }
+
+    /// Builds the worker for `config` on `backends`, loading every source's
+    /// verifier; starts nothing.
+    ///
+    /// # Errors
+    /// When a source's certificates cannot be read or do not chain.
+    pub async fn build(
+        config: &Config,
+        backends: &Backends,
+        stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
+        hooks: Hooks,
+    ) -> Result<Self, paynotify_shared::config::ConfigError> {
+        let verifiers = Arc::new(VerifierSet::new(
+            SourceVerifier::all(config, backends.secrets.as_ref()).await?,
         ));
         Ok(Self {
             queue: backends.queue.clone(),
@@ -336,13 +344,29 @@ impl WorkerContext {
             hooks,
         })
     }
+
+    /// When a certificate comes from Secrets Manager, starts the task that
+    /// reloads the verifiers every `backend.aws.secrets_refresh_secs` until
+    /// `shutdown` ([`refresh_verifiers`]).
+    pub fn spawn_refresh(
+        &self,
+        config: &Config,
+        backends: &Backends,
+        shutdown: &CancellationToken,
+    ) {
+        if uses_secrets_manager(config) {
+            tokio::spawn(refresh_verifiers(
+                self.verifiers.clone(),
+                config.clone(),
+                backends.secrets.clone(),
+                Duration::from_secs(config.backend.aws.secrets_refresh_secs.max(1)),
+                shutdown.clone(),
+            ));
+        }
+    }
 }
 
-/// Every `every` until `shutdown`, reads the parked events and, when some
-/// are older than `alert_secs` or contradict their payment, logs one warning
-/// `parked events need attention` with `overdue` and `conflicted` counts
-/// (the stack's log metric filter alarms on it; `/metrics` has the same
-/// counts as gauges where Prometheus scrapes).
+/// Every `every` until `shutdown`, [`check_parked`].
 pub async fn watch_parked(
     ledger: Arc<dyn Ledger>,
     alert_secs: u64,
@@ -354,18 +378,39 @@ pub async fn watch_parked(
             () = tokio::time::sleep(every) => {},
             () = shutdown.cancelled() => return,
         }
-        let now = OffsetDateTime::now_utc();
-        match ledger.parked_before(now, PARKED_SCAN_LIMIT).await {
-            Ok(parked) => {
-                let ParkedCounts {
-                    overdue,
-                    conflicted,
-                } = ParkedCounts::of(&parked, now, alert_secs);
-                if overdue + conflicted > 0 {
-                    warn!(overdue, conflicted, "parked events need attention");
-                }
+        // A failure is logged by `check_parked`; the next round tries again.
+        let _ = check_parked(ledger.as_ref(), alert_secs).await;
+    }
+}
+
+/// Reads the parked events and, when some are older than `alert_secs` or
+/// contradict their payment, logs one warning `parked events need
+/// attention` with `overdue` and `conflicted` counts (the stacks' log metric
+/// filters alarm on it; `/metrics` has the same counts as gauges where
+/// Prometheus scrapes).
+///
+/// # Errors
+/// When the ledger cannot be read (logged as well).
+pub async fn check_parked(
+    ledger: &dyn Ledger,
+    alert_secs: u64,
+) -> Result<ParkedCounts, paynotify_shared::ports::LedgerError> {
+    let now = OffsetDateTime::now_utc();
+    match ledger.parked_before(now, PARKED_SCAN_LIMIT).await {
+        Ok(parked) => {
+            let counts = ParkedCounts::of(&parked, now, alert_secs);
+            if counts.overdue + counts.conflicted > 0 {
+                warn!(
+                    overdue = counts.overdue,
+                    conflicted = counts.conflicted,
+                    "parked events need attention"
+                );
             }
-            Err(e) => warn!(error = %e, "reading parked events failed"),
+            Ok(counts)
+        }
+        Err(e) => {
+            warn!(error = %e, "reading parked events failed");
+            Err(e)
         }
     }
 }

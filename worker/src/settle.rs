@@ -32,6 +32,18 @@ fn last_own_receive(max_receives: u32) -> u32 {
     max_receives.saturating_sub(2).max(1)
 }
 
+/// Where a settled message is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Off the queue: deleted, dead-lettered, or moved to a fresh delivery.
+    Done,
+    /// Still on the queue, invisible until its retry delay has passed.
+    Delayed,
+    /// Left as it was (the test hook that abandons a message before its
+    /// delete); it reappears after its visibility timeout.
+    Abandoned,
+}
+
 /// Acts on the queue for `disposition`: delete, delay, re-enqueue or
 /// dead-letter.
 ///
@@ -44,7 +56,7 @@ fn last_own_receive(max_receives: u32) -> u32 {
 ///
 /// # Errors
 /// Queue errors; the message then reappears after its visibility timeout.
-pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<(), QueueError> {
+pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settled, QueueError> {
     let Processed {
         message,
         disposition,
@@ -54,31 +66,32 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<(), Qu
     match disposition {
         Disposition::Ack(kind) => {
             if crashes_after_apply(ctx) {
-                return Ok(());
+                return Ok(Settled::Abandoned);
             }
             ctx.queue.delete(&message.receipt).await?;
             acknowledged(ctx, source, *kind);
+            Ok(Settled::Done)
         }
-        Disposition::Retry(why) => retry(ctx, processed, why).await?,
+        Disposition::Retry(why) => retry(ctx, processed, why).await,
         Disposition::Panicked(why)
             if message.receive_count >= last_own_receive(ctx.max_receives) =>
         {
-            dead_letter(ctx, processed, "panic", why).await?;
+            dead_letter(ctx, processed, "panic", why).await
         }
         Disposition::Panicked(_) => {
             let delay = retry_delay(&ctx.config, message.receive_count);
             ctx.queue.delay(&message.receipt, whole_secs(delay)).await?;
             retried(ctx, source);
+            Ok(Settled::Delayed)
         }
         Disposition::DeadLetter { reason, error } => {
-            dead_letter(ctx, processed, reason, error).await?;
+            dead_letter(ctx, processed, reason, error).await
         }
     }
-    Ok(())
 }
 
 /// Counts an acknowledged message in the demo's stats and the metrics.
-fn acknowledged(ctx: &WorkerContext, source: &str, kind: AckKind) {
+pub fn acknowledged(ctx: &WorkerContext, source: &str, kind: AckKind) {
     ctx.stats.ack(kind);
     ctx.metrics.acknowledged(source, kind.as_str());
 }
@@ -95,7 +108,7 @@ async fn dead_letter(
     processed: &Processed,
     reason: &str,
     error: &str,
-) -> Result<(), QueueError> {
+) -> Result<Settled, QueueError> {
     Span::current().record("stage", "dead_letter");
     ctx.queue
         .dead_letter(&processed.message, reason, error)
@@ -103,7 +116,7 @@ async fn dead_letter(
     warn!(reason = %reason, error = %error, "dead-lettered");
     ctx.stats.dead_letter(reason);
     ctx.metrics.dead_lettered(&processed.source, reason);
-    Ok(())
+    Ok(Settled::Done)
 }
 
 fn whole_secs(d: Duration) -> u32 {
@@ -111,7 +124,11 @@ fn whole_secs(d: Duration) -> u32 {
 }
 
 /// Settles a transient failure (see [`settle`]).
-async fn retry(ctx: &WorkerContext, processed: &Processed, why: &str) -> Result<(), QueueError> {
+async fn retry(
+    ctx: &WorkerContext,
+    processed: &Processed,
+    why: &str,
+) -> Result<Settled, QueueError> {
     let message = &processed.message;
     Span::current().record("stage", "retry");
     let now = OffsetDateTime::now_utc();
@@ -137,11 +154,15 @@ async fn retry(ctx: &WorkerContext, processed: &Processed, why: &str) -> Result<
                 .send_delayed(&body, delay.min(ctx.queue.max_delay_secs()))
                 .await?;
             ctx.queue.delete(&message.receipt).await?;
+            retried(ctx, &processed.source);
+            Ok(Settled::Done)
         }
-        _ => ctx.queue.delay(&message.receipt, delay).await?,
+        _ => {
+            ctx.queue.delay(&message.receipt, delay).await?;
+            retried(ctx, &processed.source);
+            Ok(Settled::Delayed)
+        }
     }
-    retried(ctx, &processed.source);
-    Ok(())
 }
 
 /// The test fault hook: abandon an acknowledged message before its delete.

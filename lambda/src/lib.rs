@@ -1,0 +1,47 @@
+//! paynotify on AWS Lambda: the same pipeline as `paynotify-ingest` and
+//! `paynotify-worker`, behind other transports.
+//!
+//! - [`http::Ingest`] answers an API Gateway HTTP API or Function URL event
+//!   (payload 2.0) with the server ingest's own [`paynotify_ingest::store`]:
+//!   the same envelope, archive key, queue message and answers.
+//! - [`sqs::Worker`] processes an SQS event with the server worker's
+//!   [`paynotify_worker::process_batch`] and [`paynotify_worker::settle`]:
+//!   the same verification, ledger write and dead-letter reasons. Lambda
+//!   deletes the records it is not told about, so acknowledged records are
+//!   left to it and those that must come back are reported as
+//!   `batchItemFailures` (the event source mapping needs
+//!   `ReportBatchItemFailures`).
+//!
+//! Configuration, verifiers and SDK clients are built once per execution
+//! environment, before the first event ([`load_config`]).
+
+pub mod http;
+pub mod sqs;
+
+use std::path::PathBuf;
+
+use paynotify_shared::config::{Config, ConfigError};
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "PAYNOTIFY_CONFIG";
+
+/// Where the configuration file is: `$PAYNOTIFY_CONFIG`, else
+/// `paynotify.toml` in the function's package (`$LAMBDA_TASK_ROOT`, the
+/// working directory outside Lambda).
+pub fn config_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(CONFIG_ENV) {
+        return PathBuf::from(path);
+    }
+    let root =
+        std::env::var_os("LAMBDA_TASK_ROOT").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    root.join("paynotify.toml")
+}
+
+/// Loads the configuration from [`config_path`], with the same
+/// `PAYNOTIFY__*` overrides as the servers.
+///
+/// # Errors
+/// When the file cannot be read or is not a valid configuration.
+pub fn load_config() -> Result<Config, ConfigError> {
+    Config::load(&config_path())
+}
