@@ -466,3 +466,260 @@ async fn the_server_and_lambda_modes_store_and_decide_alike(kind: Kind) {
     assert_eq!(l.dlq_reasons().await, server_dlq);
     assert_eq!(server_dlq, vec!["UntrustedCertificate"]);
 }
+
+/// The AWS resources, certificates in Secrets Manager and environment of a
+/// deployed function: the image's baked configuration
+/// (`infra/docker/paynotify.toml`) with what the stack sets in the
+/// environment, pointing at the emulator.
+struct Deployed {
+    _dir: tempfile::TempDir,
+    config: Config,
+    pki: TestPki,
+    env: Vec<(String, String)>,
+}
+
+async fn deployed() -> Deployed {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    let mut config = config_in(dir.path(), &pki);
+    support::prepare(Kind::Aws, &mut config.backend, dir.path()).await;
+    let aws = &config.backend.aws;
+    let clients = paynotify_shared::backend::aws::Clients::new(aws).await;
+    let trust = json!({ "root": pki.root_pem, "middle": pki.middle_pem }).to_string();
+    let arn = clients
+        .secrets
+        .create_secret()
+        .name(format!("{}-unionpay-trust", aws.table))
+        .secret_string(trust)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let baked = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/docker/paynotify.toml");
+    let env = [
+        ("PAYNOTIFY_CONFIG", baked.to_owned()),
+        ("PAYNOTIFY_LOG_FORMAT", "json".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        (
+            "PAYNOTIFY__BACKEND__AWS__ENDPOINT_URL",
+            support::aws_endpoint(),
+        ),
+        ("PAYNOTIFY__BACKEND__AWS__REGION", aws.region.clone()),
+        ("PAYNOTIFY__BACKEND__AWS__BUCKET", aws.bucket.clone()),
+        ("PAYNOTIFY__BACKEND__AWS__QUEUE", aws.queue.clone()),
+        (
+            "PAYNOTIFY__BACKEND__AWS__DEAD_LETTER_QUEUE",
+            aws.dead_letter_queue.clone(),
+        ),
+        ("PAYNOTIFY__BACKEND__AWS__TABLE", aws.table.clone()),
+        (
+            "PAYNOTIFY__SOURCES__UNIONPAY__MERCHANTS",
+            format!("[\"{MERCHANT}\"]"),
+        ),
+        (
+            "PAYNOTIFY__SOURCES__UNIONPAY__UNIONPAY__ROOT_CERT",
+            format!("secretsmanager:{arn}#root"),
+        ),
+        (
+            "PAYNOTIFY__SOURCES__UNIONPAY__UNIONPAY__MIDDLE_CERT",
+            format!("secretsmanager:{arn}#middle"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Deployed {
+        _dir: dir,
+        config,
+        pki,
+        env,
+    }
+}
+
+/// A workspace binary beside this test's executable (`target/debug/`).
+fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A bootstrap started as Lambda starts it: no arguments, its settings in
+/// the environment. Killed when dropped.
+struct Bootstrap(std::process::Child);
+
+impl Bootstrap {
+    fn start(name: &str, deployed: &Deployed, api: &support::runtime_api::RuntimeApi) -> Self {
+        let child = std::process::Command::new(binary(name))
+            .env_clear()
+            .envs(deployed.env.iter().cloned())
+            .envs(api.env(name))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Bootstrap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The answer of a [`support::runtime_api::Outcome::Response`].
+fn answered(outcome: support::runtime_api::Outcome) -> Value {
+    match outcome {
+        support::runtime_api::Outcome::Response(v) => v,
+        other => panic!("an answer, not {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_binaries_run_on_the_runtime_api_with_the_deployed_configuration() {
+    use support::runtime_api::{Outcome, RuntimeApi};
+    let d = deployed().await;
+    let sim = simulator(&d.pki);
+    let (ingest_api, worker_api) = (RuntimeApi::start().await, RuntimeApi::start().await);
+    let _ingest = Bootstrap::start("paynotify-lambda-ingest", &d, &ingest_api);
+    let _worker = Bootstrap::start("paynotify-lambda-worker", &d, &worker_api);
+    let wait = Duration::from_secs(60);
+
+    let body = sim.purchase("boot", 4200);
+    let event = serde_json::to_value(http_event("unionpay", body.as_bytes(), true)).unwrap();
+    ingest_api.invoke("http-1", event);
+    let answer = answered(ingest_api.outcome("http-1", wait).await.0);
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    assert_eq!(answer["body"], d.config.sources["unionpay"].success_body);
+
+    let backends = paynotify_shared::backend::build(&d.config.backend)
+        .await
+        .unwrap();
+    let messages = {
+        let deadline = Instant::now() + wait;
+        loop {
+            let m = backends
+                .queue
+                .receive(10, Duration::from_millis(500))
+                .await
+                .unwrap();
+            if !m.is_empty() || Instant::now() > deadline {
+                break m;
+            }
+        }
+    };
+    assert_eq!(messages.len(), 1);
+    worker_api.invoke("sqs-1", sqs_event(&messages));
+    let answer = answered(worker_api.outcome("sqs-1", wait).await.0);
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+    let key = PaymentKey::new("unionpay", MERCHANT, "boot");
+    let paid = backends.ledger.get_payment(&key).await.unwrap().unwrap();
+    assert_eq!((paid.status, paid.paid_minor), (PaymentStatus::Paid, 4200));
+
+    let scheduled: Value =
+        serde_json::from_str(include_str!("fixtures/lambda/scheduled_event.json")).unwrap();
+    worker_api.invoke("schedule-1", scheduled);
+    let answer = answered(worker_api.outcome("schedule-1", wait).await.0);
+    assert_eq!(answer, json!({"overdue": 0, "conflicted": 0}));
+    // An event it does not know fails the invocation, as an error.
+    worker_api.invoke("odd-1", json!({"hello": "world"}));
+    assert!(matches!(
+        worker_api.outcome("odd-1", wait).await.0,
+        Outcome::Error(_)
+    ));
+}
+
+/// Cold start and warm per-record times of the release bootstraps against
+/// the emulator (`scripts/bench_lambda.sh` runs it; BENCHMARKS.md has the
+/// figures). Prints, asserts nothing about time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: scripts/bench_lambda.sh"]
+async fn measure_lambda_cold_start_and_warm_records() {
+    use support::runtime_api::RuntimeApi;
+    let rounds: usize = std::env::var("PAYNOTIFY_BENCH_COLD_STARTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    let records: usize = 200;
+    let d = deployed().await;
+    let sim = simulator(&d.pki);
+    let wait = Duration::from_secs(60);
+    let mut cold = Vec::new();
+    for name in ["paynotify-lambda-ingest", "paynotify-lambda-worker"] {
+        let mut init = Vec::new();
+        for _ in 0..rounds {
+            let api = RuntimeApi::start().await;
+            let spawned = Instant::now();
+            let _process = Bootstrap::start(name, &d, &api);
+            init.push(api.ready_at(wait).await - spawned);
+        }
+        cold.push((name, init));
+    }
+    for (name, mut init) in cold {
+        init.sort();
+        println!(
+            "{name}: cold start (spawn to first invocation/next) over {rounds}: p50 {:.1} ms, max {:.1} ms",
+            init[init.len() / 2].as_secs_f64() * 1e3,
+            init[init.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+
+    let ingest_api = RuntimeApi::start().await;
+    let _ingest = Bootstrap::start("paynotify-lambda-ingest", &d, &ingest_api);
+    let mut per_request = Vec::new();
+    for i in 0..records {
+        let body = sim.purchase(&format!("warm{i}"), 100);
+        let event = serde_json::to_value(http_event("unionpay", body.as_bytes(), false)).unwrap();
+        let id = format!("http-{i}");
+        ingest_api.invoke(&id, event);
+        per_request.push(ingest_api.outcome(&id, wait).await.1);
+    }
+    let backends = paynotify_shared::backend::build(&d.config.backend)
+        .await
+        .unwrap();
+    let worker_api = RuntimeApi::start().await;
+    let _worker = Bootstrap::start("paynotify-lambda-worker", &d, &worker_api);
+    let (mut per_record, mut batches, mut received) = (Vec::new(), 0, 0);
+    while received < records {
+        let messages = backends
+            .queue
+            .receive(10, Duration::from_millis(500))
+            .await
+            .unwrap();
+        if messages.is_empty() {
+            continue;
+        }
+        received += messages.len();
+        let id = format!("sqs-{batches}");
+        batches += 1;
+        worker_api.invoke(&id, sqs_event(&messages));
+        let (outcome, took) = worker_api.outcome(&id, wait).await;
+        assert_eq!(answered(outcome)["batchItemFailures"], json!([]));
+        per_record.push(took / messages.len() as u32);
+        let receipts: Vec<_> = messages.iter().map(|m| m.receipt.clone()).collect();
+        backends.queue.delete_batch(&receipts).await.unwrap();
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3
+    };
+    println!(
+        "ingest warm, {records} requests: p50 {:.2} ms, p99 {:.2} ms per request",
+        pct(&mut per_request, 0.5),
+        pct(&mut per_request, 0.99)
+    );
+    println!(
+        "worker warm, {records} records in {batches} batches: p50 {:.2} ms, p99 {:.2} ms per record",
+        pct(&mut per_record, 0.5),
+        pct(&mut per_record, 0.99)
+    );
+}

@@ -1,17 +1,24 @@
-"""Checks infra/paynotify.yaml against the code it deploys.
+"""Checks the CloudFormation stacks against the code they deploy:
+infra/data.yaml (what is kept, and the policies), infra/paynotify.yaml
+(containers) and infra/serverless.yaml (Lambda functions), both on the data
+stack.
 
 Run by scripts/test.sh with the tools venv (cfn-lint's decoder reads the
 template's short-form intrinsics): python infra/tests/test_template.py.
 
-- Least privilege: no `*` action or resource on the task roles or the
-  operator policy; ingest may only put raw/* (and send to the queue, read
-  queue counts, use the key to encrypt); nobody may delete archive objects.
+- Least privilege: no `*` action or resource on the ingest, worker or
+  operator policies or any role; ingest may only put raw/* (and send to the
+  queue, read queue counts, use the key to encrypt); nobody may delete
+  archive objects. Containers and functions attach the same policies.
 - The queue's visibility timeout and redrive count, the worker's
-  configuration (the environment of the task definitions) and the defaults
-  in shared/src/config.rs agree; the stop timeouts cover drain and
-  visibility.
-- The task definitions set exactly the environment that
+  configuration (the environment of the task definitions and functions)
+  and the defaults in shared/src/config.rs agree; the stop timeouts cover
+  drain and visibility; the worker function's timeout fits the visibility
+  timeout, as Lambda requires.
+- The task definitions and functions set exactly the environment that
   tests/deploy_config.rs proves makes a complete configuration.
+- The worker function answers partial batches (ReportBatchItemFailures),
+  the services import only what the data stack exports.
 - The Glue table's columns are the envelope's fields and its partitions the
   archive key's; the DynamoDB key schema and index are what the backend
   and `paynotify aws init` use.
@@ -25,10 +32,24 @@ from cfnlint.decode import decode
 import checks  # infra/tests/checks.py, beside this file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TEMPLATE, MATCHES = decode(str(ROOT / "infra/paynotify.yaml"))
-assert not MATCHES, MATCHES
-RESOURCES = TEMPLATE["Resources"]
-PARAMETERS = TEMPLATE["Parameters"]
+
+
+def load(name):
+    template, matches = decode(str(ROOT / "infra" / name))
+    assert not matches, matches
+    return template
+
+
+DATA = load("data.yaml")
+CONTAINERS = load("paynotify.yaml")
+SERVERLESS = load("serverless.yaml")
+# The data stack's resources are what most checks read.
+RESOURCES = DATA["Resources"]
+PARAMETERS = DATA["Parameters"]
+
+
+def imported(name):
+    return {"Fn::ImportValue": {"Fn::Sub": "${Name}-data-" + name}}
 
 
 def rust(path):
@@ -39,61 +60,95 @@ def as_list(v):
     return v if isinstance(v, list) else [v]
 
 
-def statements(resource):
-    props = RESOURCES[resource]["Properties"]
+def statements(resource, resources=None):
+    props = (resources or RESOURCES)[resource]["Properties"]
     docs = [p["PolicyDocument"] for p in props.get("Policies", [])]
     if "PolicyDocument" in props:
         docs.append(props["PolicyDocument"])
     return [s for d in docs for s in d["Statement"]]
 
 
-def actions(resource):
-    return {a for s in statements(resource) if s["Effect"] == "Allow" for a in as_list(s["Action"])}
+def actions(resource, resources=None):
+    return {
+        a for s in statements(resource, resources) if s["Effect"] == "Allow" for a in as_list(s["Action"])
+    }
+
+
+def roles(template):
+    return {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
 
 
 def test_no_wildcards_on_runtime_roles():
-    for role in ["IngestTaskRole", "WorkerTaskRole", "OperatorPolicy"]:
-        for s in statements(role):
+    for policy in ["IngestPolicy", "WorkerPolicy", "OperatorPolicy"]:
+        for s in statements(policy):
             for a in as_list(s["Action"]):
-                assert "*" not in a, f"{role}: action {a}"
+                assert "*" not in a, f"{policy}: action {a}"
             for r in as_list(s["Resource"]):
-                assert r != "*", f"{role}: resource *"
+                assert r != "*", f"{policy}: resource *"
+    for template in [CONTAINERS, SERVERLESS]:
+        for name in roles(template):
+            for s in statements(name, template["Resources"]):
+                assert "*" not in str(s["Action"]) and s["Resource"] != "*", (name, s)
+
+
+def test_containers_and_functions_attach_the_same_policies():
+    expected = {
+        "IngestTaskRole": "IngestPolicyArn",
+        "WorkerTaskRole": "WorkerPolicyArn",
+        "IngestFunctionRole": "IngestPolicyArn",
+        "WorkerFunctionRole": "WorkerPolicyArn",
+    }
+    for template in [CONTAINERS, SERVERLESS]:
+        for name, role in roles(template).items():
+            attached = role["Properties"].get("ManagedPolicyArns", [])
+            if name in expected:
+                assert attached == [imported(expected.pop(name))], (name, attached)
+    assert not expected, f"roles not found: {expected}"
+    # A function's own policy only writes its own log group.
+    for name in ["IngestFunctionRole", "WorkerFunctionRole"]:
+        assert actions(name, SERVERLESS["Resources"]) == {"logs:CreateLogStream", "logs:PutLogEvents"}, name
 
 
 def test_ingest_only_puts_and_sends():
     allowed = {"s3:PutObject", "kms:GenerateDataKey", "sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
-    got = actions("IngestTaskRole")
+    got = actions("IngestPolicy")
     assert got <= allowed, got - allowed
     assert "s3:GetObject" not in got, "ingest cannot read the archive"
-    put = [s for s in statements("IngestTaskRole") if "s3:PutObject" in as_list(s["Action"])]
+    put = [s for s in statements("IngestPolicy") if "s3:PutObject" in as_list(s["Action"])]
     assert [s["Resource"] for s in put] == [{"Fn::Sub": "${ArchiveBucket.Arn}/raw/*"}], put
-    send = [s for s in statements("IngestTaskRole") if "sqs:SendMessage" in as_list(s["Action"])]
+    send = [s for s in statements("IngestPolicy") if "sqs:SendMessage" in as_list(s["Action"])]
     assert [s["Resource"] for s in send] == [{"Fn::GetAtt": ["NotificationQueue", "Arn"]}], send
 
 
 def test_nobody_deletes_the_archive():
-    for name, r in RESOURCES.items():
-        if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
-            for a in actions(name):
-                assert not a.startswith("s3:Delete") and a != "s3:PutLifecycleConfiguration", f"{name}: {a}"
+    for template in [DATA, CONTAINERS, SERVERLESS]:
+        for name, r in template["Resources"].items():
+            if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+                for a in actions(name, template["Resources"]):
+                    assert not a.startswith("s3:Delete") and a != "s3:PutLifecycleConfiguration", f"{name}: {a}"
     assert RESOURCES["ArchiveBucket"]["DeletionPolicy"] == "Retain"
+    assert RESOURCES["LedgerTable"]["DeletionPolicy"] == "Retain"
 
 
 def test_worker_can_do_its_job():
-    got = actions("WorkerTaskRole")
+    got = actions("WorkerPolicy")
     for a in [
         "s3:GetObject", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
         "sqs:SendMessage", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem",
         "dynamodb:GetItem", "dynamodb:Query", "secretsmanager:GetSecretValue", "kms:Decrypt",
     ]:
         assert a in got, a
-    secrets = [s for s in statements("WorkerTaskRole") if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
+    secrets = [s for s in statements("WorkerPolicy") if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
     assert [s["Resource"] for s in secrets] == [{"Ref": "UnionPayCertificates"}]
 
 
 def env(task):
-    [container] = RESOURCES[task]["Properties"]["ContainerDefinitions"]
+    [container] = CONTAINERS["Resources"][task]["Properties"]["ContainerDefinitions"]
     return {e["Name"]: e["Value"] for e in container["Environment"]}, container
+
+
+def function_env(function):
+    return SERVERLESS["Resources"][function]["Properties"]["Environment"]["Variables"]
 
 
 def test_queue_config_and_defaults_agree():
@@ -107,21 +162,25 @@ def test_queue_config_and_defaults_agree():
     assert queue["VisibilityTimeout"] == {"Ref": "VisibilityTimeout"}
     assert queue["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceives"}
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
-    for task in ["IngestTask", "WorkerTask"]:
-        e, _ = env(task)
-        assert e["PAYNOTIFY__BACKEND__VISIBILITY_TIMEOUT_SECS"] == {"Ref": "VisibilityTimeout"}
-        assert e["PAYNOTIFY__BACKEND__MAX_RECEIVES"] == {"Ref": "MaxReceives"}
+    outputs = DATA["Outputs"]
+    assert outputs["VisibilityTimeout"]["Value"] == {"Ref": "VisibilityTimeout"}
+    assert outputs["MaxReceives"]["Value"] == {"Ref": "MaxReceives"}
+    envs = [env(t)[0] for t in ["IngestTask", "WorkerTask"]]
+    envs += [function_env(f) for f in ["IngestFunction", "WorkerFunction"]]
+    for e in envs:
+        assert e["PAYNOTIFY__BACKEND__VISIBILITY_TIMEOUT_SECS"] == imported("VisibilityTimeout")
+        assert e["PAYNOTIFY__BACKEND__MAX_RECEIVES"] == imported("MaxReceives")
     _, ingest = env("IngestTask")
     baked = (ROOT / "infra/docker/paynotify.toml").read_text()
     baked_drain = int(re.search(r"drain_secs = (\d+)", baked).group(1))
     assert baked_drain <= drain
     assert ingest["StopTimeout"] > baked_drain, "SIGKILL before ingest drained"
-    dereg = {a["Key"]: a["Value"] for a in RESOURCES["IngestTargetGroup"]["Properties"]["TargetGroupAttributes"]}
+    dereg = {a["Key"]: a["Value"] for a in CONTAINERS["Resources"]["IngestTargetGroup"]["Properties"]["TargetGroupAttributes"]}
     assert int(dereg["deregistration_delay.timeout_seconds"]) < baked_drain
     _, worker = env("WorkerTask")
     assert worker["StopTimeout"] > PARAMETERS["VisibilityTimeout"]["Default"]
     assert worker["StopTimeout"] <= 120, "Fargate's limit"
-    health = RESOURCES["IngestTargetGroup"]["Properties"]
+    health = CONTAINERS["Resources"]["IngestTargetGroup"]["Properties"]
     assert (health["HealthCheckPort"], health["HealthCheckPath"]) == ("9090", "/readyz")
     assert "admin_listen = \"0.0.0.0:9090\"" in baked
 
@@ -131,6 +190,67 @@ def test_environment_is_what_the_config_test_proves():
     for task in ["IngestTask", "WorkerTask"]:
         e, _ = env(task)
         assert set(e) == proven, (task, set(e) ^ proven)
+    for function in ["IngestFunction", "WorkerFunction"]:
+        e = function_env(function)
+        assert set(e) == proven, (function, set(e) ^ proven)
+    # The same values: a function and a container of one deployment agree.
+    tasks, functions = env("WorkerTask")[0], function_env("WorkerFunction")
+    assert tasks == functions, {k for k in tasks if tasks[k] != functions.get(k)}
+
+
+def test_services_import_only_what_the_data_stack_exports():
+    exports = {o["Export"]["Name"]["Fn::Sub"] for o in DATA["Outputs"].values() if "Export" in o}
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "Fn::ImportValue" in node:
+                found.add(node["Fn::ImportValue"]["Fn::Sub"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(CONTAINERS["Resources"])
+    walk(SERVERLESS["Resources"])
+    assert found <= exports, found - exports
+    assert CONTAINERS["Parameters"]["Name"]["Default"] == DATA["Parameters"]["Name"]["Default"]
+    assert SERVERLESS["Parameters"]["Name"]["Default"] == DATA["Parameters"]["Name"]["Default"]
+
+
+def test_the_worker_function_answers_partial_batches():
+    r = SERVERLESS["Resources"]
+    mapping = r["WorkerEvents"]["Properties"]
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["EventSourceArn"] == imported("QueueArn")
+    assert mapping["BatchSize"] == {"Ref": "BatchSize"}
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "MaximumConcurrency"}
+    worker = r["WorkerFunction"]["Properties"]
+    params = SERVERLESS["Parameters"]
+    # Lambda refuses an event source whose queue hides a message for less
+    # than the function may run.
+    assert worker["Timeout"] == {"Ref": "WorkerTimeout"}
+    assert params["WorkerTimeout"]["Default"] < PARAMETERS["VisibilityTimeout"]["Default"]
+    assert worker["ReservedConcurrentExecutions"] == {"Ref": "MaximumConcurrency"}
+    for f in ["IngestFunction", "WorkerFunction"]:
+        p = r[f]["Properties"]
+        assert (p["Runtime"], p["Handler"]) == ("provided.al2023", "bootstrap"), f
+        assert p["Architectures"] == [{"Ref": "Architecture"}] and params["Architecture"]["Default"] == "arm64"
+    assert r["IngestFunction"]["Properties"]["ReservedConcurrentExecutions"] == {"Ref": "IngestReservedConcurrency"}
+    # The parked-event check runs on a schedule, as the containers' loop.
+    [target] = r["ParkedCheck"]["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["WorkerFunction", "Arn"]}
+    # Both workers count into the metrics the data stack's alarms watch.
+    for template in [CONTAINERS, SERVERLESS]:
+        filters = {
+            f["Properties"]["MetricTransformations"][0]["MetricName"]
+            for f in template["Resources"].values()
+            if f["Type"] == "AWS::Logs::MetricFilter"
+        }
+        assert filters == {"DeadLettered", "ParkedNeedAttention"}, filters
+    alarms = {a["Properties"]["MetricName"] for a in RESOURCES.values() if a["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {"DeadLettered", "ParkedNeedAttention"} <= alarms
 
 
 def test_glue_table_matches_the_envelope_and_the_key_layout():
@@ -166,14 +286,14 @@ def test_ledger_keys_are_what_the_backend_writes():
 
 
 def test_worker_scales_on_backlog_per_task():
-    policy = RESOURCES["WorkerScaling"]["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    policy = CONTAINERS["Resources"]["WorkerScaling"]["Properties"]["TargetTrackingScalingPolicyConfiguration"]
     metrics = {m["Id"]: m for m in policy["CustomizedMetricSpecification"]["Metrics"]}
     assert metrics["visible"]["MetricStat"]["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert metrics["tasks"]["MetricStat"]["Metric"]["MetricName"] == "RunningTaskCount"
     assert metrics["backlog_per_task"]["Expression"] == "visible / tasks"
     assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["backlog_per_task"]
     assert policy["TargetValue"] == {"Ref": "BacklogPerTask"}
-    assert PARAMETERS["WorkerMinTasks"]["MinValue"] >= 1, "backlog per task divides by running tasks"
+    assert CONTAINERS["Parameters"]["WorkerMinTasks"]["MinValue"] >= 1, "backlog per task divides by running tasks"
 
 
 if __name__ == "__main__":

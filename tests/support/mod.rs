@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod runtime_api;
 
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::{BackendConfig, BackendKind, Sse};
