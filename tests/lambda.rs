@@ -137,17 +137,7 @@ impl Lambda {
     }
 
     async fn dlq_reasons(&self) -> Vec<String> {
-        let mut r: Vec<_> = self
-            .backends
-            .queue
-            .dlq_list(100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.reason)
-            .collect();
-        r.sort();
-        r
+        support::dlq_reasons(self.backends.queue.as_ref()).await
     }
 
     /// Every archived envelope.

@@ -167,17 +167,6 @@ impl TestApp {
     }
 
     pub async fn dlq_reasons(&self) -> Vec<String> {
-        let mut r: Vec<String> = self
-            .app()
-            .backends
-            .queue
-            .dlq_list(100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.reason)
-            .collect();
-        r.sort();
-        r
+        super::dlq_reasons(self.app().backends.queue.as_ref()).await
     }
 }

@@ -113,3 +113,16 @@ pub async fn backends(
     prepare(kind, &mut config, dir).await;
     backend::build(&config).await.expect("opening backends")
 }
+
+/// The reasons of the dead letters in `queue`, sorted.
+pub async fn dlq_reasons(queue: &dyn paynotify_shared::ports::Queue) -> Vec<String> {
+    let mut r: Vec<String> = queue
+        .dlq_list(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.reason)
+        .collect();
+    r.sort();
+    r
+}
