@@ -12,4 +12,4 @@ trap 'scripts/moto.sh stop' EXIT
 cargo build --release --locked -p paynotify-lambda --bins
 PAYNOTIFY_BENCH_COLD_STARTS="${1:-20}" cargo test --release --locked --test lambda -- \
   --ignored --nocapture --test-threads 1 measure_lambda_cold_start_and_warm_records 2>&1 \
-  | grep -E 'cold start|warm'
+  | grep -E 'cold start|warm|floor'

@@ -39,7 +39,7 @@ impl Ingest {
     /// # Errors
     /// When the backends cannot be opened.
     pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let (backends, metrics) = metered::build(&config.backend).await?;
+        let (backends, metrics) = metered::build(&crate::backend_config(config)).await?;
         Ok(Self::new(
             IngestState::new(config, &backends, metrics, false),
             config.ingest.max_body_bytes,

@@ -20,7 +20,7 @@ pub mod sqs;
 
 use std::path::PathBuf;
 
-use paynotify_shared::config::{Config, ConfigError};
+use paynotify_shared::config::{BackendConfig, Config, ConfigError};
 
 /// The environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "PAYNOTIFY_CONFIG";
@@ -44,4 +44,14 @@ pub fn config_path() -> PathBuf {
 /// When the file cannot be read or is not a valid configuration.
 pub fn load_config() -> Result<Config, ConfigError> {
     Config::load(&config_path())
+}
+
+/// The backend settings of a function: `config`'s, with no send batching
+/// window. An execution environment runs one invocation at a time, so an
+/// ingest's send has nothing to share a `SendMessageBatch` with, and waiting
+/// `send_batch_window_ms` would only add to every answer.
+pub fn backend_config(config: &Config) -> BackendConfig {
+    let mut backend = config.backend.clone();
+    backend.aws.send_batch_window_ms = 0;
+    backend
 }

@@ -55,7 +55,7 @@ impl Worker {
     /// When the backends cannot be opened or a source's certificates
     /// cannot be read or do not chain.
     pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let (backends, metrics) = metered::build(&config.backend).await?;
+        let (backends, metrics) = metered::build(&crate::backend_config(config)).await?;
         let ctx = WorkerContext::build(
             config,
             &backends,
