@@ -9,7 +9,7 @@ use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::envelope::{rfc3339_ms, Envelope, QueuedBody};
 use paynotify_shared::ports::DeadLetter;
-use paynotify_shared::scheme::SourceVerifier;
+use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use paynotify_shared::telemetry::mask_card_numbers;
 use serde_json::{json, Value};
 
@@ -174,15 +174,19 @@ async fn verification(
     };
     let verifier =
         SourceVerifier::load(&envelope.source, source, backends.secrets.as_ref()).await?;
-    Ok(
-        match verifier.verify(&envelope.source, body, envelope.received_at) {
-            Ok(event) => json!({ "valid": true, "event": event }),
-            Err(e) => json!({
-                "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
-                "explain": verifier.explain(body),
-            }),
-        },
-    )
+    let inbound = Inbound {
+        body,
+        headers: &envelope.headers,
+        received_at: envelope.received_at,
+    };
+    Ok(match verifier.verify(&envelope.source, &inbound) {
+        Ok(Verified::Event(event)) => json!({ "valid": true, "event": event }),
+        Ok(Verified::Ignored(what)) => json!({ "valid": true, "event": null, "ignored": what }),
+        Err(e) => json!({
+            "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
+            "explain": verifier.explain(&inbound),
+        }),
+    })
 }
 
 /// The text form of `dlq show`.

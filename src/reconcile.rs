@@ -20,7 +20,7 @@ use paynotify_shared::config::Config;
 use paynotify_shared::envelope::{Envelope, EnvelopeError};
 use paynotify_shared::event::PaymentKey;
 use paynotify_shared::ports::{DeadLetter, EventRecord, ParkedEntry, PARKED_SCAN_LIMIT};
-use paynotify_shared::scheme::SourceVerifier;
+use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use paynotify_shared::{transition, PaymentState, Transition};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -54,6 +54,9 @@ pub struct Report {
     /// Rejected, dead-lettered, then purged by an operator (recorded under
     /// `audit/dlq-purged/`).
     pub purged: u64,
+    /// Authentic notifications of a type the source does not map to a
+    /// payment event (acknowledged as ignored, never in the ledger).
+    pub ignored: u64,
     pub payments_checked: u64,
     pub queue_depth: u64,
     /// Archive objects cut short by a crash while being written: ingest
@@ -149,11 +152,23 @@ pub async fn reconcile(
                 verifiers
                     .get(&envelope.source)
                     .ok_or_else(|| format!("source {:?} is not configured", envelope.source))?
-                    .verify(&envelope.source, &body, envelope.received_at)
+                    .verify(
+                        &envelope.source,
+                        &Inbound {
+                            body: &body,
+                            headers: &envelope.headers,
+                            received_at: envelope.received_at,
+                        },
+                    )
                     .map_err(|e| e.to_string())
             });
         let event = match verified {
-            Ok(event) => event,
+            Ok(Verified::Event(event)) => *event,
+            // Authentic, not a payment event: nothing to find in the ledger.
+            Ok(Verified::Ignored(_)) => {
+                report.ignored += 1;
+                continue;
+            }
             Err(_) if in_dlq => {
                 report.dead_lettered += 1;
                 continue;

@@ -1,21 +1,64 @@
-//! A UnionPay simulator: builds notifications shaped like UnionPay's, signs
-//! them with a test PKI's signing key, and POSTs them over real HTTP,
-//! retrying on anything but 200 the way UnionPay does.
+//! A PSP simulator: builds notifications shaped like UnionPay's (signed
+//! with a test PKI's signing key) or Standard Webhooks' (JSON events signed
+//! with a `whsec_` secret, see [`STANDARD_WEBHOOKS_EVENTS`]), and POSTs them
+//! over real HTTP, retrying on anything but 200 the way a PSP does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use paynotify_shared::scheme::unionpay::{sign_fields, Fields, MerchantSigner};
+use paynotify_shared::scheme::webhook::HmacKey;
 use time::macros::{format_description, offset};
 use time::OffsetDateTime;
 
 /// Delivery attempts before the simulator gives up on a notification.
 const MAX_ATTEMPTS: u32 = 6;
 
-/// Signs notifications as UnionPay would, with a test key.
+/// The event types the simulator sends to a Standard Webhooks source, and
+/// what they mean there; its bodies are
+/// `{"type": T, "data": {"id", "payment", "amount", "currency", "merchant"}}`
+/// ([`standard_webhooks_toml`] is the matching source configuration).
+pub const STANDARD_WEBHOOKS_EVENTS: &[(&str, &str)] = &[
+    ("payment.succeeded", "payment"),
+    ("payment.failed", "payment_failed"),
+    ("authorization.succeeded", "authorization"),
+    ("capture.succeeded", "capture"),
+    ("authorization.voided", "authorization_void"),
+    ("refund.succeeded", "refund"),
+    ("payment.voided", "void"),
+];
+
+/// The `[sources.NAME.standard_webhooks]` tables that read the simulator's
+/// events, with `secret` (a `file:`/`secretsmanager:` reference).
+pub fn standard_webhooks_toml(name: &str, secret: &str) -> String {
+    let events: String = STANDARD_WEBHOOKS_EVENTS
+        .iter()
+        .map(|(t, m)| format!("\"{t}\" = \"{m}\"\n"))
+        .collect();
+    format!(
+        "[sources.{name}.standard_webhooks]\nsecrets = [\"{secret}\"]\n\
+         [sources.{name}.standard_webhooks.fields]\nevent_type = \"/type\"\n\
+         payment_ref = \"/data/payment\"\namount = \"/data/amount\"\n\
+         currency = \"/data/currency\"\nmerchant = \"/data/merchant\"\ntxn_id = \"/data/id\"\n\
+         [sources.{name}.standard_webhooks.events]\n{events}"
+    )
+}
+
+/// How the simulator signs (one per simulator).
+#[allow(clippy::large_enum_variant)]
+enum Signer {
+    UnionPay {
+        signer: MerchantSigner,
+        leaf_pem: String,
+    },
+    /// HMAC `v1` signatures, computed when a notification is sent.
+    StandardWebhooks(HmacKey),
+}
+
+/// Signs notifications as a PSP would, with a test key.
 pub struct Simulator {
-    signer: MerchantSigner,
-    leaf_pem: String,
+    signer: Signer,
     pub merchant: String,
     client: reqwest::Client,
     url: String,
@@ -42,14 +85,47 @@ impl Simulator {
         url: &str,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            signer: MerchantSigner::from_pkcs8(key_pem)?,
-            leaf_pem: leaf_pem.to_owned(),
+            signer: Signer::UnionPay {
+                signer: MerchantSigner::from_pkcs8(key_pem)?,
+                leaf_pem: leaf_pem.to_owned(),
+            },
             merchant: merchant.to_owned(),
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
                 .build()?,
             url: url.to_owned(),
         }))
+    }
+
+    /// A simulator of a Standard Webhooks sender signing with `secret`
+    /// (`whsec_…`), its events as [`STANDARD_WEBHOOKS_EVENTS`] describes.
+    ///
+    /// # Errors
+    /// When the secret is not base64.
+    pub fn standard_webhooks(secret: &str, merchant: &str, url: &str) -> anyhow::Result<Arc<Self>> {
+        let b64 = secret.trim();
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(b64.strip_prefix("whsec_").unwrap_or(b64))?;
+        Ok(Arc::new(Self {
+            signer: Signer::StandardWebhooks(HmacKey::new(&key)),
+            merchant: merchant.to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()?,
+            url: url.to_owned(),
+        }))
+    }
+
+    /// A Standard Webhooks event body (see [`STANDARD_WEBHOOKS_EVENTS`]).
+    fn event(&self, event_type: &str, payment: &str, id: &str, amount: u64) -> String {
+        serde_json::json!({
+            "type": event_type,
+            "data": {
+                "id": id, "payment": payment, "amount": amount,
+                "currency": "CNY", "merchant": self.merchant,
+            },
+        })
+        .to_string()
     }
 
     fn base(
@@ -90,11 +166,56 @@ impl Simulator {
             ("txnTime", &txn_time),
             ("txnType", txn_type),
             ("version", "5.1.0"),
-            ("signPubKeyCert", &self.leaf_pem),
         ] {
             f.set(k, v);
         }
+        if let Signer::UnionPay { leaf_pem, .. } = &self.signer {
+            f.set("signPubKeyCert", leaf_pem);
+        }
         f
+    }
+
+    /// The body of `txn_type` (UnionPay's codes) for this simulator's
+    /// scheme: UnionPay fields, or the matching Standard Webhooks event.
+    fn body(
+        &self,
+        txn_type: &str,
+        orig_query_id: Option<&str>,
+        query_id: &str,
+        amount: u64,
+        prefix: char,
+        extra: &[(&str, &str)],
+    ) -> String {
+        if let Signer::StandardWebhooks(_) = &self.signer {
+            let event_type = match txn_type {
+                "02" => "authorization.succeeded",
+                "03" => "capture.succeeded",
+                "04" => "refund.succeeded",
+                "31" | "33" => "payment.voided",
+                "32" => "authorization.voided",
+                _ => "payment.succeeded",
+            };
+            return self.event(
+                event_type,
+                orig_query_id.unwrap_or(query_id),
+                query_id,
+                amount,
+            );
+        }
+        let mut f = self.base(
+            txn_type,
+            &format!("{prefix}{query_id}"),
+            query_id,
+            amount,
+            "00",
+        );
+        if let Some(orig) = orig_query_id {
+            f.set("origQryId", orig);
+        }
+        for (k, v) in extra {
+            f.set(k, v);
+        }
+        self.sign(f)
     }
 
     /// A signed purchase (txnType 01) notification body.
@@ -102,32 +223,25 @@ impl Simulator {
         self.purchase_with(query_id, amount, &[])
     }
 
-    /// A signed purchase with more fields (e.g. `accNo`, the card number).
+    /// A signed purchase with more fields (e.g. `accNo`, the card number;
+    /// UnionPay only).
     pub fn purchase_with(&self, query_id: &str, amount: u64, extra: &[(&str, &str)]) -> String {
-        let mut f = self.base("01", &format!("o{query_id}"), query_id, amount, "00");
-        for (k, v) in extra {
-            f.set(k, v);
-        }
-        self.sign(f)
+        self.body("01", None, query_id, amount, 'o', extra)
     }
 
     /// A signed refund (04) of `orig_query_id`.
     pub fn refund(&self, orig_query_id: &str, refund_id: &str, amount: u64) -> String {
-        let mut f = self.base("04", &format!("r{refund_id}"), refund_id, amount, "00");
-        f.set("origQryId", orig_query_id);
-        self.sign(f)
+        self.body("04", Some(orig_query_id), refund_id, amount, 'r', &[])
     }
 
     /// A signed void (31) of `orig_query_id`.
     pub fn void(&self, orig_query_id: &str, void_id: &str, amount: u64) -> String {
-        let mut f = self.base("31", &format!("v{void_id}"), void_id, amount, "00");
-        f.set("origQryId", orig_query_id);
-        self.sign(f)
+        self.body("31", Some(orig_query_id), void_id, amount, 'v', &[])
     }
 
     /// A signed pre-authorization (02).
     pub fn preauth(&self, query_id: &str, amount: u64) -> String {
-        self.sign(self.base("02", &format!("a{query_id}"), query_id, amount, "00"))
+        self.body("02", None, query_id, amount, 'a', &[])
     }
 
     /// A signed message of `txn_type` with its own `query_id` that refers to
@@ -139,29 +253,62 @@ impl Simulator {
         query_id: &str,
         amount: u64,
     ) -> String {
-        let mut f = self.base(txn_type, &format!("f{query_id}"), query_id, amount, "00");
-        f.set("origQryId", orig_query_id);
-        self.sign(f)
+        self.body(txn_type, Some(orig_query_id), query_id, amount, 'f', &[])
     }
 
     fn sign(&self, mut fields: Fields) -> String {
-        // Signing fails only for a version other than 5.1.0, which `base` never sets.
-        let _ = sign_fields(&self.signer, &mut fields);
+        if let Signer::UnionPay { signer, .. } = &self.signer {
+            // Signing fails only for a version other than 5.1.0, which `base` never sets.
+            let _ = sign_fields(signer, &mut fields);
+        }
         fields.to_form_body()
+    }
+
+    /// The request headers of `signed` (a webhook scheme's signature, made
+    /// now; its id is derived from the body, so a resend is a PSP retry).
+    fn headers(&self, signed: &str) -> Vec<(&'static str, String)> {
+        match &self.signer {
+            Signer::UnionPay { .. } => {
+                vec![("content-type", "application/x-www-form-urlencoded".into())]
+            }
+            Signer::StandardWebhooks(key) => {
+                let digest = key.sign(&[b"id:", signed.as_bytes()]);
+                let id: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+                let id = format!("msg_{id}");
+                let ts = OffsetDateTime::now_utc().unix_timestamp().to_string();
+                let tag = key.sign(&[id.as_bytes(), b".", ts.as_bytes(), b".", signed.as_bytes()]);
+                let signature = base64::engine::general_purpose::STANDARD.encode(tag);
+                vec![
+                    ("content-type", "application/json".into()),
+                    ("webhook-id", id),
+                    ("webhook-timestamp", ts),
+                    ("webhook-signature", format!("v1,{signature}")),
+                ]
+            }
+        }
     }
 
     /// POSTs `body`, retrying non-200 answers and connection errors with backoff.
     pub async fn send(&self, body: String) -> Delivery {
+        self.send_signed_as(body.clone(), &body).await
+    }
+
+    /// POSTs `body` with an amount changed after signing: what an attacker
+    /// in the middle would send.
+    pub async fn send_tampered(&self, body: &str) -> Delivery {
+        self.send_signed_as(tamper(body), body).await
+    }
+
+    /// POSTs `body` with the signature headers of `signed`.
+    async fn send_signed_as(&self, body: String, signed: &str) -> Delivery {
+        let headers = self.headers(signed);
         let mut last = 0;
         for attempt in 1..=MAX_ATTEMPTS {
-            match self
-                .client
-                .post(&self.url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body.clone())
-                .send()
-                .await
-            {
+            let mut request = self.client.post(&self.url);
+            for (k, v) in &headers {
+                request = request.header(*k, v);
+            }
+            match request.body(body.clone()).send().await {
                 Ok(r) if r.status().as_u16() == 200 => return Delivery::Accepted(attempt),
                 Ok(r) => last = r.status().as_u16(),
                 Err(_) => last = 0,
@@ -172,8 +319,12 @@ impl Simulator {
     }
 }
 
-/// Changes `txnAmt` without re-signing: what an attacker in the middle would send.
+/// Changes the amount without re-signing (`txnAmt` of a UnionPay body,
+/// `"amount":` of a JSON one): what an attacker in the middle would send.
 pub fn tamper(body: &str) -> String {
+    if body.starts_with('{') {
+        return body.replacen("\"amount\":", "\"amount\":1", 1);
+    }
     match body.find("txnAmt=") {
         Some(i) => {
             let rest = &body[i + 7..];
@@ -392,7 +543,7 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
                 out.add(sim.send(purchase.clone()).await);
             }
             if tampered {
-                out.add(sim.send(tamper(&purchase)).await);
+                out.add(sim.send_tampered(&purchase).await);
             }
             for (n, r) in refunds.into_iter().enumerate() {
                 if !(early && n == 0) {

@@ -1,4 +1,5 @@
-//! `paynotify simulate`: signed UnionPay-style traffic against a running paynotify.
+//! `paynotify simulate`: signed UnionPay-style (or Standard Webhooks)
+//! traffic against a running paynotify.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,9 +12,15 @@ pub struct Args {
     /// Notification URL, e.g. http://127.0.0.1:8080/notify/unionpay
     #[arg(long)]
     url: String,
-    /// Test PKI directory (from `paynotify testpki`) whose signer.key.pem signs.
+    /// Test PKI directory (from `paynotify testpki`) whose signer.key.pem
+    /// signs UnionPay notifications.
+    #[arg(long, required_unless_present = "secret", conflicts_with = "secret")]
+    pki: Option<PathBuf>,
+    /// A file holding a `whsec_…` secret: send Standard Webhooks events
+    /// instead, as `paynotify::simulate::standard_webhooks_toml` configures
+    /// a source to read them.
     #[arg(long)]
-    pki: PathBuf,
+    secret: Option<PathBuf>,
     #[arg(long, default_value = "777290058167151")]
     merchant: String,
     /// Payments to simulate.
@@ -45,12 +52,23 @@ pub struct Args {
 /// Sends the traffic and prints a JSON report; exit 1 if any notification never got a 200.
 ///
 /// # Errors
-/// When the PKI cannot be read.
+/// When the PKI or the secret cannot be read.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let key = std::fs::read(args.pki.join("signer.key.pem")).context("reading signer.key.pem")?;
-    let leaf =
-        std::fs::read_to_string(args.pki.join("signer.pem")).context("reading signer.pem")?;
-    let sim = Simulator::new(&key, &leaf, &args.merchant, &args.url)?;
+    let sim = match (&args.pki, &args.secret) {
+        (_, Some(secret)) => {
+            let secret = std::fs::read_to_string(secret)
+                .with_context(|| format!("reading {}", secret.display()))?;
+            Simulator::standard_webhooks(&secret, &args.merchant, &args.url)?
+        }
+        (Some(pki), None) => {
+            let key =
+                std::fs::read(pki.join("signer.key.pem")).context("reading signer.key.pem")?;
+            let leaf =
+                std::fs::read_to_string(pki.join("signer.pem")).context("reading signer.pem")?;
+            Simulator::new(&key, &leaf, &args.merchant, &args.url)?
+        }
+        (None, None) => anyhow::bail!("--pki or --secret is needed"),
+    };
     let mix = Mix {
         count: args.count,
         rate: args.rate,

@@ -1,5 +1,6 @@
-//! `paynotify verify`: verify one notification body from stdin, the tool to
-//! reach for when every notification says `BadSignature`.
+//! `paynotify verify`: verify one notification body from stdin (with the
+//! request headers a webhook scheme signs, `--header`), the tool to reach
+//! for when every notification says `BadSignature`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use paynotify_shared::config::Config;
-use paynotify_shared::scheme::SourceVerifier;
+use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -26,6 +27,17 @@ pub struct Args {
     /// Also print the canonical string, the digest and the certificate chain.
     #[arg(long)]
     explain: bool,
+    /// A request header, `Name: value` (repeat it): the signature headers
+    /// of webhook schemes (`webhook-id`, `Stripe-Signature`, …).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not `Name: value`"))?;
+    Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
 }
 
 pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
@@ -54,10 +66,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("reading the body from stdin")?;
     let at = args.at.unwrap_or_else(OffsetDateTime::now_utc);
 
-    let mut verdict = match verifier.verify(&args.source, &body, at) {
-        Ok(event) => json!({
+    let inbound = Inbound {
+        body: &body,
+        headers: &args.headers,
+        received_at: at,
+    };
+    let mut verdict = match verifier.verify(&args.source, &inbound) {
+        Ok(Verified::Event(event)) => json!({
             "valid": true, "error": null, "step": null,
             "payment_ref": event.payment_ref, "event": event,
+        }),
+        Ok(Verified::Ignored(what)) => json!({
+            "valid": true, "error": null, "step": null,
+            "payment_ref": null, "event": null, "ignored": what,
         }),
         Err(e) => json!({
             "valid": false, "error": e.name(), "message": e.to_string(), "step": e.step(),
@@ -66,7 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     verdict["received_at"] = Value::String(at.format(&Rfc3339)?);
     if args.explain {
-        verdict["explain"] = verifier.explain(&body);
+        verdict["explain"] = verifier.explain(&inbound);
     }
     crate::print_stdout(&serde_json::to_string_pretty(&verdict)?)?;
     Ok(if verdict["valid"] == Value::Bool(true) {

@@ -186,3 +186,103 @@ fn testpki_writes_a_config_that_verify_accepts() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(verdict(&out)["error"], "UntrustedCertificate");
 }
+
+/// A Standard Webhooks source reading the simulator's events, its secret
+/// in a file beside the configuration.
+fn standard_webhooks_config(dir: &Path, secret: &str) -> String {
+    std::fs::write(dir.join("acme.whsec"), secret).unwrap();
+    let path = dir.join("paynotify.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"m1\"]\n{}",
+            paynotify::simulate::standard_webhooks_toml("acme", "file:acme.whsec")
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn webhook_headers_are_given_with_header() {
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(vectors().join("standard-webhooks/vectors.json")).unwrap(),
+    )
+    .unwrap();
+    let v = &vectors[0];
+    let dir = tempfile::tempdir().unwrap();
+    let config = standard_webhooks_config(dir.path(), v["secret"].as_str().unwrap());
+    let at = time::OffsetDateTime::from_unix_timestamp(v["timestamp"].as_i64().unwrap())
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let headers: Vec<String> = v["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, h)| format!("{k}: {}", h.as_str().unwrap()))
+        .collect();
+    let mut args = vec![
+        "verify",
+        "--config",
+        &config,
+        "--source",
+        "acme",
+        "--at",
+        &at,
+        "--explain",
+    ];
+    for h in &headers {
+        args.extend(["--header", h]);
+    }
+    // The reference vector's signature verifies; its body is not one of
+    // this source's events, so the mapping step is what fails.
+    let out = paynotify(&args, v["payload"].as_str().unwrap().as_bytes());
+    let first = verdict(&out);
+    assert_eq!(out.status.code(), Some(1), "{first}");
+    assert_eq!(first["error"], "MissingField");
+    assert_eq!(first["step"], "mapping");
+    assert_eq!(
+        first["explain"]["authenticated"]["Ok"], v["msg_id"],
+        "{first}"
+    );
+    // One byte changed: the signature step fails.
+    let out = paynotify(
+        &args,
+        v["payload"].as_str().unwrap().replace('2', "3").as_bytes(),
+    );
+    assert_eq!(verdict(&out)["error"], "BadSignature");
+    // No headers at all.
+    let out = paynotify(&args[..8], v["payload"].as_str().unwrap().as_bytes());
+    assert_eq!(verdict(&out)["error"], "MissingHeader");
+
+    // An event of the source, signed now, verifies with its payment.
+    let body = r#"{"type":"refund.succeeded","data":{"id":"r1","payment":"p1","amount":250,"currency":"usd","merchant":"m1"}}"#;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let key = paynotify_shared::scheme::webhook::HmacKey::new(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v["secret"].as_str().unwrap().trim_start_matches("whsec_"),
+        )
+        .unwrap(),
+    );
+    let tag = key.sign(&[format!("msg_x.{now}.").as_bytes(), body.as_bytes()]);
+    let signature = format!(
+        "webhook-signature: v1,{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tag)
+    );
+    let (id, ts) = (
+        "webhook-id: msg_x".to_owned(),
+        format!("webhook-timestamp: {now}"),
+    );
+    let args = [
+        "verify", "--config", &config, "--source", "acme", "--header", &id, "--header", &ts,
+        "--header", &signature,
+    ];
+    let out = paynotify(&args, body.as_bytes());
+    let valid = verdict(&out);
+    assert_eq!(out.status.code(), Some(0), "{valid}");
+    assert_eq!(valid["payment_ref"], "p1");
+    assert_eq!(valid["event"]["kind"], "refund");
+    assert_eq!(valid["event"]["amount"]["currency"], "USD");
+}

@@ -6,9 +6,11 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use paynotify_shared::config::UNIONPAY_IDENTITY;
 use paynotify_shared::envelope::{Envelope, Received};
+use paynotify_shared::scheme::standard_webhooks::StandardWebhooksVerifier;
 use paynotify_shared::scheme::unionpay::{
     canonical_string, parse_form, to_event, BodyFormat, UnionPayVerifier, VerifierConfig,
 };
+use paynotify_shared::scheme::Inbound;
 use paynotify_shared::testing::{
     cfca_trust, json_vector_form, yansongda_verifier, YANSONGDA_AT, YANSONGDA_MERCHANT,
 };
@@ -49,6 +51,51 @@ fn benches(c: &mut Criterion) {
     let event = to_event("unionpay", &fields).unwrap();
     c.bench_function("state/transition_purchase", |b| {
         b.iter(|| transition(None, black_box(&event)))
+    });
+
+    // Standard Webhooks: HMAC-SHA256 over a 3 KB body, then the mapping.
+    let sw_config: paynotify_shared::config::StandardWebhooksConfig =
+        serde_json::from_value(serde_json::json!({
+            "secrets": ["file:unused"],
+            "fields": {"event_type": "/type", "payment_ref": "/data/payment",
+                       "amount": "/data/amount", "currency": "/data/currency"},
+            "events": {"payment.succeeded": "payment"}
+        }))
+        .unwrap();
+    let sw = StandardWebhooksVerifier::new(
+        &sw_config,
+        &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+        &[],
+        &["m".into()],
+    )
+    .unwrap();
+    let padding = "x".repeat(3000 - 120);
+    let sw_body = format!(
+        r#"{{"type":"payment.succeeded","data":{{"payment":"p1","amount":1250,"currency":"eur","note":"{padding}"}}}}"#
+    );
+    let at = time::OffsetDateTime::now_utc();
+    let sw_headers = vec![
+        ("webhook-id".to_owned(), "msg_1".to_owned()),
+        (
+            "webhook-timestamp".to_owned(),
+            at.unix_timestamp().to_string(),
+        ),
+        (
+            "webhook-signature".to_owned(),
+            sw.sign("msg_1", at.unix_timestamp(), sw_body.as_bytes())
+                .unwrap(),
+        ),
+    ];
+    let inbound = Inbound {
+        body: sw_body.as_bytes(),
+        headers: &sw_headers,
+        received_at: at,
+    };
+    c.bench_function("standard_webhooks/authenticate_3KB", |b| {
+        b.iter(|| sw.authenticate(black_box(&inbound)).unwrap())
+    });
+    c.bench_function("standard_webhooks/verify_and_map_3KB", |b| {
+        b.iter(|| sw.verify("sw", black_box(&inbound)).unwrap())
     });
 
     let received = || Received {

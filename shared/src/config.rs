@@ -215,6 +215,9 @@ impl Default for WorkerConfig {
 #[serde(rename_all = "snake_case")]
 pub enum SchemeKind {
     Unionpay,
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), the event read through configured JSON pointers.
+    StandardWebhooks,
 }
 
 /// One notification source.
@@ -228,6 +231,85 @@ pub struct SourceConfig {
     #[serde(default = "default_success_body")]
     pub success_body: String,
     pub unionpay: Option<UnionPayConfig>,
+    pub standard_webhooks: Option<StandardWebhooksConfig>,
+}
+
+/// Signature settings and the event mapping of a Standard Webhooks source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardWebhooksConfig {
+    /// `whsec_…` symmetric secrets (`v1` signatures); several while one is
+    /// rotated out.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    /// `whpk_…` ed25519 public keys (`v1a` signatures).
+    #[serde(default)]
+    pub public_keys: Vec<SecretRef>,
+    /// How far `webhook-timestamp` may be from the receive time, either way.
+    #[serde(default = "default_tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// Where the event's values are in the JSON body.
+    pub fields: EventPointers,
+    /// What each value at `fields.event_type` means; a type not named here
+    /// is verified, archived and acknowledged as ignored.
+    pub events: BTreeMap<String, MappedEvent>,
+}
+
+/// JSON pointers (RFC 6901) to an event's values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPointers {
+    pub event_type: String,
+    /// The payment the event belongs to (for a refund: the refunded one).
+    pub payment_ref: String,
+    /// Minor units (a JSON integer, or a string of digits).
+    pub amount: String,
+    /// ISO 4217 alphabetic code, any case.
+    pub currency: String,
+    /// The merchant, when the body names it (it must be in `merchants`);
+    /// else the source's first merchant.
+    #[serde(default)]
+    pub merchant: Option<String>,
+    /// The PSP's id of this transaction, for the logs and the ledger.
+    #[serde(default)]
+    pub txn_id: Option<String>,
+}
+
+/// What an event type means for the payment: `payment`, `authorization`,
+/// `capture`, `refund`, `void`, `authorization_void`, each succeeded, or
+/// with `_failed` or `_pending` appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MappedEvent {
+    pub kind: crate::event::EventKind,
+    pub outcome: crate::event::EventOutcome,
+}
+
+impl TryFrom<String> for MappedEvent {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        use crate::event::{EventKind, EventOutcome};
+        let (kind, outcome) = match s.rsplit_once('_') {
+            Some((k, "failed")) => (k, EventOutcome::Failed),
+            Some((k, "pending")) => (k, EventOutcome::Pending),
+            _ => (s.as_str(), EventOutcome::Succeeded),
+        };
+        let kind = match kind {
+            "payment" => EventKind::Payment,
+            "authorization" => EventKind::Authorization,
+            "capture" => EventKind::Capture,
+            "refund" => EventKind::Refund,
+            "void" => EventKind::Void,
+            "authorization_void" => EventKind::AuthorizationVoid,
+            _ => return Err(format!("{s:?} is not an event kind (payment, authorization, capture, refund, void, authorization_void, optionally _failed or _pending)")),
+        };
+        Ok(Self { kind, outcome })
+    }
+}
+
+fn default_tolerance_secs() -> u64 {
+    300
 }
 
 /// Trust settings of a UnionPay source.
@@ -311,6 +393,11 @@ impl Config {
                     *c = c.relative_to(base);
                 }
             }
+            if let Some(sw) = source.standard_webhooks.as_mut() {
+                for r in sw.secrets.iter_mut().chain(sw.public_keys.iter_mut()) {
+                    *r = r.relative_to(base);
+                }
+            }
         }
     }
 
@@ -339,6 +426,15 @@ impl Config {
                     ))
                 }
                 SchemeKind::Unionpay => {}
+                SchemeKind::StandardWebhooks => match &source.standard_webhooks {
+                    None => {
+                        return Err(bad("scheme \"standard_webhooks\" needs a [sources.NAME.standard_webhooks] table"))
+                    }
+                    Some(sw) if sw.secrets.is_empty() && sw.public_keys.is_empty() => {
+                        return Err(bad("standard_webhooks needs at least one of `secrets` and `public_keys`"))
+                    }
+                    Some(_) => {}
+                },
             }
         }
         Ok(())
@@ -386,5 +482,61 @@ mod tests {
         assert!(Config::from_toml(&typo, Path::new("/")).is_err());
         let empty = TOML.replace("[\"777290058167151\"]", "[]");
         assert!(Config::from_toml(&empty, Path::new("/")).is_err());
+    }
+
+    const SW: &str = r#"
+        [sources.acme]
+        scheme = "standard_webhooks"
+        merchants = ["m"]
+        [sources.acme.standard_webhooks]
+        secrets = ["file:acme.whsec", "secretsmanager:arn:aws:secretsmanager:eu-west-1:1:secret:s#new"]
+        [sources.acme.standard_webhooks.fields]
+        event_type = "/type"
+        payment_ref = "/data/payment"
+        amount = "/data/amount"
+        currency = "/data/currency"
+        [sources.acme.standard_webhooks.events]
+        "payment.succeeded" = "payment"
+        "refund.failed" = "refund_failed"
+        "capture.waiting" = "capture_pending"
+    "#;
+
+    #[test]
+    fn standard_webhooks_sources_take_references_and_an_event_map() {
+        use crate::event::{EventKind, EventOutcome};
+        let c = Config::from_toml(SW, Path::new("/cfg")).unwrap();
+        let sw = c
+            .source("acme")
+            .unwrap()
+            .standard_webhooks
+            .as_ref()
+            .unwrap();
+        assert_eq!(sw.secrets[0], SecretRef::File("/cfg/acme.whsec".into()));
+        assert_eq!(sw.tolerance_secs, 300);
+        assert_eq!(
+            sw.events["refund.failed"],
+            MappedEvent {
+                kind: EventKind::Refund,
+                outcome: EventOutcome::Failed
+            }
+        );
+        assert_eq!(sw.events["capture.waiting"].outcome, EventOutcome::Pending);
+        // An inline secret, an unknown kind, no keys at all, no table.
+        for (from, to) in [
+            ("file:acme.whsec", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("\"refund_failed\"", "\"chargeback\""),
+        ] {
+            assert!(
+                Config::from_toml(&SW.replace(from, to), Path::new("/")).is_err(),
+                "{to}"
+            );
+        }
+        let no_keys = SW.replace(
+            "secrets = [\"file:acme.whsec\", \"secretsmanager:arn:aws:secretsmanager:eu-west-1:1:secret:s#new\"]",
+            "",
+        );
+        assert!(Config::from_toml(&no_keys, Path::new("/")).is_err());
+        let no_table = "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"m\"]\n";
+        assert!(Config::from_toml(no_table, Path::new("/")).is_err());
     }
 }

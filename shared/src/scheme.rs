@@ -1,7 +1,9 @@
 //! PSP signature schemes: verification over the exact raw bytes and the
 //! mapping of a verified notification to a [`crate::PaymentEvent`].
 
+pub mod standard_webhooks;
 pub mod unionpay;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -11,12 +13,56 @@ use time::OffsetDateTime;
 use crate::config::{ConfigError, SchemeKind, SourceConfig};
 use crate::event::PaymentEvent;
 use crate::secret::SecretRef;
+use standard_webhooks::StandardWebhooksVerifier;
 use unionpay::{TrustConfig, UnionPayVerifier, VerifierConfig, VerifyError};
+pub use webhook::{Inbound, WebhookError};
 
 /// The verifier of one configured source, whatever its scheme.
 #[derive(Debug)]
+// One per source, built at start and on reloads: the size difference
+// between schemes costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum SourceVerifier {
     UnionPay(UnionPayVerifier),
+    StandardWebhooks(StandardWebhooksVerifier),
+}
+
+/// A notification that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// A payment event, to apply.
+    Event(Box<PaymentEvent>),
+    /// Authentic, but of a type the source does not map to a payment event
+    /// (a webhook's `customer.created`): archived and acknowledged as
+    /// ignored, never applied.
+    Ignored(String),
+}
+
+/// Why a notification was rejected, whatever its scheme.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error(transparent)]
+    UnionPay(#[from] VerifyError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+}
+
+impl Rejected {
+    /// The variant name, as shown to operators and used as dead-letter reason.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::UnionPay(e) => e.name(),
+            Self::Webhook(e) => e.name(),
+        }
+    }
+
+    /// The verification step that failed.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Self::UnionPay(e) => e.step(),
+            Self::Webhook(e) => e.step(),
+        }
+    }
 }
 
 impl SourceVerifier {
@@ -80,34 +126,91 @@ impl SourceVerifier {
                     .map(Self::UnionPay)
                     .map_err(|e| bad(format!("trust configuration: {e}")))
             }
+            SchemeKind::StandardWebhooks => {
+                let sw = source
+                    .standard_webhooks
+                    .as_ref()
+                    .ok_or_else(|| bad("missing [standard_webhooks] table".into()))?;
+                let read_all = |refs: &[SecretRef]| {
+                    let refs = refs.to_vec();
+                    async move {
+                        let mut out = Vec::new();
+                        for r in &refs {
+                            out.push(
+                                String::from_utf8_lossy(&r.read(secrets).await?.0).into_owned(),
+                            );
+                        }
+                        Ok::<_, crate::secret::SecretError>(out)
+                    }
+                };
+                let keys = read_all(&sw.secrets)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?;
+                let public = read_all(&sw.public_keys)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?;
+                StandardWebhooksVerifier::new(sw, &keys, &public, &source.merchants)
+                    .map(Self::StandardWebhooks)
+                    .map_err(|e| bad(format!("keys: {e}")))
+            }
         }
     }
 
-    /// Verifies a raw body received at `received_at` and maps it to an event.
+    /// Verifies a notification (its exact body, and the headers a webhook
+    /// scheme signs) received at `inbound.received_at`, and maps it.
     ///
     /// # Errors
-    /// The failed step as a [`VerifyError`].
-    pub fn verify(
+    /// The failed step as [`Rejected`].
+    pub fn verify(&self, source: &str, inbound: &Inbound<'_>) -> Result<Verified, Rejected> {
+        match self {
+            Self::UnionPay(v) => {
+                let verified = v.verify(inbound.body, inbound.received_at)?;
+                let event = unionpay::to_event(source, &verified.fields)?;
+                Ok(Verified::Event(Box::new(event)))
+            }
+            Self::StandardWebhooks(v) => Ok(v.verify(source, inbound)?),
+        }
+    }
+
+    /// [`SourceVerifier::verify`] of a body alone (UnionPay's signature is
+    /// in the body; a webhook scheme then misses its headers).
+    ///
+    /// # Errors
+    /// As `verify`.
+    pub fn verify_body(
         &self,
         source: &str,
         body: &[u8],
         received_at: OffsetDateTime,
-    ) -> Result<PaymentEvent, VerifyError> {
-        match self {
-            Self::UnionPay(v) => {
-                let verified = v.verify(body, received_at)?;
-                unionpay::to_event(source, &verified.fields)
-            }
-        }
+    ) -> Result<Verified, Rejected> {
+        self.verify(
+            source,
+            &Inbound {
+                body,
+                headers: &[],
+                received_at,
+            },
+        )
     }
 }
 
 impl SourceVerifier {
     /// Every step of verifying `body`, for an operator (`verify --explain`,
     /// `dlq show`): the canonical string, the digest, the certificate chain.
-    pub fn explain(&self, body: &[u8]) -> serde_json::Value {
+    pub fn explain(&self, inbound: &Inbound<'_>) -> serde_json::Value {
         match self {
-            Self::UnionPay(v) => serde_json::to_value(v.explain(body)).unwrap_or_default(),
+            Self::UnionPay(v) => serde_json::to_value(v.explain(inbound.body)).unwrap_or_default(),
+            Self::StandardWebhooks(v) => {
+                let header = |name| inbound.header(name).map_err(|e| e.to_string());
+                serde_json::json!({
+                    "scheme": "standard_webhooks",
+                    "webhook-id": header("webhook-id"),
+                    "webhook-timestamp": header("webhook-timestamp"),
+                    "webhook-signature": header("webhook-signature"),
+                    "signed_content": "{webhook-id}.{webhook-timestamp}.{body}",
+                    "authenticated": v.authenticate(inbound).map_err(|e| e.to_string()),
+                })
+            }
         }
     }
 
@@ -116,6 +219,7 @@ impl SourceVerifier {
     pub fn txn_id(&self, body: &[u8]) -> Option<String> {
         match self {
             Self::UnionPay(v) => v.parse(body).ok()?.get("queryId").map(str::to_owned),
+            Self::StandardWebhooks(v) => v.txn_id(body),
         }
     }
 }
@@ -150,14 +254,18 @@ impl VerifierSet {
 
 /// Whether any source reads a certificate from Secrets Manager.
 pub fn uses_secrets_manager(config: &crate::config::Config) -> bool {
-    config
-        .sources
-        .values()
-        .filter_map(|s| s.unionpay.as_ref())
-        .any(|u| {
+    config.sources.values().any(|s| {
+        let unionpay = s.unionpay.iter().flat_map(|u| {
             std::iter::once(&u.root_cert)
                 .chain(std::iter::once(&u.middle_cert))
                 .chain(u.verify_certs.iter())
-                .any(|r| matches!(r, SecretRef::SecretsManager { .. }))
-        })
+        });
+        let webhooks = s
+            .standard_webhooks
+            .iter()
+            .flat_map(|w| w.secrets.iter().chain(w.public_keys.iter()));
+        unionpay
+            .chain(webhooks)
+            .any(|r| matches!(r, SecretRef::SecretsManager { .. }))
+    })
 }

@@ -129,10 +129,15 @@ impl TestApp {
     }
 
     pub async fn payment(&self, query_id: &str) -> Option<PaymentState> {
-        let key = PaymentKey::new("unionpay", MERCHANT, query_id);
+        self.payment_of(&PaymentKey::new("unionpay", MERCHANT, query_id))
+            .await
+    }
+
+    /// The payment `key`, read through the app's ledger.
+    pub async fn payment_of(&self, key: &PaymentKey) -> Option<PaymentState> {
         // Through the app's ledger, which may be injecting faults: try again.
         for _ in 0..50 {
-            if let Ok(p) = self.app().backends.ledger.get_payment(&key).await {
+            if let Ok(p) = self.app().backends.ledger.get_payment(key).await {
                 return p;
             }
         }
@@ -142,17 +147,27 @@ impl TestApp {
     /// Waits up to a minute: the chaos tests' payments converge through
     /// retries with backoff, and a loaded CI machine stretches that.
     pub async fn wait_for_status(&self, query_id: &str, status: PaymentStatus) -> PaymentState {
+        self.wait_for_status_of(&PaymentKey::new("unionpay", MERCHANT, query_id), status)
+            .await
+    }
+
+    /// [`TestApp::wait_for_status`] of payment `key`.
+    pub async fn wait_for_status_of(
+        &self,
+        key: &PaymentKey,
+        status: PaymentStatus,
+    ) -> PaymentState {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(s) = self.payment(query_id).await {
+            if let Some(s) = self.payment_of(key).await {
                 if s.status == status {
                     return s;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "{query_id} never became {status:?}: {:?}",
-                self.payment(query_id).await
+                "{key} never became {status:?}: {:?}",
+                self.payment_of(key).await
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -26,7 +26,9 @@ use paynotify_shared::notification_span;
 use paynotify_shared::ports::{
     Archive, ArchiveError, Ledger, ParkedCounts, Queue, QueueMessage, PARKED_SCAN_LIMIT,
 };
-use paynotify_shared::scheme::{uses_secrets_manager, SourceVerifier, VerifierSet};
+use paynotify_shared::scheme::{
+    uses_secrets_manager, Inbound, SourceVerifier, Verified, VerifierSet,
+};
 use paynotify_shared::telemetry::record_txn_id;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +75,9 @@ pub enum AckKind {
     Parked,
     /// Already applied before (a PSP retry or a redelivery).
     Duplicate,
+    /// Authentic, but of a type the source does not map to a payment event
+    /// (a webhook's `customer.created`): archived, never applied.
+    Ignored,
 }
 
 impl AckKind {
@@ -83,6 +88,7 @@ impl AckKind {
             Self::Recorded => "recorded",
             Self::Parked => "parked",
             Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
         }
     }
 }
@@ -164,8 +170,17 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     span.record("source", source.as_str());
     span.record("stage", "verify");
     let unionpay = matches!(verifier, SourceVerifier::UnionPay(_));
-    let event = match verifier.verify(&source, &body, envelope.received_at) {
-        Ok(event) => event,
+    let inbound = Inbound {
+        body: &body,
+        headers: &envelope.headers,
+        received_at: envelope.received_at,
+    };
+    let event = match verifier.verify(&source, &inbound) {
+        Ok(Verified::Event(event)) => *event,
+        Ok(Verified::Ignored(what)) => {
+            info!(event_type = %what, outcome = AckKind::Ignored.as_str(), "not a payment event; ignored");
+            return (Disposition::Ack(AckKind::Ignored), source);
+        }
         Err(e) => {
             if let Some(id) = verifier.txn_id(&body) {
                 record_txn_id(&span, unionpay, &id);

@@ -17,6 +17,7 @@ pub struct Stats {
     recorded: AtomicU64,
     duplicates: AtomicU64,
     parked: AtomicU64,
+    ignored: AtomicU64,
     retried: AtomicU64,
     dead: Mutex<BTreeMap<String, u64>>,
     latencies_us: Mutex<Vec<u64>>,
@@ -30,6 +31,8 @@ pub struct StatsSnapshot {
     pub duplicates: u64,
     /// Events parked until their payment arrives.
     pub parked: u64,
+    /// Authentic notifications that are not payment events.
+    pub ignored: u64,
     pub retried: u64,
     pub dead_lettered: BTreeMap<String, u64>,
     pub p50_ms: f64,
@@ -43,6 +46,7 @@ impl Stats {
             AckKind::Recorded => &self.recorded,
             AckKind::Duplicate => &self.duplicates,
             AckKind::Parked => &self.parked,
+            AckKind::Ignored => &self.ignored,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -85,6 +89,7 @@ impl Stats {
             recorded: self.recorded.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             parked: self.parked.load(Ordering::Relaxed),
+            ignored: self.ignored.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead.lock().map(|d| d.clone()).unwrap_or_default(),
             p50_ms: pct(0.50),

@@ -1,0 +1,155 @@
+//! Webhook schemes end to end, through ingest and workers on both
+//! backends: a Standard Webhooks source beside UnionPay, fed by the
+//! simulator (payments, refunds, duplicates, tampered and forged bodies, an
+//! event type the source does not map, stale and future timestamps).
+
+use std::sync::Arc;
+
+use paynotify::app::AppOptions;
+use paynotify::simulate::{standard_webhooks_toml, Delivery, Simulator};
+use paynotify_shared::config::Config;
+use paynotify_shared::{PaymentKey, PaymentStatus};
+use support::app::{spawn_app_tweaked, TestApp};
+use support::Kind;
+
+#[macro_use]
+mod support;
+
+on_both_backends!(standard_webhooks_payments_refunds_duplicates_and_forgeries);
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const MERCHANT: &str = "acme-shop";
+
+/// The app with a Standard Webhooks source `acme` reading the simulator's
+/// events, its secret in a file (the only way a secret is configured).
+async fn spawn_with_acme(kind: Kind) -> (TestApp, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let path = secrets.path().join("acme.whsec");
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    let toml = format!(
+        "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"{MERCHANT}\"]\n{}",
+        standard_webhooks_toml("acme", &format!("file:{}", path.display()))
+    );
+    let acme = Config::from_toml(&toml, secrets.path()).unwrap().sources["acme"].clone();
+    let t = spawn_app_tweaked(kind, AppOptions::all(), move |c| {
+        c.sources.insert("acme".into(), acme);
+    })
+    .await;
+    (t, secrets)
+}
+
+fn acme(t: &TestApp, secret: &str) -> Arc<Simulator> {
+    let url = t.url.replace("/notify/unionpay", "/notify/acme");
+    Simulator::standard_webhooks(secret, MERCHANT, &url).unwrap()
+}
+
+async fn payment(t: &TestApp, id: &str) -> Option<paynotify_shared::PaymentState> {
+    t.payment_of(&payment_of(id)).await
+}
+
+/// POSTs `body` to `acme` with these Standard Webhooks headers.
+async fn post_with(t: &TestApp, body: &str, id: &str, ts: i64, signature: &str) -> u16 {
+    reqwest::Client::new()
+        .post(t.url.replace("/notify/unionpay", "/notify/acme"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn standard_webhooks_payments_refunds_duplicates_and_forgeries(kind: Kind) {
+    let (t, _secrets) = spawn_with_acme(kind).await;
+    let sim = acme(&t, SECRET);
+    let forger = acme(&t, OTHER_SECRET);
+    let accepted = |d: Delivery| assert!(matches!(d, Delivery::Accepted(_)), "{d:?}");
+
+    // A payment delivered three times at once, then a partial refund.
+    let purchase = sim.purchase("p1", 1000);
+    let sends: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, b) = (sim.clone(), purchase.clone());
+            tokio::spawn(async move { s.send(b).await })
+        })
+        .collect();
+    for s in sends {
+        accepted(s.await.unwrap());
+    }
+    accepted(sim.send(sim.refund("p1", "r1", 300)).await);
+    // A refund that arrives before its payment waits for it.
+    accepted(sim.send(sim.refund("p2", "r2", 500)).await);
+    accepted(sim.send(sim.purchase("p2", 500)).await);
+    // Tampered after signing, signed with another secret, not a payment event.
+    accepted(sim.send_tampered(&sim.purchase("p3", 700)).await);
+    accepted(forger.send(forger.purchase("p4", 700)).await);
+    let other = r#"{"type":"customer.created","data":{"id":"c1"}}"#;
+    accepted(sim.send(other.to_owned()).await);
+    // Signed correctly, but an hour old, or an hour ahead.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let stale = sim.purchase("p5", 100);
+    for (n, ts) in [now - 3600, now + 3600].into_iter().enumerate() {
+        let verifier = signer();
+        let id = format!("msg_stale{n}");
+        let sig = verifier.sign(&id, ts, stale.as_bytes()).unwrap();
+        assert_eq!(post_with(&t, &stale, &id, ts, &sig).await, 200);
+    }
+    // Headers missing altogether.
+    assert_eq!(t.post_to("acme", purchase.clone()).await, 200);
+
+    let p1 = t
+        .wait_for_status_of(&payment_of("p1"), PaymentStatus::PartiallyRefunded)
+        .await;
+    assert_eq!((p1.paid_minor, p1.refunded_minor), (1000, 300));
+    let p2 = t
+        .wait_for_status_of(&payment_of("p2"), PaymentStatus::Refunded)
+        .await;
+    assert_eq!(p2.refunded_minor, 500);
+    t.wait_until_drained().await;
+    assert_eq!(
+        t.dlq_reasons().await,
+        vec![
+            "BadSignature",
+            "BadSignature",
+            "MissingHeader",
+            "TimestampOutsideTolerance",
+            "TimestampOutsideTolerance",
+        ]
+    );
+    for never in ["p3", "p4", "p5"] {
+        assert_eq!(payment(&t, never).await, None, "{never}");
+    }
+    let stats = t.app().stats.snapshot();
+    assert_eq!(stats.ignored, 1, "{stats:?}");
+    assert!(stats.duplicates >= 2, "{stats:?}");
+    // The archive and the ledger agree; the ignored event is counted.
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.ignored, 1);
+}
+
+/// The verifier of [`SECRET`], to sign requests by hand.
+fn signer() -> paynotify_shared::scheme::standard_webhooks::StandardWebhooksVerifier {
+    let toml = format!(
+        "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"{MERCHANT}\"]\n{}",
+        standard_webhooks_toml("acme", "file:unused")
+    );
+    let config = Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    let sw = config.sources["acme"].standard_webhooks.clone().unwrap();
+    paynotify_shared::scheme::standard_webhooks::StandardWebhooksVerifier::new(
+        &sw,
+        &[SECRET.to_owned()],
+        &[],
+        &[MERCHANT.to_owned()],
+    )
+    .unwrap()
+}
+
+fn payment_of(id: &str) -> PaymentKey {
+    PaymentKey::new("acme", MERCHANT, id)
+}
