@@ -1,6 +1,7 @@
 //! A PSP simulator: builds notifications shaped like UnionPay's (signed
-//! with a test PKI's signing key) or Standard Webhooks' (JSON events signed
-//! with a `whsec_` secret, see [`STANDARD_WEBHOOKS_EVENTS`]), and POSTs them
+//! with a test PKI's signing key), Standard Webhooks' (JSON events signed
+//! with a `whsec_` secret, see [`STANDARD_WEBHOOKS_EVENTS`]) or Stripe's
+//! (`Simulator::stripe`), and POSTs them
 //! over real HTTP, retrying on anything but 200 the way a PSP does.
 
 use std::sync::Arc;
@@ -54,6 +55,12 @@ enum Signer {
     },
     /// HMAC `v1` signatures, computed when a notification is sent.
     StandardWebhooks(HmacKey),
+    /// `Stripe-Signature`, computed when a notification is sent; refunds
+    /// carry each payment's cumulative `amount_refunded`, as Stripe's do.
+    Stripe {
+        key: HmacKey,
+        refunded: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    },
 }
 
 /// Signs notifications as a PSP would, with a test key.
@@ -114,6 +121,75 @@ impl Simulator {
                 .build()?,
             url: url.to_owned(),
         }))
+    }
+
+    /// A simulator of Stripe's webhooks signing with the endpoint secret
+    /// `secret` (`whsec_…`): `payment_intent.succeeded` for purchases,
+    /// `charge.refunded` with the cumulative amount for refunds; what
+    /// Stripe has no notification for here (voids, pre-authorizations) is
+    /// sent as `payment_intent.canceled` or `.amount_capturable_updated`,
+    /// which a Stripe source ignores.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn stripe(secret: &str, merchant: &str, url: &str) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            signer: Signer::Stripe {
+                key: HmacKey::new(secret.trim().as_bytes()),
+                refunded: std::sync::Mutex::default(),
+            },
+            merchant: merchant.to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()?,
+            url: url.to_owned(),
+        }))
+    }
+
+    /// A Stripe event body of `txn_type` (UnionPay's codes).
+    fn stripe_event(
+        &self,
+        refunded: &std::sync::Mutex<std::collections::HashMap<String, u64>>,
+        txn_type: &str,
+        payment: &str,
+        id: &str,
+        amount: u64,
+    ) -> String {
+        let created = OffsetDateTime::now_utc().unix_timestamp();
+        let (event_type, object) = match txn_type {
+            "01" => (
+                "payment_intent.succeeded",
+                serde_json::json!({"id": payment, "object": "payment_intent", "amount": amount,
+                                   "amount_received": amount, "currency": "cny", "status": "succeeded"}),
+            ),
+            "04" => {
+                let total = {
+                    let mut r = refunded.lock().unwrap_or_else(|e| e.into_inner());
+                    let t = r.entry(payment.to_owned()).or_default();
+                    *t += amount;
+                    *t
+                };
+                (
+                    "charge.refunded",
+                    serde_json::json!({"id": format!("ch_{payment}"), "object": "charge",
+                                       "payment_intent": payment, "amount_refunded": total,
+                                       "currency": "cny", "refunded": true}),
+                )
+            }
+            "02" => (
+                "payment_intent.amount_capturable_updated",
+                serde_json::json!({"id": payment, "object": "payment_intent", "amount": amount, "currency": "cny"}),
+            ),
+            _ => (
+                "payment_intent.canceled",
+                serde_json::json!({"id": payment, "object": "payment_intent", "amount": amount, "currency": "cny"}),
+            ),
+        };
+        serde_json::json!({
+            "id": format!("evt_{txn_type}_{id}"), "object": "event", "type": event_type,
+            "created": created, "livemode": false, "data": {"object": object},
+        })
+        .to_string()
     }
 
     /// A Standard Webhooks event body (see [`STANDARD_WEBHOOKS_EVENTS`]).
@@ -186,6 +262,15 @@ impl Simulator {
         prefix: char,
         extra: &[(&str, &str)],
     ) -> String {
+        if let Signer::Stripe { refunded, .. } = &self.signer {
+            return self.stripe_event(
+                refunded,
+                txn_type,
+                orig_query_id.unwrap_or(query_id),
+                query_id,
+                amount,
+            );
+        }
         if let Signer::StandardWebhooks(_) = &self.signer {
             let event_type = match txn_type {
                 "02" => "authorization.succeeded",
@@ -283,6 +368,15 @@ impl Simulator {
                     ("webhook-id", id),
                     ("webhook-timestamp", ts),
                     ("webhook-signature", format!("v1,{signature}")),
+                ]
+            }
+            Signer::Stripe { key, .. } => {
+                let ts = OffsetDateTime::now_utc().unix_timestamp().to_string();
+                let tag = key.sign(&[ts.as_bytes(), b".", signed.as_bytes()]);
+                let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+                vec![
+                    ("content-type", "application/json; charset=utf-8".into()),
+                    ("stripe-signature", format!("t={ts},v1={hex}")),
                 ]
             }
         }

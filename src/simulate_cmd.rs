@@ -16,11 +16,15 @@ pub struct Args {
     /// signs UnionPay notifications.
     #[arg(long, required_unless_present = "secret", conflicts_with = "secret")]
     pki: Option<PathBuf>,
-    /// A file holding a `whsec_…` secret: send Standard Webhooks events
-    /// instead, as `paynotify::simulate::standard_webhooks_toml` configures
-    /// a source to read them.
+    /// A file holding a `whsec_…` secret: send webhooks of `--scheme`
+    /// instead (Standard Webhooks events as
+    /// `paynotify::simulate::standard_webhooks_toml` configures a source to
+    /// read them, or Stripe events).
     #[arg(long)]
     secret: Option<PathBuf>,
+    /// Which webhooks `--secret` signs.
+    #[arg(long, value_enum, default_value_t = WebhookScheme::StandardWebhooks, requires = "secret")]
+    scheme: WebhookScheme,
     #[arg(long, default_value = "777290058167151")]
     merchant: String,
     /// Payments to simulate.
@@ -49,6 +53,14 @@ pub struct Args {
     concurrency: usize,
 }
 
+/// The webhook schemes the simulator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WebhookScheme {
+    StandardWebhooks,
+    /// Stripe has no void notification: `--voids` is taken as 0.
+    Stripe,
+}
+
 /// Sends the traffic and prints a JSON report; exit 1 if any notification never got a 200.
 ///
 /// # Errors
@@ -58,7 +70,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (_, Some(secret)) => {
             let secret = std::fs::read_to_string(secret)
                 .with_context(|| format!("reading {}", secret.display()))?;
-            Simulator::standard_webhooks(&secret, &args.merchant, &args.url)?
+            match args.scheme {
+                WebhookScheme::StandardWebhooks => {
+                    Simulator::standard_webhooks(&secret, &args.merchant, &args.url)?
+                }
+                WebhookScheme::Stripe => Simulator::stripe(&secret, &args.merchant, &args.url)?,
+            }
         }
         (Some(pki), None) => {
             let key =
@@ -75,7 +92,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         duplicates: args.duplicates,
         tamper: args.tamper,
         refunds: args.refunds,
-        voids: args.voids,
+        voids: if args.secret.is_some() && args.scheme == WebhookScheme::Stripe {
+            0.0
+        } else {
+            args.voids
+        },
         early_refunds: args.early_refunds,
         concurrency: args.concurrency,
     };

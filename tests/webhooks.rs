@@ -1,7 +1,7 @@
 //! Webhook schemes end to end, through ingest and workers on both
-//! backends: a Standard Webhooks source beside UnionPay, fed by the
-//! simulator (payments, refunds, duplicates, tampered and forged bodies, an
-//! event type the source does not map, stale and future timestamps).
+//! backends: Standard Webhooks and Stripe sources beside UnionPay, fed by
+//! the simulator (payments, refunds, duplicates, tampered and forged
+//! bodies, event types a source does not map, stale and future timestamps).
 
 use std::sync::Arc;
 
@@ -15,25 +15,33 @@ use support::Kind;
 #[macro_use]
 mod support;
 
-on_both_backends!(standard_webhooks_payments_refunds_duplicates_and_forgeries);
+on_both_backends!(
+    standard_webhooks_payments_refunds_duplicates_and_forgeries,
+    stripe_payments_refund_totals_disputes_and_forgeries,
+);
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const MERCHANT: &str = "acme-shop";
+const STRIPE_SECRET: &str = "whsec_test_secret";
 
 /// The app with a Standard Webhooks source `acme` reading the simulator's
-/// events, its secret in a file (the only way a secret is configured).
+/// events and a Stripe source `stripe`, their secrets in files (the only way
+/// a secret is configured).
 async fn spawn_with_acme(kind: Kind) -> (TestApp, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let path = secrets.path().join("acme.whsec");
     std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    std::fs::write(secrets.path().join("stripe.whsec"), STRIPE_SECRET).unwrap();
     let toml = format!(
-        "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"{MERCHANT}\"]\n{}",
+        "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"{MERCHANT}\"]\n{}\
+         [sources.stripe]\nscheme = \"stripe\"\nmerchants = [\"{MERCHANT}\"]\n\
+         [sources.stripe.stripe]\nsecrets = [\"file:stripe.whsec\"]\n",
         standard_webhooks_toml("acme", &format!("file:{}", path.display()))
     );
-    let acme = Config::from_toml(&toml, secrets.path()).unwrap().sources["acme"].clone();
+    let added = Config::from_toml(&toml, secrets.path()).unwrap().sources;
     let t = spawn_app_tweaked(kind, AppOptions::all(), move |c| {
-        c.sources.insert("acme".into(), acme);
+        c.sources.extend(added);
     })
     .await;
     (t, secrets)
@@ -152,4 +160,105 @@ fn signer() -> paynotify_shared::scheme::standard_webhooks::StandardWebhooksVeri
 
 fn payment_of(id: &str) -> PaymentKey {
     PaymentKey::new("acme", MERCHANT, id)
+}
+
+async fn stripe_payments_refund_totals_disputes_and_forgeries(kind: Kind) {
+    let (t, _secrets) = spawn_with_acme(kind).await;
+    let url = t.url.replace("/notify/unionpay", "/notify/stripe");
+    let sim = Simulator::stripe(STRIPE_SECRET, MERCHANT, &url).unwrap();
+    let forger = Simulator::stripe("whsec_not_the_secret", MERCHANT, &url).unwrap();
+    let accepted = |d: Delivery| assert!(matches!(d, Delivery::Accepted(_)), "{d:?}");
+    let key = |id: &str| PaymentKey::new("stripe", MERCHANT, id);
+
+    // A payment delivered twice; refund totals 300 then 1000, delivered
+    // newest first (the older total then changes nothing).
+    let purchase = sim.purchase("pi_1", 1000);
+    accepted(sim.send(purchase.clone()).await);
+    accepted(sim.send(purchase.clone()).await);
+    let first = sim.refund("pi_1", "re_1", 300);
+    let second = sim.refund("pi_1", "re_2", 700);
+    t.wait_for_status_of(&key("pi_1"), PaymentStatus::Paid)
+        .await;
+    accepted(sim.send(second).await);
+    accepted(sim.send(first).await);
+    // A dispute, signed as Stripe signs it.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let dispute = serde_json::json!({
+        "id": "evt_dispute_1", "object": "event", "type": "charge.dispute.created", "created": now,
+        "data": {"object": {"id": "dp_1", "object": "dispute", "charge": "ch_pi_1",
+                            "payment_intent": "pi_1", "amount": 1000, "currency": "cny",
+                            "reason": "fraudulent"}},
+    })
+    .to_string();
+    let verifier = stripe_signer();
+    let header = verifier.sign(now, dispute.as_bytes()).unwrap();
+    assert_eq!(post_stripe(&t, &dispute, &header).await, 200);
+    // Tampered, forged, stale, and a type the source does not map.
+    accepted(sim.send_tampered(&sim.purchase("pi_2", 500)).await);
+    accepted(forger.send(forger.purchase("pi_3", 500)).await);
+    let stale = sim.purchase("pi_4", 500);
+    let header = verifier.sign(now - 3600, stale.as_bytes()).unwrap();
+    assert_eq!(post_stripe(&t, &stale, &header).await, 200);
+    let other = r#"{"id":"evt_c","object":"event","type":"customer.created","data":{"object":{"id":"cus_1"}}}"#;
+    let header = verifier.sign(now, other.as_bytes()).unwrap();
+    assert_eq!(post_stripe(&t, other, &header).await, 200);
+
+    let p1 = t
+        .wait_for_status_of(&key("pi_1"), PaymentStatus::Refunded)
+        .await;
+    assert_eq!((p1.paid_minor, p1.refunded_minor), (1000, 1000));
+    t.wait_until_drained().await;
+    assert_eq!(
+        t.dlq_reasons().await,
+        vec!["BadSignature", "BadSignature", "TimestampOutsideTolerance"]
+    );
+    for never in ["pi_2", "pi_3", "pi_4"] {
+        assert_eq!(t.payment_of(&key(never)).await, None, "{never}");
+    }
+    let history = t.app().backends.ledger.history(&key("pi_1")).await.unwrap();
+    let kinds: Vec<_> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.amount_minor))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("payment", 1000),
+            ("refund_total", 1000),
+            ("refund_total", 300),
+            ("dispute", 1000),
+        ],
+        "{history:?}"
+    );
+    let stats = t.app().stats.snapshot();
+    assert_eq!((stats.ignored, stats.duplicates), (1, 1), "{stats:?}");
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// The verifier of [`STRIPE_SECRET`], to sign requests by hand.
+fn stripe_signer() -> paynotify_shared::scheme::stripe::StripeVerifier {
+    let config = paynotify_shared::config::StripeConfig {
+        secrets: vec![],
+        tolerance_secs: 300,
+        future_tolerance_secs: 300,
+    };
+    paynotify_shared::scheme::stripe::StripeVerifier::new(
+        &config,
+        &[STRIPE_SECRET.to_owned()],
+        &[MERCHANT.to_owned()],
+    )
+}
+
+async fn post_stripe(t: &TestApp, body: &str, signature: &str) -> u16 {
+    reqwest::Client::new()
+        .post(t.url.replace("/notify/unionpay", "/notify/stripe"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("stripe-signature", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }

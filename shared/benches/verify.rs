@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use paynotify_shared::config::UNIONPAY_IDENTITY;
 use paynotify_shared::envelope::{Envelope, Received};
 use paynotify_shared::scheme::standard_webhooks::StandardWebhooksVerifier;
+use paynotify_shared::scheme::stripe::StripeVerifier;
 use paynotify_shared::scheme::unionpay::{
     canonical_string, parse_form, to_event, BodyFormat, UnionPayVerifier, VerifierConfig,
 };
@@ -96,6 +97,31 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("standard_webhooks/verify_and_map_3KB", |b| {
         b.iter(|| sw.verify("sw", black_box(&inbound)).unwrap())
+    });
+
+    // Stripe: the same 3 KB, `t.body` under one secret.
+    let stripe = StripeVerifier::new(
+        &paynotify_shared::config::StripeConfig {
+            secrets: vec![],
+            tolerance_secs: 300,
+            future_tolerance_secs: 300,
+        },
+        &["whsec_test_secret".into()],
+        &["m".into()],
+    );
+    let stripe_headers = vec![(
+        "stripe-signature".to_owned(),
+        stripe
+            .sign(at.unix_timestamp(), sw_body.as_bytes())
+            .unwrap(),
+    )];
+    let stripe_inbound = Inbound {
+        body: sw_body.as_bytes(),
+        headers: &stripe_headers,
+        received_at: at,
+    };
+    c.bench_function("stripe/authenticate_3KB", |b| {
+        b.iter(|| stripe.authenticate(black_box(&stripe_inbound)).unwrap())
     });
 
     let received = || Received {

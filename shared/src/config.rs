@@ -218,6 +218,8 @@ pub enum SchemeKind {
     /// Standard Webhooks (`webhook-id`, `webhook-timestamp`,
     /// `webhook-signature`), the event read through configured JSON pointers.
     StandardWebhooks,
+    /// Stripe (`Stripe-Signature: t=…,v1=…`).
+    Stripe,
 }
 
 /// One notification source.
@@ -232,6 +234,23 @@ pub struct SourceConfig {
     pub success_body: String,
     pub unionpay: Option<UnionPayConfig>,
     pub standard_webhooks: Option<StandardWebhooksConfig>,
+    pub stripe: Option<StripeConfig>,
+}
+
+/// Signature settings of a Stripe source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// The endpoints' signing secrets (`whsec_…`); several while one is
+    /// rolled (Stripe signs with both for a while).
+    pub secrets: Vec<SecretRef>,
+    /// How old a signature's `t` may be at the receive time.
+    #[serde(default = "default_tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// How far `t` may be ahead of the receive time. Stripe's own libraries
+    /// set no bound; a signature from the future is refused by default.
+    #[serde(default = "default_tolerance_secs")]
+    pub future_tolerance_secs: u64,
 }
 
 /// Signature settings and the event mapping of a Standard Webhooks source.
@@ -302,7 +321,9 @@ impl TryFrom<String> for MappedEvent {
             "refund" => EventKind::Refund,
             "void" => EventKind::Void,
             "authorization_void" => EventKind::AuthorizationVoid,
-            _ => return Err(format!("{s:?} is not an event kind (payment, authorization, capture, refund, void, authorization_void, optionally _failed or _pending)")),
+            "refund_total" => EventKind::RefundTotal,
+            "dispute" => EventKind::Dispute,
+            _ => return Err(format!("{s:?} is not an event kind (payment, authorization, capture, refund, refund_total, void, authorization_void, dispute, optionally _failed or _pending)")),
         };
         Ok(Self { kind, outcome })
     }
@@ -398,6 +419,11 @@ impl Config {
                     *r = r.relative_to(base);
                 }
             }
+            if let Some(stripe) = source.stripe.as_mut() {
+                for r in &mut stripe.secrets {
+                    *r = r.relative_to(base);
+                }
+            }
         }
     }
 
@@ -432,6 +458,17 @@ impl Config {
                     }
                     Some(sw) if sw.secrets.is_empty() && sw.public_keys.is_empty() => {
                         return Err(bad("standard_webhooks needs at least one of `secrets` and `public_keys`"))
+                    }
+                    Some(_) => {}
+                },
+                SchemeKind::Stripe => match &source.stripe {
+                    None => {
+                        return Err(bad(
+                            "scheme \"stripe\" needs a [sources.NAME.stripe] table",
+                        ))
+                    }
+                    Some(st) if st.secrets.is_empty() => {
+                        return Err(bad("stripe needs at least one signing secret in `secrets`"))
                     }
                     Some(_) => {}
                 },

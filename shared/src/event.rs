@@ -84,6 +84,13 @@ pub enum EventKind {
     /// Cancellation of a pre-authorization that was not captured, for the
     /// whole amount held (UnionPay 32).
     AuthorizationVoid,
+    /// The payment's refunds now total this amount (Stripe's cumulative
+    /// `amount_refunded`): an older or equal total changes nothing, so
+    /// totals arriving out of order still end at the largest.
+    RefundTotal,
+    /// A chargeback was opened: recorded in the payment's history, no state
+    /// change (Stripe `charge.dispute.created`).
+    Dispute,
 }
 
 impl EventKind {
@@ -96,6 +103,8 @@ impl EventKind {
             Self::Refund => "refund",
             Self::Void => "void",
             Self::AuthorizationVoid => "authorization_void",
+            Self::RefundTotal => "refund_total",
+            Self::Dispute => "dispute",
         }
     }
 }
@@ -162,6 +171,8 @@ mod tests {
             Refund,
             Void,
             AuthorizationVoid,
+            RefundTotal,
+            Dispute,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

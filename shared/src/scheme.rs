@@ -2,6 +2,7 @@
 //! mapping of a verified notification to a [`crate::PaymentEvent`].
 
 pub mod standard_webhooks;
+pub mod stripe;
 pub mod unionpay;
 pub mod webhook;
 
@@ -14,6 +15,7 @@ use crate::config::{ConfigError, SchemeKind, SourceConfig};
 use crate::event::PaymentEvent;
 use crate::secret::SecretRef;
 use standard_webhooks::StandardWebhooksVerifier;
+use stripe::StripeVerifier;
 use unionpay::{TrustConfig, UnionPayVerifier, VerifierConfig, VerifyError};
 pub use webhook::{Inbound, WebhookError};
 
@@ -25,6 +27,7 @@ pub use webhook::{Inbound, WebhookError};
 pub enum SourceVerifier {
     UnionPay(UnionPayVerifier),
     StandardWebhooks(StandardWebhooksVerifier),
+    Stripe(StripeVerifier),
 }
 
 /// A notification that verified.
@@ -131,27 +134,29 @@ impl SourceVerifier {
                     .standard_webhooks
                     .as_ref()
                     .ok_or_else(|| bad("missing [standard_webhooks] table".into()))?;
-                let read_all = |refs: &[SecretRef]| {
-                    let refs = refs.to_vec();
-                    async move {
-                        let mut out = Vec::new();
-                        for r in &refs {
-                            out.push(
-                                String::from_utf8_lossy(&r.read(secrets).await?.0).into_owned(),
-                            );
-                        }
-                        Ok::<_, crate::secret::SecretError>(out)
-                    }
-                };
-                let keys = read_all(&sw.secrets)
+                let keys = read_texts(&sw.secrets, secrets)
                     .await
                     .map_err(|e| bad(e.to_string()))?;
-                let public = read_all(&sw.public_keys)
+                let public = read_texts(&sw.public_keys, secrets)
                     .await
                     .map_err(|e| bad(e.to_string()))?;
                 StandardWebhooksVerifier::new(sw, &keys, &public, &source.merchants)
                     .map(Self::StandardWebhooks)
                     .map_err(|e| bad(format!("keys: {e}")))
+            }
+            SchemeKind::Stripe => {
+                let st = source
+                    .stripe
+                    .as_ref()
+                    .ok_or_else(|| bad("missing [stripe] table".into()))?;
+                let keys = read_texts(&st.secrets, secrets)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Self::Stripe(StripeVerifier::new(
+                    st,
+                    &keys,
+                    &source.merchants,
+                )))
             }
         }
     }
@@ -169,6 +174,7 @@ impl SourceVerifier {
                 Ok(Verified::Event(Box::new(event)))
             }
             Self::StandardWebhooks(v) => Ok(v.verify(source, inbound)?),
+            Self::Stripe(v) => Ok(v.verify(source, inbound)?),
         }
     }
 
@@ -211,6 +217,12 @@ impl SourceVerifier {
                     "authenticated": v.authenticate(inbound).map_err(|e| e.to_string()),
                 })
             }
+            Self::Stripe(v) => serde_json::json!({
+                "scheme": "stripe",
+                "stripe-signature": inbound.header("stripe-signature").map_err(|e| e.to_string()),
+                "signed_content": "{t}.{body}",
+                "authenticated": v.authenticate(inbound).map_err(|e| e.to_string()),
+            }),
         }
     }
 
@@ -220,6 +232,7 @@ impl SourceVerifier {
         match self {
             Self::UnionPay(v) => v.parse(body).ok()?.get("queryId").map(str::to_owned),
             Self::StandardWebhooks(v) => v.txn_id(body),
+            Self::Stripe(_) => StripeVerifier::txn_id(body),
         }
     }
 }
@@ -252,6 +265,19 @@ impl VerifierSet {
     }
 }
 
+/// Reads text secrets (webhook signing secrets, public keys) from their
+/// references.
+async fn read_texts(
+    refs: &[SecretRef],
+    secrets: Option<&aws_sdk_secretsmanager::Client>,
+) -> Result<Vec<String>, crate::secret::SecretError> {
+    let mut out = Vec::new();
+    for r in refs {
+        out.push(String::from_utf8_lossy(&r.read(secrets).await?.0).into_owned());
+    }
+    Ok(out)
+}
+
 /// Whether any source reads a certificate from Secrets Manager.
 pub fn uses_secrets_manager(config: &crate::config::Config) -> bool {
     config.sources.values().any(|s| {
@@ -263,7 +289,8 @@ pub fn uses_secrets_manager(config: &crate::config::Config) -> bool {
         let webhooks = s
             .standard_webhooks
             .iter()
-            .flat_map(|w| w.secrets.iter().chain(w.public_keys.iter()));
+            .flat_map(|w| w.secrets.iter().chain(w.public_keys.iter()))
+            .chain(s.stripe.iter().flat_map(|st| st.secrets.iter()));
         unionpay
             .chain(webhooks)
             .any(|r| matches!(r, SecretRef::SecretsManager { .. }))

@@ -81,7 +81,9 @@ pub enum Transition {
 
 /// Decides the effect of `event` on `current` (DESIGN §5).
 pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Transition {
-    use EventKind::{Authorization, AuthorizationVoid, Capture, Payment, Refund, Void};
+    use EventKind::{
+        Authorization, AuthorizationVoid, Capture, Dispute, Payment, Refund, RefundTotal, Void,
+    };
     use EventOutcome::{Failed, Pending, Succeeded};
     use PaymentStatus as S;
 
@@ -105,16 +107,25 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
             (Payment, Succeeded) => new(S::Paid, 0, amount),
             (Payment | Authorization, Failed) => new(S::Failed, 0, 0),
             (Authorization, Succeeded) => new(S::Authorized, amount, 0),
-            (Capture | Refund | Void | AuthorizationVoid, Succeeded) => Transition::Retry(format!(
-                "{:?} for payment {} that is not in the ledger yet",
-                event.kind, event.payment_key
-            )),
+            (Capture | Refund | RefundTotal | Void | AuthorizationVoid | Dispute, Succeeded) => {
+                Transition::Retry(format!(
+                    "{:?} for payment {} that is not in the ledger yet",
+                    event.kind, event.payment_key
+                ))
+            }
             (_, Failed | Pending) => Transition::Record,
         };
     };
 
-    if event.outcome == Failed && matches!(event.kind, Capture | Refund | Void | AuthorizationVoid)
+    if event.outcome == Failed
+        && matches!(
+            event.kind,
+            Capture | Refund | RefundTotal | Void | AuthorizationVoid | Dispute
+        )
     {
+        return Transition::Record;
+    }
+    if event.kind == Dispute {
         return Transition::Record;
     }
     if event.amount.currency != state.currency {
@@ -171,6 +182,20 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
                 }
                 _ => conflict(state, event, "refunds would exceed the amount paid"),
             }
+        }
+        (S::Paid | S::PartiallyRefunded | S::Refunded, RefundTotal, Succeeded)
+            if amount <= state.refunded_minor =>
+        {
+            Transition::Record
+        }
+        (S::Paid | S::PartiallyRefunded, RefundTotal, Succeeded) if amount < state.paid_minor => {
+            next(S::PartiallyRefunded, &|s| s.refunded_minor = amount)
+        }
+        (S::Paid | S::PartiallyRefunded, RefundTotal, Succeeded) if amount == state.paid_minor => {
+            next(S::Refunded, &|s| s.refunded_minor = amount)
+        }
+        (S::Paid | S::PartiallyRefunded, RefundTotal, Succeeded) => {
+            conflict(state, event, "refunds would exceed the amount paid")
         }
         _ => conflict(state, event, "not allowed in this state"),
     }

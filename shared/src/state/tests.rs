@@ -315,3 +315,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn refund_totals_end_at_the_largest_in_any_order() {
+    let paid = applied(transition(None, &ev("p", Payment, Succeeded, 100)));
+    let t30 = ev("t30", RefundTotal, Succeeded, 30);
+    let t100 = ev("t100", RefundTotal, Succeeded, 100);
+    // In order: 30, then 100.
+    let part = applied(transition(Some(&paid), &t30));
+    assert_eq!(
+        (part.status, part.refunded_minor),
+        (PaymentStatus::PartiallyRefunded, 30)
+    );
+    let full = applied(transition(Some(&part), &t100));
+    assert_eq!(
+        (full.status, full.refunded_minor),
+        (PaymentStatus::Refunded, 100)
+    );
+    // Out of order: the older, smaller total changes nothing.
+    assert_eq!(transition(Some(&full), &t30), Transition::Record);
+    assert_eq!(transition(Some(&part), &t30), Transition::Record);
+    // More than was paid contradicts the payment; a failed one is recorded.
+    assert!(matches!(
+        transition(Some(&paid), &ev("t", RefundTotal, Succeeded, 101)),
+        Transition::Conflict(_)
+    ));
+    assert_eq!(
+        transition(Some(&paid), &ev("f", RefundTotal, Failed, 50)),
+        Transition::Record
+    );
+    // Before its payment: wait for it.
+    assert!(matches!(transition(None, &t30), Transition::Retry(_)));
+}
+
+#[test]
+fn a_dispute_is_recorded_without_a_state_change() {
+    let paid = applied(transition(None, &ev("p", Payment, Succeeded, 100)));
+    let dispute = ev("d", Dispute, Succeeded, 100);
+    assert_eq!(transition(Some(&paid), &dispute), Transition::Record);
+    assert!(matches!(transition(None, &dispute), Transition::Retry(_)));
+}
