@@ -182,6 +182,20 @@ async fn verification(
     Ok(match verifier.verify(&envelope.source, &inbound) {
         Ok(Verified::Event(event)) => json!({ "valid": true, "event": event }),
         Ok(Verified::Ignored(what)) => json!({ "valid": true, "event": null, "ignored": what }),
+        Ok(Verified::Items(n)) => {
+            let items: Vec<Value> = (0..n)
+                .map(
+                    |i| match verifier.verify_item(&envelope.source, &inbound, i) {
+                        Ok(v) => json!({ "item": i, "valid": true, "verified": format!("{v:?}") }),
+                        Err(e) => json!({ "item": i, "valid": false, "error": e.name(),
+                                      "step": e.step(), "message": e.to_string() }),
+                    },
+                )
+                .collect();
+            let valid = items.iter().all(|i| i["valid"] == true);
+            json!({ "valid": valid, "event": null, "items": items,
+                    "explain": verifier.explain(&inbound) })
+        }
         Err(e) => json!({
             "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
             "explain": verifier.explain(&inbound),

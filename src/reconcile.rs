@@ -145,86 +145,41 @@ pub async fn reconcile(
             Err(e) => return Err(e.into()),
         };
         let in_dlq = dead.contains(&envelope.id);
-        let verified = envelope
-            .body_bytes()
-            .map_err(|e| e.to_string())
-            .and_then(|body| {
-                verifiers
-                    .get(&envelope.source)
-                    .ok_or_else(|| format!("source {:?} is not configured", envelope.source))?
-                    .verify(
-                        &envelope.source,
-                        &Inbound {
-                            body: &body,
-                            headers: &envelope.headers,
-                            received_at: envelope.received_at,
-                        },
-                    )
-                    .map_err(|e| e.to_string())
-            });
-        let event = match verified {
-            Ok(Verified::Event(event)) => *event,
-            // Authentic, not a payment event: nothing to find in the ledger.
-            Ok(Verified::Ignored(_)) => {
-                report.ignored += 1;
-                continue;
-            }
-            Err(_) if in_dlq => {
-                report.dead_lettered += 1;
-                continue;
-            }
-            Err(_) if purged.contains(&envelope.id) => {
-                report.purged += 1;
-                continue;
-            }
-            Err(why) => {
-                report.flag(
-                    "rejected_not_dead_lettered",
-                    envelope.id.clone(),
-                    format!("{key}: {why}"),
-                );
-                continue;
-            }
+        let body = envelope.body_bytes().map_err(|e| e.to_string());
+        let verifier = verifiers
+            .get(&envelope.source)
+            .ok_or_else(|| format!("source {:?} is not configured", envelope.source));
+        let empty = Vec::new();
+        let inbound = Inbound {
+            body: body.as_ref().unwrap_or(&empty),
+            headers: &envelope.headers,
+            received_at: envelope.received_at,
         };
-        let mut payment = event.payment_key.clone();
-        let mut entry = backends.ledger.load(&payment).await?;
-        if let Some(target) = entry.alias_of.clone() {
-            payment = target;
-            entry = backends.ledger.load(&payment).await?;
-        }
-        if entry
-            .parked
-            .iter()
-            .any(|p| p.event.event_key == event.event_key)
-        {
-            report.parked += 1;
-        } else if backends
-            .ledger
-            .contains_event(&payment, &event.event_key)
-            .await?
-        {
-            report.in_ledger += 1;
-            payments.insert(payment);
-        } else if in_dlq {
-            report.dead_lettered += 1;
-        } else if report.queue_depth > 0 {
-            report.flag(
-                "unsettled",
-                envelope.id.clone(),
-                format!(
-                    "{key}: not in the ledger or the DLQ; the queue still holds {} messages",
-                    report.queue_depth
-                ),
-            );
-        } else {
-            report.flag(
-                "missing",
-                envelope.id.clone(),
-                format!(
-                    "{key}: {} of {} is in neither the ledger nor the DLQ",
-                    event.event_key, payment
-                ),
-            );
+        // One result per item: a notification of several is checked item by item.
+        let verified = match (&body, &verifier) {
+            (Err(e), _) | (_, Err(e)) => vec![Err(e.clone())],
+            (Ok(_), Ok(v)) => match v.verify(&envelope.source, &inbound) {
+                Ok(Verified::Items(n)) => (0..n)
+                    .map(|i| {
+                        v.verify_item(&envelope.source, &inbound, i)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect(),
+                other => vec![other.map_err(|e| e.to_string())],
+            },
+        };
+        for verified in verified {
+            check_notification(
+                backends,
+                &mut report,
+                &mut payments,
+                key,
+                &envelope,
+                verified,
+                in_dlq,
+                &purged,
+            )
+            .await?;
         }
     }
     for payment in &payments {
@@ -378,4 +333,84 @@ fn brief(s: Option<&PaymentState>) -> Option<String> {
             s.currency
         )
     })
+}
+
+/// Checks one verified notification (or one item of it) against the ledger
+/// and the DLQ, counting or flagging it.
+#[allow(clippy::too_many_arguments)]
+async fn check_notification(
+    backends: &Backends,
+    report: &mut Report,
+    payments: &mut BTreeSet<PaymentKey>,
+    key: &str,
+    envelope: &Envelope,
+    verified: Result<Verified, String>,
+    in_dlq: bool,
+    purged: &std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
+    let event = match verified {
+        Ok(Verified::Event(event)) => *event,
+        // Authentic, not a payment event: nothing to find in the ledger.
+        Ok(Verified::Ignored(_) | Verified::Items(_)) => {
+            report.ignored += 1;
+            return Ok(());
+        }
+        Err(_) if in_dlq => {
+            report.dead_lettered += 1;
+            return Ok(());
+        }
+        Err(_) if purged.contains(&envelope.id) => {
+            report.purged += 1;
+            return Ok(());
+        }
+        Err(why) => {
+            report.flag(
+                "rejected_not_dead_lettered",
+                envelope.id.clone(),
+                format!("{key}: {why}"),
+            );
+            return Ok(());
+        }
+    };
+    let mut payment = event.payment_key.clone();
+    let mut entry = backends.ledger.load(&payment).await?;
+    if let Some(target) = entry.alias_of.clone() {
+        payment = target;
+        entry = backends.ledger.load(&payment).await?;
+    }
+    if entry
+        .parked
+        .iter()
+        .any(|p| p.event.event_key == event.event_key)
+    {
+        report.parked += 1;
+    } else if backends
+        .ledger
+        .contains_event(&payment, &event.event_key)
+        .await?
+    {
+        report.in_ledger += 1;
+        payments.insert(payment);
+    } else if in_dlq {
+        report.dead_lettered += 1;
+    } else if report.queue_depth > 0 {
+        report.flag(
+            "unsettled",
+            envelope.id.clone(),
+            format!(
+                "{key}: not in the ledger or the DLQ; the queue still holds {} messages",
+                report.queue_depth
+            ),
+        );
+    } else {
+        report.flag(
+            "missing",
+            envelope.id.clone(),
+            format!(
+                "{key}: {} of {} is in neither the ledger nor the DLQ",
+                event.event_key, payment
+            ),
+        );
+    }
+    Ok(())
 }

@@ -61,6 +61,8 @@ enum Signer {
         key: HmacKey,
         refunded: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     },
+    /// An HMAC in each item (Adyen), computed when the body is built.
+    Adyen(paynotify_shared::scheme::adyen::AdyenVerifier),
 }
 
 /// Signs notifications as a PSP would, with a test key.
@@ -91,11 +93,19 @@ impl Simulator {
         merchant: &str,
         url: &str,
     ) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            signer: Signer::UnionPay {
+        Self::with_signer(
+            Signer::UnionPay {
                 signer: MerchantSigner::from_pkcs8(key_pem)?,
                 leaf_pem: leaf_pem.to_owned(),
             },
+            merchant,
+            url,
+        )
+    }
+
+    fn with_signer(signer: Signer, merchant: &str, url: &str) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            signer,
             merchant: merchant.to_owned(),
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
@@ -113,14 +123,7 @@ impl Simulator {
         let b64 = secret.trim();
         let key = base64::engine::general_purpose::STANDARD
             .decode(b64.strip_prefix("whsec_").unwrap_or(b64))?;
-        Ok(Arc::new(Self {
-            signer: Signer::StandardWebhooks(HmacKey::new(&key)),
-            merchant: merchant.to_owned(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()?,
-            url: url.to_owned(),
-        }))
+        Self::with_signer(Signer::StandardWebhooks(HmacKey::new(&key)), merchant, url)
     }
 
     /// A simulator of Stripe's webhooks signing with the endpoint secret
@@ -133,17 +136,87 @@ impl Simulator {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn stripe(secret: &str, merchant: &str, url: &str) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            signer: Signer::Stripe {
+        Self::with_signer(
+            Signer::Stripe {
                 key: HmacKey::new(secret.trim().as_bytes()),
                 refunded: std::sync::Mutex::default(),
             },
-            merchant: merchant.to_owned(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()?,
-            url: url.to_owned(),
-        }))
+            merchant,
+            url,
+        )
+    }
+
+    /// A simulator of Adyen's standard notifications for merchant account
+    /// `merchant`, each item signed with `hex_key`: AUTHORISATION for
+    /// purchases (a source with automatic capture), REFUND, and
+    /// CANCEL_OR_REFUND for voids; one item per notification
+    /// ([`Simulator::adyen_batch`] joins several).
+    ///
+    /// # Errors
+    /// When the key is not hex.
+    pub fn adyen(hex_key: &str, merchant: &str, url: &str) -> anyhow::Result<Arc<Self>> {
+        let config = paynotify_shared::config::AdyenConfig {
+            hmac_keys: vec![],
+            capture: paynotify_shared::config::CaptureMode::Automatic,
+        };
+        let signer = paynotify_shared::scheme::adyen::AdyenVerifier::new(
+            &config,
+            &[hex_key.trim().to_owned()],
+            &[merchant.to_owned()],
+        )?;
+        Self::with_signer(Signer::Adyen(signer), merchant, url)
+    }
+
+    /// One notification holding the items of `bodies` (each built by this
+    /// Adyen simulator), in order.
+    pub fn adyen_batch(bodies: &[String]) -> String {
+        let items: Vec<serde_json::Value> = bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .filter_map(|v| v["notificationItems"].as_array().cloned())
+            .flatten()
+            .collect();
+        serde_json::json!({"live": "false", "notificationItems": items}).to_string()
+    }
+
+    /// An Adyen notification of one signed item for `txn_type` (UnionPay's codes).
+    fn adyen_item(
+        &self,
+        signer: &paynotify_shared::scheme::adyen::AdyenVerifier,
+        txn_type: &str,
+        orig: Option<&str>,
+        psp_reference: &str,
+        amount: u64,
+    ) -> String {
+        let code = match txn_type {
+            "04" => "REFUND",
+            "31" | "33" => "CANCEL_OR_REFUND",
+            "32" => "CANCELLATION",
+            "03" => "CAPTURE",
+            _ => "AUTHORISATION",
+        };
+        let mut item = serde_json::json!({
+            "pspReference": psp_reference,
+            "merchantAccountCode": self.merchant,
+            "merchantReference": format!("order-{}", orig.unwrap_or(psp_reference)),
+            "amount": {"currency": "CNY", "value": amount},
+            "eventCode": code,
+            "eventDate": OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "success": "true",
+            "paymentMethod": "visa",
+        });
+        if let Some(o) = orig {
+            item["originalReference"] = serde_json::json!(o);
+        }
+        let signature = signer.sign(&item).unwrap_or_default();
+        item["additionalData"] = serde_json::json!({ "hmacSignature": signature });
+        serde_json::json!({
+            "live": "false",
+            "notificationItems": [{ "NotificationRequestItem": item }],
+        })
+        .to_string()
     }
 
     /// A Stripe event body of `txn_type` (UnionPay's codes).
@@ -262,6 +335,9 @@ impl Simulator {
         prefix: char,
         extra: &[(&str, &str)],
     ) -> String {
+        if let Signer::Adyen(signer) = &self.signer {
+            return self.adyen_item(signer, txn_type, orig_query_id, query_id, amount);
+        }
         if let Signer::Stripe { refunded, .. } = &self.signer {
             return self.stripe_event(
                 refunded,
@@ -370,6 +446,7 @@ impl Simulator {
                     ("webhook-signature", format!("v1,{signature}")),
                 ]
             }
+            Signer::Adyen(_) => vec![("content-type", "application/json".into())],
             Signer::Stripe { key, .. } => {
                 let ts = OffsetDateTime::now_utc().unix_timestamp().to_string();
                 let tag = key.sign(&[ts.as_bytes(), b".", signed.as_bytes()]);
@@ -417,6 +494,10 @@ impl Simulator {
 /// `"amount":` of a JSON one): what an attacker in the middle would send.
 pub fn tamper(body: &str) -> String {
     if body.starts_with('{') {
+        // Adyen's amount is an object; Stripe's and the others' a number.
+        if body.contains("\"amount\":{") {
+            return body.replacen("\"value\":", "\"value\":1", 1);
+        }
         return body.replacen("\"amount\":", "\"amount\":1", 1);
     }
     match body.find("txnAmt=") {

@@ -59,6 +59,9 @@ enum WebhookScheme {
     StandardWebhooks,
     /// Stripe has no void notification: `--voids` is taken as 0.
     Stripe,
+    /// `--secret` holds the HMAC key (hex); `--merchant` is the merchant
+    /// account; the source must capture automatically.
+    Adyen,
 }
 
 /// Sends the traffic and prints a JSON report; exit 1 if any notification never got a 200.
@@ -75,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     Simulator::standard_webhooks(&secret, &args.merchant, &args.url)?
                 }
                 WebhookScheme::Stripe => Simulator::stripe(&secret, &args.merchant, &args.url)?,
+                WebhookScheme::Adyen => Simulator::adyen(&secret, &args.merchant, &args.url)?,
             }
         }
         (Some(pki), None) => {

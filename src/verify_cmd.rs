@@ -80,6 +80,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "valid": true, "error": null, "step": null,
             "payment_ref": null, "event": null, "ignored": what,
         }),
+        // Several items, each signed on its own (Adyen): a verdict each.
+        Ok(Verified::Items(n)) => {
+            let items: Vec<Value> = (0..n)
+                .map(|i| match verifier.verify_item(&args.source, &inbound, i) {
+                    Ok(Verified::Event(event)) => json!({
+                        "item": i, "valid": true, "error": null,
+                        "payment_ref": event.payment_ref, "event": event,
+                    }),
+                    Ok(other) => json!({ "item": i, "valid": true, "error": null,
+                                         "event": null, "ignored": format!("{other:?}") }),
+                    Err(e) => json!({ "item": i, "valid": false, "error": e.name(),
+                                      "message": e.to_string(), "step": e.step() }),
+                })
+                .collect();
+            let valid = items.iter().all(|i| i["valid"] == true);
+            let first_error = items.iter().find(|i| i["valid"] != true);
+            json!({
+                "valid": valid,
+                "error": first_error.map(|i| i["error"].clone()),
+                "step": first_error.map(|i| i["step"].clone()),
+                "payment_ref": null, "event": null, "items": items,
+            })
+        }
         Err(e) => json!({
             "valid": false, "error": e.name(), "message": e.to_string(), "step": e.step(),
             "payment_ref": null, "event": null,

@@ -214,7 +214,7 @@ async fn a_signed_notification_through_both_handlers_is_applied(kind: Kind) {
     let pki = generate(&TestPkiOptions::default()).unwrap();
     let sim = simulator(&pki);
     let l = Lambda::start(kind, &pki).await;
-    let success = l.config.sources["unionpay"].success_body.clone();
+    let success = l.config.sources["unionpay"].success_body().to_owned();
 
     let plain = sim.purchase("q1", 1000);
     let encoded = sim.purchase("q2", 2500);
@@ -611,7 +611,7 @@ async fn the_bootstrap_binaries_run_on_the_runtime_api_with_the_deployed_configu
     ingest_api.invoke("http-1", event);
     let answer = answered(ingest_api.outcome("http-1", wait).await.0);
     assert_eq!(answer["statusCode"], 200, "{answer}");
-    assert_eq!(answer["body"], d.config.sources["unionpay"].success_body);
+    assert_eq!(answer["body"], d.config.sources["unionpay"].success_body());
 
     let backends = paynotify_shared::backend::build(&d.config.backend)
         .await

@@ -18,12 +18,15 @@ mod support;
 on_both_backends!(
     standard_webhooks_payments_refunds_duplicates_and_forgeries,
     stripe_payments_refund_totals_disputes_and_forgeries,
+    adyen_batches_apply_each_item_and_dead_letter_the_forged_one_alone,
 );
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OTHER_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const MERCHANT: &str = "acme-shop";
 const STRIPE_SECRET: &str = "whsec_test_secret";
+const ADYEN_KEY: &str = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
+const ADYEN_ACCOUNT: &str = "ShopECOM";
 
 /// The app with a Standard Webhooks source `acme` reading the simulator's
 /// events and a Stripe source `stripe`, their secrets in files (the only way
@@ -33,10 +36,13 @@ async fn spawn_with_acme(kind: Kind) -> (TestApp, tempfile::TempDir) {
     let path = secrets.path().join("acme.whsec");
     std::fs::write(&path, format!("{SECRET}\n")).unwrap();
     std::fs::write(secrets.path().join("stripe.whsec"), STRIPE_SECRET).unwrap();
+    std::fs::write(secrets.path().join("adyen.hmac"), format!("{ADYEN_KEY}\n")).unwrap();
     let toml = format!(
         "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"{MERCHANT}\"]\n{}\
          [sources.stripe]\nscheme = \"stripe\"\nmerchants = [\"{MERCHANT}\"]\n\
-         [sources.stripe.stripe]\nsecrets = [\"file:stripe.whsec\"]\n",
+         [sources.stripe.stripe]\nsecrets = [\"file:stripe.whsec\"]\n\
+         [sources.adyen]\nscheme = \"adyen\"\nmerchants = [\"{ADYEN_ACCOUNT}\"]\n\
+         [sources.adyen.adyen]\nhmac_keys = [\"file:adyen.hmac\"]\n",
         standard_webhooks_toml("acme", &format!("file:{}", path.display()))
     );
     let added = Config::from_toml(&toml, secrets.path()).unwrap().sources;
@@ -56,14 +62,18 @@ async fn payment(t: &TestApp, id: &str) -> Option<paynotify_shared::PaymentState
     t.payment_of(&payment_of(id)).await
 }
 
-/// POSTs `body` to `acme` with these Standard Webhooks headers.
-async fn post_with(t: &TestApp, body: &str, id: &str, ts: i64, signature: &str) -> u16 {
-    reqwest::Client::new()
-        .post(t.url.replace("/notify/unionpay", "/notify/acme"))
-        .header("content-type", "application/json")
-        .header("webhook-id", id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", signature)
+/// POSTs `body` to `source` with these headers; the status.
+async fn post_signed(t: &TestApp, source: &str, body: &str, headers: &[(&str, String)]) -> u16 {
+    let mut request = reqwest::Client::new()
+        .post(
+            t.url
+                .replace("/notify/unionpay", &format!("/notify/{source}")),
+        )
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        request = request.header(*k, v);
+    }
+    request
         .body(body.to_owned())
         .send()
         .await
@@ -105,7 +115,12 @@ async fn standard_webhooks_payments_refunds_duplicates_and_forgeries(kind: Kind)
         let verifier = signer();
         let id = format!("msg_stale{n}");
         let sig = verifier.sign(&id, ts, stale.as_bytes()).unwrap();
-        assert_eq!(post_with(&t, &stale, &id, ts, &sig).await, 200);
+        let headers = [
+            ("webhook-id", id),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ];
+        assert_eq!(post_signed(&t, "acme", &stale, &headers).await, 200);
     }
     // Headers missing altogether.
     assert_eq!(t.post_to("acme", purchase.clone()).await, 200);
@@ -192,16 +207,25 @@ async fn stripe_payments_refund_totals_disputes_and_forgeries(kind: Kind) {
     .to_string();
     let verifier = stripe_signer();
     let header = verifier.sign(now, dispute.as_bytes()).unwrap();
-    assert_eq!(post_stripe(&t, &dispute, &header).await, 200);
+    assert_eq!(
+        post_signed(&t, "stripe", &dispute, &[("stripe-signature", header)]).await,
+        200
+    );
     // Tampered, forged, stale, and a type the source does not map.
     accepted(sim.send_tampered(&sim.purchase("pi_2", 500)).await);
     accepted(forger.send(forger.purchase("pi_3", 500)).await);
     let stale = sim.purchase("pi_4", 500);
     let header = verifier.sign(now - 3600, stale.as_bytes()).unwrap();
-    assert_eq!(post_stripe(&t, &stale, &header).await, 200);
+    assert_eq!(
+        post_signed(&t, "stripe", &stale, &[("stripe-signature", header)]).await,
+        200
+    );
     let other = r#"{"id":"evt_c","object":"event","type":"customer.created","data":{"object":{"id":"cus_1"}}}"#;
     let header = verifier.sign(now, other.as_bytes()).unwrap();
-    assert_eq!(post_stripe(&t, other, &header).await, 200);
+    assert_eq!(
+        post_signed(&t, "stripe", other, &[("stripe-signature", header)]).await,
+        200
+    );
 
     let p1 = t
         .wait_for_status_of(&key("pi_1"), PaymentStatus::Refunded)
@@ -250,15 +274,87 @@ fn stripe_signer() -> paynotify_shared::scheme::stripe::StripeVerifier {
     )
 }
 
-async fn post_stripe(t: &TestApp, body: &str, signature: &str) -> u16 {
-    reqwest::Client::new()
-        .post(t.url.replace("/notify/unionpay", "/notify/stripe"))
-        .header("content-type", "application/json; charset=utf-8")
-        .header("stripe-signature", signature)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+async fn adyen_batches_apply_each_item_and_dead_letter_the_forged_one_alone(kind: Kind) {
+    let (t, _secrets) = spawn_with_acme(kind).await;
+    let url = t.url.replace("/notify/unionpay", "/notify/adyen");
+    let sim = Simulator::adyen(ADYEN_KEY, ADYEN_ACCOUNT, &url).unwrap();
+    let forger = Simulator::adyen(&"0".repeat(64), ADYEN_ACCOUNT, &url).unwrap();
+    let key = |id: &str| PaymentKey::new("adyen", ADYEN_ACCOUNT, id);
+    let post = |body: String| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let accepted = (200, "[accepted]".to_owned());
+
+    // A payment, delivered twice.
+    let a1 = sim.purchase("A1", 1000);
+    assert_eq!(post(a1.clone()).await, accepted);
+    assert_eq!(post(a1).await, accepted);
+    t.wait_for_status_of(&key("A1"), PaymentStatus::Paid).await;
+    // One notification of three items: a payment, a forged payment, and a
+    // refund of A1. The forged item must not hide the other two.
+    let batch = Simulator::adyen_batch(&[
+        sim.purchase("A2", 500),
+        forger.purchase("A3", 500),
+        sim.refund("A1", "R1", 300),
+    ]);
+    assert_eq!(post(batch).await, accepted);
+    // Tampered after signing; a code the source does not map.
+    assert_eq!(
+        post(paynotify::simulate::tamper(&sim.purchase("A4", 700))).await,
+        accepted
+    );
+    let report = adyen_signed(serde_json::json!({
+        "pspReference": "REPORT1", "merchantAccountCode": ADYEN_ACCOUNT,
+        "merchantReference": "report", "amount": {"currency": "EUR", "value": 0},
+        "eventCode": "REPORT_AVAILABLE", "success": "true",
+        "reason": "https://ca-test.adyen.com/reports/download/settlement_detail_report_batch_1.csv",
+    }));
+    assert_eq!(post(report).await, accepted);
+
+    t.wait_for_status_of(&key("A2"), PaymentStatus::Paid).await;
+    let a1 = t
+        .wait_for_status_of(&key("A1"), PaymentStatus::PartiallyRefunded)
+        .await;
+    assert_eq!(a1.refunded_minor, 300);
+    t.wait_until_drained().await;
+    assert_eq!(t.dlq_reasons().await, vec!["BadSignature", "BadSignature"]);
+    for never in ["A3", "A4", "REPORT1"] {
+        assert_eq!(t.payment_of(&key(never)).await, None, "{never}");
+    }
+    let stats = t.app().stats.snapshot();
+    assert_eq!(
+        (stats.split, stats.duplicates, stats.ignored),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.dead_lettered, report.ignored), (2, 1), "{report:?}");
+}
+
+/// A notification of `item`, signed with [`ADYEN_KEY`].
+fn adyen_signed(mut item: serde_json::Value) -> String {
+    let signer = paynotify_shared::scheme::adyen::AdyenVerifier::new(
+        &paynotify_shared::config::AdyenConfig {
+            hmac_keys: vec![],
+            capture: paynotify_shared::config::CaptureMode::Automatic,
+        },
+        &[ADYEN_KEY.to_owned()],
+        &[ADYEN_ACCOUNT.to_owned()],
+    )
+    .unwrap();
+    let signature = signer.sign(&item).unwrap();
+    item["additionalData"] = serde_json::json!({ "hmacSignature": signature });
+    serde_json::json!({"live": "false", "notificationItems": [{"NotificationRequestItem": item}]})
+        .to_string()
 }

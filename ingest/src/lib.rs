@@ -59,7 +59,7 @@ impl IngestState {
                 config
                     .sources
                     .iter()
-                    .map(|(k, s)| (k.clone(), s.success_body.clone()))
+                    .map(|(k, s)| (k.clone(), s.success_body().to_owned()))
                     .collect(),
             ),
             admin: Admin {

@@ -124,6 +124,37 @@ fn benches(c: &mut Criterion) {
         b.iter(|| stripe.authenticate(black_box(&stripe_inbound)).unwrap())
     });
 
+    // Adyen: one item's HMAC over its eight fields.
+    let adyen = paynotify_shared::scheme::adyen::AdyenVerifier::new(
+        &paynotify_shared::config::AdyenConfig {
+            hmac_keys: vec![],
+            capture: paynotify_shared::config::CaptureMode::Automatic,
+        },
+        &["44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056".into()],
+        &["TestMerchant".into()],
+    )
+    .unwrap();
+    let mut adyen_item = serde_json::json!({
+        "pspReference": "7914073381342284", "merchantAccountCode": "TestMerchant",
+        "merchantReference": "TestPayment-1407325143704",
+        "amount": {"currency": "EUR", "value": 1130}, "eventCode": "AUTHORISATION",
+        "success": "true", "reason": padding,
+    });
+    adyen_item["additionalData"] =
+        serde_json::json!({ "hmacSignature": adyen.sign(&adyen_item).unwrap() });
+    let adyen_body = serde_json::json!({
+        "live": "false", "notificationItems": [{"NotificationRequestItem": adyen_item}],
+    })
+    .to_string();
+    let adyen_inbound = Inbound {
+        body: adyen_body.as_bytes(),
+        headers: &[],
+        received_at: at,
+    };
+    c.bench_function("adyen/verify_and_map_3KB", |b| {
+        b.iter(|| adyen.verify("adyen", black_box(&adyen_inbound)).unwrap())
+    });
+
     let received = || Received {
         source: "unionpay",
         received_at: time::OffsetDateTime::now_utc(),

@@ -220,6 +220,8 @@ pub enum SchemeKind {
     StandardWebhooks,
     /// Stripe (`Stripe-Signature: t=…,v1=…`).
     Stripe,
+    /// Adyen standard notifications (an HMAC per `NotificationRequestItem`).
+    Adyen,
 }
 
 /// One notification source.
@@ -229,12 +231,36 @@ pub struct SourceConfig {
     pub scheme: SchemeKind,
     /// Merchant ids (`merId`) accepted from this source.
     pub merchants: Vec<String>,
-    /// Body of the 200 answer the PSP expects.
-    #[serde(default = "default_success_body")]
-    pub success_body: String,
+    /// Body of the 200 answer the PSP expects; by default `[accepted]` for
+    /// Adyen (which it requires), `ok` for the others.
+    #[serde(default)]
+    pub success_body: Option<String>,
     pub unionpay: Option<UnionPayConfig>,
     pub standard_webhooks: Option<StandardWebhooksConfig>,
     pub stripe: Option<StripeConfig>,
+    pub adyen: Option<AdyenConfig>,
+}
+
+/// Signature settings of an Adyen source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdyenConfig {
+    /// The webhook's HMAC keys (hex); several while one is rotated.
+    pub hmac_keys: Vec<SecretRef>,
+    /// How the merchant account captures: `automatic` (an authorisation
+    /// is a payment) or `manual` (an authorisation holds funds until its
+    /// CAPTURE).
+    #[serde(default)]
+    pub capture: CaptureMode,
+}
+
+/// When an Adyen payment is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    #[default]
+    Automatic,
+    Manual,
 }
 
 /// Signature settings of a Stripe source.
@@ -349,8 +375,15 @@ pub struct UnionPayConfig {
     pub body_format: BodyFormat,
 }
 
-fn default_success_body() -> String {
-    "ok".to_owned()
+impl SourceConfig {
+    /// The body of the 200 answer.
+    pub fn success_body(&self) -> &str {
+        match (&self.success_body, self.scheme) {
+            (Some(body), _) => body,
+            (None, SchemeKind::Adyen) => "[accepted]",
+            (None, _) => "ok",
+        }
+    }
 }
 
 fn default_identity() -> String {
@@ -424,6 +457,11 @@ impl Config {
                     *r = r.relative_to(base);
                 }
             }
+            if let Some(adyen) = source.adyen.as_mut() {
+                for r in &mut adyen.hmac_keys {
+                    *r = r.relative_to(base);
+                }
+            }
         }
     }
 
@@ -472,6 +510,17 @@ impl Config {
                     }
                     Some(_) => {}
                 },
+                SchemeKind::Adyen => match &source.adyen {
+                    None => {
+                        return Err(bad(
+                            "scheme \"adyen\" needs a [sources.NAME.adyen] table",
+                        ))
+                    }
+                    Some(a) if a.hmac_keys.is_empty() => {
+                        return Err(bad("adyen needs at least one key in `hmac_keys`"))
+                    }
+                    Some(_) => {}
+                },
             }
         }
         Ok(())
@@ -495,7 +544,7 @@ mod tests {
     fn loads_defaults_and_resolves_paths() {
         let c = Config::from_toml(TOML, Path::new("/cfg")).unwrap();
         let s = c.source("unionpay").unwrap();
-        assert_eq!(s.success_body, "ok");
+        assert_eq!(s.success_body(), "ok");
         let up = s.unionpay.as_ref().unwrap();
         assert_eq!(up.identity, UNIONPAY_IDENTITY);
         assert_eq!(up.root_cert, SecretRef::File("/cfg/certs/root.pem".into()));

@@ -162,8 +162,9 @@ impl Envelope {
 }
 
 /// What travels on the queue instead of an envelope too large for it (or a
-/// retried message's new delivery): the archive key where the whole envelope
-/// is, and how long it has been retried.
+/// retried message's new delivery, or one item of a notification that holds
+/// several): the archive key where the whole envelope is, how long it has
+/// been retried, and which item it stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pointer {
@@ -171,6 +172,10 @@ pub struct Pointer {
     pub archive_key: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub retry: Option<RetryState>,
+    /// One item of a notification that holds several (Adyen's
+    /// `notificationItems`), processed and settled on its own.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub item: Option<u32>,
 }
 
 /// Carried by a message that was sent again to keep retrying a transient
@@ -192,6 +197,7 @@ pub enum QueuedBody {
     Pointer {
         archive_key: String,
         retry: Option<RetryState>,
+        item: Option<u32>,
     },
 }
 
@@ -208,6 +214,7 @@ impl QueuedBody {
             return Ok(Self::Pointer {
                 archive_key: p.archive_key,
                 retry: p.retry,
+                item: p.item,
             });
         }
         Envelope::from_json(bytes).map(|e| Self::Envelope(Box::new(e)))
@@ -234,12 +241,30 @@ impl QueuedBody {
 
     /// The pointer JSON for `archive_key`, carrying `retry`.
     pub fn pointer_json_with(archive_key: &str, retry: Option<RetryState>) -> Vec<u8> {
+        Self::item_pointer_json(archive_key, retry, None)
+    }
+
+    /// The pointer JSON for item `item` of the envelope at `archive_key`.
+    pub fn item_pointer_json(
+        archive_key: &str,
+        retry: Option<RetryState>,
+        item: Option<u32>,
+    ) -> Vec<u8> {
         serde_json::to_vec(&Pointer {
             v: 1,
             archive_key: archive_key.to_owned(),
             retry,
+            item,
         })
         .unwrap_or_default()
+    }
+
+    /// The item this message stands for, when it is one of several.
+    pub fn item(&self) -> Option<u32> {
+        match self {
+            Self::Envelope(_) => None,
+            Self::Pointer { item, .. } => *item,
+        }
     }
 
     /// Where the envelope is archived.
@@ -363,7 +388,8 @@ mod tests {
             pointer,
             QueuedBody::Pointer {
                 archive_key: e.archive_key(),
-                retry: None
+                retry: None,
+                item: None,
             }
         );
         assert_eq!(pointer.notification_id(), e.id);
@@ -373,6 +399,9 @@ mod tests {
         };
         let p = QueuedBody::pointer_json_with(&e.archive_key(), Some(retry));
         assert_eq!(QueuedBody::parse(&p).unwrap().retry(), Some(&retry));
+        let p = QueuedBody::item_pointer_json(&e.archive_key(), Some(retry), Some(3));
+        let parsed = QueuedBody::parse(&p).unwrap();
+        assert_eq!((parsed.item(), parsed.retry()), (Some(3), Some(&retry)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! PSP signature schemes: verification over the exact raw bytes and the
 //! mapping of a verified notification to a [`crate::PaymentEvent`].
 
+pub mod adyen;
 pub mod standard_webhooks;
 pub mod stripe;
 pub mod unionpay;
@@ -14,6 +15,7 @@ use time::OffsetDateTime;
 use crate::config::{ConfigError, SchemeKind, SourceConfig};
 use crate::event::PaymentEvent;
 use crate::secret::SecretRef;
+use adyen::AdyenVerifier;
 use standard_webhooks::StandardWebhooksVerifier;
 use stripe::StripeVerifier;
 use unionpay::{TrustConfig, UnionPayVerifier, VerifierConfig, VerifyError};
@@ -28,6 +30,7 @@ pub enum SourceVerifier {
     UnionPay(UnionPayVerifier),
     StandardWebhooks(StandardWebhooksVerifier),
     Stripe(StripeVerifier),
+    Adyen(AdyenVerifier),
 }
 
 /// A notification that verified.
@@ -39,6 +42,10 @@ pub enum Verified {
     /// (a webhook's `customer.created`): archived and acknowledged as
     /// ignored, never applied.
     Ignored(String),
+    /// A notification of this many items, each signed on its own (Adyen):
+    /// verify each with [`SourceVerifier::verify_item`] (the worker queues
+    /// one message per item, so each is applied or dead-lettered alone).
+    Items(u32),
 }
 
 /// Why a notification was rejected, whatever its scheme.
@@ -158,6 +165,18 @@ impl SourceVerifier {
                     &source.merchants,
                 )))
             }
+            SchemeKind::Adyen => {
+                let a = source
+                    .adyen
+                    .as_ref()
+                    .ok_or_else(|| bad("missing [adyen] table".into()))?;
+                let keys = read_texts(&a.hmac_keys, secrets)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?;
+                AdyenVerifier::new(a, &keys, &source.merchants)
+                    .map(Self::Adyen)
+                    .map_err(|e| bad(e.to_string()))
+            }
         }
     }
 
@@ -175,6 +194,28 @@ impl SourceVerifier {
             }
             Self::StandardWebhooks(v) => Ok(v.verify(source, inbound)?),
             Self::Stripe(v) => Ok(v.verify(source, inbound)?),
+            Self::Adyen(v) => Ok(v.verify(source, inbound)?),
+        }
+    }
+
+    /// Verifies item `index` of a notification that [`SourceVerifier::verify`]
+    /// answered with [`Verified::Items`].
+    ///
+    /// # Errors
+    /// The failed step; a scheme without items rejects an index other than 0.
+    pub fn verify_item(
+        &self,
+        source: &str,
+        inbound: &Inbound<'_>,
+        index: u32,
+    ) -> Result<Verified, Rejected> {
+        match self {
+            Self::Adyen(v) => Ok(v.verify_item(source, inbound, index)?),
+            _ if index == 0 => self.verify(source, inbound),
+            _ => Err(WebhookError::MalformedBody(format!(
+                "item {index} of a notification without items"
+            ))
+            .into()),
         }
     }
 
@@ -217,6 +258,22 @@ impl SourceVerifier {
                     "authenticated": v.authenticate(inbound).map_err(|e| e.to_string()),
                 })
             }
+            Self::Adyen(v) => {
+                let items: Vec<serde_json::Value> = adyen::items(inbound.body)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .map(|item| {
+                                serde_json::json!({
+                                    "signed_string": adyen::signed_string(item),
+                                    "authenticated": v.authenticate(item).map_err(|e| e.to_string()),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                serde_json::json!({ "scheme": "adyen", "items": items })
+            }
             Self::Stripe(v) => serde_json::json!({
                 "scheme": "stripe",
                 "stripe-signature": inbound.header("stripe-signature").map_err(|e| e.to_string()),
@@ -233,6 +290,7 @@ impl SourceVerifier {
             Self::UnionPay(v) => v.parse(body).ok()?.get("queryId").map(str::to_owned),
             Self::StandardWebhooks(v) => v.txn_id(body),
             Self::Stripe(_) => StripeVerifier::txn_id(body),
+            Self::Adyen(_) => AdyenVerifier::txn_id(body),
         }
     }
 }
@@ -290,7 +348,8 @@ pub fn uses_secrets_manager(config: &crate::config::Config) -> bool {
             .standard_webhooks
             .iter()
             .flat_map(|w| w.secrets.iter().chain(w.public_keys.iter()))
-            .chain(s.stripe.iter().flat_map(|st| st.secrets.iter()));
+            .chain(s.stripe.iter().flat_map(|st| st.secrets.iter()))
+            .chain(s.adyen.iter().flat_map(|a| a.hmac_keys.iter()));
         unionpay
             .chain(webhooks)
             .any(|r| matches!(r, SecretRef::SecretsManager { .. }))

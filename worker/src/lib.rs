@@ -50,6 +50,9 @@ pub enum Disposition {
     Panicked(String),
     /// Permanent: move the message to the DLQ with this reason.
     DeadLetter { reason: String, error: String },
+    /// A notification of this many items, each signed on its own: queue one
+    /// message per item, then delete this one.
+    Split(u32),
 }
 
 /// One processed message, ready to be settled.
@@ -78,6 +81,8 @@ pub enum AckKind {
     /// Authentic, but of a type the source does not map to a payment event
     /// (a webhook's `customer.created`): archived, never applied.
     Ignored,
+    /// Several items, queued one message each.
+    Split,
 }
 
 impl AckKind {
@@ -89,6 +94,7 @@ impl AckKind {
             Self::Parked => "parked",
             Self::Duplicate => "duplicate",
             Self::Ignored => "ignored",
+            Self::Split => "split",
         }
     }
 }
@@ -139,21 +145,27 @@ pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposi
 async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, String) {
     let span = Span::current();
     let unknown = || UNKNOWN_SOURCE.to_owned();
+    let mut item = None;
     let envelope = match QueuedBody::parse(&message.body) {
         Ok(QueuedBody::Envelope(e)) => *e,
         Ok(QueuedBody::Pointer {
-            archive_key: key, ..
-        }) => match ctx.archive.get(&key).await {
-            Ok(bytes) => match Envelope::from_json(&bytes) {
-                Ok(e) => e,
-                Err(e) => return (dead("malformed_envelope", e), unknown()),
-            },
-            Err(ArchiveError::NotFound(k)) => {
-                let why = format!("{k} is not in the archive");
-                return (dead("missing_archive_object", why), unknown());
+            archive_key: key,
+            item: index,
+            ..
+        }) => {
+            item = index;
+            match ctx.archive.get(&key).await {
+                Ok(bytes) => match Envelope::from_json(&bytes) {
+                    Ok(e) => e,
+                    Err(e) => return (dead("malformed_envelope", e), unknown()),
+                },
+                Err(ArchiveError::NotFound(k)) => {
+                    let why = format!("{k} is not in the archive");
+                    return (dead("missing_archive_object", why), unknown());
+                }
+                Err(e) => return (Disposition::Retry(e.to_string()), unknown()),
             }
-            Err(e) => return (Disposition::Retry(e.to_string()), unknown()),
-        },
+        }
         Err(e) => return (dead("malformed_envelope", e), unknown()),
     };
     span.record("notification_id", envelope.id.as_str());
@@ -175,8 +187,19 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
         headers: &envelope.headers,
         received_at: envelope.received_at,
     };
-    let event = match verifier.verify(&source, &inbound) {
+    let verified = match item {
+        Some(index) => verifier.verify_item(&source, &inbound, index),
+        None => verifier.verify(&source, &inbound),
+    };
+    let event = match verified {
         Ok(Verified::Event(event)) => *event,
+        Ok(Verified::Items(n)) => {
+            info!(
+                items = n,
+                "several items, each signed on its own: queued one by one"
+            );
+            return (Disposition::Split(n), source);
+        }
         Ok(Verified::Ignored(what)) => {
             info!(event_type = %what, outcome = AckKind::Ignored.as_str(), "not a payment event; ignored");
             return (Disposition::Ack(AckKind::Ignored), source);

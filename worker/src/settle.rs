@@ -87,7 +87,29 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
         Disposition::DeadLetter { reason, error } => {
             dead_letter(ctx, processed, reason, error).await
         }
+        Disposition::Split(n) => split(ctx, processed, *n).await,
     }
+}
+
+/// Queues one pointer message per item of the notification, then deletes
+/// this message. A failure before the delete leaves the message to come
+/// back and be split again: items already queued are then queued twice,
+/// which applying idempotently absorbs (an item that fails verification
+/// is then dead-lettered twice).
+async fn split(ctx: &WorkerContext, processed: &Processed, n: u32) -> Result<Settled, QueueError> {
+    let message = &processed.message;
+    let key = QueuedBody::parse(&message.body)
+        .map(|b| b.archive_key())
+        .map_err(|e| QueueError::Unavailable(format!("re-reading a message to split: {e}")))?;
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| QueuedBody::item_pointer_json(&key, None, Some(i)))
+        .collect();
+    for chunk in bodies.chunks(10) {
+        ctx.queue.send_batch(chunk).await?;
+    }
+    ctx.queue.delete(&message.receipt).await?;
+    acknowledged(ctx, &processed.source, AckKind::Split);
+    Ok(Settled::Done)
 }
 
 /// Counts an acknowledged message in the demo's stats and the metrics.
@@ -149,7 +171,9 @@ async fn retry(
         Some(key) if message.receive_count >= last_own_receive(ctx.max_receives) => {
             // Sent before the delete: a crash between leaves a duplicate
             // delivery, which applying idempotently absorbs; never none.
-            let body = QueuedBody::pointer_json_with(&key, Some(RetryState { since, attempts }));
+            let item = carried.as_ref().and_then(QueuedBody::item);
+            let body =
+                QueuedBody::item_pointer_json(&key, Some(RetryState { since, attempts }), item);
             ctx.queue
                 .send_delayed(&body, delay.min(ctx.queue.max_delay_secs()))
                 .await?;

@@ -18,6 +18,7 @@ pub struct Stats {
     duplicates: AtomicU64,
     parked: AtomicU64,
     ignored: AtomicU64,
+    split: AtomicU64,
     retried: AtomicU64,
     dead: Mutex<BTreeMap<String, u64>>,
     latencies_us: Mutex<Vec<u64>>,
@@ -33,6 +34,8 @@ pub struct StatsSnapshot {
     pub parked: u64,
     /// Authentic notifications that are not payment events.
     pub ignored: u64,
+    /// Notifications of several items, queued one message per item.
+    pub split: u64,
     pub retried: u64,
     pub dead_lettered: BTreeMap<String, u64>,
     pub p50_ms: f64,
@@ -47,6 +50,7 @@ impl Stats {
             AckKind::Duplicate => &self.duplicates,
             AckKind::Parked => &self.parked,
             AckKind::Ignored => &self.ignored,
+            AckKind::Split => &self.split,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -90,6 +94,7 @@ impl Stats {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             parked: self.parked.load(Ordering::Relaxed),
             ignored: self.ignored.load(Ordering::Relaxed),
+            split: self.split.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead.lock().map(|d| d.clone()).unwrap_or_default(),
             p50_ms: pct(0.50),

@@ -403,4 +403,35 @@ mod tests {
             "MissingField"
         );
     }
+
+    #[test]
+    fn bytes_not_text_and_spaced_headers() {
+        let v = StripeVerifier::new(&config(300), &["whsec_x".into()], &["m".into()]);
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        // Signed bytes that are not UTF-8: authentic, but not an event.
+        let body = b"{\"id\": \"\xff\"}";
+        let signed = v.sign(1_700_000_000, body).unwrap();
+        let spaced = signed.replace(',', " , ");
+        for header in [signed, spaced] {
+            let headers = vec![("Stripe-Signature".to_owned(), header)];
+            let i = Inbound {
+                body,
+                headers: &headers,
+                received_at: at,
+            };
+            assert_eq!(v.authenticate(&i), Ok(()));
+            assert_eq!(v.verify("s", &i).unwrap_err().name(), "MalformedBody");
+        }
+        // Truncated: the signature no longer matches.
+        let headers = vec![(
+            "stripe-signature".to_owned(),
+            v.sign(1_700_000_000, body).unwrap(),
+        )];
+        let i = Inbound {
+            body: &body[..5],
+            headers: &headers,
+            received_at: at,
+        };
+        assert_eq!(v.authenticate(&i), Err(WebhookError::BadSignature));
+    }
 }
