@@ -84,7 +84,10 @@ async fn eight_concurrent_deliveries_apply_once(kind: Kind) {
     );
     assert_eq!(t.payment("q3").await.unwrap().version, 1);
     assert!(t.dlq_reasons().await.is_empty());
-    assert_eq!(t.app().stats.snapshot().duplicates, 7);
+    // Seven at least: on a loaded machine a message whose processing
+    // outlasts the 1 s visibility timeout is delivered again (at least once).
+    let duplicates = t.app().stats.snapshot().duplicates;
+    assert!(duplicates >= 7, "{duplicates}");
     let report = t.reconcile().await;
     assert_eq!(report.in_ledger, 8, "eight archived deliveries, one event");
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
