@@ -220,7 +220,7 @@ impl AdyenVerifier {
         if payment_ref.is_empty() {
             return Err(WebhookError::MissingField(ref_field[1..].to_owned()));
         }
-        let json = Json::parse(item.to_string().as_bytes())?;
+        let json = Json::from_value(item.clone());
         let amount = json.money(json.minor_units("/amount/value")?, "/amount/currency")?;
         let psp_reference = text("/pspReference");
         Ok(Verified::Event(Box::new(PaymentEvent {

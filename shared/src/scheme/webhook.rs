@@ -193,6 +193,11 @@ impl Json {
         Ok(Self(value))
     }
 
+    /// A value already parsed (one item of a notification).
+    pub fn from_value(value: serde_json::Value) -> Self {
+        Self(value)
+    }
+
     /// The value at `pointer`, if any (JSON `null` counts as absent).
     pub fn get(&self, pointer: &str) -> Option<&serde_json::Value> {
         self.0.pointer(pointer).filter(|v| !v.is_null())
