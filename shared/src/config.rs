@@ -231,8 +231,9 @@ pub struct SourceConfig {
     pub scheme: SchemeKind,
     /// Merchant ids (`merId`) accepted from this source.
     pub merchants: Vec<String>,
-    /// Body of the 200 answer the PSP expects; by default `[accepted]` for
-    /// Adyen (which it requires), `ok` for the others.
+    /// Body of the 200 answer the PSP expects; by default `ok` for UnionPay,
+    /// `[accepted]` for Adyen (which it requires), empty for Stripe and
+    /// Standard Webhooks (any 2xx will do).
     #[serde(default)]
     pub success_body: Option<String>,
     pub unionpay: Option<UnionPayConfig>,
@@ -380,8 +381,9 @@ impl SourceConfig {
     pub fn success_body(&self) -> &str {
         match (&self.success_body, self.scheme) {
             (Some(body), _) => body,
+            (None, SchemeKind::Unionpay) => "ok",
             (None, SchemeKind::Adyen) => "[accepted]",
-            (None, _) => "ok",
+            (None, SchemeKind::Stripe | SchemeKind::StandardWebhooks) => "",
         }
     }
 }
@@ -599,6 +601,7 @@ mod tests {
             .unwrap();
         assert_eq!(sw.secrets[0], SecretRef::File("/cfg/acme.whsec".into()));
         assert_eq!(sw.tolerance_secs, 300);
+        assert_eq!(c.source("acme").unwrap().success_body(), "");
         assert_eq!(
             sw.events["refund.failed"],
             MappedEvent {
