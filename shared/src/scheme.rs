@@ -355,3 +355,76 @@ pub fn uses_secrets_manager(config: &crate::config::Config) -> bool {
             .any(|r| matches!(r, SecretRef::SecretsManager { .. }))
     })
 }
+
+#[cfg(test)]
+mod hostile_input {
+    //! Whatever arrives, a webhook verifier answers with a verdict, never a
+    //! panic: arbitrary bytes for the body, arbitrary header values.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{AdyenConfig, CaptureMode, StripeConfig};
+
+    fn verifiers() -> Vec<SourceVerifier> {
+        let sw: crate::config::StandardWebhooksConfig = serde_json::from_value(serde_json::json!({
+            "secrets": ["file:unused"],
+            "fields": {"event_type": "/type", "payment_ref": "/data/payment",
+                       "amount": "/data/amount", "currency": "/data/currency"},
+            "events": {"payment.succeeded": "payment"}
+        }))
+        .unwrap();
+        let merchants = ["m".to_owned()];
+        vec![
+            SourceVerifier::StandardWebhooks(
+                StandardWebhooksVerifier::new(&sw, &["whsec_AAAA".into()], &[], &merchants)
+                    .unwrap(),
+            ),
+            SourceVerifier::Stripe(StripeVerifier::new(
+                &StripeConfig {
+                    secrets: vec![],
+                    tolerance_secs: 300,
+                    future_tolerance_secs: 300,
+                },
+                &["whsec_x".into()],
+                &merchants,
+            )),
+            SourceVerifier::Adyen(
+                AdyenVerifier::new(
+                    &AdyenConfig {
+                        hmac_keys: vec![],
+                        capture: CaptureMode::Manual,
+                    },
+                    &["00".repeat(32)],
+                    &merchants,
+                )
+                .unwrap(),
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_and_headers_get_a_verdict(
+            body in prop::collection::vec(any::<u8>(), 0..512),
+            json_items in "\\{\"notificationItems\":\\[\\{\"NotificationRequestItem\":\\{[ -~]{0,80}\\}\\}\\]\\}",
+            values in prop::collection::vec("[ -~]{0,64}", 4),
+            index in 0u32..4,
+        ) {
+            let headers: Vec<(String, String)> = ["webhook-id", "webhook-timestamp", "webhook-signature", "stripe-signature"]
+                .iter()
+                .zip(values)
+                .map(|(k, v)| ((*k).to_owned(), v))
+                .collect();
+            for v in verifiers() {
+                for b in [&body[..], json_items.as_bytes()] {
+                    let inbound = Inbound { body: b, headers: &headers, received_at: OffsetDateTime::UNIX_EPOCH };
+                    let _ = v.verify("s", &inbound);
+                    let _ = v.verify_item("s", &inbound, index);
+                    let _ = v.explain(&inbound);
+                    let _ = v.txn_id(b);
+                }
+            }
+        }
+    }
+}
