@@ -325,7 +325,7 @@ impl Simulator {
     }
 
     /// The body of `txn_type` (UnionPay's codes) for this simulator's
-    /// scheme: UnionPay fields, or the matching Standard Webhooks event.
+    /// scheme: UnionPay fields, or the matching webhook event.
     fn body(
         &self,
         txn_type: &str,
@@ -335,48 +335,37 @@ impl Simulator {
         prefix: char,
         extra: &[(&str, &str)],
     ) -> String {
-        if let Signer::Adyen(signer) = &self.signer {
-            return self.adyen_item(signer, txn_type, orig_query_id, query_id, amount);
+        let payment = orig_query_id.unwrap_or(query_id);
+        match &self.signer {
+            Signer::Adyen(signer) => {
+                self.adyen_item(signer, txn_type, orig_query_id, query_id, amount)
+            }
+            Signer::Stripe { refunded, .. } => {
+                self.stripe_event(refunded, txn_type, payment, query_id, amount)
+            }
+            Signer::StandardWebhooks(_) => {
+                let event_type = match txn_type {
+                    "02" => "authorization.succeeded",
+                    "03" => "capture.succeeded",
+                    "04" => "refund.succeeded",
+                    "31" | "33" => "payment.voided",
+                    "32" => "authorization.voided",
+                    _ => "payment.succeeded",
+                };
+                self.event(event_type, payment, query_id, amount)
+            }
+            Signer::UnionPay { .. } => {
+                let order_id = format!("{prefix}{query_id}");
+                let mut f = self.base(txn_type, &order_id, query_id, amount, "00");
+                if let Some(orig) = orig_query_id {
+                    f.set("origQryId", orig);
+                }
+                for (k, v) in extra {
+                    f.set(k, v);
+                }
+                self.sign(f)
+            }
         }
-        if let Signer::Stripe { refunded, .. } = &self.signer {
-            return self.stripe_event(
-                refunded,
-                txn_type,
-                orig_query_id.unwrap_or(query_id),
-                query_id,
-                amount,
-            );
-        }
-        if let Signer::StandardWebhooks(_) = &self.signer {
-            let event_type = match txn_type {
-                "02" => "authorization.succeeded",
-                "03" => "capture.succeeded",
-                "04" => "refund.succeeded",
-                "31" | "33" => "payment.voided",
-                "32" => "authorization.voided",
-                _ => "payment.succeeded",
-            };
-            return self.event(
-                event_type,
-                orig_query_id.unwrap_or(query_id),
-                query_id,
-                amount,
-            );
-        }
-        let mut f = self.base(
-            txn_type,
-            &format!("{prefix}{query_id}"),
-            query_id,
-            amount,
-            "00",
-        );
-        if let Some(orig) = orig_query_id {
-            f.set("origQryId", orig);
-        }
-        for (k, v) in extra {
-            f.set(k, v);
-        }
-        self.sign(f)
     }
 
     /// A signed purchase (txnType 01) notification body.

@@ -69,7 +69,7 @@ impl Lambda {
         )
         .await
         .unwrap();
-        let worker = Worker::new(ctx, config.worker.parked_alert_secs);
+        let worker = Worker::new(ctx);
         Self {
             _dir: dir,
             config,

@@ -54,11 +54,6 @@ impl Ingest {
         }
     }
 
-    /// The state it stores with (its metrics, for tests).
-    pub fn state(&self) -> &IngestState {
-        &self.state
-    }
-
     /// Answers one request. Never fails: every outcome is an HTTP answer.
     pub async fn handle(&self, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
         let received_at = OffsetDateTime::now_utc();

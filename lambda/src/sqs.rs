@@ -43,7 +43,6 @@ pub enum EventError {
 #[derive(Clone)]
 pub struct Worker {
     ctx: WorkerContext,
-    parked_alert_secs: u64,
 }
 
 impl Worker {
@@ -65,15 +64,12 @@ impl Worker {
         )
         .await?;
         ctx.spawn_refresh(config, &backends, &CancellationToken::new());
-        Ok(Self::new(ctx, config.worker.parked_alert_secs))
+        Ok(Self::new(ctx))
     }
 
     /// The handler on `ctx`.
-    pub fn new(ctx: WorkerContext, parked_alert_secs: u64) -> Self {
-        Self {
-            ctx,
-            parked_alert_secs,
-        }
+    pub fn new(ctx: WorkerContext) -> Self {
+        Self { ctx }
     }
 
     /// The context it processes with (stats and metrics, for tests).
@@ -156,7 +152,8 @@ impl Worker {
     /// # Errors
     /// When the ledger cannot be read.
     pub async fn check_parked(&self) -> Result<ParkedCounts, EventError> {
-        Ok(check_parked(self.ctx.ledger.as_ref(), self.parked_alert_secs).await?)
+        let alert_secs = self.ctx.config.parked_alert_secs;
+        Ok(check_parked(self.ctx.ledger.as_ref(), alert_secs).await?)
     }
 }
 

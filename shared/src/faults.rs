@@ -179,6 +179,13 @@ impl Faults {
 /// Runs `call` on the inner port between the fault checks, mapping an
 /// injected fault to the port's transient error.
 macro_rules! faulty {
+    // A call about one payment: spared when faults target another.
+    ($self:ident, $op:literal, $err:path, $call:expr, about $key:expr) => {{
+        if $self.faults.spares($key) {
+            return $call.await;
+        }
+        faulty!($self, $op, $err, $call)
+    }};
     ($self:ident, $op:literal, $err:path, $call:expr) => {{
         $self.faults.before($op).await.map_err($err)?;
         if $self.faults.repeats($op) {
@@ -371,20 +378,21 @@ impl Ledger for FaultyLedger {
     }
 
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
-        if self.faults.spares(key) {
-            return self.inner.load(key).await;
-        }
-        faulty!(self, "load", LedgerError::Unavailable, self.inner.load(key))
+        faulty!(
+            self,
+            "load",
+            LedgerError::Unavailable,
+            self.inner.load(key),
+            about key
+        )
     }
     async fn write(&self, write: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
-        if self.faults.spares(&write.key) {
-            return self.inner.write(write).await;
-        }
         faulty!(
             self,
             "write",
             LedgerError::Unavailable,
-            self.inner.write(write)
+            self.inner.write(write),
+            about & write.key
         )
     }
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
@@ -392,7 +400,8 @@ impl Ledger for FaultyLedger {
             self,
             "history",
             LedgerError::Unavailable,
-            self.inner.history(key)
+            self.inner.history(key),
+            about key
         )
     }
     async fn contains_event(
@@ -404,7 +413,8 @@ impl Ledger for FaultyLedger {
             self,
             "contains_event",
             LedgerError::Unavailable,
-            self.inner.contains_event(key, event_key)
+            self.inner.contains_event(key, event_key),
+            about key
         )
     }
     async fn parked_before(

@@ -10,8 +10,6 @@ pub mod webhook;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use time::OffsetDateTime;
-
 use crate::config::{ConfigError, SchemeKind, SourceConfig};
 use crate::event::PaymentEvent;
 use crate::secret::SecretRef;
@@ -218,27 +216,6 @@ impl SourceVerifier {
             .into()),
         }
     }
-
-    /// [`SourceVerifier::verify`] of a body alone (UnionPay's signature is
-    /// in the body; a webhook scheme then misses its headers).
-    ///
-    /// # Errors
-    /// As `verify`.
-    pub fn verify_body(
-        &self,
-        source: &str,
-        body: &[u8],
-        received_at: OffsetDateTime,
-    ) -> Result<Verified, Rejected> {
-        self.verify(
-            source,
-            &Inbound {
-                body,
-                headers: &[],
-                received_at,
-            },
-        )
-    }
 }
 
 impl SourceVerifier {
@@ -362,6 +339,7 @@ mod hostile_input {
     //! panic: arbitrary bytes for the body, arbitrary header values.
 
     use proptest::prelude::*;
+    use time::OffsetDateTime;
 
     use super::*;
     use crate::config::{AdyenConfig, CaptureMode, StripeConfig};

@@ -50,9 +50,9 @@ pub enum Disposition {
     Panicked(String),
     /// Permanent: move the message to the DLQ with this reason.
     DeadLetter { reason: String, error: String },
-    /// A notification of this many items, each signed on its own: queue one
-    /// message per item, then delete this one.
-    Split(u32),
+    /// A notification of several items, each signed on its own, archived
+    /// at `archive_key`: queue one message per item, then delete this one.
+    Split { archive_key: String, items: u32 },
 }
 
 /// One processed message, ready to be settled.
@@ -198,7 +198,14 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
                 items = n,
                 "several items, each signed on its own: queued one by one"
             );
-            return (Disposition::Split(n), source);
+            let archive_key = envelope.archive_key();
+            return (
+                Disposition::Split {
+                    archive_key,
+                    items: n,
+                },
+                source,
+            );
         }
         Ok(Verified::Ignored(what)) => {
             info!(event_type = %what, outcome = AckKind::Ignored.as_str(), "not a payment event; ignored");

@@ -87,7 +87,9 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
         Disposition::DeadLetter { reason, error } => {
             dead_letter(ctx, processed, reason, error).await
         }
-        Disposition::Split(n) => split(ctx, processed, *n).await,
+        Disposition::Split { archive_key, items } => {
+            split(ctx, processed, archive_key, *items).await
+        }
     }
 }
 
@@ -96,13 +98,15 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
 /// back and be split again: items already queued are then queued twice,
 /// which applying idempotently absorbs (an item that fails verification
 /// is then dead-lettered twice).
-async fn split(ctx: &WorkerContext, processed: &Processed, n: u32) -> Result<Settled, QueueError> {
+async fn split(
+    ctx: &WorkerContext,
+    processed: &Processed,
+    archive_key: &str,
+    items: u32,
+) -> Result<Settled, QueueError> {
     let message = &processed.message;
-    let key = QueuedBody::parse(&message.body)
-        .map(|b| b.archive_key())
-        .map_err(|e| QueueError::Unavailable(format!("re-reading a message to split: {e}")))?;
-    let bodies: Vec<Vec<u8>> = (0..n)
-        .map(|i| QueuedBody::item_pointer_json(&key, None, Some(i)))
+    let bodies: Vec<Vec<u8>> = (0..items)
+        .map(|i| QueuedBody::item_pointer_json(archive_key, None, Some(i)))
         .collect();
     for chunk in bodies.chunks(10) {
         ctx.queue.send_batch(chunk).await?;

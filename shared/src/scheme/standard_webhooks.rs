@@ -149,7 +149,12 @@ impl StandardWebhooksVerifier {
         if !verified {
             return Err(WebhookError::BadSignature);
         }
-        webhook::check_timestamp(signed_at, inbound.received_at, self.tolerance_secs)?;
+        webhook::check_timestamp(
+            signed_at,
+            inbound.received_at,
+            self.tolerance_secs,
+            self.tolerance_secs,
+        )?;
         Ok(id.to_owned())
     }
 

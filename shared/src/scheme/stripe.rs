@@ -101,20 +101,12 @@ impl StripeVerifier {
         if !verified {
             return Err(WebhookError::BadSignature);
         }
-        let received = inbound.received_at.unix_timestamp();
-        let (tolerance, late) = if signed_at > received {
-            (self.future_tolerance_secs, signed_at - received)
-        } else {
-            (self.tolerance_secs, received - signed_at)
-        };
-        if late.unsigned_abs() > tolerance {
-            return Err(WebhookError::TimestampOutsideTolerance {
-                signed_at,
-                received_at: received,
-                tolerance_secs: tolerance,
-            });
-        }
-        Ok(())
+        webhook::check_timestamp(
+            signed_at,
+            inbound.received_at,
+            self.tolerance_secs,
+            self.future_tolerance_secs,
+        )
     }
 
     /// The `Stripe-Signature` value for `body` at `timestamp` under the
