@@ -343,6 +343,7 @@ fn event(key: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent {
         psp_time: None,
         result_code: None,
         result_message: None,
+        settle_date: None,
     }
 }
 

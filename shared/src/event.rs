@@ -155,6 +155,10 @@ pub struct PaymentEvent {
     /// The PSP's result code and message, for the audit trail.
     pub result_code: Option<String>,
     pub result_message: Option<String>,
+    /// The PSP's settlement (clearing) day of this transaction, ISO 8601
+    /// `YYYY-MM-DD`, when the message names it (UnionPay `settleDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_date: Option<String>,
 }
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ fn event(id: &str) -> PaymentEvent {
         psp_time: None,
         result_code: None,
         result_message: None,
+        settle_date: None,
     }
 }
 

@@ -237,6 +237,7 @@ impl AdyenVerifier {
             psp_time: OffsetDateTime::parse(&text("/eventDate"), &Rfc3339).ok(),
             result_code: Some(code),
             result_message: Some(text("/reason")).filter(|r| !r.is_empty()),
+            settle_date: None,
         })))
     }
 

@@ -190,6 +190,7 @@ impl StandardWebhooksVerifier {
             psp_time: None,
             result_code: Some(event_type),
             result_message: None,
+            settle_date: None,
         })))
     }
 

@@ -205,6 +205,7 @@ fn map(source: &str, body: &[u8], merchants: &[String]) -> Result<Verified, Webh
         psp_time,
         result_code: result_code.or(Some(event_type)),
         result_message,
+        settle_date: None,
     })))
 }
 

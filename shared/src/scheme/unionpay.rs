@@ -1,11 +1,14 @@
 //! China UnionPay ACP (全渠道): form parsing, canonical string, certificate
 //! chain validation, RSA verification, merchant-side signing and the mapping
-//! to payment events (DESIGN §5, §6).
+//! to payment events (DESIGN §5, §6), the status query and the settlement
+//! file.
 
 mod certs;
 mod error;
 mod fields;
 mod mapping;
+mod query;
+mod settlement;
 mod sign;
 mod verify;
 
@@ -13,5 +16,10 @@ pub use certs::{CertInfo, ChainValidator, TrustConfig};
 pub use error::VerifyError;
 pub use fields::{canonical_string, parse_form, parse_raw, BodyFormat, Fields};
 pub use mapping::to_event;
-pub use sign::{sign_fields, MerchantSigner};
+pub use query::{classify, query_request, txn_time, QueryAnswer, QueryTarget, DEFAULT_BIZ_TYPE};
+pub use settlement::{
+    decode_file_content, encode_file_content, file_request, mmdd, parse_zm, unzip, write_zm,
+    zm_file, SettlementError, ZmRecord, ZM_RECORD_LEN,
+};
+pub use sign::{sign_fields, MerchantSigner, SigningKey};
 pub use verify::{Explanation, UnionPayVerifier, Verified, VerifierConfig};

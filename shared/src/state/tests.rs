@@ -30,6 +30,7 @@ fn ev(id: &str, kind: EventKind, outcome: EventOutcome, minor: u64) -> PaymentEv
         psp_time: None,
         result_code: None,
         result_message: None,
+        settle_date: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn ev(payment_ref: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent 
         psp_time: None,
         result_code: None,
         result_message: None,
+        settle_date: None,
     }
 }
 

@@ -52,6 +52,12 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         field: "currencyCode",
         why: format!("{code:?} is not a supported ISO 4217 numeric code"),
     })?;
+    let psp_time = parse_txn_time(txn_time)?;
+    // Only the settlement reconciliation reads it: a malformed one leaves
+    // the event without it rather than refusing a signed payment.
+    let settle_date = fields
+        .get("settleDate")
+        .and_then(|mmdd| settle_date(mmdd, psp_time).ok());
     Ok(PaymentEvent {
         source: source.to_owned(),
         merchant: merchant.to_owned(),
@@ -68,9 +74,10 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         },
         currency_defaulted: given.is_none(),
         psp_txn_id: (!query_id.is_empty()).then(|| query_id.to_owned()),
-        psp_time: Some(parse_txn_time(txn_time)?),
+        psp_time: Some(psp_time),
         result_code: Some(resp_code.to_owned()),
         result_message: fields.get("respMsg").map(str::to_owned),
+        settle_date,
     })
 }
 
@@ -83,6 +90,32 @@ fn parse_amount(s: &str) -> Result<u64, VerifyError> {
         return Err(bad("expected 1 to 12 digits of minor units"));
     }
     s.parse().map_err(|_| bad("not a number"))
+}
+
+/// `settleDate` is `MMDD`: the clearing day on or just after the
+/// transaction (Beijing time), so its year is the transaction's, or the next
+/// one for a transaction late on 31 December settled on 1 January.
+fn settle_date(mmdd: &str, txn: time::OffsetDateTime) -> Result<String, VerifyError> {
+    let bad = || VerifyError::MalformedField {
+        field: "settleDate",
+        why: format!("{mmdd:?}: expected MMDD"),
+    };
+    if mmdd.len() != 4 || !mmdd.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let (month, day) = (
+        mmdd[..2].parse::<u8>().map_err(|_| bad())?,
+        mmdd[2..].parse::<u8>().map_err(|_| bad())?,
+    );
+    let month = time::Month::try_from(month).map_err(|_| bad())?;
+    let txn = txn.to_offset(offset!(+8)).date();
+    let year = if u8::from(month) < u8::from(txn.month()) {
+        txn.year() + 1
+    } else {
+        txn.year()
+    };
+    let date = time::Date::from_calendar_date(year, month, day).map_err(|_| bad())?;
+    Ok(date.to_string())
 }
 
 /// `txnTime` is `YYYYMMDDhhmmss` in Beijing time (UTC+8).

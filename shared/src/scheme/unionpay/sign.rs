@@ -3,7 +3,7 @@
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeyPair;
-use aws_lc_rs::signature;
+use aws_lc_rs::signature::{self, KeyPair as _};
 use base64::Engine;
 
 use super::error::VerifyError;
@@ -66,4 +66,77 @@ pub fn sign_fields(signer: &MerchantSigner, fields: &mut Fields) -> Result<(), V
         &base64::engine::general_purpose::STANDARD.encode(sig),
     );
     Ok(())
+}
+
+/// A merchant's signing key with its certificate's `certId` (the decimal
+/// serial number), for the requests paynotify sends to UnionPay.
+#[derive(Debug)]
+pub struct SigningKey {
+    signer: MerchantSigner,
+    cert_id: String,
+}
+
+impl SigningKey {
+    /// A PKCS#8 key (PEM or DER) and its certificate (PEM or DER).
+    ///
+    /// # Errors
+    /// `MalformedCertificate` when either cannot be read, or when the key
+    /// is not the certificate's.
+    pub fn from_pem(key: &[u8], cert: &[u8]) -> Result<Self, VerifyError> {
+        let signer = MerchantSigner::from_pkcs8(key)?;
+        Self::pair(signer, cert)
+    }
+
+    /// A PKCS#12 file (`.pfx`, as UnionPay issues it; legacy RC2/3DES
+    /// encryption included) holding one key and its certificate.
+    ///
+    /// # Errors
+    /// `MalformedCertificate` for a wrong password, a file without a key
+    /// and certificate, or a key that is not the certificate's.
+    pub fn from_pkcs12(pfx: &[u8], password: &str) -> Result<Self, VerifyError> {
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            pfx,
+            password,
+            p12_keystore::Pkcs12ImportPolicy::Strict,
+        )
+        .map_err(|e| VerifyError::MalformedCertificate(format!("PKCS#12: {e}")))?;
+        let (_, chain) = store.private_key_chain().ok_or_else(|| {
+            VerifyError::MalformedCertificate(
+                "PKCS#12 holds no private key with a certificate".into(),
+            )
+        })?;
+        let cert = chain.certs().first().ok_or_else(|| {
+            VerifyError::MalformedCertificate("PKCS#12 key has no certificate".into())
+        })?;
+        let signer = MerchantSigner::from_pkcs8(chain.key().as_der())?;
+        Self::pair(signer, cert.as_der())
+    }
+
+    fn pair(signer: MerchantSigner, cert: &[u8]) -> Result<Self, VerifyError> {
+        let info = super::certs::CertInfo::parse(cert)?;
+        if info.public_key != signer.key.public_key().as_ref() {
+            return Err(VerifyError::MalformedCertificate(format!(
+                "the signing key is not the key of certificate {:?}",
+                info.subject
+            )));
+        }
+        Ok(Self {
+            signer,
+            cert_id: info.serial,
+        })
+    }
+
+    /// The certificate's decimal serial number, sent as `certId`.
+    pub fn cert_id(&self) -> &str {
+        &self.cert_id
+    }
+
+    /// Sets `certId` and signs `fields` (see [`sign_fields`]).
+    ///
+    /// # Errors
+    /// As [`sign_fields`].
+    pub fn sign(&self, fields: &mut Fields) -> Result<(), VerifyError> {
+        fields.set("certId", &self.cert_id);
+        sign_fields(&self.signer, fields)
+    }
 }

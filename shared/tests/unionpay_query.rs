@@ -1,0 +1,197 @@
+//! The merchant side of UnionPay against the real vectors in `../shared`:
+//! the signing key and its `certId`, the status query request (byte for
+//! byte as UnionPay's SDKs sign it), and the verification and meaning of
+//! real query answers, forged, tampered and form-decoded ones rejected with
+//! the step named.
+
+use paynotify_shared::scheme::unionpay::{
+    classify, parse_form, parse_raw, query_request, BodyFormat, QueryAnswer, QueryTarget,
+    SigningKey, VerifyError,
+};
+use paynotify_shared::testing::*;
+use paynotify_shared::{EventKind, EventOutcome};
+
+const SYNC_PAY: &str = "unionpay/yansongda-pay/sync_response_txnType01_pay20240105145046.txt";
+const SYNC_REFUND: &str =
+    "unionpay/yansongda-pay/sync_response_txnType04_refundpay20240105165842.txt";
+const SYNC_VOID: &str =
+    "unionpay/yansongda-pay/sync_response_txnType31_cancelpay20240105164725.txt";
+
+fn pfx_key() -> SigningKey {
+    SigningKey::from_pkcs12(
+        &read_vector("unionpay/yansongda-pay/unipayAppCert.pfx"),
+        "000000",
+    )
+    .expect("the test PKCS#12 opens with its documented password")
+}
+
+#[test]
+fn the_signing_key_comes_from_pkcs12_or_pem_with_its_cert_id() {
+    let pfx = pfx_key();
+    assert_eq!(pfx.cert_id(), "69903319369");
+    let pem = SigningKey::from_pem(
+        &read_vector("unionpay/certs/acp_test_sign_2021-2026.key.pem"),
+        &read_vector("unionpay/certs/acp_test_sign_2021-2026.cert.pem"),
+    )
+    .unwrap();
+    assert_eq!(pem.cert_id(), "69903319369");
+    let wrong_password = SigningKey::from_pkcs12(
+        &read_vector("unionpay/yansongda-pay/unipayAppCert.pfx"),
+        "111111",
+    );
+    assert!(
+        matches!(wrong_password, Err(VerifyError::MalformedCertificate(_))),
+        "{wrong_password:?}"
+    );
+    let mismatched = SigningKey::from_pem(
+        &read_vector("unionpay/certs/acp_test_sign_2015-2018.key.pem"),
+        &read_vector("unionpay/certs/acp_test_sign_2021-2026.cert.pem"),
+    )
+    .unwrap_err();
+    assert!(
+        mismatched
+            .to_string()
+            .contains("not the key of certificate"),
+        "{mismatched}"
+    );
+}
+
+#[test]
+fn a_status_query_is_the_vector_byte_for_byte() {
+    let expected = parse_form(&read_vector(
+        "unionpay/yansongda-pay/signed_request_1.formurlencoded.txt",
+    ))
+    .unwrap();
+    let built = query_request(
+        &pfx_key(),
+        YANSONGDA_MERCHANT,
+        "000000",
+        &QueryTarget::Order {
+            order_id: "pay20240105145046".into(),
+            txn_time: "20240105145046".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        built.iter().collect::<Vec<_>>(),
+        expected.iter().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn every_signed_request_vector_is_reproduced_by_the_signing_key() {
+    let key = pfx_key();
+    for i in 0..4 {
+        let original = parse_form(&read_vector(&format!(
+            "unionpay/yansongda-pay/signed_request_{i}.formurlencoded.txt"
+        )))
+        .unwrap();
+        let mut fields = original.clone();
+        fields.remove("signature");
+        fields.remove("certId");
+        key.sign(&mut fields).unwrap();
+        assert_eq!(
+            fields.iter().collect::<Vec<_>>(),
+            original.iter().collect::<Vec<_>>(),
+            "signed_request_{i}"
+        );
+    }
+}
+
+#[test]
+fn a_real_query_answer_verifies_and_says_what_happened() {
+    let verifier = yansongda_verifier(BodyFormat::Raw);
+    let verified = verifier
+        .verify(&read_vector(SYNC_PAY), YANSONGDA_AT)
+        .unwrap();
+    let answer = classify("unionpay", &verified.fields).unwrap();
+    let QueryAnswer::Final(event) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        (event.kind, event.outcome, event.amount.minor),
+        (EventKind::Payment, EventOutcome::Succeeded, 1)
+    );
+    assert_eq!(event.payment_ref, "442401051450467846498");
+    // The key a notification of the same success has.
+    assert_eq!(
+        event.event_key.as_str(),
+        "777290058167151|pay20240105145046|20240105145046|01|442401051450467846498|00"
+    );
+    assert_eq!(event.settle_date.as_deref(), Some("2024-01-05"));
+
+    // The answers to a refund and a void request are not status answers:
+    // they verify, but have no `origRespCode` to read as a result.
+    for rel in [SYNC_REFUND, SYNC_VOID] {
+        let verified = verifier.verify(&read_vector(rel), YANSONGDA_AT).unwrap();
+        assert_eq!(
+            classify("unionpay", &verified.fields).unwrap_err(),
+            VerifyError::MissingField("origRespCode"),
+            "{rel}"
+        );
+    }
+}
+
+/// Replaces the value of `key` in a raw answer.
+fn replace_field(body: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let fields = parse_raw(body).unwrap();
+    let old = fields.get(key).unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let needle = format!("{key}={old}");
+    assert!(text.contains(&needle));
+    text.replacen(&needle, &format!("{key}={value}"), 1)
+        .into_bytes()
+}
+
+#[test]
+fn forged_tampered_and_form_decoded_answers_are_rejected_with_the_step() {
+    let verifier = yansongda_verifier(BodyFormat::Raw);
+    let genuine = read_vector(SYNC_PAY);
+
+    // A self-signed certificate that claims UnionPay's name.
+    let forged_cert =
+        json_vector_fields("unionpay/negative/forged_selfsigned_cert_backnotify.json")
+            .get("signPubKeyCert")
+            .unwrap()
+            .to_owned();
+    let forged = replace_field(&genuine, "signPubKeyCert", &forged_cert);
+    let e = verifier.verify(&forged, YANSONGDA_AT).unwrap_err();
+    assert_eq!(
+        (e.step(), e.name()),
+        ("certificate", "UntrustedCertificate"),
+        "{e}"
+    );
+
+    // A changed result under the genuine signature.
+    let tampered = replace_field(&genuine, "origRespCode", "03");
+    let e = verifier.verify(&tampered, YANSONGDA_AT).unwrap_err();
+    assert_eq!(e.step(), "signature", "{e}");
+
+    // A bad signature.
+    let signature = parse_raw(&genuine)
+        .unwrap()
+        .get("signature")
+        .unwrap()
+        .to_owned();
+    let mut flipped = signature.clone().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let bad = replace_field(
+        &genuine,
+        "signature",
+        std::str::from_utf8(&flipped).unwrap(),
+    );
+    let e = verifier.verify(&bad, YANSONGDA_AT).unwrap_err();
+    assert_eq!(e.step(), "signature", "{e}");
+
+    // The same answer read as a form: every '+' of its base64 becomes a
+    // space, and it no longer verifies.
+    assert!(genuine.contains(&b'+'), "the vector has a '+' to lose");
+    let decoded = match parse_form(&genuine) {
+        Ok(fields) => verifier.verify_fields(fields, YANSONGDA_AT).unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        ["parse", "fields", "certificate", "signature"].contains(&decoded.step()),
+        "{decoded}"
+    );
+}
