@@ -139,7 +139,11 @@ def test_worker_can_do_its_job():
     ]:
         assert a in got, a
     secrets = [s for s in statements("WorkerPolicy") if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
-    assert [s["Resource"] for s in secrets] == [{"Ref": "UnionPayCertificates"}]
+    assert [s["Resource"] for s in secrets] == [[{"Ref": "UnionPayCertificates"}, {"Ref": "UnionPaySigningKey"}]]
+    # Workers write the archive only under outbound/ (status queries): the
+    # notifications under raw/ are ingest's alone.
+    puts = [s["Resource"] for s in statements("WorkerPolicy") if "s3:PutObject" in as_list(s["Action"])]
+    assert puts == [{"Fn::Sub": "${ArchiveBucket.Arn}/outbound/*"}], puts
 
 
 def env(task):
@@ -275,14 +279,21 @@ def test_ledger_keys_are_what_the_backend_writes():
     keys = [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]]
     assert keys == [("pk", "HASH"), ("sk", "RANGE")]
     assert 'key("pk", KeyType::Hash)' in setup and 'key("sk", KeyType::Range)' in setup
-    types = {(a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]}
-    created = set(re.findall(r'attr\("(\w+)", ScalarAttributeType::(\w)\)', setup))
-    assert types == created, (types, created)
-    [index] = table["GlobalSecondaryIndexes"]
-    index_name = re.search(r'PARKED_INDEX: &str = "(\w+)"', ledger).group(1)
-    assert index["IndexName"] == index_name
-    assert [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]] == [("gsi_parked", "HASH"), ("parked_at", "RANGE")]
-    assert 'key("gsi_parked", KeyType::Hash)' in setup and 'key("parked_at", KeyType::Range)' in setup
+    # The indexes the backend creates (name, partition key, sort key), with
+    # the names its constants give them.
+    consts = dict(re.findall(r'pub const (\w+_INDEX): &str = "(\w+)";', ledger))
+    block = re.search(r"pub const INDEXES[^=]*= \[(.*?)\];", ledger, re.S).group(1)
+    expected = [(consts[name], hash_key, range_key)
+                for name, hash_key, range_key in re.findall(r'\((\w+), "(\w+)", "(\w+)"\)', block)]
+    assert len(expected) == 3, expected
+    indexes = [(i["IndexName"], *[k["AttributeName"] for k in i["KeySchema"]]) for i in table["GlobalSecondaryIndexes"]]
+    assert indexes == expected, (indexes, expected)
+    for i in table["GlobalSecondaryIndexes"]:
+        assert [k["KeyType"] for k in i["KeySchema"]] == ["HASH", "RANGE"]
+    declared = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    for _, hash_key, range_key in expected:
+        assert (declared[hash_key], declared[range_key]) == ("S", "N")
+    assert set(declared) == {"pk", "sk"} | {k for _, h, r in expected for k in (h, r)}, declared
 
 
 def test_worker_scales_on_backlog_per_task():

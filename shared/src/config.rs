@@ -374,6 +374,112 @@ pub struct UnionPayConfig {
     pub verify_certs: Vec<SecretRef>,
     #[serde(default)]
     pub body_format: BodyFormat,
+    /// The merchant's side: requests signed with the merchant's key to
+    /// UnionPay's gateway (status queries, settlement files). Without it
+    /// the source only receives notifications.
+    #[serde(default)]
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// How paynotify talks to UnionPay's gateway for one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The merchant signing key: a PKCS#12 file as UnionPay issues it
+    /// (`.pfx`, with `signing_key_password`), or a PKCS#8 PEM key with its
+    /// certificate in `signing_cert`.
+    pub signing_key: SecretRef,
+    #[serde(default)]
+    pub signing_cert: Option<SecretRef>,
+    #[serde(default)]
+    pub signing_key_password: Option<SecretRef>,
+    /// Base URL of the transaction gateway (`…/gateway/api/queryTrans.do`
+    /// is under it). Test environment: `https://gateway.test.95516.com`.
+    #[serde(default = "default_gateway_url")]
+    pub url: String,
+    /// Base URL of the file download host (settlement files are `POST`ed
+    /// to its root). Test environment: `https://filedownload.test.95516.com`.
+    #[serde(default = "default_file_url")]
+    pub file_url: String,
+    /// `bizType` of status queries.
+    #[serde(default = "default_biz_type")]
+    pub biz_type: String,
+    /// Whether workers ask about payments whose result is late on their own.
+    #[serde(default = "default_true")]
+    pub auto_query: bool,
+    /// Minutes after a payment was expected (or first seen in process, or a
+    /// refund parked for it) at which to ask, UnionPay's advice by default;
+    /// after the last one the last answer stands.
+    #[serde(default = "default_query_schedule")]
+    pub query_schedule_mins: Vec<u64>,
+    /// Time allowed for one request, connection included.
+    #[serde(default = "default_gateway_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of a request that failed in the network or with a 5xx, with
+    /// exponential backoff.
+    #[serde(default = "default_gateway_retries")]
+    pub retries: u32,
+    /// Most requests per second one process sends to this gateway.
+    #[serde(default = "default_gateway_rate")]
+    pub max_requests_per_sec: u32,
+}
+
+fn default_gateway_url() -> String {
+    "https://gateway.95516.com".into()
+}
+fn default_file_url() -> String {
+    "https://filedownload.95516.com".into()
+}
+fn default_biz_type() -> String {
+    "000000".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_query_schedule() -> Vec<u64> {
+    vec![5, 10, 30, 60, 120]
+}
+fn default_gateway_timeout_ms() -> u64 {
+    10_000
+}
+fn default_gateway_retries() -> u32 {
+    2
+}
+fn default_gateway_rate() -> u32 {
+    10
+}
+
+impl GatewayConfig {
+    fn check(&self) -> Result<(), String> {
+        for (key, url) in [("url", &self.url), ("file_url", &self.file_url)] {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return Err(format!("gateway.{key} {url:?} is not a URL"));
+            };
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+            match scheme {
+                "https" => {}
+                "http" if loopback => {}
+                _ => {
+                    return Err(format!(
+                        "gateway.{key} {url:?}: https only (http only to a loopback test gateway)"
+                    ))
+                }
+            }
+        }
+        if self.signing_cert.is_none() && self.signing_key_password.is_none() {
+            return Err("gateway needs `signing_key_password` (a PKCS#12 key) or `signing_cert` (a PEM key)".into());
+        }
+        if self.query_schedule_mins.is_empty()
+            || self.query_schedule_mins.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err("gateway.query_schedule_mins must be increasing and not empty".into());
+        }
+        if self.timeout_ms == 0 || self.max_requests_per_sec == 0 {
+            return Err("gateway.timeout_ms and gateway.max_requests_per_sec must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 impl SourceConfig {
@@ -448,6 +554,12 @@ impl Config {
                 for c in &mut up.verify_certs {
                     *c = c.relative_to(base);
                 }
+                if let Some(g) = up.gateway.as_mut() {
+                    g.signing_key = g.signing_key.relative_to(base);
+                    for r in g.signing_cert.iter_mut().chain(g.signing_key_password.iter_mut()) {
+                        *r = r.relative_to(base);
+                    }
+                }
             }
             if let Some(sw) = source.standard_webhooks.as_mut() {
                 for r in sw.secrets.iter_mut().chain(sw.public_keys.iter_mut()) {
@@ -491,7 +603,11 @@ impl Config {
                         "scheme \"unionpay\" needs a [sources.NAME.unionpay] table",
                     ))
                 }
-                SchemeKind::Unionpay => {}
+                SchemeKind::Unionpay => {
+                    if let Some(g) = source.unionpay.as_ref().and_then(|u| u.gateway.as_ref()) {
+                        g.check().map_err(|why| bad(&why))?;
+                    }
+                }
                 SchemeKind::StandardWebhooks => match &source.standard_webhooks {
                     None => {
                         return Err(bad("scheme \"standard_webhooks\" needs a [sources.NAME.standard_webhooks] table"))

@@ -15,6 +15,7 @@ use crate::event::{EventKey, PaymentKey};
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Ledger, LedgerError, LedgerWrite,
     ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
+    Watch,
 };
 
 const MILLION: f64 = 1_000_000.0;
@@ -427,6 +428,47 @@ impl Ledger for FaultyLedger {
             "parked_before",
             LedgerError::Unavailable,
             self.inner.parked_before(t, limit)
+        )
+    }
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
+        faulty!(
+            self,
+            "put_watch",
+            LedgerError::Unavailable,
+            self.inner.put_watch(watch)
+        )
+    }
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
+        faulty!(
+            self,
+            "get_watch",
+            LedgerError::Unavailable,
+            self.inner.get_watch(id)
+        )
+    }
+    async fn due_watches(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError> {
+        faulty!(
+            self,
+            "due_watches",
+            LedgerError::Unavailable,
+            self.inner.due_watches(t, limit)
+        )
+    }
+    async fn events_between(
+        &self,
+        source: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError> {
+        faulty!(
+            self,
+            "events_between",
+            LedgerError::Unavailable,
+            self.inner.events_between(source, from, to)
         )
     }
 }

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Ledger, LedgerError, LedgerWrite,
     ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
+    Watch,
 };
 
 /// Runs `call`, then records its duration and whether it failed.
@@ -225,6 +226,27 @@ impl Ledger for MeteredLedger {
         limit: usize,
     ) -> Result<Vec<ParkedEntry>, LedgerError> {
         timed!(self, "parked_before", self.inner.parked_before(t, limit))
+    }
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
+        timed!(self, "put_watch", self.inner.put_watch(watch))
+    }
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
+        timed!(self, "get_watch", self.inner.get_watch(id))
+    }
+    async fn due_watches(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError> {
+        timed!(self, "due_watches", self.inner.due_watches(t, limit))
+    }
+    async fn events_between(
+        &self,
+        source: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError> {
+        timed!(self, "events_between", self.inner.events_between(source, from, to))
     }
     fn fatal(&self) -> Option<String> {
         self.inner.fatal()

@@ -359,6 +359,58 @@ pub struct ParkedEntry {
     pub parked: ParkedEvent,
 }
 
+/// A question paynotify owes a PSP about one transaction whose result is
+/// late (UnionPay's status query), kept in the ledger so that any worker
+/// may ask it and only one does at a time: a worker claims a due watch by
+/// writing it with the next version and a `due_at` in the near future (a
+/// lease), asks, and writes the answer with the version after that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// `{source}#{merchant}#{target}`: one watch per transaction.
+    pub id: String,
+    pub source: String,
+    pub merchant: String,
+    pub target: crate::scheme::unionpay::QueryTarget,
+    /// Why it is asked: `expected` (a payment the merchant started),
+    /// `in_process` (UnionPay said 03/04/05), `parked` (a refund or void
+    /// waits for it), `settlement` (in the settlement file, not the ledger).
+    pub reason: String,
+    /// Since when its schedule counts.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// Queries made so far.
+    pub attempts: u32,
+    /// When it is next due; `None` once finished.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub due_at: Option<OffsetDateTime>,
+    /// The last answer, in words.
+    pub last_answer: Option<String>,
+    /// The final answer, once there is one (or the schedule ran out).
+    pub finished: Option<String>,
+    /// Guards every write; the first write has version 1.
+    pub version: u64,
+}
+
+impl Watch {
+    /// The id of the watch of `target` of `merchant` at `source`.
+    pub fn id_for(
+        source: &str,
+        merchant: &str,
+        target: &crate::scheme::unionpay::QueryTarget,
+    ) -> String {
+        use crate::scheme::unionpay::QueryTarget;
+        match target {
+            QueryTarget::Order { order_id, txn_time } => {
+                format!("{source}#{merchant}#order:{order_id}@{txn_time}")
+            }
+            QueryTarget::QueryId { query_id } => format!("{source}#{merchant}#query:{query_id}"),
+        }
+    }
+}
+
+/// Watches read at most for one pass of the scheduler or one listing.
+pub const WATCH_SCAN_LIMIT: usize = 1_000;
+
 /// The payment ledger.
 ///
 /// # Contract
@@ -378,6 +430,14 @@ pub struct ParkedEntry {
 /// - `contains_event` is true once an event key is recorded or parked.
 /// - `parked_before` lists parked events parked before `t` (conflicted ones
 ///   included), oldest first, at most `limit`.
+/// - `put_watch` stores a watch when the version stored under its id is
+///   `watch.version - 1` (none stored counts as 0), else it is a
+///   `VersionConflict` and nothing changes; `get_watch` reads one back;
+///   `due_watches` lists unfinished watches due at or before `t`, soonest
+///   first, at most `limit`.
+/// - `events_between` lists the recorded events of `source` whose PSP time
+///   lies in `[from, to)`, oldest first (events without a PSP time are not
+///   listed).
 #[async_trait]
 pub trait Ledger: Send + Sync {
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError>;
@@ -394,6 +454,19 @@ pub trait Ledger: Send + Sync {
         t: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<ParkedEntry>, LedgerError>;
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError>;
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError>;
+    async fn due_watches(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError>;
+    async fn events_between(
+        &self,
+        source: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError>;
     /// Why this store can no longer work in this process (a writer thread
     /// that ended), if so: readiness fails and the process stops.
     fn fatal(&self) -> Option<String> {

@@ -5,7 +5,11 @@
 //! `TransactWriteItems`: the incoming event's put is conditional on the event
 //! being new, the state write (or check) on the version. Parked items carry
 //! `gsi_parked` and `parked_at`, the keys of the sparse `parked` index that
-//! reports old parked events.
+//! reports old parked events. Events with a PSP time carry `day`
+//! (`{source}#{UTC date}`) and `psp_ms`, the keys of the `events_by_day`
+//! index that settlement reconciliation reads. A status query owed to a PSP
+//! is an item `pk = WATCH#{id}`, `sk = WATCH`; while unfinished it carries
+//! `gsi_due` and `due_at`, the keys of the `watches_due` index.
 
 use std::collections::HashMap;
 
@@ -20,7 +24,7 @@ use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
     ApplyOutcome, EventRecord, Incoming, Ledger, LedgerError, LedgerWrite, ParkedEntry,
-    ParkedEvent, PaymentEntry, RecordedEvent,
+    ParkedEvent, PaymentEntry, RecordedEvent, Watch,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -29,6 +33,18 @@ const PARKED: &str = "PARKED#";
 /// The sparse index over parked events, and its constant partition value.
 pub const PARKED_INDEX: &str = "parked";
 const PARKED_PARTITION: &str = "parked";
+/// The index of events by source and day.
+pub const EVENTS_INDEX: &str = "events_by_day";
+/// The index of unfinished watches by due time, and its partition value.
+pub const WATCHES_INDEX: &str = "watches_due";
+const WATCHES_PARTITION: &str = "due";
+const WATCH: &str = "WATCH";
+/// Every index of the table: name, partition key (S), sort key (N).
+pub const INDEXES: [(&str, &str, &str); 3] = [
+    (PARKED_INDEX, "gsi_parked", "parked_at"),
+    (EVENTS_INDEX, "day", "psp_ms"),
+    (WATCHES_INDEX, "gsi_due", "due_at"),
+];
 /// `TransactWriteItems` takes at most 100 items.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 
@@ -72,6 +88,31 @@ fn parked_from(item: &HashMap<String, AttributeValue>) -> Option<ParkedEvent> {
         parked_at: stored_time(get_n(item, "parked_at")?),
         conflict: get_s(item, "conflict").map(str::to_owned),
     })
+}
+
+/// `{source}#{YYYY-MM-DD}` of `t` in UTC.
+fn day_partition(source: &str, t: OffsetDateTime) -> String {
+    format!("{source}#{}", t.to_offset(time::UtcOffset::UTC).date())
+}
+
+fn event_record(item: &HashMap<String, AttributeValue>) -> Option<EventRecord> {
+    Some(EventRecord {
+        event_key: get_s(item, "event_key")?.to_owned(),
+        notification_id: get_s(item, "notification_id")?.to_owned(),
+        kind: get_s(item, "kind")?.to_owned(),
+        outcome: get_s(item, "outcome")?.to_owned(),
+        amount_minor: get_n(item, "amount_minor")? as u64,
+        currency: get_s(item, "currency")?.to_owned(),
+        status_after: get_s(item, "status_after").map(str::to_owned),
+        recorded_at: stored_time(get_n(item, "recorded_at")?),
+        event: get_s(item, "event_json").and_then(|j| serde_json::from_str(j).ok()),
+    })
+}
+
+fn watch_from(item: &HashMap<String, AttributeValue>) -> Result<Watch, LedgerError> {
+    get_s(item, "watch_json")
+        .and_then(|j| serde_json::from_str(j).ok())
+        .ok_or_else(|| unavailable(format!("stored watch {:?} is invalid", get_s(item, "pk"))))
 }
 
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, LedgerError> {
@@ -129,6 +170,10 @@ impl DynamoLedger {
         ]);
         if let Some(st) = r.status_after {
             item.insert("status_after".to_owned(), s(st.as_str()));
+        }
+        if let Some(t) = e.psp_time {
+            item.insert("day".to_owned(), s(day_partition(&e.source, t)));
+            item.insert("psp_ms".to_owned(), n(unix_ms(t)));
         }
         self.put_item(item, only_if_new)
     }
@@ -451,5 +496,130 @@ impl Ledger for DynamoLedger {
             }
         }
         Ok(false)
+    }
+
+    async fn events_between(
+        &self,
+        source: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError> {
+        let mut out = Vec::new();
+        let (from, to) = (
+            from.to_offset(time::UtcOffset::UTC),
+            to.to_offset(time::UtcOffset::UTC),
+        );
+        let mut day = from.date();
+        while day <= to.date() {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(EVENTS_INDEX)
+                .key_condition_expression("#d = :d AND psp_ms BETWEEN :f AND :t")
+                .expression_attribute_names("#d", "day")
+                .expression_attribute_values(":d", s(format!("{source}#{day}")))
+                .expression_attribute_values(":f", n(unix_ms(from)))
+                .expression_attribute_values(":t", n(unix_ms(to) - 1))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                for item in page
+                    .map_err(|e| unavailable(describe(&e)))?
+                    .items
+                    .unwrap_or_default()
+                {
+                    let psp_ms = get_n(&item, "psp_ms").unwrap_or(0);
+                    let record = event_record(&item).ok_or_else(|| {
+                        unavailable(format!("stored event {:?} is invalid", get_s(&item, "sk")))
+                    })?;
+                    out.push((psp_ms, get_s(&item, "pk").unwrap_or("").to_owned(), record));
+                }
+            }
+            day = match day.next_day() {
+                Some(d) => d,
+                None => break,
+            };
+        }
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(out.into_iter().map(|(_, _, r)| r).collect())
+    }
+
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(format!("{WATCH}#{}", watch.id))),
+            ("sk".to_owned(), s(WATCH)),
+            ("version".to_owned(), n(watch.version)),
+            ("watch_json".to_owned(), s(built(serde_json::to_string(watch))?)),
+        ]);
+        if let Some(due) = watch.due_at {
+            item.insert("gsi_due".to_owned(), s(WATCHES_PARTITION));
+            item.insert("due_at".to_owned(), n(unix_ms(due)));
+        }
+        let (condition, values) = Self::state_condition(watch.version.saturating_sub(1));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_values(values)
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(ApplyOutcome::Applied),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(ApplyOutcome::VersionConflict)
+            }
+            Err(e) => Err(unavailable(describe(&e))),
+        }
+    }
+
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("{WATCH}#{id}")))
+            .key("sk", s(WATCH))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?;
+        out.item.as_ref().map(watch_from).transpose()
+    }
+
+    async fn due_watches(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(WATCHES_INDEX)
+            .key_condition_expression("gsi_due = :g AND due_at <= :t")
+            .expression_attribute_values(":g", s(WATCHES_PARTITION))
+            .expression_attribute_values(":t", n(unix_ms(t)))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(watch_from(&item)?);
+            }
+        }
+        Ok(out)
     }
 }

@@ -102,12 +102,15 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             .attribute_type(t)
             .build()
     };
-    // The sparse index of parked events, for `reconcile` and `/metrics`.
-    let parked_index = || -> Result<GlobalSecondaryIndex, String> {
+    // Sparse indexes over the one table (DESIGN §3): parked events (for
+    // `reconcile` and `/metrics`), events by day (settlement
+    // reconciliation), status queries by due time (the query scheduler).
+    let indexes = super::ledger::INDEXES;
+    let index = |(name, hash, range): (&str, &str, &str)| -> Result<GlobalSecondaryIndex, String> {
         GlobalSecondaryIndex::builder()
-            .index_name(super::ledger::PARKED_INDEX)
-            .key_schema(key("gsi_parked", KeyType::Hash).map_err(|e| e.to_string())?)
-            .key_schema(key("parked_at", KeyType::Range).map_err(|e| e.to_string())?)
+            .index_name(name)
+            .key_schema(key(hash, KeyType::Hash).map_err(|e| e.to_string())?)
+            .key_schema(key(range, KeyType::Range).map_err(|e| e.to_string())?)
             .projection(
                 Projection::builder()
                     .projection_type(ProjectionType::All)
@@ -116,7 +119,13 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             .build()
             .map_err(|e| e.to_string())
     };
-    let created = c
+    let index_attrs = |(_, hash, range): (&str, &str, &str)| -> Result<Vec<AttributeDefinition>, String> {
+        Ok(vec![
+            attr(hash, ScalarAttributeType::S).map_err(|e| e.to_string())?,
+            attr(range, ScalarAttributeType::N).map_err(|e| e.to_string())?,
+        ])
+    };
+    let mut create = c
         .dynamodb
         .create_table()
         .table_name(&aws.table)
@@ -124,16 +133,14 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
         .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
         .attribute_definitions(attr("pk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("sk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
-        .attribute_definitions(
-            attr("gsi_parked", ScalarAttributeType::S).map_err(|e| e.to_string())?,
-        )
-        .attribute_definitions(
-            attr("parked_at", ScalarAttributeType::N).map_err(|e| e.to_string())?,
-        )
-        .global_secondary_indexes(parked_index()?)
-        .send()
-        .await;
+        .attribute_definitions(attr("sk", ScalarAttributeType::S).map_err(|e| e.to_string())?);
+    for i in indexes {
+        for a in index_attrs(i)? {
+            create = create.attribute_definitions(a);
+        }
+        create = create.global_secondary_indexes(index(i)?);
+    }
+    let created = create.send().await;
     if let Err(e) = created {
         if !e
             .as_service_error()
@@ -141,38 +148,37 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         {
             return Err(format!("table {}: {}", aws.table, describe(&e)));
         }
-        // A table from before the parked index: add it.
-        let table = c
-            .dynamodb
-            .describe_table()
-            .table_name(&aws.table)
-            .send()
-            .await
-            .map_err(|e| format!("table {}: {}", aws.table, describe(&e)))?;
-        let has_index = table
-            .table
-            .and_then(|t| t.global_secondary_indexes)
-            .unwrap_or_default()
-            .iter()
-            .any(|i| i.index_name() == Some(super::ledger::PARKED_INDEX));
-        if !has_index {
-            let index = parked_index()?;
+        // A table from an earlier version: add the indexes it lacks, one at
+        // a time (DynamoDB creates one index per update).
+        for i in indexes {
+            let table = c
+                .dynamodb
+                .describe_table()
+                .table_name(&aws.table)
+                .send()
+                .await
+                .map_err(|e| format!("table {}: {}", aws.table, describe(&e)))?;
+            let has_index = table
+                .table
+                .and_then(|t| t.global_secondary_indexes)
+                .unwrap_or_default()
+                .iter()
+                .any(|x| x.index_name() == Some(i.0));
+            if has_index {
+                continue;
+            }
+            let gsi = index(i)?;
             c.dynamodb
                 .update_table()
                 .table_name(&aws.table)
-                .attribute_definitions(
-                    attr("gsi_parked", ScalarAttributeType::S).map_err(|e| e.to_string())?,
-                )
-                .attribute_definitions(
-                    attr("parked_at", ScalarAttributeType::N).map_err(|e| e.to_string())?,
-                )
+                .set_attribute_definitions(Some(index_attrs(i)?))
                 .global_secondary_index_updates(
                     GlobalSecondaryIndexUpdate::builder()
                         .create(
                             CreateGlobalSecondaryIndexAction::builder()
-                                .index_name(super::ledger::PARKED_INDEX)
-                                .set_key_schema(Some(index.key_schema().to_vec()))
-                                .set_projection(index.projection().cloned())
+                                .index_name(i.0)
+                                .set_key_schema(Some(gsi.key_schema().to_vec()))
+                                .set_projection(gsi.projection().cloned())
                                 .build()
                                 .map_err(|e| e.to_string())?,
                         )
@@ -181,8 +187,14 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
                 .send()
                 .await
                 .map_err(|e| {
-                    format!("adding the parked index to {}: {}", aws.table, describe(&e))
+                    format!("adding the {} index to {}: {}", i.0, aws.table, describe(&e))
                 })?;
+            c.dynamodb
+                .wait_until_table_exists()
+                .table_name(&aws.table)
+                .wait(Duration::from_secs(120))
+                .await
+                .map_err(|e| format!("table {} never became active: {e}", aws.table))?;
         }
     }
     c.dynamodb

@@ -14,7 +14,7 @@ use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
     ApplyOutcome, EventRecord, Incoming, Ledger, LedgerError, LedgerWrite, ParkedEntry,
-    ParkedEvent, PaymentEntry, RecordedEvent,
+    ParkedEvent, PaymentEntry, RecordedEvent, Watch,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -44,8 +44,20 @@ CREATE TABLE IF NOT EXISTS events (
     status_after TEXT,
     recorded_at INTEGER NOT NULL,
     event_json TEXT NOT NULL,
+    -- The event's source and PSP time (unix ms), for `events_between`.
+    source TEXT,
+    psp_ms INTEGER,
     PRIMARY KEY (payment_key, event_key)
 );
+CREATE INDEX IF NOT EXISTS events_by_time ON events (source, psp_ms) WHERE psp_ms IS NOT NULL;
+-- Status queries owed to a PSP (`Watch`); due_at is NULL once finished.
+CREATE TABLE IF NOT EXISTS watches (
+    id TEXT PRIMARY KEY,
+    due_at INTEGER,
+    version INTEGER NOT NULL,
+    watch_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS watches_due ON watches (due_at) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS parked (
     payment_key TEXT NOT NULL,
     event_key TEXT NOT NULL,
@@ -56,7 +68,7 @@ CREATE TABLE IF NOT EXISTS parked (
     PRIMARY KEY (payment_key, event_key)
 );
 CREATE INDEX IF NOT EXISTS parked_by_age ON parked (parked_at);
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 ";
 
 /// Brings a ledger written by an earlier version (payments without
@@ -85,6 +97,16 @@ fn migrate(path: &Path) -> rusqlite::Result<()> {
                  refunded_minor, version, NULL, updated_at FROM payments_v1;
              DROP TABLE payments_v1;
              PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
+    if version < 3 && old {
+        // Version 3: events carry their source and PSP time.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE events ADD COLUMN source TEXT;
+             ALTER TABLE events ADD COLUMN psp_ms INTEGER;
+             PRAGMA user_version = 3;
              COMMIT;",
         )?;
     }
@@ -226,8 +248,8 @@ fn record(c: &Connection, key: &str, r: &RecordedEvent, now: i64) -> rusqlite::R
     exec(
         c,
         "INSERT INTO events (payment_key, event_key, seq, notification_id, kind, outcome, amount_minor,
-                             currency, status_after, recorded_at, event_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                             currency, status_after, recorded_at, event_json, source, psp_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             key,
             e.event_key.as_str(),
@@ -240,6 +262,8 @@ fn record(c: &Connection, key: &str, r: &RecordedEvent, now: i64) -> rusqlite::R
             r.status_after.map(|s| s.as_str()),
             now,
             event_json(e)?,
+            e.source,
+            e.psp_time.map(unix_ms),
         ],
     )?;
     if let Some(from) = &r.unparked_from {
@@ -412,27 +436,119 @@ impl Ledger for LocalLedger {
         let k = key.clone();
         self.db
             .read(move |c| {
-                let mut s = c.prepare(
-                    "SELECT event_key, notification_id, kind, outcome, amount_minor, currency, status_after, recorded_at,
-                            event_json
-                     FROM events WHERE payment_key = ?1 ORDER BY seq",
+                let mut s = c.prepare(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE payment_key = ?1 ORDER BY seq"
+                ))?;
+                let rows = s.query_map(params![k.as_str()], event_record)?;
+                rows.collect()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn events_between(
+        &self,
+        source: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError> {
+        let source = source.to_owned();
+        self.db
+            .read(move |c| {
+                let mut s = c.prepare(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events
+                     WHERE source = ?1 AND psp_ms >= ?2 AND psp_ms < ?3
+                     ORDER BY psp_ms, payment_key, seq"
+                ))?;
+                let rows =
+                    s.query_map(params![source, unix_ms(from), unix_ms(to)], event_record)?;
+                rows.collect()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
+        let w = watch.clone();
+        self.db
+            .write(move |c| {
+                let stored: u64 = c
+                    .query_row(
+                        "SELECT version FROM watches WHERE id = ?1",
+                        params![w.id],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .map_or(0, |v| v as u64);
+                if stored + 1 != w.version {
+                    return Ok(ApplyOutcome::VersionConflict);
+                }
+                let json = serde_json::to_string(&w).map_err(|_| invalid("watch"))?;
+                exec(
+                    c,
+                    "INSERT INTO watches (id, due_at, version, watch_json) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET due_at = ?2, version = ?3, watch_json = ?4",
+                    params![w.id, w.due_at.map(unix_ms), w.version as i64, json],
                 )?;
-                let rows = s.query_map(params![k.as_str()], |r| {
-                    Ok(EventRecord {
-                        event_key: r.get(0)?,
-                        notification_id: r.get(1)?,
-                        kind: r.get(2)?,
-                        outcome: r.get(3)?,
-                        amount_minor: r.get::<_, i64>(4)? as u64,
-                        currency: r.get(5)?,
-                        status_after: r.get(6)?,
-                        recorded_at: stored_time(r.get(7)?),
-                        event: serde_json::from_str(&r.get::<_, String>(8)?).ok(),
-                    })
+                Ok(ApplyOutcome::Applied)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
+        let id = id.to_owned();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT watch_json FROM watches WHERE id = ?1",
+                    params![id],
+                    |r| parse_watch(&r.get::<_, String>(0)?),
+                )
+                .optional()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn due_watches(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError> {
+        self.db
+            .read(move |c| {
+                let mut s = c.prepare_cached(
+                    "SELECT watch_json FROM watches WHERE due_at IS NOT NULL AND due_at <= ?1
+                     ORDER BY due_at, id LIMIT ?2",
+                )?;
+                let rows = s.query_map(params![unix_ms(t), limit as i64], |r| {
+                    parse_watch(&r.get::<_, String>(0)?)
                 })?;
                 rows.collect()
             })
             .await
             .map_err(unavailable)
     }
+}
+
+const EVENT_COLUMNS: &str = "event_key, notification_id, kind, outcome, amount_minor, currency, \
+                             status_after, recorded_at, event_json";
+
+fn event_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        event_key: r.get(0)?,
+        notification_id: r.get(1)?,
+        kind: r.get(2)?,
+        outcome: r.get(3)?,
+        amount_minor: r.get::<_, i64>(4)? as u64,
+        currency: r.get(5)?,
+        status_after: r.get(6)?,
+        recorded_at: stored_time(r.get(7)?),
+        event: serde_json::from_str(&r.get::<_, String>(8)?).ok(),
+    })
+}
+
+fn parse_watch(json: &str) -> rusqlite::Result<Watch> {
+    serde_json::from_str(json).map_err(|_| invalid("watch"))
 }
