@@ -11,10 +11,12 @@ use paynotify_shared::event::{EventKey, EventKind, EventOutcome, PaymentEvent, P
 use paynotify_shared::money::{Currency, Money};
 use paynotify_shared::ports::{
     AliasWrite, ApplyOutcome, ArchiveError, Incoming, LedgerWrite, ParkedEntry, ParkedEvent,
-    RecordedEvent,
+    RecordedEvent, Watch,
 };
+use paynotify_shared::scheme::unionpay::QueryTarget;
 use paynotify_shared::{transition, PaymentStatus, Transition};
 use support::{backends, Kind};
+use time::macros::datetime;
 
 on_both_backends!(
     archive_put_is_create_only,
@@ -28,6 +30,8 @@ on_both_backends!(
     ledger_apply_is_atomic_and_idempotent,
     ledger_concurrent_appliers_have_one_winner,
     ledger_parks_early_events_and_applies_them_with_the_payment,
+    ledger_watches_are_versioned_and_listed_when_due,
+    ledger_lists_events_by_psp_time,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -600,4 +604,140 @@ async fn ledger_parks_early_events_and_applies_them_with_the_payment(kind: Kind)
         (alias.alias_of, alias.version, alias.state),
         (Some(pay.payment_key.clone()), 1, None)
     );
+}
+
+fn watch(order: &str, due: time::OffsetDateTime) -> Watch {
+    let target = QueryTarget::Order {
+        order_id: order.into(),
+        txn_time: "20261126100000".into(),
+    };
+    Watch {
+        id: Watch::id_for("u", "m", &target),
+        source: "u".into(),
+        merchant: "m".into(),
+        target,
+        reason: "expected".into(),
+        since: datetime!(2026-11-26 02:00:00 UTC),
+        attempts: 0,
+        due_at: Some(due),
+        last_answer: None,
+        finished: None,
+        version: 1,
+    }
+}
+
+async fn ledger_watches_are_versioned_and_listed_when_due(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let t0 = datetime!(2026-11-26 02:05:00 UTC);
+    let early = watch("order0001", t0);
+    let late = watch("order0002", t0 + time::Duration::minutes(10));
+    for w in [&late, &early] {
+        assert_eq!(l.put_watch(w).await.unwrap(), ApplyOutcome::Applied);
+    }
+    // A second creation of the same watch is refused.
+    assert_eq!(
+        l.put_watch(&early).await.unwrap(),
+        ApplyOutcome::VersionConflict
+    );
+    assert_eq!(l.get_watch(&early.id).await.unwrap(), Some(early.clone()));
+    assert_eq!(l.get_watch("u#m#order:none").await.unwrap(), None);
+
+    let ids = |ws: Vec<Watch>| ws.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(l.due_watches(t0, 10).await.unwrap()),
+        vec![early.id.clone()]
+    );
+    assert_eq!(
+        ids(l
+            .due_watches(t0 + time::Duration::hours(1), 10)
+            .await
+            .unwrap()),
+        vec![early.id.clone(), late.id.clone()],
+        "soonest first"
+    );
+    assert_eq!(
+        l.due_watches(t0 + time::Duration::hours(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Two workers claim the same version: one wins.
+    let claim = |w: &Watch| {
+        let mut c = w.clone();
+        c.version += 1;
+        c.due_at = Some(t0 + time::Duration::minutes(2));
+        c
+    };
+    let (c1, c2) = (claim(&early), claim(&early));
+    let (a, b2) = tokio::join!(l.put_watch(&c1), l.put_watch(&c2));
+    let mut outcomes = vec![a.unwrap(), b2.unwrap()];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        vec![ApplyOutcome::Applied, ApplyOutcome::VersionConflict]
+    );
+    // Finished: no longer due, still readable.
+    let mut done = claim(&early);
+    done.version = 3;
+    done.due_at = None;
+    done.finished = Some("succeeded".into());
+    assert_eq!(l.put_watch(&done).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(
+        ids(l
+            .due_watches(t0 + time::Duration::hours(1), 10)
+            .await
+            .unwrap()),
+        vec![late.id.clone()]
+    );
+    assert_eq!(l.get_watch(&early.id).await.unwrap(), Some(done));
+}
+
+async fn ledger_lists_events_by_psp_time(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let at = |key: &str, id: &str, t: time::OffsetDateTime| {
+        let mut e = event(key, id, EventKind::Payment, 100);
+        e.psp_time = Some(t);
+        e
+    };
+    let events = [
+        at("p1", "before", datetime!(2026-11-24 14:59:59.999 UTC)),
+        at("p2", "first", datetime!(2026-11-24 15:00:00 UTC)),
+        at("p3", "last", datetime!(2026-11-25 14:59:59 UTC)),
+        at("p4", "after", datetime!(2026-11-25 15:00:00 UTC)),
+    ];
+    for e in &events {
+        let Transition::Apply(state) = transition(None, e) else {
+            panic!()
+        };
+        assert_eq!(
+            l.apply(e, "n", Some(&state), 0).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+    }
+    let mut other = at("p5", "other source", datetime!(2026-11-25 00:00:00 UTC));
+    other.source = "v".into();
+    other.payment_key = PaymentKey::new("v", "m", "p5");
+    l.apply(&other, "n", None, 0).await.unwrap();
+    let mut untimed = event("p6", "no time", EventKind::Payment, 1);
+    untimed.psp_time = None;
+    l.apply(&untimed, "n", None, 0).await.unwrap();
+
+    // A UnionPay clearing day: 23:00 to 23:00 Beijing time.
+    let got = l
+        .events_between(
+            "u",
+            datetime!(2026-11-24 23:00:00 +08:00),
+            datetime!(2026-11-25 23:00:00 +08:00),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = got.iter().map(|r| r.event_key.as_str()).collect();
+    assert_eq!(keys, vec!["first", "last"]);
+    assert_eq!(got[0].event.as_ref().unwrap().psp_time, events[1].psp_time);
 }

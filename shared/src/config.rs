@@ -476,7 +476,9 @@ impl GatewayConfig {
             return Err("gateway.query_schedule_mins must be increasing and not empty".into());
         }
         if self.timeout_ms == 0 || self.max_requests_per_sec == 0 {
-            return Err("gateway.timeout_ms and gateway.max_requests_per_sec must be positive".into());
+            return Err(
+                "gateway.timeout_ms and gateway.max_requests_per_sec must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -556,7 +558,11 @@ impl Config {
                 }
                 if let Some(g) = up.gateway.as_mut() {
                     g.signing_key = g.signing_key.relative_to(base);
-                    for r in g.signing_cert.iter_mut().chain(g.signing_key_password.iter_mut()) {
+                    for r in g
+                        .signing_cert
+                        .iter_mut()
+                        .chain(g.signing_key_password.iter_mut())
+                    {
                         *r = r.relative_to(base);
                     }
                 }

@@ -246,7 +246,11 @@ impl Ledger for MeteredLedger {
         from: OffsetDateTime,
         to: OffsetDateTime,
     ) -> Result<Vec<EventRecord>, LedgerError> {
-        timed!(self, "events_between", self.inner.events_between(source, from, to))
+        timed!(
+            self,
+            "events_between",
+            self.inner.events_between(source, from, to)
+        )
     }
     fn fatal(&self) -> Option<String> {
         self.inner.fatal()

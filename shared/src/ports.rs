@@ -456,11 +456,8 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Vec<ParkedEntry>, LedgerError>;
     async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError>;
     async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError>;
-    async fn due_watches(
-        &self,
-        t: OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<Watch>, LedgerError>;
+    async fn due_watches(&self, t: OffsetDateTime, limit: usize)
+        -> Result<Vec<Watch>, LedgerError>;
     async fn events_between(
         &self,
         source: &str,

@@ -168,3 +168,39 @@ async fn ledger_apply_is_conditional_and_concurrent_appliers_have_one_winner() {
     );
     assert_eq!(l.history(&e.payment_key).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_version_2_ledger_is_brought_to_the_current_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.sqlite3");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE payments (payment_key TEXT PRIMARY KEY, status TEXT, currency TEXT,
+                 authorized_minor INTEGER NOT NULL DEFAULT 0, paid_minor INTEGER NOT NULL DEFAULT 0,
+                 refunded_minor INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL,
+                 alias_of TEXT, updated_at INTEGER NOT NULL);
+             CREATE TABLE events (payment_key TEXT NOT NULL, event_key TEXT NOT NULL,
+                 seq INTEGER NOT NULL, notification_id TEXT NOT NULL, kind TEXT NOT NULL,
+                 outcome TEXT NOT NULL, amount_minor INTEGER NOT NULL, currency TEXT NOT NULL,
+                 status_after TEXT, recorded_at INTEGER NOT NULL, event_json TEXT NOT NULL,
+                 PRIMARY KEY (payment_key, event_key));
+             CREATE TABLE parked (payment_key TEXT NOT NULL, event_key TEXT NOT NULL,
+                 notification_id TEXT NOT NULL, parked_at INTEGER NOT NULL,
+                 event_json TEXT NOT NULL, conflict TEXT, PRIMARY KEY (payment_key, event_key));
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let l = LocalLedger::open(&path).unwrap();
+    let mut e = event("e1");
+    let t = time::macros::datetime!(2026-11-25 10:00 UTC);
+    e.psp_time = Some(t);
+    l.apply(&e, "n1", None, 0).await.unwrap();
+    let found = l
+        .events_between("u", t, t + time::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(l.history(&e.payment_key).await.unwrap().len(), 1);
+}

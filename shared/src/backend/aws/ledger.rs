@@ -550,7 +550,10 @@ impl Ledger for DynamoLedger {
             ("pk".to_owned(), s(format!("{WATCH}#{}", watch.id))),
             ("sk".to_owned(), s(WATCH)),
             ("version".to_owned(), n(watch.version)),
-            ("watch_json".to_owned(), s(built(serde_json::to_string(watch))?)),
+            (
+                "watch_json".to_owned(),
+                s(built(serde_json::to_string(watch))?),
+            ),
         ]);
         if let Some(due) = watch.due_at {
             item.insert("gsi_due".to_owned(), s(WATCHES_PARTITION));

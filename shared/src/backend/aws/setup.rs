@@ -119,12 +119,13 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             .build()
             .map_err(|e| e.to_string())
     };
-    let index_attrs = |(_, hash, range): (&str, &str, &str)| -> Result<Vec<AttributeDefinition>, String> {
-        Ok(vec![
-            attr(hash, ScalarAttributeType::S).map_err(|e| e.to_string())?,
-            attr(range, ScalarAttributeType::N).map_err(|e| e.to_string())?,
-        ])
-    };
+    let index_attrs =
+        |(_, hash, range): (&str, &str, &str)| -> Result<Vec<AttributeDefinition>, String> {
+            Ok(vec![
+                attr(hash, ScalarAttributeType::S).map_err(|e| e.to_string())?,
+                attr(range, ScalarAttributeType::N).map_err(|e| e.to_string())?,
+            ])
+        };
     let mut create = c
         .dynamodb
         .create_table()
@@ -187,7 +188,12 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
                 .send()
                 .await
                 .map_err(|e| {
-                    format!("adding the {} index to {}: {}", i.0, aws.table, describe(&e))
+                    format!(
+                        "adding the {} index to {}: {}",
+                        i.0,
+                        aws.table,
+                        describe(&e)
+                    )
                 })?;
             c.dynamodb
                 .wait_until_table_exists()
