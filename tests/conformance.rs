@@ -619,6 +619,7 @@ fn watch(order: &str, due: time::OffsetDateTime) -> Watch {
         reason: "expected".into(),
         since: datetime!(2026-11-26 02:00:00 UTC),
         attempts: 0,
+        failures: 0,
         due_at: Some(due),
         last_answer: None,
         finished: None,

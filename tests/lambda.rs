@@ -331,7 +331,7 @@ async fn a_mixed_batch_fails_only_the_record_whose_write_failed(kind: Kind) {
         serde_json::from_str(include_str!("fixtures/lambda/scheduled_event.json")).unwrap();
     assert_eq!(
         l.worker.handle(scheduled).await.unwrap(),
-        json!({"overdue": 0, "conflicted": 0})
+        json!({"overdue": 0, "conflicted": 0, "queries_asked": 0, "queries_finished": 0})
     );
     assert!(l.worker.handle(json!({"hello": 1})).await.is_err());
 }
@@ -641,7 +641,10 @@ async fn the_bootstrap_binaries_run_on_the_runtime_api_with_the_deployed_configu
         serde_json::from_str(include_str!("fixtures/lambda/scheduled_event.json")).unwrap();
     worker_api.invoke("schedule-1", scheduled);
     let answer = answered(worker_api.outcome("schedule-1", wait).await.0);
-    assert_eq!(answer, json!({"overdue": 0, "conflicted": 0}));
+    assert_eq!(
+        answer,
+        json!({"overdue": 0, "conflicted": 0, "queries_asked": 0, "queries_finished": 0})
+    );
     // An event it does not know fails the invocation, as an error.
     worker_api.invoke("odd-1", json!({"hello": "world"}));
     assert!(matches!(

@@ -8,8 +8,9 @@
 //! delivery near the receive limit, are already off the queue.
 //!
 //! The same function answers an EventBridge scheduled event by checking the
-//! parked events ([`check_parked`]): a Lambda has no background task to do
-//! it between invocations.
+//! parked events ([`check_parked`]) and asking UnionPay about late payments
+//! ([`paynotify_worker::query::run_due`]): a Lambda has no background task to
+//! do either between invocations.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,7 +96,20 @@ impl Worker {
                 overdue,
                 conflicted,
             } = self.check_parked().await?;
-            return Ok(serde_json::json!({"overdue": overdue, "conflicted": conflicted}));
+            let mut queries = paynotify_worker::query::Pass::default();
+            if self.ctx.gateways.any_auto() {
+                queries = paynotify_worker::query::run_due(
+                    &self.ctx.querier(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await?;
+            }
+            return Ok(serde_json::json!({
+                "overdue": overdue,
+                "conflicted": conflicted,
+                "queries_asked": queries.asked,
+                "queries_finished": queries.finished,
+            }));
         }
         let keys: Vec<_> = event
             .as_object()

@@ -189,6 +189,9 @@ pub struct WorkerConfig {
     /// How often the workers read the parked events and log a warning when
     /// some are overdue or conflicted (what the stack's alarm counts).
     pub parked_check_secs: u64,
+    /// How often a worker looks for UnionPay status queries that are due
+    /// (sources with a `gateway` and `auto_query`).
+    pub query_check_secs: u64,
     /// `/healthz`, `/readyz`, `/metrics` of `paynotify-worker` (a process
     /// that runs ingest too serves them on `ingest.admin_listen`).
     pub admin_listen: String,
@@ -205,6 +208,7 @@ impl Default for WorkerConfig {
             retry_for_secs: 6 * 3600,
             parked_alert_secs: 24 * 3600,
             parked_check_secs: 300,
+            query_check_secs: 30,
             admin_listen: "127.0.0.1:9091".into(),
         }
     }
@@ -407,11 +411,13 @@ pub struct GatewayConfig {
     /// Whether workers ask about payments whose result is late on their own.
     #[serde(default = "default_true")]
     pub auto_query: bool,
-    /// Minutes after a payment was expected (or first seen in process, or a
-    /// refund parked for it) at which to ask, UnionPay's advice by default;
-    /// after the last one the last answer stands.
+    /// Seconds after a payment was expected (or first seen in process, or
+    /// a refund parked for it) at which to ask: UnionPay's advice of 5, 10,
+    /// 30, 60 and 120 minutes by default. After the last one the last
+    /// answer stands, and a failure is final only from then on (before it,
+    /// UnionPay says a front transaction's failure may still change).
     #[serde(default = "default_query_schedule")]
-    pub query_schedule_mins: Vec<u64>,
+    pub query_schedule_secs: Vec<u64>,
     /// Time allowed for one request, connection included.
     #[serde(default = "default_gateway_timeout_ms")]
     pub timeout_ms: u64,
@@ -437,7 +443,7 @@ fn default_true() -> bool {
     true
 }
 fn default_query_schedule() -> Vec<u64> {
-    vec![5, 10, 30, 60, 120]
+    vec![300, 600, 1800, 3600, 7200]
 }
 fn default_gateway_timeout_ms() -> u64 {
     10_000
@@ -470,10 +476,10 @@ impl GatewayConfig {
         if self.signing_cert.is_none() && self.signing_key_password.is_none() {
             return Err("gateway needs `signing_key_password` (a PKCS#12 key) or `signing_cert` (a PEM key)".into());
         }
-        if self.query_schedule_mins.is_empty()
-            || self.query_schedule_mins.windows(2).any(|w| w[0] >= w[1])
+        if self.query_schedule_secs.is_empty()
+            || self.query_schedule_secs.windows(2).any(|w| w[0] >= w[1])
         {
-            return Err("gateway.query_schedule_mins must be increasing and not empty".into());
+            return Err("gateway.query_schedule_secs must be increasing and not empty".into());
         }
         if self.timeout_ms == 0 || self.max_requests_per_sec == 0 {
             return Err(

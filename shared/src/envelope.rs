@@ -53,6 +53,13 @@ pub struct Envelope {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub body_b64: Option<String>,
     pub body_sha256: String,
+    /// Absent for a notification received. For paynotify's own calls to a
+    /// PSP (archived under `outbound/`): `request` or `response`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub direction: Option<String>,
+    /// The HTTP status of an outbound response.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<u16>,
 }
 
 /// The request as ingest saw it.
@@ -97,7 +104,25 @@ impl Envelope {
             body,
             body_b64,
             body_sha256: hex::encode(Sha256::digest(r.body)),
+            direction: None,
+            status: None,
         }
+    }
+
+    /// `outbound/source={source}/date={YYYY-MM-DD}/hour={HH}/{id}.{direction}.json`:
+    /// one exchange with a PSP is a request and its response under one id.
+    pub fn outbound_key(&self) -> String {
+        let t = self.received_at.to_offset(time::UtcOffset::UTC);
+        format!(
+            "outbound/source={}/date={:04}-{:02}-{:02}/hour={:02}/{}.{}.json",
+            self.source,
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            self.id,
+            self.direction.as_deref().unwrap_or("request")
+        )
     }
 
     /// `raw/source={source}/date={YYYY-MM-DD}/hour={HH}/{id}.json`, in UTC.

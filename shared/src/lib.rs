@@ -7,6 +7,7 @@ pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod faults;
+pub mod gateway;
 pub mod metered;
 pub mod metrics;
 pub mod money;

@@ -380,6 +380,10 @@ pub struct Watch {
     pub since: OffsetDateTime,
     /// Queries made so far.
     pub attempts: u32,
+    /// Queries in a row that got no answer (network, archive or ledger
+    /// failures): retried with a backoff, without using a step.
+    #[serde(default)]
+    pub failures: u32,
     /// When it is next due; `None` once finished.
     #[serde(with = "time::serde::rfc3339::option")]
     pub due_at: Option<OffsetDateTime>,

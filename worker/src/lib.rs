@@ -11,6 +11,7 @@
 //! bounded by receives (and on SQS by the redrive policy).
 
 pub mod apply;
+pub mod query;
 mod settle;
 mod stats;
 
@@ -121,6 +122,8 @@ pub struct WorkerContext {
     /// Where envelopes too large for the queue are fetched from.
     pub archive: Arc<dyn Archive>,
     pub verifiers: Arc<VerifierSet>,
+    /// UnionPay sources' gateways, for status queries.
+    pub gateways: Arc<query::Gateways>,
     pub config: WorkerConfig,
     pub max_receives: u32,
     pub stats: Arc<Stats>,
@@ -228,6 +231,18 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
         hook(&event);
     }
     let ref_ = event.payment_ref.clone();
+    // An in-process result: UnionPay is asked again later. The watch is
+    // created first, so a crash after the apply still leaves it.
+    if let Err(e) = query::watch_in_process(
+        ctx.ledger.as_ref(),
+        &ctx.gateways,
+        &event,
+        envelope.received_at,
+    )
+    .await
+    {
+        return (Disposition::Retry(e.to_string()), source);
+    }
     let disposition = apply::apply(ctx.ledger.as_ref(), &envelope.id, event).await;
     match &disposition {
         Disposition::Ack(kind) => {
@@ -359,6 +374,13 @@ impl WorkerContext {
             Duration::from_secs(config.worker.parked_check_secs.max(1)),
             shutdown.clone(),
         ));
+        if ctx.gateways.any_auto() {
+            tokio::spawn(query::watch_queries(
+                ctx.querier(),
+                Duration::from_secs(config.worker.query_check_secs.max(1)),
+                shutdown.clone(),
+            ));
+        }
         Ok(ctx)
     }
 
@@ -377,17 +399,29 @@ impl WorkerContext {
         let verifiers = Arc::new(VerifierSet::new(
             SourceVerifier::all(config, backends.secrets.as_ref()).await?,
         ));
+        let gateways = Arc::new(query::Gateways::load(config, backends.secrets.as_ref()).await?);
         Ok(Self {
             queue: backends.queue.clone(),
             ledger: backends.ledger.clone(),
             archive: backends.archive.clone(),
             verifiers,
+            gateways,
             config: config.worker.clone(),
             max_receives: config.backend.max_receives,
             stats,
             metrics,
             hooks,
         })
+    }
+
+    /// What asks UnionPay about late payments, on this worker's ports.
+    pub fn querier(&self) -> query::Querier {
+        query::Querier {
+            archive: self.archive.clone(),
+            ledger: self.ledger.clone(),
+            verifiers: self.verifiers.clone(),
+            gateways: self.gateways.clone(),
+        }
     }
 
     /// When a certificate comes from Secrets Manager, starts the task that

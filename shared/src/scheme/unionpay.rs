@@ -15,7 +15,7 @@ mod verify;
 pub use certs::{CertInfo, ChainValidator, TrustConfig};
 pub use error::VerifyError;
 pub use fields::{canonical_string, parse_form, parse_raw, BodyFormat, Fields};
-pub use mapping::to_event;
+pub use mapping::{order_of, to_event};
 pub use query::{classify, query_request, txn_time, QueryAnswer, QueryTarget, DEFAULT_BIZ_TYPE};
 pub use settlement::{
     decode_file_content, encode_file_content, file_request, mmdd, parse_zm, unzip, write_zm,

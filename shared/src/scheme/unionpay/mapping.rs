@@ -92,6 +92,18 @@ fn parse_amount(s: &str) -> Result<u64, VerifyError> {
     s.parse().map_err(|_| bad("not a number"))
 }
 
+/// The order (`orderId`, `txnTime`) of a UnionPay event, read back from its
+/// event key (`merId|orderId|txnTime|txnType|queryId|respCode`, DESIGN §4).
+pub fn order_of(event: &PaymentEvent) -> Option<super::query::QueryTarget> {
+    let mut parts = event.event_key.as_str().split('|');
+    let (_, order_id, txn_time) = (parts.next()?, parts.next()?, parts.next()?);
+    let target = super::query::QueryTarget::Order {
+        order_id: order_id.to_owned(),
+        txn_time: txn_time.to_owned(),
+    };
+    target.check().ok().map(|()| target)
+}
+
 /// `settleDate` is `MMDD`: the clearing day on or just after the
 /// transaction (Beijing time), so its year is the transaction's, or the next
 /// one for a transaction late on 31 December settled on 1 January.

@@ -1,0 +1,232 @@
+//! Outbound calls to a PSP's API (UnionPay's gateway): one HTTP client per
+//! source with a timeout, retries with exponential backoff on network
+//! errors, timeouts and 5xx answers (never on a 4xx or a 2xx: a request
+//! UnionPay answered is not sent again), and a rate limit.
+//!
+//! TLS is rustls on aws-lc-rs with the system's root certificates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The largest answer read (a settlement file of a busy merchant is a few
+/// MB of compressed text).
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// One HTTP answer, as received.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why a call got no usable answer. Every kind is transient: asking again
+/// later may succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("HTTP {status}: {preview}")]
+    Status { status: u16, preview: String },
+    #[error("answer larger than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge,
+}
+
+impl GatewayError {
+    fn retryable(&self) -> bool {
+        match self {
+            Self::Timeout(_) | Self::Network(_) => true,
+            Self::Status { status, .. } => *status >= 500,
+            Self::TooLarge => false,
+        }
+    }
+}
+
+/// Spaces calls at least `interval` apart: each call reserves the next slot.
+#[derive(Debug)]
+struct RateLimit {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimit {
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// Settings of one client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings {
+    pub timeout: Duration,
+    pub retries: u32,
+    pub max_requests_per_sec: u32,
+    /// The first backoff; doubled on each retry.
+    pub first_backoff: Duration,
+}
+
+/// An HTTP client for one gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    limit: Arc<RateLimit>,
+}
+
+impl GatewayClient {
+    /// A client with these settings.
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot be built.
+    pub fn new(settings: ClientSettings) -> Result<Self, String> {
+        // reqwest builds its rustls configuration with the process's default
+        // provider: aws-lc-rs, the one the AWS SDK uses. Installing it twice
+        // is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            settings,
+            limit: Arc::new(RateLimit {
+                interval: Duration::from_secs(1) / settings.max_requests_per_sec.max(1),
+                next: Mutex::new(Instant::now()),
+            }),
+        })
+    }
+
+    /// `POST`s a form body (`application/x-www-form-urlencoded;charset=UTF-8`)
+    /// and returns the first 2xx-4xx answer; retries what [`GatewayError`]
+    /// says is transient, `retries` times.
+    ///
+    /// # Errors
+    /// The last error when every try failed.
+    pub async fn post_form(&self, url: &str, body: &str) -> Result<HttpAnswer, GatewayError> {
+        let attempt = || async {
+            self.limit.wait().await;
+            self.post_once(url, body).await
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(self.settings.first_backoff)
+                    .with_max_times(self.settings.retries as usize)
+                    .with_jitter(),
+            )
+            .when(GatewayError::retryable)
+            .notify(|e, after| {
+                tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "gateway call failed; retrying");
+            })
+            .await
+    }
+
+    async fn post_once(&self, url: &str, body: &str) -> Result<HttpAnswer, GatewayError> {
+        let classify = |e: reqwest::Error| {
+            if e.is_timeout() {
+                GatewayError::Timeout(self.settings.timeout)
+            } else {
+                GatewayError::Network(error_chain(&e))
+            }
+        };
+        let mut response = self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded;charset=UTF-8",
+            )
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(GatewayError::TooLarge);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if status >= 500 {
+            return Err(GatewayError::Status {
+                status,
+                preview: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            });
+        }
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body: bytes,
+        })
+    }
+}
+
+/// An error with its sources, for a useful one-line message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_spaces_calls() {
+        let limit = RateLimit {
+            interval: Duration::from_millis(100),
+            next: Mutex::new(Instant::now()),
+        };
+        let start = Instant::now();
+        for _ in 0..5 {
+            limit.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        assert!(GatewayError::Timeout(Duration::from_secs(1)).retryable());
+        assert!(GatewayError::Network("reset".into()).retryable());
+        let status = |status| GatewayError::Status {
+            status,
+            preview: String::new(),
+        };
+        assert!(status(503).retryable());
+        assert!(!status(404).retryable());
+        assert!(!GatewayError::TooLarge.retryable());
+    }
+}

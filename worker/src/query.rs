@@ -1,0 +1,674 @@
+//! UnionPay status queries (DESIGN §5): ask UnionPay's gateway about one
+//! transaction, archive the exchange under `outbound/`, verify the answer
+//! with the same chain and identity rules as a notification, and apply a
+//! final answer through the same state machine and idempotency (its event
+//! key is the one a notification of the same result has, so whichever comes
+//! second is a duplicate). The scheduler ([`run_due`]) asks on its own about
+//! payments whose result is late, one worker per transaction at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paynotify_shared::config::{Config, ConfigError, GatewayConfig, SchemeKind};
+use paynotify_shared::envelope::{Envelope, Received};
+use paynotify_shared::event::{EventOutcome, PaymentEvent};
+use paynotify_shared::gateway::{ClientSettings, GatewayClient, GatewayError};
+use paynotify_shared::ports::{ApplyOutcome, Archive, ArchiveError, Ledger, LedgerError, Watch};
+use paynotify_shared::scheme::unionpay::{
+    classify, parse_raw, query_request, Fields, QueryAnswer, QueryTarget, SigningKey, VerifyError,
+};
+use paynotify_shared::scheme::{SourceVerifier, VerifierSet};
+use paynotify_shared::secret::SecretRef;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use crate::Disposition;
+
+/// The status query endpoint, under the gateway's base URL.
+pub const QUERY_PATH: &str = "/gateway/api/queryTrans.do";
+
+/// One source's way to UnionPay: its settings, the merchant's key and an
+/// HTTP client.
+#[derive(Debug)]
+pub struct SourceGateway {
+    pub source: String,
+    pub config: GatewayConfig,
+    pub key: SigningKey,
+    pub client: GatewayClient,
+}
+
+impl SourceGateway {
+    /// Reads the signing key and builds the client.
+    ///
+    /// # Errors
+    /// A key that cannot be read or does not open, as a [`ConfigError`].
+    pub async fn load(
+        source: &str,
+        config: &GatewayConfig,
+        secrets: Option<&aws_sdk_secretsmanager::Client>,
+    ) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Source {
+            source_name: source.to_owned(),
+            why,
+        };
+        let read = |r: &SecretRef| {
+            let r = r.clone();
+            async move {
+                r.read(secrets)
+                    .await
+                    .map_err(|e| format!("reading {r}: {e}"))
+            }
+        };
+        let key_bytes = read(&config.signing_key).await.map_err(bad)?;
+        let key = match (&config.signing_cert, &config.signing_key_password) {
+            (Some(cert), _) => {
+                let cert = read(cert).await.map_err(bad)?;
+                SigningKey::from_pem(key_bytes.expose(), cert.expose())
+            }
+            (None, Some(password)) => {
+                let password = read(password).await.map_err(bad)?;
+                let text = String::from_utf8_lossy(password.expose());
+                SigningKey::from_pkcs12(key_bytes.expose(), text.trim_end_matches(['\r', '\n']))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "gateway has no signing_cert or signing_key_password".into()
+                ))
+            }
+        }
+        .map_err(|e| bad(format!("signing key {}: {e}", config.signing_key)))?;
+        let client = GatewayClient::new(ClientSettings {
+            timeout: Duration::from_millis(config.timeout_ms),
+            retries: config.retries,
+            max_requests_per_sec: config.max_requests_per_sec,
+            first_backoff: Duration::from_millis(200),
+        })
+        .map_err(bad)?;
+        Ok(Self {
+            source: source.to_owned(),
+            config: config.clone(),
+            key,
+            client,
+        })
+    }
+
+    /// How long a claim on a watch lasts: every try of one query and its
+    /// backoff, with room to spare.
+    pub fn lease(&self) -> Duration {
+        let one = Duration::from_millis(self.config.timeout_ms);
+        (one * (self.config.retries + 2) * 2).max(Duration::from_secs(60))
+    }
+
+    /// A failure answer is final once the transaction is older than the
+    /// last step of the schedule.
+    pub fn failure_final_after(&self) -> Duration {
+        Duration::from_secs(
+            self.config
+                .query_schedule_secs
+                .last()
+                .copied()
+                .unwrap_or(7200),
+        )
+    }
+}
+
+/// The gateways of every UnionPay source that has one.
+#[derive(Debug, Default, Clone)]
+pub struct Gateways(BTreeMap<String, Arc<SourceGateway>>);
+
+impl Gateways {
+    /// Loads every `[sources.NAME.unionpay.gateway]`.
+    ///
+    /// # Errors
+    /// The first source whose key cannot be used.
+    pub async fn load(
+        config: &Config,
+        secrets: Option<&aws_sdk_secretsmanager::Client>,
+    ) -> Result<Self, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, source) in &config.sources {
+            if source.scheme != SchemeKind::Unionpay {
+                continue;
+            }
+            if let Some(g) = source.unionpay.as_ref().and_then(|u| u.gateway.as_ref()) {
+                out.insert(
+                    name.clone(),
+                    Arc::new(SourceGateway::load(name, g, secrets).await?),
+                );
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// The gateway of `source`.
+    pub fn get(&self, source: &str) -> Option<&Arc<SourceGateway>> {
+        self.0.get(source)
+    }
+
+    /// Whether any source asks on its own.
+    pub fn any_auto(&self) -> bool {
+        self.0.values().any(|g| g.config.auto_query)
+    }
+}
+
+/// Why a query gave no answer to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("source {0:?} has no [sources.{0}.unionpay.gateway] table")]
+    NoGateway(String),
+    #[error("building the request: {0}")]
+    Request(VerifyError),
+    #[error("archiving the exchange: {0}")]
+    Archive(ArchiveError),
+    #[error("calling UnionPay: {0}")]
+    Gateway(GatewayError),
+    #[error("UnionPay answered HTTP {0}")]
+    Http(u16),
+    #[error("the answer was rejected at step {step}: {error}")]
+    Rejected { step: &'static str, error: String },
+    #[error("applying the answer: {0}")]
+    Apply(String),
+}
+
+impl QueryError {
+    /// Whether asking again soon may succeed (the network, the archive or
+    /// the ledger failed), as opposed to an answer that was refused.
+    pub fn transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Archive(_) | Self::Gateway(_) | Self::Http(_) | Self::Apply(_)
+        )
+    }
+}
+
+/// What one query found and did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueryReport {
+    pub source: String,
+    pub merchant: String,
+    pub target: QueryTarget,
+    /// The id of the exchange: its request and response are archived
+    /// under it, and an event it applied is recorded with it.
+    pub exchange_id: String,
+    pub request_key: String,
+    pub response_key: String,
+    /// `succeeded`, `failed`, `in_process`, `not_found` or `refused`.
+    pub answer: &'static str,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    /// The event of a final answer.
+    pub event: Option<PaymentEvent>,
+    /// What applying it did: `applied`, `duplicate`, … or `conflict: …`;
+    /// `None` when nothing was applied (a failure not yet final, or no
+    /// final answer).
+    pub applied: Option<String>,
+}
+
+impl QueryReport {
+    /// Whether UnionPay's answer ends the questions about this transaction.
+    pub fn is_final(&self) -> bool {
+        self.applied.is_some()
+    }
+}
+
+/// Asks UnionPay and acts on the answer.
+#[derive(Clone)]
+pub struct Querier {
+    pub archive: Arc<dyn Archive>,
+    pub ledger: Arc<dyn Ledger>,
+    pub verifiers: Arc<VerifierSet>,
+    pub gateways: Arc<Gateways>,
+}
+
+impl Querier {
+    /// Queries `target` of `merchant` at `source`; see the module docs.
+    ///
+    /// # Errors
+    /// [`QueryError`]; its `transient` says whether to ask again soon.
+    pub async fn query(
+        &self,
+        source: &str,
+        merchant: &str,
+        target: &QueryTarget,
+    ) -> Result<QueryReport, QueryError> {
+        let gw = self
+            .gateways
+            .get(source)
+            .ok_or_else(|| QueryError::NoGateway(source.to_owned()))?;
+        let fields = query_request(&gw.key, merchant, &gw.config.biz_type, target)
+            .map_err(QueryError::Request)?;
+        let url = format!("{}{QUERY_PATH}", gw.config.url.trim_end_matches('/'));
+        let (request, response) = self.exchange(gw, &url, &fields).await?;
+        let answered_at = response.received_at;
+        let report =
+            |answer: &'static str, code: Option<String>, message: Option<String>| QueryReport {
+                source: source.to_owned(),
+                merchant: merchant.to_owned(),
+                target: target.clone(),
+                exchange_id: request.id.clone(),
+                request_key: request.outbound_key(),
+                response_key: response.outbound_key(),
+                answer,
+                code,
+                message,
+                event: None,
+                applied: None,
+            };
+        let body = response.body_bytes().unwrap_or_default();
+        let answer = self
+            .verify_answer(source, merchant, target, &body, answered_at)
+            .map_err(|e| {
+                warn!(source, exchange_id = %request.id, step = e.step(), reason = e.name(),
+                      direction = "response", "UnionPay's answer was rejected");
+                QueryError::Rejected {
+                    step: e.step(),
+                    error: e.to_string(),
+                }
+            })?;
+        let mut out = match &answer {
+            QueryAnswer::Final(e) => report(
+                answer.name(),
+                e.result_code.clone(),
+                e.result_message.clone(),
+            ),
+            QueryAnswer::InProcess { code, message } => {
+                report(answer.name(), Some(code.clone()), Some(message.clone()))
+            }
+            QueryAnswer::NotFound { message } => {
+                report(answer.name(), Some("34".into()), Some(message.clone()))
+            }
+            QueryAnswer::Refused { code, message } => {
+                report(answer.name(), Some(code.clone()), Some(message.clone()))
+            }
+        };
+        if let QueryAnswer::Final(event) = answer {
+            let event = *event;
+            let settled = event.outcome == EventOutcome::Succeeded
+                || event.psp_time.is_some_and(|t| {
+                    answered_at - t
+                        >= time::Duration::try_from(gw.failure_final_after())
+                            .unwrap_or(time::Duration::MAX)
+                });
+            if settled {
+                out.applied = Some(
+                    match crate::apply::apply(self.ledger.as_ref(), &request.id, event.clone())
+                        .await
+                    {
+                        Disposition::Ack(kind) => kind.as_str().to_owned(),
+                        Disposition::DeadLetter { reason, error } => format!("{reason}: {error}"),
+                        Disposition::Retry(why) | Disposition::Panicked(why) => {
+                            return Err(QueryError::Apply(why))
+                        }
+                        Disposition::Split { .. } => "split".to_owned(),
+                    },
+                );
+            }
+            out.event = Some(event);
+        }
+        info!(source, exchange_id = %out.exchange_id, payment_ref = out.event.as_ref().map_or("", |e| e.payment_ref.as_str()),
+              answer = out.answer, applied = out.applied.as_deref().unwrap_or(""), direction = "response",
+              "UnionPay status query answered");
+        Ok(out)
+    }
+
+    /// Archives the request, sends it, archives the response.
+    async fn exchange(
+        &self,
+        gw: &SourceGateway,
+        url: &str,
+        fields: &Fields,
+    ) -> Result<(Envelope, Envelope), QueryError> {
+        let body = fields.to_form_body();
+        let content_type = (
+            "content-type".to_owned(),
+            "application/x-www-form-urlencoded;charset=UTF-8".to_owned(),
+        );
+        let mut request = Envelope::new(Received {
+            source: &gw.source,
+            received_at: OffsetDateTime::now_utc(),
+            remote_addr: None,
+            method: "POST",
+            path: url,
+            query: None,
+            headers: vec![content_type],
+            body: body.as_bytes(),
+        });
+        request.direction = Some("request".into());
+        self.archive
+            .put(&request.outbound_key(), &request.to_json())
+            .await
+            .map_err(QueryError::Archive)?;
+        let answer = gw
+            .client
+            .post_form(url, &body)
+            .await
+            .map_err(QueryError::Gateway)?;
+        let mut response = Envelope::new(Received {
+            source: &gw.source,
+            received_at: OffsetDateTime::now_utc(),
+            remote_addr: None,
+            method: "POST",
+            path: url,
+            query: None,
+            headers: answer.headers.clone(),
+            body: &answer.body,
+        });
+        response.id.clone_from(&request.id);
+        response.direction = Some("response".into());
+        response.status = Some(answer.status);
+        self.archive
+            .put(&response.outbound_key(), &response.to_json())
+            .await
+            .map_err(QueryError::Archive)?;
+        if answer.status != 200 {
+            return Err(QueryError::Http(answer.status));
+        }
+        Ok((request, response))
+    }
+
+    /// Parses the raw answer, verifies it as received at `at`, checks that
+    /// it is about what was asked, and reads it.
+    fn verify_answer(
+        &self,
+        source: &str,
+        merchant: &str,
+        target: &QueryTarget,
+        body: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<QueryAnswer, VerifyError> {
+        let verifiers = self.verifiers.current();
+        let Some(SourceVerifier::UnionPay(verifier)) = verifiers.get(source) else {
+            return Err(VerifyError::MalformedBody(format!(
+                "source {source:?} is not a UnionPay source"
+            )));
+        };
+        let verified = verifier.verify_fields(parse_raw(body)?, at)?;
+        let fields = &verified.fields;
+        let mismatch = |field: &'static str, asked: &str| {
+            let got = fields.get(field).unwrap_or("");
+            (got != asked).then(|| VerifyError::MalformedField {
+                field,
+                why: format!("the answer is about {got:?}, the query asked about {asked:?}"),
+            })
+        };
+        let wrong = match target {
+            QueryTarget::Order { order_id, txn_time } => mismatch("merId", merchant)
+                .or_else(|| mismatch("orderId", order_id))
+                .or_else(|| mismatch("txnTime", txn_time)),
+            QueryTarget::QueryId { query_id } => mismatch("merId", merchant).or_else(|| {
+                // A refused or not-found answer need not echo the id.
+                fields
+                    .get("queryId")
+                    .and_then(|_| mismatch("queryId", query_id))
+            }),
+        };
+        // Only an answer that names a result must be about the transaction
+        // asked for; "no such transaction" may omit the order's fields.
+        if fields.get("respCode") == Some("00") {
+            if let Some(e) = wrong {
+                return Err(e);
+            }
+        } else if let Some(e) = mismatch("merId", merchant) {
+            return Err(e);
+        }
+        classify(source, fields)
+    }
+}
+
+/// What a pass of the scheduler did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Watches asked about.
+    pub asked: usize,
+    /// Watches that reached a final answer (or ran out of schedule).
+    pub finished: usize,
+    /// Watches another worker held.
+    pub skipped: usize,
+}
+
+/// Asks about every watch due at `now` whose source asks on its own: claims
+/// it (a conditional write; a watch another worker claimed is skipped),
+/// queries, and writes what comes next. Also creates the watches of refunds
+/// and voids parked for a payment that has not arrived within the first
+/// step of the schedule.
+///
+/// # Errors
+/// When the ledger cannot list watches (each watch's own failures are
+/// logged and retried later).
+pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, LedgerError> {
+    watch_parked_payments(querier, now).await?;
+    let mut pass = Pass::default();
+    for w in querier
+        .ledger
+        .due_watches(now, paynotify_shared::ports::WATCH_SCAN_LIMIT)
+        .await?
+    {
+        let Some(gw) = querier.gateways.get(&w.source).cloned() else {
+            continue;
+        };
+        if !gw.config.auto_query {
+            continue;
+        }
+        let mut claimed = w.clone();
+        claimed.version += 1;
+        claimed.due_at = Some(now + gw.lease());
+        match querier.ledger.put_watch(&claimed).await {
+            Ok(ApplyOutcome::Applied) => {}
+            Ok(_) => {
+                pass.skipped += 1;
+                continue;
+            }
+            Err(e) => {
+                warn!(watch = %w.id, error = %e, "claiming a status query failed");
+                continue;
+            }
+        }
+        pass.asked += 1;
+        let result = querier.query(&w.source, &w.merchant, &w.target).await;
+        let next = next_step(
+            &claimed,
+            &gw.config.query_schedule_secs,
+            &result,
+            OffsetDateTime::now_utc().max(now),
+        );
+        if next.finished.is_some() {
+            pass.finished += 1;
+            if next.finished.as_deref() != Some("succeeded")
+                && next.finished.as_deref() != Some("failed")
+            {
+                warn!(watch = %w.id, source = %w.source, answer = next.finished.as_deref().unwrap_or(""),
+                      "status queries ran out of schedule without a final answer");
+            }
+        }
+        match querier.ledger.put_watch(&next).await {
+            Ok(ApplyOutcome::Applied) => {}
+            Ok(_) => {
+                warn!(watch = %w.id, "a status query's claim expired before its answer was written")
+            }
+            Err(e) => {
+                warn!(watch = %w.id, error = %e, "writing a status query's answer failed; it will be asked again")
+            }
+        }
+    }
+    Ok(pass)
+}
+
+/// The watch after one query: finished on a final answer, else due at the
+/// next step of `schedule` (seconds after `since`); a transient failure is
+/// asked again after a backoff without using a step.
+pub fn next_step(
+    claimed: &Watch,
+    schedule: &[u64],
+    result: &Result<QueryReport, QueryError>,
+    now: OffsetDateTime,
+) -> Watch {
+    let mut next = claimed.clone();
+    next.version += 1;
+    let step_at = |n: usize| {
+        schedule
+            .get(n)
+            .map(|s| (claimed.since + time::Duration::seconds(*s as i64)).max(now))
+    };
+    match result {
+        Ok(report) => {
+            next.attempts += 1;
+            next.failures = 0;
+            next.last_answer = Some(match (&report.code, &report.message) {
+                (Some(c), Some(m)) => format!("{} ({c} {m})", report.answer),
+                _ => report.answer.to_owned(),
+            });
+            if report.is_final() {
+                next.finished = Some(report.answer.to_owned());
+                next.due_at = None;
+            } else {
+                next.due_at = step_at(next.attempts as usize);
+                if next.due_at.is_none() {
+                    next.finished = Some(format!("gave up: {}", report.answer));
+                }
+            }
+        }
+        Err(e) if e.transient() => {
+            next.failures += 1;
+            next.last_answer = Some(format!("error: {e}"));
+            let backoff = time::Duration::seconds(30 * (1i64 << next.failures.min(6)));
+            let give_up_at = claimed.since
+                + time::Duration::seconds(schedule.last().copied().unwrap_or(0) as i64)
+                + time::Duration::days(1);
+            if now > give_up_at {
+                next.finished = Some(format!("gave up: {e}"));
+                next.due_at = None;
+            } else {
+                next.due_at = Some(now + backoff);
+            }
+        }
+        Err(e) => {
+            // A refused answer (forged, tampered, about another order) uses
+            // a step: asking again at once would get the same.
+            next.attempts += 1;
+            next.last_answer = Some(format!("error: {e}"));
+            next.due_at = step_at(next.attempts as usize);
+            if next.due_at.is_none() {
+                next.finished = Some(format!("gave up: {e}"));
+            }
+        }
+    }
+    next
+}
+
+/// Creates a watch of `target` (create-only: an existing one is left as
+/// it is) due at the first step after `since`.
+///
+/// # Errors
+/// When the ledger fails.
+pub async fn watch(
+    ledger: &dyn Ledger,
+    gw: &SourceGateway,
+    merchant: &str,
+    target: QueryTarget,
+    reason: &str,
+    since: OffsetDateTime,
+) -> Result<bool, LedgerError> {
+    let first = gw
+        .config
+        .query_schedule_secs
+        .first()
+        .copied()
+        .unwrap_or(300);
+    let w = Watch {
+        id: Watch::id_for(&gw.source, merchant, &target),
+        source: gw.source.clone(),
+        merchant: merchant.to_owned(),
+        target,
+        reason: reason.to_owned(),
+        since,
+        attempts: 0,
+        failures: 0,
+        due_at: Some(since + time::Duration::seconds(first as i64)),
+        last_answer: None,
+        finished: None,
+        version: 1,
+    };
+    Ok(ledger.put_watch(&w).await? == ApplyOutcome::Applied)
+}
+
+/// Refunds and voids parked for longer than the first step: ask about the
+/// payment they name (by its `queryId`).
+async fn watch_parked_payments(querier: &Querier, now: OffsetDateTime) -> Result<(), LedgerError> {
+    let parked = querier
+        .ledger
+        .parked_before(now, paynotify_shared::ports::PARKED_SCAN_LIMIT)
+        .await?;
+    for p in parked {
+        let e = &p.parked.event;
+        let Some(gw) = querier.gateways.get(&e.source) else {
+            continue;
+        };
+        if !gw.config.auto_query || p.parked.conflict.is_some() {
+            continue;
+        }
+        let target = QueryTarget::QueryId {
+            query_id: e.payment_ref.clone(),
+        };
+        if target.check().is_err() {
+            continue;
+        }
+        // The schedule counts from when the event was parked.
+        if watch(
+            querier.ledger.as_ref(),
+            gw,
+            &e.merchant,
+            target,
+            "parked",
+            p.parked.parked_at,
+        )
+        .await?
+        {
+            info!(payment_key = %p.payment_key, source = %e.source, "a parked event's payment will be asked about");
+        }
+    }
+    Ok(())
+}
+
+/// After an in-process notification (UnionPay 03/04/05), ask about the
+/// transaction on the source's schedule.
+///
+/// # Errors
+/// When the ledger fails.
+pub async fn watch_in_process(
+    ledger: &dyn Ledger,
+    gateways: &Gateways,
+    event: &PaymentEvent,
+    now: OffsetDateTime,
+) -> Result<(), LedgerError> {
+    if event.outcome != EventOutcome::Pending {
+        return Ok(());
+    }
+    let Some(gw) = gateways.get(&event.source) else {
+        return Ok(());
+    };
+    let Some(target) = paynotify_shared::scheme::unionpay::order_of(event) else {
+        return Ok(());
+    };
+    if gw.config.auto_query {
+        watch(ledger, gw, &event.merchant, target, "in_process", now).await?;
+    }
+    Ok(())
+}
+
+/// Every `every` until `shutdown`, [`run_due`].
+pub async fn watch_queries(
+    querier: Querier,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = run_due(&querier, OffsetDateTime::now_utc()).await {
+            warn!(error = %e, "reading due status queries failed");
+        }
+    }
+}
