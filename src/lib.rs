@@ -1,8 +1,9 @@
 //! The `paynotify` application: assembling backends, ingest and workers into
-//! one process, and the PSP simulator. The binary in `main.rs` is a thin
+//! one process, the PSP simulator and a simulated UnionPay gateway. The binary in `main.rs` is a thin
 //! layer of flags over these.
 
 pub mod app;
+pub mod gateway_sim;
 pub mod purge;
 pub mod reconcile;
 pub mod replay;

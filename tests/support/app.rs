@@ -49,8 +49,19 @@ pub async fn spawn_app_tweaked(
     options: AppOptions,
     tweak: impl FnOnce(&mut Config),
 ) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
     let pki = generate(&TestPkiOptions::default()).unwrap();
+    spawn_app_with_pki(kind, options, pki, tweak).await
+}
+
+/// As [`spawn_app_tweaked`], with a test PKI the caller made (to give
+/// UnionPay's side of it to a simulated gateway first).
+pub async fn spawn_app_with_pki(
+    kind: Kind,
+    options: AppOptions,
+    pki: TestPki,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
     let mut config = config_in(dir.path(), &pki);
     super::prepare(kind, &mut config.backend, dir.path()).await;
     // After `prepare`, so a test may also choose where the data lives.

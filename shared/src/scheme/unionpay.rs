@@ -21,5 +21,5 @@ pub use settlement::{
     decode_file_content, encode_file_content, file_request, mmdd, parse_zm, unzip, write_zm,
     zm_file, SettlementError, ZmRecord, ZM_RECORD_LEN,
 };
-pub use sign::{sign_fields, MerchantSigner, SigningKey};
+pub use sign::{sign_fields, verify_request, MerchantSigner, SigningKey};
 pub use verify::{Explanation, UnionPayVerifier, Verified, VerifierConfig};

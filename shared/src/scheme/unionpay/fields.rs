@@ -122,6 +122,24 @@ impl Fields {
     }
 }
 
+impl Fields {
+    /// The fields as UnionPay writes a synchronous answer: `k=v&…`, keys
+    /// sorted, values as they are (no percent-encoding; read it back with
+    /// [`parse_raw`]).
+    pub fn to_raw_body(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (k, f)) in self.map.iter().enumerate() {
+            if i > 0 {
+                out.push(b'&');
+            }
+            out.extend_from_slice(k);
+            out.push(b'=');
+            out.extend_from_slice(f.raw());
+        }
+        out
+    }
+}
+
 /// The canonical string S of DESIGN §6: every field but `signature`, sorted
 /// bytewise by key, `k=v` joined by `&`, values exactly as received.
 pub fn canonical_string(fields: &Fields) -> Vec<u8> {

@@ -140,3 +140,25 @@ impl SigningKey {
         sign_fields(&self.signer, fields)
     }
 }
+
+/// Verifies a merchant's 5.1.0 request against the merchant's certificate,
+/// as UnionPay's gateway does (the certificate it holds for `certId`): what
+/// the gateway simulator checks, and a check of our own signing.
+///
+/// # Errors
+/// `UnknownCertId` when `certId` is not the certificate's serial, else the
+/// failing step.
+pub fn verify_request(fields: &Fields, merchant_cert: &[u8]) -> Result<(), VerifyError> {
+    let cert = super::certs::CertInfo::parse(merchant_cert)?;
+    let cert_id = fields.require("certId")?;
+    if cert_id != cert.serial {
+        return Err(VerifyError::UnknownCertId(cert_id.to_owned()));
+    }
+    let signature = super::verify::decode_signature(fields.require("signature")?)?;
+    let digest_hex = digest_for_signing(fields.require("version")?, &canonical_string(fields))?;
+    cert.key_sha256
+        .as_ref()
+        .ok_or_else(|| VerifyError::MalformedCertificate("not an RSA key".into()))?
+        .verify_sig(digest_hex.as_bytes(), &signature)
+        .map_err(|_| VerifyError::BadSignature)
+}

@@ -219,7 +219,7 @@ fn hex_digest(version: &SignVersion, canonical: &[u8]) -> String {
 }
 
 /// Strict standard base64: whitespace or URL-safe characters are rejected.
-fn decode_signature(signature: &str) -> Result<Vec<u8>, VerifyError> {
+pub(super) fn decode_signature(signature: &str) -> Result<Vec<u8>, VerifyError> {
     base64::engine::general_purpose::STANDARD
         .decode(signature)
         .map_err(|_| VerifyError::MalformedSignature)
