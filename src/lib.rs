@@ -7,4 +7,5 @@ pub mod gateway_sim;
 pub mod purge;
 pub mod reconcile;
 pub mod replay;
+pub mod settlement;
 pub mod simulate;

@@ -8,6 +8,7 @@ mod reconcile_cmd;
 mod simulate_cmd;
 mod testpki_cmd;
 mod txn_cmd;
+mod unionpay_cmd;
 mod verify_cmd;
 
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ enum Command {
     /// Read the raw archive.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// UnionPay: status queries and the daily settlement file.
+    #[command(subcommand)]
+    Unionpay(UnionpayCommand),
     /// Send signed UnionPay-style notifications to a running paynotify.
     Simulate(simulate_cmd::Args),
     /// Run the whole pipeline on a fresh data directory with simulated traffic.
@@ -89,6 +93,29 @@ enum AwsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UnionpayCommand {
+    /// Ask UnionPay about one transaction now, archive the exchange and
+    /// apply a final answer.
+    Query(unionpay_cmd::Target),
+    /// Ask about an order on the source's schedule until UnionPay gives a
+    /// final answer (workers do the asking).
+    Watch(unionpay_cmd::Target),
+    /// Transactions still being asked about.
+    Watches(unionpay_cmd::Watches),
+    /// The daily settlement file.
+    #[command(subcommand)]
+    Settlement(SettlementCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SettlementCommand {
+    /// Download and archive a day's file.
+    Fetch(unionpay_cmd::Settlement),
+    /// Compare a day's file with the ledger; exit 1 on any mismatch.
+    Reconcile(unionpay_cmd::Settlement),
+}
+
+#[derive(Debug, Subcommand)]
 enum ArchiveCommand {
     /// List archive keys.
     Ls(ops_cmd::ArchiveLs),
@@ -124,6 +151,15 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Aws(AwsCommand::Init(args)) => ops_cmd::aws_init(args).await,
         Command::Archive(ArchiveCommand::Ls(args)) => ops_cmd::archive_ls(args).await,
         Command::Archive(ArchiveCommand::Cat(args)) => ops_cmd::archive_cat(args).await,
+        Command::Unionpay(UnionpayCommand::Query(args)) => unionpay_cmd::query(args).await,
+        Command::Unionpay(UnionpayCommand::Watch(args)) => unionpay_cmd::watch(args).await,
+        Command::Unionpay(UnionpayCommand::Watches(args)) => unionpay_cmd::watches(args).await,
+        Command::Unionpay(UnionpayCommand::Settlement(SettlementCommand::Fetch(args))) => {
+            unionpay_cmd::fetch(args).await
+        }
+        Command::Unionpay(UnionpayCommand::Settlement(SettlementCommand::Reconcile(args))) => {
+            unionpay_cmd::reconcile(args).await
+        }
         Command::Simulate(args) => simulate_cmd::run(args).await,
         Command::Demo(args) => demo_cmd::run(args).await,
         Command::Verify(args) => verify_cmd::run(args).await,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::app::AppOptions;
 use paynotify::gateway_sim::{GatewaySim, Scripted, Txn, TxnState};
+use paynotify::settlement;
 use paynotify_shared::config::GatewayConfig;
 use paynotify_shared::ports::Watch;
 use paynotify_shared::scheme::unionpay::{parse_form, QueryTarget};
@@ -30,6 +31,7 @@ on_both_backends!(
     a_lost_notification_becomes_paid_through_the_automatic_query_once,
     a_parked_refund_is_resolved_by_asking_about_its_payment,
     forged_unsigned_and_failed_answers_change_nothing,
+    the_settlement_file_lists_lost_changed_and_unsettled_transactions,
 );
 
 /// The merchant's test key as UnionPay issues it (PKCS#12, password
@@ -96,7 +98,16 @@ async fn setup(kind: Kind, auto: bool) -> Setup {
 /// A purchase the simulated gateway knows, with the order and time of the
 /// notification body UnionPay would have sent for it.
 fn known_purchase(s: &Setup, query_id: &str, amount: u64) -> (Txn, String) {
-    let body = s.app.sim.purchase(query_id, amount);
+    known_purchase_with(s, query_id, amount, &[])
+}
+
+fn known_purchase_with(
+    s: &Setup,
+    query_id: &str,
+    amount: u64,
+    extra: &[(&str, &str)],
+) -> (Txn, String) {
+    let body = s.app.sim.purchase_with(query_id, amount, extra);
     let fields = parse_form(body.as_bytes()).unwrap();
     let txn = Txn {
         mer_id: MERCHANT.into(),
@@ -306,4 +317,292 @@ async fn forged_unsigned_and_failed_answers_change_nothing(kind: Kind) {
         .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(s.gateway.rejected_requests(), 0);
+}
+
+/// Today in Beijing: the settlement day of what is sent now, as UnionPay's
+/// notification says it (`settleDate`).
+fn settle_day() -> (time::Date, String) {
+    let d = OffsetDateTime::now_utc()
+        .to_offset(time::macros::offset!(+8))
+        .date();
+    (d, format!("{:02}{:02}", u8::from(d.month()), d.day()))
+}
+
+async fn the_settlement_file_lists_lost_changed_and_unsettled_transactions(kind: Kind) {
+    let s = setup(kind, false).await;
+    let (day, mmdd) = settle_day();
+    let settle = [("settleDate", mmdd.as_str())];
+    let mut sent = Vec::new();
+    // Settled and notified: matches.
+    let (mut t1, b1) = known_purchase_with(&s, "Q400000001", 1000, &settle);
+    // Settled, its notification lost.
+    let (mut t2, _) = known_purchase_with(&s, "Q400000002", 500, &settle);
+    // Notified at 700, settled at 750.
+    let (mut t3, b3) = known_purchase_with(&s, "Q400000003", 700, &settle);
+    // Notified, not in the file.
+    let (_, b4) = known_purchase_with(&s, "Q400000004", 300, &settle);
+    for t in [&mut t1, &mut t2, &mut t3] {
+        t.settle_date = day;
+    }
+    t3.amount = 750;
+    for t in [t1, t2, t3] {
+        s.gateway.add(t);
+    }
+    s.gateway.add(Txn {
+        state: TxnState::Failed("12".into()),
+        ..known_purchase(&s, "Q400000004", 300).0
+    });
+    for b in [b1, b3, b4] {
+        sent.push(s.app.sim.send(b).await);
+    }
+    s.app.wait_until_drained().await;
+    for q in ["Q400000001", "Q400000003", "Q400000004"] {
+        s.app.wait_for_status(q, PaymentStatus::Paid).await;
+    }
+
+    let fetched = settlement::fetch(&s.querier, "unionpay", MERCHANT, day)
+        .await
+        .unwrap();
+    assert_eq!(fetched.records, 3);
+    assert_eq!(s.gateway.files(), 1);
+    let records = settlement::archived_file(s.querier.archive.as_ref(), "unionpay", day)
+        .await
+        .unwrap();
+    let classes = |r: &settlement::Report| {
+        let mut v: Vec<_> = r
+            .mismatches
+            .iter()
+            .map(|m| (m.class, m.query_id.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let report = settlement::reconcile(
+        s.querier.ledger.as_ref(),
+        "unionpay",
+        MERCHANT,
+        day,
+        &records,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        classes(&report),
+        vec![
+            ("amount_differs", "Q400000003".to_owned()),
+            ("in_file_not_in_ledger", "Q400000002".to_owned()),
+            ("in_ledger_not_in_file", "Q400000004".to_owned()),
+        ],
+        "{report:#?}"
+    );
+    assert_eq!(report.matched, 1);
+    let differs = report
+        .mismatches
+        .iter()
+        .find(|m| m.class == "amount_differs")
+        .unwrap();
+    assert_eq!(
+        (differs.file_amount, differs.ledger_amount),
+        (Some(750), Some(700))
+    );
+
+    // A status query by the file's queryId finds the lost one.
+    let fixed = s
+        .querier
+        .query(
+            "unionpay",
+            MERCHANT,
+            &QueryTarget::QueryId {
+                query_id: "Q400000002".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fixed.applied.as_deref(), Some("applied"));
+    let report = settlement::reconcile(
+        s.querier.ledger.as_ref(),
+        "unionpay",
+        MERCHANT,
+        day,
+        &records,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        classes(&report),
+        vec![
+            ("amount_differs", "Q400000003".to_owned()),
+            ("in_ledger_not_in_file", "Q400000004".to_owned()),
+        ]
+    );
+    assert_eq!(report.matched, 2);
+}
+
+/// The CLI against the same data directory as a running app: `unionpay
+/// settlement fetch` and `reconcile` (exit 1 on mismatches, `--file`),
+/// `unionpay query` (exit 0 with an answer, 1 without), `watch` and
+/// `watches`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_queries_fetches_and_reconciles() {
+    let s = setup(Kind::Local, false).await;
+    let (day, mmdd) = settle_day();
+    let (mut lost, _) =
+        known_purchase_with(&s, "Q500000001", 900, &[("settleDate", mmdd.as_str())]);
+    lost.settle_date = day;
+    s.gateway.add(lost.clone());
+    // The gateway table, as an operator writes it.
+    let config = s.app.dir.path().join("paynotify.toml");
+    let gw = gateway_config(&s.gateway.url(), s.app.dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[sources.unionpay.unionpay.gateway]\nsigning_key = \"{}\"\nsigning_key_password = \"{}\"\n\
+         url = \"{}\"\nfile_url = \"{}\"\nquery_schedule_secs = [60, 120]\n",
+        gw.signing_key,
+        gw.signing_key_password.unwrap(),
+        gw.url,
+        gw.file_url
+    ));
+    std::fs::write(&config, text).unwrap();
+    let cfg = config.to_str().unwrap().to_owned();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            support::cli::paynotify(&args, &[])
+        })
+    };
+    let argv = |a: &[&str]| {
+        let mut v: Vec<String> = a.iter().map(|s| (*s).to_owned()).collect();
+        v.extend(["--config".into(), cfg.clone()]);
+        v
+    };
+    let date = day.to_string();
+    let out = run(argv(&[
+        "unionpay",
+        "settlement",
+        "fetch",
+        "--source",
+        "unionpay",
+        "--date",
+        &date,
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reconcile = argv(&[
+        "unionpay",
+        "settlement",
+        "reconcile",
+        "--source",
+        "unionpay",
+        "--date",
+        &date,
+        "--json",
+    ]);
+    let out = run(reconcile.clone()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mismatches"][0]["class"], "in_file_not_in_ledger");
+    assert_eq!(report["mismatches"].as_array().unwrap().len(), 1);
+
+    let out = run(argv(&[
+        "unionpay",
+        "query",
+        "--source",
+        "unionpay",
+        "--query-id",
+        "Q500000001",
+        "--json",
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (answer["answer"].as_str(), answer["applied"].as_str()),
+        (Some("succeeded"), Some("applied"))
+    );
+    let out = run(reconcile.clone()).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A file given on the command line: a bare ZM file with one more record.
+    let mut records = settlement::archived_file(s.querier.archive.as_ref(), "unionpay", day)
+        .await
+        .unwrap();
+    let mut extra = records[0].clone();
+    extra.query_id = "Q500000009".into();
+    extra.line = 2;
+    records.push(extra);
+    let zm = s.app.dir.path().join("INN_ZM_file");
+    std::fs::write(&zm, paynotify_shared::scheme::unionpay::write_zm(&records)).unwrap();
+    let mut with_file = reconcile.clone();
+    with_file.extend(["--file".into(), zm.to_str().unwrap().into()]);
+    let out = run(with_file).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mismatches"][0]["query_id"], "Q500000009");
+
+    // No answer to act on: exit 1, the step named.
+    s.gateway
+        .script("Q500000001", [Scripted::ForgedCertificate]);
+    let out = run(argv(&[
+        "unionpay",
+        "query",
+        "--source",
+        "unionpay",
+        "--query-id",
+        "Q500000001",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("step certificate"));
+
+    // A watch for an order; listed until it is answered.
+    let out = run(argv(&[
+        "unionpay",
+        "watch",
+        "--source",
+        "unionpay",
+        "--order-id",
+        "order20261126",
+        "--txn-time",
+        "20261126100000",
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(argv(&["unionpay", "watches", "--json"])).await.unwrap();
+    let watches: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(watches[0]["reason"], "expected");
+    assert_eq!(watches[0]["target"]["order_id"], "order20261126");
+    let bad = run(argv(&[
+        "unionpay",
+        "watch",
+        "--source",
+        "unionpay",
+        "--order-id",
+        "x",
+        "--txn-time",
+        "1",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a malformed order is refused");
 }

@@ -222,6 +222,25 @@ pub struct Querier {
 }
 
 impl Querier {
+    /// A querier on `backends`, with every source's verifier and gateway
+    /// (what the CLI uses; a worker shares its own, [`crate::WorkerContext::querier`]).
+    ///
+    /// # Errors
+    /// Certificates or keys that cannot be read.
+    pub async fn build(
+        config: &Config,
+        backends: &paynotify_shared::backend::Backends,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            archive: backends.archive.clone(),
+            ledger: backends.ledger.clone(),
+            verifiers: Arc::new(VerifierSet::new(
+                SourceVerifier::all(config, backends.secrets.as_ref()).await?,
+            )),
+            gateways: Arc::new(Gateways::load(config, backends.secrets.as_ref()).await?),
+        })
+    }
+
     /// Queries `target` of `merchant` at `source`; see the module docs.
     ///
     /// # Errors
@@ -240,6 +259,9 @@ impl Querier {
             .map_err(QueryError::Request)?;
         let url = format!("{}{QUERY_PATH}", gw.config.url.trim_end_matches('/'));
         let (request, response) = self.exchange(gw, &url, &fields).await?;
+        if response.status != Some(200) {
+            return Err(QueryError::Http(response.status.unwrap_or(0)));
+        }
         let answered_at = response.received_at;
         let report =
             |answer: &'static str, code: Option<String>, message: Option<String>| QueryReport {
@@ -312,8 +334,12 @@ impl Querier {
         Ok(out)
     }
 
-    /// Archives the request, sends it, archives the response.
-    async fn exchange(
+    /// Archives the request, sends it, archives the response (whatever its
+    /// HTTP status): the two envelopes, under one id.
+    ///
+    /// # Errors
+    /// `Archive` or `Gateway`.
+    pub async fn exchange(
         &self,
         gw: &SourceGateway,
         url: &str,
@@ -361,10 +387,27 @@ impl Querier {
             .put(&response.outbound_key(), &response.to_json())
             .await
             .map_err(QueryError::Archive)?;
-        if answer.status != 200 {
-            return Err(QueryError::Http(answer.status));
-        }
         Ok((request, response))
+    }
+
+    /// Parses a raw answer of UnionPay's and verifies it as received at
+    /// `at`, with the source's trust settings.
+    ///
+    /// # Errors
+    /// The failing step.
+    pub fn verify_signed(
+        &self,
+        source: &str,
+        body: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<Fields, VerifyError> {
+        let verifiers = self.verifiers.current();
+        let Some(SourceVerifier::UnionPay(verifier)) = verifiers.get(source) else {
+            return Err(VerifyError::MalformedBody(format!(
+                "source {source:?} is not a UnionPay source"
+            )));
+        };
+        Ok(verifier.verify_fields(parse_raw(body)?, at)?.fields)
     }
 
     /// Parses the raw answer, verifies it as received at `at`, checks that
@@ -377,14 +420,7 @@ impl Querier {
         body: &[u8],
         at: OffsetDateTime,
     ) -> Result<QueryAnswer, VerifyError> {
-        let verifiers = self.verifiers.current();
-        let Some(SourceVerifier::UnionPay(verifier)) = verifiers.get(source) else {
-            return Err(VerifyError::MalformedBody(format!(
-                "source {source:?} is not a UnionPay source"
-            )));
-        };
-        let verified = verifier.verify_fields(parse_raw(body)?, at)?;
-        let fields = &verified.fields;
+        let fields = &self.verify_signed(source, body, at)?;
         let mismatch = |field: &'static str, asked: &str| {
             let got = fields.get(field).unwrap_or("");
             (got != asked).then(|| VerifyError::MalformedField {

@@ -145,6 +145,14 @@ pub fn mmdd(d: Date) -> String {
 /// # Errors
 /// [`SettlementError`] naming the layer that failed.
 pub fn decode_file_content(file_content: &str) -> Result<Vec<(String, Vec<u8>)>, SettlementError> {
+    unzip(&inflate_file_content(file_content)?)
+}
+
+/// The ZIP archive in a `fileContent` (base64, then zlib).
+///
+/// # Errors
+/// `Base64` or `Zlib`.
+pub fn inflate_file_content(file_content: &str) -> Result<Vec<u8>, SettlementError> {
     let zlib = base64::engine::general_purpose::STANDARD
         .decode(file_content.trim())
         .map_err(|_| SettlementError::Base64)?;
@@ -158,7 +166,7 @@ pub fn decode_file_content(file_content: &str) -> Result<Vec<(String, Vec<u8>)>,
             "more than {MAX_FILE_BYTES} bytes once inflated"
         )));
     }
-    unzip(&zip_bytes)
+    Ok(zip_bytes)
 }
 
 /// The most a settlement archive or one of its files may hold once inflated.
