@@ -5,9 +5,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use paynotify::app::{init_logging, App, AppOptions};
+use paynotify::gateway_sim::{GatewaySim, Txn, TxnState};
 use paynotify::simulate::{run_mix, Mix, Simulator};
 use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
+use paynotify_shared::scheme::unionpay::{parse_form, QueryTarget};
 use paynotify_shared::testpki::{generate, TestPkiOptions};
+use paynotify_shared::{PaymentKey, PaymentStatus};
+use paynotify_worker::query::{self, Querier};
 
 const MERCHANT: &str = "777290058167151";
 
@@ -57,6 +61,91 @@ fn print_ledger_check(
     all
 }
 
+/// Payments UnionPay completes whose notifications never reach paynotify.
+const LOST_PAYMENTS: usize = 3;
+
+struct Recovered {
+    paid: usize,
+    queries: usize,
+    elapsed: Duration,
+}
+
+/// The simulated gateway learns of payments whose notifications are never
+/// sent; paynotify is told to expect them, and its workers' status queries
+/// find them.
+async fn recover_lost(
+    config: &Config,
+    app: &App,
+    gateway: &GatewaySim,
+    sim: &Simulator,
+) -> anyhow::Result<Recovered> {
+    let started = Instant::now();
+    let querier = Querier::build(config, &app.backends).await?;
+    let gw = querier
+        .gateways
+        .get("unionpay")
+        .ok_or_else(|| anyhow::anyhow!("the demo's source has no gateway"))?;
+    let mut keys = Vec::new();
+    for i in 0..LOST_PAYMENTS {
+        let query_id = format!(
+            "lost{:06}{}",
+            i,
+            ulid::Ulid::new().to_string().get(20..26).unwrap_or("")
+        );
+        let fields = parse_form(sim.purchase(&query_id, 1000 + i as u64).as_bytes())?;
+        let (order_id, txn_time) = (
+            fields.get("orderId").unwrap_or_default().to_owned(),
+            fields.get("txnTime").unwrap_or_default().to_owned(),
+        );
+        gateway.add(Txn {
+            mer_id: MERCHANT.into(),
+            order_id: order_id.clone(),
+            txn_time: txn_time.clone(),
+            query_id: query_id.clone(),
+            txn_type: "01".into(),
+            amount: 1000 + i as u64,
+            orig_query_id: None,
+            state: TxnState::Succeeded,
+            settle_date: time::OffsetDateTime::now_utc().date(),
+        });
+        query::watch(
+            app.backends.ledger.as_ref(),
+            gw,
+            MERCHANT,
+            QueryTarget::Order { order_id, txn_time },
+            "expected",
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+        keys.push(PaymentKey::new("unionpay", MERCHANT, &query_id));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut paid = 0;
+    while Instant::now() < deadline {
+        paid = 0;
+        for k in &keys {
+            if app
+                .backends
+                .ledger
+                .get_payment(k)
+                .await?
+                .is_some_and(|p| p.status == PaymentStatus::Paid)
+            {
+                paid += 1;
+            }
+        }
+        if paid == keys.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Recovered {
+        paid,
+        queries: gateway.queries(),
+        elapsed: started.elapsed(),
+    })
+}
+
 /// Runs the demo and prints the summary; exit 1 if anything was lost or
 /// the ledger is not the one the simulation should have produced.
 ///
@@ -75,6 +164,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pki = generate(&TestPkiOptions::default())?;
     pki.write(&pki_dir, UNIONPAY_IDENTITY, &[MERCHANT.to_owned()])?;
     let forged = generate(&TestPkiOptions::default())?;
+    // The merchant's own key, for its status queries to the simulated
+    // UnionPay gateway (a throw-away certificate; UnionPay issues the real one).
+    let merchant = generate(&TestPkiOptions::default())?;
+    std::fs::write(pki_dir.join("merchant.key.pem"), &merchant.leaf_key_pem)?;
+    std::fs::write(pki_dir.join("merchant.cert.pem"), &merchant.leaf_pem)?;
+    let gateway = GatewaySim::start(
+        pki.leaf_key_pem.as_bytes(),
+        &pki.leaf_pem,
+        merchant.leaf_pem.as_bytes(),
+    )
+    .await?;
 
     let config_path = dir.join("paynotify.toml");
     let backend = match &args.aws_endpoint {
@@ -91,10 +191,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config_text = format!(
         "[backend]\nvisibility_timeout_secs = 10\nmax_receives = 8\n{backend}\n\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
-         [worker]\nconcurrency = 16\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\n\n{}",
+         [worker]\nconcurrency = 16\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\nquery_check_secs = 1\n\n{}\n\
+         [sources.unionpay.unionpay.gateway]\nsigning_key = \"file:pki/merchant.key.pem\"\n\
+         signing_cert = \"file:pki/merchant.cert.pem\"\nurl = \"{url}\"\nfile_url = \"{url}\"\n\
+         query_schedule_secs = [1, 2, 4, 8]\n",
         pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.to_owned()])
             .replace("file:root.pem", "file:pki/root.pem")
-            .replace("file:middle.pem", "file:pki/middle.pem")
+            .replace("file:middle.pem", "file:pki/middle.pem"),
+        url = gateway.url(),
     );
     std::fs::write(&config_path, config_text)?;
     let config = Config::load(&config_path)?;
@@ -115,6 +219,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("simulating {} UnionPay payments ...", args.count);
 
     let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url)?;
+    let sim_for_queries = sim.clone();
     let forger = Simulator::new(
         forged.leaf_key_pem.as_bytes(),
         &forged.leaf_pem,
@@ -147,6 +252,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let api_calls = app.backends.api_calls.as_ref().map(|c| c.snapshot());
     let reconciled =
         paynotify::reconcile::reconcile(&config, &app.backends, None, None, |_, _| {}).await?;
+    let recovered = recover_lost(&config, &app, &gateway, &sim_for_queries).await?;
     app.stop().await?;
 
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
@@ -201,6 +307,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for d in reconciled.discrepancies.iter().take(10) {
         println!("  {:<22} {} {}", d.kind, d.subject, d.detail);
     }
+    println!(
+        "status queries           {} of {} payments whose notification never came are PAID \
+         ({} queries to the simulated UnionPay gateway, {:.1} s)",
+        recovered.paid,
+        LOST_PAYMENTS,
+        recovered.queries,
+        recovered.elapsed.as_secs_f64()
+    );
     println!();
     match &api_calls {
         Some(calls) => {
@@ -241,6 +355,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("          paynotify serve --config {cfg}");
     let lost = report.accepted as usize != archived
+        || recovered.paid != LOST_PAYMENTS
         || left > 0
         || !reconciled.is_clean()
         || !ledger_matches;
