@@ -195,3 +195,84 @@ fn forged_tampered_and_form_decoded_answers_are_rejected_with_the_step() {
         "{decoded}"
     );
 }
+
+mod hostile {
+    use paynotify_shared::scheme::unionpay::{
+        classify, decode_file_content, parse_raw, parse_zm, unzip, write_zm, BodyFormat, Fields,
+        ZmRecord, ZM_RECORD_LEN,
+    };
+    use paynotify_shared::testing::*;
+    use proptest::prelude::*;
+
+    fn record() -> ZmRecord {
+        ZmRecord {
+            line: 1,
+            trade_code: "S22".into(),
+            trace_no: "000001".into(),
+            trace_time: "1126101010".into(),
+            amount_minor: 1500,
+            query_id: "Q1".into(),
+            order_id: "order0001".into(),
+            txn_type: "01".into(),
+            txn_sub_type: "01".into(),
+            biz_type: "000201".into(),
+            orig_query_id: None,
+            mer_id: YANSONGDA_MERCHANT.into(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Settlement files of any bytes: an error or records, never a panic.
+        #[test]
+        fn settlement_files_of_any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = parse_zm(&bytes);
+            let _ = unzip(&bytes);
+            let _ = decode_file_content(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// A record cut short, padded, or with a byte inserted is refused
+        /// with its line, whatever the byte.
+        #[test]
+        fn a_record_of_another_length_is_refused_with_its_line(at in 0usize..ZM_RECORD_LEN, byte in any::<u8>(), cut in any::<bool>()) {
+            let mut line = write_zm(&[record()]);
+            line.truncate(ZM_RECORD_LEN);
+            if cut { line.remove(at); } else { line.insert(at, byte); }
+            let mut file = write_zm(&[record()]);
+            file.extend_from_slice(&line);
+            file.extend_from_slice(b"\r\n");
+            let err = parse_zm(&file).unwrap_err().to_string();
+            prop_assert!(err.starts_with("line 2:"), "{}", err);
+        }
+
+        /// A genuine query answer cut anywhere, or with whitespace put
+        /// anywhere, never verifies.
+        #[test]
+        fn a_cut_or_spaced_answer_never_verifies(at in 0usize..2738, ws in prop::sample::select(vec![" ", "\n", "\r\n", "\t"]), cut in any::<bool>()) {
+            let genuine = read_vector(super::SYNC_PAY);
+            let at = at.min(genuine.len() - 1);
+            let mut body = genuine[..at].to_vec();
+            if !cut {
+                body.extend_from_slice(ws.as_bytes());
+                body.extend_from_slice(&genuine[at..]);
+            }
+            let verifier = yansongda_verifier(BodyFormat::Raw);
+            prop_assert!(verifier.verify(&body, YANSONGDA_AT).is_err());
+        }
+
+        /// Answers of any fields are read or refused, never a panic.
+        #[test]
+        fn any_fields_are_classified_without_panic(
+            pairs in proptest::collection::btree_map(
+                prop::sample::select(vec!["respCode", "origRespCode", "txnType", "merId", "orderId", "txnTime", "txnAmt", "queryId", "origQryId", "settleDate", "currencyCode"]),
+                "[0-9A-Za-z]{0,16}",
+                0..11,
+            )
+        ) {
+            let fields = Fields::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
+            let _ = classify("unionpay", &fields);
+            let _ = parse_raw(&fields.to_raw_body());
+        }
+    }
+}
