@@ -86,6 +86,7 @@ async fn setup(kind: Kind, auto: bool) -> Setup {
             SourceVerifier::all(&app.config, None).await.unwrap(),
         )),
         gateways: Arc::new(Gateways::load(&app.config, None).await.unwrap()),
+        metrics: Some(app.app().metrics.clone()),
     };
     Setup {
         app,
@@ -317,6 +318,14 @@ async fn forged_unsigned_and_failed_answers_change_nothing(kind: Kind) {
         .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(s.gateway.rejected_requests(), 0);
+    let metrics = s.app.app().metrics.render(None).await;
+    for line in [
+        r#"paynotify_worker_status_queries_total{source="unionpay",answer="rejected"} 2"#,
+        r#"paynotify_worker_status_queries_total{source="unionpay",answer="error"} 1"#,
+        r#"paynotify_worker_status_queries_total{source="unionpay",answer="succeeded"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 /// Today in Beijing: the settlement day of what is sent now, as UnionPay's

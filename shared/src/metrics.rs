@@ -54,6 +54,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    source: String,
+    answer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
     port: &'static str,
     operation: &'static str,
@@ -92,6 +98,7 @@ pub struct Metrics {
     acknowledged: Counters<OutcomeLabels>,
     retries: Counters<SourceLabels>,
     dead_lettered: Counters<ReasonLabels>,
+    status_queries: Counters<AnswerLabels>,
     verification_failures: Counters<ReasonLabels>,
     applied_seconds: Histograms<SourceLabels>,
     backend_errors: Counters<PortLabels>,
@@ -135,6 +142,7 @@ impl Metrics {
             acknowledged: Family::default(),
             retries: Family::default(),
             dead_lettered: Family::default(),
+            status_queries: Family::default(),
             verification_failures: Family::default(),
             applied_seconds: Family::new_with_constructor(Buckets {
                 start: 0.001,
@@ -162,6 +170,11 @@ impl Metrics {
             registry: Registry::with_prefix("paynotify"),
         };
         let r = &mut m.registry;
+        r.register(
+            "worker_status_queries",
+            "UnionPay status queries by answer (succeeded, failed, in_process, not_found, refused; rejected: the answer failed verification; error: no answer)",
+            m.status_queries.clone(),
+        );
         r.register(
             "ingest_received",
             "Notifications received for a configured source (body read)",
@@ -284,6 +297,16 @@ impl Metrics {
     /// A transient failure: the message will be tried again.
     pub fn retried(&self, source: &str) {
         self.retries.get_or_create(&source_labels(source)).inc();
+    }
+
+    /// A status query to `source` got `answer`.
+    pub fn status_query(&self, source: &str, answer: &str) {
+        self.status_queries
+            .get_or_create(&AnswerLabels {
+                source: source.to_owned(),
+                answer: answer.to_owned(),
+            })
+            .inc();
     }
 
     /// A message went to the dead-letter queue with `reason`.

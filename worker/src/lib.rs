@@ -421,6 +421,7 @@ impl WorkerContext {
             ledger: self.ledger.clone(),
             verifiers: self.verifiers.clone(),
             gateways: self.gateways.clone(),
+            metrics: Some(self.metrics.clone()),
         }
     }
 

@@ -219,6 +219,8 @@ pub struct Querier {
     pub ledger: Arc<dyn Ledger>,
     pub verifiers: Arc<VerifierSet>,
     pub gateways: Arc<Gateways>,
+    /// Where answers are counted (`paynotify_worker_status_queries_total`).
+    pub metrics: Option<Arc<paynotify_shared::metrics::Metrics>>,
 }
 
 impl Querier {
@@ -238,6 +240,7 @@ impl Querier {
                 SourceVerifier::all(config, backends.secrets.as_ref()).await?,
             )),
             gateways: Arc::new(Gateways::load(config, backends.secrets.as_ref()).await?),
+            metrics: None,
         })
     }
 
@@ -246,6 +249,24 @@ impl Querier {
     /// # Errors
     /// [`QueryError`]; its `transient` says whether to ask again soon.
     pub async fn query(
+        &self,
+        source: &str,
+        merchant: &str,
+        target: &QueryTarget,
+    ) -> Result<QueryReport, QueryError> {
+        let result = self.ask(source, merchant, target).await;
+        if let Some(m) = &self.metrics {
+            let answer = match &result {
+                Ok(r) => r.answer,
+                Err(QueryError::Rejected { .. }) => "rejected",
+                Err(_) => "error",
+            };
+            m.status_query(source, answer);
+        }
+        result
+    }
+
+    async fn ask(
         &self,
         source: &str,
         merchant: &str,
