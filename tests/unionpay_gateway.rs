@@ -32,6 +32,8 @@ on_both_backends!(
     a_parked_refund_is_resolved_by_asking_about_its_payment,
     forged_unsigned_and_failed_answers_change_nothing,
     the_settlement_file_lists_lost_changed_and_unsettled_transactions,
+    many_runners_ask_once_and_a_lost_answer_write_is_asked_again,
+    a_gateway_that_does_not_answer_times_out,
 );
 
 /// The merchant's test key as UnionPay issues it (PKCS#12, password
@@ -63,6 +65,15 @@ struct Setup {
 }
 
 async fn setup(kind: Kind, auto: bool) -> Setup {
+    setup_with(kind, auto, AppOptions::all(), |_| {}).await
+}
+
+async fn setup_with(
+    kind: Kind,
+    auto: bool,
+    options: AppOptions,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> Setup {
     let pki = generate(&TestPkiOptions::default()).unwrap();
     let merchant_cert =
         std::fs::read(vectors_dir().join("unionpay/certs/acp_test_sign_2021-2026.cert.pem"))
@@ -73,7 +84,8 @@ async fn setup(kind: Kind, auto: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut gw = gateway_config(&gateway.url(), dir.path());
     gw.auto_query = auto;
-    let app = spawn_app_with_pki(kind, AppOptions::all(), pki, |c| {
+    tweak(&mut gw);
+    let app = spawn_app_with_pki(kind, options, pki, |c| {
         c.worker.query_check_secs = 1;
         let up = c.sources.get_mut("unionpay").unwrap();
         up.unionpay.as_mut().unwrap().gateway = Some(gw);
@@ -126,6 +138,10 @@ fn known_purchase_with(
 }
 
 async fn expect(s: &Setup, txn: &Txn) -> bool {
+    expect_since(s, txn, OffsetDateTime::now_utc()).await
+}
+
+async fn expect_since(s: &Setup, txn: &Txn, since: OffsetDateTime) -> bool {
     let gw = s.querier.gateways.get("unionpay").unwrap();
     query::watch(
         s.querier.ledger.as_ref(),
@@ -136,7 +152,7 @@ async fn expect(s: &Setup, txn: &Txn) -> bool {
             txn_time: txn.txn_time.clone(),
         },
         "expected",
-        OffsetDateTime::now_utc(),
+        since,
     )
     .await
     .unwrap()
@@ -614,4 +630,108 @@ async fn the_cli_queries_fetches_and_reconciles() {
     .await
     .unwrap();
     assert_eq!(bad.status.code(), Some(2), "a malformed order is refused");
+}
+
+async fn many_runners_ask_once_and_a_lost_answer_write_is_asked_again(kind: Kind) {
+    let options = AppOptions {
+        faults: true,
+        ..AppOptions::all()
+    };
+    let s = setup_with(kind, true, options, |g| g.timeout_ms = 500).await;
+    // Four passes at once beside the app's own worker: one claim wins.
+    let (txn, _) = known_purchase(&s, "Q600000001", 100);
+    let now = OffsetDateTime::now_utc();
+    assert!(expect_since(&s, &txn, now - time::Duration::seconds(10)).await);
+    let passes: Vec<_> = (0..4)
+        .map(|_| {
+            let q = s.querier.clone();
+            tokio::spawn(async move { query::run_due(&q, now).await.unwrap() })
+        })
+        .collect();
+    for p in passes {
+        p.await.unwrap();
+    }
+    s.app
+        .wait_for_status("Q600000001", PaymentStatus::Paid)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.gateway.queries(), 1, "asked once");
+
+    // The answer is applied, then writing the watch fails (as if the worker
+    // died there): the claim expires, UnionPay is asked again, and the
+    // second answer is a duplicate.
+    let (txn, _) = known_purchase(&s, "Q600000002", 200);
+    let faults = &s.app.faults().ledger;
+    faults.only(Some(&["put_watch"]));
+    faults.fail_nth(3); // create, claim, then the answer's write
+    assert!(
+        expect_since(
+            &s,
+            &txn,
+            OffsetDateTime::now_utc() - time::Duration::seconds(10)
+        )
+        .await
+    );
+    let paid = s
+        .app
+        .wait_for_status("Q600000002", PaymentStatus::Paid)
+        .await;
+    let id = Watch::id_for(
+        "unionpay",
+        MERCHANT,
+        &QueryTarget::Order {
+            order_id: txn.order_id.clone(),
+            txn_time: txn.txn_time.clone(),
+        },
+    );
+    let ledger = s.querier.ledger.clone();
+    wait_for("asked again after the claim expired", async || {
+        ledger
+            .get_watch(&id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|w| w.finished.is_some())
+    })
+    .await;
+    assert_eq!(faults.injected(), 1);
+    assert_eq!(s.gateway.queries(), 3, "the lost one was asked twice");
+    let history = ledger.history(&paid.payment_key).await.unwrap();
+    assert_eq!(history.len(), 1, "applied once");
+}
+
+async fn a_gateway_that_does_not_answer_times_out(kind: Kind) {
+    // Nothing listens on the port: connection refused, retried, transient.
+    let s = setup_with(kind, false, AppOptions::all(), |g| {
+        g.url = "http://127.0.0.1:9".into();
+        g.timeout_ms = 300;
+    })
+    .await;
+    let started = Instant::now();
+    let err = s
+        .querier
+        .query(
+            "unionpay",
+            MERCHANT,
+            &QueryTarget::QueryId {
+                query_id: "Q700000001".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, QueryError::Gateway(_)) && err.transient(),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The request was archived before it was sent (its retries send the
+    // same bytes); no answer was.
+    let keys = s
+        .querier
+        .archive
+        .list("outbound/", None, None)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].ends_with(".request.json"));
 }

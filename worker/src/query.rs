@@ -93,11 +93,13 @@ impl SourceGateway {
         })
     }
 
-    /// How long a claim on a watch lasts: every try of one query and its
-    /// backoff, with room to spare.
+    /// How long a claim on a watch lasts: twice every try of one query and
+    /// its backoff. A worker that dies holding it leaves it to expire; the
+    /// watch is then asked again (a final answer already applied is a
+    /// duplicate).
     pub fn lease(&self) -> Duration {
         let one = Duration::from_millis(self.config.timeout_ms);
-        (one * (self.config.retries + 2) * 2).max(Duration::from_secs(60))
+        (one * (self.config.retries + 2) * 2).max(Duration::from_secs(5))
     }
 
     /// A failure answer is final once the transaction is older than the
@@ -588,7 +590,10 @@ pub fn next_step(
         Err(e) if e.transient() => {
             next.failures += 1;
             next.last_answer = Some(format!("error: {e}"));
-            let backoff = time::Duration::seconds(30 * (1i64 << next.failures.min(6)));
+            // From the first step (at most 30 s), doubling: 1, 2, … 32 minutes
+            // with UnionPay's schedule.
+            let base = schedule.first().copied().unwrap_or(30).clamp(1, 30) as i64;
+            let backoff = time::Duration::seconds(base * (1i64 << next.failures.min(6)));
             let give_up_at = claimed.since
                 + time::Duration::seconds(schedule.last().copied().unwrap_or(0) as i64)
                 + time::Duration::days(1);
