@@ -182,5 +182,46 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(verify, benches);
+/// The merchant side of UnionPay: signing a status query (RSA-2048 with
+/// the test key) and parsing a settlement file.
+fn merchant_side(c: &mut Criterion) {
+    use paynotify_shared::scheme::unionpay::{
+        parse_zm, query_request, write_zm, QueryTarget, SigningKey, ZmRecord,
+    };
+    use paynotify_shared::testing::read_vector;
+    let key = SigningKey::from_pkcs12(
+        &read_vector("unionpay/yansongda-pay/unipayAppCert.pfx"),
+        "000000",
+    )
+    .unwrap();
+    let target = QueryTarget::Order {
+        order_id: "pay20240105145046".into(),
+        txn_time: "20240105145046".into(),
+    };
+    c.bench_function("unionpay/sign_status_query", |b| {
+        b.iter(|| query_request(&key, YANSONGDA_MERCHANT, "000000", black_box(&target)).unwrap())
+    });
+    let records: Vec<ZmRecord> = (0..10_000)
+        .map(|i| ZmRecord {
+            line: i + 1,
+            trade_code: "S22".into(),
+            trace_no: format!("{:06}", i % 1_000_000),
+            trace_time: "1126101010".into(),
+            amount_minor: 1000 + i as u64,
+            query_id: format!("Q{i:020}"),
+            order_id: format!("order{i:010}"),
+            txn_type: "01".into(),
+            txn_sub_type: "01".into(),
+            biz_type: "000201".into(),
+            orig_query_id: None,
+            mer_id: YANSONGDA_MERCHANT.into(),
+        })
+        .collect();
+    let file = write_zm(&records);
+    c.bench_function("unionpay/parse_zm_10k_records", |b| {
+        b.iter(|| parse_zm(black_box(&file)).unwrap())
+    });
+}
+
+criterion_group!(verify, benches, merchant_side);
 criterion_main!(verify);

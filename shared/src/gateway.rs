@@ -3,7 +3,8 @@
 //! errors, timeouts and 5xx answers (never on a 4xx or a 2xx: a request
 //! UnionPay answered is not sent again), and a rate limit.
 //!
-//! TLS is rustls on aws-lc-rs with the system's root certificates.
+//! hyper's client, TLS by rustls on aws-lc-rs with the system's root
+//! certificates: what the AWS SDK already builds, so no second TLS stack.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,31 +78,43 @@ pub struct ClientSettings {
     pub first_backoff: Duration,
 }
 
+type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
 /// An HTTP client for one gateway.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayClient {
-    http: reqwest::Client,
+    http: hyper_util::client::legacy::Client<Https, http_body_util::Full<bytes::Bytes>>,
     settings: ClientSettings,
     limit: Arc<RateLimit>,
 }
 
+impl std::fmt::Debug for GatewayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayClient")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GatewayClient {
-    /// A client with these settings.
+    /// A client with these settings, trusting the system's root
+    /// certificates (plain `http://` is for a loopback test gateway; the
+    /// configuration allows nothing else).
     ///
     /// # Errors
-    /// When the TLS configuration cannot be built.
+    /// When no root certificate can be loaded (install the system's CA
+    /// certificates) or TLS cannot be set up.
     pub fn new(settings: ClientSettings) -> Result<Self, String> {
-        // reqwest builds its rustls configuration with the process's default
-        // provider: aws-lc-rs, the one the AWS SDK uses. Installing it twice
-        // is harmless.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| format!("TLS root certificates: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
         Ok(Self {
             http,
             settings,
@@ -121,7 +134,10 @@ impl GatewayClient {
     pub async fn post_form(&self, url: &str, body: &str) -> Result<HttpAnswer, GatewayError> {
         let attempt = || async {
             self.limit.wait().await;
-            self.post_once(url, body).await
+            match tokio::time::timeout(self.settings.timeout, self.post_once(url, body)).await {
+                Ok(r) => r,
+                Err(_) => Err(GatewayError::Timeout(self.settings.timeout)),
+            }
         };
         attempt
             .retry(
@@ -138,24 +154,21 @@ impl GatewayClient {
     }
 
     async fn post_once(&self, url: &str, body: &str) -> Result<HttpAnswer, GatewayError> {
-        let classify = |e: reqwest::Error| {
-            if e.is_timeout() {
-                GatewayError::Timeout(self.settings.timeout)
-            } else {
-                GatewayError::Network(error_chain(&e))
-            }
-        };
-        let mut response = self
-            .http
-            .post(url)
+        use http_body_util::BodyExt;
+        let request = hyper::Request::post(url)
             .header(
-                reqwest::header::CONTENT_TYPE,
+                hyper::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
-            .body(body.to_owned())
-            .send()
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))
+            .map_err(|e| GatewayError::Network(format!("bad request: {e}")))?;
+        let response = self
+            .http
+            .request(request)
             .await
-            .map_err(classify)?;
+            .map_err(|e| GatewayError::Network(error_chain(&e)))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -167,13 +180,18 @@ impl GatewayClient {
                 )
             })
             .collect();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(GatewayError::TooLarge);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::TooLarge
+                } else {
+                    GatewayError::Network(error_chain(e.as_ref()))
+                }
+            })?
+            .to_bytes()
+            .to_vec();
         if status >= 500 {
             return Err(GatewayError::Status {
                 status,
