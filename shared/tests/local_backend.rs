@@ -204,3 +204,25 @@ async fn a_version_2_ledger_is_brought_to_the_current_schema() {
     assert_eq!(found.len(), 1);
     assert_eq!(l.history(&e.payment_key).await.unwrap().len(), 1);
 }
+
+#[test]
+fn processes_opening_one_fresh_ledger_at_once_all_succeed() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || LocalLedger::open(&path).map(|_| ()))
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap().unwrap();
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+    }
+}

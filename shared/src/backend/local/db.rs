@@ -57,11 +57,31 @@ impl Drop for StopFlag {
 /// so they run inline on the calling thread instead of hopping to a pool.
 const READERS: usize = 2;
 
+/// Puts the database in WAL mode. Switching a new file's journal mode needs
+/// the file to itself, and SQLite answers "busy" at once (without the busy
+/// wait) when another opener holds it: tried again for up to two seconds.
+/// Once in WAL, writers queue on the busy timeout.
+pub(crate) fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let mut tries = 0;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 200 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    set_wal(&conn)?;
     // A commit that returned is on disk: every acknowledged write is durable.
     conn.pragma_update(None, "synchronous", "FULL")?;
     // 1 MiB of page cache per connection: the hot pages (queue head, index

@@ -19,6 +19,8 @@ use crate::ports::{
 use crate::state::{PaymentState, PaymentStatus};
 
 const SCHEMA: &str = "
+-- Atomic, so another process never sees half of it.
+BEGIN IMMEDIATE;
 -- One row per key: a payment (status set), a key with only parked events
 -- (status NULL), or a completion's id pointing at its payment (alias_of).
 CREATE TABLE IF NOT EXISTS payments (
@@ -69,25 +71,32 @@ CREATE TABLE IF NOT EXISTS parked (
 );
 CREATE INDEX IF NOT EXISTS parked_by_age ON parked (parked_at);
 PRAGMA user_version = 3;
+COMMIT;
 ";
 
-/// Brings a ledger written by an earlier version (payments without
-/// `alias_of`, status required) to the current schema.
+/// Brings a ledger written by an earlier version to the current schema:
+/// v1 payments without `alias_of` (status required), v2 events without
+/// `source` and `psp_ms`. Each step is decided by what the tables hold, not
+/// by `user_version`, and all of it runs under SQLite's write lock, so
+/// processes opening one data directory at once (a worker and an ingest
+/// starting together) never apply a step twice or to a schema they did not
+/// read.
 fn migrate(path: &Path) -> rusqlite::Result<()> {
-    let conn = Connection::open(path)?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let old: bool = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'payments'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if version < 2 && old {
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE payments RENAME TO payments_v1;
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    super::db::set_wal(&conn)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        let mut s = tx.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+        s.exists(params![table, column])
+    };
+    let has_table = |table: &str| -> rusqlite::Result<bool> {
+        let mut s = tx.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?;
+        s.exists(params![table])
+    };
+    if has_table("payments")? && !has_column("payments", "alias_of")? {
+        tx.execute_batch(
+            "ALTER TABLE payments RENAME TO payments_v1;
              CREATE TABLE payments (
                  payment_key TEXT PRIMARY KEY, status TEXT, currency TEXT,
                  authorized_minor INTEGER NOT NULL DEFAULT 0, paid_minor INTEGER NOT NULL DEFAULT 0,
@@ -95,22 +104,16 @@ fn migrate(path: &Path) -> rusqlite::Result<()> {
                  alias_of TEXT, updated_at INTEGER NOT NULL);
              INSERT INTO payments SELECT payment_key, status, currency, authorized_minor, paid_minor,
                  refunded_minor, version, NULL, updated_at FROM payments_v1;
-             DROP TABLE payments_v1;
-             PRAGMA user_version = 2;
-             COMMIT;",
+             DROP TABLE payments_v1;",
         )?;
     }
-    if version < 3 && old {
-        // Version 3: events carry their source and PSP time.
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE events ADD COLUMN source TEXT;
-             ALTER TABLE events ADD COLUMN psp_ms INTEGER;
-             PRAGMA user_version = 3;
-             COMMIT;",
+    if has_table("events")? && !has_column("events", "source")? {
+        tx.execute_batch(
+            "ALTER TABLE events ADD COLUMN source TEXT;
+             ALTER TABLE events ADD COLUMN psp_ms INTEGER;",
         )?;
     }
-    Ok(())
+    tx.commit()
 }
 
 /// The local ledger.
