@@ -158,6 +158,29 @@ async fn expect_since(s: &Setup, txn: &Txn, since: OffsetDateTime) -> bool {
     .unwrap()
 }
 
+/// The watch of `txn`'s order, once it has finished.
+async fn finished_watch(s: &Setup, txn: &Txn) -> Watch {
+    let id = Watch::id_for(
+        "unionpay",
+        MERCHANT,
+        &QueryTarget::Order {
+            order_id: txn.order_id.clone(),
+            txn_time: txn.txn_time.clone(),
+        },
+    );
+    let ledger = s.querier.ledger.clone();
+    let done = async || {
+        ledger
+            .get_watch(&id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|w| w.finished.is_some())
+    };
+    wait_for("the watch finished", async || done().await.is_some()).await;
+    done().await.unwrap()
+}
+
 async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok().await {
@@ -179,24 +202,7 @@ async fn a_lost_notification_becomes_paid_through_the_automatic_query_once(kind:
         .wait_for_status("Q100000001", PaymentStatus::Paid)
         .await;
     assert_eq!(paid.paid_minor, 1500);
-    let id = Watch::id_for(
-        "unionpay",
-        MERCHANT,
-        &QueryTarget::Order {
-            order_id: txn.order_id.clone(),
-            txn_time: txn.txn_time.clone(),
-        },
-    );
-    let ledger = s.querier.ledger.clone();
-    wait_for("the watch finished", async || {
-        ledger
-            .get_watch(&id)
-            .await
-            .unwrap()
-            .is_some_and(|w| w.finished.is_some())
-    })
-    .await;
-    let w = ledger.get_watch(&id).await.unwrap().unwrap();
+    let w = finished_watch(&s, &txn).await;
     assert_eq!(w.finished.as_deref(), Some("succeeded"));
     assert_eq!(w.attempts, 2, "asked again after the in-process answer");
     // Asked exactly twice, and never again once final.
@@ -676,24 +682,8 @@ async fn many_runners_ask_once_and_a_lost_answer_write_is_asked_again(kind: Kind
         .app
         .wait_for_status("Q600000002", PaymentStatus::Paid)
         .await;
-    let id = Watch::id_for(
-        "unionpay",
-        MERCHANT,
-        &QueryTarget::Order {
-            order_id: txn.order_id.clone(),
-            txn_time: txn.txn_time.clone(),
-        },
-    );
+    finished_watch(&s, &txn).await;
     let ledger = s.querier.ledger.clone();
-    wait_for("asked again after the claim expired", async || {
-        ledger
-            .get_watch(&id)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|w| w.finished.is_some())
-    })
-    .await;
     assert_eq!(faults.injected(), 1);
     assert_eq!(s.gateway.queries(), 3, "the lost one was asked twice");
     let history = ledger.history(&paid.payment_key).await.unwrap();

@@ -145,6 +145,42 @@ impl DynamoLedger {
 }
 
 impl DynamoLedger {
+    /// The first `limit` items of a sparse time index: `condition` over the
+    /// partition `:g` and the time `:t`, in time order.
+    async fn index_items(
+        &self,
+        index: &str,
+        condition: &str,
+        partition: &str,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression(condition)
+            .expression_attribute_values(":g", s(partition))
+            .expression_attribute_values(":t", n(unix_ms(t)))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(item);
+            }
+        }
+        Ok(out)
+    }
+
     fn put_event(
         &self,
         key: &str,
@@ -403,35 +439,24 @@ impl Ledger for DynamoLedger {
         t: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<ParkedEntry>, LedgerError> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(PARKED_INDEX)
-            .key_condition_expression("gsi_parked = :g AND parked_at < :t")
-            .expression_attribute_values(":g", s(PARKED_PARTITION))
-            .expression_attribute_values(":t", n(unix_ms(t)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| unavailable(describe(&e)))?
-                .items
-                .unwrap_or_default()
-            {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                if let (Some(pk), Some(parked)) = (get_s(&item, "pk"), parked_from(&item)) {
-                    out.push(ParkedEntry {
-                        payment_key: PaymentKey::from_stored(pk),
-                        parked,
-                    });
-                }
-            }
-        }
-        Ok(out)
+        let items = self
+            .index_items(
+                PARKED_INDEX,
+                "gsi_parked = :g AND parked_at < :t",
+                PARKED_PARTITION,
+                t,
+                limit,
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                Some(ParkedEntry {
+                    payment_key: PaymentKey::from_stored(get_s(item, "pk")?),
+                    parked: parked_from(item)?,
+                })
+            })
+            .collect())
     }
 
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
@@ -600,29 +625,16 @@ impl Ledger for DynamoLedger {
         t: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<Watch>, LedgerError> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(WATCHES_INDEX)
-            .key_condition_expression("gsi_due = :g AND due_at <= :t")
-            .expression_attribute_values(":g", s(WATCHES_PARTITION))
-            .expression_attribute_values(":t", n(unix_ms(t)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| unavailable(describe(&e)))?
-                .items
-                .unwrap_or_default()
-            {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                out.push(watch_from(&item)?);
-            }
-        }
-        Ok(out)
+        self.index_items(
+            WATCHES_INDEX,
+            "gsi_due = :g AND due_at <= :t",
+            WATCHES_PARTITION,
+            t,
+            limit,
+        )
+        .await?
+        .iter()
+        .map(watch_from)
+        .collect()
     }
 }
