@@ -399,6 +399,17 @@ async fn the_settlement_file_lists_lost_changed_and_unsettled_transactions(kind:
     let records = settlement::archived_file(s.querier.archive.as_ref(), "unionpay", day)
         .await
         .unwrap();
+    let reconcile = async || {
+        settlement::reconcile(
+            s.querier.ledger.as_ref(),
+            "unionpay",
+            MERCHANT,
+            day,
+            &records,
+        )
+        .await
+        .unwrap()
+    };
     let classes = |r: &settlement::Report| {
         let mut v: Vec<_> = r
             .mismatches
@@ -408,15 +419,7 @@ async fn the_settlement_file_lists_lost_changed_and_unsettled_transactions(kind:
         v.sort();
         v
     };
-    let report = settlement::reconcile(
-        s.querier.ledger.as_ref(),
-        "unionpay",
-        MERCHANT,
-        day,
-        &records,
-    )
-    .await
-    .unwrap();
+    let report = reconcile().await;
     assert_eq!(
         classes(&report),
         vec![
@@ -450,15 +453,7 @@ async fn the_settlement_file_lists_lost_changed_and_unsettled_transactions(kind:
         .await
         .unwrap();
     assert_eq!(fixed.applied.as_deref(), Some("applied"));
-    let report = settlement::reconcile(
-        s.querier.ledger.as_ref(),
-        "unionpay",
-        MERCHANT,
-        day,
-        &records,
-    )
-    .await
-    .unwrap();
+    let report = reconcile().await;
     assert_eq!(
         classes(&report),
         vec![
