@@ -99,6 +99,7 @@ async fn setup_with(
         )),
         gateways: Arc::new(Gateways::load(&app.config, None).await.unwrap()),
         metrics: Some(app.app().metrics.clone()),
+        known: Arc::default(),
     };
     Setup {
         app,

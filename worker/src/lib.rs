@@ -124,6 +124,8 @@ pub struct WorkerContext {
     pub verifiers: Arc<VerifierSet>,
     /// UnionPay sources' gateways, for status queries.
     pub gateways: Arc<query::Gateways>,
+    /// Watch ids known to exist (see [`query::Querier::known`]).
+    pub known_watches: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub config: WorkerConfig,
     pub max_receives: u32,
     pub stats: Arc<Stats>,
@@ -406,6 +408,7 @@ impl WorkerContext {
             archive: backends.archive.clone(),
             verifiers,
             gateways,
+            known_watches: Arc::default(),
             config: config.worker.clone(),
             max_receives: config.backend.max_receives,
             stats,
@@ -422,6 +425,7 @@ impl WorkerContext {
             verifiers: self.verifiers.clone(),
             gateways: self.gateways.clone(),
             metrics: Some(self.metrics.clone()),
+            known: self.known_watches.clone(),
         }
     }
 

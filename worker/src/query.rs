@@ -223,6 +223,10 @@ pub struct Querier {
     pub gateways: Arc<Gateways>,
     /// Where answers are counted (`paynotify_worker_status_queries_total`).
     pub metrics: Option<Arc<paynotify_shared::metrics::Metrics>>,
+    /// Watch ids this process knows exist: each pass over the parked events
+    /// writes only the watches it has not seen (a create-only write of an
+    /// existing watch still costs a DynamoDB write).
+    pub known: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Querier {
@@ -243,6 +247,7 @@ impl Querier {
             )),
             gateways: Arc::new(Gateways::load(config, backends.secrets.as_ref()).await?),
             metrics: None,
+            known: Arc::default(),
         })
     }
 
