@@ -51,7 +51,9 @@ fn gateway_config(url: &str, dir: &std::path::Path) -> GatewayConfig {
         biz_type: "000000".into(),
         auto_query: true,
         query_schedule_secs: vec![1, 2, 3, 4, 5, 6],
-        timeout_ms: 2_000,
+        // Generous: a timeout on a loaded CI machine would be a transient
+        // error and an extra query, which the counts below would misread.
+        timeout_ms: 5_000,
         retries: 1,
         max_requests_per_sec: 50,
     }
@@ -639,7 +641,8 @@ async fn many_runners_ask_once_and_a_lost_answer_write_is_asked_again(kind: Kind
         faults: true,
         ..AppOptions::all()
     };
-    let s = setup_with(kind, true, options, |g| g.timeout_ms = 500).await;
+    // A short timeout keeps the claim's lease (and the test) short: 9 s.
+    let s = setup_with(kind, true, options, |g| g.timeout_ms = 1_500).await;
     // Four passes at once beside the app's own worker: one claim wins.
     let (txn, _) = known_purchase(&s, "Q600000001", 100);
     let now = OffsetDateTime::now_utc();
