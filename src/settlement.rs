@@ -70,16 +70,7 @@ pub async fn fetch(
         .map_err(QueryError::Request)?;
     let url = format!("{}/", gw.config.file_url.trim_end_matches('/'));
     let (request, response) = querier.exchange(gw, &url, &fields).await?;
-    if response.status != Some(200) {
-        return Err(QueryError::Http(response.status.unwrap_or(0)).into());
-    }
-    let body = response.body_bytes().unwrap_or_default();
-    let answer = querier
-        .verify_signed(source, &body, response.received_at)
-        .map_err(|e| QueryError::Rejected {
-            step: e.step(),
-            error: e.to_string(),
-        })?;
+    let answer = querier.verified(source, &response)?;
     let code = answer.get("respCode").unwrap_or("");
     if code != "00" {
         return Err(FetchError::Refused {

@@ -398,17 +398,15 @@ impl WorkerContext {
         metrics: Arc<Metrics>,
         hooks: Hooks,
     ) -> Result<Self, paynotify_shared::config::ConfigError> {
-        let verifiers = Arc::new(VerifierSet::new(
-            SourceVerifier::all(config, backends.secrets.as_ref()).await?,
-        ));
-        let gateways = Arc::new(query::Gateways::load(config, backends.secrets.as_ref()).await?);
+        // The worker's verifiers and gateways are its querier's.
+        let q = query::Querier::build(config, backends).await?;
         Ok(Self {
             queue: backends.queue.clone(),
             ledger: backends.ledger.clone(),
             archive: backends.archive.clone(),
-            verifiers,
-            gateways,
-            known_watches: Arc::default(),
+            verifiers: q.verifiers,
+            gateways: q.gateways,
+            known_watches: q.known,
             config: config.worker.clone(),
             max_receives: config.backend.max_receives,
             stats,

@@ -287,9 +287,6 @@ impl Querier {
             .map_err(QueryError::Request)?;
         let url = format!("{}{QUERY_PATH}", gw.config.url.trim_end_matches('/'));
         let (request, response) = self.exchange(gw, &url, &fields).await?;
-        if response.status != Some(200) {
-            return Err(QueryError::Http(response.status.unwrap_or(0)));
-        }
         let answered_at = response.received_at;
         let report =
             |answer: &'static str, code: Option<String>, message: Option<String>| QueryReport {
@@ -305,17 +302,10 @@ impl Querier {
                 event: None,
                 applied: None,
             };
-        let body = response.body_bytes().unwrap_or_default();
-        let answer = self
-            .verify_answer(source, merchant, target, &body, answered_at)
-            .map_err(|e| {
-                warn!(source, exchange_id = %request.id, step = e.step(), reason = e.name(),
-                      direction = "response", "UnionPay's answer was rejected");
-                QueryError::Rejected {
-                    step: e.step(),
-                    error: e.to_string(),
-                }
-            })?;
+        let fields = self.verified(source, &response)?;
+        let answer = about(&fields, merchant, target)
+            .and_then(|()| classify(source, &fields))
+            .map_err(|e| rejected(source, &response, &e))?;
         let mut out = match &answer {
             QueryAnswer::Final(e) => report(
                 answer.name(),
@@ -363,32 +353,37 @@ impl Querier {
     }
 
     /// Archives the request, sends it, archives the response (whatever its
-    /// HTTP status): the two envelopes, under one id.
+    /// HTTP status): the two envelopes, under one id. An answer other than
+    /// HTTP 200 is then an error.
     ///
     /// # Errors
-    /// `Archive` or `Gateway`.
+    /// `Archive`, `Gateway` or `Http`.
     pub async fn exchange(
         &self,
         gw: &SourceGateway,
         url: &str,
         fields: &Fields,
     ) -> Result<(Envelope, Envelope), QueryError> {
+        let envelope = |direction: &str, headers: Vec<(String, String)>, body: &[u8]| {
+            let mut e = Envelope::new(Received {
+                source: &gw.source,
+                received_at: OffsetDateTime::now_utc(),
+                remote_addr: None,
+                method: "POST",
+                path: url,
+                query: None,
+                headers,
+                body,
+            });
+            e.direction = Some(direction.to_owned());
+            e
+        };
         let body = fields.to_form_body();
         let content_type = (
             "content-type".to_owned(),
             "application/x-www-form-urlencoded;charset=UTF-8".to_owned(),
         );
-        let mut request = Envelope::new(Received {
-            source: &gw.source,
-            received_at: OffsetDateTime::now_utc(),
-            remote_addr: None,
-            method: "POST",
-            path: url,
-            query: None,
-            headers: vec![content_type],
-            body: body.as_bytes(),
-        });
-        request.direction = Some("request".into());
+        let request = envelope("request", vec![content_type], body.as_bytes());
         self.archive
             .put(&request.outbound_key(), &request.to_json())
             .await
@@ -398,86 +393,73 @@ impl Querier {
             .post_form(url, &body)
             .await
             .map_err(QueryError::Gateway)?;
-        let mut response = Envelope::new(Received {
-            source: &gw.source,
-            received_at: OffsetDateTime::now_utc(),
-            remote_addr: None,
-            method: "POST",
-            path: url,
-            query: None,
-            headers: answer.headers.clone(),
-            body: &answer.body,
-        });
+        let mut response = envelope("response", answer.headers, &answer.body);
         response.id.clone_from(&request.id);
-        response.direction = Some("response".into());
         response.status = Some(answer.status);
         self.archive
             .put(&response.outbound_key(), &response.to_json())
             .await
             .map_err(QueryError::Archive)?;
+        if answer.status != 200 {
+            return Err(QueryError::Http(answer.status));
+        }
         Ok((request, response))
     }
 
-    /// Parses a raw answer of UnionPay's and verifies it as received at
-    /// `at`, with the source's trust settings.
+    /// Parses an archived raw answer of UnionPay's and verifies it as
+    /// received, with the source's trust settings.
     ///
     /// # Errors
-    /// The failing step.
-    pub fn verify_signed(
-        &self,
-        source: &str,
-        body: &[u8],
-        at: OffsetDateTime,
-    ) -> Result<Fields, VerifyError> {
+    /// `Rejected` with the failing step (logged).
+    pub fn verified(&self, source: &str, response: &Envelope) -> Result<Fields, QueryError> {
         let verifiers = self.verifiers.current();
         let Some(SourceVerifier::UnionPay(verifier)) = verifiers.get(source) else {
-            return Err(VerifyError::MalformedBody(format!(
-                "source {source:?} is not a UnionPay source"
-            )));
+            let e =
+                VerifyError::MalformedBody(format!("source {source:?} is not a UnionPay source"));
+            return Err(rejected(source, response, &e));
         };
-        Ok(verifier.verify_fields(parse_raw(body)?, at)?.fields)
+        let body = response.body_bytes().unwrap_or_default();
+        parse_raw(&body)
+            .and_then(|fields| verifier.verify_fields(fields, response.received_at))
+            .map(|v| v.fields)
+            .map_err(|e| rejected(source, response, &e))
     }
+}
 
-    /// Parses the raw answer, verifies it as received at `at`, checks that
-    /// it is about what was asked, and reads it.
-    fn verify_answer(
-        &self,
-        source: &str,
-        merchant: &str,
-        target: &QueryTarget,
-        body: &[u8],
-        at: OffsetDateTime,
-    ) -> Result<QueryAnswer, VerifyError> {
-        let fields = &self.verify_signed(source, body, at)?;
-        let mismatch = |field: &'static str, asked: &str| {
-            let got = fields.get(field).unwrap_or("");
-            (got != asked).then(|| VerifyError::MalformedField {
-                field,
-                why: format!("the answer is about {got:?}, the query asked about {asked:?}"),
-            })
-        };
-        let wrong = match target {
-            QueryTarget::Order { order_id, txn_time } => mismatch("merId", merchant)
-                .or_else(|| mismatch("orderId", order_id))
-                .or_else(|| mismatch("txnTime", txn_time)),
-            QueryTarget::QueryId { query_id } => mismatch("merId", merchant).or_else(|| {
-                // A refused or not-found answer need not echo the id.
-                fields
-                    .get("queryId")
-                    .and_then(|_| mismatch("queryId", query_id))
-            }),
-        };
-        // Only an answer that names a result must be about the transaction
-        // asked for; "no such transaction" may omit the order's fields.
-        if fields.get("respCode") == Some("00") {
-            if let Some(e) = wrong {
-                return Err(e);
-            }
-        } else if let Some(e) = mismatch("merId", merchant) {
-            return Err(e);
-        }
-        classify(source, fields)
+/// Logs a refused answer and says why.
+fn rejected(source: &str, response: &Envelope, e: &VerifyError) -> QueryError {
+    warn!(source, exchange_id = %response.id, step = e.step(), reason = e.name(),
+          direction = "response", "UnionPay's answer was rejected");
+    QueryError::Rejected {
+        step: e.step(),
+        error: e.to_string(),
     }
+}
+
+/// Checks that a verified answer is about what was asked: an answer that
+/// names a result (`respCode=00`) must name the merchant and the order (or
+/// `queryId`); any other only the merchant ("no such transaction" may omit
+/// the order's fields, a refused query need not echo the id).
+fn about(fields: &Fields, merchant: &str, target: &QueryTarget) -> Result<(), VerifyError> {
+    let mismatch = |field: &'static str, asked: &str| {
+        let got = fields.get(field).unwrap_or("");
+        (got != asked).then(|| VerifyError::MalformedField {
+            field,
+            why: format!("the answer is about {got:?}, the query asked about {asked:?}"),
+        })
+    };
+    let wrong = match target {
+        _ if fields.get("respCode") != Some("00") => mismatch("merId", merchant),
+        QueryTarget::Order { order_id, txn_time } => mismatch("merId", merchant)
+            .or_else(|| mismatch("orderId", order_id))
+            .or_else(|| mismatch("txnTime", txn_time)),
+        QueryTarget::QueryId { query_id } => mismatch("merId", merchant).or_else(|| {
+            fields
+                .get("queryId")
+                .and_then(|_| mismatch("queryId", query_id))
+        }),
+    };
+    wrong.map_or(Ok(()), Err)
 }
 
 /// What a pass of the scheduler did.
@@ -538,8 +520,10 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
         );
         if next.finished.is_some() {
             pass.finished += 1;
-            if next.finished.as_deref() != Some("succeeded")
-                && next.finished.as_deref() != Some("failed")
+            if next
+                .finished
+                .as_deref()
+                .is_some_and(|f| f.starts_with("gave up"))
             {
                 warn!(watch = %w.id, source = %w.source, answer = next.finished.as_deref().unwrap_or(""),
                       "status queries ran out of schedule without a final answer");
