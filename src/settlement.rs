@@ -31,8 +31,6 @@ pub enum FetchError {
     File(#[from] SettlementError),
     #[error("archive: {0}")]
     Archive(#[from] ArchiveError),
-    #[error("ledger: {0}")]
-    Ledger(#[from] LedgerError),
     #[error("no settlement file of {source_name} for {date} in the archive; run `paynotify unionpay settlement fetch` first")]
     NotArchived { source_name: String, date: Date },
 }
