@@ -247,11 +247,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let drained_in = started.elapsed();
     let stats = app.stats.snapshot();
     let dlq = app.backends.queue.dlq_list(100_000).await?;
-    let archived = app.backends.archive.list("raw/", None, None).await?.len();
+    let segments = app.backends.archive.list("raw/", None, None).await?.len();
     let left = app.backends.queue.depth().await?;
     let api_calls = app.backends.api_calls.as_ref().map(|c| c.snapshot());
     let reconciled =
         paynotify::reconcile::reconcile(&config, &app.backends, None, None, |_, _| {}).await?;
+    let archived = reconciled.archived as usize;
     let recovered = recover_lost(&config, &app, &gateway, &sim_for_queries).await?;
     app.stop().await?;
 
@@ -265,7 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "received (HTTP 200)      {:>8}   of {} sent, {} never accepted",
         report.accepted, report.sent, report.failed
     );
-    println!("archived                 {archived:>8}");
+    println!("archived                 {archived:>8}   in {segments} segments");
     println!("applied (state changed)  {:>8}", stats.applied);
     println!("recorded, no change      {:>8}", stats.recorded);
     println!(

@@ -10,6 +10,7 @@ use paynotify_shared::config::Config;
 use paynotify_shared::envelope::{rfc3339_ms, Envelope, QueuedBody};
 use paynotify_shared::ports::DeadLetter;
 use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
+use paynotify_shared::segment;
 use paynotify_shared::telemetry::mask_card_numbers;
 use serde_json::{json, Value};
 
@@ -47,14 +48,15 @@ async fn read(backends: &Backends, limit: usize) -> anyhow::Result<Vec<DeadLette
 
 /// The envelope a dead letter carries or points to.
 async fn envelope_of(backends: &Backends, d: &DeadLetter) -> Option<(Envelope, String)> {
-    match QueuedBody::parse(&d.body).ok()? {
-        QueuedBody::Envelope(e) => {
-            let key = e.archive_key();
-            Some((*e, key))
-        }
-        QueuedBody::Pointer { archive_key, .. } => {
-            let bytes = backends.archive.get(&archive_key).await.ok()?;
-            Some((Envelope::from_json(&bytes).ok()?, archive_key))
+    let queued = QueuedBody::parse(&d.body).ok()?;
+    let at = queued.location();
+    match queued {
+        QueuedBody::Envelope(e) => Some((*e, at.to_string())),
+        QueuedBody::Pointer { location, id, .. } => {
+            let e = segment::read_envelope(backends.archive.as_ref(), &location, id.as_deref())
+                .await
+                .ok()?;
+            Some((e, at.to_string()))
         }
     }
 }
@@ -68,7 +70,7 @@ fn summary(d: &DeadLetter) -> Value {
         "error": mask_card_numbers(&d.error),
         "receive_count": d.receive_count,
         "dead_at": rfc3339_ms::format(d.dead_at),
-        "archive_key": parsed.as_ref().map(QueuedBody::archive_key),
+        "archive_key": parsed.as_ref().map(|p| p.location().to_string()),
     })
 }
 

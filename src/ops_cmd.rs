@@ -82,17 +82,25 @@ pub async fn archive_ls(args: ArchiveLs) -> anyhow::Result<ExitCode> {
 pub struct ArchiveCat {
     #[command(flatten)]
     config: ConfigArg,
-    /// The archive key.
-    key: String,
+    /// An archive key (a segment prints one envelope per line), or one
+    /// notification's location in a segment, `KEY#OFFSET+LENGTH` (as
+    /// `dlq show` and the logs' `archive_key` give it).
+    location: String,
 }
 
-/// Prints one archived envelope.
+/// Prints an archived object, or one envelope of a segment.
 ///
 /// # Errors
 /// Configuration or backend errors, or a missing key.
 pub async fn archive_cat(args: ArchiveCat) -> anyhow::Result<ExitCode> {
+    let Some(location) = paynotify_shared::segment::Location::parse(&args.location) else {
+        anyhow::bail!(
+            "{:?} is not an archive key or KEY#OFFSET+LENGTH",
+            args.location
+        );
+    };
     let (_, backends) = args.config.open().await?;
-    let bytes = backends.archive.get(&args.key).await?;
+    let bytes = paynotify_shared::segment::read(backends.archive.as_ref(), &location).await?;
     crate::print_stdout(&String::from_utf8_lossy(&bytes))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -128,9 +136,9 @@ pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
         .list(&prefix, Some(args.from), Some(args.to))
         .await?;
     let bar = crate::progress::bar(Some(keys.len() as u64), "replaying");
-    let sent = paynotify::replay::replay(&backends, &keys, crate::progress::position(&bar)).await?;
+    let done = paynotify::replay::replay(&backends, &keys, crate::progress::position(&bar)).await?;
     bar.finish_and_clear();
-    crate::print_stdout(&json!({ "replayed": sent }).to_string())?;
+    crate::print_stdout(&json!({ "replayed": done.sent, "torn_segments": done.torn }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 

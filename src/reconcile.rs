@@ -21,9 +21,11 @@ use paynotify_shared::envelope::{Envelope, EnvelopeError};
 use paynotify_shared::event::PaymentKey;
 use paynotify_shared::ports::{DeadLetter, EventRecord, ParkedEntry, PARKED_SCAN_LIMIT};
 use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
+use paynotify_shared::segment;
 use paynotify_shared::{transition, PaymentState, Transition};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tracing::warn;
 
 /// Dead letters read at most (the SQS DLQ is scanned, not listed).
 const MAX_DEAD_LETTERS: usize = 100_000;
@@ -125,61 +127,67 @@ pub async fn reconcile(
     let mut payments = BTreeSet::new();
     for (i, key) in keys.iter().enumerate() {
         progress(i as u64 + 1, total);
-        report.archived += 1;
-        let envelope = match backends
-            .archive
-            .get(key)
-            .await
-            .map(|b| Envelope::from_json(&b))
-        {
-            Ok(Ok(e)) => e,
-            // JSON that ends early: a write cut short, never acknowledged.
-            Ok(Err(EnvelopeError::Json(e))) if e.is_eof() => {
+        let records = match segment::read_object(backends.archive.as_ref(), key).await? {
+            Ok(r) => r,
+            Err(torn) => {
+                warn!(error = %torn, "a torn segment: none of its notifications was acknowledged");
                 report.partial_writes += 1;
                 continue;
             }
-            Ok(Err(e)) => {
-                report.flag("unreadable", key.clone(), e.to_string());
-                continue;
+        };
+        for (at, json) in records {
+            report.archived += 1;
+            let envelope = match Envelope::from_json(&json) {
+                Ok(e) => e,
+                // An object of one notification whose JSON ends early: a
+                // write cut short, never acknowledged.
+                Err(EnvelopeError::Json(e)) if e.is_eof() && at.span.is_none() => {
+                    report.partial_writes += 1;
+                    continue;
+                }
+                Err(e) => {
+                    report.flag("unreadable", at.to_string(), e.to_string());
+                    continue;
+                }
+            };
+            let subject = at.to_string();
+            let in_dlq = dead.contains(&envelope.id);
+            let body = envelope.body_bytes().map_err(|e| e.to_string());
+            let verifier = verifiers
+                .get(&envelope.source)
+                .ok_or_else(|| format!("source {:?} is not configured", envelope.source));
+            let empty = Vec::new();
+            let inbound = Inbound {
+                body: body.as_ref().unwrap_or(&empty),
+                headers: &envelope.headers,
+                received_at: envelope.received_at,
+            };
+            // One result per item: a notification of several is checked item by item.
+            let verified = match (&body, &verifier) {
+                (Err(e), _) | (_, Err(e)) => vec![Err(e.clone())],
+                (Ok(_), Ok(v)) => match v.verify(&envelope.source, &inbound) {
+                    Ok(Verified::Items(n)) => (0..n)
+                        .map(|i| {
+                            v.verify_item(&envelope.source, &inbound, i)
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect(),
+                    other => vec![other.map_err(|e| e.to_string())],
+                },
+            };
+            for verified in verified {
+                check_notification(
+                    backends,
+                    &mut report,
+                    &mut payments,
+                    &subject,
+                    &envelope,
+                    verified,
+                    in_dlq,
+                    &purged,
+                )
+                .await?;
             }
-            Err(e) => return Err(e.into()),
-        };
-        let in_dlq = dead.contains(&envelope.id);
-        let body = envelope.body_bytes().map_err(|e| e.to_string());
-        let verifier = verifiers
-            .get(&envelope.source)
-            .ok_or_else(|| format!("source {:?} is not configured", envelope.source));
-        let empty = Vec::new();
-        let inbound = Inbound {
-            body: body.as_ref().unwrap_or(&empty),
-            headers: &envelope.headers,
-            received_at: envelope.received_at,
-        };
-        // One result per item: a notification of several is checked item by item.
-        let verified = match (&body, &verifier) {
-            (Err(e), _) | (_, Err(e)) => vec![Err(e.clone())],
-            (Ok(_), Ok(v)) => match v.verify(&envelope.source, &inbound) {
-                Ok(Verified::Items(n)) => (0..n)
-                    .map(|i| {
-                        v.verify_item(&envelope.source, &inbound, i)
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-                other => vec![other.map_err(|e| e.to_string())],
-            },
-        };
-        for verified in verified {
-            check_notification(
-                backends,
-                &mut report,
-                &mut payments,
-                key,
-                &envelope,
-                verified,
-                in_dlq,
-                &purged,
-            )
-            .await?;
         }
     }
     for payment in &payments {

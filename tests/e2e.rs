@@ -344,19 +344,19 @@ mod aws_only {
     async fn replay_sends_large_envelopes_as_pointers_and_splits_batches_by_size() {
         let dir = tempfile::tempdir().unwrap();
         let b = support::backends(Kind::Aws, dir.path(), 30, 5).await;
-        let mut keys = Vec::new();
+        let (mut keys, mut locations) = (Vec::new(), Vec::new());
         // One envelope over SQS's 256 KiB, and nine of 100 KiB: ten that
         // fit no single SendMessageBatch.
         for size in std::iter::once(300 * 1024).chain(std::iter::repeat_n(100 * 1024, 9)) {
             let body = "a".repeat(size);
             let e = support::envelope(body.as_bytes());
-            b.archive.put(&e.archive_key(), &e.to_json()).await.unwrap();
-            keys.push(e.archive_key());
+            let (key, segment, at) = e.to_segment();
+            b.archive.put(&key, &segment).await.unwrap();
+            keys.push(key);
+            locations.push(at);
         }
-        assert_eq!(
-            paynotify::replay::replay(&b, &keys, |_| {}).await.unwrap(),
-            10
-        );
+        let replayed = paynotify::replay::replay(&b, &keys, |_| {}).await.unwrap();
+        assert_eq!((replayed.sent, replayed.torn), (10, 0));
         let mut pointers = 0;
         let mut received = 0;
         while received < 10 {
@@ -368,7 +368,7 @@ mod aws_only {
                     paynotify_shared::envelope::QueuedBody::Pointer { .. }
                 ) {
                     pointers += 1;
-                    assert_eq!(parsed.archive_key(), keys[0]);
+                    assert_eq!(parsed.location(), locations[0]);
                 }
             }
         }

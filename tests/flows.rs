@@ -173,25 +173,16 @@ async fn reconcile_reports_a_corrupted_ledger_and_an_unprocessed_archive_object(
     assert!(t.reconcile().await.is_clean());
 
     // An archived notification that no worker ever saw.
-    let archived = t
-        .app()
-        .backends
-        .archive
-        .list("raw/", None, None)
+    let mut envelope = support::archived(t.app().backends.archive.as_ref())
         .await
-        .unwrap();
-    let bytes = t.app().backends.archive.get(&archived[0]).await.unwrap();
-    let mut envelope = paynotify_shared::envelope::Envelope::from_json(&bytes).unwrap();
+        .remove(0)
+        .1;
     let body = t.sim.purchase("c3", 700);
     envelope.id = ulid::Ulid::new().to_string();
     envelope.body_sha256 = hex_sha256(body.as_bytes());
     envelope.body = Some(body);
-    t.app()
-        .backends
-        .archive
-        .put(&envelope.archive_key(), &envelope.to_json())
-        .await
-        .unwrap();
+    let (key, segment, _) = envelope.to_segment();
+    t.app().backends.archive.put(&key, &segment).await.unwrap();
     // A refunded amount changed behind the ledger's back.
     let db = rusqlite::Connection::open(t.config.backend.data_dir.join("ledger.sqlite3")).unwrap();
     db.execute(
@@ -225,32 +216,48 @@ fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A crash mid-write leaves a truncated archive object that ingest never
-/// acknowledged: counted apart, not a discrepancy; garbage is.
+/// A crash mid-write leaves a torn segment that ingest never acknowledged:
+/// counted apart, not a discrepancy, and skipped by replay with a warning;
+/// garbage in a whole segment is a discrepancy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconcile_counts_truncated_archive_objects_apart_from_garbage() {
+async fn reconcile_and_replay_skip_torn_segments_and_flag_garbage() {
     let t = spawn_app(Kind::Local).await;
     t.sim.send(t.sim.purchase("w1", 100)).await;
     t.wait_for_status("w1", PaymentStatus::Paid).await;
     t.wait_until_drained().await;
     let archive = &t.app().backends.archive;
-    let key = archive.list("raw/", None, None).await.unwrap().remove(0);
-    let whole = archive.get(&key).await.unwrap();
-    let truncated = key.replace(".json", "x.json");
-    archive
-        .put(&truncated, &whole[..whole.len() / 2])
-        .await
-        .unwrap();
+    let (_, envelope) = support::archived(archive.as_ref()).await.remove(0);
+    // Two notifications written as one segment, the second cut short.
+    let (mut one, mut two) = (envelope.clone(), envelope.clone());
+    one.id = ulid::Ulid::new().to_string();
+    two.id = ulid::Ulid::new().to_string();
+    let key = paynotify_shared::segment::segment_key(&envelope.partition(), &one.id, 2);
+    let (whole, _) = paynotify_shared::segment::build(
+        &key,
+        [one.to_json().as_slice(), two.to_json().as_slice()],
+    );
+    let torn = &whole[..whole.len() - 20];
+    archive.put(&key, torn).await.unwrap();
     let report = t.reconcile().await;
-    assert_eq!(report.partial_writes, 1);
+    assert_eq!((report.partial_writes, report.archived), (1, 1));
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
-    archive
-        .put(&key.replace(".json", "y.json"), b"not json at all")
+    let keys = archive.list("raw/", None, None).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    let replayed = paynotify::replay::replay(&t.app().backends, &keys, |_| {})
         .await
         .unwrap();
+    assert_eq!((replayed.sent, replayed.torn), (1, 1));
+    t.wait_until_drained().await;
+    let garbage = paynotify_shared::segment::segment_key(
+        &envelope.partition(),
+        &ulid::Ulid::new().to_string(),
+        1,
+    );
+    archive.put(&garbage, b"not json at all\n").await.unwrap();
     let report = t.reconcile().await;
     let kinds: Vec<&str> = report.discrepancies.iter().map(|d| d.kind).collect();
     assert_eq!(kinds, vec!["unreadable"]);
+    assert_eq!(report.discrepancies[0].subject, format!("{garbage}#0+15"));
 }
 
 /// `paynotify parked list` and `paynotify reconcile` from the command line,

@@ -142,18 +142,11 @@ impl Lambda {
 
     /// Every archived envelope.
     async fn archived(&self) -> Vec<Envelope> {
-        let mut out = Vec::new();
-        for key in self
-            .backends
-            .archive
-            .list("raw/", None, None)
+        support::archived(self.backends.archive.as_ref())
             .await
-            .unwrap()
-        {
-            let bytes = self.backends.archive.get(&key).await.unwrap();
-            out.push(Envelope::from_json(&bytes).unwrap());
-        }
-        out
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
     }
 }
 
@@ -420,8 +413,8 @@ async fn the_server_and_lambda_modes_store_and_decide_alike(kind: Kind) {
     let server_dlq = t.dlq_reasons().await;
     let mut server_archive = Vec::new();
     let archive = &t.app().backends.archive;
-    for key in archive.list("raw/", None, None).await.unwrap() {
-        server_archive.push(Envelope::from_json(&archive.get(&key).await.unwrap()).unwrap());
+    for (_, e) in support::archived(archive.as_ref()).await {
+        server_archive.push(e);
     }
     server_archive.sort_by_key(|e| e.body.clone());
 
@@ -447,7 +440,7 @@ async fn the_server_and_lambda_modes_store_and_decide_alike(kind: Kind) {
     for (s, a) in server_archive.iter().zip(&lambda_archive) {
         assert_eq!(comparable(s), comparable(a));
         let partition = |e: &Envelope| {
-            let key = e.archive_key();
+            let key = e.partition();
             key[..key.find("date=").unwrap()].to_owned()
         };
         assert_eq!(partition(s), partition(a));
@@ -696,9 +689,9 @@ async fn measure_lambda_cold_start_and_warm_records() {
     for i in 0..records {
         let body = sim.purchase(&format!("floor{i}"), 100);
         let envelope = support::envelope(body.as_bytes());
-        let (key, json) = (envelope.archive_key(), envelope.to_json());
+        let ((key, segment, _), json) = (envelope.to_segment(), envelope.to_json());
         let started = Instant::now();
-        backends.archive.put(&key, &json).await.unwrap();
+        backends.archive.put(&key, &segment).await.unwrap();
         backends.queue.send(&json).await.unwrap();
         floor.push(started.elapsed());
     }

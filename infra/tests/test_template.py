@@ -260,12 +260,15 @@ def test_the_worker_function_answers_partial_batches():
 def test_glue_table_matches_the_envelope_and_the_key_layout():
     envelope = rust("shared/src/envelope.rs")
     body = re.search(r"pub struct Envelope \{(.*?)\n\}", envelope, re.S).group(1)
-    fields = [f for f in re.findall(r"^\s*pub (\w+):", body, re.M) if f != "source"]
+    # `at` travels only on the queue copy, never archived.
+    fields = [f for f in re.findall(r"^\s*pub (\w+):", body, re.M) if f not in ("source", "at")]
     table = RESOURCES["ArchiveTable"]["Properties"]["TableInput"]
     columns = [c["Name"] for c in table["StorageDescriptor"]["Columns"]]
     assert columns == fields, (columns, fields)
-    key = re.search(r'"(raw/source=\{\}/date=[^"]*)"', envelope).group(1)
-    assert key == "raw/source={}/date={:04}-{:02}-{:02}/hour={:02}/{}.json", key
+    segment = rust("shared/src/segment.rs")
+    key = re.search(r'"(raw/source=\{\}/date=[^"]*)"', segment).group(1)
+    assert key == "raw/source={}/date={:04}-{:02}-{:02}/hour={:02}/", key
+    assert '"{partition}{first}-{n}.ndjson"' in segment
     assert [p["Name"] for p in table["PartitionKeys"]] == ["source", "date", "hour"]
     template = table["Parameters"]["storage.location.template"]["Fn::Sub"]
     assert template.endswith("/raw/source=${!source}/date=${!date}/hour=${!hour}/"), template

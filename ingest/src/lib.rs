@@ -1,7 +1,10 @@
-//! The ingest: `POST /notify/{source}` archives the exact bytes, enqueues
-//! them, and only then answers 200 with the source's success body (DESIGN §1,
-//! §7). No signature check, no parsing. Health and metrics are served on a
-//! separate admin listener.
+//! The ingest: `POST /notify/{source}` archives the exact bytes (in a
+//! segment shared with the notifications received at the same time),
+//! enqueues them, and only then answers 200 with the source's success body
+//! (DESIGN §1, §7). No signature check, no parsing. Health and metrics are
+//! served on a separate admin listener.
+
+pub mod segmenter;
 
 pub use paynotify_shared::serve;
 
@@ -22,7 +25,8 @@ use paynotify_shared::config::{Config, IngestConfig};
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
 use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
 use paynotify_shared::notification_span;
-use paynotify_shared::ports::{Archive, ArchiveError, Queue};
+use paynotify_shared::ports::Queue;
+use segmenter::{SegmentSettings, Segmenter};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +36,8 @@ use tracing::{error, info, Instrument};
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct IngestState {
-    pub archive: Arc<dyn Archive>,
+    /// Archives notifications, grouped into segments.
+    pub segmenter: Arc<Segmenter>,
     pub queue: Arc<dyn Queue>,
     /// Success body by source name.
     pub sources: Arc<BTreeMap<String, String>>,
@@ -53,7 +58,10 @@ impl IngestState {
         sample_ledger: bool,
     ) -> Self {
         Self {
-            archive: backends.archive.clone(),
+            segmenter: Segmenter::new(
+                backends.archive.clone(),
+                SegmentSettings::of(&config.ingest),
+            ),
             queue: backends.queue.clone(),
             sources: Arc::new(
                 config
@@ -168,7 +176,7 @@ pub fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 pub struct Pending {
     source: String,
     id: String,
-    key: String,
+    partition: String,
     json: Vec<u8>,
     body_len: usize,
 }
@@ -182,7 +190,7 @@ impl Pending {
         Self {
             source: envelope.source.clone(),
             id: envelope.id.clone(),
-            key: envelope.archive_key(),
+            partition: envelope.partition(),
             json: envelope.to_json(),
             body_len,
         }
@@ -226,24 +234,27 @@ pub async fn store(state: &IngestState, pending: Pending, success_body: String) 
     let Pending {
         source,
         id,
-        key,
+        partition,
         json,
         body_len,
     } = pending;
     state.metrics.received(&source);
     tracing::Span::current().record("notification_id", id.as_str());
-    if let Err(e) = archive(state.archive.as_ref(), &key, &json).await {
-        error!(error = %e, "archive failed");
-        return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n");
-    }
+    let (at, json) = match state.segmenter.append(partition, id.clone(), json).await {
+        Ok(appended) => appended,
+        Err(e) => {
+            error!(error = %e, "archive failed");
+            return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n");
+        }
+    };
     state.metrics.archived(&source);
-    let message = QueuedBody::for_queue(json, &key, state.queue.max_message_bytes());
+    let message = QueuedBody::for_queue(json, &at, &id, state.queue.max_message_bytes());
     if let Err(e) = state.queue.send(&message).await {
-        error!(error = %e, archive_key = %key, "enqueue failed");
+        error!(error = %e, archive_key = %at, "enqueue failed");
         return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n");
     }
     state.metrics.enqueued(&source);
-    info!(bytes = body_len, archive_key = %key, "accepted");
+    info!(bytes = body_len, archive_key = %at, "accepted");
     Answer::new(StatusCode::OK, success_body)
 }
 
@@ -257,20 +268,6 @@ fn is_body_timeout(rejection: &axum::extract::rejection::BytesRejection) -> bool
         source = e.source();
     }
     false
-}
-
-/// Puts the envelope. A put that finds its own key taken is a retry of a put
-/// that succeeded with its reply lost (an SDK retry after a timeout; keys are
-/// fresh ULIDs): it succeeded when the stored object is this envelope.
-async fn archive(archive: &dyn Archive, key: &str, json: &[u8]) -> Result<(), ArchiveError> {
-    match archive.put(key, json).await {
-        Err(ArchiveError::AlreadyExists(k)) => match archive.get(key).await {
-            Ok(stored) if stored == json => Ok(()),
-            Ok(_) => Err(ArchiveError::AlreadyExists(k)),
-            Err(e) => Err(e),
-        },
-        other => other,
-    }
 }
 
 /// Serves the public and admin listeners until `shutdown` is cancelled, then

@@ -7,14 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paynotify_ingest::segmenter::{SegmentSettings, Segmenter};
 use paynotify_ingest::IngestState;
 use paynotify_shared::admin::Admin;
 use paynotify_shared::backend::local::{LocalArchive, LocalLedger, LocalQueue};
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::IngestConfig;
+use paynotify_shared::envelope::QueuedBody;
 use paynotify_shared::faults::{Faults, FaultyArchive, FaultyQueue};
 use paynotify_shared::metrics::Metrics;
 use paynotify_shared::ports::{Archive, Queue};
+use paynotify_shared::segment::Location;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -69,8 +72,10 @@ async fn start_with(
         secrets: None,
     };
     let metrics = Metrics::new(None);
+    let mut config = IngestConfig::default();
+    tweak(&mut config);
     let state = IngestState {
-        archive: backends.archive.clone(),
+        segmenter: Segmenter::new(backends.archive.clone(), SegmentSettings::of(&config)),
         queue: backends.queue.clone(),
         sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
         metrics: metrics.clone(),
@@ -81,8 +86,6 @@ async fn start_with(
             sample_ledger: true,
         },
     };
-    let mut config = IngestConfig::default();
-    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -125,11 +128,24 @@ async fn answers_200_with_the_success_body_after_archive_and_queue() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 1);
+    assert!(keys[0].ends_with("-1.ndjson"), "{keys:?}");
     let archived = i.archive.get(&keys[0]).await.unwrap();
     let queued = i.queue.receive(1, Duration::ZERO).await.unwrap();
+    let QueuedBody::Envelope(mut envelope) = QueuedBody::parse(&queued[0].body).unwrap() else {
+        panic!("an envelope, not a pointer")
+    };
+    let at = envelope
+        .at
+        .take()
+        .expect("the queued envelope says where it is archived");
     assert_eq!(
-        archived, queued[0].body,
-        "the archived object is the enqueued message"
+        at,
+        Location::span(keys[0].clone(), 0, archived.len() as u64 - 1)
+    );
+    assert_eq!(
+        archived,
+        [envelope.to_json(), b"\n".to_vec()].concat(),
+        "the archived segment is the enqueued envelope, one line"
     );
 }
 

@@ -41,7 +41,7 @@ impl Ingest {
     pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
         let (backends, metrics) = metered::build(&crate::backend_config(config)).await?;
         Ok(Self::new(
-            IngestState::new(config, &backends, metrics, false),
+            IngestState::new(&crate::ingest_config(config), &backends, metrics, false),
             config.ingest.max_body_bytes,
         ))
     }

@@ -55,3 +55,12 @@ pub fn backend_config(config: &Config) -> BackendConfig {
     backend.aws.send_batch_window_ms = 0;
     backend
 }
+
+/// The configuration of the ingest function: `config`, with no segment
+/// window, for the same reason: its segments hold one notification each
+/// (valid segments; a function's cost is its invocations, not its puts).
+pub fn ingest_config(config: &Config) -> Config {
+    let mut config = config.clone();
+    config.ingest.segment_window_ms = 0;
+    config
+}

@@ -24,6 +24,8 @@ pub enum ConfigError {
     Source { source_name: String, why: String },
     #[error("configuration: unknown source {0:?}")]
     UnknownSource(String),
+    #[error("configuration: {0}")]
+    Setting(String),
 }
 
 /// The whole configuration file.
@@ -150,6 +152,17 @@ pub struct IngestConfig {
     /// After SIGTERM, requests in flight get this long to finish before
     /// their connections are closed (below ECS's 30 s stop timeout).
     pub drain_secs: u64,
+    /// Archive segments: notifications of one source and hour received
+    /// within this window are archived as one object (one `PutObject`).
+    /// Every notification waits up to this long more for its 200; 0 groups
+    /// only what arrives while the segment writers are busy.
+    pub segment_window_ms: u64,
+    /// A segment is written once it holds this many notifications…
+    pub segment_max_records: usize,
+    /// …or this many bytes, whichever comes first.
+    pub segment_max_bytes: usize,
+    /// Segments being written at once; more wait (and keep filling).
+    pub segment_writers: usize,
 }
 
 impl Default for IngestConfig {
@@ -162,6 +175,10 @@ impl Default for IngestConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
             drain_secs: 20,
+            segment_window_ms: 5,
+            segment_max_records: 1_000,
+            segment_max_bytes: 8 << 20,
+            segment_writers: 16,
         }
     }
 }
@@ -592,6 +609,18 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let i = &self.ingest;
+        if i.segment_max_records == 0 || i.segment_writers == 0 {
+            return Err(ConfigError::Setting(
+                "ingest.segment_max_records and ingest.segment_writers must be positive".into(),
+            ));
+        }
+        if i.segment_window_ms > 1_000 {
+            // Every notification waits for its segment: a PSP's timeout is seconds.
+            return Err(ConfigError::Setting(
+                "ingest.segment_window_ms is at most 1000".into(),
+            ));
+        }
         for (name, source) in &self.sources {
             let bad = |why: &str| ConfigError::Source {
                 source_name: name.clone(),

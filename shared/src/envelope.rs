@@ -7,6 +7,8 @@ use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::segment::{self, Location};
+
 /// Headers that describe one hop, not the notification; not archived.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -60,6 +62,10 @@ pub struct Envelope {
     /// The HTTP status of an outbound response.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status: Option<u16>,
+    /// Where the archive holds this envelope: set on the copy that travels
+    /// on the queue, never archived.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub at: Option<Location>,
 }
 
 /// The request as ingest saw it.
@@ -106,6 +112,7 @@ impl Envelope {
             body_sha256: hex::encode(Sha256::digest(r.body)),
             direction: None,
             status: None,
+            at: None,
         }
     }
 
@@ -125,18 +132,24 @@ impl Envelope {
         )
     }
 
-    /// `raw/source={source}/date={YYYY-MM-DD}/hour={HH}/{id}.json`, in UTC.
-    pub fn archive_key(&self) -> String {
-        let t = self.received_at.to_offset(time::UtcOffset::UTC);
-        format!(
-            "raw/source={}/date={:04}-{:02}-{:02}/hour={:02}/{}.json",
-            self.source,
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            self.id
-        )
+    /// The archive partition of this notification (`segment::partition`).
+    pub fn partition(&self) -> String {
+        segment::partition(&self.source, self.received_at)
+    }
+
+    /// Where an archive written one object per notification (before
+    /// segments) kept this envelope: `{partition}{id}.json`.
+    fn object_key(&self) -> String {
+        format!("{}{}.json", self.partition(), self.id)
+    }
+
+    /// This envelope alone as a segment: its key, bytes and location (what
+    /// ingest writes for a notification that arrives by itself).
+    pub fn to_segment(&self) -> (String, Vec<u8>, Location) {
+        let key = segment::segment_key(&self.partition(), &self.id, 1);
+        let json = self.to_json();
+        let (bytes, mut at) = segment::build(&key, [json.as_slice()]);
+        (key, bytes, at.remove(0))
     }
 
     /// The exact body bytes, checked against `body_sha256`.
@@ -195,6 +208,12 @@ impl Envelope {
 pub struct Pointer {
     pub v: u8,
     pub archive_key: String,
+    /// `[offset, length]` of the envelope in a segment.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub span: Option<[u64; 2]>,
+    /// The notification's id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub retry: Option<RetryState>,
     /// One item of a notification that holds several (Adyen's
@@ -220,7 +239,9 @@ pub struct RetryState {
 pub enum QueuedBody {
     Envelope(Box<Envelope>),
     Pointer {
-        archive_key: String,
+        location: Location,
+        /// The notification's id, checked against the envelope read.
+        id: Option<String>,
         retry: Option<RetryState>,
         item: Option<u32>,
     },
@@ -237,7 +258,11 @@ impl QueuedBody {
                 return Err(EnvelopeError::Version(p.v));
             }
             return Ok(Self::Pointer {
-                archive_key: p.archive_key,
+                location: Location {
+                    key: p.archive_key,
+                    span: p.span,
+                },
+                id: p.id,
                 retry: p.retry,
                 item: p.item,
             });
@@ -245,39 +270,50 @@ impl QueuedBody {
         Envelope::from_json(bytes).map(|e| Self::Envelope(Box::new(e)))
     }
 
-    /// What to enqueue for an envelope archived at `archive_key`: the
-    /// envelope itself, or a pointer when it exceeds `max_message_bytes`.
+    /// What to enqueue for the envelope `envelope_json` (of notification
+    /// `id`) archived at `at`: the envelope with its location, or a pointer
+    /// when that exceeds `max_message_bytes`.
     pub fn for_queue(
         envelope_json: Vec<u8>,
-        archive_key: &str,
+        at: &Location,
+        id: &str,
         max_message_bytes: usize,
     ) -> Vec<u8> {
-        if envelope_json.len() > max_message_bytes {
-            Self::pointer_json(archive_key)
+        let located = Self::with_location(envelope_json, at);
+        if located.len() > max_message_bytes {
+            Self::pointer(at, Some(id), None, None)
         } else {
-            envelope_json
+            located
         }
     }
 
-    /// The pointer JSON for `archive_key`.
-    pub fn pointer_json(archive_key: &str) -> Vec<u8> {
-        Self::pointer_json_with(archive_key, None)
+    /// `envelope_json` (an envelope serialised by [`Envelope::to_json`],
+    /// without `at`) with `at` added.
+    fn with_location(mut envelope_json: Vec<u8>, at: &Location) -> Vec<u8> {
+        if envelope_json.last() == Some(&b'}') {
+            envelope_json.pop();
+            envelope_json.extend_from_slice(b",\"at\":");
+            if serde_json::to_writer(&mut envelope_json, at).is_err() {
+                return Vec::new();
+            }
+            envelope_json.push(b'}');
+        }
+        envelope_json
     }
 
-    /// The pointer JSON for `archive_key`, carrying `retry`.
-    pub fn pointer_json_with(archive_key: &str, retry: Option<RetryState>) -> Vec<u8> {
-        Self::item_pointer_json(archive_key, retry, None)
-    }
-
-    /// The pointer JSON for item `item` of the envelope at `archive_key`.
-    pub fn item_pointer_json(
-        archive_key: &str,
+    /// The pointer JSON for the envelope at `location`, carrying the
+    /// notification's `id`, `retry` and the `item` it stands for.
+    pub fn pointer(
+        location: &Location,
+        id: Option<&str>,
         retry: Option<RetryState>,
         item: Option<u32>,
     ) -> Vec<u8> {
         serde_json::to_vec(&Pointer {
             v: 1,
-            archive_key: archive_key.to_owned(),
+            archive_key: location.key.clone(),
+            span: location.span,
+            id: id.map(str::to_owned),
             retry,
             item,
         })
@@ -293,10 +329,13 @@ impl QueuedBody {
     }
 
     /// Where the envelope is archived.
-    pub fn archive_key(&self) -> String {
+    pub fn location(&self) -> Location {
         match self {
-            Self::Envelope(e) => e.archive_key(),
-            Self::Pointer { archive_key, .. } => archive_key.clone(),
+            Self::Envelope(e) => {
+                e.at.clone()
+                    .unwrap_or_else(|| Location::whole(e.object_key()))
+            }
+            Self::Pointer { location, .. } => location.clone(),
         }
     }
 
@@ -308,17 +347,30 @@ impl QueuedBody {
         }
     }
 
-    /// The notification's id (the envelope's ULID, also the archive file name).
+    /// The notification's id (the envelope's ULID).
     pub fn notification_id(&self) -> String {
         match self {
             Self::Envelope(e) => e.id.clone(),
-            Self::Pointer { archive_key, .. } => archive_key
+            Self::Pointer { id: Some(id), .. } => id.clone(),
+            // A pointer written before segments: the object is named by the id.
+            Self::Pointer { location, .. } => location
+                .key
                 .rsplit('/')
                 .next()
                 .unwrap_or_default()
                 .trim_end_matches(".json")
                 .to_owned(),
         }
+    }
+
+    /// This message again (a pointer), carrying `retry`.
+    pub fn retried(&self, retry: RetryState) -> Vec<u8> {
+        Self::pointer(
+            &self.location(),
+            Some(&self.notification_id()),
+            Some(retry),
+            self.item(),
+        )
     }
 }
 
@@ -403,16 +455,34 @@ mod tests {
     #[test]
     fn pointers_and_envelopes_are_told_apart() {
         let e = received(b"x");
+        let (key, bytes, at) = e.to_segment();
         assert_eq!(
-            QueuedBody::parse(&e.to_json()).unwrap(),
-            QueuedBody::Envelope(Box::new(e.clone()))
+            key,
+            format!(
+                "raw/source=unionpay/date=2026-11-25/hour=15/{}-1.ndjson",
+                e.id
+            )
         );
-        let p = QueuedBody::pointer_json(&e.archive_key());
+        assert_eq!(bytes, [e.to_json(), b"\n".to_vec()].concat());
+        // Inline: the envelope with its location.
+        let inline = QueuedBody::for_queue(e.to_json(), &at, &e.id, 256 * 1024);
+        let parsed = QueuedBody::parse(&inline).unwrap();
+        let QueuedBody::Envelope(back) = &parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(back.at.as_ref(), Some(&at));
+        assert_eq!(
+            (parsed.location(), parsed.notification_id()),
+            (at.clone(), e.id.clone())
+        );
+        // Too large for the queue: a pointer to the same place.
+        let p = QueuedBody::for_queue(e.to_json(), &at, &e.id, 10);
         let pointer = QueuedBody::parse(&p).unwrap();
         assert_eq!(
             pointer,
             QueuedBody::Pointer {
-                archive_key: e.archive_key(),
+                location: at.clone(),
+                id: Some(e.id.clone()),
                 retry: None,
                 item: None,
             }
@@ -422,19 +492,32 @@ mod tests {
             since: datetime!(2026-11-25 23:15:16.123 UTC),
             attempts: 7,
         };
-        let p = QueuedBody::pointer_json_with(&e.archive_key(), Some(retry));
-        assert_eq!(QueuedBody::parse(&p).unwrap().retry(), Some(&retry));
-        let p = QueuedBody::item_pointer_json(&e.archive_key(), Some(retry), Some(3));
-        let parsed = QueuedBody::parse(&p).unwrap();
-        assert_eq!((parsed.item(), parsed.retry()), (Some(3), Some(&retry)));
+        let again = QueuedBody::parse(&parsed.retried(retry)).unwrap();
+        assert_eq!(again.retry(), Some(&retry));
+        assert_eq!(
+            (again.location(), again.notification_id()),
+            (at.clone(), e.id.clone())
+        );
+        let p = QueuedBody::pointer(&at, Some(&e.id), Some(retry), Some(3));
+        let item = QueuedBody::parse(&p).unwrap();
+        assert_eq!((item.item(), item.retry()), (Some(3), Some(&retry)));
+        assert_eq!(
+            QueuedBody::parse(&item.retried(retry)).unwrap().item(),
+            Some(3)
+        );
+        // A pointer written before segments names the object by the id.
+        let old = br#"{"v":1,"archive_key":"raw/source=u/date=2026-11-25/hour=15/01ABC.json"}"#;
+        let old = QueuedBody::parse(old).unwrap();
+        assert_eq!(old.notification_id(), "01ABC");
+        assert_eq!(old.location().span, None);
     }
 
     #[test]
     fn key_is_hive_partitioned_in_utc() {
         let e = received(b"x");
         assert_eq!(
-            e.archive_key(),
-            format!("raw/source=unionpay/date=2026-11-25/hour=15/{}.json", e.id)
+            e.partition(),
+            "raw/source=unionpay/date=2026-11-25/hour=15/"
         );
     }
 

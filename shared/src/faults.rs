@@ -221,6 +221,19 @@ impl Archive for FaultyArchive {
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
         faulty!(self, "get", ArchiveError::Unavailable, self.inner.get(key))
     }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        faulty!(
+            self,
+            "get",
+            ArchiveError::Unavailable,
+            self.inner.get_range(key, offset, length)
+        )
+    }
     async fn list(
         &self,
         prefix: &str,

@@ -14,6 +14,7 @@ pub mod money;
 pub mod ports;
 pub mod scheme;
 pub mod secret;
+pub mod segment;
 pub mod serve;
 pub mod state;
 pub mod telemetry;

@@ -85,6 +85,14 @@ impl Archive for MeteredArchive {
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
         timed!(self, "get", self.inner.get(key))
     }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        timed!(self, "get_range", self.inner.get_range(key, offset, length))
+    }
     async fn list(
         &self,
         prefix: &str,

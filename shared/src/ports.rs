@@ -32,13 +32,17 @@ pub enum ArchiveError {
 /// - `put` is create-only: a second `put` of a key returns `AlreadyExists` and
 ///   leaves the first object untouched. When `put` returns `Ok`, the bytes are
 ///   durable (they survive a crash of the process and of the machine).
-/// - `get` returns exactly the bytes put.
+/// - `get` returns exactly the bytes put; `get_range` the `length` bytes at
+///   `offset` of them (`NotFound` for a range past the end, as for a key
+///   that is not there).
 /// - `list` returns every key under `prefix` whose hour partition lies in
 ///   `[from, to]` (both optional), sorted.
 #[async_trait]
 pub trait Archive: Send + Sync {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError>;
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError>;
+    async fn get_range(&self, key: &str, offset: u64, length: u64)
+        -> Result<Vec<u8>, ArchiveError>;
     async fn list(
         &self,
         prefix: &str,

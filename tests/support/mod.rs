@@ -126,3 +126,27 @@ pub async fn dlq_reasons(queue: &dyn paynotify_shared::ports::Queue) -> Vec<Stri
     r.sort();
     r
 }
+
+/// Every notification archived under `raw/`, with where it is; a torn
+/// segment fails the test.
+pub async fn archived(
+    archive: &dyn paynotify_shared::ports::Archive,
+) -> Vec<(
+    paynotify_shared::segment::Location,
+    paynotify_shared::envelope::Envelope,
+)> {
+    let mut out = Vec::new();
+    for key in archive.list("raw/", None, None).await.unwrap() {
+        let records = paynotify_shared::segment::read_object(archive, &key)
+            .await
+            .unwrap()
+            .unwrap();
+        for (at, json) in records {
+            out.push((
+                at,
+                paynotify_shared::envelope::Envelope::from_json(&json).unwrap(),
+            ));
+        }
+    }
+    out
+}

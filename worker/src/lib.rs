@@ -21,7 +21,7 @@ use std::time::Duration;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::config::WorkerConfig;
-use paynotify_shared::envelope::{Envelope, QueuedBody};
+use paynotify_shared::envelope::QueuedBody;
 use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
 use paynotify_shared::notification_span;
 use paynotify_shared::ports::{
@@ -30,6 +30,7 @@ use paynotify_shared::ports::{
 use paynotify_shared::scheme::{
     uses_secrets_manager, Inbound, SourceVerifier, Verified, VerifierSet,
 };
+use paynotify_shared::segment::{self, Location, ReadError};
 use paynotify_shared::telemetry::record_txn_id;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -52,8 +53,12 @@ pub enum Disposition {
     /// Permanent: move the message to the DLQ with this reason.
     DeadLetter { reason: String, error: String },
     /// A notification of several items, each signed on its own, archived
-    /// at `archive_key`: queue one message per item, then delete this one.
-    Split { archive_key: String, items: u32 },
+    /// at `location`: queue one message per item, then delete this one.
+    Split {
+        location: Location,
+        id: String,
+        items: u32,
+    },
 }
 
 /// One processed message, ready to be settled.
@@ -151,27 +156,35 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     let span = Span::current();
     let unknown = || UNKNOWN_SOURCE.to_owned();
     let mut item = None;
-    let envelope = match QueuedBody::parse(&message.body) {
-        Ok(QueuedBody::Envelope(e)) => *e,
-        Ok(QueuedBody::Pointer {
-            archive_key: key,
+    let queued = match QueuedBody::parse(&message.body) {
+        Ok(q) => q,
+        Err(e) => return (dead("malformed_envelope", e), unknown()),
+    };
+    let location = queued.location();
+    let envelope = match queued {
+        QueuedBody::Envelope(e) => *e,
+        QueuedBody::Pointer {
+            location,
+            id,
             item: index,
             ..
-        }) => {
+        } => {
             item = index;
-            match ctx.archive.get(&key).await {
-                Ok(bytes) => match Envelope::from_json(&bytes) {
-                    Ok(e) => e,
-                    Err(e) => return (dead("malformed_envelope", e), unknown()),
-                },
-                Err(ArchiveError::NotFound(k)) => {
+            match segment::read_envelope(ctx.archive.as_ref(), &location, id.as_deref()).await {
+                Ok(e) => e,
+                Err(ReadError::Envelope { source, .. }) => {
+                    return (dead("malformed_envelope", source), unknown())
+                }
+                Err(ReadError::Archive(ArchiveError::NotFound(k))) => {
                     let why = format!("{k} is not in the archive");
                     return (dead("missing_archive_object", why), unknown());
+                }
+                Err(e @ ReadError::WrongEnvelope { .. }) => {
+                    return (dead("missing_archive_object", e), unknown())
                 }
                 Err(e) => return (Disposition::Retry(e.to_string()), unknown()),
             }
         }
-        Err(e) => return (dead("malformed_envelope", e), unknown()),
     };
     span.record("notification_id", envelope.id.as_str());
     let body = match envelope.body_bytes() {
@@ -203,10 +216,10 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
                 items = n,
                 "several items, each signed on its own: queued one by one"
             );
-            let archive_key = envelope.archive_key();
             return (
                 Disposition::Split {
-                    archive_key,
+                    location,
+                    id: envelope.id.clone(),
                     items: n,
                 },
                 source,

@@ -7,6 +7,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use paynotify_shared::config::WorkerConfig;
 use paynotify_shared::envelope::{QueuedBody, RetryState};
 use paynotify_shared::ports::QueueError;
+use paynotify_shared::segment::Location;
 use time::OffsetDateTime;
 use tracing::{warn, Instrument, Span};
 
@@ -87,9 +88,11 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
         Disposition::DeadLetter { reason, error } => {
             dead_letter(ctx, processed, reason, error).await
         }
-        Disposition::Split { archive_key, items } => {
-            split(ctx, processed, archive_key, *items).await
-        }
+        Disposition::Split {
+            location,
+            id,
+            items,
+        } => split(ctx, processed, location, id, *items).await,
     }
 }
 
@@ -101,12 +104,13 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
 async fn split(
     ctx: &WorkerContext,
     processed: &Processed,
-    archive_key: &str,
+    location: &Location,
+    id: &str,
     items: u32,
 ) -> Result<Settled, QueueError> {
     let message = &processed.message;
     let bodies: Vec<Vec<u8>> = (0..items)
-        .map(|i| QueuedBody::item_pointer_json(archive_key, None, Some(i)))
+        .map(|i| QueuedBody::pointer(location, Some(id), None, Some(i)))
         .collect();
     for chunk in bodies.chunks(10) {
         ctx.queue.send_batch(chunk).await?;
@@ -171,13 +175,11 @@ async fn retry(
         return dead_letter(ctx, processed, "retries_exhausted", &error).await;
     }
     let delay = whole_secs(retry_delay(&ctx.config, attempts));
-    match carried.as_ref().map(QueuedBody::archive_key) {
-        Some(key) if message.receive_count >= last_own_receive(ctx.max_receives) => {
+    match &carried {
+        Some(carried) if message.receive_count >= last_own_receive(ctx.max_receives) => {
             // Sent before the delete: a crash between leaves a duplicate
             // delivery, which applying idempotently absorbs; never none.
-            let item = carried.as_ref().and_then(QueuedBody::item);
-            let body =
-                QueuedBody::item_pointer_json(&key, Some(RetryState { since, attempts }), item);
+            let body = carried.retried(RetryState { since, attempts });
             ctx.queue
                 .send_delayed(&body, delay.min(ctx.queue.max_delay_secs()))
                 .await?;

@@ -32,6 +32,38 @@ impl S3Archive {
     }
 }
 
+impl S3Archive {
+    /// `GetObject`, of `(offset, length)` only when given (a `Range` header).
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_range(range.map(|(o, l)| format!("bytes={o}-{}", o + l - 1)));
+        match request.send().await {
+            Ok(out) => out
+                .body
+                .collect()
+                .await
+                .map(|b| b.into_bytes().to_vec())
+                .map_err(|e| ArchiveError::Unavailable(e.to_string())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                Err(ArchiveError::NotFound(key.to_owned()))
+            }
+            // 416: the range starts past the end.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => Err(
+                ArchiveError::NotFound(format!("{key} from byte {:?}", range.map(|r| r.0))),
+            ),
+            Err(e) => Err(ArchiveError::Unavailable(describe(&e))),
+        }
+    }
+}
+
 #[async_trait]
 impl Archive for S3Archive {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
@@ -64,24 +96,26 @@ impl Archive for S3Archive {
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => out
-                .body
-                .collect()
-                .await
-                .map(|b| b.into_bytes().to_vec())
-                .map_err(|e| ArchiveError::Unavailable(e.to_string())),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                Err(ArchiveError::NotFound(key.to_owned()))
-            }
-            Err(e) => Err(ArchiveError::Unavailable(describe(&e))),
+        self.get_object(key, None).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        if length == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self.get_object(key, Some((offset, length))).await?;
+        // S3 answers a range that runs past the end with what there is.
+        if bytes.len() as u64 == length {
+            Ok(bytes)
+        } else {
+            Err(ArchiveError::NotFound(format!(
+                "{key} bytes {offset}+{length}"
+            )))
         }
     }
 

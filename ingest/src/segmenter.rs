@@ -1,0 +1,201 @@
+//! Group commit of notifications into archive segments.
+//!
+//! The first notification of a source and hour opens a group and starts its
+//! commit task; those that arrive while it is open join it. The task waits
+//! for the window (or until the group is full: `segment_max_records` or
+//! `segment_max_bytes`), then for one of `segment_writers` permits, seals
+//! the group and puts it as one segment. Every member is answered only after
+//! the put succeeded, so a 200 still means "durable". Groups of different
+//! partitions, and successive groups of one, are written in parallel up to
+//! the permits; while all permits are taken, groups keep filling, so the
+//! segments grow with the load and the archive's calls do not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use paynotify_shared::config::IngestConfig;
+use paynotify_shared::ports::{Archive, ArchiveError};
+use paynotify_shared::segment::{self, Location};
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+/// How segments are formed.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentSettings {
+    pub window: Duration,
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub writers: usize,
+}
+
+impl SegmentSettings {
+    /// The settings of `config`.
+    pub fn of(config: &IngestConfig) -> Self {
+        Self {
+            window: Duration::from_millis(config.segment_window_ms),
+            max_records: config.segment_max_records.max(1),
+            max_bytes: config.segment_max_bytes,
+            writers: config.segment_writers.max(1),
+        }
+    }
+}
+
+/// What a member gets back: where its envelope is, and its JSON again.
+pub type Appended = (Location, Vec<u8>);
+
+struct Member {
+    id: String,
+    json: Vec<u8>,
+    reply: oneshot::Sender<Result<Appended, ArchiveError>>,
+}
+
+struct Group {
+    members: Vec<Member>,
+    bytes: usize,
+    /// Told when the group filled up, so its task stops waiting.
+    full: Arc<Notify>,
+}
+
+impl Group {
+    fn is_full(&self, s: &SegmentSettings) -> bool {
+        self.members.len() >= s.max_records || self.bytes >= s.max_bytes
+    }
+}
+
+/// Groups notifications into segments and writes them.
+pub struct Segmenter {
+    archive: Arc<dyn Archive>,
+    settings: SegmentSettings,
+    /// The open group of each partition.
+    open: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
+    writers: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves nothing half-changed that
+    // matters: members of a group whose task died get an error.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Segmenter {
+    /// Writes segments to `archive`.
+    pub fn new(archive: Arc<dyn Archive>, settings: SegmentSettings) -> Arc<Self> {
+        Arc::new(Self {
+            archive,
+            writers: Arc::new(Semaphore::new(settings.writers)),
+            settings,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Adds the envelope `json` of notification `id` to a segment of
+    /// `partition` and returns once that segment is durable, with the
+    /// envelope's location.
+    ///
+    /// # Errors
+    /// The archive's error when the segment could not be written (no member
+    /// of it is durable then).
+    pub async fn append(
+        self: &Arc<Self>,
+        partition: String,
+        id: String,
+        json: Vec<u8>,
+    ) -> Result<Appended, ArchiveError> {
+        let (reply, answer) = oneshot::channel();
+        let member = Member { id, json, reply };
+        let opened = {
+            let mut open = lock(&self.open);
+            match open.get(&partition) {
+                Some(group) => {
+                    let mut g = lock(group);
+                    g.bytes += member.json.len() + 1;
+                    g.members.push(member);
+                    if g.is_full(&self.settings) {
+                        g.full.notify_one();
+                        drop(g);
+                        open.remove(&partition);
+                    }
+                    None
+                }
+                None => {
+                    let group = Group {
+                        bytes: member.json.len() + 1,
+                        members: vec![member],
+                        full: Arc::new(Notify::new()),
+                    };
+                    let full = group.is_full(&self.settings);
+                    let group = Arc::new(Mutex::new(group));
+                    if !full {
+                        open.insert(partition.clone(), group.clone());
+                    }
+                    Some((group, full))
+                }
+            }
+        };
+        if let Some((group, full)) = opened {
+            tokio::spawn(self.clone().commit(partition, group, full));
+        }
+        answer.await.map_err(|_| {
+            ArchiveError::Unavailable("the segment's writer ended before answering".into())
+        })?
+    }
+
+    /// Waits for the window (or a full group) and a writer, seals the group
+    /// and writes it as one segment, then answers every member.
+    async fn commit(self: Arc<Self>, partition: String, group: Arc<Mutex<Group>>, full: bool) {
+        if !full && !self.settings.window.is_zero() {
+            let notify = lock(&group).full.clone();
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.window) => {}
+                () = notify.notified() => {}
+            }
+        }
+        let permit = self.writers.clone().acquire_owned().await;
+        {
+            let mut open = lock(&self.open);
+            if open.get(&partition).is_some_and(|g| Arc::ptr_eq(g, &group)) {
+                open.remove(&partition);
+            }
+        }
+        // Sealed: nobody can join any more.
+        let members = std::mem::take(&mut lock(&group).members);
+        let Some(first) = members.first() else {
+            return;
+        };
+        let key = segment::segment_key(&partition, &first.id, members.len());
+        let (bytes, at) = segment::build(&key, members.iter().map(|m| m.json.as_slice()));
+        let result = put_once(self.archive.as_ref(), &key, &bytes).await;
+        drop(permit);
+        drop(bytes);
+        for (member, at) in members.into_iter().zip(at) {
+            let answer = match &result {
+                Ok(()) => Ok((at, member.json)),
+                Err(e) => Err(ArchiveError::Unavailable(e.to_string())),
+            };
+            let _ = member.reply.send(answer);
+        }
+    }
+}
+
+/// Puts a segment. A put that finds its own key taken is a retry of a put
+/// that succeeded with its reply lost (an SDK retry after a timeout; keys
+/// start with a fresh ULID): it succeeded when the stored object is these
+/// bytes.
+async fn put_once(archive: &dyn Archive, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+    match archive.put(key, bytes).await {
+        Err(ArchiveError::AlreadyExists(k)) => match archive.get(key).await {
+            Ok(stored) if stored == bytes => Ok(()),
+            Ok(_) => Err(ArchiveError::AlreadyExists(k)),
+            Err(e) => Err(e),
+        },
+        other => other,
+    }
+}
