@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Measures paynotify on this machine and prints one table:
-#   1. ingest on the local backend at full load (every 200 fsync'd), and a bare
+#   1. ingest on the local backend at full load (every 200 fsync'd), pinned to
+#      each core count in $CORES (taskset; the load generator is not pinned),
+#      with the archive objects it wrote per million notifications, and a bare
 #      axum handler answering 200 under the same load, as a ratio;
 #   2. ingest p50/p99 at a fixed 5,000 requests/s;
 #   3. ingest RSS with 1,000 concurrent connections;
@@ -8,12 +10,14 @@
 #   5. receipt-to-applied p50/p99 of the whole pipeline at a steady rate;
 #   6. criterion verify bench beside `openssl speed rsa2048` (one run).
 # Load comes from oha (installed from crates.io into target/tools on first use).
-# Usage: scripts/bench.sh            (DURATION=10s DRAIN_COUNT=100000 by default)
+# Usage: scripts/bench.sh            (DURATION=10s DRAIN_COUNT=100000 by default;
+#        CORES="1 2 4 8 16" for the scaling rows, default: all cores once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 DRAIN_COUNT=${DRAIN_COUNT:-100000}
 STEADY_PAYMENTS_PER_S=${STEADY_PAYMENTS_PER_S:-500}
+CORES=${CORES:-$(nproc)}
 work=$(mktemp -d /tmp/paynotify-bench.XXXXXX)
 trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
 
@@ -54,13 +58,19 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 settle() { sync; sleep 2; }
 wait_port() { for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-# 1. Full load: ingest, then bare axum.
-settle
-config "$work/full" 18080 19090 > "$work/full.toml"
-RUST_LOG=warn "$bin/paynotify-ingest" --config "$work/full.toml" & ingest=$!
-wait_port 18080
-full=$(load http://127.0.0.1:18080/notify/unionpay -z "$DURATION" -c 64)
-kill $ingest; wait $ingest || true
+objects() { find "$1/archive/raw" -type f 2>/dev/null | wc -l; }
+# 1. Full load: ingest on each core count, then bare axum.
+declare -A full_at objects_at
+for n in $CORES; do
+  settle
+  config "$work/full$n" 18080 19090 > "$work/full$n.toml"
+  RUST_LOG=warn taskset -c "0-$((n - 1))" "$bin/paynotify-ingest" --config "$work/full$n.toml" & ingest=$!
+  wait_port 18080
+  full_at[$n]=$(load http://127.0.0.1:18080/notify/unionpay -z "$DURATION" -c 64)
+  kill $ingest; wait $ingest || true
+  objects_at[$n]=$(objects "$work/full$n")
+done
+full=${full_at[$(echo $CORES | awk '{print $NF}')]}
 settle
 "$bin/examples/bare_axum" 127.0.0.1:18099 & bare=$!
 wait_port 18099
@@ -73,6 +83,7 @@ config "$work/rate" 18081 19091 > "$work/rate.toml"
 RUST_LOG=warn "$bin/paynotify-ingest" --config "$work/rate.toml" & ingest=$!
 wait_port 18081
 rate=$(load http://127.0.0.1:18081/notify/unionpay -z "$DURATION" -c 64 -q 5000 --latency-correction)
+rate_objects=$(objects "$work/rate")
 conns=$(load http://127.0.0.1:18081/notify/unionpay -z "$DURATION" -c 1000)
 rss_kib=$(grep VmHWM /proc/$ingest/status | awk '{print $2}')
 kill $ingest; wait $ingest || true
@@ -111,9 +122,15 @@ non200() { echo "$1" | field "sum(v for k, v in d['statusCodeDistribution'].item
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), disk $(df -T "$work" | awk 'NR==2{print $2}'); $(date -u +%F)"
 printf '%-52s %12s %10s %10s %s\n' measurement "req/s" p50_ms p99_ms notes
-printf '%-52s %12s %10s %10s %s\n' "ingest, local backend, 64 connections" "$(rps "$full")" "$(pct "$full" p50)" "$(pct "$full" p99)" "non-200: $(non200 "$full")"
+per_million() { python3 -c "print(round($1 * 1e6 / max($2, 1)))"; }
+for n in $CORES; do
+  f=${full_at[$n]}
+  printf '%-52s %12s %10s %10s %s\n' "ingest, local backend, 64 connections, $n cores" "$(rps "$f")" "$(pct "$f" p50)" "$(pct "$f" p99)" \
+    "non-200: $(non200 "$f"); archive objects per million: $(per_million "${objects_at[$n]}" "$(ok "$f")")"
+done
 printf '%-52s %12s %10s %10s %s\n' "bare axum 200, 64 connections" "$(rps "$baseline")" "$(pct "$baseline" p50)" "$(pct "$baseline" p99)" "ratio ingest/bare: $(python3 -c "print(round($(rps "$full")/$(rps "$baseline"), 3))")"
-printf '%-52s %12s %10s %10s %s\n' "ingest at a fixed 5,000/s" "$(rps "$rate")" "$(pct "$rate" p50)" "$(pct "$rate" p99)" "non-200: $(non200 "$rate")"
+printf '%-52s %12s %10s %10s %s\n' "ingest at a fixed 5,000/s" "$(rps "$rate")" "$(pct "$rate" p50)" "$(pct "$rate" p99)" \
+  "non-200: $(non200 "$rate"); archive objects per million: $(per_million "$rate_objects" "$(ok "$rate")")"
 printf '%-52s %12s %10s %10s %s\n' "ingest, 1,000 connections" "$(rps "$conns")" "$(pct "$conns" p50)" "$(pct "$conns" p99)" "peak RSS $((rss_kib / 1024)) MiB"
 printf '%-52s %12s %10s %10s %s\n' "worker drain of $filled queued (verify+apply+delete)" "$drain_rate" "-" "-" ""
 echo "steady pipeline (demo --rate $STEADY_PAYMENTS_PER_S payments/s):"

@@ -7,13 +7,17 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paynotify_ingest::segmenter::{SegmentSettings, Segmenter};
+use paynotify_shared::envelope::{Envelope, QueuedBody};
 use paynotify_shared::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use paynotify_shared::faults::{Faults, FaultyArchive};
 use paynotify_shared::money::{Currency, Money};
 use paynotify_shared::ports::{
     AliasWrite, ApplyOutcome, ArchiveError, Incoming, LedgerWrite, ParkedEntry, ParkedEvent,
     RecordedEvent, Watch,
 };
 use paynotify_shared::scheme::unionpay::QueryTarget;
+use paynotify_shared::segment::Location;
 use paynotify_shared::{transition, PaymentStatus, Transition};
 use support::{backends, Kind};
 use time::macros::datetime;
@@ -32,6 +36,11 @@ on_both_backends!(
     ledger_parks_early_events_and_applies_them_with_the_payment,
     ledger_watches_are_versioned_and_listed_when_due,
     ledger_lists_events_by_psp_time,
+    archive_reads_ranges,
+    segments_group_notifications_and_locate_each,
+    a_segment_put_whose_reply_was_lost_is_acknowledged_once,
+    a_failed_segment_put_answers_every_member_with_an_error,
+    replay_of_a_range_of_segments_skips_torn_ones,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -741,4 +750,199 @@ async fn ledger_lists_events_by_psp_time(kind: Kind) {
     let keys: Vec<_> = got.iter().map(|r| r.event_key.as_str()).collect();
     assert_eq!(keys, vec!["first", "last"]);
     assert_eq!(got[0].event.as_ref().unwrap().psp_time, events[1].psp_time);
+}
+
+async fn archive_reads_ranges(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let key = "raw/source=u/date=2026-11-25/hour=23/01A-2.ndjson";
+    b.archive.put(key, b"0123456789\nabcdef\n").await.unwrap();
+    assert_eq!(
+        b.archive.get_range(key, 0, 10).await.unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(b.archive.get_range(key, 11, 6).await.unwrap(), b"abcdef");
+    assert_eq!(b.archive.get_range(key, 17, 1).await.unwrap(), b"\n");
+    for (offset, length) in [(11, 8), (18, 1), (100, 5), (u64::MAX - 1, 5)] {
+        assert!(
+            matches!(
+                b.archive.get_range(key, offset, length).await,
+                Err(ArchiveError::NotFound(_))
+            ),
+            "{offset}+{length}"
+        );
+    }
+    assert!(matches!(
+        b.archive.get_range("raw/missing.ndjson", 0, 1).await,
+        Err(ArchiveError::NotFound(_))
+    ));
+}
+
+fn segmenter(
+    archive: Arc<dyn paynotify_shared::ports::Archive>,
+    window_ms: u64,
+    max_records: usize,
+) -> Arc<Segmenter> {
+    Segmenter::new(
+        archive,
+        SegmentSettings {
+            window: Duration::from_millis(window_ms),
+            max_records,
+            max_bytes: 1 << 20,
+            writers: 4,
+        },
+    )
+}
+
+/// Appends `n` envelopes of source `u` at once; returns them with their locations.
+async fn append_many(
+    s: &Arc<Segmenter>,
+    n: usize,
+) -> Vec<(Envelope, Result<Location, ArchiveError>)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let e = support::envelope(format!("n={i}&{}", "x".repeat(i)).as_bytes());
+                let r = s.append(e.partition(), e.id.clone(), e.to_json()).await;
+                (
+                    e,
+                    r.map(|(at, json)| {
+                        assert_eq!(json.len() as u64, at.span.unwrap()[1]);
+                        at
+                    }),
+                )
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+async fn segments_group_notifications_and_locate_each(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let s = segmenter(b.archive.clone(), 50, 40);
+    let appended = append_many(&s, 100).await;
+    let keys = b.archive.list("raw/", None, None).await.unwrap();
+    // 100 notifications at once, at most 40 a segment: a few objects.
+    assert!((3..=10).contains(&keys.len()), "{keys:?}");
+    let mut total = 0;
+    for key in &keys {
+        let n = paynotify_shared::segment::segment_len(key).unwrap();
+        let records = paynotify_shared::segment::read_object(b.archive.as_ref(), key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(records.len(), n);
+        assert!(n <= 40);
+        // Named by its first envelope.
+        let first = Envelope::from_json(&records[0].1).unwrap();
+        assert!(key.ends_with(&format!("/{}-{n}.ndjson", first.id)), "{key}");
+        total += n;
+    }
+    assert_eq!(total, 100);
+    for (e, at) in appended {
+        let at = at.unwrap();
+        assert!(keys.contains(&at.key));
+        // A ranged read gives back exactly this envelope.
+        let read = paynotify_shared::segment::read_envelope(b.archive.as_ref(), &at, Some(&e.id))
+            .await
+            .unwrap();
+        assert_eq!(read, e);
+        // Another notification's id at this place is refused.
+        assert!(
+            paynotify_shared::segment::read_envelope(b.archive.as_ref(), &at, Some("other"))
+                .await
+                .is_err()
+        );
+    }
+    // Alone, a notification is a segment of one.
+    let s = segmenter(b.archive.clone(), 0, 40);
+    let (e, at) = append_many(&s, 1).await.remove(0);
+    let at = at.unwrap();
+    assert!(at.key.ends_with(&format!("/{}-1.ndjson", e.id)), "{at}");
+}
+
+async fn a_segment_put_whose_reply_was_lost_is_acknowledged_once(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let faults = Faults::new();
+    faults.only(Some(&["put"]));
+    // The first attempt stores the segment and its reply is lost; the
+    // retry finds the key taken by these very bytes.
+    faults.set_repeat(true);
+    let archive: Arc<dyn paynotify_shared::ports::Archive> = Arc::new(FaultyArchive {
+        inner: b.archive.clone(),
+        faults,
+    });
+    let appended = append_many(&segmenter(archive, 20, 100), 5).await;
+    for (e, at) in &appended {
+        let at = at.as_ref().unwrap();
+        let read = paynotify_shared::segment::read_envelope(b.archive.as_ref(), at, Some(&e.id))
+            .await
+            .unwrap();
+        assert_eq!(&read, e);
+    }
+    let keys = b.archive.list("raw/", None, None).await.unwrap();
+    let stored: usize = keys
+        .iter()
+        .map(|k| paynotify_shared::segment::segment_len(k).unwrap())
+        .sum();
+    assert_eq!(stored, 5, "each notification stored once: {keys:?}");
+}
+
+async fn a_failed_segment_put_answers_every_member_with_an_error(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let faults = Faults::new();
+    faults.set_down(true);
+    let archive: Arc<dyn paynotify_shared::ports::Archive> = Arc::new(FaultyArchive {
+        inner: b.archive.clone(),
+        faults: faults.clone(),
+    });
+    let s = segmenter(archive, 20, 100);
+    for (_, at) in append_many(&s, 10).await {
+        assert!(matches!(at, Err(ArchiveError::Unavailable(_))), "{at:?}");
+    }
+    assert!(b.archive.list("raw/", None, None).await.unwrap().is_empty());
+    // The store back: the next ones are stored.
+    faults.set_down(false);
+    assert!(append_many(&s, 10).await.iter().all(|(_, at)| at.is_ok()));
+}
+
+async fn replay_of_a_range_of_segments_skips_torn_ones(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let appended = append_many(&segmenter(b.archive.clone(), 50, 100), 7).await;
+    // A segment cut short by a crash (no 200 went out for any of it).
+    let e = support::envelope(b"torn=1");
+    let (key, bytes, _) = e.to_segment();
+    let torn_key = key.replace("-1.ndjson", "-2.ndjson");
+    b.archive
+        .put(&torn_key, &bytes[..bytes.len() - 3])
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let keys = b
+        .archive
+        .list("raw/", Some(now - time::Duration::HOUR), Some(now))
+        .await
+        .unwrap();
+    assert!(keys.contains(&torn_key));
+    let replayed = paynotify::replay::replay(&b, &keys, |_| {}).await.unwrap();
+    assert_eq!((replayed.sent, replayed.torn), (7, 1));
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 7 {
+        for m in b.queue.receive(10, Duration::from_secs(1)).await.unwrap() {
+            let q = QueuedBody::parse(&m.body).unwrap();
+            seen.insert(q.notification_id(), q.location());
+        }
+    }
+    for (e, at) in appended {
+        assert_eq!(seen.get(&e.id), Some(&at.unwrap()));
+    }
 }

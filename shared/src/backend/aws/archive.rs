@@ -108,6 +108,11 @@ impl Archive for S3Archive {
         if length == 0 {
             return Ok(Vec::new());
         }
+        if offset.checked_add(length).is_none() {
+            return Err(ArchiveError::NotFound(format!(
+                "{key} bytes {offset}+{length}"
+            )));
+        }
         let bytes = self.get_object(key, Some((offset, length))).await?;
         // S3 answers a range that runs past the end with what there is.
         if bytes.len() as u64 == length {
