@@ -58,10 +58,7 @@ impl IngestState {
         sample_ledger: bool,
     ) -> Self {
         Self {
-            segmenter: Segmenter::new(
-                backends.archive.clone(),
-                SegmentSettings::of(&config.ingest),
-            ),
+            segmenter: Segmenter::new(backends.archive.clone(), SegmentSettings::of(config)),
             queue: backends.queue.clone(),
             sources: Arc::new(
                 config

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use paynotify_shared::config::IngestConfig;
+use paynotify_shared::config::{BackendKind, Config};
 use paynotify_shared::ports::{Archive, ArchiveError};
 use paynotify_shared::segment::{self, Location};
 use tokio::sync::{oneshot, Notify, Semaphore};
@@ -29,13 +29,25 @@ pub struct SegmentSettings {
 }
 
 impl SegmentSettings {
+    /// The window when `segment_window_ms` is not set, by backend.
+    pub fn default_window(kind: BackendKind) -> Duration {
+        match kind {
+            BackendKind::Local => Duration::from_millis(5),
+            BackendKind::Aws => Duration::from_millis(50),
+        }
+    }
+
     /// The settings of `config`.
-    pub fn of(config: &IngestConfig) -> Self {
+    pub fn of(config: &Config) -> Self {
+        let ingest = &config.ingest;
         Self {
-            window: Duration::from_millis(config.segment_window_ms),
-            max_records: config.segment_max_records.max(1),
-            max_bytes: config.segment_max_bytes,
-            writers: config.segment_writers.max(1),
+            window: ingest.segment_window_ms.map_or_else(
+                || Self::default_window(config.backend.kind),
+                Duration::from_millis,
+            ),
+            max_records: ingest.segment_max_records.max(1),
+            max_bytes: ingest.segment_max_bytes,
+            writers: ingest.segment_writers.max(1),
         }
     }
 }

@@ -75,7 +75,15 @@ async fn start_with(
     let mut config = IngestConfig::default();
     tweak(&mut config);
     let state = IngestState {
-        segmenter: Segmenter::new(backends.archive.clone(), SegmentSettings::of(&config)),
+        segmenter: Segmenter::new(
+            backends.archive.clone(),
+            SegmentSettings {
+                window: Duration::from_millis(5),
+                max_records: 1_000,
+                max_bytes: 8 << 20,
+                writers: 16,
+            },
+        ),
         queue: backends.queue.clone(),
         sources: Arc::new(BTreeMap::from([("unionpay".to_owned(), "ok".to_owned())])),
         metrics: metrics.clone(),

@@ -61,6 +61,6 @@ pub fn backend_config(config: &Config) -> BackendConfig {
 /// (valid segments; a function's cost is its invocations, not its puts).
 pub fn ingest_config(config: &Config) -> Config {
     let mut config = config.clone();
-    config.ingest.segment_window_ms = 0;
+    config.ingest.segment_window_ms = Some(0);
     config
 }

@@ -155,8 +155,10 @@ pub struct IngestConfig {
     /// Archive segments: notifications of one source and hour received
     /// within this window are archived as one object (one `PutObject`).
     /// Every notification waits up to this long more for its 200; 0 groups
-    /// only what arrives while the segment writers are busy.
-    pub segment_window_ms: u64,
+    /// only what arrives while the segment writers are busy. Unset: 5 ms on
+    /// the local backend, 50 ms on AWS (where each object is a billed
+    /// request and the put itself takes tens of milliseconds).
+    pub segment_window_ms: Option<u64>,
     /// A segment is written once it holds this many notifications…
     pub segment_max_records: usize,
     /// …or this many bytes, whichever comes first.
@@ -175,7 +177,7 @@ impl Default for IngestConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
             drain_secs: 20,
-            segment_window_ms: 5,
+            segment_window_ms: None,
             segment_max_records: 1_000,
             segment_max_bytes: 8 << 20,
             segment_writers: 16,
@@ -615,7 +617,7 @@ impl Config {
                 "ingest.segment_max_records and ingest.segment_writers must be positive".into(),
             ));
         }
-        if i.segment_window_ms > 1_000 {
+        if i.segment_window_ms.is_some_and(|w| w > 1_000) {
             // Every notification waits for its segment: a PSP's timeout is seconds.
             return Err(ConfigError::Setting(
                 "ingest.segment_window_ms is at most 1000".into(),
