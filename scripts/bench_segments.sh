@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Ingest on the local backend with each segment window in $WINDOWS (ms), on
+# Ingest on the local backend with each segment setting in $SETTINGS
+# (WINDOW_MS:WRITERS, e.g. "0:2 2:16"), on
 # each core count in $CORES (ingest pinned with taskset; oha not pinned):
 # full load at 64 connections and a fixed 5,000 req/s, with the archive
 # objects written per million notifications. With BASELINE=path/to/an older
 # paynotify-ingest (one without segments), the same rows for it first.
-# Usage: WINDOWS="0 2 5 10" CORES="1 2" [BASELINE=bin] scripts/bench_segments.sh
+# Usage: SETTINGS="0:2 0:4 2:16" CORES="1 2" [BASELINE=bin] scripts/bench_segments.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-WINDOWS=${WINDOWS:-"0 2 5 10"}
+SETTINGS=${SETTINGS:-"0:1 0:2 0:4 2:4 2:16 5:16"}
 CORES=${CORES:-$(nproc)}
 work=$(mktemp -d /tmp/paynotify-bench-seg.XXXXXX)
 trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
 
-cargo build --release -p paynotify-ingest -p paynotify >&2
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p paynotify-ingest -p paynotify >&2
 if [ ! -x target/tools/bin/oha ]; then
   cargo install oha --version 1.16.0 --locked --root target/tools >&2
 fi
@@ -49,9 +50,9 @@ row() { # label result objects
     "$(echo "$r" | field "sum(v for k, v in d['statusCodeDistribution'].items() if k != '200')")" \
     "$(echo "$r" | field "round($3 * 1e6 / max(d['statusCodeDistribution'].get('200', 0), 1))")"
 }
-run() { # label binary cores window(- for none)
+run() { # label binary cores window:writers (- for none)
   local dir="$work/run$RANDOM" env=()
-  [ "$4" != "-" ] && env=(PAYNOTIFY__INGEST__SEGMENT_WINDOW_MS="$4")
+  [ "$4" != "-" ] && env=(PAYNOTIFY__INGEST__SEGMENT_WINDOW_MS="${4%%:*}" PAYNOTIFY__INGEST__SEGMENT_WRITERS="${4##*:}")
   config "$dir" > "$dir.toml"
   for phase in full rate; do
     sync; sleep 2
@@ -67,5 +68,5 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 printf '%-34s %9s %8s %8s %9s %s\n' "binary, cores, load" "req/s" p50_ms p99_ms non-200 objects/million
 for n in $CORES; do
   if [ -n "${BASELINE:-}" ]; then run "baseline" "$BASELINE" "$n" -; fi
-  for w in $WINDOWS; do run "window ${w} ms" "$bin/paynotify-ingest" "$n" "$w"; done
+  for w in $SETTINGS; do run "window ${w%%:*} ms, ${w##*:} writers" "$bin/paynotify-ingest" "$n" "$w"; done
 done

@@ -41,6 +41,7 @@ on_both_backends!(
     a_segment_put_whose_reply_was_lost_is_acknowledged_once,
     a_failed_segment_put_answers_every_member_with_an_error,
     replay_of_a_range_of_segments_skips_torn_ones,
+    ledger_concurrent_events_of_one_payment_all_apply_once_and_keep_their_history,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -945,4 +946,89 @@ async fn replay_of_a_range_of_segments_skips_torn_ones(kind: Kind) {
     for (e, at) in appended {
         assert_eq!(seen.get(&e.id), Some(&at.unwrap()));
     }
+}
+
+/// Many refunds of one payment at once, each delivered twice, through the
+/// worker's own apply (which re-reads on a version conflict, and is run
+/// again when it gives up, as a redelivery would): each applies
+/// exactly once, the duplicates are told apart, and the history holds every
+/// event in the order applied, past what one DynamoDB item keeps inline
+/// (overflow items).
+async fn ledger_concurrent_events_of_one_payment_all_apply_once_and_keep_their_history(kind: Kind) {
+    use paynotify_worker::{apply::apply, AckKind, Disposition};
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let payment = event("p9", "pay", EventKind::Payment, 10_000);
+    assert_eq!(
+        apply(b.ledger.as_ref(), "n0", payment.clone()).await,
+        Disposition::Ack(AckKind::Applied)
+    );
+    let refunds = 3 * paynotify_shared::backend::aws::INLINE_EVENTS as usize;
+    let tasks: Vec<_> = (0..refunds)
+        .flat_map(|i| [i, i])
+        .map(|i| {
+            let l = b.ledger.clone();
+            tokio::spawn(async move {
+                let e = event("p9", &format!("r{i:02}"), EventKind::Refund, 100);
+                // As the queue does: a message whose apply gave up on
+                // conflicts comes back and is applied again.
+                loop {
+                    match apply(l.as_ref(), &format!("n{i}"), e.clone()).await {
+                        Disposition::Retry(_) => tokio::task::yield_now().await,
+                        done => return (i, done),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut applied = std::collections::BTreeMap::<usize, usize>::new();
+    for t in tasks {
+        let (i, outcome) = t.await.unwrap();
+        match outcome {
+            Disposition::Ack(AckKind::Applied) => *applied.entry(i).or_default() += 1,
+            Disposition::Ack(AckKind::Duplicate) => {}
+            other => panic!("refund {i}: {other:?}"),
+        }
+    }
+    assert_eq!(applied.len(), refunds, "{applied:?}");
+    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    let state = b
+        .ledger
+        .get_payment(&payment.payment_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.refunded_minor, 100 * refunds as u64);
+    let history = b.ledger.history(&payment.payment_key).await.unwrap();
+    assert_eq!(history.len(), refunds + 1);
+    assert_eq!(history[0].event_key, "pay");
+    let mut keys: Vec<&str> = history[1..].iter().map(|h| h.event_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), refunds);
+    assert!(history.iter().all(|h| h.event.is_some()));
+    // A late redelivery of an early event and of the last one: duplicates.
+    for id in ["pay", "r00", &format!("r{:02}", refunds - 1)] {
+        let kind = if id == "pay" {
+            EventKind::Payment
+        } else {
+            EventKind::Refund
+        };
+        let amount = if id == "pay" { 10_000 } else { 100 };
+        let e = event("p9", id, kind, amount);
+        assert!(b
+            .ledger
+            .contains_event(&e.payment_key, &e.event_key)
+            .await
+            .unwrap());
+        assert_eq!(
+            apply(b.ledger.as_ref(), "late", e).await,
+            Disposition::Ack(AckKind::Duplicate),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        b.ledger.history(&payment.payment_key).await.unwrap().len(),
+        refunds + 1
+    );
 }

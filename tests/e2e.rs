@@ -451,6 +451,82 @@ mod aws_only {
         assert_eq!(b.queue.depth().await.unwrap(), 100);
     }
 
+    /// Recording an event is one `UpdateItem` of the payment's item; past
+    /// the events it keeps inline, each spills to an overflow item in a
+    /// transaction (after one refused update read back).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_event_is_one_update_and_later_ones_spill_to_overflow_items() {
+        use paynotify_shared::backend::aws::INLINE_EVENTS;
+        use paynotify_worker::{apply::apply, AckKind, Disposition};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = paynotify_shared::config::BackendConfig::default();
+        support::prepare(Kind::Aws, &mut config, dir.path()).await;
+        let b = paynotify_shared::backend::build(&config).await.unwrap();
+        let calls = b.api_calls.clone().unwrap();
+        let count = |name: &str| calls.snapshot().get(name).copied().unwrap_or(0);
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use paynotify_shared::{Currency, EventKey, EventOutcome, Money, PaymentEvent, PaymentKey};
+        let event = |id: &str, kind, minor| PaymentEvent {
+            source: "u".into(),
+            merchant: "m".into(),
+            payment_ref: "spill".into(),
+            payment_key: PaymentKey::new("u", "m", "spill"),
+            event_key: EventKey::new(id),
+            kind,
+            outcome: EventOutcome::Succeeded,
+            amount: Money {
+                minor,
+                currency: Currency::from_alpha("CNY").unwrap(),
+            },
+            currency_defaulted: false,
+            psp_txn_id: None,
+            psp_time: None,
+            result_code: None,
+            result_message: None,
+            settle_date: None,
+        };
+        let (updates, transactions) = (
+            count("DynamoDB.UpdateItem"),
+            count("DynamoDB.TransactWriteItems"),
+        );
+        let extra = 3;
+        let events = INLINE_EVENTS + extra;
+        for i in 0..events {
+            let e = if i == 0 {
+                event("pay", paynotify_shared::EventKind::Payment, 10_000)
+            } else {
+                event(&format!("r{i}"), paynotify_shared::EventKind::Refund, 100)
+            };
+            assert_eq!(
+                apply(b.ledger.as_ref(), "n", e).await,
+                Disposition::Ack(AckKind::Applied)
+            );
+        }
+        // INLINE_EVENTS updates that fit, then `extra` refused ones, each
+        // followed by a spill transaction.
+        assert_eq!(count("DynamoDB.UpdateItem") - updates, events);
+        assert_eq!(count("DynamoDB.TransactWriteItems") - transactions, extra);
+        let clients = Clients::new(&config.aws).await;
+        let key = event("pay", paynotify_shared::EventKind::Payment, 1).payment_key;
+        let overflow = clients
+            .dynamodb
+            .query()
+            .table_name(&config.aws.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :o)")
+            .expression_attribute_values(":pk", AttributeValue::S(key.as_str().to_owned()))
+            .expression_attribute_values(":o", AttributeValue::S("EVENTS#".into()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(overflow.count() as u64, extra);
+        let history = b.ledger.history(&key).await.unwrap();
+        let keys: Vec<&str> = history.iter().map(|h| h.event_key.as_str()).collect();
+        let expected: Vec<String> = std::iter::once("pay".to_owned())
+            .chain((1..events).map(|i| format!("r{i}")))
+            .collect();
+        assert_eq!(keys, expected, "in the order applied");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn archived_objects_are_encrypted_json() {
         let t = spawn_app(Kind::Aws).await;

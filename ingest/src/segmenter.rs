@@ -29,25 +29,28 @@ pub struct SegmentSettings {
 }
 
 impl SegmentSettings {
-    /// The window when `segment_window_ms` is not set, by backend.
-    pub fn default_window(kind: BackendKind) -> Duration {
+    /// The window and writers when `segment_window_ms` and
+    /// `segment_writers` are not set, by backend (measured locally in
+    /// BENCHMARKS.md: 1 ms and 4 writers gave the most notifications per
+    /// second at 64 connections and the lowest p99 at 5,000/s).
+    pub fn defaults(kind: BackendKind) -> (Duration, usize) {
         match kind {
-            BackendKind::Local => Duration::from_millis(5),
-            BackendKind::Aws => Duration::from_millis(50),
+            BackendKind::Local => (Duration::from_millis(1), 4),
+            BackendKind::Aws => (Duration::from_millis(50), 16),
         }
     }
 
     /// The settings of `config`.
     pub fn of(config: &Config) -> Self {
         let ingest = &config.ingest;
+        let (window, writers) = Self::defaults(config.backend.kind);
         Self {
-            window: ingest.segment_window_ms.map_or_else(
-                || Self::default_window(config.backend.kind),
-                Duration::from_millis,
-            ),
+            window: ingest
+                .segment_window_ms
+                .map_or(window, Duration::from_millis),
             max_records: ingest.segment_max_records.max(1),
             max_bytes: ingest.segment_max_bytes,
-            writers: ingest.segment_writers.max(1),
+            writers: ingest.segment_writers.unwrap_or(writers).max(1),
         }
     }
 }

@@ -16,7 +16,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 pub use archive::S3Archive;
 pub use calls::ApiCalls;
-pub use ledger::DynamoLedger;
+pub use ledger::{DynamoLedger, INLINE_EVENTS};
 pub use queue::SqsQueue;
 
 use super::{BackendError, Backends};

@@ -1,20 +1,26 @@
 //! The ledger on one DynamoDB table: partition key `pk` = payment key, sort
-//! key `sk` = `STATE` for the payment's state (or only its version, or an
-//! alias), `EVENT#{event key}` for each recorded event and `PARKED#{event
-//! key}` for each event waiting for its payment. A write is one
-//! `TransactWriteItems`: the incoming event's put is conditional on the event
-//! being new, the state write (or check) on the version. Parked items carry
+//! key `sk` = `STATE` for the payment's item. That one item holds the
+//! payment's state (or only its version, or an alias), the set of event keys
+//! recorded on it (`keys`) and, inline, its first [`INLINE_EVENTS`] recorded
+//! events (`events`, compact JSON); later events spill to overflow items
+//! `EVENTS#{index}`. Recording an event is one conditional `UpdateItem`:
+//! the version matches (`attribute_not_exists` before the first write) and
+//! the event key is not in `keys`, so a duplicate or a concurrent writer is
+//! refused by DynamoDB itself. Writes that touch more than that item (an
+//! event parked as `PARKED#{event key}`, moved out of a park, a completion's
+//! alias, a spill) are one `TransactWriteItems`. Parked items carry
 //! `gsi_parked` and `parked_at`, the keys of the sparse `parked` index that
-//! reports old parked events. Events with a PSP time carry `day`
-//! (`{source}#{UTC date}`) and `psp_ms`, the keys of the `events_by_day`
-//! index that settlement reconciliation reads. A status query owed to a PSP
-//! is an item `pk = WATCH#{id}`, `sk = WATCH`; while unfinished it carries
-//! `gsi_due` and `due_at`, the keys of the `watches_due` index.
+//! reports old parked events. A status query owed to a PSP is an item
+//! `pk = WATCH#{id}`, `sk = WATCH`; while unfinished it carries `gsi_due` and
+//! `due_at`, the keys of the `watches_due` index. Events by PSP time (the
+//! settlement reconciliation's read, once a day) scan the payment items:
+//! an index over events would need an item per event, the write this
+//! layout saves.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use time::OffsetDateTime;
 
 use super::{describe, Clients};
@@ -33,16 +39,18 @@ const PARKED: &str = "PARKED#";
 /// The sparse index over parked events, and its constant partition value.
 pub const PARKED_INDEX: &str = "parked";
 const PARKED_PARTITION: &str = "parked";
-/// The index of events by source and day.
-pub const EVENTS_INDEX: &str = "events_by_day";
+/// Recorded events kept in the payment's own item; later ones spill to
+/// overflow items. A payment's first events fit one item of about 1 KB per
+/// event, and every write is billed by the item's size.
+pub const INLINE_EVENTS: u64 = 4;
+const OVERFLOW: &str = "EVENTS#";
 /// The index of unfinished watches by due time, and its partition value.
 pub const WATCHES_INDEX: &str = "watches_due";
 const WATCHES_PARTITION: &str = "due";
 const WATCH: &str = "WATCH";
 /// Every index of the table: name, partition key (S), sort key (N).
-pub const INDEXES: [(&str, &str, &str); 3] = [
+pub const INDEXES: [(&str, &str, &str); 2] = [
     (PARKED_INDEX, "gsi_parked", "parked_at"),
-    (EVENTS_INDEX, "day", "psp_ms"),
     (WATCHES_INDEX, "gsi_due", "due_at"),
 ];
 /// `TransactWriteItems` takes at most 100 items.
@@ -73,8 +81,8 @@ fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn event_sk(event_key: &EventKey) -> String {
-    format!("EVENT#{event_key}")
+fn overflow_sk(first_index: u64) -> String {
+    format!("{OVERFLOW}{first_index:010}")
 }
 
 fn parked_sk(event_key: &EventKey) -> String {
@@ -90,23 +98,115 @@ fn parked_from(item: &HashMap<String, AttributeValue>) -> Option<ParkedEvent> {
     })
 }
 
-/// `{source}#{YYYY-MM-DD}` of `t` in UTC.
-fn day_partition(source: &str, t: OffsetDateTime) -> String {
-    format!("{source}#{}", t.to_offset(time::UtcOffset::UTC).date())
+/// A recorded event as the payment's item (or an overflow item) keeps it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredEvent {
+    /// Event key.
+    k: String,
+    /// Notification id.
+    n: String,
+    /// Status after, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    s: Option<String>,
+    /// Recorded at, Unix ms.
+    t: i64,
+    e: crate::event::PaymentEvent,
 }
 
-fn event_record(item: &HashMap<String, AttributeValue>) -> Option<EventRecord> {
-    Some(EventRecord {
-        event_key: get_s(item, "event_key")?.to_owned(),
-        notification_id: get_s(item, "notification_id")?.to_owned(),
-        kind: get_s(item, "kind")?.to_owned(),
-        outcome: get_s(item, "outcome")?.to_owned(),
-        amount_minor: get_n(item, "amount_minor")? as u64,
-        currency: get_s(item, "currency")?.to_owned(),
-        status_after: get_s(item, "status_after").map(str::to_owned),
-        recorded_at: stored_time(get_n(item, "recorded_at")?),
-        event: get_s(item, "event_json").and_then(|j| serde_json::from_str(j).ok()),
-    })
+impl StoredEvent {
+    fn json(r: &RecordedEvent, now: i64) -> Result<String, LedgerError> {
+        built(serde_json::to_string(&StoredEvent {
+            k: r.event.event_key.as_str().to_owned(),
+            n: r.notification_id.clone(),
+            s: r.status_after.map(|st| st.as_str().to_owned()),
+            t: now,
+            e: r.event.clone(),
+        }))
+    }
+
+    fn record(self) -> EventRecord {
+        EventRecord {
+            event_key: self.k,
+            notification_id: self.n,
+            kind: self.e.kind.as_str().to_owned(),
+            outcome: self.e.outcome.as_str().to_owned(),
+            amount_minor: self.e.amount.minor,
+            currency: self.e.amount.currency.as_str().to_owned(),
+            status_after: self.s,
+            recorded_at: stored_time(self.t),
+            event: Some(self.e),
+        }
+    }
+}
+
+/// The recorded events in an item's `events` list, in order.
+fn stored_events(item: &HashMap<String, AttributeValue>) -> Result<Vec<StoredEvent>, LedgerError> {
+    let Some(list) = item.get("events").and_then(|v| v.as_l().ok()) else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|v| {
+            v.as_s()
+                .ok()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .ok_or_else(|| {
+                    unavailable(format!(
+                        "a stored event of {:?} is invalid",
+                        get_s(item, "pk")
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Which part of a write was refused.
+enum Refusal {
+    /// The incoming event's park: it is parked already.
+    Parked,
+    /// The payment's own item.
+    Main,
+    /// Another item (an alias's version, an overflow item).
+    Other,
+}
+
+/// Why the payment's item refused a write.
+enum Refused {
+    Duplicate,
+    Version,
+    /// No room inline: this many events are recorded.
+    Full(u64),
+}
+
+/// One update expression under construction: its clauses and placeholders.
+#[derive(Default)]
+struct Expr {
+    set: Vec<String>,
+    add: Vec<String>,
+    condition: Vec<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn name(&mut self, attribute: &str) -> String {
+        let placeholder = format!("#{}", attribute.replace('_', ""));
+        self.names.insert(placeholder.clone(), attribute.to_owned());
+        placeholder
+    }
+
+    fn value(&mut self, name: &str, v: AttributeValue) -> String {
+        let placeholder = format!(":{}", name.replace('_', ""));
+        self.values.insert(placeholder.clone(), v);
+        placeholder
+    }
+
+    fn update_expression(&self) -> String {
+        let mut out = format!("SET {}", self.set.join(", "));
+        if !self.add.is_empty() {
+            out.push_str(&format!(" ADD {}", self.add.join(", ")));
+        }
+        out
+    }
 }
 
 fn watch_from(item: &HashMap<String, AttributeValue>) -> Result<Watch, LedgerError> {
@@ -181,37 +281,251 @@ impl DynamoLedger {
         Ok(out)
     }
 
-    fn put_event(
-        &self,
-        key: &str,
-        r: &RecordedEvent,
+    /// The update of the payment's own item for `w`: its version (raised,
+    /// or kept), its state, the events it records (`records`, with their
+    /// `keys`) inline or, with `spill_at` = the number already recorded,
+    /// only counted (their bodies go to an overflow item). Conditional on
+    /// the version, on the incoming event being new, and on the room inline
+    /// or the count the spill was planned on.
+    fn main_expr(
+        w: &LedgerWrite,
+        records: &[String],
+        keys: &[String],
+        spill_at: Option<u64>,
         now: i64,
-        index: usize,
-        only_if_new: bool,
-    ) -> Result<TransactWriteItem, LedgerError> {
-        let e = &r.event;
-        let mut item = HashMap::from([
-            ("pk".to_owned(), s(key)),
-            ("sk".to_owned(), s(event_sk(&e.event_key))),
-            ("event_key".to_owned(), s(e.event_key.as_str())),
-            ("notification_id".to_owned(), s(&r.notification_id)),
-            ("kind".to_owned(), s(e.kind.as_str())),
-            ("outcome".to_owned(), s(e.outcome.as_str())),
-            ("amount_minor".to_owned(), n(e.amount.minor)),
-            ("currency".to_owned(), s(e.amount.currency.as_str())),
-            ("recorded_at".to_owned(), n(now)),
-            // Events of one write share `recorded_at`; this keeps their order.
-            ("ord".to_owned(), n(now * 1000 + index as i64)),
-            ("event_json".to_owned(), s(built(serde_json::to_string(e))?)),
-        ]);
-        if let Some(st) = r.status_after {
-            item.insert("status_after".to_owned(), s(st.as_str()));
+    ) -> Expr {
+        let mut x = Expr::default();
+        let version = x.name("version");
+        if w.bumps_version() {
+            let v1 = x.value("v1", n(w.expected_version + 1));
+            x.set.push(format!("{version} = {v1}"));
+        } else {
+            let zero = x.value("zero", n(0));
+            x.set
+                .push(format!("{version} = if_not_exists({version}, {zero})"));
         }
-        if let Some(t) = e.psp_time {
-            item.insert("day".to_owned(), s(day_partition(&e.source, t)));
-            item.insert("psp_ms".to_owned(), n(unix_ms(t)));
+        if w.expected_version == 0 {
+            x.condition.push(format!("attribute_not_exists({version})"));
+        } else {
+            let v = x.value("v", n(w.expected_version));
+            x.condition.push(format!("{version} = {v}"));
         }
-        self.put_item(item, only_if_new)
+        let (updated, at) = (x.name("updated_at"), x.value("now", n(now)));
+        x.set.push(format!("{updated} = {at}"));
+        if let Some(st) = &w.state {
+            for (attribute, v) in [
+                ("status", s(st.status.as_str())),
+                ("currency", s(st.currency.as_str())),
+                ("authorized_minor", n(st.authorized_minor)),
+                ("paid_minor", n(st.paid_minor)),
+                ("refunded_minor", n(st.refunded_minor)),
+            ] {
+                let (a, v) = (x.name(attribute), x.value(attribute, v));
+                x.set.push(format!("{a} = {v}"));
+            }
+        }
+        if let Incoming::Record(r) = &w.incoming {
+            let (keys_attr, k) = (x.name("keys"), x.value("k", s(r.event.event_key.as_str())));
+            x.condition.push(format!("NOT contains({keys_attr}, {k})"));
+        }
+        if records.is_empty() {
+            return x;
+        }
+        let keys_attr = x.name("keys");
+        let ks = x.value("ks", AttributeValue::Ss(keys.to_vec()));
+        x.add.push(format!("{keys_attr} {ks}"));
+        let (recorded, count) = (x.name("recorded"), x.value("nrec", n(records.len())));
+        let zero = x.value("zero", n(0));
+        x.set.push(format!(
+            "{recorded} = if_not_exists({recorded}, {zero}) + {count}"
+        ));
+        match spill_at {
+            None => {
+                let events = x.name("events");
+                let empty = x.value("empty", AttributeValue::L(Vec::new()));
+                let list = x.value("recs", AttributeValue::L(records.iter().map(s).collect()));
+                x.set.push(format!(
+                    "{events} = list_append(if_not_exists({events}, {empty}), {list})"
+                ));
+                // Room for all of them inline (a new item takes them all).
+                let limit = x.value("lim", n(INLINE_EVENTS as i64 - records.len() as i64 + 1));
+                x.condition.push(format!(
+                    "(attribute_not_exists({recorded}) OR {recorded} < {limit})"
+                ));
+            }
+            Some(0) => x
+                .condition
+                .push(format!("attribute_not_exists({recorded})")),
+            Some(c) => {
+                let c = x.value("c", n(c));
+                x.condition.push(format!("{recorded} = {c}"));
+            }
+        }
+        x
+    }
+
+    /// Why the payment's item refused `w`, read back consistently.
+    async fn refused(&self, w: &LedgerWrite) -> Result<Refused, LedgerError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(w.key.as_str()))
+            .key("sk", s(STATE))
+            .projection_expression("#v, #k, #r")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_names("#k", "keys")
+            .expression_attribute_names("#r", "recorded")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?
+            .item
+            .unwrap_or_default();
+        if let Incoming::Record(r) = &w.incoming {
+            let recorded = item
+                .get("keys")
+                .and_then(|k| k.as_ss().ok())
+                .is_some_and(|k| k.iter().any(|k| k == r.event.event_key.as_str()));
+            if recorded {
+                return Ok(Refused::Duplicate);
+            }
+        }
+        if get_n(&item, "version").unwrap_or(0) as u64 != w.expected_version {
+            return Ok(Refused::Version);
+        }
+        Ok(Refused::Full(get_n(&item, "recorded").unwrap_or(0) as u64))
+    }
+
+    /// Tries `w` once: `Ok(None)` when it was applied, else which item refused.
+    async fn try_write(
+        &self,
+        w: &LedgerWrite,
+        records: &[String],
+        keys: &[String],
+        spill_at: Option<u64>,
+        now: i64,
+    ) -> Result<Option<Refusal>, LedgerError> {
+        let key = w.key.as_str();
+        let x = Self::main_expr(w, records, keys, spill_at, now);
+        let alone = matches!(w.incoming, Incoming::Record(_))
+            && w.unparked.is_empty()
+            && w.conflicts.is_empty()
+            && w.aliases.is_empty()
+            && spill_at.is_none();
+        if alone {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(key))
+                .key("sk", s(STATE))
+                .update_expression(x.update_expression())
+                .condition_expression(x.condition.join(" AND "))
+                .set_expression_attribute_names(Some(x.names))
+                .set_expression_attribute_values(Some(x.values))
+                .send()
+                .await;
+            return match result {
+                Ok(_) => Ok(None),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
+                    Ok(Some(Refusal::Main))
+                }
+                Err(e) => Err(unavailable(describe(&e))),
+            };
+        }
+        let mut items = Vec::new();
+        // The incoming park first: its condition decides `Duplicate`.
+        if let Incoming::Park(p) = &w.incoming {
+            items.push(self.put_parked(key, p, true)?);
+        }
+        let main = items.len();
+        items.push(
+            TransactWriteItem::builder()
+                .update(built(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .key("pk", s(key))
+                        .key("sk", s(STATE))
+                        .update_expression(x.update_expression())
+                        .condition_expression(x.condition.join(" AND "))
+                        .set_expression_attribute_names(Some(x.names))
+                        .set_expression_attribute_values(Some(x.values))
+                        .build(),
+                )?)
+                .build(),
+        );
+        if let Some(first) = spill_at {
+            let item = HashMap::from([
+                ("pk".to_owned(), s(key)),
+                ("sk".to_owned(), s(overflow_sk(first))),
+                (
+                    "events".to_owned(),
+                    AttributeValue::L(records.iter().map(s).collect()),
+                ),
+            ]);
+            items.push(self.put_item(item, true)?);
+        }
+        for r in &w.unparked {
+            if let Some(from) = &r.unparked_from {
+                items.push(
+                    TransactWriteItem::builder()
+                        .delete(built(
+                            Delete::builder()
+                                .table_name(&self.table)
+                                .key("pk", s(from.as_str()))
+                                .key("sk", s(parked_sk(&r.event.event_key)))
+                                .build(),
+                        )?)
+                        .build(),
+                );
+            }
+        }
+        for p in &w.conflicts {
+            items.push(self.put_parked(p.payment_key.as_str(), &p.parked, false)?);
+        }
+        for a in &w.aliases {
+            items.push(self.put_state(a.key.as_str(), None, a.expected_version, Some(key), now)?);
+        }
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(unavailable(format!(
+                "a write of {} items exceeds DynamoDB's {MAX_TRANSACTION_ITEMS} per transaction",
+                items.len()
+            )));
+        }
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => {
+                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
+                    e.as_service_error()
+                {
+                    let codes: Vec<&str> =
+                        c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
+                    let failed = |i: usize| codes.get(i) == Some(&"ConditionalCheckFailed");
+                    if matches!(w.incoming, Incoming::Park(_)) && failed(0) {
+                        return Ok(Some(Refusal::Parked));
+                    }
+                    if failed(main) {
+                        return Ok(Some(Refusal::Main));
+                    }
+                    if codes.contains(&"ConditionalCheckFailed") {
+                        return Ok(Some(Refusal::Other));
+                    }
+                    // TransactionConflict, throttling: transient.
+                    return Err(unavailable(format!("transaction cancelled: {codes:?}")));
+                }
+                Err(unavailable(describe(&e)))
+            }
+        }
     }
 
     /// A transaction put of `item`, only if no item has its key when asked.
@@ -354,82 +668,35 @@ impl Ledger for DynamoLedger {
 
     async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
         let now = unix_ms(OffsetDateTime::now_utc());
-        let key = w.key.as_str();
-        let mut items = Vec::new();
-        // The incoming event first: its condition decides `Duplicate`.
-        items.push(match &w.incoming {
-            Incoming::Record(r) => self.put_event(key, r, now, 0, true)?,
-            Incoming::Park(p) => self.put_parked(key, p, true)?,
-        });
-        for (i, r) in w.unparked.iter().enumerate() {
-            items.push(self.put_event(key, r, now, i + 1, false)?);
-            if let Some(from) = &r.unparked_from {
-                items.push(
-                    TransactWriteItem::builder()
-                        .delete(built(
-                            Delete::builder()
-                                .table_name(&self.table)
-                                .key("pk", s(from.as_str()))
-                                .key("sk", s(parked_sk(&r.event.event_key)))
-                                .build(),
-                        )?)
-                        .build(),
-                );
-            }
-        }
-        for p in &w.conflicts {
-            items.push(self.put_parked(p.payment_key.as_str(), &p.parked, false)?);
-        }
-        items.push(if w.bumps_version() {
-            self.put_state(key, w.state.as_ref(), w.expected_version, None, now)?
-        } else {
-            let (condition, values) = Self::state_condition(w.expected_version);
-            TransactWriteItem::builder()
-                .condition_check(built(
-                    ConditionCheck::builder()
-                        .table_name(&self.table)
-                        .key("pk", s(key))
-                        .key("sk", s(STATE))
-                        .condition_expression(condition)
-                        .set_expression_attribute_values(values)
-                        .build(),
-                )?)
-                .build()
-        });
-        for a in &w.aliases {
-            items.push(self.put_state(a.key.as_str(), None, a.expected_version, Some(key), now)?);
-        }
-        if items.len() > MAX_TRANSACTION_ITEMS {
-            return Err(unavailable(format!(
-                "a write of {} items exceeds DynamoDB's {MAX_TRANSACTION_ITEMS} per transaction",
-                items.len()
-            )));
-        }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(ApplyOutcome::Applied),
-            Err(e) => {
-                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
-                    e.as_service_error()
-                {
-                    let codes: Vec<&str> =
-                        c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
-                    // The incoming event is first: a redelivery is a duplicate whatever the version.
-                    if codes.first() == Some(&"ConditionalCheckFailed") {
-                        return Ok(ApplyOutcome::Duplicate);
+        let recorded: Vec<&RecordedEvent> = match &w.incoming {
+            Incoming::Record(r) => std::iter::once(r).chain(&w.unparked).collect(),
+            Incoming::Park(_) => w.unparked.iter().collect(),
+        };
+        let records = recorded
+            .iter()
+            .map(|r| StoredEvent::json(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<String> = recorded
+            .iter()
+            .map(|r| r.event.event_key.as_str().to_owned())
+            .collect();
+        // Inline first; when the item has no room, once more as a spill to
+        // an overflow item, planned on the count read back.
+        let mut spill_at = None;
+        loop {
+            match self.try_write(w, &records, &keys, spill_at, now).await? {
+                None => return Ok(ApplyOutcome::Applied),
+                Some(Refusal::Parked) => return Ok(ApplyOutcome::Duplicate),
+                Some(Refusal::Other) => return Ok(ApplyOutcome::VersionConflict),
+                Some(Refusal::Main) => match self.refused(w).await? {
+                    Refused::Duplicate => return Ok(ApplyOutcome::Duplicate),
+                    Refused::Version => return Ok(ApplyOutcome::VersionConflict),
+                    Refused::Full(c) if spill_at.is_none() && !records.is_empty() => {
+                        spill_at = Some(c);
                     }
-                    if codes.contains(&"ConditionalCheckFailed") {
-                        return Ok(ApplyOutcome::VersionConflict);
-                    }
-                    // TransactionConflict, throttling: transient.
-                    return Err(unavailable(format!("transaction cancelled: {codes:?}")));
-                }
-                Err(unavailable(describe(&e)))
+                    // Another writer recorded events meanwhile: decide again.
+                    Refused::Full(_) => return Ok(ApplyOutcome::VersionConflict),
+                },
             }
         }
     }
@@ -460,42 +727,39 @@ impl Ledger for DynamoLedger {
     }
 
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
-        let mut items = Vec::new();
+        // The payment's item (its first events) sorts after its overflow
+        // items (`EVENTS#…` < `STATE`): one query reads both, in order
+        // once the item's own come first.
         let mut pages = self
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :e)")
+            .key_condition_expression("pk = :pk AND sk BETWEEN :o AND :s")
             .expression_attribute_values(":pk", s(key.as_str()))
-            .expression_attribute_values(":e", s("EVENT#"))
+            .expression_attribute_values(":o", s(OVERFLOW))
+            .expression_attribute_values(":s", s(STATE))
             .consistent_read(true)
             .into_paginator()
             .send();
+        let (mut inline, mut overflow) = (Vec::new(), Vec::new());
         while let Some(page) = pages.next().await {
-            items.extend(
-                page.map_err(|e| unavailable(describe(&e)))?
-                    .items
-                    .unwrap_or_default(),
-            );
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                match get_s(&item, "sk") {
+                    Some(STATE) => inline = stored_events(&item)?,
+                    Some(sk) if sk.starts_with(OVERFLOW) => overflow.extend(stored_events(&item)?),
+                    _ => {}
+                }
+            }
         }
-        items.sort_by_key(|i| {
-            get_n(i, "ord").unwrap_or_else(|| get_n(i, "recorded_at").unwrap_or(0) * 1000)
-        });
-        let records: Vec<EventRecord> = items
-            .iter()
-            .map(|i| EventRecord {
-                event_key: get_s(i, "event_key").unwrap_or_default().to_owned(),
-                notification_id: get_s(i, "notification_id").unwrap_or_default().to_owned(),
-                kind: get_s(i, "kind").unwrap_or_default().to_owned(),
-                outcome: get_s(i, "outcome").unwrap_or_default().to_owned(),
-                amount_minor: get_n(i, "amount_minor").unwrap_or(0) as u64,
-                currency: get_s(i, "currency").unwrap_or_default().to_owned(),
-                status_after: get_s(i, "status_after").map(str::to_owned),
-                recorded_at: stored_time(get_n(i, "recorded_at").unwrap_or(0)),
-                event: get_s(i, "event_json").and_then(|j| serde_json::from_str(j).ok()),
-            })
-            .collect();
-        Ok(records)
+        Ok(inline
+            .into_iter()
+            .chain(overflow)
+            .map(StoredEvent::record)
+            .collect())
     }
 
     async fn contains_event(
@@ -503,24 +767,40 @@ impl Ledger for DynamoLedger {
         key: &PaymentKey,
         event_key: &EventKey,
     ) -> Result<bool, LedgerError> {
-        // Recorded, else parked: two reads, only on the rare conflict path.
-        for sk in [event_sk(event_key), parked_sk(event_key)] {
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key("pk", s(key.as_str()))
-                .key("sk", s(sk))
-                .projection_expression("pk")
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| unavailable(describe(&e)))?;
-            if out.item.is_some() {
-                return Ok(true);
-            }
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key.as_str()))
+            .key("sk", s(STATE))
+            .projection_expression("#k")
+            .expression_attribute_names("#k", "keys")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?
+            .item
+            .unwrap_or_default();
+        let recorded = item
+            .get("keys")
+            .and_then(|k| k.as_ss().ok())
+            .is_some_and(|k| k.iter().any(|k| k == event_key.as_str()));
+        if recorded {
+            return Ok(true);
         }
-        Ok(false)
+        // Parked, else neither: a second read, only on the rare conflict path.
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key.as_str()))
+            .key("sk", s(parked_sk(event_key)))
+            .projection_expression("pk")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe(&e)))?;
+        Ok(out.item.is_some())
     }
 
     async fn events_between(
@@ -529,42 +809,39 @@ impl Ledger for DynamoLedger {
         from: OffsetDateTime,
         to: OffsetDateTime,
     ) -> Result<Vec<EventRecord>, LedgerError> {
+        // A scan of the source's payment and overflow items (see the module
+        // documentation): read units for the whole table, once a day.
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(pk, :src) AND (sk = :s OR begins_with(sk, :o))")
+            .expression_attribute_values(":src", s(format!("{source}#")))
+            .expression_attribute_values(":s", s(STATE))
+            .expression_attribute_values(":o", s(OVERFLOW))
+            .projection_expression("pk, sk, #e")
+            .expression_attribute_names("#e", "events")
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let (from_ms, to_ms) = (unix_ms(from), unix_ms(to));
         let mut out = Vec::new();
-        let (from, to) = (
-            from.to_offset(time::UtcOffset::UTC),
-            to.to_offset(time::UtcOffset::UTC),
-        );
-        let mut day = from.date();
-        while day <= to.date() {
-            let mut pages = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(EVENTS_INDEX)
-                .key_condition_expression("#d = :d AND psp_ms BETWEEN :f AND :t")
-                .expression_attribute_names("#d", "day")
-                .expression_attribute_values(":d", s(format!("{source}#{day}")))
-                .expression_attribute_values(":f", n(unix_ms(from)))
-                .expression_attribute_values(":t", n(unix_ms(to) - 1))
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                for item in page
-                    .map_err(|e| unavailable(describe(&e)))?
-                    .items
-                    .unwrap_or_default()
-                {
-                    let psp_ms = get_n(&item, "psp_ms").unwrap_or(0);
-                    let record = event_record(&item).ok_or_else(|| {
-                        unavailable(format!("stored event {:?} is invalid", get_s(&item, "sk")))
-                    })?;
-                    out.push((psp_ms, get_s(&item, "pk").unwrap_or("").to_owned(), record));
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                let pk = get_s(&item, "pk").unwrap_or_default().to_owned();
+                for stored in stored_events(&item)? {
+                    let Some(t) = stored.e.psp_time.map(unix_ms) else {
+                        continue;
+                    };
+                    if stored.e.source == source && (from_ms..to_ms).contains(&t) {
+                        out.push((t, pk.clone(), stored.record()));
+                    }
                 }
             }
-            day = match day.next_day() {
-                Some(d) => d,
-                None => break,
-            };
         }
         out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Ok(out.into_iter().map(|(_, _, r)| r).collect())
