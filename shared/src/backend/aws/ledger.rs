@@ -98,7 +98,10 @@ fn parked_from(item: &HashMap<String, AttributeValue>) -> Option<ParkedEvent> {
     })
 }
 
-/// A recorded event as the payment's item (or an overflow item) keeps it.
+/// A recorded event as the payment's item (or an overflow item) keeps it:
+/// short names, and nothing the item's key already says (the payment key,
+/// and the source, merchant and reference it is made of, are stored only
+/// when they differ), because every write is billed by the item's size.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct StoredEvent {
     /// Event key.
@@ -110,51 +113,131 @@ struct StoredEvent {
     s: Option<String>,
     /// Recorded at, Unix ms.
     t: i64,
-    e: crate::event::PaymentEvent,
+    /// Kind and outcome.
+    y: crate::event::EventKind,
+    o: crate::event::EventOutcome,
+    /// Amount in minor units, and its currency.
+    m: u64,
+    c: Currency,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    d: bool,
+    /// The PSP's transaction id and time, result code and message,
+    /// settlement date.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    x: Option<String>,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    p: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    rc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    rm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    sd: Option<String>,
+    /// The event's payment key, source, merchant and reference, when not
+    /// the item's or what the item's key is made of.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pk: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    src: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    mer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    rf: Option<String>,
+}
+
+/// `source#merchant#reference` split into its parts (the reference may hold `#`).
+fn key_parts(key: &str) -> (&str, &str, &str) {
+    let mut parts = key.splitn(3, '#');
+    (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
 }
 
 impl StoredEvent {
-    fn json(r: &RecordedEvent, now: i64) -> Result<String, LedgerError> {
+    /// `r` as stored in the item of payment key `pk`.
+    fn json(r: &RecordedEvent, pk: &str, now: i64) -> Result<String, LedgerError> {
+        let e = &r.event;
+        let key = e.payment_key.as_str();
+        let (src, mer, rf) = key_parts(key);
+        let differs = |field: &str, derived: &str| (field != derived).then(|| field.to_owned());
         built(serde_json::to_string(&StoredEvent {
-            k: r.event.event_key.as_str().to_owned(),
+            k: e.event_key.as_str().to_owned(),
             n: r.notification_id.clone(),
             s: r.status_after.map(|st| st.as_str().to_owned()),
             t: now,
-            e: r.event.clone(),
+            y: e.kind,
+            o: e.outcome,
+            m: e.amount.minor,
+            c: e.amount.currency,
+            d: e.currency_defaulted,
+            x: e.psp_txn_id.clone(),
+            p: e.psp_time,
+            rc: e.result_code.clone(),
+            rm: e.result_message.clone(),
+            sd: e.settle_date.clone(),
+            pk: differs(key, pk),
+            src: differs(&e.source, src),
+            mer: differs(&e.merchant, mer),
+            rf: differs(&e.payment_ref, rf),
         }))
     }
 
-    fn record(self) -> EventRecord {
+    /// The event recorded in the item of payment key `pk`.
+    fn record(self, pk: &str) -> EventRecord {
+        let key = self.pk.unwrap_or_else(|| pk.to_owned());
+        let (src, mer, rf) = key_parts(&key);
+        let event = crate::event::PaymentEvent {
+            source: self.src.unwrap_or_else(|| src.to_owned()),
+            merchant: self.mer.unwrap_or_else(|| mer.to_owned()),
+            payment_ref: self.rf.unwrap_or_else(|| rf.to_owned()),
+            payment_key: PaymentKey::from_stored(key.clone()),
+            event_key: EventKey::new(self.k.clone()),
+            kind: self.y,
+            outcome: self.o,
+            amount: crate::money::Money {
+                minor: self.m,
+                currency: self.c,
+            },
+            currency_defaulted: self.d,
+            psp_txn_id: self.x,
+            psp_time: self.p,
+            result_code: self.rc,
+            result_message: self.rm,
+            settle_date: self.sd,
+        };
         EventRecord {
             event_key: self.k,
             notification_id: self.n,
-            kind: self.e.kind.as_str().to_owned(),
-            outcome: self.e.outcome.as_str().to_owned(),
-            amount_minor: self.e.amount.minor,
-            currency: self.e.amount.currency.as_str().to_owned(),
+            kind: event.kind.as_str().to_owned(),
+            outcome: event.outcome.as_str().to_owned(),
+            amount_minor: event.amount.minor,
+            currency: event.amount.currency.as_str().to_owned(),
             status_after: self.s,
             recorded_at: stored_time(self.t),
-            event: Some(self.e),
+            event: Some(event),
         }
     }
 }
 
 /// The recorded events in an item's `events` list, in order.
-fn stored_events(item: &HashMap<String, AttributeValue>) -> Result<Vec<StoredEvent>, LedgerError> {
+fn stored_events(item: &HashMap<String, AttributeValue>) -> Result<Vec<EventRecord>, LedgerError> {
     let Some(list) = item.get("events").and_then(|v| v.as_l().ok()) else {
         return Ok(Vec::new());
     };
+    let pk = get_s(item, "pk").unwrap_or_default();
     list.iter()
         .map(|v| {
             v.as_s()
                 .ok()
-                .and_then(|j| serde_json::from_str(j).ok())
-                .ok_or_else(|| {
-                    unavailable(format!(
-                        "a stored event of {:?} is invalid",
-                        get_s(item, "pk")
-                    ))
-                })
+                .and_then(|j| serde_json::from_str::<StoredEvent>(j).ok())
+                .map(|e| e.record(pk))
+                .ok_or_else(|| unavailable(format!("a stored event of {pk:?} is invalid")))
         })
         .collect()
 }
@@ -674,7 +757,7 @@ impl Ledger for DynamoLedger {
         };
         let records = recorded
             .iter()
-            .map(|r| StoredEvent::json(r, now))
+            .map(|r| StoredEvent::json(r, w.key.as_str(), now))
             .collect::<Result<Vec<_>, _>>()?;
         let keys: Vec<String> = recorded
             .iter()
@@ -755,11 +838,7 @@ impl Ledger for DynamoLedger {
                 }
             }
         }
-        Ok(inline
-            .into_iter()
-            .chain(overflow)
-            .map(StoredEvent::record)
-            .collect())
+        Ok(inline.into_iter().chain(overflow).collect())
     }
 
     async fn contains_event(
@@ -833,12 +912,13 @@ impl Ledger for DynamoLedger {
                 .unwrap_or_default()
             {
                 let pk = get_s(&item, "pk").unwrap_or_default().to_owned();
-                for stored in stored_events(&item)? {
-                    let Some(t) = stored.e.psp_time.map(unix_ms) else {
+                for record in stored_events(&item)? {
+                    let Some(e) = &record.event else { continue };
+                    let Some(t) = e.psp_time.map(unix_ms) else {
                         continue;
                     };
-                    if stored.e.source == source && (from_ms..to_ms).contains(&t) {
-                        out.push((t, pk.clone(), stored.record()));
+                    if e.source == source && (from_ms..to_ms).contains(&t) {
+                        out.push((t, pk.clone(), record));
                     }
                 }
             }
@@ -913,5 +993,59 @@ impl Ledger for DynamoLedger {
         .iter()
         .map(watch_from)
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, EventOutcome, PaymentEvent};
+    use crate::money::Money;
+
+    fn unionpay_refund(payment_key: &PaymentKey, payment_ref: &str) -> PaymentEvent {
+        PaymentEvent {
+            source: "unionpay".into(),
+            merchant: "777290058167151".into(),
+            payment_ref: payment_ref.into(),
+            payment_key: payment_key.clone(),
+            event_key: EventKey::new("unionpay#777290058167151#742209081616131215448#00"),
+            kind: EventKind::Refund,
+            outcome: EventOutcome::Succeeded,
+            amount: Money {
+                minor: 1000,
+                currency: Currency::from_alpha("CNY").unwrap(),
+            },
+            currency_defaulted: false,
+            psp_txn_id: Some("742209081616131215448".into()),
+            psp_time: Some(time::macros::datetime!(2022-09-08 16:16:13 +08:00)),
+            result_code: Some("00".into()),
+            result_message: Some("成功[0000000]".into()),
+            settle_date: Some("0908".into()),
+        }
+    }
+
+    #[test]
+    fn stored_events_are_compact_and_give_back_the_event() {
+        let key = PaymentKey::new("unionpay", "777290058167151", "2022090816161226#1");
+        let recorded = |event: PaymentEvent| RecordedEvent {
+            event,
+            notification_id: "01KB0000000000000000000000".into(),
+            status_after: Some(PaymentStatus::Refunded),
+            unparked_from: None,
+        };
+        // Its own payment's event, and one recorded through a completion's alias.
+        let alias = PaymentKey::new("unionpay", "777290058167151", "completion-7");
+        for (event, stored_under) in [
+            (unionpay_refund(&key, "2022090816161226#1"), &key),
+            (unionpay_refund(&alias, "completion-7"), &key),
+        ] {
+            let json =
+                StoredEvent::json(&recorded(event.clone()), stored_under.as_str(), 1).unwrap();
+            assert!(json.len() < 320, "{} bytes: {json}", json.len());
+            let back: StoredEvent = serde_json::from_str(&json).unwrap();
+            let record = back.record(stored_under.as_str());
+            assert_eq!(record.event.as_ref(), Some(&event));
+            assert_eq!(record.status_after.as_deref(), Some("REFUNDED"));
+        }
     }
 }
