@@ -59,6 +59,7 @@ def main():
         for j in range(1, len(growth) + 1):
             wru += math.ceil((base + sum(growth[:j])) / 1024)
         events += len(growth)
+    largest = max(payments, key=item_size, default=None)
     sizes.sort()
     pct = lambda q: sizes[min(len(sizes) - 1, int(q * len(sizes)))] if sizes else 0
     print(json.dumps({
@@ -69,7 +70,9 @@ def main():
         "item_bytes_p50": pct(0.5), "item_bytes_p90": pct(0.9), "item_bytes_max": pct(1.0),
         "wru_for_inline_events": wru,
         "wru_per_event": round(wru / max(events, 1), 3),
-    }, indent=2))
+        "largest": {k: size(v) for k, v in (largest or {}).items()},
+        "largest_events": [e["S"] for e in (largest or {}).get("events", {}).get("L", [])],
+    }, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! The ledger on one DynamoDB table: partition key `pk` = payment key, sort
 //! key `sk` = `STATE` for the payment's item. That one item holds the
 //! payment's state (or only its version, or an alias), the set of event keys
-//! recorded on it (`keys`) and, inline, its first [`INLINE_EVENTS`] recorded
+//! recorded on it (`keys`, a 128-bit digest of each) and, inline, its first [`INLINE_EVENTS`] recorded
 //! events (`events`, compact JSON); later events spill to overflow items
 //! `EVENTS#{index}`. Recording an event is one conditional `UpdateItem`:
 //! the version matches (`attribute_not_exists` before the first write) and
@@ -147,6 +147,17 @@ struct StoredEvent {
     mer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     rf: Option<String>,
+}
+
+/// What the payment's item keeps of an event key in its `keys` set: 128 bits
+/// of its SHA-256, base64 (22 bytes; UnionPay's event keys are about 110,
+/// and every write is billed by the item's size). The event's whole key is
+/// in its stored event.
+fn key_digest(event_key: &EventKey) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(event_key.as_str().as_bytes());
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..16])
 }
 
 /// `source#merchant#reference` split into its parts (the reference may hold `#`).
@@ -408,7 +419,10 @@ impl DynamoLedger {
             }
         }
         if let Incoming::Record(r) = &w.incoming {
-            let (keys_attr, k) = (x.name("keys"), x.value("k", s(r.event.event_key.as_str())));
+            let (keys_attr, k) = (
+                x.name("keys"),
+                x.value("k", s(key_digest(&r.event.event_key))),
+            );
             x.condition.push(format!("NOT contains({keys_attr}, {k})"));
         }
         if records.is_empty() {
@@ -469,7 +483,7 @@ impl DynamoLedger {
             let recorded = item
                 .get("keys")
                 .and_then(|k| k.as_ss().ok())
-                .is_some_and(|k| k.iter().any(|k| k == r.event.event_key.as_str()));
+                .is_some_and(|k| k.contains(&key_digest(&r.event.event_key)));
             if recorded {
                 return Ok(Refused::Duplicate);
             }
@@ -761,7 +775,7 @@ impl Ledger for DynamoLedger {
             .collect::<Result<Vec<_>, _>>()?;
         let keys: Vec<String> = recorded
             .iter()
-            .map(|r| r.event.event_key.as_str().to_owned())
+            .map(|r| key_digest(&r.event.event_key))
             .collect();
         // Inline first; when the item has no room, once more as a spill to
         // an overflow item, planned on the count read back.
@@ -863,7 +877,7 @@ impl Ledger for DynamoLedger {
         let recorded = item
             .get("keys")
             .and_then(|k| k.as_ss().ok())
-            .is_some_and(|k| k.iter().any(|k| k == event_key.as_str()));
+            .is_some_and(|k| k.contains(&key_digest(event_key)));
         if recorded {
             return Ok(true);
         }
