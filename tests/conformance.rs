@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use paynotify_ingest::segmenter::{SegmentSettings, Segmenter};
 use paynotify_shared::envelope::{Envelope, QueuedBody};
-use paynotify_shared::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::faults::{Faults, FaultyArchive};
-use paynotify_shared::money::{Currency, Money};
 use paynotify_shared::ports::{
     AliasWrite, ApplyOutcome, ArchiveError, Incoming, LedgerWrite, ParkedEntry, ParkedEvent,
     RecordedEvent, Watch,
@@ -19,7 +18,7 @@ use paynotify_shared::ports::{
 use paynotify_shared::scheme::unionpay::QueryTarget;
 use paynotify_shared::segment::Location;
 use paynotify_shared::{transition, PaymentStatus, Transition};
-use support::{backends, Kind};
+use support::{backends, event, Kind};
 use time::macros::datetime;
 
 on_both_backends!(
@@ -337,28 +336,6 @@ async fn queue_batches_and_long_polls(kind: Kind) {
         0,
         "batched deletes removed every message"
     );
-}
-
-fn event(key: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent {
-    PaymentEvent {
-        source: "u".into(),
-        merchant: "m".into(),
-        payment_ref: key.into(),
-        payment_key: PaymentKey::new("u", "m", key),
-        event_key: EventKey::new(id),
-        kind,
-        outcome: EventOutcome::Succeeded,
-        amount: Money {
-            minor,
-            currency: Currency::from_alpha("CNY").unwrap(),
-        },
-        currency_defaulted: false,
-        psp_txn_id: None,
-        psp_time: None,
-        result_code: None,
-        result_message: None,
-        settle_date: None,
-    }
 }
 
 async fn ledger_apply_is_atomic_and_idempotent(kind: Kind) {

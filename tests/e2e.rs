@@ -465,26 +465,7 @@ mod aws_only {
         let calls = b.api_calls.clone().unwrap();
         let count = |name: &str| calls.snapshot().get(name).copied().unwrap_or(0);
         use aws_sdk_dynamodb::types::AttributeValue;
-        use paynotify_shared::{Currency, EventKey, EventOutcome, Money, PaymentEvent, PaymentKey};
-        let event = |id: &str, kind, minor| PaymentEvent {
-            source: "u".into(),
-            merchant: "m".into(),
-            payment_ref: "spill".into(),
-            payment_key: PaymentKey::new("u", "m", "spill"),
-            event_key: EventKey::new(id),
-            kind,
-            outcome: EventOutcome::Succeeded,
-            amount: Money {
-                minor,
-                currency: Currency::from_alpha("CNY").unwrap(),
-            },
-            currency_defaulted: false,
-            psp_txn_id: None,
-            psp_time: None,
-            result_code: None,
-            result_message: None,
-            settle_date: None,
-        };
+        let event = |id: &str, kind, minor| support::event("spill", id, kind, minor);
         let (updates, transactions) = (
             count("DynamoDB.UpdateItem"),
             count("DynamoDB.TransactWriteItems"),

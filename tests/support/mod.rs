@@ -150,3 +150,32 @@ pub async fn archived(
     }
     out
 }
+
+/// A successful event of `kind` for payment `key` of merchant `m` at source
+/// `u`, with event key `id`.
+pub fn event(
+    key: &str,
+    id: &str,
+    kind: paynotify_shared::EventKind,
+    minor: u64,
+) -> paynotify_shared::PaymentEvent {
+    paynotify_shared::PaymentEvent {
+        source: "u".into(),
+        merchant: "m".into(),
+        payment_ref: key.into(),
+        payment_key: paynotify_shared::PaymentKey::new("u", "m", key),
+        event_key: paynotify_shared::EventKey::new(id),
+        kind,
+        outcome: paynotify_shared::EventOutcome::Succeeded,
+        amount: paynotify_shared::Money {
+            minor,
+            currency: paynotify_shared::Currency::from_alpha("CNY").unwrap(),
+        },
+        currency_defaulted: false,
+        psp_txn_id: None,
+        psp_time: None,
+        result_code: None,
+        result_message: None,
+        settle_date: None,
+    }
+}

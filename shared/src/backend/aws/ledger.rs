@@ -160,6 +160,13 @@ fn key_digest(event_key: &EventKey) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..16])
 }
 
+/// Whether a payment's item records `event_key`.
+fn has_key(item: &HashMap<String, AttributeValue>, event_key: &EventKey) -> bool {
+    item.get("keys")
+        .and_then(|k| k.as_ss().ok())
+        .is_some_and(|k| k.contains(&key_digest(event_key)))
+}
+
 /// `source#merchant#reference` split into its parts (the reference may hold `#`).
 fn key_parts(key: &str) -> (&str, &str, &str) {
     let mut parts = key.splitn(3, '#');
@@ -461,30 +468,41 @@ impl DynamoLedger {
         x
     }
 
-    /// Why the payment's item refused `w`, read back consistently.
-    async fn refused(&self, w: &LedgerWrite) -> Result<Refused, LedgerError> {
-        let item = self
+    /// The attributes `names` of the payment's item, read consistently
+    /// (empty when there is none).
+    async fn payment_item(
+        &self,
+        key: &PaymentKey,
+        names: &[&str],
+    ) -> Result<HashMap<String, AttributeValue>, LedgerError> {
+        let placeholders: Vec<String> = (0..names.len()).map(|i| format!("#a{i}")).collect();
+        let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(w.key.as_str()))
+            .key("pk", s(key.as_str()))
             .key("sk", s(STATE))
-            .projection_expression("#v, #k, #r")
-            .expression_attribute_names("#v", "version")
-            .expression_attribute_names("#k", "keys")
-            .expression_attribute_names("#r", "recorded")
+            .projection_expression(placeholders.join(", "))
+            .set_expression_attribute_names(Some(
+                placeholders
+                    .into_iter()
+                    .zip(names.iter().map(|n| (*n).to_owned()))
+                    .collect(),
+            ))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| unavailable(describe(&e)))?
-            .item
-            .unwrap_or_default();
+            .map_err(|e| unavailable(describe(&e)))?;
+        Ok(out.item.unwrap_or_default())
+    }
+
+    /// Why the payment's item refused `w`, read back consistently.
+    async fn refused(&self, w: &LedgerWrite) -> Result<Refused, LedgerError> {
+        let item = self
+            .payment_item(&w.key, &["version", "keys", "recorded"])
+            .await?;
         if let Incoming::Record(r) = &w.incoming {
-            let recorded = item
-                .get("keys")
-                .and_then(|k| k.as_ss().ok())
-                .is_some_and(|k| k.contains(&key_digest(&r.event.event_key)));
-            if recorded {
+            if has_key(&item, &r.event.event_key) {
                 return Ok(Refused::Duplicate);
             }
         }
@@ -860,24 +878,7 @@ impl Ledger for DynamoLedger {
         key: &PaymentKey,
         event_key: &EventKey,
     ) -> Result<bool, LedgerError> {
-        let item = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(key.as_str()))
-            .key("sk", s(STATE))
-            .projection_expression("#k")
-            .expression_attribute_names("#k", "keys")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable(describe(&e)))?
-            .item
-            .unwrap_or_default();
-        let recorded = item
-            .get("keys")
-            .and_then(|k| k.as_ss().ok())
-            .is_some_and(|k| k.contains(&key_digest(event_key)));
+        let recorded = has_key(&self.payment_item(key, &["keys"]).await?, event_key);
         if recorded {
             return Ok(true);
         }
