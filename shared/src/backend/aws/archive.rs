@@ -108,19 +108,16 @@ impl Archive for S3Archive {
         if length == 0 {
             return Ok(Vec::new());
         }
+        let missing = || ArchiveError::NotFound(format!("{key} bytes {offset}+{length}"));
         if offset.checked_add(length).is_none() {
-            return Err(ArchiveError::NotFound(format!(
-                "{key} bytes {offset}+{length}"
-            )));
+            return Err(missing());
         }
         let bytes = self.get_object(key, Some((offset, length))).await?;
         // S3 answers a range that runs past the end with what there is.
         if bytes.len() as u64 == length {
             Ok(bytes)
         } else {
-            Err(ArchiveError::NotFound(format!(
-                "{key} bytes {offset}+{length}"
-            )))
+            Err(missing())
         }
     }
 
