@@ -214,3 +214,22 @@ async fn put_once(archive: &dyn Archive, key: &str, bytes: &[u8]) -> Result<(), 
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_take_the_backends_defaults_unless_set() {
+        let mut config = Config::from_toml("", std::path::Path::new("/")).unwrap();
+        let local = SegmentSettings::of(&config);
+        assert_eq!((local.window, local.writers), (Duration::from_millis(1), 4));
+        config.backend.kind = BackendKind::Aws;
+        let aws = SegmentSettings::of(&config);
+        assert_eq!((aws.window, aws.writers), (Duration::from_millis(50), 16));
+        config.ingest.segment_window_ms = Some(0);
+        config.ingest.segment_writers = Some(3);
+        let set = SegmentSettings::of(&config);
+        assert_eq!((set.window, set.writers), (Duration::ZERO, 3));
+    }
+}

@@ -732,6 +732,31 @@ mod tests {
         assert!(Config::from_toml(&empty, Path::new("/")).is_err());
     }
 
+    #[test]
+    fn segment_settings_are_bounded() {
+        let c = Config::from_toml(TOML, Path::new("/")).unwrap();
+        assert_eq!(
+            (c.ingest.segment_window_ms, c.ingest.segment_writers),
+            (None, None),
+            "unset: the backend's defaults apply"
+        );
+        for bad in [
+            "segment_window_ms = 1001",
+            "segment_writers = 0",
+            "segment_max_records = 0",
+        ] {
+            let toml = format!("[ingest]\n{bad}\n{TOML}");
+            let e = Config::from_toml(&toml, Path::new("/")).unwrap_err();
+            assert!(matches!(e, ConfigError::Setting(_)), "{bad}: {e}");
+        }
+        let toml = format!("[ingest]\nsegment_window_ms = 1000\nsegment_writers = 2\n{TOML}");
+        let c = Config::from_toml(&toml, Path::new("/")).unwrap();
+        assert_eq!(
+            (c.ingest.segment_window_ms, c.ingest.segment_writers),
+            (Some(1000), Some(2))
+        );
+    }
+
     const SW: &str = r#"
         [sources.acme]
         scheme = "standard_webhooks"
