@@ -16,6 +16,15 @@ fi
 # The stable toolchain builds libFuzzer targets without a sanitizer when
 # told that nightly flags are allowed.
 export RUSTC_BOOTSTRAP=1
+# Build first, so that a target that no longer compiles shows its errors
+# (the runs below print only their last lines).
+log=$(mktemp)
+if ! cargo fuzz build --sanitizer none >"$log" 2>&1; then
+  grep -E -A 12 '^error(\[|:)' "$log" | head -n 80 >&2 || tail -n 60 "$log" >&2
+  echo "fuzz.sh: the fuzz targets do not build" >&2
+  exit 1
+fi
+rm -f "$log"
 for target in unionpay_verify envelope; do
   scratch=$(mktemp -d)
   echo "fuzz.sh: $target for ${secs}s"
