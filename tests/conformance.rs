@@ -12,8 +12,8 @@ use paynotify_shared::envelope::{Envelope, QueuedBody};
 use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::faults::{Faults, FaultyArchive};
 use paynotify_shared::ports::{
-    AliasWrite, ApplyOutcome, ArchiveError, Incoming, LedgerWrite, ParkedEntry, ParkedEvent,
-    RecordedEvent, Watch,
+    AliasWrite, ApplyOutcome, ArchiveError, EventRecord, Freshness, Incoming, LedgerError,
+    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
 };
 use paynotify_shared::scheme::unionpay::QueryTarget;
 use paynotify_shared::segment::Location;
@@ -41,6 +41,7 @@ on_both_backends!(
     a_failed_segment_put_answers_every_member_with_an_error,
     replay_of_a_range_of_segments_skips_torn_ones,
     ledger_concurrent_events_of_one_payment_all_apply_once_and_keep_their_history,
+    ledger_load_to_apply_tells_seen_events_and_a_lagging_read_changes_nothing,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -1008,4 +1009,177 @@ async fn ledger_concurrent_events_of_one_payment_all_apply_once_and_keep_their_h
         b.ledger.history(&payment.payment_key).await.unwrap().len(),
         refunds + 1
     );
+}
+
+/// A ledger whose reads that may lag serve the entry of the payment's
+/// previous read, and never say an event was seen: the worst an eventually
+/// consistent replica may do under the `load_to_apply` contract.
+struct Lagging {
+    inner: Arc<dyn paynotify_shared::ports::Ledger>,
+    last: std::sync::Mutex<std::collections::HashMap<PaymentKey, PaymentEntry>>,
+    stale: std::sync::atomic::AtomicUsize,
+    latest: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl paynotify_shared::ports::Ledger for Lagging {
+    async fn load_to_apply(
+        &self,
+        key: &PaymentKey,
+        event_key: &paynotify_shared::event::EventKey,
+        freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self
+            .inner
+            .load_to_apply(key, event_key, Freshness::Latest)
+            .await?;
+        let before = self
+            .last
+            .lock()
+            .unwrap()
+            .insert(key.clone(), now.entry.clone());
+        if freshness == Freshness::Latest {
+            self.latest.fetch_add(1, SeqCst);
+            return Ok(now);
+        }
+        let entry = before.unwrap_or_default();
+        if entry != now.entry || now.seen {
+            self.stale.fetch_add(1, SeqCst);
+        }
+        Ok(Loaded { entry, seen: false })
+    }
+    async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
+        self.inner.load(key).await
+    }
+    async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
+        self.inner.write(w).await
+    }
+    async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
+        self.inner.history(key).await
+    }
+    async fn contains_event(
+        &self,
+        key: &PaymentKey,
+        event_key: &paynotify_shared::event::EventKey,
+    ) -> Result<bool, LedgerError> {
+        self.inner.contains_event(key, event_key).await
+    }
+    async fn parked_before(
+        &self,
+        t: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEntry>, LedgerError> {
+        self.inner.parked_before(t, limit).await
+    }
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
+        self.inner.put_watch(watch).await
+    }
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
+        self.inner.get_watch(id).await
+    }
+    async fn due_watches(
+        &self,
+        t: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError> {
+        self.inner.due_watches(t, limit).await
+    }
+    async fn events_between(
+        &self,
+        source: &str,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError> {
+        self.inner.events_between(source, from, to).await
+    }
+}
+
+async fn ledger_load_to_apply_tells_seen_events_and_a_lagging_read_changes_nothing(kind: Kind) {
+    use paynotify_worker::{apply::apply, AckKind, Disposition};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let lagging = Lagging {
+        inner: b.ledger.clone(),
+        last: Default::default(),
+        stale: Default::default(),
+        latest: Default::default(),
+    };
+    let (pay, r1, r2) = (
+        event("lag", "pay", EventKind::Payment, 10_000),
+        event("lag", "r1", EventKind::Refund, 100),
+        event("lag", "r2", EventKind::Refund, 100),
+    );
+    let void = event("lag", "v", EventKind::Void, 499);
+    let applied = |kind| Disposition::Ack(kind);
+    // Each delivery reads a replica one read behind: the refund parks on an
+    // empty entry, the payment is planned on that stale empty entry, refused
+    // by its version, planned again on the latest and takes the refund.
+    for (e, want) in [
+        (&r1, applied(AckKind::Parked)),
+        (&pay, applied(AckKind::Applied)),
+        (&r1, applied(AckKind::Duplicate)),
+        (&pay, applied(AckKind::Duplicate)),
+        (&r2, applied(AckKind::Applied)),
+        (&r2, applied(AckKind::Duplicate)),
+    ] {
+        assert_eq!(
+            apply(&lagging, "n", e.clone()).await,
+            want,
+            "{}",
+            e.event_key
+        );
+    }
+    // A conflict is decided on the latest entry only.
+    let latest = lagging.latest.load(SeqCst);
+    assert!(matches!(
+        apply(&lagging, "n", void.clone()).await,
+        Disposition::DeadLetter { reason, .. } if reason == "conflict"
+    ));
+    assert!(lagging.latest.load(SeqCst) > latest);
+    assert!(lagging.stale.load(SeqCst) >= 4, "stale reads were served");
+    let state = b
+        .ledger
+        .get_payment(&pay.payment_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (state.status, state.refunded_minor),
+        (PaymentStatus::PartiallyRefunded, 200)
+    );
+    let history: Vec<String> = b
+        .ledger
+        .history(&pay.payment_key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.event_key.clone())
+        .collect();
+    assert_eq!(history, ["pay", "r1", "r2"]);
+    // The backend's own answer, as fresh as `load`, for recorded, parked
+    // and unknown events, with either freshness.
+    let early = event("lag2", "early", EventKind::Refund, 100);
+    assert_eq!(
+        apply(b.ledger.as_ref(), "n", early.clone()).await,
+        applied(AckKind::Parked)
+    );
+    for freshness in [Freshness::Latest, Freshness::MayLag] {
+        for (key, id, seen) in [
+            (&pay.payment_key, "pay", true),
+            (&pay.payment_key, "r2", true),
+            (&pay.payment_key, "v", false),
+            (&early.payment_key, "early", true),
+            (&early.payment_key, "other", false),
+        ] {
+            let got = b
+                .ledger
+                .load_to_apply(key, &paynotify_shared::event::EventKey::new(id), freshness)
+                .await
+                .unwrap();
+            assert_eq!(got.seen, seen, "{key} {id} {freshness:?}");
+            assert_eq!(got.entry, b.ledger.load(key).await.unwrap(), "{key}");
+        }
+    }
 }

@@ -13,9 +13,9 @@ use time::OffsetDateTime;
 
 use crate::event::{EventKey, PaymentKey};
 use crate::ports::{
-    ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Ledger, LedgerError, LedgerWrite,
-    ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
-    Watch,
+    ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Freshness, Ledger, LedgerError,
+    LedgerWrite, Loaded, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
+    QueueStats, Receipt, Watch,
 };
 
 const MILLION: f64 = 1_000_000.0;
@@ -415,6 +415,20 @@ impl Ledger for FaultyLedger {
             "history",
             LedgerError::Unavailable,
             self.inner.history(key),
+            about key
+        )
+    }
+    async fn load_to_apply(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+        freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        faulty!(
+            self,
+            "load_to_apply",
+            LedgerError::Unavailable,
+            self.inner.load_to_apply(key, event_key, freshness),
             about key
         )
     }

@@ -13,9 +13,9 @@ use crate::backend::Backends;
 use crate::event::{EventKey, PaymentKey};
 use crate::metrics::Metrics;
 use crate::ports::{
-    ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Ledger, LedgerError, LedgerWrite,
-    ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
-    Watch,
+    ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Freshness, Ledger, LedgerError,
+    LedgerWrite, Loaded, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
+    QueueStats, Receipt, Watch,
 };
 
 /// Runs `call`, then records its duration and whether it failed.
@@ -216,6 +216,18 @@ impl Ledger for MeteredLedger {
     }
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
         timed!(self, "history", self.inner.history(key))
+    }
+    async fn load_to_apply(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+        freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        timed!(
+            self,
+            "load_to_apply",
+            self.inner.load_to_apply(key, event_key, freshness)
+        )
     }
     async fn contains_event(
         &self,

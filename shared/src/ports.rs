@@ -273,6 +273,29 @@ pub struct PaymentEntry {
     pub alias_of: Option<PaymentKey>,
 }
 
+/// What [`Ledger::load_to_apply`] read: the entry under a payment key and
+/// whether the event about to be applied is already recorded or parked there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub entry: PaymentEntry,
+    /// The event key is recorded or parked under the key. Never wrongly
+    /// true: a recorded or parked key is never removed (an unparked event is
+    /// recorded).
+    pub seen: bool,
+}
+
+/// How recent a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Every write acknowledged before the read began is in it.
+    Latest,
+    /// It may miss the most recent writes (a replica that lags; on DynamoDB
+    /// an eventually consistent read, half the read units). For reads that
+    /// lead to a write conditioned on the version read, which refuses a
+    /// write planned on a stale entry.
+    MayLag,
+}
+
 /// One event recorded by a write.
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {
@@ -436,6 +459,11 @@ pub const WATCH_SCAN_LIMIT: usize = 1_000;
 ///   of one point in time.
 /// - `history` lists a payment's recorded events in the order they were applied.
 /// - `contains_event` is true once an event key is recorded or parked.
+/// - `load_to_apply` is `load` and `contains_event` for one event; with
+///   [`Freshness::MayLag`] its entry may be older than the latest write (a
+///   version conflict then refuses any write planned on it) and `seen` may
+///   be false for an event recorded by one of the latest writes; with
+///   [`Freshness::Latest`] it is as fresh as `load`.
 /// - `parked_before` lists parked events parked before `t` (conflicted ones
 ///   included), oldest first, at most `limit`.
 /// - `put_watch` stores a watch when the version stored under its id is
@@ -476,6 +504,19 @@ pub trait Ledger: Send + Sync {
     /// that ended), if so: readiness fails and the process stops.
     fn fatal(&self) -> Option<String> {
         None
+    }
+
+    /// What a worker reads before applying `event_key` under `key`: one
+    /// read where the store can (two here).
+    async fn load_to_apply(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+        _freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        let entry = self.load(key).await?;
+        let seen = self.contains_event(key, event_key).await?;
+        Ok(Loaded { entry, seen })
     }
 
     /// The payment's state, if it has arrived.

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::ports::{
-    AliasWrite, ApplyOutcome, Incoming, Ledger, LedgerWrite, ParkedEntry, ParkedEvent,
-    PaymentEntry, RecordedEvent,
+    AliasWrite, ApplyOutcome, Freshness, Incoming, Ledger, LedgerWrite, Loaded, ParkedEntry,
+    ParkedEvent, PaymentEntry, RecordedEvent,
 };
 use paynotify_shared::{transition, Transition};
 use time::OffsetDateTime;
@@ -180,13 +180,25 @@ fn rekeyed(event: &PaymentEvent, key: &PaymentKey) -> PaymentEvent {
 
 /// Applies `event` to the ledger: follows an alias, plans, writes, and plans
 /// again after a version conflict. Every ledger error is a `Retry`.
+///
+/// The first read may lag behind the latest write ([`Freshness::MayLag`]):
+/// a write planned on it is conditioned on the version it read, so a stale
+/// read ends in a version conflict, and the plan is made again on a read of
+/// the latest entry. An event the read shows recorded or parked is a
+/// duplicate without a write (a key once seen stays). Only a conflict, the
+/// one decision made without a write, is confirmed on the latest entry
+/// before it dead-letters.
 pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEvent) -> Disposition {
     let mut event = event;
     let (mut hops, mut conflicts) = (0, 0);
+    let mut freshness = Freshness::MayLag;
     let retry = |e: paynotify_shared::ports::LedgerError| Disposition::Retry(e.to_string());
     loop {
-        let entry = match ledger.load(&event.payment_key).await {
-            Ok(e) => e,
+        let Loaded { entry, seen } = match ledger
+            .load_to_apply(&event.payment_key, &event.event_key, freshness)
+            .await
+        {
+            Ok(l) => l,
             Err(e) => return retry(e),
         };
         if let Some(target) = entry.alias_of {
@@ -197,11 +209,7 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
             event.payment_key = target;
             continue;
         }
-        if entry
-            .parked
-            .iter()
-            .any(|p| p.event.event_key == event.event_key)
-        {
+        if seen {
             return Disposition::Ack(AckKind::Duplicate);
         }
         let mut aliases = HashMap::new();
@@ -227,18 +235,10 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
         };
         match planned {
             // A redelivery of an applied event looks like a conflict to the
-            // state machine: it is a duplicate. A failed read is a retry,
-            // never a conflict.
-            Err(why) => {
-                return match ledger
-                    .contains_event(&event.payment_key, &event.event_key)
-                    .await
-                {
-                    Ok(true) => Disposition::Ack(AckKind::Duplicate),
-                    Ok(false) => dead("conflict", why),
-                    Err(e) => retry(e),
-                }
-            }
+            // state machine; the latest read tells it (`seen`). A failed
+            // read is a retry, never a conflict.
+            Err(why) if freshness == Freshness::Latest => return dead("conflict", why),
+            Err(_) => freshness = Freshness::Latest,
             Ok((write, kind)) => match ledger.write(&write).await {
                 Ok(ApplyOutcome::Applied) => {
                     for c in &write.conflicts {
@@ -254,6 +254,7 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
                     if conflicts >= MAX_VERSION_CONFLICTS {
                         return Disposition::Retry("payment changed concurrently too often".into());
                     }
+                    freshness = Freshness::Latest;
                 }
                 Err(e) => return retry(e),
             },

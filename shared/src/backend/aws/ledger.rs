@@ -16,6 +16,11 @@
 //! settlement reconciliation's read, once a day) scan the payment items:
 //! an index over events would need an item per event, the write this
 //! layout saves.
+//!
+//! A worker's read before a write (`load_to_apply`) is one query of the
+//! payment's item and parked items, eventually consistent unless asked
+//! otherwise: the write's condition on the version catches a stale read,
+//! and the item's `keys` tell a redelivered event without a write.
 
 use std::collections::HashMap;
 
@@ -29,8 +34,8 @@ use crate::config::AwsConfig;
 use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
-    ApplyOutcome, EventRecord, Incoming, Ledger, LedgerError, LedgerWrite, ParkedEntry,
-    ParkedEvent, PaymentEntry, RecordedEvent, Watch,
+    ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite, Loaded,
+    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -468,6 +473,72 @@ impl DynamoLedger {
         x
     }
 
+    /// The entry under `key` and whether `event_key` is recorded or parked
+    /// there, in one query.
+    async fn read_entry(
+        &self,
+        key: &PaymentKey,
+        event_key: Option<&EventKey>,
+        freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        // `PARKED#…` < `STATE` and `EVENTS#…` sorts before both: one query
+        // reads the state and the parked events, not the overflow items
+        // (the item's `keys` name every recorded event). Eventually
+        // consistent when the caller allows it: half the read units.
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk >= :p")
+            .expression_attribute_values(":pk", s(key.as_str()))
+            .expression_attribute_values(":p", s(PARKED))
+            .consistent_read(freshness == Freshness::Latest)
+            .into_paginator()
+            .send();
+        let mut entry = PaymentEntry::default();
+        let mut seen = false;
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                let sk = get_s(&item, "sk").unwrap_or_default();
+                if sk == STATE {
+                    seen = event_key.is_some_and(|k| has_key(&item, k));
+                    let bad =
+                        |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
+                    entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
+                    entry.alias_of = get_s(&item, "alias_of").map(PaymentKey::from_stored);
+                    if let Some(status) = get_s(&item, "status") {
+                        entry.state = Some(PaymentState {
+                            payment_key: key.clone(),
+                            status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
+                            currency: get_s(&item, "currency")
+                                .and_then(Currency::from_alpha)
+                                .ok_or_else(|| bad("currency"))?,
+                            authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
+                            paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
+                            refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
+                            version: entry.version,
+                        });
+                    }
+                } else if sk.starts_with(PARKED) {
+                    entry.parked.push(parked_from(&item).ok_or_else(|| {
+                        unavailable(format!("stored parked event {sk} of {key} is invalid"))
+                    })?);
+                }
+            }
+        }
+        entry.parked.sort_by(|a, b| {
+            a.parked_at
+                .cmp(&b.parked_at)
+                .then_with(|| a.event.event_key.cmp(&b.event.event_key))
+        });
+        seen |= event_key.is_some_and(|k| entry.parked.iter().any(|p| &p.event.event_key == k));
+        Ok(Loaded { entry, seen })
+    }
+
     /// The attributes `names` of the payment's item, read consistently
     /// (empty when there is none).
     async fn payment_item(
@@ -727,58 +798,16 @@ impl DynamoLedger {
 #[async_trait]
 impl Ledger for DynamoLedger {
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
-        // `PARKED#…` < `STATE` and `EVENT#…` sorts before both: one
-        // consistent query reads the state and the parked events, not the
-        // recorded ones.
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk >= :p")
-            .expression_attribute_values(":pk", s(key.as_str()))
-            .expression_attribute_values(":p", s(PARKED))
-            .consistent_read(true)
-            .into_paginator()
-            .send();
-        let mut entry = PaymentEntry::default();
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| unavailable(describe(&e)))?
-                .items
-                .unwrap_or_default()
-            {
-                let sk = get_s(&item, "sk").unwrap_or_default();
-                if sk == STATE {
-                    let bad =
-                        |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
-                    entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
-                    entry.alias_of = get_s(&item, "alias_of").map(PaymentKey::from_stored);
-                    if let Some(status) = get_s(&item, "status") {
-                        entry.state = Some(PaymentState {
-                            payment_key: key.clone(),
-                            status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
-                            currency: get_s(&item, "currency")
-                                .and_then(Currency::from_alpha)
-                                .ok_or_else(|| bad("currency"))?,
-                            authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
-                            paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
-                            refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
-                            version: entry.version,
-                        });
-                    }
-                } else if sk.starts_with(PARKED) {
-                    entry.parked.push(parked_from(&item).ok_or_else(|| {
-                        unavailable(format!("stored parked event {sk} of {key} is invalid"))
-                    })?);
-                }
-            }
-        }
-        entry.parked.sort_by(|a, b| {
-            a.parked_at
-                .cmp(&b.parked_at)
-                .then_with(|| a.event.event_key.cmp(&b.event.event_key))
-        });
-        Ok(entry)
+        Ok(self.read_entry(key, None, Freshness::Latest).await?.entry)
+    }
+
+    async fn load_to_apply(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+        freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        self.read_entry(key, Some(event_key), freshness).await
     }
 
     async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {

@@ -13,8 +13,8 @@ use crate::backend::{stored_time, unix_ms};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
-    ApplyOutcome, EventRecord, Incoming, Ledger, LedgerError, LedgerWrite, ParkedEntry,
-    ParkedEvent, PaymentEntry, RecordedEvent, Watch,
+    ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite, Loaded,
+    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -391,6 +391,25 @@ impl Ledger for LocalLedger {
         let w = w.clone();
         self.db
             .write(move |tx| write(tx, &w))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn load_to_apply(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+        _freshness: Freshness,
+    ) -> Result<Loaded, LedgerError> {
+        // Both reads see every committed write (SQLite has no lagging
+        // replica); a key seen by the second stays seen.
+        let (k, e) = (key.clone(), event_key.as_str().to_owned());
+        self.db
+            .read(move |c| {
+                let entry = load(c, &k)?;
+                let seen = is_known(c, k.as_str(), &e)?;
+                Ok(Loaded { entry, seen })
+            })
             .await
             .map_err(unavailable)
     }
