@@ -24,6 +24,10 @@ pub struct Args {
     /// two notifications (purchase, refunds, voids, retries).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Share of payments whose notification is delivered eight times at
+    /// once (a PSP retrying while the first delivery is still in flight).
+    #[arg(long, default_value_t = 0.05)]
+    duplicates: f64,
     /// Data directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -188,8 +192,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         }
     };
+    // An emulator answers slowly under the demo's burst: a message whose
+    // visibility lapsed while it waited in a worker would come back and be
+    // counted (and priced) as a duplicate delivery.
+    let visibility = if args.aws_endpoint.is_some() { 120 } else { 10 };
     let config_text = format!(
-        "[backend]\nvisibility_timeout_secs = 10\nmax_receives = 8\n{backend}\n\n\
+        "[backend]\nvisibility_timeout_secs = {visibility}\nmax_receives = 8\n{backend}\n\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
          [worker]\nconcurrency = 16\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\nquery_check_secs = 1\n\n{}\n\
          [sources.unionpay.unionpay.gateway]\nsigning_key = \"file:pki/merchant.key.pem\"\n\
@@ -229,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mix = Mix {
         count: args.count,
         rate: args.rate,
-        duplicates: 0.05,
+        duplicates: args.duplicates,
         tamper: 0.01,
         refunds: 0.3,
         voids: 0.05,

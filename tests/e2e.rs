@@ -455,7 +455,7 @@ mod aws_only {
     /// the events it keeps inline, each spills to an overflow item in a
     /// transaction (after one refused update read back).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_event_is_one_update_and_later_ones_spill_to_overflow_items() {
+    async fn each_event_is_one_read_and_one_update_later_ones_spill_and_redeliveries_only_read() {
         use paynotify_shared::backend::aws::INLINE_EVENTS;
         use paynotify_worker::{apply::apply, AckKind, Disposition};
         let dir = tempfile::tempdir().unwrap();
@@ -466,9 +466,11 @@ mod aws_only {
         let count = |name: &str| calls.snapshot().get(name).copied().unwrap_or(0);
         use aws_sdk_dynamodb::types::AttributeValue;
         let event = |id: &str, kind, minor| support::event("spill", id, kind, minor);
-        let (updates, transactions) = (
+        let (updates, transactions, queries, gets) = (
             count("DynamoDB.UpdateItem"),
             count("DynamoDB.TransactWriteItems"),
+            count("DynamoDB.Query"),
+            count("DynamoDB.GetItem"),
         );
         let extra = 3;
         let events = INLINE_EVENTS + extra;
@@ -487,6 +489,37 @@ mod aws_only {
         // followed by a spill transaction.
         assert_eq!(count("DynamoDB.UpdateItem") - updates, events);
         assert_eq!(count("DynamoDB.TransactWriteItems") - transactions, extra);
+        // One read before each write (the payment's item and parked items in
+        // one query); a refused update is read back once to plan its spill.
+        assert_eq!(count("DynamoDB.Query") - queries, events);
+        assert_eq!(count("DynamoDB.GetItem") - gets, extra);
+        // A later redelivery of each event is one read and no write.
+        let (updates, transactions, queries, gets) = (
+            count("DynamoDB.UpdateItem"),
+            count("DynamoDB.TransactWriteItems"),
+            count("DynamoDB.Query"),
+            count("DynamoDB.GetItem"),
+        );
+        for i in 0..events {
+            let e = if i == 0 {
+                event("pay", paynotify_shared::EventKind::Payment, 10_000)
+            } else {
+                event(&format!("r{i}"), paynotify_shared::EventKind::Refund, 100)
+            };
+            assert_eq!(
+                apply(b.ledger.as_ref(), "again", e).await,
+                Disposition::Ack(AckKind::Duplicate)
+            );
+        }
+        assert_eq!(count("DynamoDB.Query") - queries, events);
+        assert_eq!(
+            (
+                count("DynamoDB.UpdateItem") - updates,
+                count("DynamoDB.TransactWriteItems") - transactions,
+                count("DynamoDB.GetItem") - gets,
+            ),
+            (0, 0, 0)
+        );
         let clients = Clients::new(&config.aws).await;
         let key = event("pay", paynotify_shared::EventKind::Payment, 1).payment_key;
         let overflow = clients
