@@ -474,12 +474,16 @@ mod aws_only {
         );
         let extra = 3;
         let events = INLINE_EVENTS + extra;
-        for i in 0..events {
-            let e = if i == 0 {
+        // The payment, then refunds.
+        let nth = |i: u64| {
+            if i == 0 {
                 event("pay", paynotify_shared::EventKind::Payment, 10_000)
             } else {
                 event(&format!("r{i}"), paynotify_shared::EventKind::Refund, 100)
-            };
+            }
+        };
+        for i in 0..events {
+            let e = nth(i);
             assert_eq!(
                 apply(b.ledger.as_ref(), "n", e).await,
                 Disposition::Ack(AckKind::Applied)
@@ -501,11 +505,7 @@ mod aws_only {
             count("DynamoDB.GetItem"),
         );
         for i in 0..events {
-            let e = if i == 0 {
-                event("pay", paynotify_shared::EventKind::Payment, 10_000)
-            } else {
-                event(&format!("r{i}"), paynotify_shared::EventKind::Refund, 100)
-            };
+            let e = nth(i);
             assert_eq!(
                 apply(b.ledger.as_ref(), "again", e).await,
                 Disposition::Ack(AckKind::Duplicate)
