@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use paynotify::app::{init_logging, App, AppOptions};
 use paynotify::gateway_sim::{GatewaySim, Txn, TxnState};
 use paynotify::simulate::{run_mix, Mix, Simulator};
@@ -28,6 +29,10 @@ pub struct Args {
     /// once (a PSP retrying while the first delivery is still in flight).
     #[arg(long, default_value_t = 0.05)]
     duplicates: f64,
+    /// Send a payment's refunds, void and other deliveries this many seconds
+    /// after its first delivery, as a PSP does, instead of at once.
+    #[arg(long)]
+    follow_up_secs: Option<f64>,
     /// Data directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -243,6 +248,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         voids: 0.05,
         early_refunds: 0.1,
         concurrency: 64,
+        follow_up: args
+            .follow_up_secs
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .context("--follow-up-secs must be a number of seconds ≥ 0")?,
     };
     let started = Instant::now();
     let report = run_mix(sim, Some(forger), &mix).await;

@@ -518,6 +518,11 @@ pub struct Mix {
     pub early_refunds: f64,
     /// Concurrent senders.
     pub concurrency: usize,
+    /// When set, a payment's later notifications (refunds, a void, the
+    /// altered copy, the other deliveries of a duplicated one) are sent this
+    /// long after its first delivery, as they come from a PSP (a refund
+    /// minutes or days later, a retry after seconds), instead of at once.
+    pub follow_up: Option<Duration>,
 }
 
 /// What a simulation sent and what the ledger should end up with.
@@ -676,8 +681,9 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
         report.tampered += u64::from(tampered);
         let (sim, permits) = (sim.clone(), permits.clone());
         let query_id = format!("{run_id}{i:08}");
+        let follow_up = mix.follow_up;
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
+            let mut permit = permits.clone().acquire_owned().await;
             let started = tokio::time::Instant::now();
             let mut out = Report::default();
             let purchase = sim.purchase(&query_id, amount);
@@ -693,18 +699,41 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
                     out.add(sim.send(first.clone()).await);
                 }
             }
-            if dup {
-                let handles: Vec<_> = (0..8)
+            // With a follow-up delay, one delivery now and the others later.
+            let (now, later) = match (dup, follow_up) {
+                (false, _) => (1, 0),
+                (true, None) => (8, 0),
+                (true, Some(_)) => (1, 7),
+            };
+            let deliver = |n: usize| {
+                let handles: Vec<_> = (0..n)
                     .map(|_| {
                         let (s, b) = (sim.clone(), purchase.clone());
                         tokio::spawn(async move { s.send(b).await })
                     })
                     .collect();
-                for h in handles {
-                    out.add(h.await.unwrap_or(Delivery::Failed(0)));
+                async move {
+                    let mut d = Vec::new();
+                    for h in handles {
+                        d.push(h.await.unwrap_or(Delivery::Failed(0)));
+                    }
+                    d
                 }
-            } else {
-                out.add(sim.send(purchase.clone()).await);
+            };
+            for d in deliver(now).await {
+                out.add(d);
+            }
+            if let Some(delay) = follow_up {
+                // Paced as without a delay; no sender is held while waiting.
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(started + interval).await;
+                }
+                drop(permit);
+                tokio::time::sleep(delay).await;
+                permit = permits.acquire_owned().await;
+            }
+            for d in deliver(later).await {
+                out.add(d);
             }
             if tampered {
                 out.add(sim.send_tampered(&purchase).await);
@@ -723,6 +752,7 @@ pub async fn run_mix(sim: Arc<Simulator>, forger: Option<Arc<Simulator>>, mix: &
             if let Some(interval) = interval {
                 tokio::time::sleep_until(started + interval).await;
             }
+            drop(permit);
             out
         });
     }

@@ -51,6 +51,10 @@ pub struct Args {
     /// Concurrent senders.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Send a payment's refunds, void and other deliveries this many seconds
+    /// after its first delivery, as a PSP does, instead of at once.
+    #[arg(long)]
+    follow_up_secs: Option<f64>,
 }
 
 /// The webhook schemes the simulator speaks.
@@ -103,6 +107,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         early_refunds: args.early_refunds,
         concurrency: args.concurrency,
+        follow_up: args
+            .follow_up_secs
+            .map(std::time::Duration::try_from_secs_f64)
+            .transpose()
+            .context("--follow-up-secs must be a number of seconds ≥ 0")?,
     };
     let report = run_mix(sim, None, &mix).await;
     crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;

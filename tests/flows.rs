@@ -292,3 +292,34 @@ async fn parked_list_and_reconcile_commands() {
         (Some(1), Some(1))
     );
 }
+
+/// The simulator's follow-ups (`demo`/`simulate --follow-up-secs`): the
+/// other deliveries of a duplicated notification and the refunds come after
+/// the delay, each redelivery is acknowledged as a duplicate, and the ledger
+/// is what the simulation expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mix_with_follow_ups_sends_them_late_and_the_ledger_matches() {
+    use paynotify::simulate::{run_mix, Mix};
+    let t = spawn_app(Kind::Local).await;
+    let delay = Duration::from_millis(300);
+    let mix = Mix {
+        count: 6,
+        rate: 0.0,
+        duplicates: 1.0,
+        tamper: 0.0,
+        refunds: 1.0,
+        voids: 0.0,
+        early_refunds: 0.0,
+        concurrency: 6,
+        follow_up: Some(delay),
+    };
+    let started = std::time::Instant::now();
+    let report = run_mix(t.sim.clone(), None, &mix).await;
+    assert!(started.elapsed() >= delay);
+    assert_eq!((report.failed, report.duplicate_deliveries), (0, 42));
+    t.wait_until_drained().await;
+    assert_eq!(t.app().stats.snapshot().duplicates, 42);
+    let reconciled = t.reconcile().await;
+    let rows = report.check(&reconciled.ledger, &Default::default());
+    assert!(rows.iter().all(|r| r.matches()), "{rows:?}");
+}
