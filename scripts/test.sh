@@ -13,31 +13,34 @@ if [ ! -f "$vectors/unionpay/MANIFEST.txt" ]; then
   exit 1
 fi
 
-echo "== cargo fmt --check"
+# Each step says when it began (seconds since the script started): CI has a
+# time limit, and this shows where the time goes.
+step() { echo "== $* (at ${SECONDS}s)"; }
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== AWS emulator (moto_server)"
+step "AWS emulator (moto_server)"
 eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 echo "   $PAYNOTIFY_TEST_AWS_ENDPOINT"
-echo "== Python tools (DuckDB, cfn-lint, checkov)"
+step "Python tools (DuckDB, cfn-lint, checkov)"
 PAYNOTIFY_TEST_PYTHON=$(scripts/tools.sh)
 export PAYNOTIFY_TEST_PYTHON
 tools=$(dirname "$PAYNOTIFY_TEST_PYTHON")
 echo "   $PAYNOTIFY_TEST_PYTHON"
-echo "== CloudFormation: cfn-lint, checkov, infra/tests/test_template.py"
+step "CloudFormation: cfn-lint, checkov, infra/tests/test_template.py"
 "$tools/cfn-lint" infra/*.yaml
 # --skip-download: no calls to the vendor's API (this machine has no network);
 # skipped checks are justified in the template (Metadata.checkov.skip).
 BC_SKIP_MAPPING=TRUE "$tools/checkov" --quiet --compact --skip-download --framework cloudformation \
   -f infra/*.yaml
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_template.py
-echo "== Kubernetes: kubernetes-validate --strict, infra/tests/test_k8s.py (KEDA's resources)"
+step "Kubernetes: kubernetes-validate --strict, infra/tests/test_k8s.py (KEDA's resources)"
 "$tools/kubernetes-validate" --strict --quiet infra/k8s/*.yaml
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_k8s.py
-echo "== a small filesystem for tests/disk_full.rs"
+step "a small filesystem for tests/disk_full.rs"
 small=target/small-disk
 mkdir -p "$small"
 if mountpoint -q "$small" || mount -t tmpfs -o size=16m tmpfs "$small" 2>/dev/null; then
@@ -50,12 +53,14 @@ else
   echo "test.sh: cannot mount a tmpfs (not root?): the disk-full test will NOT run." >&2
   echo "test.sh: *******************************************************************" >&2
 fi
-echo "== cargo build (the binaries tests/processes.rs runs)"
+step "cargo build (the binaries tests/processes.rs runs)"
 cargo build --workspace --bins --locked
-echo "== the runtime image (or, without a container runtime, its minimal root filesystem)"
+step "the runtime image (or, without a container runtime, its minimal root filesystem)"
 scripts/image_check.sh target/debug
-echo "== cargo test"
+step "cargo test: build"
+cargo test --workspace --locked --no-run
+step "cargo test: run"
 cargo test --workspace --locked
-echo "== fuzz (bounded)"
+step "fuzz (bounded)"
 scripts/fuzz.sh "${PAYNOTIFY_FUZZ_SECS:-20}"
-echo "test.sh: all checks passed"
+echo "test.sh: all checks passed (${SECONDS}s)"
