@@ -592,6 +592,79 @@ async fn ledger_parks_early_events_and_applies_them_with_the_payment(kind: Kind)
         (alias.alias_of, alias.version, alias.state),
         (Some(pay.payment_key.clone()), 1, None)
     );
+
+    // A write planned on a view that still showed r1 parked (a query that
+    // read the parked items before, and the payment's item after, the write
+    // above): unparking r1 again, or marking it conflicting, is refused on
+    // the current version; the event stays recorded once.
+    let r3 = event("p3", "r3", EventKind::Refund, 100);
+    let mut more = part.clone();
+    more.refunded_minor = 400;
+    more.version = 4;
+    let later = |unparked: Vec<RecordedEvent>, conflicts: Vec<ParkedEntry>| LedgerWrite {
+        key: pay.payment_key.clone(),
+        expected_version: 3,
+        incoming: Incoming::Record(RecordedEvent {
+            event: r3.clone(),
+            notification_id: "n4".into(),
+            status_after: None,
+            unparked_from: None,
+        }),
+        state: Some(more.clone()),
+        unparked,
+        conflicts,
+        aliases: vec![],
+    };
+    let r1_again = RecordedEvent {
+        event: refund.clone(),
+        notification_id: "n1".into(),
+        status_after: None,
+        unparked_from: Some(refund.payment_key.clone()),
+    };
+    let r1_conflict = ParkedEntry {
+        payment_key: refund.payment_key.clone(),
+        parked: ParkedEvent {
+            conflict: Some("stale".into()),
+            ..parked(&refund, "n1")
+        },
+    };
+    for stale in [
+        later(vec![r1_again], vec![]),
+        later(vec![], vec![r1_conflict]),
+    ] {
+        assert_eq!(
+            l.write(&stale).await.unwrap(),
+            ApplyOutcome::VersionConflict
+        );
+    }
+    let entry = l.load(&pay.payment_key).await.unwrap();
+    assert_eq!(
+        (
+            entry.version,
+            entry.state.unwrap().refunded_minor,
+            entry.parked.len()
+        ),
+        (3, 300, 1)
+    );
+    assert_eq!(l.history(&pay.payment_key).await.unwrap().len(), 2);
+    // The same write naming what is still parked (r2, its conflict again)
+    // goes through.
+    let r2_conflict = ParkedEntry {
+        payment_key: over.payment_key.clone(),
+        parked: entry.parked[0].clone(),
+    };
+    assert_eq!(
+        l.write(&later(vec![], vec![r2_conflict])).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let history = l.history(&pay.payment_key).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| h.event_key.as_str())
+            .collect::<Vec<_>>(),
+        ["pay", "r1", "r3"]
+    );
 }
 
 fn watch(order: &str, due: time::OffsetDateTime) -> Watch {

@@ -454,7 +454,9 @@ pub const WATCH_SCAN_LIMIT: usize = 1_000;
 ///   one that only records an event; an alias key's version is raised too.
 /// - A parked event is stored under `key` until a write names it in
 ///   `unparked` (recorded as an event, removed from the parked ones) or in
-///   `conflicts` (kept parked with the reason).
+///   `conflicts` (kept parked with the reason). A write that names an event
+///   no longer parked there (planned on a view of the parked events older
+///   than the version it read) is refused as `VersionConflict`.
 /// - `load` returns the state, version, parked events and alias of a key as
 ///   of one point in time.
 /// - `history` lists a payment's recorded events in the order they were applied.

@@ -660,10 +660,14 @@ impl DynamoLedger {
                 items.push(
                     TransactWriteItem::builder()
                         .delete(built(
+                            // Still parked: a query may have shown it
+                            // after another write had unparked it (a query
+                            // is read-committed per item, not a snapshot).
                             Delete::builder()
                                 .table_name(&self.table)
                                 .key("pk", s(from.as_str()))
                                 .key("sk", s(parked_sk(&r.event.event_key)))
+                                .condition_expression("attribute_exists(pk)")
                                 .build(),
                         )?)
                         .build(),
@@ -714,16 +718,22 @@ impl DynamoLedger {
         }
     }
 
-    /// A transaction put of `item`, only if no item has its key when asked.
+    /// A transaction put of `item`: only if no item has its key (`new`), else
+    /// only if one does (a parked event rewritten with its conflict must
+    /// still be parked).
     fn put_item(
         &self,
         item: HashMap<String, AttributeValue>,
-        only_if_new: bool,
+        new: bool,
     ) -> Result<TransactWriteItem, LedgerError> {
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
-        if only_if_new {
-            put = put.condition_expression("attribute_not_exists(pk)");
-        }
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(if new {
+                "attribute_not_exists(pk)"
+            } else {
+                "attribute_exists(pk)"
+            });
         Ok(TransactWriteItem::builder()
             .put(built(put.build())?)
             .build())
@@ -733,7 +743,7 @@ impl DynamoLedger {
         &self,
         key: &str,
         p: &ParkedEvent,
-        only_if_new: bool,
+        new: bool,
     ) -> Result<TransactWriteItem, LedgerError> {
         let mut item = HashMap::from([
             ("pk".to_owned(), s(key)),
@@ -750,7 +760,7 @@ impl DynamoLedger {
         if let Some(why) = &p.conflict {
             item.insert("conflict".to_owned(), s(why));
         }
-        self.put_item(item, only_if_new)
+        self.put_item(item, new)
     }
 
     /// The `STATE` item of `key` at `expected_version + 1`: the payment's

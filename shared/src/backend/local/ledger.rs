@@ -240,6 +240,17 @@ fn is_known(c: &Connection, key: &str, event_key: &str) -> rusqlite::Result<bool
     .is_some())
 }
 
+fn is_parked(c: &Connection, key: &str, event_key: &str) -> rusqlite::Result<bool> {
+    Ok(row(
+        c,
+        "SELECT 1 FROM parked WHERE payment_key = ?1 AND event_key = ?2",
+        params![key, event_key],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
 fn record(c: &Connection, key: &str, r: &RecordedEvent, now: i64) -> rusqlite::Result<()> {
     let seq: i64 = row(
         c,
@@ -343,6 +354,23 @@ fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
     }
     for a in &w.aliases {
         if stored_version(c, a.key.as_str())? != a.expected_version {
+            return Ok(ApplyOutcome::VersionConflict);
+        }
+    }
+    // What it unparks or marks conflicting must still be parked: the entry
+    // it was planned on may have shown parked events another write had
+    // already taken.
+    let parked_now = w
+        .unparked
+        .iter()
+        .filter_map(|r| Some((r.unparked_from.as_ref()?, &r.event.event_key)))
+        .chain(
+            w.conflicts
+                .iter()
+                .map(|p| (&p.payment_key, &p.parked.event.event_key)),
+        );
+    for (from, event_key) in parked_now {
+        if !is_parked(c, from.as_str(), event_key.as_str())? {
             return Ok(ApplyOutcome::VersionConflict);
         }
     }
