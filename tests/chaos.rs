@@ -19,6 +19,7 @@ on_both_backends!(
     ledger_outage_outlasting_the_receive_limit_is_retried_until_it_ends,
     transient_failures_past_retry_for_are_dead_lettered_as_retries_exhausted,
     a_failed_duplicate_check_retries_instead_of_dead_lettering,
+    a_failed_delete_is_not_counted_and_the_redelivery_is_a_duplicate,
     a_panic_is_caught_retried_and_dead_lettered_as_panic,
     archive_down_answers_503_and_enqueues_nothing,
     an_archive_put_retried_after_its_success_is_not_a_503,
@@ -109,6 +110,23 @@ async fn a_failed_duplicate_check_retries_instead_of_dead_lettering(kind: Kind) 
     assert_eq!(t.faults().ledger.injected(), 1);
     assert_eq!(t.app().stats.snapshot().retried, retried + 1);
     assert_eq!(t.payment("dup").await.unwrap().status, PaymentStatus::Paid);
+    assert_clean(&t).await;
+}
+
+async fn a_failed_delete_is_not_counted_and_the_redelivery_is_a_duplicate(kind: Kind) {
+    let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
+    t.faults().queue.only(Some(&["delete"]));
+    t.faults().queue.fail_nth(1);
+    t.sim.send(t.sim.purchase("del", 500)).await;
+    t.wait_for_status("del", PaymentStatus::Paid).await;
+    // Applied, but its delete failed: it comes back after its visibility
+    // timeout, is a duplicate, and is deleted. The stats count what left
+    // the queue: one duplicate, no applied.
+    t.wait_until_drained().await;
+    let stats = t.app().stats.snapshot();
+    assert_eq!(t.faults().queue.injected(), 1);
+    assert_eq!((stats.applied, stats.duplicates), (0, 1), "{stats:?}");
+    assert_eq!(t.payment("del").await.unwrap().version, 1);
     assert_clean(&t).await;
 }
 

@@ -69,8 +69,7 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
             if crashes_after_apply(ctx) {
                 return Ok(Settled::Abandoned);
             }
-            ctx.queue.delete(&message.receipt).await?;
-            acknowledged(ctx, source, *kind);
+            deleted(ctx, source, *kind, ctx.queue.delete(&message.receipt)).await?;
             Ok(Settled::Done)
         }
         Disposition::Retry(why) => retry(ctx, processed, why).await,
@@ -115,8 +114,13 @@ async fn split(
     for chunk in bodies.chunks(10) {
         ctx.queue.send_batch(chunk).await?;
     }
-    ctx.queue.delete(&message.receipt).await?;
-    acknowledged(ctx, &processed.source, AckKind::Split);
+    deleted(
+        ctx,
+        &processed.source,
+        AckKind::Split,
+        ctx.queue.delete(&message.receipt),
+    )
+    .await?;
     Ok(Settled::Done)
 }
 
@@ -124,6 +128,24 @@ async fn split(
 pub fn acknowledged(ctx: &WorkerContext, source: &str, kind: AckKind) {
     ctx.stats.ack(kind);
     ctx.metrics.acknowledged(source, kind.as_str());
+}
+
+/// Runs `delete` of a message acknowledged as `kind`, counted in the stats
+/// before it (whoever sees the queue without it sees it counted; taken back
+/// if the delete fails) and in the metrics after it.
+async fn deleted(
+    ctx: &WorkerContext,
+    source: &str,
+    kind: AckKind,
+    delete: impl std::future::Future<Output = Result<(), QueueError>>,
+) -> Result<(), QueueError> {
+    ctx.stats.ack(kind);
+    if let Err(e) = delete.await {
+        ctx.stats.unack(kind);
+        return Err(e);
+    }
+    ctx.metrics.acknowledged(source, kind.as_str());
+    Ok(())
 }
 
 /// Counts a retry in the demo's stats and the metrics.
@@ -140,11 +162,17 @@ async fn dead_letter(
     error: &str,
 ) -> Result<Settled, QueueError> {
     Span::current().record("stage", "dead_letter");
-    ctx.queue
-        .dead_letter(&processed.message, reason, error)
-        .await?;
-    warn!(reason = %reason, error = %error, "dead-lettered");
+    // Counted first, as an acknowledgement (see `deleted`).
     ctx.stats.dead_letter(reason);
+    if let Err(e) = ctx
+        .queue
+        .dead_letter(&processed.message, reason, error)
+        .await
+    {
+        ctx.stats.undo_dead_letter(reason);
+        return Err(e);
+    }
+    warn!(reason = %reason, error = %error, "dead-lettered");
     ctx.metrics.dead_lettered(&processed.source, reason);
     Ok(Settled::Done)
 }
@@ -233,13 +261,20 @@ pub async fn settle_batch(ctx: &WorkerContext, results: Vec<Processed>) {
         .iter()
         .map(|(p, _)| p.message.receipt.clone())
         .collect();
+    // Counted in the stats before the delete, as in `deleted`.
+    for (_, kind) in &acked {
+        ctx.stats.ack(*kind);
+    }
     match ctx.queue.delete_batch(&receipts).await {
         Ok(()) => {
             for (p, kind) in &acked {
-                acknowledged(ctx, &p.source, *kind);
+                ctx.metrics.acknowledged(&p.source, kind.as_str());
             }
         }
         Err(e) => {
+            for (_, kind) in &acked {
+                ctx.stats.unack(*kind);
+            }
             warn!(error = %e, count = receipts.len(), "deleting acknowledged messages failed; they will be redelivered as duplicates")
         }
     }

@@ -43,25 +43,47 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
-    pub(crate) fn ack(&self, kind: AckKind) {
-        let c = match kind {
+    fn counter(&self, kind: AckKind) -> &AtomicU64 {
+        match kind {
             AckKind::Applied => &self.applied,
             AckKind::Recorded => &self.recorded,
             AckKind::Duplicate => &self.duplicates,
             AckKind::Parked => &self.parked,
             AckKind::Ignored => &self.ignored,
             AckKind::Split => &self.split,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an acknowledged message. The worker counts it before its
+    /// delete, so that whoever sees the message gone from the queue sees it
+    /// counted, and takes it back with [`Stats::unack`] when the delete fails.
+    pub(crate) fn ack(&self, kind: AckKind) {
+        self.counter(kind).fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn unack(&self, kind: AckKind) {
+        self.counter(kind).fetch_sub(1, Ordering::SeqCst);
     }
 
     pub(crate) fn retry(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a dead letter (before the move, as [`Stats::ack`]).
     pub(crate) fn dead_letter(&self, reason: &str) {
         if let Ok(mut d) = self.dead.lock() {
             *d.entry(reason.to_owned()).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn undo_dead_letter(&self, reason: &str) {
+        if let Ok(mut d) = self.dead.lock() {
+            if let Some(n) = d.get_mut(reason) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    d.remove(reason);
+                }
+            }
         }
     }
 
