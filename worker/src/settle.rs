@@ -69,7 +69,7 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
             if crashes_after_apply(ctx) {
                 return Ok(Settled::Abandoned);
             }
-            deleted(ctx, source, *kind, ctx.queue.delete(&message.receipt)).await?;
+            deleted(ctx, &[(source, *kind)], ctx.queue.delete(&message.receipt)).await?;
             Ok(Settled::Done)
         }
         Disposition::Retry(why) => retry(ctx, processed, why).await,
@@ -116,8 +116,7 @@ async fn split(
     }
     deleted(
         ctx,
-        &processed.source,
-        AckKind::Split,
+        &[(&processed.source, AckKind::Split)],
         ctx.queue.delete(&message.receipt),
     )
     .await?;
@@ -130,21 +129,27 @@ pub fn acknowledged(ctx: &WorkerContext, source: &str, kind: AckKind) {
     ctx.metrics.acknowledged(source, kind.as_str());
 }
 
-/// Runs `delete` of a message acknowledged as `kind`, counted in the stats
-/// before it (whoever sees the queue without it sees it counted; taken back
-/// if the delete fails) and in the metrics after it.
+/// Runs `delete` of the messages `acked` (each its source and how it was
+/// acknowledged), counted in the stats before it (whoever sees the queue
+/// without them sees them counted; taken back if the delete fails) and in
+/// the metrics after it.
 async fn deleted(
     ctx: &WorkerContext,
-    source: &str,
-    kind: AckKind,
+    acked: &[(&str, AckKind)],
     delete: impl std::future::Future<Output = Result<(), QueueError>>,
 ) -> Result<(), QueueError> {
-    ctx.stats.ack(kind);
+    for (_, kind) in acked {
+        ctx.stats.ack(*kind);
+    }
     if let Err(e) = delete.await {
-        ctx.stats.unack(kind);
+        for (_, kind) in acked {
+            ctx.stats.unack(*kind);
+        }
         return Err(e);
     }
-    ctx.metrics.acknowledged(source, kind.as_str());
+    for (source, kind) in acked {
+        ctx.metrics.acknowledged(source, kind.as_str());
+    }
     Ok(())
 }
 
@@ -261,21 +266,11 @@ pub async fn settle_batch(ctx: &WorkerContext, results: Vec<Processed>) {
         .iter()
         .map(|(p, _)| p.message.receipt.clone())
         .collect();
-    // Counted in the stats before the delete, as in `deleted`.
-    for (_, kind) in &acked {
-        ctx.stats.ack(*kind);
-    }
-    match ctx.queue.delete_batch(&receipts).await {
-        Ok(()) => {
-            for (p, kind) in &acked {
-                ctx.metrics.acknowledged(&p.source, kind.as_str());
-            }
-        }
-        Err(e) => {
-            for (_, kind) in &acked {
-                ctx.stats.unack(*kind);
-            }
-            warn!(error = %e, count = receipts.len(), "deleting acknowledged messages failed; they will be redelivered as duplicates")
-        }
+    let kinds: Vec<(&str, AckKind)> = acked
+        .iter()
+        .map(|(p, kind)| (p.source.as_str(), *kind))
+        .collect();
+    if let Err(e) = deleted(ctx, &kinds, ctx.queue.delete_batch(&receipts)).await {
+        warn!(error = %e, count = receipts.len(), "deleting acknowledged messages failed; they will be redelivered as duplicates");
     }
 }
