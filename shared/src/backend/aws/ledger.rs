@@ -917,23 +917,12 @@ impl Ledger for DynamoLedger {
         key: &PaymentKey,
         event_key: &EventKey,
     ) -> Result<bool, LedgerError> {
-        let recorded = has_key(&self.payment_item(key, &["keys"]).await?, event_key);
-        if recorded {
-            return Ok(true);
-        }
-        // Parked, else neither: a second read, only on the rare conflict path.
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(key.as_str()))
-            .key("sk", s(parked_sk(event_key)))
-            .projection_expression("pk")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable(describe(&e)))?;
-        Ok(out.item.is_some())
+        // The worker's read, as fresh as `load`: the item's `keys`, or a
+        // parked item.
+        Ok(self
+            .read_entry(key, Some(event_key), Freshness::Latest)
+            .await?
+            .seen)
     }
 
     async fn events_between(
