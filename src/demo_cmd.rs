@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use paynotify::app::{init_logging, App, AppOptions};
 use paynotify::gateway_sim::{GatewaySim, Txn, TxnState};
 use paynotify::simulate::{run_mix, Mix, Simulator};
@@ -31,8 +30,8 @@ pub struct Args {
     duplicates: f64,
     /// Send a payment's refunds, void and other deliveries this many seconds
     /// after its first delivery, as a PSP does, instead of at once.
-    #[arg(long)]
-    follow_up_secs: Option<f64>,
+    #[arg(long = "follow-up-secs", value_name = "SECS", value_parser = crate::simulate_cmd::parse_secs)]
+    follow_up: Option<Duration>,
     /// Data directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
@@ -248,11 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         voids: 0.05,
         early_refunds: 0.1,
         concurrency: 64,
-        follow_up: args
-            .follow_up_secs
-            .map(Duration::try_from_secs_f64)
-            .transpose()
-            .context("--follow-up-secs must be a number of seconds ≥ 0")?,
+        follow_up: args.follow_up,
     };
     let started = Instant::now();
     let report = run_mix(sim, Some(forger), &mix).await;

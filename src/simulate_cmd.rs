@@ -53,8 +53,17 @@ pub struct Args {
     concurrency: usize,
     /// Send a payment's refunds, void and other deliveries this many seconds
     /// after its first delivery, as a PSP does, instead of at once.
-    #[arg(long)]
-    follow_up_secs: Option<f64>,
+    #[arg(long = "follow-up-secs", value_name = "SECS", value_parser = parse_secs)]
+    follow_up: Option<std::time::Duration>,
+}
+
+/// A number of seconds, fractions allowed, as a duration.
+pub(crate) fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|e| format!("not a number of seconds: {e}"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|e| format!("not a number of seconds ≥ 0: {e}"))
 }
 
 /// The webhook schemes the simulator speaks.
@@ -107,11 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         early_refunds: args.early_refunds,
         concurrency: args.concurrency,
-        follow_up: args
-            .follow_up_secs
-            .map(std::time::Duration::try_from_secs_f64)
-            .transpose()
-            .context("--follow-up-secs must be a number of seconds ≥ 0")?,
+        follow_up: args.follow_up,
     };
     let report = run_mix(sim, None, &mix).await;
     crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
@@ -120,4 +125,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn seconds_parse_with_fractions_and_refuse_what_is_not_a_duration() {
+        assert_eq!(super::parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(super::parse_secs("0.25"), Ok(Duration::from_millis(250)));
+        for bad in ["-1", "nan", "inf", "", "30s"] {
+            assert!(super::parse_secs(bad).is_err(), "{bad}");
+        }
+    }
 }
