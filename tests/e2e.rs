@@ -466,12 +466,21 @@ mod aws_only {
         let count = |name: &str| calls.snapshot().get(name).copied().unwrap_or(0);
         use aws_sdk_dynamodb::types::AttributeValue;
         let event = |id: &str, kind, minor| support::event("spill", id, kind, minor);
-        let (updates, transactions, queries, gets) = (
-            count("DynamoDB.UpdateItem"),
-            count("DynamoDB.TransactWriteItems"),
-            count("DynamoDB.Query"),
-            count("DynamoDB.GetItem"),
-        );
+        // Calls since `before`: UpdateItem, TransactWriteItems, Query, GetItem.
+        let names = [
+            "DynamoDB.UpdateItem",
+            "DynamoDB.TransactWriteItems",
+            "DynamoDB.Query",
+            "DynamoDB.GetItem",
+        ];
+        let since = |before: [u64; 4]| {
+            let mut n = names.map(count);
+            for (n, b) in n.iter_mut().zip(before) {
+                *n -= b;
+            }
+            n
+        };
+        let before = names.map(count);
         let extra = 3;
         let events = INLINE_EVENTS + extra;
         // The payment, then refunds.
@@ -483,43 +492,25 @@ mod aws_only {
             }
         };
         for i in 0..events {
-            let e = nth(i);
             assert_eq!(
-                apply(b.ledger.as_ref(), "n", e).await,
+                apply(b.ledger.as_ref(), "n", nth(i)).await,
                 Disposition::Ack(AckKind::Applied)
             );
         }
         // INLINE_EVENTS updates that fit, then `extra` refused ones, each
-        // followed by a spill transaction.
-        assert_eq!(count("DynamoDB.UpdateItem") - updates, events);
-        assert_eq!(count("DynamoDB.TransactWriteItems") - transactions, extra);
-        // One read before each write (the payment's item and parked items in
-        // one query); a refused update is read back once to plan its spill.
-        assert_eq!(count("DynamoDB.Query") - queries, events);
-        assert_eq!(count("DynamoDB.GetItem") - gets, extra);
+        // followed by a spill transaction; one read before each write (the
+        // payment's item and parked items in one query); a refused update is
+        // read back once to plan its spill.
+        assert_eq!(since(before), [events, extra, events, extra]);
         // A later redelivery of each event is one read and no write.
-        let (updates, transactions, queries, gets) = (
-            count("DynamoDB.UpdateItem"),
-            count("DynamoDB.TransactWriteItems"),
-            count("DynamoDB.Query"),
-            count("DynamoDB.GetItem"),
-        );
+        let before = names.map(count);
         for i in 0..events {
-            let e = nth(i);
             assert_eq!(
-                apply(b.ledger.as_ref(), "again", e).await,
+                apply(b.ledger.as_ref(), "again", nth(i)).await,
                 Disposition::Ack(AckKind::Duplicate)
             );
         }
-        assert_eq!(count("DynamoDB.Query") - queries, events);
-        assert_eq!(
-            (
-                count("DynamoDB.UpdateItem") - updates,
-                count("DynamoDB.TransactWriteItems") - transactions,
-                count("DynamoDB.GetItem") - gets,
-            ),
-            (0, 0, 0)
-        );
+        assert_eq!(since(before), [0, 0, events, 0]);
         let clients = Clients::new(&config.aws).await;
         let key = event("pay", paynotify_shared::EventKind::Payment, 1).payment_key;
         let overflow = clients
