@@ -115,6 +115,10 @@ pub struct BackendConfig {
     pub visibility_timeout_secs: u32,
     /// Receives before a message goes to the dead-letter queue.
     pub max_receives: u32,
+    /// Local backend: SQLite files the queue is split into, each with its
+    /// own writer thread, so that ingest and workers on many cores do not
+    /// wait on one writer. Unset: the machine's cores, at most 8.
+    pub queue_shards: Option<usize>,
     pub aws: AwsConfig,
 }
 
@@ -125,6 +129,7 @@ impl Default for BackendConfig {
             data_dir: PathBuf::from("paynotify-data"),
             visibility_timeout_secs: 30,
             max_receives: 8,
+            queue_shards: None,
             aws: AwsConfig::default(),
         }
     }
@@ -612,6 +617,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .backend
+            .queue_shards
+            .is_some_and(|n| n == 0 || n > crate::backend::local::MAX_QUEUE_SHARDS)
+        {
+            return Err(ConfigError::Setting(format!(
+                "backend.queue_shards is 1 to {}",
+                crate::backend::local::MAX_QUEUE_SHARDS
+            )));
+        }
         let i = &self.ingest;
         if i.segment_max_records == 0 || i.segment_writers == Some(0) {
             return Err(ConfigError::Setting(
@@ -755,6 +770,24 @@ mod tests {
             (c.ingest.segment_window_ms, c.ingest.segment_writers),
             (Some(1000), Some(2))
         );
+    }
+
+    #[test]
+    fn queue_shards_are_bounded() {
+        let c = Config::from_toml(TOML, Path::new("/")).unwrap();
+        assert_eq!(
+            c.backend.queue_shards, None,
+            "unset: one per core, at most 8"
+        );
+        for bad in [0, 65] {
+            let toml = format!("[backend]\nqueue_shards = {bad}\n{TOML}");
+            let e = Config::from_toml(&toml, Path::new("/")).unwrap_err();
+            assert!(matches!(e, ConfigError::Setting(_)), "{bad}: {e}");
+        }
+        let toml = format!("[backend]\nqueue_shards = 64\n{TOML}");
+        let c = Config::from_toml(&toml, Path::new("/")).unwrap();
+        assert_eq!(c.backend.queue_shards, Some(64));
+        assert!((1..=8).contains(&crate::backend::local::default_queue_shards()));
     }
 
     const SW: &str = r#"

@@ -226,3 +226,226 @@ fn processes_opening_one_fresh_ledger_at_once_all_succeed() {
         assert_eq!(version, 3);
     }
 }
+
+/// Receives until `n` messages have come or `secs` pass.
+async fn receive_all(
+    q: &LocalQueue,
+    n: usize,
+    secs: u64,
+) -> Vec<paynotify_shared::ports::QueueMessage> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut got = Vec::new();
+    while got.len() < n && std::time::Instant::now() < deadline {
+        got.extend(q.receive(10, Duration::from_millis(200)).await.unwrap());
+    }
+    got
+}
+
+fn queue_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sqlite3"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_queue_spreads_sends_and_delivers_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = LocalQueue::open_sharded(&dir.path().join("q.sqlite3"), 4, 30, 5).unwrap();
+    assert_eq!(
+        queue_files(dir.path()),
+        ["q-1.sqlite3", "q-2.sqlite3", "q-3.sqlite3", "q.sqlite3"]
+    );
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move { q.send(format!("{i}").as_bytes()).await.unwrap() })
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    assert_eq!(q.depth().await.unwrap(), 40);
+    let got = receive_all(&q, 40, 10).await;
+    let mut bodies: Vec<usize> = got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.body).unwrap().parse().unwrap())
+        .collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, (0..40).collect::<Vec<_>>(), "each message once");
+    let shards: std::collections::BTreeSet<&str> = got
+        .iter()
+        .map(|m| m.receipt.0.split_once(':').unwrap().0)
+        .collect();
+    assert_eq!(shards.len(), 4, "sends went to every shard: {shards:?}");
+    assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 40));
+    // One batch naming every shard deletes them all.
+    let receipts: Vec<_> = got.iter().map(|m| m.receipt.clone()).collect();
+    for chunk in receipts.chunks(10) {
+        q.delete_batch(chunk).await.unwrap();
+    }
+    assert_eq!(q.depth().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_dead_letters_list_in_order_redrive_and_purge_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = LocalQueue::open_sharded(&dir.path().join("q.sqlite3"), 3, 30, 5).unwrap();
+    for i in 0..6 {
+        q.send(format!("{i}").as_bytes()).await.unwrap();
+    }
+    let got = receive_all(&q, 6, 10).await;
+    assert_eq!(got.len(), 6);
+    for (i, m) in got.iter().enumerate() {
+        let reason = if i % 2 == 0 {
+            "BadSignature"
+        } else {
+            "conflict"
+        };
+        q.dead_letter(m, reason, &format!("e{i}")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(
+        (q.depth().await.unwrap(), q.dlq_depth().await.unwrap()),
+        (0, 6)
+    );
+    let listed = q.dlq_list(4).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.error.as_str()).collect::<Vec<_>>(),
+        ["e0", "e1", "e2", "e3"],
+        "the oldest first over all shards"
+    );
+    assert_eq!(q.redrive(Some("conflict")).await.unwrap(), 3);
+    let back = receive_all(&q, 3, 10).await;
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|m| m.receive_count == 1));
+    let purged = q.purge_dead_letters(None, &|_| {}).await.unwrap();
+    assert_eq!(purged.len(), 3);
+    assert_eq!(q.stats().await.unwrap().dead_letters, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fewer_shards_later_strand_nothing_and_more_from_another_process_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite3");
+    {
+        let wide = LocalQueue::open_sharded(&path, 4, 30, 5).unwrap();
+        for i in 0..12 {
+            wide.send(format!("{i}").as_bytes()).await.unwrap();
+        }
+    }
+    // Reopened with one shard: the other three are still drained.
+    let narrow = LocalQueue::open(&path, 30, 5).unwrap();
+    assert_eq!(narrow.shard_count(), 4);
+    assert_eq!(receive_all(&narrow, 12, 10).await.len(), 12);
+
+    // A worker opened on one shard finds those an ingest adds afterwards.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite3");
+    let worker = LocalQueue::open(&path, 30, 5).unwrap();
+    let ingest = LocalQueue::open_sharded(&path, 3, 30, 5).unwrap();
+    for i in 0..9 {
+        ingest.send(format!("{i}").as_bytes()).await.unwrap();
+    }
+    let got = receive_all(&worker, 9, 10).await;
+    assert_eq!(got.len(), 9, "within a rescan of the directory");
+    assert_eq!(worker.shard_count(), 3);
+    let receipts: Vec<_> = got.iter().map(|m| m.receipt.clone()).collect();
+    worker.delete_batch(&receipts).await.unwrap();
+    assert_eq!(ingest.depth().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_shard_fails_over_its_sends_and_is_passed_over_by_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = LocalQueue::open_sharded(&dir.path().join("q.sqlite3"), 2, 30, 5).unwrap();
+    q.send(b"before").await.unwrap();
+    q.send(b"before").await.unwrap();
+    q.stop_shard_writer(1);
+    for _ in 0..100 {
+        if q.fatal().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        q.fatal().unwrap().contains("q-1.sqlite3"),
+        "readiness fails"
+    );
+    // Every send lands on the shard that still writes.
+    for _ in 0..4 {
+        q.send(b"after").await.unwrap();
+    }
+    // Receives give what shard 0 holds and never fail while it gives some.
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.extend(q.receive(10, Duration::from_millis(100)).await.unwrap());
+    }
+    assert_eq!(
+        got.len(),
+        5,
+        "shard 0's one message from before and the four after"
+    );
+    assert!(got.iter().all(|m| m.receipt.0.starts_with("0:")));
+    // With shard 0 empty, the stopped shard's message makes the receive fail
+    // (not an empty answer that would hide it).
+    assert!(q.receive(10, Duration::from_millis(100)).await.is_err());
+}
+
+#[tokio::test]
+async fn foreign_receipts_match_nothing_and_bad_shard_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.sqlite3");
+    let q = LocalQueue::open_sharded(&path, 2, 30, 5).unwrap();
+    q.send(b"m").await.unwrap();
+    let m = receive_all(&q, 1, 5).await.pop().unwrap();
+    let (_, local) = m.receipt.0.split_once(':').unwrap();
+    for foreign in [
+        String::new(),
+        "garbage".into(),
+        format!("9:{local}"),
+        format!("x:{local}"),
+        local.to_owned(),
+        "0:".into(),
+    ] {
+        let r = paynotify_shared::ports::Receipt(foreign.clone());
+        q.delete(&r).await.unwrap();
+        q.delay(&r, 60).await.unwrap();
+        let mut stale = m.clone();
+        stale.receipt = r;
+        q.dead_letter(&stale, "BadSignature", "x").await.unwrap();
+        assert_eq!(
+            (q.depth().await.unwrap(), q.dlq_depth().await.unwrap()),
+            (1, 0),
+            "{foreign:?}"
+        );
+    }
+    q.delete(&m.receipt).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), 0);
+
+    for bad in [0, 65] {
+        assert!(
+            LocalQueue::open_sharded(&path, bad, 30, 5).is_err(),
+            "{bad} shards"
+        );
+    }
+    // Names that only look like shards are not opened…
+    for name in [
+        "q-01.sqlite3",
+        "q-5.sqlite3-wal",
+        "q-x.sqlite3",
+        "r-5.sqlite3",
+    ] {
+        std::fs::write(dir.path().join(name), b"").unwrap();
+    }
+    assert_eq!(LocalQueue::open(&path, 30, 5).unwrap().shard_count(), 2);
+    // …and a shard past the limit is named, not silently left unread.
+    std::fs::write(dir.path().join("q-64.sqlite3"), b"").unwrap();
+    let e = LocalQueue::open(&path, 30, 5).err().unwrap().to_string();
+    assert!(e.contains("q-64.sqlite3"), "{e}");
+}

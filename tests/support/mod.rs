@@ -76,6 +76,10 @@ pub async fn prepare(kind: Kind, config: &mut BackendConfig, dir: &std::path::Pa
         Kind::Local => {
             config.kind = BackendKind::Local;
             config.data_dir = dir.join("data");
+            // Every local test runs on a sharded queue (more shards than
+            // the test machine's cores, so sends, receives and deletes
+            // cross shards).
+            config.queue_shards = Some(3);
         }
         Kind::Aws => {
             std::env::set_var("AWS_ACCESS_KEY_ID", "test");

@@ -12,7 +12,15 @@ use std::sync::Arc;
 
 pub use archive::LocalArchive;
 pub use ledger::LocalLedger;
-pub use queue::LocalQueue;
+pub use queue::{LocalQueue, MAX_SHARDS as MAX_QUEUE_SHARDS};
+
+/// Queue shards when the configuration leaves them unset: one per core, so
+/// each core's requests can commit without waiting on another's, at most 8
+/// (past that, more files mean smaller commit groups for little gain).
+#[must_use]
+pub fn default_queue_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
 
 use super::{BackendError, Backends};
 use crate::config::BackendConfig;
@@ -29,8 +37,9 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
     };
     std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     let archive = LocalArchive::open(dir.join("archive")).map_err(|e| fail(e.to_string()))?;
-    let queue = LocalQueue::open(
+    let queue = LocalQueue::open_sharded(
         &dir.join("queue.sqlite3"),
+        config.queue_shards.unwrap_or_else(default_queue_shards),
         config.visibility_timeout_secs,
         config.max_receives,
     )

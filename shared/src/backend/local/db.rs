@@ -106,7 +106,7 @@ impl Db {
         let stopped = Arc::new(AtomicBool::new(false));
         let flag = StopFlag(stopped.clone());
         std::thread::Builder::new()
-            .name(format!("sqlite-writer-{name}"))
+            .name(format!("db-{name}"))
             .spawn(move || {
                 let _flag = flag;
                 writer_loop(write_conn, rx);
