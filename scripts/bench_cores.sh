@@ -15,7 +15,8 @@
 # to the other cores (on all cores when n is every core: the row says so), at
 # each connection count in $CONNS, $DURATION per row. The same for a bare axum
 # handler answering 200 at each n in $BARE_CORES. Rows for other segment
-# settings with SETTINGS="WINDOW_MS:WRITERS ..." (default: the backend's).
+# settings with SETTINGS="WINDOW_MS:WRITERS ..." and other local queue shard
+# counts with QUEUE_SHARDS="1 8 ..." (default "-": the backend's).
 # It prints one table with the fdatasync latency of the disk it wrote to; with
 # RESULTS=DIR it appends the table to DIR/cores.txt and keeps each row's oha
 # JSON in DIR/rows-HHMMSS.tar.gz.
@@ -51,6 +52,7 @@ measure() {
   CONNS=${CONNS:-"64 256"}
   BARE_CORES=${BARE_CORES-"2 $(nproc)"}
   SETTINGS=${SETTINGS:-"-"}
+  QUEUE_SHARDS=${QUEUE_SHARDS:-"-"}
   # On the disk the repo is on: /tmp may be memory, where fdatasync is free.
   work=$(mktemp -d "$PWD/.bench-cores.XXXXXX")
   trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
@@ -112,23 +114,28 @@ PY
   } | tee "$work/table.txt"
 
   for setting in $SETTINGS; do
-    local env=() name="default segments"
+   for shards in $QUEUE_SHARDS; do
+    local env=(RUST_LOG=warn) name="default segments"
     if [ "$setting" != "-" ]; then
-      env=(PAYNOTIFY__INGEST__SEGMENT_WINDOW_MS="${setting%%:*}" PAYNOTIFY__INGEST__SEGMENT_WRITERS="${setting##*:}")
+      env+=(PAYNOTIFY__INGEST__SEGMENT_WINDOW_MS="${setting%%:*}" PAYNOTIFY__INGEST__SEGMENT_WRITERS="${setting##*:}")
       name="window ${setting%%:*} ms, ${setting##*:} writers"
+    fi
+    if [ "$shards" != "-" ]; then
+      env+=(PAYNOTIFY__BACKEND__QUEUE_SHARDS="$shards")
+      name="$name, $shards queue shards"
     fi
     for n in $CORES; do
       for c in $CONNS; do
-        local dir="$work/run-$n-$c-${setting/:/_}"
+        local dir="$work/run-$n-$c-${setting/:/_}-$shards"
         config "$dir" > "$dir.toml"
         sync; sleep 2
-        env RUST_LOG=warn "${env[@]}" taskset -c "0-$((n - 1))" "$kit/paynotify-ingest" --config "$dir.toml" \
+        env "${env[@]}" taskset -c "0-$((n - 1))" "$kit/paynotify-ingest" --config "$dir.toml" \
           2> "$dir.log" & local pid=$!
         wait_port 18280 || { echo "ingest did not start:" >&2; cat "$dir.log" >&2; exit 1; }
         local r
         r=$(load "$n" "$c" http://127.0.0.1:18280/notify/unionpay)
         kill $pid; wait $pid || true
-        keep "ingest-$n-$c-${setting/:/_}" "$r"
+        keep "ingest-$n-$c-${setting/:/_}-$shards" "$r"
         local objects
         objects=$(find "$dir/archive/raw" -type f | wc -l)
         row "ingest ($name), $n, $c" "$r" \
@@ -136,6 +143,7 @@ PY
         rm -rf "$dir"
       done
     done
+   done
   done
   for n in $BARE_CORES; do
     sync; sleep 1
