@@ -355,7 +355,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
             println!("ledger    {}/data/ledger.sqlite3", dir.display());
-            println!("queue+DLQ {}/data/queue.sqlite3", dir.display());
+            println!(
+                "queue+DLQ {}/data/queue.sqlite3 (and queue-N.sqlite3, its other shards)",
+                dir.display()
+            );
         }
     }
     println!("inspect   paynotify dlq list --config {cfg}");
