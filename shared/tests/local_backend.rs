@@ -429,10 +429,11 @@ async fn foreign_receipts_match_nothing_and_bad_shard_settings_are_refused() {
     assert_eq!(q.depth().await.unwrap(), 0);
 
     for bad in [0, 65] {
-        assert!(
-            LocalQueue::open_sharded(&path, bad, 30, 5).is_err(),
-            "{bad} shards"
-        );
+        let e = LocalQueue::open_sharded(&path, bad, 30, 5)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, format!("queue shards must be 1 to 64, not {bad}"));
     }
     // Names that only look like shards are not opened…
     for name in [

@@ -177,9 +177,10 @@ fn split_receipt(receipt: &Receipt, shards: usize) -> Option<(usize, String)> {
     Some((k, r.to_owned()))
 }
 
-/// A configuration problem found while opening the queue.
+/// A configuration problem found while opening the queue (shown as `why`
+/// alone).
 fn refused(why: String) -> rusqlite::Error {
-    rusqlite::Error::InvalidParameterName(why)
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(why)))
 }
 
 impl LocalQueue {
