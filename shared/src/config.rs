@@ -169,7 +169,8 @@ pub struct IngestConfig {
     /// …or this many bytes, whichever comes first.
     pub segment_max_bytes: usize,
     /// Segments being written at once; more wait (and keep filling).
-    /// Unset: 4 on the local backend (each is an `fdatasync`), 16 on AWS.
+    /// Unset: on the local backend one per core, 4 to 16 (each is an
+    /// `fdatasync`); 16 on AWS.
     pub segment_writers: Option<usize>,
 }
 
