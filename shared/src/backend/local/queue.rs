@@ -136,6 +136,13 @@ fn highest_shard_on_disk(path: &Path) -> std::io::Result<usize> {
     Ok(highest)
 }
 
+/// Opens shard `k` of the queue at `path`, creating its file if needed.
+fn open_shard(path: &Path, k: usize) -> rusqlite::Result<Db> {
+    let file = shard_path(path, k);
+    add_first_received_at(&file)?;
+    Db::open(&file, SCHEMA)
+}
+
 /// How often the queue looks for shard files added by another process.
 const RESCAN_MS: i64 = 1_000;
 
@@ -225,11 +232,7 @@ impl LocalQueue {
             )));
         }
         let dbs = (0..shards.max(on_disk + 1))
-            .map(|k| {
-                let file = shard_path(path, k);
-                add_first_received_at(&file)?;
-                Db::open(&file, SCHEMA)
-            })
+            .map(|k| open_shard(path, k))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Self {
             path: Arc::new(path.to_path_buf()),
@@ -275,7 +278,14 @@ impl LocalQueue {
     /// be opened is tried again at the next look.
     fn open_new_shards(&self) {
         let highest = match highest_shard_on_disk(&self.path) {
-            Ok(k) => k.min(MAX_SHARDS - 1),
+            Ok(k) if k >= MAX_SHARDS => {
+                tracing::warn!(
+                    file = %shard_path(&self.path, k).display(),
+                    "a queue shard file past the {MAX_SHARDS} a queue may have is not read; move it away"
+                );
+                MAX_SHARDS - 1
+            }
+            Ok(k) => k,
             Err(e) => {
                 tracing::warn!(error = %e, "listing the queue's directory");
                 return;
@@ -290,20 +300,21 @@ impl LocalQueue {
         }
         let mut grown = Vec::clone(&shards);
         for k in grown.len()..=highest {
-            let file = shard_path(&self.path, k);
-            match add_first_received_at(&file).and_then(|()| Db::open(&file, SCHEMA)) {
+            match open_shard(&self.path, k) {
                 Ok(db) => grown.push(db),
                 Err(e) => {
-                    tracing::warn!(error = %e, file = %file.display(), "opening a queue shard");
+                    tracing::warn!(error = %e, shard = k, "opening a queue shard");
                     break;
                 }
             }
         }
-        tracing::info!(
-            shards = grown.len(),
-            "queue shards added by another process"
-        );
-        *shards = Arc::new(grown);
+        if grown.len() > shards.len() {
+            tracing::info!(
+                shards = grown.len(),
+                "queue shards added by another process"
+            );
+            *shards = Arc::new(grown);
+        }
     }
 
     /// Inserts messages, visible after `delay_ms`, in one group-committed
