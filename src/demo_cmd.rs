@@ -8,6 +8,7 @@ use paynotify::app::{init_logging, App, AppOptions};
 use paynotify::gateway_sim::{GatewaySim, Txn, TxnState};
 use paynotify::simulate::{run_mix, Mix, Simulator};
 use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
+use paynotify_shared::ports::wait_drained;
 use paynotify_shared::scheme::unionpay::{parse_form, QueryTarget};
 use paynotify_shared::testpki::{generate, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentStatus};
@@ -253,10 +254,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = run_mix(sim, Some(forger), &mix).await;
     let sent_in = started.elapsed();
     // Wait for the queue to drain (retried messages come back after their delay).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while app.backends.queue.depth().await? > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let queue = app.backends.queue.as_ref();
+    wait_drained(queue, Duration::from_secs(120), Duration::from_millis(100)).await?;
     let drained_in = started.elapsed();
     let stats = app.stats.snapshot();
     let dlq = app.backends.queue.dlq_list(100_000).await?;

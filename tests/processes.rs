@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::simulate::{Delivery, Simulator};
 use paynotify_shared::config::Config;
+use paynotify_shared::ports::wait_drained;
 use paynotify_shared::testpki::{generate, TestPkiOptions};
 use paynotify_shared::{backend, PaymentKey, PaymentStatus};
 use support::app::{config_in, MERCHANT};
@@ -144,11 +145,12 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
 
     // This process opens the same data directory to check.
     let backends = backend::build(&config.backend).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while backends.queue.depth().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "queue never drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let drained = wait_drained(
+        backends.queue.as_ref(),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+    );
+    assert!(drained.await.unwrap(), "queue never drained");
     for (i, refunded) in &accepted {
         let key = PaymentKey::new("unionpay", MERCHANT, &format!("p{i}"));
         let state = backends.ledger.get_payment(&key).await.unwrap();
@@ -280,11 +282,12 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
     let orphan = sim.refund("logq3", "logq3r", 100);
     assert_eq!(sim.send(orphan).await, Delivery::Accepted(1));
     let backends = backend::build(&config.backend).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while backends.queue.depth().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "queue never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let drained = wait_drained(
+        backends.queue.as_ref(),
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+    );
+    assert!(drained.await.unwrap(), "queue never drained");
     // Each process exports what it does, and only that.
     let (ingest_samples, worker_samples) = (samples(admin).await, samples(worker_admin).await);
     let has = |s: &[String], prefix: &str| s.iter().any(|l| l.starts_with(prefix));

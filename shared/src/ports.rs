@@ -179,6 +179,9 @@ pub trait Queue: Send + Sync {
     ) -> Result<Vec<DeadLetter>, QueueError>;
     async fn stats(&self) -> Result<QueueStats, QueueError>;
     /// Messages not yet deleted or dead-lettered (visible or in flight).
+    /// Approximate on SQS: one whose visibility timeout ends during the
+    /// read can be counted neither visible nor in flight, so a single 0
+    /// does not prove the queue empty (see [`wait_drained`]).
     async fn depth(&self) -> Result<u64, QueueError>;
     /// Messages in the dead-letter queue (approximate on SQS).
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
@@ -191,6 +194,52 @@ pub trait Queue: Send + Sync {
     /// that ended), if so: readiness fails and the process stops.
     fn fatal(&self) -> Option<String> {
         None
+    }
+}
+
+/// Waits until `queue` reads empty twice in a row, `poll` apart, or until
+/// `timeout` has passed; true when it was drained.
+///
+/// Twice, because a depth of 0 can be read while a message is still there:
+/// SQS counts are approximate, and moto reads the visible count before the
+/// in-flight one, so a message whose visibility timeout ends between the
+/// two is in neither. That instant cannot fall into two reads `poll` apart.
+///
+/// # Errors
+/// The queue's, from reading its depth.
+pub async fn wait_drained(
+    queue: &dyn Queue,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<bool, QueueError> {
+    zero_twice(|| queue.depth(), timeout, poll).await
+}
+
+/// [`wait_drained`] over any reading of a depth.
+async fn zero_twice<F, Fut>(
+    mut depth: F,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<bool, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, QueueError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut zeros = 0;
+    loop {
+        if depth().await? == 0 {
+            zeros += 1;
+            if zeros == 2 {
+                return Ok(true);
+            }
+        } else {
+            zeros = 0;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -550,5 +599,54 @@ pub trait Ledger: Send + Sync {
             aliases: Vec::new(),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// Reads `depths` in turn (the last one forever), counting the reads.
+    async fn drained(depths: &[u64], timeout: Duration) -> (Result<bool, QueueError>, usize) {
+        let reads = Cell::new(0);
+        let out = zero_twice(
+            || {
+                let i = reads.get();
+                reads.set(i + 1);
+                let d = depths[i.min(depths.len() - 1)];
+                async move { Ok(d) }
+            },
+            timeout,
+            Duration::from_millis(1),
+        )
+        .await;
+        (out, reads.get())
+    }
+
+    #[tokio::test]
+    async fn a_lone_zero_between_messages_is_not_drained() {
+        // The 0 read while a message changed from in flight to visible.
+        let (out, reads) = drained(&[1, 0, 1, 1, 0, 0], Duration::from_secs(10)).await;
+        assert!(out.unwrap());
+        assert_eq!(reads, 6);
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_never_empties_times_out() {
+        let (out, reads) = drained(&[3, 0, 2], Duration::from_millis(30)).await;
+        assert!(!out.unwrap());
+        assert!(reads >= 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_the_queues_error() {
+        let out = zero_twice(
+            || async { Err(QueueError::Unavailable("down".into())) },
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+        );
+        assert!(matches!(out.await, Err(QueueError::Unavailable(_))));
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use paynotify::app::{App, AppOptions};
 use paynotify::simulate::Simulator;
 use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
+use paynotify_shared::ports::wait_drained;
 use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
 
@@ -185,11 +186,9 @@ impl TestApp {
     }
 
     pub async fn wait_until_drained(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.app().backends.queue.depth().await.unwrap() > 0 {
-            assert!(Instant::now() < deadline, "queue never drained");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let queue = self.app().backends.queue.as_ref();
+        let drained = wait_drained(queue, Duration::from_secs(60), Duration::from_millis(20));
+        assert!(drained.await.unwrap(), "queue never drained");
     }
 
     pub async fn dlq_reasons(&self) -> Vec<String> {
