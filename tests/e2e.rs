@@ -532,6 +532,120 @@ mod aws_only {
         assert_eq!(keys, expected, "in the order applied");
     }
 
+    /// A query reads the parked items, then the payment's item, each as
+    /// committed: a park between the two shows its version without its
+    /// event. The item names its parked events, and a view where they
+    /// differ is read again, never planned on (else the payment would be
+    /// applied over the parked refund, which would stay parked).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_of_parked_events_torn_by_a_park_is_never_planned_on() {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use paynotify_shared::EventKind;
+        use paynotify_worker::{apply::apply, AckKind, Disposition};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = paynotify_shared::config::BackendConfig::default();
+        support::prepare(Kind::Aws, &mut config, dir.path()).await;
+        let b = paynotify_shared::backend::build(&config).await.unwrap();
+        let clients = Clients::new(&config.aws).await;
+        let table = config.aws.table.clone();
+        let refund = support::event("torn", "torn-r", EventKind::Refund, 100);
+        let key = refund.payment_key.clone();
+        let pk = AttributeValue::S(key.as_str().to_owned());
+        assert_eq!(
+            apply(b.ledger.as_ref(), "n1", refund.clone()).await,
+            Disposition::Ack(AckKind::Parked)
+        );
+        let item = |sk: &str| {
+            clients
+                .dynamodb
+                .get_item()
+                .table_name(&table)
+                .key("pk", pk.clone())
+                .key("sk", AttributeValue::S(sk.to_owned()))
+                .consistent_read(true)
+                .send()
+        };
+        let parked_sk = "PARKED#torn-r";
+        let parked = item(parked_sk).await.unwrap().item.unwrap();
+        let named = |state: &std::collections::HashMap<String, AttributeValue>| {
+            state.get("parked").map(|p| p.as_ss().unwrap().len())
+        };
+        assert_eq!(named(&item("STATE").await.unwrap().item.unwrap()), Some(1));
+        // What the query sees when the park commits after its read of the
+        // parked items: the item (version 1) without the parked event.
+        clients
+            .dynamodb
+            .delete_item()
+            .table_name(&table)
+            .key("pk", pk.clone())
+            .key("sk", AttributeValue::S(parked_sk.to_owned()))
+            .send()
+            .await
+            .unwrap();
+        let err = b.ledger.load(&key).await.unwrap_err().to_string();
+        assert!(err.contains("parked events never matching"), "{err}");
+        // The payment is not applied on that view: a retry.
+        let payment = support::event("torn", "torn-p", EventKind::Payment, 500);
+        let d = apply(b.ledger.as_ref(), "n2", payment.clone()).await;
+        assert!(matches!(d, Disposition::Retry(_)), "{d:?}");
+        assert_eq!(b.ledger.load(&key).await.map(|e| e.version).ok(), None);
+        // Whole again: the payment applies and takes the refund with it,
+        // and the item names no parked event any more.
+        clients
+            .dynamodb
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(parked))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            apply(b.ledger.as_ref(), "n2", payment).await,
+            Disposition::Ack(AckKind::Applied)
+        );
+        let entry = b.ledger.load(&key).await.unwrap();
+        assert!(entry.parked.is_empty());
+        let state = entry.state.unwrap();
+        assert_eq!((state.paid_minor, state.refunded_minor), (500, 100));
+        assert_eq!(named(&item("STATE").await.unwrap().item.unwrap()), None);
+        // A history read between a spill's overflow item and the item's
+        // count (here: the overflow item gone) is never short.
+        use paynotify_shared::backend::aws::INLINE_EVENTS;
+        for i in 0..INLINE_EVENTS {
+            let r = support::event("torn", &format!("torn-r{i}"), EventKind::Refund, 1);
+            assert_eq!(
+                apply(b.ledger.as_ref(), "n3", r).await,
+                Disposition::Ack(AckKind::Applied)
+            );
+        }
+        assert_eq!(
+            b.ledger.history(&key).await.unwrap().len() as u64,
+            INLINE_EVENTS + 2
+        );
+        let overflow = clients
+            .dynamodb
+            .query()
+            .table_name(&table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :o)")
+            .expression_attribute_values(":pk", pk.clone())
+            .expression_attribute_values(":o", AttributeValue::S("EVENTS#".into()))
+            .send()
+            .await
+            .unwrap();
+        let spilled = overflow.items()[0].get("sk").unwrap().clone();
+        clients
+            .dynamodb
+            .delete_item()
+            .table_name(&table)
+            .key("pk", pk.clone())
+            .key("sk", spilled)
+            .send()
+            .await
+            .unwrap();
+        let err = b.ledger.history(&key).await.unwrap_err().to_string();
+        assert!(err.contains("never whole"), "{err}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn archived_objects_are_encrypted_json() {
         let t = spawn_app(Kind::Aws).await;

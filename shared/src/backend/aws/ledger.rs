@@ -8,7 +8,10 @@
 //! the event key is not in `keys`, so a duplicate or a concurrent writer is
 //! refused by DynamoDB itself. Writes that touch more than that item (an
 //! event parked as `PARKED#{event key}`, moved out of a park, a completion's
-//! alias, a spill) are one `TransactWriteItems`. Parked items carry
+//! alias, a spill) are one `TransactWriteItems`; the payment's item names
+//! its parked events in a set (`parked`) changed by the same writes, so a
+//! read that saw the parked items and the item at different commits reads
+//! again (a query is not a snapshot). Parked items carry
 //! `gsi_parked` and `parked_at`, the keys of the sparse `parked` index that
 //! reports old parked events. A status query owed to a PSP is an item
 //! `pk = WATCH#{id}`, `sk = WATCH`; while unfinished it carries `gsi_due` and
@@ -58,6 +61,9 @@ pub const INDEXES: [(&str, &str, &str); 2] = [
     (PARKED_INDEX, "gsi_parked", "parked_at"),
     (WATCHES_INDEX, "gsi_due", "due_at"),
 ];
+/// Reads of a payment before one whose parked items match its item is
+/// given up as unavailable (a torn view lasts one write's commit).
+const TORN_READS: usize = 4;
 /// `TransactWriteItems` takes at most 100 items.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 
@@ -170,6 +176,15 @@ fn has_key(item: &HashMap<String, AttributeValue>, event_key: &EventKey) -> bool
     item.get("keys")
         .and_then(|k| k.as_ss().ok())
         .is_some_and(|k| k.contains(&key_digest(event_key)))
+}
+
+/// The digests of the events `w` unparks from under `key`.
+fn unparked_from(w: &LedgerWrite, key: &PaymentKey) -> Vec<String> {
+    w.unparked
+        .iter()
+        .filter(|r| r.unparked_from.as_ref() == Some(key))
+        .map(|r| key_digest(&r.event.event_key))
+        .collect()
 }
 
 /// `source#merchant#reference` split into its parts (the reference may hold `#`).
@@ -288,6 +303,7 @@ enum Refused {
 struct Expr {
     set: Vec<String>,
     add: Vec<String>,
+    delete: Vec<String>,
     condition: Vec<String>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
@@ -310,6 +326,9 @@ impl Expr {
         let mut out = format!("SET {}", self.set.join(", "));
         if !self.add.is_empty() {
             out.push_str(&format!(" ADD {}", self.add.join(", ")));
+        }
+        if !self.delete.is_empty() {
+            out.push_str(&format!(" DELETE {}", self.delete.join(", ")));
         }
         out
     }
@@ -437,6 +456,20 @@ impl DynamoLedger {
             );
             x.condition.push(format!("NOT contains({keys_attr}, {k})"));
         }
+        // The item names the events parked under it (`parked`), changed by
+        // the same writes as the `PARKED#` items: see `read_once`.
+        let (parked, moved) = match &w.incoming {
+            Incoming::Park(p) => (vec![key_digest(&p.event.event_key)], Vec::new()),
+            Incoming::Record(_) => (Vec::new(), unparked_from(w, &w.key)),
+        };
+        if !parked.is_empty() {
+            let (a, d) = (x.name("parked"), x.value("pd", AttributeValue::Ss(parked)));
+            x.add.push(format!("{a} {d}"));
+        }
+        if !moved.is_empty() {
+            let (a, d) = (x.name("parked"), x.value("ud", AttributeValue::Ss(moved)));
+            x.delete.push(format!("{a} {d}"));
+        }
         if records.is_empty() {
             return x;
         }
@@ -474,13 +507,43 @@ impl DynamoLedger {
     }
 
     /// The entry under `key` and whether `event_key` is recorded or parked
-    /// there, in one query.
+    /// there, as of one point in time: a query, read again (consistently)
+    /// while its parked items and the payment's item disagree.
+    ///
+    /// A query reads each item as committed, not a snapshot of them all: a
+    /// park committed between its read of the `PARKED#` items and its read
+    /// of the payment's item shows the park's version without the parked
+    /// event, and a write planned on that passes its version check and
+    /// leaves the event parked behind an applied payment. The item's
+    /// `parked` set, written with the parked items, tells such a view.
     async fn read_entry(
         &self,
         key: &PaymentKey,
         event_key: Option<&EventKey>,
         freshness: Freshness,
     ) -> Result<Loaded, LedgerError> {
+        let mut freshness = freshness;
+        let mut torn = String::new();
+        for _ in 0..TORN_READS {
+            match self.read_once(key, event_key, freshness).await? {
+                (loaded, None) => return Ok(loaded),
+                (_, Some(why)) => torn = why,
+            }
+            freshness = Freshness::Latest;
+        }
+        Err(unavailable(format!(
+            "{key} read {TORN_READS} times, its parked events never matching its item: {torn}"
+        )))
+    }
+
+    /// One query of [`Self::read_entry`], and how its parked items disagree
+    /// with the payment's item, if they do.
+    async fn read_once(
+        &self,
+        key: &PaymentKey,
+        event_key: Option<&EventKey>,
+        freshness: Freshness,
+    ) -> Result<(Loaded, Option<String>), LedgerError> {
         // `PARKED#…` < `STATE` and `EVENTS#…` sorts before both: one query
         // reads the state and the parked events, not the overflow items
         // (the item's `keys` name every recorded event). Eventually
@@ -497,6 +560,7 @@ impl DynamoLedger {
             .send();
         let mut entry = PaymentEntry::default();
         let mut seen = false;
+        let mut named: Vec<String> = Vec::new();
         while let Some(page) = pages.next().await {
             for item in page
                 .map_err(|e| unavailable(describe(&e)))?
@@ -506,6 +570,11 @@ impl DynamoLedger {
                 let sk = get_s(&item, "sk").unwrap_or_default();
                 if sk == STATE {
                     seen = event_key.is_some_and(|k| has_key(&item, k));
+                    named = item
+                        .get("parked")
+                        .and_then(|p| p.as_ss().ok())
+                        .cloned()
+                        .unwrap_or_default();
                     let bad =
                         |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
                     entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
@@ -536,7 +605,21 @@ impl DynamoLedger {
                 .then_with(|| a.event.event_key.cmp(&b.event.event_key))
         });
         seen |= event_key.is_some_and(|k| entry.parked.iter().any(|p| &p.event.event_key == k));
-        Ok(Loaded { entry, seen })
+        let mut read: Vec<String> = entry
+            .parked
+            .iter()
+            .map(|p| key_digest(&p.event.event_key))
+            .collect();
+        read.sort_unstable();
+        named.sort_unstable();
+        let torn = (read != named).then(|| {
+            format!(
+                "{} parked items read, the item names {}",
+                read.len(),
+                named.len()
+            )
+        });
+        Ok((Loaded { entry, seen }, torn))
     }
 
     /// The attributes `names` of the payment's item, read consistently
@@ -678,7 +761,8 @@ impl DynamoLedger {
             items.push(self.put_parked(p.payment_key.as_str(), &p.parked, false)?);
         }
         for a in &w.aliases {
-            items.push(self.put_state(a.key.as_str(), None, a.expected_version, Some(key), now)?);
+            let moved = unparked_from(w, &a.key);
+            items.push(self.alias_update(a.key.as_str(), a.expected_version, key, moved, now)?);
         }
         if items.len() > MAX_TRANSACTION_ITEMS {
             return Err(unavailable(format!(
@@ -763,42 +847,79 @@ impl DynamoLedger {
         self.put_item(item, new)
     }
 
-    /// The `STATE` item of `key` at `expected_version + 1`: the payment's
-    /// state, or only the version (and an alias) when there is none.
-    fn put_state(
+    /// One query of a payment's recorded events (the item's own, then its
+    /// overflow items'), and how many the item counts.
+    async fn history_once(&self, key: &PaymentKey) -> Result<(Vec<EventRecord>, u64), LedgerError> {
+        // The payment's item (its first events) sorts after its overflow
+        // items (`EVENTS#…` < `STATE`): one query reads both, in order
+        // once the item's own come first.
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :o AND :s")
+            .expression_attribute_values(":pk", s(key.as_str()))
+            .expression_attribute_values(":o", s(OVERFLOW))
+            .expression_attribute_values(":s", s(STATE))
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let (mut inline, mut overflow, mut recorded) = (Vec::new(), Vec::new(), 0);
+        while let Some(page) = pages.next().await {
+            for item in page
+                .map_err(|e| unavailable(describe(&e)))?
+                .items
+                .unwrap_or_default()
+            {
+                match get_s(&item, "sk") {
+                    Some(STATE) => {
+                        inline = stored_events(&item)?;
+                        recorded = get_n(&item, "recorded").unwrap_or(0) as u64;
+                    }
+                    Some(sk) if sk.starts_with(OVERFLOW) => overflow.extend(stored_events(&item)?),
+                    _ => {}
+                }
+            }
+        }
+        Ok((inline.into_iter().chain(overflow).collect(), recorded))
+    }
+
+    /// The update that makes `key` (no payment, at most parked events) an
+    /// alias of `target` at `expected_version + 1`; `moved` are the digests
+    /// of its parked events this write unparks.
+    fn alias_update(
         &self,
         key: &str,
-        state: Option<&PaymentState>,
         expected_version: u64,
-        alias_of: Option<&str>,
+        target: &str,
+        moved: Vec<String>,
         now: i64,
     ) -> Result<TransactWriteItem, LedgerError> {
-        let mut item = HashMap::from([
-            ("pk".to_owned(), s(key)),
-            ("sk".to_owned(), s(STATE)),
-            ("version".to_owned(), n(expected_version + 1)),
-            ("updated_at".to_owned(), n(now)),
-        ]);
-        if let Some(st) = state {
-            item.extend([
-                ("status".to_owned(), s(st.status.as_str())),
-                ("currency".to_owned(), s(st.currency.as_str())),
-                ("authorized_minor".to_owned(), n(st.authorized_minor)),
-                ("paid_minor".to_owned(), n(st.paid_minor)),
-                ("refunded_minor".to_owned(), n(st.refunded_minor)),
-            ]);
+        let mut x = Expr::default();
+        for (attribute, v) in [
+            ("version", n(expected_version + 1)),
+            ("alias_of", s(target)),
+            ("updated_at", n(now)),
+        ] {
+            let (a, v) = (x.name(attribute), x.value(attribute, v));
+            x.set.push(format!("{a} = {v}"));
         }
-        if let Some(target) = alias_of {
-            item.insert("alias_of".to_owned(), s(target));
+        if !moved.is_empty() {
+            let (a, d) = (x.name("parked"), x.value("ud", AttributeValue::Ss(moved)));
+            x.delete.push(format!("{a} {d}"));
         }
         let (condition, values) = Self::state_condition(expected_version);
+        x.values.extend(values.unwrap_or_default());
         Ok(TransactWriteItem::builder()
-            .put(built(
-                Put::builder()
+            .update(built(
+                Update::builder()
                     .table_name(&self.table)
-                    .set_item(Some(item))
+                    .key("pk", s(key))
+                    .key("sk", s(STATE))
+                    .update_expression(x.update_expression())
                     .condition_expression(condition)
-                    .set_expression_attribute_values(values)
+                    .set_expression_attribute_names(Some(x.names))
+                    .set_expression_attribute_values(Some(x.values))
                     .build(),
             )?)
             .build())
@@ -881,35 +1002,20 @@ impl Ledger for DynamoLedger {
     }
 
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
-        // The payment's item (its first events) sorts after its overflow
-        // items (`EVENTS#…` < `STATE`): one query reads both, in order
-        // once the item's own come first.
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :o AND :s")
-            .expression_attribute_values(":pk", s(key.as_str()))
-            .expression_attribute_values(":o", s(OVERFLOW))
-            .expression_attribute_values(":s", s(STATE))
-            .consistent_read(true)
-            .into_paginator()
-            .send();
-        let (mut inline, mut overflow) = (Vec::new(), Vec::new());
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| unavailable(describe(&e)))?
-                .items
-                .unwrap_or_default()
-            {
-                match get_s(&item, "sk") {
-                    Some(STATE) => inline = stored_events(&item)?,
-                    Some(sk) if sk.starts_with(OVERFLOW) => overflow.extend(stored_events(&item)?),
-                    _ => {}
-                }
+        // Read again while the events read are not as many as the item
+        // says are recorded: a spill committed between the query's read of
+        // the overflow items and of the item (see `read_entry`).
+        let mut torn = String::new();
+        for _ in 0..TORN_READS {
+            let (events, recorded) = self.history_once(key).await?;
+            if events.len() as u64 == recorded {
+                return Ok(events);
             }
+            torn = format!("{} events read, the item counts {recorded}", events.len());
         }
-        Ok(inline.into_iter().chain(overflow).collect())
+        Err(unavailable(format!(
+            "history of {key} read {TORN_READS} times, never whole: {torn}"
+        )))
     }
 
     async fn contains_event(
