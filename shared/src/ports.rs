@@ -179,9 +179,12 @@ pub trait Queue: Send + Sync {
     ) -> Result<Vec<DeadLetter>, QueueError>;
     async fn stats(&self) -> Result<QueueStats, QueueError>;
     /// Messages not yet deleted or dead-lettered (visible or in flight).
-    /// Approximate on SQS: one whose visibility timeout ends during the
-    /// read can be counted neither visible nor in flight, so a single 0
-    /// does not prove the queue empty (see [`wait_drained`]).
+    /// Not a snapshot: on SQS one whose visibility timeout ends during the
+    /// read can be counted neither visible nor in flight, and a sharded
+    /// local queue counts its shards one after another, missing a message
+    /// a retry or a split sends to a shard already counted before deleting
+    /// it from one not yet counted. A single 0 does not prove the queue
+    /// empty (see [`wait_drained`]).
     async fn depth(&self) -> Result<u64, QueueError>;
     /// Messages in the dead-letter queue (approximate on SQS).
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
@@ -200,10 +203,12 @@ pub trait Queue: Send + Sync {
 /// Waits until `queue` reads empty twice in a row, `poll` apart, or until
 /// `timeout` has passed; true when it was drained.
 ///
-/// Twice, because a depth of 0 can be read while a message is still there:
-/// SQS counts are approximate, and moto reads the visible count before the
+/// Twice, because a depth of 0 can be read while a message is still there
+/// (see [`Queue::depth`]): moto reads the visible count before the
 /// in-flight one, so a message whose visibility timeout ends between the
-/// two is in neither. That instant cannot fall into two reads `poll` apart.
+/// two is in neither, and a local queue's shards are counted one by one.
+/// The moment that hides a message does not fall into two reads `poll`
+/// apart.
 ///
 /// # Errors
 /// The queue's, from reading its depth.
