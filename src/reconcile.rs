@@ -10,15 +10,17 @@
 //! configured bound, and parked events that contradicted their payment, are
 //! reported too. An archive object that ends mid-JSON was cut short by a
 //! crash while being written, before ingest could acknowledge it: it is
-//! counted apart. While the queue still holds messages, notifications not yet
-//! found may be among them: they are reported as unsettled, not lost.
+//! counted apart. Notifications not found are looked at again after the
+//! scan (the queue's depth, the DLQ and the ledger read anew); while the
+//! queue still holds messages, those still not found may be among them:
+//! they are reported as unsettled, not lost.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::envelope::{Envelope, EnvelopeError};
-use paynotify_shared::event::PaymentKey;
+use paynotify_shared::event::{PaymentEvent, PaymentKey};
 use paynotify_shared::ports::{DeadLetter, EventRecord, ParkedEntry, PARKED_SCAN_LIMIT};
 use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use paynotify_shared::segment;
@@ -113,18 +115,13 @@ pub async fn reconcile(
         ..Report::default()
     };
     let verifiers = SourceVerifier::all(config, backends.secrets.as_ref()).await?;
-    let dead: HashSet<String> = backends
-        .queue
-        .dlq_list(MAX_DEAD_LETTERS)
-        .await?
-        .iter()
-        .filter_map(DeadLetter::notification_id)
-        .collect();
+    let dead = dead_ids(backends).await?;
     let purged = crate::purge::purged_ids(backends).await?;
     report.queue_depth = backends.queue.depth().await?;
     let keys = backends.archive.list("raw/", from, to).await?;
     let total = keys.len() as u64;
     let mut payments = BTreeSet::new();
+    let mut unfound = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         progress(i as u64 + 1, total);
         let records = match segment::read_object(backends.archive.as_ref(), key).await? {
@@ -176,7 +173,7 @@ pub async fn reconcile(
                 },
             };
             for verified in verified {
-                check_notification(
+                let found = check_notification(
                     backends,
                     &mut report,
                     &mut payments,
@@ -187,9 +184,11 @@ pub async fn reconcile(
                     &purged,
                 )
                 .await?;
+                unfound.extend(found);
             }
         }
     }
+    look_again(backends, &mut report, &mut payments, unfound).await?;
     for payment in &payments {
         report.payments_checked += 1;
         check_payment(backends, payment, &mut report).await?;
@@ -343,43 +342,35 @@ fn brief(s: Option<&PaymentState>) -> Option<String> {
     })
 }
 
-/// Checks one verified notification (or one item of it) against the ledger
-/// and the DLQ, counting or flagging it.
-#[allow(clippy::too_many_arguments)]
-async fn check_notification(
-    backends: &Backends,
-    report: &mut Report,
-    payments: &mut BTreeSet<PaymentKey>,
-    key: &str,
-    envelope: &Envelope,
-    verified: Result<Verified, String>,
-    in_dlq: bool,
-    purged: &std::collections::HashSet<String>,
-) -> anyhow::Result<()> {
-    let event = match verified {
-        Ok(Verified::Event(event)) => *event,
-        // Authentic, not a payment event: nothing to find in the ledger.
-        Ok(Verified::Ignored(_) | Verified::Items(_)) => {
-            report.ignored += 1;
-            return Ok(());
-        }
-        Err(_) if in_dlq => {
-            report.dead_lettered += 1;
-            return Ok(());
-        }
-        Err(_) if purged.contains(&envelope.id) => {
-            report.purged += 1;
-            return Ok(());
-        }
-        Err(why) => {
-            report.flag(
-                "rejected_not_dead_lettered",
-                envelope.id.clone(),
-                format!("{key}: {why}"),
-            );
-            return Ok(());
-        }
-    };
+/// The notification ids of the dead letters.
+async fn dead_ids(backends: &Backends) -> anyhow::Result<HashSet<String>> {
+    Ok(backends
+        .queue
+        .dlq_list(MAX_DEAD_LETTERS)
+        .await?
+        .iter()
+        .filter_map(DeadLetter::notification_id)
+        .collect())
+}
+
+/// A notification whose event the scan found in neither the ledger nor the
+/// DLQ.
+struct Unfound {
+    /// Where it is archived.
+    subject: String,
+    id: String,
+    event: PaymentEvent,
+}
+
+/// Where the ledger has an event.
+enum InLedger {
+    Parked,
+    /// Recorded on this payment (its alias followed).
+    Recorded(PaymentKey),
+}
+
+/// Whether the ledger has `event`, parked or recorded.
+async fn in_ledger(backends: &Backends, event: &PaymentEvent) -> anyhow::Result<Option<InLedger>> {
     let mut payment = event.payment_key.clone();
     let mut entry = backends.ledger.load(&payment).await?;
     if let Some(target) = entry.alias_of.clone() {
@@ -391,34 +382,121 @@ async fn check_notification(
         .iter()
         .any(|p| p.event.event_key == event.event_key)
     {
-        report.parked += 1;
-    } else if backends
+        return Ok(Some(InLedger::Parked));
+    }
+    let recorded = backends
         .ledger
         .contains_event(&payment, &event.event_key)
-        .await?
-    {
-        report.in_ledger += 1;
-        payments.insert(payment);
-    } else if in_dlq {
-        report.dead_lettered += 1;
-    } else if report.queue_depth > 0 {
-        report.flag(
-            "unsettled",
-            envelope.id.clone(),
-            format!(
-                "{key}: not in the ledger or the DLQ; the queue still holds {} messages",
-                report.queue_depth
-            ),
-        );
-    } else {
-        report.flag(
-            "missing",
-            envelope.id.clone(),
-            format!(
-                "{key}: {} of {} is in neither the ledger nor the DLQ",
-                event.event_key, payment
-            ),
-        );
+        .await?;
+    Ok(recorded.then_some(InLedger::Recorded(payment)))
+}
+
+/// Counts `found` in the report.
+fn count_found(report: &mut Report, payments: &mut BTreeSet<PaymentKey>, found: InLedger) {
+    match found {
+        InLedger::Parked => report.parked += 1,
+        InLedger::Recorded(payment) => {
+            report.in_ledger += 1;
+            payments.insert(payment);
+        }
+    }
+}
+
+/// Checks one verified notification (or one item of it) against the ledger
+/// and the DLQ, counting or flagging it; a payment event found in neither is
+/// returned, to be looked at again after the scan.
+#[allow(clippy::too_many_arguments)]
+async fn check_notification(
+    backends: &Backends,
+    report: &mut Report,
+    payments: &mut BTreeSet<PaymentKey>,
+    key: &str,
+    envelope: &Envelope,
+    verified: Result<Verified, String>,
+    in_dlq: bool,
+    purged: &std::collections::HashSet<String>,
+) -> anyhow::Result<Option<Unfound>> {
+    let event = match verified {
+        Ok(Verified::Event(event)) => *event,
+        // Authentic, not a payment event: nothing to find in the ledger.
+        Ok(Verified::Ignored(_) | Verified::Items(_)) => {
+            report.ignored += 1;
+            return Ok(None);
+        }
+        Err(_) if in_dlq => {
+            report.dead_lettered += 1;
+            return Ok(None);
+        }
+        Err(_) if purged.contains(&envelope.id) => {
+            report.purged += 1;
+            return Ok(None);
+        }
+        Err(why) => {
+            report.flag(
+                "rejected_not_dead_lettered",
+                envelope.id.clone(),
+                format!("{key}: {why}"),
+            );
+            return Ok(None);
+        }
+    };
+    match in_ledger(backends, &event).await? {
+        Some(found) => count_found(report, payments, found),
+        None if in_dlq => report.dead_lettered += 1,
+        None => {
+            return Ok(Some(Unfound {
+                subject: key.to_owned(),
+                id: envelope.id.clone(),
+                event,
+            }))
+        }
+    }
+    Ok(None)
+}
+
+/// Settles the notifications the scan did not find, with reads taken after
+/// it: the queue's depth first, then the DLQ, then the ledger (a message
+/// leaves the queue only after its event is in the ledger or the DLQ). The
+/// reads before the scan may be older than a notification archived and
+/// processed during it, and one depth read may miss messages that are
+/// there (SQS counts are approximate; a sharded local queue is counted
+/// shard by shard): a notification is called missing only when the queue
+/// read empty both times and neither the DLQ nor the ledger has it now.
+async fn look_again(
+    backends: &Backends,
+    report: &mut Report,
+    payments: &mut BTreeSet<PaymentKey>,
+    unfound: Vec<Unfound>,
+) -> anyhow::Result<()> {
+    if unfound.is_empty() {
+        return Ok(());
+    }
+    report.queue_depth = report.queue_depth.max(backends.queue.depth().await?);
+    let dead = dead_ids(backends).await?;
+    for Unfound { subject, id, event } in unfound {
+        if let Some(found) = in_ledger(backends, &event).await? {
+            count_found(report, payments, found);
+        } else if dead.contains(&id) {
+            report.dead_lettered += 1;
+        } else if report.queue_depth > 0 {
+            report.flag(
+                "unsettled",
+                id,
+                format!(
+                    "{subject}: not in the ledger or the DLQ; the queue still holds {} messages",
+                    report.queue_depth
+                ),
+            );
+        } else {
+            report.flag(
+                "missing",
+                id,
+                format!(
+                    "{subject}: {} of {} is in neither the ledger nor the DLQ",
+                    event.event_key, event.payment_key
+                ),
+            );
+        }
     }
     Ok(())
 }

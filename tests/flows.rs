@@ -20,7 +20,46 @@ on_both_backends!(
     preauth_void_only_on_an_uncaptured_authorization,
     early_refunds_in_random_order_wait_for_their_purchase,
     a_refund_parked_past_the_alert_bound_is_reported,
+    a_depth_read_that_missed_the_queue_does_not_make_a_notification_missing,
 );
+
+/// `reconcile` reads the queue's depth before its scan to tell a
+/// notification still queued ("unsettled") from a lost one ("missing"); a
+/// count can miss messages that are there (SQS's are approximate), so it
+/// reads again before calling any missing.
+async fn a_depth_read_that_missed_the_queue_does_not_make_a_notification_missing(kind: Kind) {
+    // Ingest only: the notification stays on the queue.
+    let options = AppOptions {
+        ingest: true,
+        worker: false,
+        faults: true,
+        ..AppOptions::default()
+    };
+    let t = spawn_app_tweaked(kind, options, |_| {}).await;
+    t.sim.send(t.sim.purchase("q1", 100)).await;
+    let kinds = |r: &paynotify::reconcile::Report| {
+        r.discrepancies.iter().map(|d| d.kind).collect::<Vec<_>>()
+    };
+    t.faults().queue.miss_depth(1);
+    let report = t.reconcile().await;
+    assert_eq!(
+        kinds(&report),
+        vec!["unsettled"],
+        "{:#?}",
+        report.discrepancies
+    );
+    assert_eq!(report.queue_depth, 1);
+    // Both reads wrong: the queue looks empty, and nothing tells the
+    // message from a lost one.
+    t.faults().queue.miss_depth(2);
+    let report = t.reconcile().await;
+    assert_eq!(
+        kinds(&report),
+        vec!["missing"],
+        "{:#?}",
+        report.discrepancies
+    );
+}
 
 async fn refund_and_void_of_a_completion_apply_through_its_alias(kind: Kind) {
     let t = spawn_app(kind).await;

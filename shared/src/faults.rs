@@ -35,6 +35,7 @@ pub struct Faults {
     payment: Mutex<Option<PaymentKey>>,
     fatal: Mutex<Option<String>>,
     repeat: AtomicBool,
+    depth_misses: AtomicU64,
 }
 
 impl Faults {
@@ -106,6 +107,18 @@ impl Faults {
 
     fn repeats(&self, op: &str) -> bool {
         self.repeat.load(Ordering::SeqCst) && self.affects(op)
+    }
+
+    /// The next `n` depth reads of a queue answer 0 whatever it holds, as an
+    /// approximate count (SQS's) that missed its messages.
+    pub fn miss_depth(&self, n: u64) {
+        self.depth_misses.store(n, Ordering::SeqCst);
+    }
+
+    fn misses_depth(&self) -> bool {
+        self.depth_misses
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// The wrapped store reports `why` as fatal (a stopped writer).
@@ -364,7 +377,12 @@ impl Queue for FaultyQueue {
         faulty!(self, "stats", QueueError::Unavailable, self.inner.stats())
     }
     async fn depth(&self) -> Result<u64, QueueError> {
-        faulty!(self, "depth", QueueError::Unavailable, self.inner.depth())
+        let depth: Result<u64, QueueError> =
+            faulty!(self, "depth", QueueError::Unavailable, self.inner.depth());
+        match depth {
+            Ok(_) if self.faults.misses_depth() => Ok(0),
+            other => other,
+        }
     }
     async fn dlq_depth(&self) -> Result<u64, QueueError> {
         faulty!(
