@@ -178,6 +178,31 @@ fn has_key(item: &HashMap<String, AttributeValue>, event_key: &EventKey) -> bool
         .is_some_and(|k| k.contains(&key_digest(event_key)))
 }
 
+/// Reads with `read` (given the attempt, from 0) until a read is whole
+/// (`None` for how it is torn), at most [`TORN_READS`] times, then gives
+/// up as unavailable, naming `what` was read (the message is retried
+/// later).
+async fn until_whole<T, F, Fut>(
+    what: impl FnOnce() -> String,
+    mut read: F,
+) -> Result<T, LedgerError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(T, Option<String>), LedgerError>>,
+{
+    let mut torn = String::new();
+    for attempt in 0..TORN_READS {
+        match read(attempt).await? {
+            (whole, None) => return Ok(whole),
+            (_, Some(why)) => torn = why,
+        }
+    }
+    Err(unavailable(format!(
+        "{} read {TORN_READS} times, never whole: {torn}",
+        what()
+    )))
+}
+
 /// The digests of the events `w` unparks from under `key`.
 fn unparked_from(w: &LedgerWrite, key: &PaymentKey) -> Vec<String> {
     w.unparked
@@ -522,18 +547,52 @@ impl DynamoLedger {
         event_key: Option<&EventKey>,
         freshness: Freshness,
     ) -> Result<Loaded, LedgerError> {
-        let mut freshness = freshness;
-        let mut torn = String::new();
-        for _ in 0..TORN_READS {
-            match self.read_once(key, event_key, freshness).await? {
-                (loaded, None) => return Ok(loaded),
-                (_, Some(why)) => torn = why,
-            }
-            freshness = Freshness::Latest;
+        until_whole(
+            || key.to_string(),
+            |attempt| {
+                let fresh = if attempt == 0 {
+                    freshness
+                } else {
+                    Freshness::Latest
+                };
+                self.read_once(key, event_key, fresh)
+            },
+        )
+        .await
+    }
+
+    /// The items of `key` whose sort keys lie from `from` (up to `to`, when
+    /// given), in sort-key order, over all pages of one query.
+    async fn payment_items(
+        &self,
+        key: &PaymentKey,
+        from: &str,
+        to: Option<&str>,
+        consistent: bool,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(key.as_str()))
+            .expression_attribute_values(":from", s(from))
+            .consistent_read(consistent);
+        let query = match to {
+            Some(to) => query
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":to", s(to)),
+            None => query.key_condition_expression("pk = :pk AND sk >= :from"),
+        };
+        let mut pages = query.into_paginator().send();
+        let mut items = Vec::new();
+        while let Some(page) = pages.next().await {
+            items.extend(
+                page.map_err(|e| unavailable(describe(&e)))?
+                    .items
+                    .unwrap_or_default(),
+            );
         }
-        Err(unavailable(format!(
-            "{key} read {TORN_READS} times, its parked events never matching its item: {torn}"
-        )))
+        Ok(items)
     }
 
     /// One query of [`Self::read_entry`], and how its parked items disagree
@@ -548,55 +607,41 @@ impl DynamoLedger {
         // reads the state and the parked events, not the overflow items
         // (the item's `keys` name every recorded event). Eventually
         // consistent when the caller allows it: half the read units.
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk >= :p")
-            .expression_attribute_values(":pk", s(key.as_str()))
-            .expression_attribute_values(":p", s(PARKED))
-            .consistent_read(freshness == Freshness::Latest)
-            .into_paginator()
-            .send();
+        let items = self
+            .payment_items(key, PARKED, None, freshness == Freshness::Latest)
+            .await?;
         let mut entry = PaymentEntry::default();
         let mut seen = false;
         let mut named: Vec<String> = Vec::new();
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| unavailable(describe(&e)))?
-                .items
-                .unwrap_or_default()
-            {
-                let sk = get_s(&item, "sk").unwrap_or_default();
-                if sk == STATE {
-                    seen = event_key.is_some_and(|k| has_key(&item, k));
-                    named = item
-                        .get("parked")
-                        .and_then(|p| p.as_ss().ok())
-                        .cloned()
-                        .unwrap_or_default();
-                    let bad =
-                        |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
-                    entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
-                    entry.alias_of = get_s(&item, "alias_of").map(PaymentKey::from_stored);
-                    if let Some(status) = get_s(&item, "status") {
-                        entry.state = Some(PaymentState {
-                            payment_key: key.clone(),
-                            status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
-                            currency: get_s(&item, "currency")
-                                .and_then(Currency::from_alpha)
-                                .ok_or_else(|| bad("currency"))?,
-                            authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
-                            paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
-                            refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
-                            version: entry.version,
-                        });
-                    }
-                } else if sk.starts_with(PARKED) {
-                    entry.parked.push(parked_from(&item).ok_or_else(|| {
-                        unavailable(format!("stored parked event {sk} of {key} is invalid"))
-                    })?);
+        for item in items {
+            let sk = get_s(&item, "sk").unwrap_or_default();
+            if sk == STATE {
+                seen = event_key.is_some_and(|k| has_key(&item, k));
+                named = item
+                    .get("parked")
+                    .and_then(|p| p.as_ss().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let bad = |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
+                entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
+                entry.alias_of = get_s(&item, "alias_of").map(PaymentKey::from_stored);
+                if let Some(status) = get_s(&item, "status") {
+                    entry.state = Some(PaymentState {
+                        payment_key: key.clone(),
+                        status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
+                        currency: get_s(&item, "currency")
+                            .and_then(Currency::from_alpha)
+                            .ok_or_else(|| bad("currency"))?,
+                        authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
+                        paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
+                        refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
+                        version: entry.version,
+                    });
                 }
+            } else if sk.starts_with(PARKED) {
+                entry.parked.push(parked_from(&item).ok_or_else(|| {
+                    unavailable(format!("stored parked event {sk} of {key} is invalid"))
+                })?);
             }
         }
         entry.parked.sort_by(|a, b| {
@@ -614,7 +659,7 @@ impl DynamoLedger {
         named.sort_unstable();
         let torn = (read != named).then(|| {
             format!(
-                "{} parked items read, the item names {}",
+                "parked events never matching its item ({} parked items read, the item names {})",
                 read.len(),
                 named.len()
             )
@@ -848,40 +893,31 @@ impl DynamoLedger {
     }
 
     /// One query of a payment's recorded events (the item's own, then its
-    /// overflow items'), and how many the item counts.
-    async fn history_once(&self, key: &PaymentKey) -> Result<(Vec<EventRecord>, u64), LedgerError> {
+    /// overflow items'), and how they fall short of the item's count, if
+    /// they do.
+    async fn history_once(
+        &self,
+        key: &PaymentKey,
+    ) -> Result<(Vec<EventRecord>, Option<String>), LedgerError> {
         // The payment's item (its first events) sorts after its overflow
         // items (`EVENTS#…` < `STATE`): one query reads both, in order
         // once the item's own come first.
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :o AND :s")
-            .expression_attribute_values(":pk", s(key.as_str()))
-            .expression_attribute_values(":o", s(OVERFLOW))
-            .expression_attribute_values(":s", s(STATE))
-            .consistent_read(true)
-            .into_paginator()
-            .send();
+        let items = self.payment_items(key, OVERFLOW, Some(STATE), true).await?;
         let (mut inline, mut overflow, mut recorded) = (Vec::new(), Vec::new(), 0);
-        while let Some(page) = pages.next().await {
-            for item in page
-                .map_err(|e| unavailable(describe(&e)))?
-                .items
-                .unwrap_or_default()
-            {
-                match get_s(&item, "sk") {
-                    Some(STATE) => {
-                        inline = stored_events(&item)?;
-                        recorded = get_n(&item, "recorded").unwrap_or(0) as u64;
-                    }
-                    Some(sk) if sk.starts_with(OVERFLOW) => overflow.extend(stored_events(&item)?),
-                    _ => {}
+        for item in items {
+            match get_s(&item, "sk") {
+                Some(STATE) => {
+                    inline = stored_events(&item)?;
+                    recorded = get_n(&item, "recorded").unwrap_or(0) as u64;
                 }
+                Some(sk) if sk.starts_with(OVERFLOW) => overflow.extend(stored_events(&item)?),
+                _ => {}
             }
         }
-        Ok((inline.into_iter().chain(overflow).collect(), recorded))
+        let events: Vec<EventRecord> = inline.into_iter().chain(overflow).collect();
+        let torn = (events.len() as u64 != recorded)
+            .then(|| format!("{} events read, the item counts {recorded}", events.len()));
+        Ok((events, torn))
     }
 
     /// The update that makes `key` (no payment, at most parked events) an
@@ -1005,17 +1041,7 @@ impl Ledger for DynamoLedger {
         // Read again while the events read are not as many as the item
         // says are recorded: a spill committed between the query's read of
         // the overflow items and of the item (see `read_entry`).
-        let mut torn = String::new();
-        for _ in 0..TORN_READS {
-            let (events, recorded) = self.history_once(key).await?;
-            if events.len() as u64 == recorded {
-                return Ok(events);
-            }
-            torn = format!("{} events read, the item counts {recorded}", events.len());
-        }
-        Err(unavailable(format!(
-            "history of {key} read {TORN_READS} times, never whole: {torn}"
-        )))
+        until_whole(|| format!("history of {key}"), |_| self.history_once(key)).await
     }
 
     async fn contains_event(
