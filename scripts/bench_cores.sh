@@ -17,9 +17,15 @@
 # handler answering 200 at each n in $BARE_CORES. Rows for other segment
 # settings with SETTINGS="WINDOW_MS:WRITERS ..." and other local queue shard
 # counts with QUEUE_SHARDS="1 8 ..." (default "-": the backend's).
+# With DRAIN_CORES="2 16 ...", rows of the worker's side: a local queue filled
+# through ingest with $DRAIN_COUNT distinct signed notifications (`paynotify
+# simulate`, ingest and it on the other cores), then paynotify-worker pinned
+# to cores 0..n-1 and timed until the queue reads empty twice (workers'
+# receive loops: $WORKER_CONCURRENCY, default the config's).
 # It prints one table with the fdatasync latency of the disk it wrote to; with
 # RESULTS=DIR it appends the table to DIR/cores.txt and keeps each row's oha
-# JSON in DIR/rows-HHMMSS.tar.gz.
+# JSON in DIR/rows-HHMMSS.tar.gz. The kit's binaries are gzipped (a device
+# run carries at most 64 MiB) and unpacked into the run's work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,9 +36,14 @@ pack() {
     cargo install oha --version 1.16.0 --locked --root target/tools >&2
   fi
   mkdir -p "$kit"
-  strip -o "$kit/paynotify-ingest" target/release/paynotify-ingest
-  strip -o "$kit/bare_axum" target/release/examples/bare_axum
-  strip -o "$kit/oha" target/tools/bin/oha
+  rm -f "$kit"/paynotify-ingest "$kit"/bare_axum "$kit"/oha
+  local bin
+  for bin in target/release/paynotify-ingest target/release/paynotify-worker target/release/paynotify \
+    target/release/examples/bare_axum target/tools/bin/oha; do
+    strip -o "$kit/$(basename "$bin")" "$bin"
+    gzip -f "$kit/$(basename "$bin")"
+  done
+  git rev-parse --short HEAD > "$kit/COMMIT"
   rm -rf "$kit/pki"
   target/release/paynotify testpki --dir "$kit/pki" >/dev/null
   python3 - "$kit" <<'PY'
@@ -53,9 +64,20 @@ measure() {
   BARE_CORES=${BARE_CORES-"2 $(nproc)"}
   SETTINGS=${SETTINGS:-"-"}
   QUEUE_SHARDS=${QUEUE_SHARDS:-"-"}
+  DRAIN_CORES=${DRAIN_CORES-}
+  DRAIN_COUNT=${DRAIN_COUNT:-60000}
   # On the disk the repo is on: /tmp may be memory, where fdatasync is free.
   work=$(mktemp -d "$PWD/.bench-cores.XXXXXX")
   trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
+  local data=$kit
+  kit=$work/kit
+  mkdir -p "$kit"
+  cp -r "$data/pki" "$data/body.txt" "$kit/"
+  local gz
+  for gz in "$data"/*.gz; do
+    gunzip -c "$gz" > "$kit/$(basename "$gz" .gz)"
+    chmod +x "$kit/$(basename "$gz" .gz)"
+  done
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   command -v python3 >/dev/null || { echo "bench_cores: python3 is missing" >&2; exit 1; }
   if ! command -v taskset >/dev/null; then
@@ -72,6 +94,8 @@ data_dir = "$1"
 [ingest]
 listen = "127.0.0.1:18280"
 admin_listen = "127.0.0.1:19290"
+[worker]
+admin_listen = "127.0.0.1:0"
 $(sed -e "s#file:root.pem#file:$kit/pki/root.pem#" -e "s#file:middle.pem#file:$kit/pki/middle.pem#" "$kit/pki/unionpay-source.toml")
 EOT
   }
@@ -144,6 +168,45 @@ PY
       done
     done
    done
+  done
+  depth() { # the main queue's messages, as ingest's metrics count them
+    curl -s http://127.0.0.1:19290/metrics | awk '/^paynotify_queue_messages\{queue="main"/{n+=$2} END{print n+0}'
+  }
+  for n in $DRAIN_CORES; do
+    local dir="$work/drain-$n"
+    config "$dir" > "$dir.toml"
+    sync; sleep 2
+    RUST_LOG=warn taskset -c "$(other_cores "$n")" "$kit/paynotify-ingest" --config "$dir.toml" 2> "$dir.log" &
+    local ingest=$!
+    wait_port 18280 || { echo "ingest did not start:" >&2; cat "$dir.log" >&2; exit 1; }
+    taskset -c "$(other_cores "$n")" "$kit/paynotify" simulate --url http://127.0.0.1:18280/notify/unionpay \
+      --pki "$kit/pki" --count "$DRAIN_COUNT" --refunds 0 --duplicates 0 --concurrency 64 > "$dir.fill.json"
+    local filled left zeros=0 start="" from=0 end=""
+    sleep 1; filled=$(depth)
+    local env=(RUST_LOG=warn)
+    [ -z "${WORKER_CONCURRENCY:-}" ] || env+=(PAYNOTIFY__WORKER__CONCURRENCY="$WORKER_CONCURRENCY")
+    env "${env[@]}" taskset -c "0-$((n - 1))" "$kit/paynotify-worker" --config "$dir.toml" 2> "$dir.wlog" &
+    local worker=$!
+    # Timed from the first read below the filled depth (the worker's start-up
+    # excluded) to the first of two empty reads in a row, 50 ms apart (one
+    # read of 0 proves nothing).
+    while [ "$zeros" -lt 2 ]; do
+      sleep 0.05
+      left=$(depth)
+      if [ -z "$start" ] && [ "$left" -lt "$filled" ]; then start=$(date +%s.%N); from=$left; fi
+      if [ "$left" = 0 ]; then
+        zeros=$((zeros + 1)); [ -n "$end" ] || end=$(date +%s.%N)
+      else
+        zeros=0; end=""
+      fi
+      kill -0 $worker 2>/dev/null || { echo "worker stopped:" >&2; cat "$dir.wlog" >&2; exit 1; }
+    done
+    kill $worker $ingest; wait $worker $ingest || true
+    [ -n "$start" ] || { echo "bench_cores: the drain ended before a read saw it start; raise DRAIN_COUNT" >&2; exit 1; }
+    printf '%-44s %9s %8s %8s %8s %s\n' "worker drain, $n, -" \
+      "$(python3 -c "print(round($from / max($end - $start, 0.001)))")" - - - \
+      "$filled queued, $from timed; ingest and simulate on cores $(other_cores "$n")" | tee -a "$work/table.txt"
+    rm -rf "$dir"
   done
   for n in $BARE_CORES; do
     sync; sleep 1
