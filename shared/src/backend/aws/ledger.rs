@@ -347,6 +347,26 @@ impl Expr {
         placeholder
     }
 
+    /// Adds the digests `parked` to the item's `parked` set (events parked
+    /// under it) and deletes `unparked` from it; an empty list changes
+    /// nothing (DynamoDB refuses an empty set).
+    fn park_digests(&mut self, parked: Vec<String>, unparked: Vec<String>) {
+        if !parked.is_empty() {
+            let (a, d) = (
+                self.name("parked"),
+                self.value("pd", AttributeValue::Ss(parked)),
+            );
+            self.add.push(format!("{a} {d}"));
+        }
+        if !unparked.is_empty() {
+            let (a, d) = (
+                self.name("parked"),
+                self.value("ud", AttributeValue::Ss(unparked)),
+            );
+            self.delete.push(format!("{a} {d}"));
+        }
+    }
+
     fn update_expression(&self) -> String {
         let mut out = format!("SET {}", self.set.join(", "));
         if !self.add.is_empty() {
@@ -487,14 +507,7 @@ impl DynamoLedger {
             Incoming::Park(p) => (vec![key_digest(&p.event.event_key)], Vec::new()),
             Incoming::Record(_) => (Vec::new(), unparked_from(w, &w.key)),
         };
-        if !parked.is_empty() {
-            let (a, d) = (x.name("parked"), x.value("pd", AttributeValue::Ss(parked)));
-            x.add.push(format!("{a} {d}"));
-        }
-        if !moved.is_empty() {
-            let (a, d) = (x.name("parked"), x.value("ud", AttributeValue::Ss(moved)));
-            x.delete.push(format!("{a} {d}"));
-        }
+        x.park_digests(parked, moved);
         if records.is_empty() {
             return x;
         }
@@ -940,10 +953,7 @@ impl DynamoLedger {
             let (a, v) = (x.name(attribute), x.value(attribute, v));
             x.set.push(format!("{a} = {v}"));
         }
-        if !moved.is_empty() {
-            let (a, d) = (x.name("parked"), x.value("ud", AttributeValue::Ss(moved)));
-            x.delete.push(format!("{a} {d}"));
-        }
+        x.park_digests(Vec::new(), moved);
         let (condition, values) = Self::state_condition(expected_version);
         x.values.extend(values.unwrap_or_default());
         Ok(TransactWriteItem::builder()
