@@ -104,13 +104,16 @@ EOT
   other_cores() { # n: the cores oha runs on
     if [ "$1" -gt "$all" ]; then echo "0-$all"; else echo "$1-$all"; fi
   }
+  line() { # what rate p50 p99 non-200 notes: one line of the table, kept
+    printf '%-44s %9s %8s %8s %8s %s\n' "$@" | tee -a "$work/table.txt"
+  }
   row() { # label json objects
-    printf '%-44s %9s %8s %8s %8s %s\n' "$1" \
+    line "$1" \
       "$(echo "$2" | field "round(d['summary']['requestsPerSec'])")" \
       "$(echo "$2" | field "round(d['latencyPercentiles']['p50']*1000, 2)")" \
       "$(echo "$2" | field "round(d['latencyPercentiles']['p99']*1000, 2)")" \
       "$(echo "$2" | field "sum(v for k, v in d['statusCodeDistribution'].items() if k != '200')")" \
-      "$3" | tee -a "$work/table.txt"
+      "$3"
   }
   load() { # cores conns url
     taskset -c "$(other_cores "$1")" "$kit/oha" --no-tui --output-format json -m POST -D "$kit/body.txt" \
@@ -131,11 +134,10 @@ times.sort()
 print(f"p50 {times[100]*1e6:.0f} us, p99 {times[198]*1e6:.0f} us")
 PY
 )
-  {
-    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r);" \
-      "disk $(df -T "$work" | awk 'NR==2{print $2}'), fdatasync of 4 KiB: $fsync_us; $(date -u +%F); oha 1.16.0, $DURATION per row"
-    printf '%-44s %9s %8s %8s %8s %s\n' "what, ingest cores, connections" "req/s" p50_ms p99_ms non-200 "notes"
-  } | tee "$work/table.txt"
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r);" \
+    "disk $(df -T "$work" | awk 'NR==2{print $2}'), fdatasync of 4 KiB: $fsync_us; $(date -u +%F); oha 1.16.0, $DURATION per row" \
+    | tee "$work/table.txt"
+  line "what, ingest cores, connections" "req/s" p50_ms p99_ms non-200 "notes"
 
   for setting in $SETTINGS; do
    for shards in $QUEUE_SHARDS; do
@@ -203,9 +205,9 @@ PY
     done
     kill $worker $ingest; wait $worker $ingest || true
     [ -n "$start" ] || { echo "bench_cores: the drain ended before a read saw it start; raise DRAIN_COUNT" >&2; exit 1; }
-    printf '%-44s %9s %8s %8s %8s %s\n' "worker drain, $n, -" \
+    line "worker drain, $n, -" \
       "$(python3 -c "print(round($from / max($end - $start, 0.001)))")" - - - \
-      "$filled queued, $from timed; ingest and simulate on cores $(other_cores "$n")" | tee -a "$work/table.txt"
+      "$filled queued, $from timed; ingest and simulate on cores $(other_cores "$n")"
     rm -rf "$dir"
   done
   for n in $BARE_CORES; do
