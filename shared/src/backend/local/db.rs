@@ -38,12 +38,12 @@ const MAX_GROUP: usize = 512;
 
 /// The checkpointer's pace: at most one checkpoint this often while commits
 /// arrive (each ends in an fsync of the database file), none when idle.
-pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
 
 /// WAL pages (4 KiB each) at which the writer checkpoints by itself. SQLite's
 /// default is 1,000 on every commit; with the checkpointer ahead, what is
 /// left to copy at this mark is the last [`CHECKPOINT_EVERY`] of writes.
-pub(crate) const BACKSTOP_PAGES: i64 = 2_000;
+const BACKSTOP_PAGES: i64 = 2_000;
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
