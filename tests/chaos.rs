@@ -21,7 +21,7 @@ on_both_backends!(
     a_failed_duplicate_check_retries_instead_of_dead_lettering,
     a_failed_delete_is_not_counted_and_the_redelivery_is_a_duplicate,
     a_panic_is_caught_retried_and_dead_lettered_as_panic,
-    archive_down_answers_503_and_enqueues_nothing,
+    archive_down_answers_503_and_the_message_sent_meanwhile_applies_once,
     an_archive_put_retried_after_its_success_is_not_a_503,
     queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once,
     ledger_throttling_and_lost_replies_apply_everything_once,
@@ -167,16 +167,25 @@ async fn a_panic_is_caught_retried_and_dead_lettered_as_panic(kind: Kind) {
     assert_clean(&t).await;
 }
 
-async fn archive_down_answers_503_and_enqueues_nothing(kind: Kind) {
+/// Ingest sends a notification's message while its segment is written; the
+/// segment fails, the answer is 503, and the message (the whole envelope)
+/// is applied anyway. The PSP's retry is archived and is a duplicate.
+async fn archive_down_answers_503_and_the_message_sent_meanwhile_applies_once(kind: Kind) {
     let t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
     t.faults().archive.only(Some(&["put"]));
     t.faults().archive.set_down(true);
-    assert_eq!(t.post(t.sim.purchase("a503", 100)).await, 503);
-    assert_eq!(t.app().backends.queue.depth().await.unwrap(), 0);
-    t.faults().archive.set_down(false);
-    assert_eq!(t.post(t.sim.purchase("a503", 100)).await, 200);
+    let purchase = t.sim.purchase("a503", 100);
+    assert_eq!(t.post(purchase.clone()).await, 503);
     t.wait_for_status("a503", PaymentStatus::Paid).await;
-    assert_clean(&t).await;
+    t.faults().archive.set_down(false);
+    assert_eq!(t.post(purchase).await, 200);
+    t.wait_until_drained().await;
+    assert_eq!(t.app().stats.snapshot().duplicates, 1);
+    assert_eq!(t.payment("a503").await.unwrap().version, 1);
+    let report = t.reconcile().await;
+    // Only the retry is archived; its event is the one recorded.
+    assert_eq!((report.archived, report.in_ledger), (1, 1));
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
 }
 
 async fn an_archive_put_retried_after_its_success_is_not_a_503(kind: Kind) {

@@ -19,6 +19,7 @@ on_both_backends!(
     standard_webhooks_payments_refunds_duplicates_and_forgeries,
     stripe_payments_refund_totals_disputes_and_forgeries,
     adyen_batches_apply_each_item_and_dead_letter_the_forged_one_alone,
+    an_adyen_batch_whose_segment_failed_is_archived_alone_before_it_is_split,
 );
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -388,4 +389,68 @@ fn adyen_signed(mut item: serde_json::Value) -> String {
     item["additionalData"] = serde_json::json!({ "hmacSignature": signature });
     serde_json::json!({"live": "false", "notificationItems": [{"NotificationRequestItem": item}]})
         .to_string()
+}
+
+/// Ingest sends a message while its segment is written; when the segment
+/// then fails, the message still holds the whole notification. A batch is
+/// split into pointers, so the worker must not point into a segment that
+/// does not hold it: while the notification is young it waits (the put may
+/// still be running), then archives it alone and splits from there.
+async fn an_adyen_batch_whose_segment_failed_is_archived_alone_before_it_is_split(kind: Kind) {
+    use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
+    use paynotify_shared::segment::{self, Location};
+    let (t, _secrets) = spawn_with_acme(kind).await;
+    let sim = Simulator::adyen(ADYEN_KEY, ADYEN_ACCOUNT, &t.url).unwrap();
+    let key = |id: &str| PaymentKey::new("adyen", ADYEN_ACCOUNT, id);
+    let queue = t.app().backends.queue.clone();
+    // The message of a batch whose segment of 3 was never written.
+    let orphan = |received_at, ids: [&str; 2]| {
+        let body = Simulator::adyen_batch(&[sim.purchase(ids[0], 500), sim.purchase(ids[1], 700)]);
+        let e = Envelope::new(Received {
+            source: "adyen",
+            received_at,
+            remote_addr: None,
+            method: "POST",
+            path: "/notify/adyen",
+            query: None,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes(),
+        });
+        let at = Location::span(segment::segment_key(&e.partition(), &e.id, 3), 4_000, 2_000);
+        (
+            e.clone(),
+            QueuedBody::inline(e.to_json(), &at, queue.max_message_bytes()).unwrap(),
+        )
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let (old, message) = orphan(now - time::Duration::minutes(2), ["O1", "O2"]);
+    queue.send(&message).await.unwrap();
+    t.wait_for_status_of(&key("O1"), PaymentStatus::Paid).await;
+    t.wait_for_status_of(&key("O2"), PaymentStatus::Paid).await;
+    t.wait_until_drained().await;
+    assert!(
+        t.dlq_reasons().await.is_empty(),
+        "{:?}",
+        t.dlq_reasons().await
+    );
+    // Archived alone, where a notification that arrives by itself would be.
+    let (own_key, bytes, _) = old.to_segment();
+    assert_eq!(t.app().backends.archive.get(&own_key).await.unwrap(), bytes);
+    let report = t.reconcile().await;
+    assert_eq!((report.archived, report.in_ledger), (1, 2), "{report:?}");
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+
+    // Young: retried, neither split nor dead-lettered.
+    let retried = t.app().stats.snapshot().retried;
+    let (young, message) = orphan(now, ["Y1", "Y2"]);
+    queue.send(&message).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.app().stats.snapshot().retried == retried {
+        assert!(std::time::Instant::now() < deadline, "never retried");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.payment_of(&key("Y1")).await, None);
+    assert!(t.dlq_reasons().await.is_empty());
+    let (own_key, _, _) = young.to_segment();
+    assert!(t.app().backends.archive.get(&own_key).await.is_err());
 }

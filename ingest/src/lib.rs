@@ -25,8 +25,9 @@ use paynotify_shared::config::{Config, IngestConfig};
 use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
 use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
 use paynotify_shared::notification_span;
+use paynotify_shared::ports::ArchiveError;
 use paynotify_shared::ports::Queue;
-use segmenter::{SegmentSettings, Segmenter};
+use segmenter::{Placed, SegmentSettings, Segmenter};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -222,11 +223,20 @@ impl IntoResponse for Answer {
     }
 }
 
-/// Archives, then enqueues, one notification of a configured source, and
+/// Archives and enqueues one notification of a configured source, and
 /// answers 200 with `success_body` only when both are durable; 503 when
 /// either store fails (the PSP sends it again). Every transport (the
 /// server, the Lambda handler) stores through here, in the notification's
 /// span.
+///
+/// The queue send runs while the notification's segment is written, once
+/// the segment is sealed and the envelope's place in it known: a message
+/// carries the whole envelope, so it never depends on the segment. When the
+/// segment then fails, the answer is 503 and the message already sent is
+/// applied from its own bytes (the PSP's retry is then a duplicate); the
+/// worker checks the archive before it derives a pointer from such a
+/// message (`paynotify_worker::archived`). An envelope too large to travel
+/// inline is sent as a pointer, and only once its segment is durable.
 pub async fn store(state: &IngestState, pending: Pending, success_body: String) -> Answer {
     let Pending {
         source,
@@ -237,20 +247,40 @@ pub async fn store(state: &IngestState, pending: Pending, success_body: String) 
     } = pending;
     state.metrics.received(&source);
     tracing::Span::current().record("notification_id", id.as_str());
-    let (at, json) = match state.segmenter.append(partition, id.clone(), json).await {
-        Ok(appended) => appended,
-        Err(e) => {
-            error!(error = %e, "archive failed");
-            return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n");
-        }
+    // A message sent meanwhile holds the whole envelope: it is applied, and
+    // the PSP's retry of this 503 is a duplicate.
+    let archive_failed = |e: ArchiveError, enqueued: bool| {
+        error!(error = %e, enqueued, "archive failed");
+        Answer::new(StatusCode::SERVICE_UNAVAILABLE, "archive unavailable\n")
     };
-    state.metrics.archived(&source);
-    let message = QueuedBody::for_queue(json, &at, &id, state.queue.max_message_bytes());
-    if let Err(e) = state.queue.send(&message).await {
+    let Placed { at, json, durable } =
+        match state.segmenter.place(partition, id.clone(), json).await {
+            Ok(placed) => placed,
+            Err(e) => return archive_failed(e, false),
+        };
+    let (archived, sent) = match QueuedBody::inline(json, &at, state.queue.max_message_bytes()) {
+        Some(message) => tokio::join!(durable.wait(), state.queue.send(&message)),
+        None => match durable.wait().await {
+            Ok(()) => {
+                let pointer = QueuedBody::pointer(&at, Some(&id), None, None);
+                (Ok(()), state.queue.send(&pointer).await)
+            }
+            Err(e) => return archive_failed(e, false),
+        },
+    };
+    if archived.is_ok() {
+        state.metrics.archived(&source);
+    }
+    if sent.is_ok() {
+        state.metrics.enqueued(&source);
+    }
+    if let Err(e) = archived {
+        return archive_failed(e, sent.is_ok());
+    }
+    if let Err(e) = sent {
         error!(error = %e, archive_key = %at, "enqueue failed");
         return Answer::new(StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n");
     }
-    state.metrics.enqueued(&source);
     info!(bytes = body_len, archive_key = %at, "accepted");
     Answer::new(StatusCode::OK, success_body)
 }

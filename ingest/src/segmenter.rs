@@ -4,11 +4,14 @@
 //! commit task; those that arrive while it is open join it. The task waits
 //! for the window (or until the group is full: `segment_max_records` or
 //! `segment_max_bytes`), then for one of `segment_writers` permits, seals
-//! the group and puts it as one segment. Every member is answered only after
-//! the put succeeded, so a 200 still means "durable". Groups of different
-//! partitions, and successive groups of one, are written in parallel up to
-//! the permits; while all permits are taken, groups keep filling, so the
-//! segments grow with the load and the archive's calls do not.
+//! the group and puts it as one segment. Each member learns its place in
+//! the segment when the group is sealed ([`Segmenter::place`]), so its queue
+//! send can run while the segment is written, and then whether the put
+//! succeeded ([`Durable`]); ingest answers 200 only after both, so a 200
+//! still means "durable". Groups of different partitions, and successive
+//! groups of one, are written in parallel up to the permits; while all
+//! permits are taken, groups keep filling, so the segments grow with the
+//! load and the archive's calls do not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,10 +67,41 @@ fn local_writers() -> usize {
 /// What a member gets back: where its envelope is, and its JSON again.
 pub type Appended = (Location, Vec<u8>);
 
+/// A notification's place in a sealed segment, known before the segment is
+/// durable.
+#[derive(Debug)]
+pub struct Placed {
+    /// Where the envelope will be once the segment is durable.
+    pub at: Location,
+    /// The envelope's JSON, handed back (the segment holds its own copy).
+    pub json: Vec<u8>,
+    /// Whether the segment's put succeeded.
+    pub durable: Durable,
+}
+
+/// The outcome of a sealed segment's put, awaited by each of its members.
+#[derive(Debug)]
+pub struct Durable(oneshot::Receiver<Result<(), ArchiveError>>);
+
+impl Durable {
+    /// Waits until the segment is durable.
+    ///
+    /// # Errors
+    /// The archive's error when the put failed (no member of the segment is
+    /// durable then).
+    pub async fn wait(self) -> Result<(), ArchiveError> {
+        self.0.await.unwrap_or_else(|_| Err(writer_ended()))
+    }
+}
+
+fn writer_ended() -> ArchiveError {
+    ArchiveError::Unavailable("the segment's writer ended before answering".into())
+}
+
 struct Member {
     id: String,
     json: Vec<u8>,
-    reply: oneshot::Sender<Result<Appended, ArchiveError>>,
+    placed: oneshot::Sender<Placed>,
 }
 
 struct Group {
@@ -130,8 +164,26 @@ impl Segmenter {
         id: String,
         json: Vec<u8>,
     ) -> Result<Appended, ArchiveError> {
-        let (reply, answer) = oneshot::channel();
-        let member = Member { id, json, reply };
+        let Placed { at, json, durable } = self.place(partition, id, json).await?;
+        durable.wait().await?;
+        Ok((at, json))
+    }
+
+    /// Adds the envelope `json` of notification `id` to a segment of
+    /// `partition` and returns once that segment is sealed, with the
+    /// envelope's location in it; the segment is durable when
+    /// [`Placed::durable`] says so.
+    ///
+    /// # Errors
+    /// `Unavailable` when the segment's task ended before sealing it.
+    pub async fn place(
+        self: &Arc<Self>,
+        partition: String,
+        id: String,
+        json: Vec<u8>,
+    ) -> Result<Placed, ArchiveError> {
+        let (placed, answer) = oneshot::channel();
+        let member = Member { id, json, placed };
         let opened = {
             let mut open = lock(&self.open);
             match open.get(&partition) {
@@ -164,13 +216,12 @@ impl Segmenter {
         if let Some((group, full)) = opened {
             tokio::spawn(self.clone().commit(partition, group, full));
         }
-        answer.await.map_err(|_| {
-            ArchiveError::Unavailable("the segment's writer ended before answering".into())
-        })?
+        answer.await.map_err(|_| writer_ended())
     }
 
-    /// Waits for the window (or a full group) and a writer, seals the group
-    /// and writes it as one segment, then answers every member.
+    /// Waits for the window (or a full group) and a writer, seals the group,
+    /// tells every member its place, writes the group as one segment, then
+    /// tells every member whether the put succeeded.
     async fn commit(self: Arc<Self>, partition: String, group: Arc<Mutex<Group>>, full: bool) {
         if !full && !self.settings.window.is_zero() {
             let notify = lock(&group).full.clone();
@@ -193,31 +244,28 @@ impl Segmenter {
         };
         let key = segment::segment_key(&partition, &first.id, members.len());
         let (bytes, at) = segment::build(&key, members.iter().map(|m| m.json.as_slice()));
-        let result = put_once(self.archive.as_ref(), &key, &bytes).await;
+        let mut outcomes = Vec::with_capacity(members.len());
+        for (member, at) in members.into_iter().zip(at) {
+            let (outcome, durable) = oneshot::channel();
+            outcomes.push(outcome);
+            // A member that stopped waiting (its request was dropped) is
+            // still written: its segment is shared.
+            let _ = member.placed.send(Placed {
+                at,
+                json: member.json,
+                durable: Durable(durable),
+            });
+        }
+        let result = segment::put_once(self.archive.as_ref(), &key, &bytes).await;
         drop(permit);
         drop(bytes);
-        for (member, at) in members.into_iter().zip(at) {
+        for outcome in outcomes {
             let answer = match &result {
-                Ok(()) => Ok((at, member.json)),
+                Ok(()) => Ok(()),
                 Err(e) => Err(ArchiveError::Unavailable(e.to_string())),
             };
-            let _ = member.reply.send(answer);
+            let _ = outcome.send(answer);
         }
-    }
-}
-
-/// Puts a segment. A put that finds its own key taken is a retry of a put
-/// that succeeded with its reply lost (an SDK retry after a timeout; keys
-/// start with a fresh ULID): it succeeded when the stored object is these
-/// bytes.
-async fn put_once(archive: &dyn Archive, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
-    match archive.put(key, bytes).await {
-        Err(ArchiveError::AlreadyExists(k)) => match archive.get(key).await {
-            Ok(stored) if stored == bytes => Ok(()),
-            Ok(_) => Err(ArchiveError::AlreadyExists(k)),
-            Err(e) => Err(e),
-        },
-        other => other,
     }
 }
 

@@ -16,7 +16,7 @@ use paynotify_shared::config::IngestConfig;
 use paynotify_shared::envelope::QueuedBody;
 use paynotify_shared::faults::{Faults, FaultyArchive, FaultyQueue};
 use paynotify_shared::metrics::Metrics;
-use paynotify_shared::ports::{Archive, Queue};
+use paynotify_shared::ports::{Archive, ArchiveError, Queue};
 use paynotify_shared::segment::Location;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -49,23 +49,33 @@ async fn start_with(
     queue_down: bool,
     tweak: impl FnOnce(&mut IngestConfig),
 ) -> Ingest {
+    let (archive_faults, queue_faults) = (Faults::new(), Faults::new());
+    archive_faults.set_down(archive_down);
+    queue_faults.set_down(queue_down);
+    start_on(archive_faults, queue_faults, |a, _| a, tweak).await
+}
+
+/// An ingest on a local archive and queue with `faults`, its archive port
+/// wrapped by `wrap` (given the queue).
+async fn start_on(
+    archive_faults: Arc<Faults>,
+    queue_faults: Arc<Faults>,
+    wrap: impl FnOnce(Arc<dyn Archive>, LocalQueue) -> Arc<dyn Archive>,
+    tweak: impl FnOnce(&mut IngestConfig),
+) -> Ingest {
     let dir = tempfile::tempdir().unwrap();
     let archive = LocalArchive::open(dir.path().join("archive")).unwrap();
     let queue = LocalQueue::open(&dir.path().join("q.sqlite3"), 30, 5).unwrap();
-    let down = |on: bool| {
-        let f = Faults::new();
-        f.set_down(on);
-        f
-    };
     let queue_port: Arc<dyn Queue> = Arc::new(FaultyQueue {
         inner: Arc::new(queue.clone()),
-        faults: down(queue_down),
+        faults: queue_faults,
+    });
+    let archive_port: Arc<dyn Archive> = Arc::new(FaultyArchive {
+        inner: Arc::new(archive.clone()),
+        faults: archive_faults,
     });
     let backends = Backends {
-        archive: Arc::new(FaultyArchive {
-            inner: Arc::new(archive.clone()),
-            faults: down(archive_down),
-        }),
+        archive: wrap(archive_port, queue.clone()),
         queue: queue_port,
         ledger: Arc::new(LocalLedger::open(&dir.path().join("l.sqlite3")).unwrap()),
         api_calls: None,
@@ -161,13 +171,94 @@ async fn answers_200_with_the_success_body_after_archive_and_queue() {
 async fn answers_503_when_the_archive_or_the_queue_fails() {
     let i = start(true, false, 10_000).await;
     assert_eq!(post(i.addr, "a=1").await.0, 503);
+    // The message went out while the segment was being written: it holds
+    // the whole envelope, so it is applied from its own bytes (the PSP's
+    // retry of the 503 is then a duplicate).
+    let queued = i.queue.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    let QueuedBody::Envelope(envelope) = QueuedBody::parse(&queued[0].body).unwrap() else {
+        panic!("an envelope, not a pointer to a segment that failed")
+    };
+    assert_eq!(envelope.body.as_deref(), Some("a=1"));
+    let i = start(false, true, 10_000).await;
+    assert_eq!(post(i.addr, "a=1").await.0, 503);
+}
+
+/// Puts a segment only once the queue holds a message: a put that had to
+/// come before the queue send would wait here in vain.
+struct PutsOnceSent {
+    inner: Arc<dyn Archive>,
+    queue: LocalQueue,
+}
+
+#[async_trait::async_trait]
+impl Archive for PutsOnceSent {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.queue.depth().await.unwrap() == 0 {
+            if Instant::now() > deadline {
+                return Err(ArchiveError::Unavailable(
+                    "no message was sent while the segment was written".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.inner.put(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        self.inner.get_range(key, offset, length).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        from: Option<time::OffsetDateTime>,
+        to: Option<time::OffsetDateTime>,
+    ) -> Result<Vec<String>, ArchiveError> {
+        self.inner.list(prefix, from, to).await
+    }
+}
+
+#[tokio::test]
+async fn the_queue_send_runs_while_the_segment_is_written() {
+    let wrap = |inner, queue| -> Arc<dyn Archive> { Arc::new(PutsOnceSent { inner, queue }) };
+    let i = start_on(Faults::new(), Faults::new(), wrap, |_| {}).await;
+    assert_eq!(post(i.addr, "a=1").await, (200, "ok".to_owned()));
+    let keys = i.archive.list("raw/", None, None).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(i.queue.depth().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_envelope_too_large_for_the_queue_is_sent_as_a_pointer_only_once_archived() {
+    let (archive_faults, queue_faults) = (Faults::new(), Faults::new());
+    queue_faults.set_max_message_bytes(Some(100));
+    let i = start_on(archive_faults.clone(), queue_faults, |a, _| a, |_| {}).await;
+    archive_faults.set_down(true);
+    assert_eq!(post(i.addr, "a=1").await.0, 503);
     assert_eq!(
         i.queue.depth().await.unwrap(),
         0,
-        "nothing enqueued without an archived copy"
+        "no pointer to a segment that failed"
     );
-    let i = start(false, true, 10_000).await;
-    assert_eq!(post(i.addr, "a=1").await.0, 503);
+    archive_faults.set_down(false);
+    assert_eq!(post(i.addr, "a=1").await, (200, "ok".to_owned()));
+    let queued = i.queue.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    let QueuedBody::Pointer { location, .. } = QueuedBody::parse(&queued[0].body).unwrap() else {
+        panic!("a pointer")
+    };
+    let envelope = paynotify_shared::segment::read_envelope(&i.archive, &location, None)
+        .await
+        .unwrap();
+    assert_eq!(envelope.body.as_deref(), Some("a=1"));
 }
 
 #[tokio::test]

@@ -279,12 +279,20 @@ impl QueuedBody {
         id: &str,
         max_message_bytes: usize,
     ) -> Vec<u8> {
+        Self::inline(envelope_json, at, max_message_bytes)
+            .unwrap_or_else(|| Self::pointer(at, Some(id), None, None))
+    }
+
+    /// The envelope `envelope_json` with its location `at`, as it travels on
+    /// the queue; `None` when that exceeds `max_message_bytes` (a pointer
+    /// travels instead).
+    pub fn inline(
+        envelope_json: Vec<u8>,
+        at: &Location,
+        max_message_bytes: usize,
+    ) -> Option<Vec<u8>> {
         let located = Self::with_location(envelope_json, at);
-        if located.len() > max_message_bytes {
-            Self::pointer(at, Some(id), None, None)
-        } else {
-            located
-        }
+        (located.len() <= max_message_bytes).then_some(located)
     }
 
     /// `envelope_json` (an envelope serialised by [`Envelope::to_json`],

@@ -36,6 +36,8 @@ pub struct Faults {
     fatal: Mutex<Option<String>>,
     repeat: AtomicBool,
     depth_misses: AtomicU64,
+    /// 0: the wrapped queue's own limit.
+    max_message_bytes: AtomicU64,
 }
 
 impl Faults {
@@ -119,6 +121,13 @@ impl Faults {
         self.depth_misses
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    /// A wrapped queue takes messages of at most `n` bytes (`None`: its own
+    /// limit), so a local queue can stand in for SQS's 256 KiB.
+    pub fn set_max_message_bytes(&self, n: Option<usize>) {
+        self.max_message_bytes
+            .store(n.map_or(0, |n| n.max(1) as u64), Ordering::SeqCst);
     }
 
     /// The wrapped store reports `why` as fatal (a stopped writer).
@@ -296,6 +305,12 @@ impl Queue for FaultyQueue {
     fn max_delay_secs(&self) -> u32 {
         self.inner.max_delay_secs()
     }
+    fn max_message_bytes(&self) -> usize {
+        match self.faults.max_message_bytes.load(Ordering::SeqCst) {
+            0 => self.inner.max_message_bytes(),
+            n => self.inner.max_message_bytes().min(n as usize),
+        }
+    }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {
         faulty!(
             self,
@@ -391,9 +406,6 @@ impl Queue for FaultyQueue {
             QueueError::Unavailable,
             self.inner.dlq_depth()
         )
-    }
-    fn max_message_bytes(&self) -> usize {
-        self.inner.max_message_bytes()
     }
 }
 

@@ -177,6 +177,24 @@ pub async fn read(archive: &dyn Archive, location: &Location) -> Result<Vec<u8>,
     }
 }
 
+/// Puts a segment, create-only. A put that finds its key taken by these
+/// very bytes succeeded: it is the retry of a put whose reply was lost (an
+/// SDK retry after a timeout), or the same segment written by another
+/// (workers archiving one notification alone, `paynotify_worker::archived`).
+///
+/// # Errors
+/// The archive's; `AlreadyExists` when the key holds other bytes.
+pub async fn put_once(archive: &dyn Archive, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+    match archive.put(key, bytes).await {
+        Err(ArchiveError::AlreadyExists(k)) => match archive.get(key).await {
+            Ok(stored) if stored == bytes => Ok(()),
+            Ok(_) => Err(ArchiveError::AlreadyExists(k)),
+            Err(e) => Err(e),
+        },
+        other => other,
+    }
+}
+
 /// Why an archived envelope could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -11,6 +11,7 @@
 //! bounded by receives (and on SQS by the redrive policy).
 
 pub mod apply;
+pub mod archived;
 pub mod query;
 mod settle;
 mod stats;
@@ -161,6 +162,7 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
         Err(e) => return (dead("malformed_envelope", e), unknown()),
     };
     let location = queued.location();
+    let inline = matches!(queued, QueuedBody::Envelope(_));
     let envelope = match queued {
         QueuedBody::Envelope(e) => *e,
         QueuedBody::Pointer {
@@ -212,6 +214,24 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     let event = match verified {
         Ok(Verified::Event(event)) => *event,
         Ok(Verified::Items(n)) => {
+            // The items' messages point into the archive: make sure it holds
+            // what came inline.
+            let location = if inline {
+                let now = OffsetDateTime::now_utc();
+                let at = archived::archived(
+                    ctx.archive.as_ref(),
+                    &envelope,
+                    &location,
+                    now,
+                    archived::Young::Wait,
+                );
+                match at.await {
+                    Ok(at) => at,
+                    Err(why) => return (Disposition::Retry(why), source),
+                }
+            } else {
+                location
+            };
             info!(
                 items = n,
                 "several items, each signed on its own: queued one by one"

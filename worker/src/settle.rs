@@ -11,6 +11,7 @@ use paynotify_shared::segment::Location;
 use time::OffsetDateTime;
 use tracing::{warn, Instrument, Span};
 
+use crate::archived::{archived, Young};
 use crate::{AckKind, Disposition, Processed, WorkerContext};
 
 /// The visibility delay before the `receive_count`-th retry: exponential from
@@ -210,9 +211,29 @@ async fn retry(
     let delay = whole_secs(retry_delay(&ctx.config, attempts));
     match &carried {
         Some(carried) if message.receive_count >= last_own_receive(ctx.max_receives) => {
+            let retry = RetryState { since, attempts };
+            let body = match carried {
+                // The fresh delivery is a pointer: make sure the archive
+                // holds what came inline.
+                QueuedBody::Envelope(e) => {
+                    let location = carried.location();
+                    let at = archived(ctx.archive.as_ref(), e, &location, now, Young::ArchiveNow);
+                    match at.await {
+                        Ok(at) => QueuedBody::pointer(&at, Some(&e.id), Some(retry), None),
+                        Err(e) => {
+                            // Left on the queue: the next receive tries again
+                            // (and the queue's own limit still holds).
+                            warn!(error = %e, "cannot move the message to a fresh delivery");
+                            ctx.queue.delay(&message.receipt, delay).await?;
+                            retried(ctx, &processed.source);
+                            return Ok(Settled::Delayed);
+                        }
+                    }
+                }
+                QueuedBody::Pointer { .. } => carried.retried(retry),
+            };
             // Sent before the delete: a crash between leaves a duplicate
             // delivery, which applying idempotently absorbs; never none.
-            let body = carried.retried(RetryState { since, attempts });
             ctx.queue
                 .send_delayed(&body, delay.min(ctx.queue.max_delay_secs()))
                 .await?;
