@@ -16,7 +16,11 @@
 # each connection count in $CONNS, $DURATION per row. The same for a bare axum
 # handler answering 200 at each n in $BARE_CORES. Rows for other segment
 # settings with SETTINGS="WINDOW_MS:WRITERS ..." and other local queue shard
-# counts with QUEUE_SHARDS="1 8 ..." (default "-": the backend's).
+# counts with QUEUE_SHARDS="1 8 ..." (default "-": the backend's). With
+# RATE=N, oha holds N requests/s (at most) instead of as many as the
+# connections allow. Each ingest row's notes split its mean time, read from
+# ingest's own histograms before and after the row: the whole request, the
+# segment's put and the queue send (which run at the same time).
 # With DRAIN_CORES="2 16 ...", rows of the worker's side: a local queue filled
 # through ingest with $DRAIN_COUNT distinct signed notifications (`paynotify
 # simulate`, ingest and it on the other cores), then paynotify-worker pinned
@@ -117,7 +121,30 @@ EOT
   }
   load() { # cores conns url
     taskset -c "$(other_cores "$1")" "$kit/oha" --no-tui --output-format json -m POST -D "$kit/body.txt" \
-      -H 'Content-Type: application/x-www-form-urlencoded' -z "$DURATION" -c "$2" "$3"
+      -H 'Content-Type: application/x-www-form-urlencoded' -z "$DURATION" -c "$2" ${RATE:+-q "$RATE"} "$3"
+  }
+  metrics() { curl -s http://127.0.0.1:19290/metrics; }
+  split() { # metrics-before metrics-after: "mean ingest A ms (put B, send C)"
+    python3 - "$1" "$2" <<'PY'
+import re, sys
+def sums(text):
+    d = {}
+    for l in text.splitlines():
+        m = re.match(r'(paynotify_ingest_duration_seconds|paynotify_backend_call_duration_seconds)_(sum|count)(\{[^}]*\})? (\S+)', l)
+        if not m:
+            continue
+        labels = m.group(3) or ""
+        what = "ingest" if m.group(1).startswith("paynotify_ingest") else \
+            "put" if 'operation="put"' in labels else "send" if 'operation="send"' in labels else None
+        if what:
+            d[(what, m.group(2))] = d.get((what, m.group(2)), 0) + float(m.group(4))
+    return d
+a, b = sums(sys.argv[1]), sums(sys.argv[2])
+def mean(w):
+    n = b.get((w, "count"), 0) - a.get((w, "count"), 0)
+    return (b.get((w, "sum"), 0) - a.get((w, "sum"), 0)) * 1000 / n if n else float("nan")
+print(f"mean ingest {mean('ingest'):.2f} ms (put {mean('put'):.2f}, send {mean('send'):.2f})")
+PY
   }
   keep() { mkdir -p "$work/json"; echo "$2" > "$work/json/$1.json"; }
 
@@ -158,14 +185,16 @@ PY
         env "${env[@]}" taskset -c "0-$((n - 1))" "$kit/paynotify-ingest" --config "$dir.toml" \
           2> "$dir.log" & local pid=$!
         wait_port 18280 || { echo "ingest did not start:" >&2; cat "$dir.log" >&2; exit 1; }
-        local r
+        local r m0 m1
+        m0=$(metrics)
         r=$(load "$n" "$c" http://127.0.0.1:18280/notify/unionpay)
+        m1=$(metrics)
         kill $pid; wait $pid || true
         keep "ingest-$n-$c-${setting/:/_}-$shards" "$r"
         local objects
         objects=$(find "$dir/archive/raw" -type f | wc -l)
-        row "ingest ($name), $n, $c" "$r" \
-          "oha on cores $(other_cores "$n"); archive objects per million: $(echo "$r" | field "round($objects * 1e6 / max(d['statusCodeDistribution'].get('200', 0), 1))")"
+        row "ingest ($name), $n, $c${RATE:+ at $RATE/s}" "$r" \
+          "oha on cores $(other_cores "$n"); archive objects per million: $(echo "$r" | field "round($objects * 1e6 / max(d['statusCodeDistribution'].get('200', 0), 1))"); $(split "$m0" "$m1")"
         rm -rf "$dir"
       done
     done
