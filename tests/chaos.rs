@@ -22,6 +22,7 @@ on_both_backends!(
     a_failed_delete_is_not_counted_and_the_redelivery_is_a_duplicate,
     a_panic_is_caught_retried_and_dead_lettered_as_panic,
     archive_down_answers_503_and_the_message_sent_meanwhile_applies_once,
+    a_retried_message_whose_segment_failed_moves_to_a_fresh_delivery_archived_alone,
     an_archive_put_retried_after_its_success_is_not_a_503,
     queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once,
     ledger_throttling_and_lost_replies_apply_everything_once,
@@ -184,6 +185,47 @@ async fn archive_down_answers_503_and_the_message_sent_meanwhile_applies_once(ki
     assert_eq!(t.payment("a503").await.unwrap().version, 1);
     let report = t.reconcile().await;
     // Only the retry is archived; its event is the one recorded.
+    assert_eq!((report.archived, report.in_ledger), (1, 1));
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+}
+
+/// A message whose segment failed, retried past the queue's receive limit
+/// (a ledger outage): its fresh delivery is a pointer, so the worker first
+/// archives the notification alone, and the pointer leads there.
+async fn a_retried_message_whose_segment_failed_moves_to_a_fresh_delivery_archived_alone(
+    kind: Kind,
+) {
+    let t = spawn_app_tweaked(kind, with_faults(), |c| c.backend.max_receives = 3).await;
+    t.faults().archive.only(Some(&["put"]));
+    t.faults().archive.set_down(true);
+    t.faults().ledger.set_down(true);
+    assert_eq!(t.post(t.sim.purchase("moved", 100)).await, 503);
+    t.faults().archive.set_down(false);
+    let retried = t.app().stats.snapshot().retried;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Receive 1 is the last of its own with three receives: moved then.
+    while t.app().stats.snapshot().retried < retried + 2 {
+        assert!(Instant::now() < deadline, "never retried past the limit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = t
+        .app()
+        .backends
+        .archive
+        .list("raw/", None, None)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "archived alone: {keys:?}");
+    assert!(keys[0].ends_with("-1.ndjson"), "{keys:?}");
+    t.faults().ledger.set_down(false);
+    t.wait_for_status("moved", PaymentStatus::Paid).await;
+    t.wait_until_drained().await;
+    assert!(
+        t.dlq_reasons().await.is_empty(),
+        "{:?}",
+        t.dlq_reasons().await
+    );
+    let report = t.reconcile().await;
     assert_eq!((report.archived, report.in_ledger), (1, 1));
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
 }
