@@ -2,7 +2,7 @@
 //!
 //! Every log line is one event together with the fields of each span it is
 //! in, outermost first, flattened into the line: the span a notification's
-//! processing runs in (see [`notification_span`]) gives every line of its
+//! processing runs in (see [`notification_span`](crate::notification_span)) gives every line of its
 //! life `notification_id`, `source`, `psp_txn_id`, `unionpay_txn_id`,
 //! `stage` and `direction` without repeating them at each call site.
 //! Lines are JSON (one object per line) unless stderr is a terminal, where
