@@ -10,8 +10,11 @@
 //! dead-lettered as `missing_archive_object`, although the message holds
 //! every byte. So the worker reads the envelope back at that location;
 //! when it is not there and the notification is younger than [`SETTLE`],
-//! the put may still be running and the caller retries later; once it is
-//! older, the worker archives the envelope alone and points there.
+//! the put may still be running: it looks again a few times within about a
+//! second (a worker that received the message before the segment's put
+//! ended, as on S3, finds it then), and else the caller retries later; once
+//! the notification is older, the worker archives the envelope alone and
+//! points there.
 
 use paynotify_shared::envelope::Envelope;
 use paynotify_shared::ports::{Archive, ArchiveError};
@@ -24,6 +27,9 @@ use tracing::warn;
 /// SDK's retries); past this, a segment that does not hold the notification
 /// never will.
 pub const SETTLE: time::Duration = time::Duration::seconds(60);
+
+/// The pauses before looking again for a young notification's segment.
+const LOOK_AGAIN_MS: [u64; 4] = [50, 100, 250, 500];
 
 /// Whether to wait for a young notification's segment, or archive it alone
 /// at once.
@@ -52,17 +58,26 @@ pub async fn archived(
     now: OffsetDateTime,
     young: Young,
 ) -> Result<Location, String> {
-    match segment::read_envelope(archive, at, Some(&envelope.id)).await {
-        Ok(_) => return Ok(at.clone()),
-        // Not there, cut short, or another's: not this notification's place.
-        Err(
-            ReadError::Archive(ArchiveError::NotFound(_))
-            | ReadError::Envelope { .. }
-            | ReadError::WrongEnvelope { .. },
-        ) => {}
-        Err(ReadError::Archive(e)) => return Err(format!("reading {at} back: {e}")),
+    let waits = young == Young::Wait && now - envelope.received_at < SETTLE;
+    let pauses = if waits { &LOOK_AGAIN_MS[..] } else { &[] };
+    let mut pauses = pauses.iter();
+    loop {
+        match segment::read_envelope(archive, at, Some(&envelope.id)).await {
+            Ok(_) => return Ok(at.clone()),
+            // Not there, cut short, or another's: not this notification's place.
+            Err(
+                ReadError::Archive(ArchiveError::NotFound(_))
+                | ReadError::Envelope { .. }
+                | ReadError::WrongEnvelope { .. },
+            ) => {}
+            Err(ReadError::Archive(e)) => return Err(format!("reading {at} back: {e}")),
+        }
+        match pauses.next() {
+            Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(*ms)).await,
+            None => break,
+        }
     }
-    if young == Young::Wait && now - envelope.received_at < SETTLE {
+    if waits {
         return Err(format!(
             "{at} does not hold the notification yet (its segment may still be being written)"
         ));
@@ -186,6 +201,27 @@ mod tests {
         let again = archived(&archive, &q, &at, now, Young::ArchiveNow).await;
         assert_eq!(again, Ok(own_at));
         assert_eq!(keys(&archive).await, vec![own_key]);
+    }
+
+    #[tokio::test]
+    async fn a_young_notification_whose_segment_lands_meanwhile_is_found_there() {
+        let (_dir, archive) = archive();
+        let now = OffsetDateTime::now_utc();
+        let e = envelope(now);
+        let (key, bytes, at) = e.to_segment();
+        let q = queued(&e, &at);
+        // The segment's put ends after the worker first looked.
+        let late = {
+            let archive = archive.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+                archive.put(&key, &bytes).await.unwrap();
+            })
+        };
+        let found = archived(&archive, &q, &at, now, Young::Wait).await;
+        late.await.unwrap();
+        assert_eq!(found, Ok(at));
+        assert_eq!(keys(&archive).await.len(), 1);
     }
 
     #[tokio::test]
