@@ -397,7 +397,7 @@ fn adyen_signed(mut item: serde_json::Value) -> String {
 /// does not hold it: while the notification is young it waits (the put may
 /// still be running), then archives it alone and splits from there.
 async fn an_adyen_batch_whose_segment_failed_is_archived_alone_before_it_is_split(kind: Kind) {
-    use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
+    use paynotify_shared::envelope::QueuedBody;
     use paynotify_shared::segment::{self, Location};
     let (t, _secrets) = spawn_with_acme(kind).await;
     let sim = Simulator::adyen(ADYEN_KEY, ADYEN_ACCOUNT, &t.url).unwrap();
@@ -406,16 +406,8 @@ async fn an_adyen_batch_whose_segment_failed_is_archived_alone_before_it_is_spli
     // The message of a batch whose segment of 3 was never written.
     let orphan = |received_at, ids: [&str; 2]| {
         let body = Simulator::adyen_batch(&[sim.purchase(ids[0], 500), sim.purchase(ids[1], 700)]);
-        let e = Envelope::new(Received {
-            source: "adyen",
-            received_at,
-            remote_addr: None,
-            method: "POST",
-            path: "/notify/adyen",
-            query: None,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.as_bytes(),
-        });
+        let headers = vec![("content-type".into(), "application/json".into())];
+        let e = support::received("adyen", received_at, headers, body.as_bytes());
         let at = Location::span(segment::segment_key(&e.partition(), &e.id, 3), 4_000, 2_000);
         (
             e.clone(),
@@ -444,11 +436,8 @@ async fn an_adyen_batch_whose_segment_failed_is_archived_alone_before_it_is_spli
     let retried = t.app().stats.snapshot().retried;
     let (young, message) = orphan(now, ["Y1", "Y2"]);
     queue.send(&message).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while t.app().stats.snapshot().retried == retried {
-        assert!(std::time::Instant::now() < deadline, "never retried");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    t.wait_for_retried(retried + 1, std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(t.payment_of(&key("Y1")).await, None);
     assert!(t.dlq_reasons().await.is_empty());
     let (own_key, _, _) = young.to_segment();

@@ -185,6 +185,20 @@ impl TestApp {
         }
     }
 
+    /// Waits until the workers have retried at least `at_least` messages
+    /// in all, for at most `within`.
+    pub async fn wait_for_retried(&self, at_least: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.app().stats.snapshot().retried < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{} retried, never {at_least}",
+                self.app().stats.snapshot().retried
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_until_drained(&self) {
         let queue = self.app().backends.queue.as_ref();
         let drained = wait_drained(queue, Duration::from_secs(60), Duration::from_millis(20));

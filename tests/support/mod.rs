@@ -37,14 +37,25 @@ macro_rules! on_both_backends {
 /// An envelope of `body` received now on the UnionPay source, as ingest
 /// builds it.
 pub fn envelope(body: &[u8]) -> paynotify_shared::envelope::Envelope {
+    received("unionpay", time::OffsetDateTime::now_utc(), vec![], body)
+}
+
+/// An envelope of `body` with `headers`, posted to `/notify/{source}` and
+/// received at `received_at`, as ingest builds it.
+pub fn received(
+    source: &str,
+    received_at: time::OffsetDateTime,
+    headers: Vec<(String, String)>,
+    body: &[u8],
+) -> paynotify_shared::envelope::Envelope {
     paynotify_shared::envelope::Envelope::new(paynotify_shared::envelope::Received {
-        source: "unionpay",
-        received_at: time::OffsetDateTime::now_utc(),
+        source,
+        received_at,
         remote_addr: None,
         method: "POST",
-        path: "/notify/unionpay",
+        path: &format!("/notify/{source}"),
         query: None,
-        headers: vec![],
+        headers,
         body,
     })
 }

@@ -84,20 +84,23 @@ pub async fn archived(
     }
     let mut alone = envelope.clone();
     alone.at = None;
+    let failed =
+        |key: &str, e: ArchiveError| format!("archiving the notification alone at {key}: {e}");
     let (key, bytes, location) = alone.to_segment();
     let location = match segment::put_once(archive, &key, &bytes).await {
         Ok(()) => location,
         Err(ArchiveError::AlreadyExists(_)) => {
             // A torn file of this name: ingest died writing this
-            // notification's own segment.
+            // notification's own segment. The same line (the segment
+            // without its newline) under a fresh name.
             let key = segment::segment_key(&alone.partition(), &ulid::Ulid::new().to_string(), 1);
             let (bytes, mut at) = segment::build(&key, [&bytes[..bytes.len() - 1]]);
             segment::put_once(archive, &key, &bytes)
                 .await
-                .map_err(|e| format!("archiving the notification alone at {key}: {e}"))?;
+                .map_err(|e| failed(&key, e))?;
             at.remove(0)
         }
-        Err(e) => return Err(format!("archiving the notification alone at {key}: {e}")),
+        Err(e) => return Err(failed(&key, e)),
     };
     warn!(
         missing_at = %at,
