@@ -1,6 +1,7 @@
 //! The DuckDB queries of `docs/analytics.md`, run as written against an
 //! archive with known contents: three payments, one refunded, one
-//! delivered three times, one tampered copy and one forged notification.
+//! delivered three times, one tampered copy, one forged notification, and
+//! one notification archived twice (its segment and `{id}-1.ndjson`).
 //! Needs Python with `duckdb` (scripts/test.sh installs it from
 //! scripts/requirements-tools.txt and sets `PAYNOTIFY_TEST_PYTHON`); fails
 //! loudly without it.
@@ -23,6 +24,37 @@ fn python() -> String {
              Run scripts/test.sh, or set it to such a Python."
         )
     })
+}
+
+/// Archives the purchase of `query_id` a second time, in an object of its
+/// own in the same partition, as when a worker archived it alone
+/// (`worker/src/archived.rs`) while its segment's put was still running and
+/// that put then succeeded. (Each notification of this test is its own
+/// segment, `{id}-1.ndjson`, so the copy takes the name a worker gives it
+/// when that one is taken: a fresh id.)
+fn copy_alone(archive: &std::path::Path, query_id: &str) {
+    let wanted = format!("queryId={query_id}");
+    let mut dirs = vec![archive.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines() {
+                let envelope: Value = serde_json::from_str(line).unwrap();
+                let body = envelope["body"].as_str().unwrap_or_default();
+                if body.split('&').any(|field| field == wanted) && body.contains("txnType=01") {
+                    let name = format!("{}-1.ndjson", ulid::Ulid::new());
+                    std::fs::write(dir.join(name), format!("{line}\n")).unwrap();
+                    return;
+                }
+            }
+        }
+    }
+    panic!("no archived purchase of {query_id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,6 +87,7 @@ async fn every_duckdb_query_of_the_analytics_guide_gives_the_known_counts() {
     let dlq_json = t.dir.path().join("dlq.json");
     std::fs::write(&dlq_json, &dlq.stdout).unwrap();
     let archive = t.config.backend.data_dir.join("archive/raw");
+    copy_alone(&archive, "an1");
     let out = Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/analytics.py"))
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/analytics.md"))
