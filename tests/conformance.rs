@@ -839,6 +839,7 @@ fn segmenter(
         archive,
         SegmentSettings {
             window: Duration::from_millis(window_ms),
+            seal_when_idle: false,
             max_records,
             max_bytes: 1 << 20,
             writers: 4,

@@ -3,7 +3,8 @@
 //! The first notification of a source and hour opens a group and starts its
 //! commit task; those that arrive while it is open join it. The task waits
 //! for the window (or until the group is full: `segment_max_records` or
-//! `segment_max_bytes`), then for one of `segment_writers` permits, seals
+//! `segment_max_bytes`; or not at all, with `segment_seal_when_idle`, when
+//! no segment is being written), then for one of `segment_writers` permits, seals
 //! the group and puts it as one segment. Each member learns its place in
 //! the segment when the group is sealed ([`Segmenter::place`]), so its queue
 //! send can run while the segment is written, and then whether the put
@@ -26,6 +27,8 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentSettings {
     pub window: Duration,
+    /// Skip the window when no segment is being written.
+    pub seal_when_idle: bool,
     pub max_records: usize,
     pub max_bytes: usize,
     pub writers: usize,
@@ -52,6 +55,9 @@ impl SegmentSettings {
             window: ingest
                 .segment_window_ms
                 .map_or(window, Duration::from_millis),
+            seal_when_idle: ingest
+                .segment_seal_when_idle
+                .unwrap_or(config.backend.kind == BackendKind::Local),
             max_records: ingest.segment_max_records.max(1),
             max_bytes: ingest.segment_max_bytes,
             writers: ingest.segment_writers.unwrap_or(writers).max(1),
@@ -221,9 +227,14 @@ impl Segmenter {
 
     /// Waits for the window (or a full group) and a writer, seals the group,
     /// tells every member its place, writes the group as one segment, then
-    /// tells every member whether the put succeeded.
+    /// tells every member whether the put succeeded. With `seal_when_idle`,
+    /// a group whose task starts while no segment is being written does not
+    /// wait for the window: there is no put to wait behind, and those who
+    /// arrive during this one's put form the next group, which waits.
     async fn commit(self: Arc<Self>, partition: String, group: Arc<Mutex<Group>>, full: bool) {
-        if !full && !self.settings.window.is_zero() {
+        let idle = self.settings.seal_when_idle
+            && self.writers.available_permits() == self.settings.writers;
+        if !full && !idle && !self.settings.window.is_zero() {
             let notify = lock(&group).full.clone();
             tokio::select! {
                 () = tokio::time::sleep(self.settings.window) => {}
@@ -272,6 +283,88 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
+    use time::OffsetDateTime;
+    use tokio::time::Instant;
+
+    /// An archive whose puts each wait for a permit of `release`.
+    struct Held {
+        release: Semaphore,
+    }
+
+    #[async_trait]
+    impl Archive for Held {
+        async fn put(&self, _key: &str, _bytes: &[u8]) -> Result<(), ArchiveError> {
+            self.release.acquire().await.expect("never closed").forget();
+            Ok(())
+        }
+        async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+            Err(ArchiveError::NotFound(key.to_owned()))
+        }
+        async fn get_range(&self, key: &str, _: u64, _: u64) -> Result<Vec<u8>, ArchiveError> {
+            Err(ArchiveError::NotFound(key.to_owned()))
+        }
+        async fn list(
+            &self,
+            _: &str,
+            _: Option<OffsetDateTime>,
+            _: Option<OffsetDateTime>,
+        ) -> Result<Vec<String>, ArchiveError> {
+            Ok(vec![])
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn held(seal_when_idle: bool) -> (Arc<Held>, Arc<Segmenter>) {
+        let archive = Arc::new(Held {
+            release: Semaphore::new(0),
+        });
+        let settings = SegmentSettings {
+            window: WINDOW,
+            seal_when_idle,
+            max_records: 1_000,
+            max_bytes: 1 << 20,
+            writers: 4,
+        };
+        (archive.clone(), Segmenter::new(archive, settings))
+    }
+
+    /// Places notification `id` and says how long (tokio's clock) it took.
+    async fn place(s: &Arc<Segmenter>, id: &str) -> (Placed, Duration) {
+        let started = Instant::now();
+        let partition = "raw/source=u/date=2026-12-03/hour=22/".to_owned();
+        let placed = s.place(partition, id.into(), b"{}".to_vec()).await.unwrap();
+        (placed, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_segment_being_written_a_group_is_sealed_without_the_window() {
+        let (archive, s) = held(true);
+        let (first, waited) = place(&s, "01A").await;
+        assert!(waited < WINDOW, "{waited:?}");
+        assert!(first.at.key.ends_with("/01A-1.ndjson"), "{}", first.at);
+        // Its put is in flight: the next group gathers for the window.
+        let (second, waited) = place(&s, "01B").await;
+        assert!(waited >= WINDOW, "{waited:?}");
+        archive.release.add_permits(2);
+        first.durable.wait().await.unwrap();
+        second.durable.wait().await.unwrap();
+        // Nothing in flight again.
+        let (third, waited) = place(&s, "01C").await;
+        assert!(waited < WINDOW, "{waited:?}");
+        archive.release.add_permits(1);
+        third.durable.wait().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_seal_when_idle_every_group_waits_for_the_window() {
+        let (archive, s) = held(false);
+        let (first, waited) = place(&s, "01A").await;
+        assert!(waited >= WINDOW, "{waited:?}");
+        archive.release.add_permits(1);
+        first.durable.wait().await.unwrap();
+    }
 
     #[test]
     fn settings_take_the_backends_defaults_unless_set() {
@@ -279,15 +372,22 @@ mod tests {
         let local = SegmentSettings::of(&config);
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(
-            (local.window, local.writers),
-            (Duration::from_millis(1), cores.clamp(4, 16))
+            (local.window, local.writers, local.seal_when_idle),
+            (Duration::from_millis(1), cores.clamp(4, 16), true)
         );
         config.backend.kind = BackendKind::Aws;
         let aws = SegmentSettings::of(&config);
-        assert_eq!((aws.window, aws.writers), (Duration::from_millis(50), 16));
+        assert_eq!(
+            (aws.window, aws.writers, aws.seal_when_idle),
+            (Duration::from_millis(50), 16, false)
+        );
         config.ingest.segment_window_ms = Some(0);
         config.ingest.segment_writers = Some(3);
+        config.ingest.segment_seal_when_idle = Some(true);
         let set = SegmentSettings::of(&config);
-        assert_eq!((set.window, set.writers), (Duration::ZERO, 3));
+        assert_eq!(
+            (set.window, set.writers, set.seal_when_idle),
+            (Duration::ZERO, 3, true)
+        );
     }
 }

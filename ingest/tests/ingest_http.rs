@@ -89,6 +89,7 @@ async fn start_on(
             backends.archive.clone(),
             SegmentSettings {
                 window: Duration::from_millis(5),
+                seal_when_idle: false,
                 max_records: 1_000,
                 max_bytes: 8 << 20,
                 writers: 16,
