@@ -1,7 +1,7 @@
 //! The DuckDB queries of `docs/analytics.md`, run as written against an
 //! archive with known contents: three payments, one refunded, one
 //! delivered three times, one tampered copy, one forged notification, and
-//! one notification archived twice (its segment and `{id}-1.ndjson`).
+//! one notification archived twice (its own segment and a second one).
 //! Needs Python with `duckdb` (scripts/test.sh installs it from
 //! scripts/requirements-tools.txt and sets `PAYNOTIFY_TEST_PYTHON`); fails
 //! loudly without it.
@@ -9,7 +9,8 @@
 use std::process::Command;
 
 use paynotify::simulate::{tamper, Delivery};
-use paynotify_shared::PaymentStatus;
+use paynotify_shared::ports::Archive;
+use paynotify_shared::{segment, PaymentStatus};
 use serde_json::Value;
 use support::app::spawn_app;
 use support::Kind;
@@ -26,35 +27,26 @@ fn python() -> String {
     })
 }
 
-/// Archives the purchase of `query_id` a second time, in an object of its
+/// Archives the purchase of `query_id` a second time, in a segment of its
 /// own in the same partition, as when a worker archived it alone
 /// (`worker/src/archived.rs`) while its segment's put was still running and
 /// that put then succeeded. (Each notification of this test is its own
 /// segment, `{id}-1.ndjson`, so the copy takes the name a worker gives it
 /// when that one is taken: a fresh id.)
-fn copy_alone(archive: &std::path::Path, query_id: &str) {
+async fn copy_alone(archive: &dyn Archive, query_id: &str) {
     let wanted = format!("queryId={query_id}");
-    let mut dirs = vec![archive.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            for line in text.lines() {
-                let envelope: Value = serde_json::from_str(line).unwrap();
-                let body = envelope["body"].as_str().unwrap_or_default();
-                if body.split('&').any(|field| field == wanted) && body.contains("txnType=01") {
-                    let name = format!("{}-1.ndjson", ulid::Ulid::new());
-                    std::fs::write(dir.join(name), format!("{line}\n")).unwrap();
-                    return;
-                }
-            }
-        }
-    }
-    panic!("no archived purchase of {query_id}");
+    let (at, envelope) = support::archived(archive)
+        .await
+        .into_iter()
+        .find(|(_, e)| {
+            let body = e.body.as_deref().unwrap_or_default();
+            body.split('&').any(|field| field == wanted) && body.contains("txnType=01")
+        })
+        .unwrap_or_else(|| panic!("no archived purchase of {query_id}"));
+    let line = segment::read(archive, &at).await.unwrap();
+    let key = segment::segment_key(&envelope.partition(), &ulid::Ulid::new().to_string(), 1);
+    let (bytes, _) = segment::build(&key, [line.as_slice()]);
+    archive.put(&key, &bytes).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,8 +78,8 @@ async fn every_duckdb_query_of_the_analytics_guide_gives_the_known_counts() {
     assert!(dlq.status.success());
     let dlq_json = t.dir.path().join("dlq.json");
     std::fs::write(&dlq_json, &dlq.stdout).unwrap();
+    copy_alone(t.app().backends.archive.as_ref(), "an1").await;
     let archive = t.config.backend.data_dir.join("archive/raw");
-    copy_alone(&archive, "an1");
     let out = Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/analytics.py"))
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/analytics.md"))

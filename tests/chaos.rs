@@ -205,13 +205,7 @@ async fn a_retried_message_whose_segment_failed_moves_to_a_fresh_delivery_archiv
     // Receive 1 is the last of its own with three receives: moved then.
     t.wait_for_retried(retried + 2, Duration::from_secs(20))
         .await;
-    let keys = t
-        .app()
-        .backends
-        .archive
-        .list("raw/", None, None)
-        .await
-        .unwrap();
+    let keys = t.archive_keys().await;
     assert_eq!(keys.len(), 1, "archived alone: {keys:?}");
     assert!(keys[0].ends_with("-1.ndjson"), "{keys:?}");
     t.faults().ledger.set_down(false);

@@ -650,13 +650,7 @@ mod aws_only {
     async fn archived_objects_are_encrypted_json() {
         let t = spawn_app(Kind::Aws).await;
         t.sim.send(t.sim.purchase("sse", 100)).await;
-        let keys = t
-            .app()
-            .backends
-            .archive
-            .list("raw/", None, None)
-            .await
-            .unwrap();
+        let keys = t.archive_keys().await;
         let clients = Clients::new(&t.config.backend.aws).await;
         let head = clients
             .s3

@@ -283,42 +283,22 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
-    use time::OffsetDateTime;
+    use paynotify_shared::backend::local::LocalArchive;
+    use paynotify_shared::faults::{Faults, FaultyArchive};
     use tokio::time::Instant;
 
-    /// An archive whose puts each wait for a permit of `release`.
-    struct Held {
-        release: Semaphore,
-    }
-
-    #[async_trait]
-    impl Archive for Held {
-        async fn put(&self, _key: &str, _bytes: &[u8]) -> Result<(), ArchiveError> {
-            self.release.acquire().await.expect("never closed").forget();
-            Ok(())
-        }
-        async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
-            Err(ArchiveError::NotFound(key.to_owned()))
-        }
-        async fn get_range(&self, key: &str, _: u64, _: u64) -> Result<Vec<u8>, ArchiveError> {
-            Err(ArchiveError::NotFound(key.to_owned()))
-        }
-        async fn list(
-            &self,
-            _: &str,
-            _: Option<OffsetDateTime>,
-            _: Option<OffsetDateTime>,
-        ) -> Result<Vec<String>, ArchiveError> {
-            Ok(vec![])
-        }
-    }
-
     const WINDOW: Duration = Duration::from_secs(10);
+    /// How long each put takes (tokio's clock): longer than the window.
+    const PUT: Duration = Duration::from_secs(60);
 
-    fn held(seal_when_idle: bool) -> (Arc<Held>, Arc<Segmenter>) {
-        let archive = Arc::new(Held {
-            release: Semaphore::new(0),
+    /// A segmenter whose puts each take `PUT`, into a directory's archive.
+    fn slow_puts(seal_when_idle: bool) -> (tempfile::TempDir, Arc<Segmenter>) {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        faults.set_latency(PUT);
+        let archive = Arc::new(FaultyArchive {
+            inner: Arc::new(LocalArchive::open(dir.path().to_owned()).unwrap()),
+            faults,
         });
         let settings = SegmentSettings {
             window: WINDOW,
@@ -327,7 +307,7 @@ mod tests {
             max_bytes: 1 << 20,
             writers: 4,
         };
-        (archive.clone(), Segmenter::new(archive, settings))
+        (dir, Segmenter::new(archive, settings))
     }
 
     /// Places notification `id` and says how long (tokio's clock) it took.
@@ -340,29 +320,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_no_segment_being_written_a_group_is_sealed_without_the_window() {
-        let (archive, s) = held(true);
+        let (_dir, s) = slow_puts(true);
         let (first, waited) = place(&s, "01A").await;
         assert!(waited < WINDOW, "{waited:?}");
         assert!(first.at.key.ends_with("/01A-1.ndjson"), "{}", first.at);
         // Its put is in flight: the next group gathers for the window.
         let (second, waited) = place(&s, "01B").await;
         assert!(waited >= WINDOW, "{waited:?}");
-        archive.release.add_permits(2);
         first.durable.wait().await.unwrap();
         second.durable.wait().await.unwrap();
         // Nothing in flight again.
         let (third, waited) = place(&s, "01C").await;
         assert!(waited < WINDOW, "{waited:?}");
-        archive.release.add_permits(1);
         third.durable.wait().await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_seal_when_idle_every_group_waits_for_the_window() {
-        let (archive, s) = held(false);
+        let (_dir, s) = slow_puts(false);
         let (first, waited) = place(&s, "01A").await;
         assert!(waited >= WINDOW, "{waited:?}");
-        archive.release.add_permits(1);
         first.durable.wait().await.unwrap();
     }
 

@@ -185,6 +185,12 @@ impl TestApp {
         }
     }
 
+    /// Every key in the archive, sorted.
+    pub async fn archive_keys(&self) -> Vec<String> {
+        let archive = self.app().backends.archive.as_ref();
+        archive.list("raw/", None, None).await.unwrap()
+    }
+
     /// Waits until the workers have retried at least `at_least` messages
     /// in all, for at most `within`.
     pub async fn wait_for_retried(&self, at_least: u64, within: Duration) {
