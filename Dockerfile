@@ -3,14 +3,20 @@
 # distroless/cc (glibc, libgcc, CA certificates, no shell, no package
 # manager), run as the non-root user 65532. The debug info is split off into
 # its own stage. From the repository root:
-#   docker build -t paynotify:0.1.0 .                 # the runtime image
-#   docker build --target debug -o debug-info .        # the .debug files
+#   docker build --platform linux/amd64 -t paynotify:0.1.0 .            # the runtime image
+#   docker build --platform linux/amd64 --target debug -o debug-info .  # the .debug files
+# (linux/amd64: the stacks' tasks are X86_64.) scripts/dockerfile_check.sh
+# runs this file's build command and checks what the runtime stage copies.
 # The image's configuration is infra/docker/paynotify.toml; the deployment
 # completes it with PAYNOTIFY__… environment variables (docs/deploy.md).
 
 # The build starts from a bare Debian, installing only what a fresh machine
 # needs to build paynotify (README, "Two commands").
 FROM debian:bookworm-slim AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Debian's security updates replace these versions: pinning them would break
+# the build, not make it reproducible (the Rust toolchain below is pinned).
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev binutils \
  && rm -rf /var/lib/apt/lists/*
@@ -20,7 +26,7 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked --bins \
+    cargo build --release --locked -p paynotify -p paynotify-ingest -p paynotify-worker --bins \
  && mkdir -p /out/bin /out/debug \
  && for b in paynotify paynotify-ingest paynotify-worker; do \
       objcopy --only-keep-debug "target/release/$b" "/out/debug/$b.debug" \

@@ -39,6 +39,8 @@ step "CloudFormation: cfn-lint, checkov, infra/tests/test_template.py"
 BC_SKIP_MAPPING=TRUE "$tools/checkov" --quiet --compact --skip-download --framework cloudformation \
   -f infra/*.yaml
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_template.py
+step "shellcheck: the scripts"
+"$tools/shellcheck" -S warning scripts/*.sh .ci/run
 step "Kubernetes: kubernetes-validate --strict, infra/tests/test_k8s.py (KEDA's resources)"
 "$tools/kubernetes-validate" --strict --quiet infra/k8s/*.yaml
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_k8s.py
@@ -57,12 +59,21 @@ else
 fi
 step "cargo build (the binaries tests/processes.rs runs)"
 cargo build --workspace --bins --locked
-step "the runtime image (or, without a container runtime, its minimal root filesystem)"
-scripts/image_check.sh target/debug
+step "the image: hadolint, the Dockerfile's own build command, what its runtime stage copies"
+image_bins=$(scripts/dockerfile_check.sh "$tools/hadolint")
+step "the runtime image (or, without a container runtime, its binaries in a minimal root filesystem)"
+scripts/image_check.sh "$image_bins"
 step "cargo test: build"
 cargo test --workspace --locked --no-run
-step "cargo test: run"
+step "cargo test: run (each stack process's AWS calls written to target/iam-calls)"
+export PAYNOTIFY_TEST_CALL_LOGS=$PWD/target/iam-calls
+rm -rf "$PAYNOTIFY_TEST_CALL_LOGS"
 cargo test --workspace --locked
+step "IAM: every recorded AWS call against its role's policies (infra/tests/test_iam.py)"
+"$PAYNOTIFY_TEST_PYTHON" infra/tests/test_iam.py "$PAYNOTIFY_TEST_CALL_LOGS"
+step "docs/deploy.md: shellcheck, variables, its emulator blocks run in order (scripts/deploy_doc.py)"
+DEPLOY_DOC_AWS=$PWD/target/moto-venv/bin/aws DEPLOY_DOC_SHELLCHECK="$tools/shellcheck" \
+  DEPLOY_DOC_BIN=$PWD/target/debug python3 scripts/deploy_doc.py
 step "fuzz (bounded)"
 scripts/fuzz.sh "${PAYNOTIFY_FUZZ_SECS:-20}"
 echo "test.sh: all checks passed (${SECONDS}s)"

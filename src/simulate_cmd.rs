@@ -10,8 +10,8 @@ use paynotify::simulate::{run_mix, Mix, Simulator};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Notification URL, e.g. http://127.0.0.1:8080/notify/unionpay
-    #[arg(long)]
-    url: String,
+    #[arg(long, required_unless_present = "write")]
+    url: Option<String>,
     /// Test PKI directory (from `paynotify testpki`) whose signer.key.pem
     /// signs UnionPay notifications.
     #[arg(long, required_unless_present = "secret", conflicts_with = "secret")]
@@ -55,6 +55,23 @@ pub struct Args {
     /// after its first delivery, as a PSP does, instead of at once.
     #[arg(long = "follow-up-secs", value_name = "SECS", value_parser = parse_secs)]
     follow_up: Option<std::time::Duration>,
+    /// Send one UnionPay purchase with this `queryId` (and `--amount`)
+    /// instead of a mix, and print whether it got a 200: a smoke test's
+    /// notification (`scripts/smoke_aws.sh`).
+    #[arg(
+        long,
+        value_name = "QUERY_ID",
+        requires = "pki",
+        conflicts_with = "secret"
+    )]
+    one: Option<String>,
+    /// The amount of `--one`'s purchase, in minor units.
+    #[arg(long, default_value_t = 1, requires = "one")]
+    amount: u64,
+    /// Write `--one`'s signed notification to this file instead of sending
+    /// it (a body to post by hand, or with `scripts/smoke_aws.sh --body`).
+    #[arg(long, value_name = "FILE", requires = "one")]
+    write: Option<PathBuf>,
 }
 
 /// A number of seconds, fractions allowed, as a duration.
@@ -82,16 +99,17 @@ enum WebhookScheme {
 /// # Errors
 /// When the PKI or the secret cannot be read.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let url = args.url.clone().unwrap_or_default();
     let sim = match (&args.pki, &args.secret) {
         (_, Some(secret)) => {
             let secret = std::fs::read_to_string(secret)
                 .with_context(|| format!("reading {}", secret.display()))?;
             match args.scheme {
                 WebhookScheme::StandardWebhooks => {
-                    Simulator::standard_webhooks(&secret, &args.merchant, &args.url)?
+                    Simulator::standard_webhooks(&secret, &args.merchant, &url)?
                 }
-                WebhookScheme::Stripe => Simulator::stripe(&secret, &args.merchant, &args.url)?,
-                WebhookScheme::Adyen => Simulator::adyen(&secret, &args.merchant, &args.url)?,
+                WebhookScheme::Stripe => Simulator::stripe(&secret, &args.merchant, &url)?,
+                WebhookScheme::Adyen => Simulator::adyen(&secret, &args.merchant, &url)?,
             }
         }
         (Some(pki), None) => {
@@ -99,10 +117,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 std::fs::read(pki.join("signer.key.pem")).context("reading signer.key.pem")?;
             let leaf =
                 std::fs::read_to_string(pki.join("signer.pem")).context("reading signer.pem")?;
-            Simulator::new(&key, &leaf, &args.merchant, &args.url)?
+            Simulator::new(&key, &leaf, &args.merchant, &url)?
         }
         (None, None) => anyhow::bail!("--pki or --secret is needed"),
     };
+    if let Some(query_id) = &args.one {
+        let body = sim.purchase(query_id, args.amount);
+        if let Some(path) = &args.write {
+            std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let delivery = sim.send(body).await;
+        let accepted = matches!(delivery, paynotify::simulate::Delivery::Accepted(_));
+        let report = serde_json::json!({
+            "query_id": query_id,
+            "merchant": args.merchant,
+            "amount": args.amount,
+            "delivery": format!("{delivery:?}"),
+        });
+        crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
+        return Ok(if accepted {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let mix = Mix {
         count: args.count,
         rate: args.rate,

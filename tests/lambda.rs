@@ -27,6 +27,7 @@ use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
 use paynotify_worker::{Hooks, Stats, WorkerContext};
 use serde_json::{json, Value};
 use support::app::{config_in, spawn_app, MERCHANT};
+use support::deployed::Deployed;
 use support::Kind;
 
 #[macro_use]
@@ -450,89 +451,12 @@ async fn the_server_and_lambda_modes_store_and_decide_alike(kind: Kind) {
     assert_eq!(server_dlq, vec!["UntrustedCertificate"]);
 }
 
-/// The AWS resources, certificates in Secrets Manager and environment of a
-/// deployed function: the image's baked configuration
-/// (`infra/docker/paynotify.toml`) with what the stack sets in the
-/// environment, pointing at the emulator.
-struct Deployed {
-    _dir: tempfile::TempDir,
-    config: Config,
-    pki: TestPki,
-    env: Vec<(String, String)>,
-}
-
+/// A deployment on the emulator (`support::deployed`).
 async fn deployed() -> Deployed {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = generate(&TestPkiOptions::default()).unwrap();
-    let mut config = config_in(dir.path(), &pki);
-    support::prepare(Kind::Aws, &mut config.backend, dir.path()).await;
-    let aws = &config.backend.aws;
-    let clients = paynotify_shared::backend::aws::Clients::new(aws).await;
-    let trust = json!({ "root": pki.root_pem, "middle": pki.middle_pem }).to_string();
-    let arn = clients
-        .secrets
-        .create_secret()
-        .name(format!("{}-unionpay-trust", aws.table))
-        .secret_string(trust)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    let baked = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/docker/paynotify.toml");
-    let env = [
-        ("PAYNOTIFY_CONFIG", baked.to_owned()),
-        ("PAYNOTIFY_LOG_FORMAT", "json".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        (
-            "PAYNOTIFY__BACKEND__AWS__ENDPOINT_URL",
-            support::aws_endpoint(),
-        ),
-        ("PAYNOTIFY__BACKEND__AWS__REGION", aws.region.clone()),
-        ("PAYNOTIFY__BACKEND__AWS__BUCKET", aws.bucket.clone()),
-        ("PAYNOTIFY__BACKEND__AWS__QUEUE", aws.queue.clone()),
-        (
-            "PAYNOTIFY__BACKEND__AWS__DEAD_LETTER_QUEUE",
-            aws.dead_letter_queue.clone(),
-        ),
-        ("PAYNOTIFY__BACKEND__AWS__TABLE", aws.table.clone()),
-        (
-            "PAYNOTIFY__SOURCES__UNIONPAY__MERCHANTS",
-            format!("[\"{MERCHANT}\"]"),
-        ),
-        (
-            "PAYNOTIFY__SOURCES__UNIONPAY__UNIONPAY__ROOT_CERT",
-            format!("secretsmanager:{arn}#root"),
-        ),
-        (
-            "PAYNOTIFY__SOURCES__UNIONPAY__UNIONPAY__MIDDLE_CERT",
-            format!("secretsmanager:{arn}#middle"),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    Deployed {
-        _dir: dir,
-        config,
-        pki,
-        env,
-    }
+    Deployed::new().await
 }
 
-/// A workspace binary beside this test's executable (`target/debug/`).
-fn binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
+use support::binary;
 
 /// A bootstrap started as Lambda starts it: no arguments, its settings in
 /// the environment. Killed when dropped.
@@ -546,7 +470,7 @@ struct Bootstrap(std::process::Child);
 
 impl Bootstrap {
     fn start(name: &str, deployed: &Deployed, api: &support::runtime_api::RuntimeApi) -> Self {
-        let mut env = deployed.env.clone();
+        let mut env = deployed.env_as(name.trim_start_matches("paynotify-"));
         let mut command = match std::env::var_os("PAYNOTIFY_TEST_LAMBDA_PACKAGES") {
             Some(dir) => {
                 let function = name.trim_start_matches("paynotify-lambda-");
@@ -638,12 +562,13 @@ async fn the_bootstrap_binaries_run_on_the_runtime_api_with_the_deployed_configu
         answer,
         json!({"overdue": 0, "conflicted": 0, "queries_asked": 0, "queries_finished": 0})
     );
-    // An event it does not know fails the invocation, as an error.
+    // An event it does not know fails the invocation, as an error Lambda's
+    // logs and metrics name.
     worker_api.invoke("odd-1", json!({"hello": "world"}));
-    assert!(matches!(
-        worker_api.outcome("odd-1", wait).await.0,
-        Outcome::Error(_)
-    ));
+    match worker_api.outcome("odd-1", wait).await.0 {
+        Outcome::Error(e) => assert_eq!(e["errorType"], "UnexpectedEvent", "{e}"),
+        other => panic!("an error, not {other:?}"),
+    }
 }
 
 /// Cold start and warm per-record times of the release bootstraps against

@@ -4,7 +4,7 @@
 //! clean. The binaries are the workspace's own (`cargo build --workspace
 //! --bins`, which scripts/test.sh runs first).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,29 +20,7 @@ use support::app::{config_in, MERCHANT};
 #[macro_use]
 mod support;
 
-/// A workspace binary beside this test's executable (`target/debug/`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{binary, free_port};
 
 fn start(name: &str, config: &Path) -> Child {
     Command::new(binary(name))

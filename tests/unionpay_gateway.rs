@@ -34,6 +34,7 @@ on_both_backends!(
     the_settlement_file_lists_lost_changed_and_unsettled_transactions,
     many_runners_ask_once_and_a_lost_answer_write_is_asked_again,
     a_gateway_that_does_not_answer_times_out,
+    the_cli_queries_fetches_and_reconciles,
 );
 
 /// The merchant's test key as UnionPay issues it (PKCS#12, password
@@ -470,10 +471,10 @@ async fn the_settlement_file_lists_lost_changed_and_unsettled_transactions(kind:
 /// The CLI against the same data directory as a running app: `unionpay
 /// settlement fetch` and `reconcile` (exit 1 on mismatches, `--file`),
 /// `unionpay query` (exit 0 with an answer, 1 without), `watch` and
-/// `watches`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_queries_fetches_and_reconciles() {
-    let s = setup(Kind::Local, false).await;
+/// `watches`. On AWS, as the operator's role (its calls are checked against
+/// `OperatorPolicy` by `infra/tests/test_iam.py`).
+async fn the_cli_queries_fetches_and_reconciles(kind: Kind) {
+    let s = setup(kind, false).await;
     let (day, mmdd) = settle_day();
     let (mut lost, _) =
         known_purchase_with(&s, "Q500000001", 900, &[("settleDate", mmdd.as_str())]);
@@ -493,10 +494,14 @@ async fn the_cli_queries_fetches_and_reconciles() {
     ));
     std::fs::write(&config, text).unwrap();
     let cfg = config.to_str().unwrap().to_owned();
+    let env = support::deployed::backend_env(&s.app.config.backend, "operator");
     let run = |args: Vec<String>| {
+        let env = env.clone();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            support::cli::paynotify(&args, &[])
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            support::cli::paynotify(&args, &env)
         })
     };
     let argv = |a: &[&str]| {

@@ -1,7 +1,20 @@
-"""The runner both infra checks share: every `test_*` function of a module,
-each failure printed with its reason, exit 1 when any failed."""
+"""What the infra checks share: the templates as cfn-lint's decoder reads
+them (short-form intrinsics), and the runner: every `test_*` function of a
+module, each failure printed with its reason, exit 1 when any failed."""
 
+import pathlib
 import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    """infra/NAME, decoded; a template cfn-lint cannot read fails."""
+    from cfnlint.decode import decode
+
+    template, matches = decode(str(ROOT / "infra" / name))
+    assert not matches, matches
+    return template
 
 
 def run(namespace):

@@ -45,6 +45,9 @@ pub struct IngestState {
     pub metrics: Arc<Metrics>,
     /// What the admin listener serves.
     pub admin: Admin,
+    /// How long archiving and enqueueing one notification may take before
+    /// it is answered 503 (`ingest.store_deadline_ms`).
+    pub store_deadline: Duration,
 }
 
 impl IngestState {
@@ -75,6 +78,7 @@ impl IngestState {
                 sample_ledger,
             },
             metrics,
+            store_deadline: Duration::from_millis(config.ingest.store_deadline_ms.max(1)),
         }
     }
 }
@@ -237,7 +241,30 @@ impl IntoResponse for Answer {
 /// worker checks the archive before it derives a pointer from such a
 /// message (`paynotify_worker::archived`). An envelope too large to travel
 /// inline is sent as a pointer, and only once its segment is durable.
+///
+/// Both must be done within `ingest.store_deadline_ms`, else the answer is
+/// 503 (a backend that stops answering must not hold the PSP's request, or
+/// the load balancer's connection, open): what was stored meanwhile makes
+/// the PSP's retry a duplicate.
 pub async fn store(state: &IngestState, pending: Pending, success_body: String) -> Answer {
+    match tokio::time::timeout(
+        state.store_deadline,
+        store_now(state, pending, success_body),
+    )
+    .await
+    {
+        Ok(answer) => answer,
+        Err(_) => {
+            error!(
+                deadline_ms = state.store_deadline.as_millis() as u64,
+                "archive and enqueue did not finish within the deadline"
+            );
+            Answer::new(StatusCode::SERVICE_UNAVAILABLE, "store deadline passed\n")
+        }
+    }
+}
+
+async fn store_now(state: &IngestState, pending: Pending, success_body: String) -> Answer {
     let Pending {
         source,
         id,

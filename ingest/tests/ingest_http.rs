@@ -104,6 +104,7 @@ async fn start_on(
             parked_alert_secs: 86_400,
             sample_ledger: true,
         },
+        store_deadline: Duration::from_millis(config.store_deadline_ms),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,6 +184,47 @@ async fn answers_503_when_the_archive_or_the_queue_fails() {
     assert_eq!(envelope.body.as_deref(), Some("a=1"));
     let i = start(false, true, 10_000).await;
     assert_eq!(post(i.addr, "a=1").await.0, 503);
+}
+
+/// A store that never answers (a reply lost with no SDK timeout to end the
+/// wait) holds no request past `store_deadline_ms`: 503, and the PSP
+/// retries; a store that answers in time still gets 200.
+#[tokio::test]
+async fn a_store_that_never_answers_is_answered_503_at_the_deadline() {
+    for hung in ["archive", "queue"] {
+        let (archive_faults, queue_faults) = (Faults::new(), Faults::new());
+        let f = if hung == "archive" {
+            &archive_faults
+        } else {
+            &queue_faults
+        };
+        f.set_latency(Duration::from_secs(3600));
+        let i = start_on(
+            archive_faults.clone(),
+            queue_faults.clone(),
+            |a, _| a,
+            |c| c.store_deadline_ms = 300,
+        )
+        .await;
+        let started = Instant::now();
+        let (status, body) = post(i.addr, "a=1").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "store deadline passed\n"),
+            "{hung}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{hung}: held {:?}",
+            started.elapsed()
+        );
+        f.set_latency(Duration::ZERO);
+        assert_eq!(
+            post(i.addr, "a=2").await.0,
+            200,
+            "{hung}: after it answers again"
+        );
+    }
 }
 
 /// Puts a segment only once the queue holds a message: a put that had to

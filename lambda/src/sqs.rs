@@ -40,6 +40,26 @@ pub enum EventError {
     Ledger(#[from] paynotify_shared::ports::LedgerError),
 }
 
+impl EventError {
+    /// The name Lambda reports as the invocation's `errorType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::IncompleteRecord(_) => "IncompleteRecord",
+            Self::Unexpected(_) => "UnexpectedEvent",
+            Self::Ledger(_) => "LedgerUnavailable",
+        }
+    }
+}
+
+impl From<EventError> for lambda_runtime::Diagnostic {
+    fn from(e: EventError) -> Self {
+        Self {
+            error_type: e.kind().to_owned(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
 /// The worker of one execution environment.
 #[derive(Clone)]
 pub struct Worker {

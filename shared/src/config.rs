@@ -85,6 +85,21 @@ pub struct AwsConfig {
     pub send_batch_window_ms: u64,
     /// How often certificates from Secrets Manager are read again.
     pub secrets_refresh_secs: u64,
+    /// One HTTP attempt of an AWS call gives up after this long (the SDK
+    /// sets no limit: a reply that never comes would hold a segment writer
+    /// or a receive loop forever). A long-polling receive gets its wait on
+    /// top.
+    pub attempt_timeout_ms: u64,
+    /// An AWS call with all its retries gives up after this long (a
+    /// long-polling receive gets its wait on top). Below
+    /// `ingest.store_deadline_ms`, so ingest answers 503 from a failed call
+    /// rather than from its own deadline.
+    pub operation_timeout_ms: u64,
+    /// Appends every AWS call this process makes (its IAM actions and the
+    /// resources they name, the HTTP status; never a payload) to this file
+    /// as JSON lines: what a role needs (`infra/tests/test_iam.py` checks
+    /// the stack's policies against such logs). Unset: not written.
+    pub call_log: Option<PathBuf>,
 }
 
 impl Default for AwsConfig {
@@ -100,6 +115,9 @@ impl Default for AwsConfig {
             kms_key_id: None,
             send_batch_window_ms: 10,
             secrets_refresh_secs: 300,
+            attempt_timeout_ms: 2_000,
+            operation_timeout_ms: 4_500,
+            call_log: None,
         }
     }
 }
@@ -147,6 +165,11 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// A client must send its whole body within this time (else 408).
     pub read_timeout_ms: u64,
+    /// A notification must be archived and enqueued within this long after
+    /// its body was read, else 503 (the PSP sends it again; what was
+    /// stored meanwhile makes that a duplicate). Above the AWS backend's
+    /// `operation_timeout_ms`, below the load balancer's idle timeout.
+    pub store_deadline_ms: u64,
     /// A client must send a whole request head within this time, and a
     /// keep-alive connection is closed after this long without a request;
     /// the connection is closed without an answer.
@@ -187,6 +210,7 @@ impl Default for IngestConfig {
             admin_listen: "127.0.0.1:9090".into(),
             max_body_bytes: 1 << 20,
             read_timeout_ms: 10_000,
+            store_deadline_ms: 5_000,
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
             drain_secs: 20,

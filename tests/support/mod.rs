@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod deployed;
 pub mod runtime_api;
 
 use paynotify_shared::backend::{self, Backends};
@@ -58,6 +59,31 @@ pub fn received(
         headers,
         body,
     })
+}
+
+/// A workspace binary beside the test's executable (`target/debug/`).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|dir| dir.join(name))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Which backend a test runs against.

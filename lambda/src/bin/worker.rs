@@ -21,7 +21,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let worker = worker.clone();
-        async move { Ok::<_, lambda_runtime::Error>(worker.handle(event.payload).await?) }
+        // A named `errorType` (EventError::kind), not the error's Rust type.
+        async move {
+            worker
+                .handle(event.payload)
+                .await
+                .map_err(lambda_runtime::Diagnostic::from)
+        }
     }))
     .await
 }

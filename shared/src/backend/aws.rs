@@ -11,7 +11,9 @@ pub mod setup;
 mod sqs_batches;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 pub use archive::S3Archive;
@@ -22,15 +24,25 @@ pub use queue::SqsQueue;
 use super::{BackendError, Backends};
 use crate::config::{AwsConfig, BackendConfig};
 
-/// Loads the SDK configuration: region and endpoint from `config`,
-/// credentials from the standard chain.
+/// Loads the SDK configuration: region, endpoint and timeouts from
+/// `config`, credentials from the standard chain.
 pub async fn sdk_config(config: &AwsConfig) -> SdkConfig {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(config.region.clone()))
+        .timeout_config(timeouts(config, Duration::ZERO));
     if let Some(url) = &config.endpoint_url {
         loader = loader.endpoint_url(url);
     }
     loader.load().await
+}
+
+/// The SDK's timeouts for a call that may wait `extra` on the server (a
+/// long-polling receive) on top of `config`'s limits.
+pub(crate) fn timeouts(config: &AwsConfig, extra: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_millis(config.attempt_timeout_ms) + extra)
+        .operation_timeout(Duration::from_millis(config.operation_timeout_ms) + extra)
+        .build()
 }
 
 /// The three service clients, each counting its API calls.
@@ -47,7 +59,10 @@ impl Clients {
     /// Builds the clients for `config`.
     pub async fn new(config: &AwsConfig) -> Self {
         let sdk = sdk_config(config).await;
-        let calls = Arc::new(ApiCalls::default());
+        let calls = Arc::new(ApiCalls::new(config).unwrap_or_else(|e| {
+            tracing::error!(error = %e, path = ?config.call_log, "cannot write the AWS call log");
+            ApiCalls::default()
+        }));
         let s3 = aws_sdk_s3::config::Builder::from(&sdk)
             // Emulators serve buckets by path, not by virtual host.
             .force_path_style(config.endpoint_url.is_some())
@@ -78,6 +93,12 @@ impl Clients {
 /// `BackendError::Aws` when a queue cannot be found.
 pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
     let clients = Clients::new(&config.aws).await;
+    if config.aws.call_log.is_some() && !clients.calls.logging() {
+        return Err(BackendError::Aws(format!(
+            "cannot write the AWS call log {:?}",
+            config.aws.call_log
+        )));
+    }
     let queue = SqsQueue::open(&clients, &config.aws).await?;
     Ok(Backends {
         archive: Arc::new(S3Archive::new(&clients, &config.aws)),

@@ -38,9 +38,17 @@ pub struct SqsQueue {
     dlq_url: String,
     sends: Batcher<String, String>,
     deletes: Batcher<String, ()>,
+    /// The configuration's limits, for a receive's timeouts (its long-poll
+    /// wait on top).
+    config: AwsConfig,
 }
 
 impl SqsQueue {
+    /// A receive's settings: the configured timeouts with its wait on top.
+    fn long_poll(&self, wait: Duration) -> aws_sdk_sqs::config::Builder {
+        aws_sdk_sqs::config::Builder::default().timeout_config(super::timeouts(&self.config, wait))
+    }
+
     /// Looks up both queues' URLs and starts the batching tasks.
     ///
     /// # Errors
@@ -97,6 +105,7 @@ impl SqsQueue {
             dlq_url,
             sends,
             deletes,
+            config: config.clone(),
         })
     }
 
@@ -133,6 +142,8 @@ impl SqsQueue {
                 .wait_time_seconds(1)
                 .message_attribute_names("All")
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .customize()
+                .config_override(self.long_poll(Duration::from_secs(1)))
                 .send()
                 .await
                 .map_err(unavailable)?;
@@ -306,6 +317,8 @@ impl Queue for SqsQueue {
             .message_system_attribute_names(
                 MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
             )
+            .customize()
+            .config_override(self.long_poll(wait.min(Duration::from_secs(20))))
             .send()
             .await
             .map_err(unavailable)?;
