@@ -11,19 +11,23 @@
 # The release profile is built at opt-level 0 (CARGO_PROFILE_RELEASE_*):
 # what this checks is which packages and files the command produces, not
 # their speed, and CI has 2 cores.
+# The binaries a build left in target/release are removed first, so only
+# what this command builds can pass. DOCKERFILE names another file to check
+# (default Dockerfile).
 # Usage: OUT=$(scripts/dockerfile_check.sh HADOLINT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hadolint=${1:?usage: dockerfile_check.sh HADOLINT}
+dockerfile=${DOCKERFILE:-Dockerfile}
 
-"$hadolint" Dockerfile >&2
+"$hadolint" "$dockerfile" >&2
 echo "dockerfile_check.sh: hadolint: no findings" >&2
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/paynotify-image.XXXXXX")
-command=$(python3 - "$out" <<'PY'
+command=$(python3 - "$out" "$dockerfile" <<'PY'
 import re, sys
 out = sys.argv[1]
-text = open("Dockerfile").read().replace("\\\n", " ")
+text = open(sys.argv[2]).read().replace("\\\n", " ")
 stage, runs = None, []
 for line in text.splitlines():
     words = line.split()
@@ -42,13 +46,16 @@ PY
 )
 echo "dockerfile_check.sh: running the Dockerfile's build command:" >&2
 echo "   $command" >&2
+if [ -d target/release ]; then
+  find target/release -maxdepth 1 -type f -executable -delete
+fi
 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   bash -o pipefail -c "$command" >&2
 
-python3 - "$out" <<'PY' >&2
+python3 - "$out" "$dockerfile" <<'PY' >&2
 import os, re, sys
 out = sys.argv[1]
-text = open("Dockerfile").read().replace("\\\n", " ")
+text = open(sys.argv[2]).read().replace("\\\n", " ")
 missing, checked = [], 0
 for line in text.splitlines():
     words = line.split()
@@ -74,7 +81,7 @@ if missing:
 print(f"dockerfile_check.sh: every one of {checked} copied paths exists")
 PY
 # What the image and the stacks start must be among what it built.
-started=$( (grep -o '^CMD \["[a-z-]*"' Dockerfile | grep -o '"[a-z-]*"'
+started=$( (grep -o '^CMD \["[a-z-]*"' "$dockerfile" | grep -o '"[a-z-]*"'
   grep -o 'Command: \[[a-z-]*' infra/paynotify.yaml | awk '{print $2}' | tr -d '['
   grep -o 'args: \[[a-z-]*' infra/k8s/paynotify.yaml | awk '{print $2}' | tr -d '[') | tr -d '"' | sort -u)
 for b in $started; do
