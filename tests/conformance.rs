@@ -42,6 +42,8 @@ on_both_backends!(
     replay_of_a_range_of_segments_skips_torn_ones,
     ledger_concurrent_events_of_one_payment_all_apply_once_and_keep_their_history,
     ledger_load_to_apply_tells_seen_events_and_a_lagging_read_changes_nothing,
+    ledger_records_on_a_new_payment_and_applies_it_later,
+    a_redriven_retry_starts_a_fresh_budget,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -1256,4 +1258,159 @@ async fn ledger_load_to_apply_tells_seen_events_and_a_lagging_read_changes_nothi
             assert_eq!(got.entry, b.ledger.load(key).await.unwrap(), "{key}");
         }
     }
+}
+
+/// An event that changes no state on a payment that has none yet (a
+/// UnionPay answer still in process, a refund that failed before its
+/// payment arrived) is recorded, and the payment still takes its first
+/// state on version 0 afterwards; a completion's alias also takes a key
+/// that holds only such a record.
+async fn ledger_records_on_a_new_payment_and_applies_it_later(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let history = |key: PaymentKey| async move {
+        l.history(&key)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.event_key.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // In process (03), then the final answer (00).
+    let mut asking = event("r1", "q03", EventKind::Payment, 1000);
+    asking.outcome = EventOutcome::Pending;
+    assert_eq!(
+        l.apply(&asking, "n1", None, 0).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let entry = l.load(&asking.payment_key).await.unwrap();
+    assert_eq!((entry.version, entry.state.is_none()), (0, true));
+    let pay = event("r1", "q00", EventKind::Payment, 1000);
+    let Transition::Apply(paid) = transition(None, &pay) else {
+        panic!()
+    };
+    assert_eq!(
+        l.apply(&pay, "n2", Some(&paid), entry.version)
+            .await
+            .unwrap(),
+        ApplyOutcome::Applied
+    );
+    let state = l.get_payment(&pay.payment_key).await.unwrap().unwrap();
+    assert_eq!(
+        (state.status, state.paid_minor, state.version),
+        (PaymentStatus::Paid, 1000, 1)
+    );
+    assert_eq!(history(pay.payment_key.clone()).await, ["q03", "q00"]);
+
+    // A refund that failed before its payment, then the payment.
+    let mut failed = event("r2", "f1", EventKind::Refund, 100);
+    failed.outcome = EventOutcome::Failed;
+    assert_eq!(
+        l.apply(&failed, "n3", None, 0).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let pay2 = event("r2", "p1", EventKind::Payment, 500);
+    let Transition::Apply(paid2) = transition(None, &pay2) else {
+        panic!()
+    };
+    assert_eq!(
+        l.apply(&pay2, "n4", Some(&paid2), 0).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        l.get_payment(&pay2.payment_key)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        PaymentStatus::Paid
+    );
+
+    // A key holding only such a record becomes a completion's alias.
+    let mut early = event("c9", "x1", EventKind::Capture, 500);
+    early.outcome = EventOutcome::Pending;
+    assert_eq!(
+        l.apply(&early, "n5", None, 0).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let note = event("r2", "note", EventKind::Capture, 500);
+    let write = LedgerWrite {
+        key: pay2.payment_key.clone(),
+        expected_version: 1,
+        incoming: Incoming::Record(RecordedEvent {
+            event: note,
+            notification_id: "n6".into(),
+            status_after: None,
+            unparked_from: None,
+        }),
+        state: None,
+        unparked: vec![],
+        conflicts: vec![],
+        aliases: vec![AliasWrite {
+            key: early.payment_key.clone(),
+            expected_version: 0,
+        }],
+    };
+    assert_eq!(l.write(&write).await.unwrap(), ApplyOutcome::Applied);
+    let alias = l.load(&early.payment_key).await.unwrap();
+    assert_eq!(alias.alias_of, Some(pay2.payment_key.clone()));
+}
+
+/// A retry's pointer that reached the DLQ (a stuck worker, its receive
+/// limit) carries its first receive time; `dlq redrive` sends it back
+/// without it, so its first transient error is not `retries_exhausted` at
+/// once. Other bodies come back byte for byte.
+async fn a_redriven_retry_starts_a_fresh_budget(kind: Kind) {
+    use paynotify_shared::envelope::RetryState;
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let q = &b.queue;
+    let at = Location {
+        key: "raw/source=u/date=2026-01-01/hour=00/01A-2.ndjson".into(),
+        span: Some([0, 120]),
+    };
+    let since = datetime!(2026-01-01 00:00:00 UTC);
+    let retry = RetryState { since, attempts: 7 };
+    let pointer = QueuedBody::pointer(&at, Some("01A"), Some(retry), Some(2));
+    let inline = br#"{"v":1,"id":"01B","body":"a=\u00e9&b=1 "}"#.to_vec();
+    for body in [&pointer, &inline] {
+        q.send(body).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(q.receive(10, Duration::from_secs(1)).await.unwrap());
+    }
+    for m in &got {
+        q.dead_letter(m, "retries_exhausted", "gave up")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        q.redrive_with(Some("retries_exhausted"), &|_| {})
+            .await
+            .unwrap(),
+        2
+    );
+    let mut back = Vec::new();
+    while back.len() < 2 {
+        back.extend(q.receive(10, Duration::from_secs(1)).await.unwrap());
+    }
+    // The inline body first.
+    back.sort_by_key(|m| m.body != inline);
+    assert_eq!(back[0].body, inline, "any other body comes back unchanged");
+    let QueuedBody::Pointer {
+        location,
+        id,
+        retry,
+        item,
+    } = QueuedBody::parse(&back[1].body).unwrap()
+    else {
+        panic!("a pointer")
+    };
+    assert_eq!(
+        (location, id.as_deref(), retry, item),
+        (at, Some("01A"), None, Some(2))
+    );
 }

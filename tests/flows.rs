@@ -21,7 +21,31 @@ on_both_backends!(
     early_refunds_in_random_order_wait_for_their_purchase,
     a_refund_parked_past_the_alert_bound_is_reported,
     a_depth_read_that_missed_the_queue_does_not_make_a_notification_missing,
+    an_in_process_answer_then_the_final_one_makes_the_payment_paid,
 );
+
+/// UnionPay answers "in process" (respCode 03) first, then sends the final
+/// success: recorded without a state, then paid. On DynamoDB the first
+/// write left the payment's item at version 0, and every later write on
+/// version 0 was refused until the retries ran out (dead-lettered, the
+/// payment never paid).
+async fn an_in_process_answer_then_the_final_one_makes_the_payment_paid(kind: Kind) {
+    let t = spawn_app(kind).await;
+    t.sim
+        .send(t.sim.purchase_with("ip1", 700, &[("respCode", "03")]))
+        .await;
+    t.wait_until_drained().await;
+    assert_eq!(t.payment("ip1").await, None, "in process: no state yet");
+    t.sim.send(t.sim.purchase("ip1", 700)).await;
+    let paid = t.wait_for_status("ip1", PaymentStatus::Paid).await;
+    assert_eq!((paid.paid_minor, paid.version), (700, 1));
+    t.wait_until_drained().await;
+    assert!(
+        t.dlq_reasons().await.is_empty(),
+        "{:?}",
+        t.dlq_reasons().await
+    );
+}
 
 /// `reconcile` reads the queue's depth before its scan to tell a
 /// notification still queued ("unsettled") from a lost one ("missing"); a

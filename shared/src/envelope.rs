@@ -328,6 +328,20 @@ impl QueuedBody {
         .unwrap_or_default()
     }
 
+    /// `body` as a redrive sends it back: a pointer that carried a retry's
+    /// state (`since`, `attempts`) without it, so the redriven message gets
+    /// a fresh `worker.retry_for_secs` (the old clock would dead-letter it
+    /// as `retries_exhausted` at its first transient error); any other body
+    /// unchanged, byte for byte.
+    pub fn redriven(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+        match serde_json::from_slice::<Pointer>(body) {
+            Ok(p) if p.retry.is_some() => std::borrow::Cow::Owned(
+                serde_json::to_vec(&Pointer { retry: None, ..p }).unwrap_or_else(|_| body.to_vec()),
+            ),
+            _ => std::borrow::Cow::Borrowed(body),
+        }
+    }
+
     /// The item this message stands for, when it is one of several.
     pub fn item(&self) -> Option<u32> {
         match self {

@@ -22,7 +22,7 @@ pub enum SecretRef {
 /// Why a reference cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("{0:?} is not a reference: use `file:PATH` or `secretsmanager:ARN[#key]` (inline secrets are not accepted)")]
+    #[error("{0} is not a reference: use `file:PATH` or `secretsmanager:ARN[#key]` (inline secrets are not accepted)")]
     NotAReference(String),
     #[error("cannot read {path}: {source}")]
     Read {
@@ -54,8 +54,7 @@ impl SecretRef {
                 json_key: key,
             });
         }
-        let shown: String = s.chars().take(16).collect();
-        Err(SecretError::NotAReference(shown))
+        Err(SecretError::NotAReference(describe_unreferenced(s)))
     }
 
     /// Resolves a relative file path against `base`.
@@ -180,6 +179,23 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// What an error may say of a value that is not a reference: its scheme
+/// when it has a short one (`http:` for a mistyped reference), else only its
+/// length; never a character of what may be an inline key or password.
+fn describe_unreferenced(s: &str) -> String {
+    match s.split_once(':') {
+        Some((scheme, _))
+            if (1..=20).contains(&scheme.len())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            format!("a `{scheme}:` value")
+        }
+        _ => format!("a value of {} characters", s.chars().count()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +222,26 @@ mod tests {
             "error must not echo the secret: {err}"
         );
         assert!(SecretRef::parse("file:").is_err());
+        // An inline HMAC key, a password: not one of its characters is shown.
+        for inline in [
+            "8c3f0e1d2b4a69788c3f0e1d2b4a6978",
+            "000000",
+            "s3cr3t-pa55w0rd",
+        ] {
+            let err = SecretRef::parse(inline).unwrap_err().to_string();
+            assert!(
+                !err.contains(&inline[..4]),
+                "error must not echo the secret: {err}"
+            );
+            assert!(
+                err.contains(&format!("{} characters", inline.len())),
+                "{err}"
+            );
+        }
+        let err = SecretRef::parse("http://vault/key")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`http:`") && !err.contains("vault"), "{err}");
         assert_eq!(
             format!("{:?}", Secret(b"key".to_vec())),
             "Secret([redacted; 3 bytes])"

@@ -4,7 +4,8 @@
 //! recorded on it (`keys`, a 128-bit digest of each) and, inline, its first [`INLINE_EVENTS`] recorded
 //! events (`events`, compact JSON); later events spill to overflow items
 //! `EVENTS#{index}`. Recording an event is one conditional `UpdateItem`:
-//! the version matches (`attribute_not_exists` before the first write) and
+//! the version matches (absent or 0 before the first state: an event
+//! recorded without one, UnionPay's "in process", keeps the item at 0) and
 //! the event key is not in `keys`, so a duplicate or a concurrent writer is
 //! refused by DynamoDB itself. Writes that touch more than that item (an
 //! event parked as `PARKED#{event key}`, moved out of a park, a completion's
@@ -475,7 +476,13 @@ impl DynamoLedger {
                 .push(format!("{version} = if_not_exists({version}, {zero})"));
         }
         if w.expected_version == 0 {
-            x.condition.push(format!("attribute_not_exists({version})"));
+            // No version yet: no item, or one a record-only write made
+            // (an in-process answer, a failed refund before its payment),
+            // which keeps version 0 (`if_not_exists` above).
+            let zero = x.value("zero", n(0));
+            x.condition.push(format!(
+                "(attribute_not_exists({version}) OR {version} = {zero})"
+            ));
         } else {
             let v = x.value("v", n(w.expected_version));
             x.condition.push(format!("{version} = {v}"));
@@ -956,6 +963,13 @@ impl DynamoLedger {
         x.park_digests(Vec::new(), moved);
         let (condition, values) = Self::state_condition(expected_version);
         x.values.extend(values.unwrap_or_default());
+        // Version 0 is also an item a record-only write made under this key.
+        let condition = if expected_version == 0 {
+            let zero = x.value("zero", n(0));
+            format!("{condition} OR version = {zero}")
+        } else {
+            condition
+        };
         Ok(TransactWriteItem::builder()
             .update(built(
                 Update::builder()

@@ -421,10 +421,12 @@ impl Queue for SqsQueue {
         let chosen = self.take_dead_letters(reason).await?;
         let mut moved = 0;
         for m in &chosen {
+            let body = m.body.as_deref().unwrap_or_default();
+            let body = crate::envelope::QueuedBody::redriven(body.as_bytes());
             self.client
                 .send_message()
                 .queue_url(&self.url)
-                .message_body(m.body.clone().unwrap_or_default())
+                .message_body(String::from_utf8_lossy(&body))
                 .send()
                 .await
                 .map_err(unavailable)?;

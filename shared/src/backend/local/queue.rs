@@ -687,21 +687,32 @@ impl Queue for LocalQueue {
                 .write(move |tx| {
                     let filter = "(?1 IS NULL OR reason = ?1)";
                     let now = now_ms();
-                    let n = exec(tx,
+                    let n = exec(
+                        tx,
                         &format!(
                             "INSERT OR IGNORE INTO messages (id, sent_at, visible_at)
                              SELECT id, ?2, ?2 FROM dead_letters WHERE {filter}"
                         ),
                         params![reason, now],
                     )?;
+                    // A retry's pointer goes back without its retry state:
+                    // a redrive starts a fresh retry budget
+                    // (QueuedBody::redriven, which the AWS queue applies).
                     exec(
                         tx,
                         &format!(
-                            "INSERT OR REPLACE INTO bodies (id, body) SELECT id, body FROM dead_letters WHERE {filter}"
+                            "INSERT OR REPLACE INTO bodies (id, body) SELECT id,
+                               CASE WHEN json_valid(CAST(body AS TEXT))
+                                         AND json_type(CAST(body AS TEXT), '$.archive_key') = 'text'
+                                         AND json_type(CAST(body AS TEXT), '$.retry') IS NOT NULL
+                                    THEN CAST(json_remove(CAST(body AS TEXT), '$.retry') AS BLOB)
+                                    ELSE body END
+                             FROM dead_letters WHERE {filter}"
                         ),
                         params![reason],
                     )?;
-                    exec(tx,
+                    exec(
+                        tx,
                         &format!("DELETE FROM dead_letters WHERE {filter}"),
                         params![reason],
                     )?;
