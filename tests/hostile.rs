@@ -189,3 +189,44 @@ async fn oversized_bodies_and_header_floods_get_4xx_and_ingest_stays_up() {
     assert_eq!(t.app().backends.queue.depth().await.unwrap(), 0);
     assert_eq!(t.post(t.sim.purchase("h3", 1)).await, 200);
 }
+
+/// A holder of a signed notification moves `&currencyCode=…` into the value
+/// of the field just before it (percent-encoded) and drops the field: the
+/// signed string, values joined with `&` as received, is the same, so the
+/// signature still verifies and the currency would fall back to CNY. A
+/// decoded `&` outside a `{…}`/`[…]` group, or a `&`/`=` in a name, is
+/// refused (every real vector in ../shared/vectors/unionpay still
+/// verifies: tests of the scheme).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_moved_into_its_neighbours_value_is_refused() {
+    let t = app().await;
+    let genuine = t.sim.purchase("mv1", 100);
+    let mut segments: Vec<(String, String)> = genuine
+        .split('&')
+        .map(|s| {
+            let (k, v) = s.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    segments.sort();
+    let at = segments
+        .iter()
+        .position(|(k, _)| k == "currencyCode")
+        .unwrap();
+    let (_, currency) = segments.remove(at);
+    segments[at - 1].1 += &format!("%26currencyCode%3D{currency}");
+    let forged: Vec<String> = segments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(t.post(forged.join("&")).await, 200);
+    // A name that carries the boundary instead.
+    let (k, v) = segments[at - 1].clone();
+    let (value, moved) = v.split_once("%26").unwrap();
+    segments[at - 1] = (
+        format!("{k}%3D{value}%26{}", moved.split("%3D").next().unwrap()),
+        currency,
+    );
+    let forged: Vec<String> = segments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(t.post(forged.join("&")).await, 200);
+    all_dead_lettered(&t, 2).await;
+    let reasons = t.dlq_reasons().await;
+    assert_eq!(reasons, ["MalformedBody", "MalformedBody"], "{reasons:?}");
+}

@@ -185,9 +185,48 @@ pub fn parse_form(body: &[u8]) -> Result<Fields, VerifyError> {
         })?;
         let key = percent_decode(&segment[..eq])?;
         let value = percent_decode(&segment[eq + 1..])?;
+        unambiguous(&key, &value)?;
         pairs.push((key, value));
     }
     build(pairs)
+}
+
+/// A decoded field must not carry what separates fields in the signed
+/// string (values joined as `k=v&…` without escaping): a name with `&` or
+/// `=`, or a value with `&` outside a `{…}`/`[…]` group, would let a holder
+/// of a signed message move a field into its neighbour's value (or name)
+/// and drop it, with the signature still valid. UnionPay writes such text
+/// only inside groups (reserved fields like `{a=1&b=2}`); `=` alone in a
+/// value (base64) cannot move a boundary, since no name holds one.
+fn unambiguous(key: &[u8], value: &[u8]) -> Result<(), VerifyError> {
+    if key.iter().any(|&b| b == b'&' || b == b'=') {
+        return Err(VerifyError::MalformedBody(format!(
+            "field name {:?} holds '&' or '=': the signed string would not tell it from a field boundary",
+            preview(key)
+        )));
+    }
+    let (mut depth, mut inside) = (0usize, false);
+    for &b in value {
+        match b {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'&' if depth == 0 => {
+                return Err(VerifyError::MalformedBody(format!(
+                    "field `{}` holds '&' outside a {{…}} or […] group: the signed string would not tell it from a field boundary",
+                    String::from_utf8_lossy(key)
+                )))
+            }
+            b'&' => inside = true,
+            _ => {}
+        }
+    }
+    if depth != 0 && inside {
+        return Err(VerifyError::MalformedBody(format!(
+            "field `{}` holds '&' in a group that never closes",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
 }
 
 /// Parses UnionPay's raw response format: segments split on `&` and keys on the
@@ -473,7 +512,30 @@ mod tests {
 
     #[test]
     fn form_round_trips() {
-        let f = Fields::from_pairs([("k", "a b&c=d+中"), ("encoding", "utf-8")]).unwrap();
+        let f = Fields::from_pairs([("k", "{a b&c=d}+中=="), ("encoding", "utf-8")]).unwrap();
         assert_eq!(parse_form(f.to_form_body().as_bytes()).unwrap(), f);
+    }
+
+    #[test]
+    fn form_fields_that_would_move_a_boundary_are_refused() {
+        for body in [
+            "k=a%26c%3Dd&encoding=utf-8", // '&' in a value
+            "k=%7Ba%7D%26c%3Dd",          // after a group closed
+            "k=%7Ba%26c%3Dd",             // in a group that never closes
+            "k%3Da%26c=d",                // '&' and '=' in a name
+            "k%3Da=d",                    // '=' in a name
+        ] {
+            assert!(
+                matches!(
+                    parse_form(body.as_bytes()),
+                    Err(VerifyError::MalformedBody(_))
+                ),
+                "{body}"
+            );
+        }
+        // Inside a group, and '=' in a value (base64), as UnionPay sends them.
+        let f = parse_form(b"reserved=%7Ba%3D1%26b%3D2%7D&cert=MII%3D%3D").unwrap();
+        assert_eq!(f.get("reserved"), Some("{a=1&b=2}"));
+        assert_eq!(f.get("cert"), Some("MII=="));
     }
 }
