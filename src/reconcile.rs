@@ -3,7 +3,11 @@
 //!
 //! An archived notification is accounted for when its event is recorded in
 //! the ledger (applied, recorded, or a duplicate of one that was), parked
-//! there, or its message is in the dead-letter queue. Every payment it
+//! there, or, when it did not verify, its message is in the dead-letter
+//! queue. A verified event found only in the DLQ (`retries_exhausted`,
+//! `panic`, a conflict) is money the PSP reported and the ledger does not
+//! hold: a discrepancy, `verified_dead_lettered`. Dead letters count per
+//! item of a notification of several. Every payment it
 //! touches is checked: its recorded events, replayed through the state
 //! machine from nothing, give exactly the stored state, and each event's
 //! recorded status is the one the replay gives. Parked events older than the
@@ -15,7 +19,7 @@
 //! queue still holds messages, those still not found may be among them:
 //! they are reported as unsettled, not lost.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
@@ -36,7 +40,8 @@ const MAX_DEAD_LETTERS: usize = 100_000;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Discrepancy {
     /// `missing`, `unsettled`, `unreadable`, `rejected_not_dead_lettered`,
-    /// `state_mismatch`, `status_mismatch`, `parked_overdue`, `parked_conflict`.
+    /// `verified_dead_lettered`, `state_mismatch`, `status_mismatch`,
+    /// `parked_overdue`, `parked_conflict`.
     pub kind: &'static str,
     /// The notification, payment key or archive key concerned.
     pub subject: String,
@@ -115,7 +120,7 @@ pub async fn reconcile(
         ..Report::default()
     };
     let verifiers = SourceVerifier::all(config, backends.secrets.as_ref()).await?;
-    let dead = dead_ids(backends).await?;
+    let dead = dead_letters(backends).await?;
     let purged = crate::purge::purged_ids(backends).await?;
     report.queue_depth = backends.queue.depth().await?;
     let keys = backends.archive.list("raw/", from, to).await?;
@@ -148,7 +153,6 @@ pub async fn reconcile(
                 }
             };
             let subject = at.to_string();
-            let in_dlq = dead.contains(&envelope.id);
             let body = envelope.body_bytes().map_err(|e| e.to_string());
             let verifier = verifiers
                 .get(&envelope.source)
@@ -172,7 +176,10 @@ pub async fn reconcile(
                     other => vec![other.map_err(|e| e.to_string())],
                 },
             };
-            for verified in verified {
+            let items = verified.len() > 1;
+            for (i, verified) in verified.into_iter().enumerate() {
+                let item = items.then_some(i as u32);
+                let in_dlq = dead.reason(&envelope.id, item);
                 let found = check_notification(
                     backends,
                     &mut report,
@@ -184,7 +191,7 @@ pub async fn reconcile(
                     &purged,
                 )
                 .await?;
-                unfound.extend(found);
+                unfound.extend(found.map(|u| Unfound { item, ..u }));
             }
         }
     }
@@ -342,15 +349,35 @@ fn brief(s: Option<&PaymentState>) -> Option<String> {
     })
 }
 
-/// The notification ids of the dead letters.
-async fn dead_ids(backends: &Backends) -> anyhow::Result<HashSet<String>> {
-    Ok(backends
-        .queue
-        .dlq_list(MAX_DEAD_LETTERS)
-        .await?
-        .iter()
-        .filter_map(DeadLetter::notification_id)
-        .collect())
+/// The dead letters by notification and item (`None`: the whole
+/// notification), with their reasons: one dead item of a batch does not
+/// account for its siblings.
+struct Dead(std::collections::HashMap<(String, Option<u32>), String>);
+
+impl Dead {
+    /// Why item `item` of notification `id` (or the whole of it) was
+    /// dead-lettered, if it was.
+    fn reason(&self, id: &str, item: Option<u32>) -> Option<&str> {
+        self.0
+            .get(&(id.to_owned(), item))
+            .or_else(|| self.0.get(&(id.to_owned(), None)))
+            .map(String::as_str)
+    }
+}
+
+async fn dead_letters(backends: &Backends) -> anyhow::Result<Dead> {
+    Ok(Dead(
+        backends
+            .queue
+            .dlq_list(MAX_DEAD_LETTERS)
+            .await?
+            .iter()
+            .filter_map(|d: &DeadLetter| {
+                let body = paynotify_shared::envelope::QueuedBody::parse(&d.body).ok()?;
+                Some(((body.notification_id(), body.item()), d.reason.clone()))
+            })
+            .collect(),
+    ))
 }
 
 /// A notification whose event the scan found in neither the ledger nor the
@@ -359,6 +386,8 @@ struct Unfound {
     /// Where it is archived.
     subject: String,
     id: String,
+    /// Which item of a notification of several.
+    item: Option<u32>,
     event: PaymentEvent,
 }
 
@@ -413,7 +442,7 @@ async fn check_notification(
     key: &str,
     envelope: &Envelope,
     verified: Result<Verified, String>,
-    in_dlq: bool,
+    in_dlq: Option<&str>,
     purged: &std::collections::HashSet<String>,
 ) -> anyhow::Result<Option<Unfound>> {
     let event = match verified {
@@ -423,7 +452,7 @@ async fn check_notification(
             report.ignored += 1;
             return Ok(None);
         }
-        Err(_) if in_dlq => {
+        Err(_) if in_dlq.is_some() => {
             report.dead_lettered += 1;
             return Ok(None);
         }
@@ -442,16 +471,43 @@ async fn check_notification(
     };
     match in_ledger(backends, &event).await? {
         Some(found) => count_found(report, payments, found),
-        None if in_dlq => report.dead_lettered += 1,
-        None => {
-            return Ok(Some(Unfound {
-                subject: key.to_owned(),
-                id: envelope.id.clone(),
-                event,
-            }))
-        }
+        None => match in_dlq {
+            Some(reason) => verified_dead_lettered(report, key, &envelope.id, &event, reason),
+            None => {
+                return Ok(Some(Unfound {
+                    subject: key.to_owned(),
+                    id: envelope.id.clone(),
+                    item: None,
+                    event,
+                }))
+            }
+        },
     }
     Ok(None)
+}
+
+/// A notification that verified, whose event is not in the ledger, is in
+/// the DLQ: money the PSP reported that the ledger does not hold
+/// (`retries_exhausted`, `panic`, a conflicting transition). Not accounted
+/// for: a discrepancy an operator must resolve (redrive, or record why).
+fn verified_dead_lettered(
+    report: &mut Report,
+    subject: &str,
+    id: &str,
+    event: &PaymentEvent,
+    reason: &str,
+) {
+    report.flag(
+        "verified_dead_lettered",
+        id.to_owned(),
+        format!(
+            "{subject}: {} {} of {} on {} verified, dead-lettered as {reason}, not in the ledger",
+            event.kind.as_str(),
+            event.amount,
+            event.payment_key,
+            event.event_key
+        ),
+    );
 }
 
 /// Settles the notifications the scan did not find, with reads taken after
@@ -472,12 +528,18 @@ async fn look_again(
         return Ok(());
     }
     report.queue_depth = report.queue_depth.max(backends.queue.depth().await?);
-    let dead = dead_ids(backends).await?;
-    for Unfound { subject, id, event } in unfound {
+    let dead = dead_letters(backends).await?;
+    for Unfound {
+        subject,
+        id,
+        item,
+        event,
+    } in unfound
+    {
         if let Some(found) = in_ledger(backends, &event).await? {
             count_found(report, payments, found);
-        } else if dead.contains(&id) {
-            report.dead_lettered += 1;
+        } else if let Some(reason) = dead.reason(&id, item) {
+            verified_dead_lettered(report, &subject, &id, &event, reason);
         } else if report.queue_depth > 0 {
             report.flag(
                 "unsettled",

@@ -17,6 +17,7 @@ use support::Kind;
 mod support;
 
 on_both_backends!(
+    a_verified_purchase_found_only_in_the_dlq_is_a_discrepancy,
     purchase_becomes_paid,
     partial_then_full_refund_becomes_refunded,
     eight_concurrent_deliveries_apply_once,
@@ -755,4 +756,41 @@ mod aws_only {
         t.wait_until_drained().await;
         assert_eq!(t.dlq_reasons().await, vec!["UntrustedCertificate"]);
     }
+}
+
+/// Money that verified but never reached the ledger (dead-lettered as
+/// `retries_exhausted`, a panic, a conflict) is not "accounted for": it
+/// sits in the DLQ, and `reconcile` names it, exit 1. A rejected (forged)
+/// notification in the DLQ still is accounted for.
+async fn a_verified_purchase_found_only_in_the_dlq_is_a_discrepancy(kind: Kind) {
+    let t = spawn_app_with(
+        kind,
+        AppOptions {
+            worker: false,
+            ..AppOptions::all()
+        },
+    )
+    .await;
+    assert_eq!(t.post(t.sim.purchase("dq1", 4200)).await, 200);
+    assert_eq!(t.post(tamper(&t.sim.purchase("dq2", 100))).await, 200);
+    // What a worker whose ledger writes kept failing would have done.
+    let queue = &t.app().backends.queue;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(queue.receive(10, Duration::from_secs(1)).await.unwrap());
+    }
+    for m in &got {
+        queue
+            .dead_letter(m, "retries_exhausted", "ledger unavailable for 6 h")
+            .await
+            .unwrap();
+    }
+    let report = t.reconcile().await;
+    assert_eq!(report.dead_lettered, 1, "the tampered one: {report:#?}");
+    let named: Vec<_> = report
+        .discrepancies
+        .iter()
+        .map(|d| (d.kind, d.detail.contains("retries_exhausted")))
+        .collect();
+    assert_eq!(named, [("verified_dead_lettered", true)], "{report:#?}");
 }
