@@ -26,7 +26,37 @@ on_both_backends!(
     an_archive_put_retried_after_its_success_is_not_a_503,
     queue_down_after_archiving_answers_503_and_the_psp_retry_applies_once,
     ledger_throttling_and_lost_replies_apply_everything_once,
+    a_receive_in_flight_at_shutdown_is_settled_before_the_worker_stops,
 );
+
+/// SIGTERM while a receive's reply is on its way: the queue has already
+/// taken the message (invisible for the visibility timeout). A worker that
+/// dropped the receive would leave it hidden and unprocessed; it settles it
+/// before it stops.
+async fn a_receive_in_flight_at_shutdown_is_settled_before_the_worker_stops(kind: Kind) {
+    let mut t = spawn_app_tweaked(kind, with_faults(), |_| {}).await;
+    t.faults().queue.only(Some(&["receive"]));
+    t.faults()
+        .queue
+        .set_reply_latency(Duration::from_millis(700));
+    let (queue, ledger) = (
+        t.app().backends.queue.clone(),
+        t.app().backends.ledger.clone(),
+    );
+    t.sim.send(t.sim.purchase("term", 500)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.stats().await.unwrap().in_flight == 0 {
+        assert!(Instant::now() < deadline, "never received");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Taken by a receive whose reply is still 700 ms away.
+    t.app.take().unwrap().stop().await.unwrap();
+    let key = paynotify_shared::PaymentKey::new("unionpay", support::app::MERCHANT, "term");
+    let paid = ledger.get_payment(&key).await.unwrap();
+    assert_eq!(paid.map(|p| p.status), Some(PaymentStatus::Paid));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.visible, stats.in_flight), (0, 0), "{stats:?}");
+}
 
 fn with_faults() -> AppOptions {
     AppOptions {

@@ -115,6 +115,8 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
                 format!("127.0.0.1:{worker_admin}"),
             ),
             ("PAYNOTIFY__WORKER__CONCURRENCY", "2".into()),
+            // The baked 20 s long poll would hold SIGTERM that long.
+            ("PAYNOTIFY__WORKER__RECEIVE_WAIT_MS", "1000".into()),
             ("PAYNOTIFY__WORKER__RETRY_MIN_DELAY_MS", "100".into()),
             ("PAYNOTIFY__WORKER__RETRY_MAX_DELAY_SECS", "1".into()),
         ],

@@ -27,6 +27,7 @@ pub struct Faults {
     error_ppm: AtomicU32,
     lost_reply_ppm: AtomicU32,
     latency_us: AtomicU64,
+    reply_latency_us: AtomicU64,
     fail_nth: AtomicU64,
     calls: AtomicU64,
     injected: AtomicU64,
@@ -69,6 +70,14 @@ impl Faults {
     /// Every affected call waits this long first.
     pub fn set_latency(&self, d: Duration) {
         self.latency_us
+            .store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Every affected call's reply comes this much after the backend
+    /// answered (what it did is done; a caller that gives up meanwhile
+    /// never sees it).
+    pub fn set_reply_latency(&self, d: Duration) {
+        self.reply_latency_us
             .store(d.as_micros() as u64, Ordering::SeqCst);
     }
 
@@ -190,8 +199,12 @@ impl Faults {
         Ok(())
     }
 
-    /// After the backend succeeded: maybe the reply is lost.
-    fn after(&self, op: &str) -> Result<(), String> {
+    /// After the backend succeeded: maybe the reply is slow, or lost.
+    async fn after(&self, op: &str) -> Result<(), String> {
+        let latency = self.reply_latency_us.load(Ordering::SeqCst);
+        if latency > 0 && self.affects(op) {
+            tokio::time::sleep(Duration::from_micros(latency)).await;
+        }
         if self.affects(op) && self.draw() < self.lost_reply_ppm.load(Ordering::SeqCst) {
             return Err(self.inject(op, "done, but the reply was lost"));
         }
@@ -215,7 +228,7 @@ macro_rules! faulty {
             let _ = $call.await;
         }
         let out = $call.await?;
-        $self.faults.after($op).map_err($err)?;
+        $self.faults.after($op).await.map_err($err)?;
         Ok(out)
     }};
 }

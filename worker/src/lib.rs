@@ -358,6 +358,12 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 /// messages in hand and returns. `concurrency` receive loops each take up to
 /// `receive_batch` messages per call and process them concurrently, so one
 /// receive (and, on SQS, one batched delete) serves many notifications.
+///
+/// A receive in flight at shutdown is not dropped: the queue may already
+/// have taken its messages (hidden for the visibility timeout), and a
+/// dropped reply would leave them hidden and unprocessed. Shutdown waits
+/// for it (at most `receive_wait_ms`, 20 s on SQS) and settles what it
+/// brought.
 pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..ctx.config.concurrency.max(1) {
@@ -365,10 +371,10 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) {
         tasks.spawn(async move {
             let wait = Duration::from_millis(ctx.config.receive_wait_ms);
             while !shutdown.is_cancelled() {
-                let received = tokio::select! {
-                    r = ctx.queue.receive(ctx.config.receive_batch.clamp(1, 10), wait) => r,
-                    () = shutdown.cancelled() => break,
-                };
+                let received = ctx
+                    .queue
+                    .receive(ctx.config.receive_batch.clamp(1, 10), wait)
+                    .await;
                 let messages = match received {
                     Ok(m) => m,
                     Err(e) => {
