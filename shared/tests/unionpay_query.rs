@@ -199,7 +199,7 @@ fn forged_tampered_and_form_decoded_answers_are_rejected_with_the_step() {
 mod hostile {
     use paynotify_shared::scheme::unionpay::{
         classify, decode_file_content, parse_raw, parse_zm, unzip, write_zm, BodyFormat, Fields,
-        ZmRecord, ZM_RECORD_LEN,
+        ZmRecord, ZM_MIN_RECORD_LEN, ZM_RECORD_LEN,
     };
     use paynotify_shared::testing::*;
     use proptest::prelude::*;
@@ -221,6 +221,35 @@ mod hostile {
         }
     }
 
+    /// A file whose lines lost their trailing spaces (an editor, a transfer
+    /// that trims) or carry a byte more is read as UnionPay's SDK reads it.
+    #[test]
+    fn trimmed_and_longer_lines_read_the_same_records() {
+        let genuine = write_zm(&[
+            record(),
+            ZmRecord {
+                line: 2,
+                query_id: "Q2".into(),
+                ..record()
+            },
+        ]);
+        let trimmed: Vec<u8> = String::from_utf8(genuine.clone())
+            .unwrap()
+            .lines()
+            .map(|l| format!("{}\r\n", l.trim_end()))
+            .collect::<String>()
+            .into_bytes();
+        let longer: Vec<u8> = String::from_utf8(genuine.clone())
+            .unwrap()
+            .lines()
+            .map(|l| format!("{l}X\n"))
+            .collect::<String>()
+            .into_bytes();
+        let expected = parse_zm(&genuine).unwrap();
+        assert_eq!(parse_zm(&trimmed).unwrap(), expected);
+        assert_eq!(parse_zm(&longer).unwrap(), expected);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -232,18 +261,34 @@ mod hostile {
             let _ = decode_file_content(&String::from_utf8_lossy(&bytes));
         }
 
-        /// A record cut short, padded, or with a byte inserted is refused
-        /// with its line, whatever the byte.
+        /// UnionPay's SDK slices a record by offsets and never checks its
+        /// length: a line that lost its trailing spaces, or carries a byte
+        /// more at its end, reads as the same record; a line too short for
+        /// the fields read is refused with its line.
         #[test]
-        fn a_record_of_another_length_is_refused_with_its_line(at in 0usize..ZM_RECORD_LEN, byte in any::<u8>(), cut in any::<bool>()) {
+        fn records_are_read_by_offsets_and_only_a_line_too_short_is_refused(cut in 0usize..ZM_RECORD_LEN, extra in any::<u8>()) {
             let mut line = write_zm(&[record()]);
             line.truncate(ZM_RECORD_LEN);
-            if cut { line.remove(at); } else { line.insert(at, byte); }
+            let needed = ZM_MIN_RECORD_LEN;
             let mut file = write_zm(&[record()]);
-            file.extend_from_slice(&line);
+            let shortened = &line[..cut.max(1)];
+            file.extend_from_slice(shortened);
             file.extend_from_slice(b"\r\n");
-            let err = parse_zm(&file).unwrap_err().to_string();
-            prop_assert!(err.starts_with("line 2:"), "{}", err);
+            match parse_zm(&file) {
+                Ok(records) => {
+                    prop_assert!(shortened.len() >= needed, "{} bytes read as a record", shortened.len());
+                    prop_assert_eq!(&records[1], &ZmRecord { line: 2, ..record() });
+                }
+                Err(e) => {
+                    prop_assert!(e.to_string().starts_with("line 2:"), "{}", e);
+                    prop_assert!(shortened.len() < needed, "{} bytes refused: {}", shortened.len(), e);
+                }
+            }
+            let mut longer = line.clone();
+            longer.push(extra);
+            let mut file = write_zm(&[record()]);
+            file.extend_from_slice(&longer);
+            prop_assert_eq!(&parse_zm(&file).unwrap()[1], &ZmRecord { line: 2, ..record() });
         }
 
         /// A genuine query answer cut anywhere, or with whitespace put

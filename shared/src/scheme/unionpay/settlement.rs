@@ -4,7 +4,8 @@
 //!
 //! ZM layout (UnionPay's file interface specification §6.1, as the official
 //! SDK's `parseZMFile` reads it): 42 fields of fixed byte widths, each
-//! followed by one separator byte, GBK text, one record per line, 607 bytes.
+//! followed by one separator byte, GBK text, one record per line, 607 bytes
+//! (read by offsets: a line need only reach the last field read).
 //! Only the fields a reconciliation needs are kept; the card number field is
 //! never read.
 
@@ -34,6 +35,20 @@ pub const ZM_RECORD_LEN: usize = {
         i += 1;
     }
     total + ZM_WIDTHS.len() - 1
+};
+
+/// The shortest line a ZM record can be read from: up to the end of the
+/// last field paynotify reads (the merchant id). UnionPay's SDK slices a
+/// record by these offsets and never checks its length, so a line that lost
+/// its trailing spaces or carries more bytes reads the same.
+pub const ZM_MIN_RECORD_LEN: usize = {
+    let mut total = 0;
+    let mut i = 0;
+    while i < field::MER_ID {
+        total += ZM_WIDTHS[i] + 1;
+        i += 1;
+    }
+    total + ZM_WIDTHS[field::MER_ID]
 };
 
 /// ZM field numbers (0-based) paynotify reads.
@@ -211,8 +226,9 @@ pub fn zm_file(files: &[(String, Vec<u8>)]) -> Result<&[u8], SettlementError> {
         .ok_or_else(|| SettlementError::NoZmFile(files.iter().map(|(n, _)| n.clone()).collect()))
 }
 
-/// Parses a ZM file. Blank lines are skipped; a record of another length,
-/// or with a malformed amount, is an error naming its line.
+/// Parses a ZM file, slicing each record by offsets as UnionPay's SDK
+/// does. Blank lines are skipped; a line too short for the fields read, or
+/// with a malformed amount, is an error naming its line.
 ///
 /// # Errors
 /// `Record` with the 1-based line number.
@@ -224,11 +240,11 @@ pub fn parse_zm(bytes: &[u8]) -> Result<Vec<ZmRecord>, SettlementError> {
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        if raw.len() != ZM_RECORD_LEN {
+        if raw.len() < ZM_MIN_RECORD_LEN {
             return Err(SettlementError::Record {
                 line,
                 why: format!(
-                    "a ZM record is {ZM_RECORD_LEN} bytes, this one {}",
+                    "{} bytes: too short for a ZM record's fields up to the merchant id ({ZM_MIN_RECORD_LEN} of its {ZM_RECORD_LEN})",
                     raw.len()
                 ),
             });
