@@ -71,7 +71,8 @@ fn merchant_of(config: &Config, source: &str, given: Option<&str>) -> anyhow::Re
 }
 
 /// Asks UnionPay now; exit 0 with an answer, 1 when there was none (a
-/// refused or forged answer, or a failure; the exchange is archived).
+/// refused or forged answer, or a failure; the exchange is archived) or
+/// when the ledger refused the answer it gave (the reason on stderr).
 ///
 /// # Errors
 /// Configuration or backend errors.
@@ -99,6 +100,10 @@ pub async fn query(args: Target) -> anyhow::Result<ExitCode> {
                     report.request_key,
                     report.response_key,
                 ))?;
+            }
+            if let Some(why) = &report.refused {
+                eprintln!("paynotify: UnionPay answered, and the ledger refused it: {why}");
+                return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -588,6 +588,40 @@ async fn the_cli_queries_fetches_and_reconciles(kind: Kind) {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mismatches"][0]["query_id"], "Q500000009");
 
+    // An answer the ledger refuses (a success for a payment recorded as
+    // failed, a transition the state machine does not take): exit 1 with
+    // the reason, not 0 as though it were applied.
+    let (_, _) = known_purchase(&s, "Q500000003", 700);
+    let failed = s
+        .app
+        .sim
+        .purchase_with("Q500000003", 700, &[("respCode", "01")]);
+    s.app.sim.send(failed).await;
+    s.app
+        .wait_for_status("Q500000003", PaymentStatus::Failed)
+        .await;
+    let out = run(argv(&[
+        "unionpay",
+        "query",
+        "--source",
+        "unionpay",
+        "--query-id",
+        "Q500000003",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conflict"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // No answer to act on: exit 1, the step named.
     s.gateway
         .script("Q500000001", [Scripted::ForgedCertificate]);

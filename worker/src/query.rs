@@ -205,6 +205,11 @@ pub struct QueryReport {
     /// `None` when nothing was applied (a failure not yet final, or no
     /// final answer).
     pub applied: Option<String>,
+    /// Why the ledger refused the final answer (a transition its payment
+    /// does not take): the answer is archived, the ledger unchanged, and a
+    /// person must look (`unionpay query` exits 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl QueryReport {
@@ -301,6 +306,7 @@ impl Querier {
                 message,
                 event: None,
                 applied: None,
+                refused: None,
             };
         let fields = self.verified(source, &response)?;
         let answer = about(&fields, merchant, target)
@@ -336,7 +342,11 @@ impl Querier {
                         .await
                     {
                         Disposition::Ack(kind) => kind.as_str().to_owned(),
-                        Disposition::DeadLetter { reason, error } => format!("{reason}: {error}"),
+                        Disposition::DeadLetter { reason, error } => {
+                            let why = format!("{reason}: {error}");
+                            out.refused = Some(why.clone());
+                            why
+                        }
                         Disposition::Retry(why) | Disposition::Panicked(why) => {
                             return Err(QueryError::Apply(why))
                         }
@@ -766,6 +776,7 @@ mod tests {
             message: None,
             event: None,
             applied: applied.map(str::to_owned),
+            refused: None,
         })
     }
 
