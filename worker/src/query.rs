@@ -553,8 +553,9 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
 }
 
 /// The watch after one query: finished on a final answer, else due at the
-/// next step of `schedule` (seconds after `since`); a transient failure is
-/// asked again after a backoff without using a step.
+/// next step of `schedule` (seconds after `since`, and at least the step's
+/// gap from the one before after now); a transient failure is asked again
+/// after a backoff without using a step.
 pub fn next_step(
     claimed: &Watch,
     schedule: &[u64],
@@ -563,10 +564,20 @@ pub fn next_step(
 ) -> Watch {
     let mut next = claimed.clone();
     next.version += 1;
+    // Step `n` is due `schedule[n]` after `since`, and never sooner than
+    // its gap from the step before after now: asking that resumes late (a
+    // watch registered late, a worker outage) keeps the schedule's spacing
+    // instead of firing the steps already past back to back.
     let step_at = |n: usize| {
-        schedule
-            .get(n)
-            .map(|s| (claimed.since + time::Duration::seconds(*s as i64)).max(now))
+        let at = *schedule.get(n)?;
+        let gap = n
+            .checked_sub(1)
+            .and_then(|p| schedule.get(p))
+            .map_or(at, |before| at.saturating_sub(*before));
+        Some(
+            (claimed.since + time::Duration::seconds(at as i64))
+                .max(now + time::Duration::seconds(gap as i64)),
+        )
     };
     match result {
         Ok(report) => {
@@ -797,10 +808,21 @@ mod tests {
         let again = next_step(&claimed(0), &SCHEDULE, &report("in_process", None), now);
         assert_eq!(again.due_at, Some(SINCE + time::Duration::seconds(600)));
         assert_eq!((again.attempts, again.finished), (1, None));
-        // A step already past is asked at once, not in the past.
+        // Asking resumed late (a watch registered late, a worker outage):
+        // the steps already past keep their spacing from now on, rather
+        // than firing back to back and giving up within seconds.
         let late = SINCE + time::Duration::hours(1);
         let behind = next_step(&claimed(0), &SCHEDULE, &report("not_found", None), late);
-        assert_eq!(behind.due_at, Some(late));
+        assert_eq!(
+            behind.due_at,
+            Some(late + time::Duration::seconds(600 - 300))
+        );
+        let then = behind.due_at.unwrap();
+        let after = next_step(&behind, &SCHEDULE, &report("not_found", None), then);
+        assert_eq!(
+            after.due_at,
+            Some(then + time::Duration::seconds(1800 - 600))
+        );
         let out = next_step(&claimed(2), &SCHEDULE, &report("not_found", None), late);
         assert_eq!(
             (out.finished.as_deref(), out.due_at),
