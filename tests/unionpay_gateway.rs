@@ -15,6 +15,7 @@ use paynotify::app::AppOptions;
 use paynotify::gateway_sim::{GatewaySim, Scripted, Txn, TxnState};
 use paynotify::settlement;
 use paynotify_shared::config::GatewayConfig;
+use paynotify_shared::envelope::Envelope;
 use paynotify_shared::ports::Watch;
 use paynotify_shared::scheme::unionpay::{parse_form, QueryTarget};
 use paynotify_shared::scheme::{SourceVerifier, VerifierSet};
@@ -302,11 +303,29 @@ async fn forged_unsigned_and_failed_answers_change_nothing(kind: Kind) {
         }
         other => panic!("unsigned: {other:?}"),
     }
-    // A 500 is retried once (retries = 1), then reported as transient.
+    // A 500 is retried once (retries = 1), then reported as transient; the
+    // answer is archived beside its request, status and body as they came.
+    let before = s
+        .querier
+        .archive
+        .list("outbound/", None, None)
+        .await
+        .unwrap();
     match ask().await {
         Err(e @ QueryError::Gateway(_)) => assert!(e.transient()),
         other => panic!("server error: {other:?}"),
     }
+    let after = s
+        .querier
+        .archive
+        .list("outbound/", None, None)
+        .await
+        .unwrap();
+    let new: Vec<_> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    let answer = new.iter().find(|k| k.ends_with(".response.json")).unwrap();
+    let answer = Envelope::from_json(&s.querier.archive.get(answer).await.unwrap()).unwrap();
+    assert_eq!(answer.status, Some(500));
     assert!(s.app.payment("Q300000001").await.is_none());
 
     // A failure before the end of the schedule may still change: not applied.
@@ -753,13 +772,36 @@ async fn a_gateway_that_does_not_answer_times_out(kind: Kind) {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     // The request was archived before it was sent (its retries send the
-    // same bytes); no answer was.
-    let keys = s
+    // same bytes), and beside it, under the same id, what came back: no
+    // answer, the error (docs/unionpay.md: every exchange is archived).
+    let mut keys = s
         .querier
         .archive
         .list("outbound/", None, None)
         .await
         .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(keys[0].ends_with(".request.json"));
+    keys.sort();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[0].ends_with(".request.json") && keys[1].ends_with(".response.json"));
+    let id = |k: &str| {
+        k.rsplit('/')
+            .next()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(id(&keys[0]), id(&keys[1]));
+    let response = Envelope::from_json(&s.querier.archive.get(&keys[1]).await.unwrap()).unwrap();
+    assert_eq!(response.status, None);
+    let error = response
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-paynotify-error");
+    assert!(
+        error.is_some_and(|(_, v)| v.contains("network error")),
+        "{:?}",
+        response.headers
+    );
 }

@@ -34,7 +34,13 @@ pub enum GatewayError {
     #[error("network error: {0}")]
     Network(String),
     #[error("HTTP {status}: {preview}")]
-    Status { status: u16, preview: String },
+    Status {
+        status: u16,
+        preview: String,
+        /// The whole answer, to be archived as it came.
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     #[error("answer larger than {MAX_ANSWER_BYTES} bytes")]
     TooLarge,
 }
@@ -196,6 +202,8 @@ impl GatewayClient {
             return Err(GatewayError::Status {
                 status,
                 preview: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+                headers,
+                body: bytes,
             });
         }
         Ok(HttpAnswer {
@@ -242,6 +250,8 @@ mod tests {
         let status = |status| GatewayError::Status {
             status,
             preview: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
         };
         assert!(status(503).retryable());
         assert!(!status(404).retryable());

@@ -398,11 +398,35 @@ impl Querier {
             .put(&request.outbound_key(), &request.to_json())
             .await
             .map_err(QueryError::Archive)?;
-        let answer = gw
-            .client
-            .post_form(url, &body)
-            .await
-            .map_err(QueryError::Gateway)?;
+        let answer = match gw.client.post_form(url, &body).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Every exchange leaves what came back beside its request,
+                // under its id: a 5xx answer as it came, or the error, in
+                // `x-paynotify-error`, when nothing did.
+                let (status, mut headers, bytes) = match &e {
+                    GatewayError::Status {
+                        status,
+                        headers,
+                        body,
+                        ..
+                    } => (Some(*status), headers.clone(), body.clone()),
+                    _ => (None, Vec::new(), Vec::new()),
+                };
+                headers.push(("x-paynotify-error".to_owned(), e.to_string()));
+                let mut failed = envelope("response", headers, &bytes);
+                failed.id.clone_from(&request.id);
+                failed.status = status;
+                if let Err(a) = self
+                    .archive
+                    .put(&failed.outbound_key(), &failed.to_json())
+                    .await
+                {
+                    warn!(error = %a, exchange = %request.id, "archiving a failed exchange's answer failed");
+                }
+                return Err(QueryError::Gateway(e));
+            }
+        };
         let mut response = envelope("response", answer.headers, &answer.body);
         response.id.clone_from(&request.id);
         response.status = Some(answer.status);
