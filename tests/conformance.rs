@@ -44,6 +44,7 @@ on_both_backends!(
     ledger_load_to_apply_tells_seen_events_and_a_lagging_read_changes_nothing,
     ledger_records_on_a_new_payment_and_applies_it_later,
     a_redriven_retry_starts_a_fresh_budget,
+    queues_keep_sqs_limits,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -1413,4 +1414,32 @@ async fn a_redriven_retry_starts_a_fresh_budget(kind: Kind) {
         (location, id.as_deref(), retry, item),
         (at, Some("01A"), None, Some(2))
     );
+}
+
+/// Every queue keeps SQS's limits (256 KiB a message, delays of at most
+/// 900 s), so the pointer path for large envelopes and the delay clamp run
+/// on the local backend too, not only on SQS.
+async fn queues_keep_sqs_limits(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let q = &b.queue;
+    assert_eq!(q.max_message_bytes(), 256 * 1024);
+    assert_eq!(q.max_delay_secs(), 900);
+    let largest = vec![b'a'; 256 * 1024];
+    q.send(&largest).await.unwrap();
+    let over = vec![b'a'; 256 * 1024 + 1];
+    assert!(q.send(&over).await.is_err());
+    assert!(q.send_delayed(&over, 1).await.is_err());
+    assert!(q.send_batch(&[b"x".to_vec(), over.clone()]).await.is_err());
+    // A longer delay is the longest there is, as SQS would be asked for.
+    q.send_delayed(b"later", 3600).await.unwrap();
+    let got = q.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the largest message; the delayed one waits"
+    );
+    assert_eq!(got[0].body.len(), 256 * 1024);
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.in_flight, stats.delayed), (1, 1), "{stats:?}");
 }

@@ -15,12 +15,13 @@ use super::sqs_batches::{delete_batch, send_batch};
 use super::{describe, Clients};
 use crate::backend::{from_unix_ms, stored_time};
 use crate::config::AwsConfig;
-use crate::ports::{DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt};
+use crate::ports::{
+    check_message_size, DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
+    MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
+};
 
 /// SQS's limit on one message body.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// SQS's longest `DelaySeconds`.
-const MAX_DELAY_SECS: u32 = 900;
 /// Dead-letter attributes are cut to this length.
 const MAX_ATTRIBUTE_CHARS: usize = 1024;
 
@@ -262,18 +263,16 @@ impl Queue for SqsQueue {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError> {
         let body = String::from_utf8(body.to_vec())
             .map_err(|_| QueueError::Unavailable("SQS message bodies must be UTF-8".into()))?;
-        if body.len() > MAX_MESSAGE_BYTES {
-            return Err(QueueError::Unavailable(format!(
-                "message of {} bytes exceeds SQS's limit",
-                body.len()
-            )));
-        }
+        check_message_size(body.as_bytes())?;
         self.sends.submit(body).await
     }
 
     async fn send_batch(&self, bodies: &[Vec<u8>]) -> Result<Vec<String>, QueueError> {
         if bodies.len() > 10 {
             return Err(QueueError::BatchTooLarge(bodies.len()));
+        }
+        for body in bodies {
+            check_message_size(body)?;
         }
         let texts: Result<Vec<String>, _> = bodies
             .iter()
@@ -288,6 +287,7 @@ impl Queue for SqsQueue {
     }
 
     async fn send_delayed(&self, body: &[u8], seconds: u32) -> Result<String, QueueError> {
+        check_message_size(body)?;
         let body = String::from_utf8(body.to_vec())
             .map_err(|_| QueueError::Unavailable("SQS message bodies must be UTF-8".into()))?;
         self.client

@@ -24,7 +24,10 @@ use tokio::sync::Notify;
 
 use super::db::{exec, now_ms, row, Db};
 use crate::backend::{from_unix_ms, stored_time};
-use crate::ports::{DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt};
+use crate::ports::{
+    check_message_size, DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
+    MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
+};
 
 const SCHEMA: &str = "
 -- Bodies live apart from the small, often updated delivery rows, so a
@@ -531,6 +534,8 @@ impl Queue for LocalQueue {
     }
 
     async fn send_delayed(&self, body: &[u8], seconds: u32) -> Result<String, QueueError> {
+        check_message_size(body)?;
+        let seconds = seconds.min(MAX_DELAY_SECS);
         let mut ids = self
             .insert(vec![body.to_vec()], i64::from(seconds) * 1000)
             .await?;
@@ -542,7 +547,19 @@ impl Queue for LocalQueue {
         if bodies.len() > 10 {
             return Err(QueueError::BatchTooLarge(bodies.len()));
         }
+        for body in bodies {
+            check_message_size(body)?;
+        }
         self.insert(bodies.to_vec(), 0).await
+    }
+
+    /// SQS's, so the pointer path and the delay clamp run here too.
+    fn max_message_bytes(&self) -> usize {
+        MAX_MESSAGE_BYTES
+    }
+
+    fn max_delay_secs(&self) -> u32 {
+        MAX_DELAY_SECS
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, QueueError> {

@@ -409,17 +409,27 @@ mod tests {
     }
 
     #[test]
-    fn a_record_of_the_wrong_length_names_its_line() {
+    fn a_record_too_short_for_its_fields_names_its_line() {
         let mut file = write_zm(&[record(1, "Q1", 1)]);
         file.extend_from_slice(b"\r\n");
+        // Short of its unread trailing fields: read as UnionPay's SDK does.
+        let mut trimmed = write_zm(&[record(3, "Q2", 1)]);
+        trimmed.truncate(trimmed.len() - 3);
+        let mut ok = file.clone();
+        ok.extend_from_slice(&trimmed);
+        assert_eq!(parse_zm(&ok).unwrap()[1].query_id, "Q2");
+        // Short of the merchant id it reads: refused with its line.
         let mut short = write_zm(&[record(3, "Q2", 1)]);
-        short.truncate(short.len() - 3);
+        short.truncate(ZM_MIN_RECORD_LEN - 1);
         file.extend_from_slice(&short);
         assert_eq!(
             parse_zm(&file).unwrap_err(),
             SettlementError::Record {
                 line: 3,
-                why: "a ZM record is 607 bytes, this one 606".into()
+                why: format!(
+                    "{} bytes: too short for a ZM record's fields up to the merchant id ({ZM_MIN_RECORD_LEN} of its {ZM_RECORD_LEN})",
+                    ZM_MIN_RECORD_LEN - 1
+                )
             }
         );
         let mut bad_amount = write_zm(&[record(1, "Q1", 1)]);
