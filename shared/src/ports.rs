@@ -113,6 +113,28 @@ pub struct QueueStats {
     pub oldest_age: Option<Duration>,
 }
 
+/// SQS's largest message body, which every queue keeps: a larger envelope
+/// travels as an archive pointer, on every backend alike.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// SQS's longest delay (`DelaySeconds`, `ChangeMessageVisibility` up to
+/// this for a send's delay), which every queue keeps: a longer one is this.
+pub const MAX_DELAY_SECS: u32 = 900;
+
+/// Refuses a body larger than [`MAX_MESSAGE_BYTES`], as SQS does.
+///
+/// # Errors
+/// `Unavailable` naming the size.
+pub fn check_message_size(body: &[u8]) -> Result<(), QueueError> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(QueueError::Unavailable(format!(
+            "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES} (SQS's)",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The notification queue, with SQS semantics.
 ///
 /// # Contract
@@ -137,28 +159,6 @@ pub struct QueueStats {
 ///   `reason`) and returns them; their notifications stay in the archive.
 /// - `stats` samples the queue for `/metrics`: approximate on SQS, where the
 ///   age of the oldest message is CloudWatch's, not the queue's (`None`).
-/// SQS's largest message body, which every queue keeps: a larger envelope
-/// travels as an archive pointer, on every backend alike.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-
-/// SQS's longest delay (`DelaySeconds`, `ChangeMessageVisibility` up to
-/// this for a send's delay), which every queue keeps: a longer one is this.
-pub const MAX_DELAY_SECS: u32 = 900;
-
-/// Refuses a body larger than [`MAX_MESSAGE_BYTES`], as SQS does.
-///
-/// # Errors
-/// `Unavailable` naming the size.
-pub fn check_message_size(body: &[u8]) -> Result<(), QueueError> {
-    if body.len() > MAX_MESSAGE_BYTES {
-        return Err(QueueError::Unavailable(format!(
-            "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES} (SQS's)",
-            body.len()
-        )));
-    }
-    Ok(())
-}
-
 #[async_trait]
 pub trait Queue: Send + Sync {
     async fn send(&self, body: &[u8]) -> Result<String, QueueError>;
