@@ -607,25 +607,29 @@ async fn the_cli_queries_fetches_and_reconciles(kind: Kind) {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mismatches"][0]["query_id"], "Q500000009");
 
-    // An answer the ledger refuses (a success for a payment recorded as
-    // failed, a transition the state machine does not take): exit 1 with
-    // the reason, not 0 as though it were applied.
-    let (_, _) = known_purchase(&s, "Q500000003", 700);
-    let failed = s
-        .app
-        .sim
-        .purchase_with("Q500000003", 700, &[("respCode", "01")]);
-    s.app.sim.send(failed).await;
+    // An answer the ledger refuses (a refund larger than what was paid, a
+    // transition the state machine does not take): exit 1 with the reason,
+    // not 0 as though it were applied.
+    let (paid, body) = known_purchase(&s, "Q500000003", 700);
+    s.app.sim.send(body).await;
     s.app
-        .wait_for_status("Q500000003", PaymentStatus::Failed)
+        .wait_for_status("Q500000003", PaymentStatus::Paid)
         .await;
+    s.gateway.add(Txn {
+        query_id: "R500000003".into(),
+        order_id: "r500000003".into(),
+        txn_type: "04".into(),
+        amount: 900,
+        orig_query_id: Some("Q500000003".into()),
+        ..paid
+    });
     let out = run(argv(&[
         "unionpay",
         "query",
         "--source",
         "unionpay",
         "--query-id",
-        "Q500000003",
+        "R500000003",
     ]))
     .await
     .unwrap();
@@ -636,7 +640,7 @@ async fn the_cli_queries_fetches_and_reconciles(kind: Kind) {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("conflict"),
+        String::from_utf8_lossy(&out.stderr).contains("exceed"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

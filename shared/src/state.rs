@@ -147,6 +147,26 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
         Transition::Apply(s)
     };
     match (state.status, event.kind, event.outcome) {
+        // A failed attempt, then the customer tries again on the same
+        // payment (Stripe's intent, a second card): the success is the
+        // payment.
+        (S::Failed, Payment, Succeeded) => next(S::Paid, &|s| {
+            s.paid_minor = amount;
+            s.authorized_minor = 0;
+        }),
+        (S::Failed, Authorization, Succeeded) => next(S::Authorized, &|s| {
+            s.authorized_minor = amount;
+            s.paid_minor = 0;
+        }),
+        // A failure reported after the success (or again): an earlier
+        // attempt's, recorded; it changes nothing.
+        (_, Payment | Authorization, Failed) => Transition::Record,
+        // A refund of an authorization not captured yet (Adyen does not
+        // order REFUND and CAPTURE): it waits for the capture.
+        (S::Authorized, Refund | RefundTotal, Succeeded) => Transition::Retry(format!(
+            "{:?} of payment {} that is authorized and not captured yet",
+            event.kind, event.payment_key
+        )),
         (S::Authorized, Capture, Succeeded) if amount <= state.authorized_minor => {
             next(S::Paid, &|s| s.paid_minor = amount)
         }

@@ -356,3 +356,156 @@ fn a_dispute_is_recorded_without_a_state_change() {
     assert_eq!(transition(Some(&paid), &dispute), Transition::Record);
     assert!(matches!(transition(None, &dispute), Transition::Retry(_)));
 }
+
+/// Stripe: `payment_intent.payment_failed`, the customer tries again,
+/// `payment_intent.succeeded` on the same intent: the money arrived, the
+/// payment is PAID (it was a conflict, dead-lettered, and the ledger said
+/// FAILED). The same for an authorization that failed, then succeeded.
+#[test]
+fn a_success_after_a_failure_is_the_payment() {
+    use EventKind::{Authorization, Payment};
+    use EventOutcome::{Failed, Succeeded};
+    let failed = applied(transition(None, &ev("f", Payment, Failed, 500)));
+    assert_eq!(failed.status, PaymentStatus::Failed);
+    let paid = applied(transition(Some(&failed), &ev("s", Payment, Succeeded, 500)));
+    assert_eq!(
+        (paid.status, paid.paid_minor, paid.version),
+        (PaymentStatus::Paid, 500, 2)
+    );
+    let held = applied(transition(
+        Some(&failed),
+        &ev("a", Authorization, Succeeded, 500),
+    ));
+    assert_eq!(
+        (held.status, held.authorized_minor),
+        (PaymentStatus::Authorized, 500)
+    );
+}
+
+/// A failure that arrives after the success (a PSP's late or repeated
+/// report of an earlier attempt) is recorded; it changes nothing and is
+/// not dead-lettered.
+#[test]
+fn a_failure_after_the_success_is_recorded() {
+    use EventKind::{Authorization, Payment};
+    use EventOutcome::{Failed, Succeeded};
+    let paid = applied(transition(None, &ev("s", Payment, Succeeded, 500)));
+    assert_eq!(
+        transition(Some(&paid), &ev("f", Payment, Failed, 500)),
+        Transition::Record
+    );
+    let held = applied(transition(None, &ev("a", Authorization, Succeeded, 500)));
+    assert_eq!(
+        transition(Some(&held), &ev("f", Authorization, Failed, 500)),
+        Transition::Record
+    );
+    let failed = applied(transition(None, &ev("f1", Payment, Failed, 500)));
+    assert_eq!(
+        transition(Some(&failed), &ev("f2", Payment, Failed, 500)),
+        Transition::Record
+    );
+}
+
+/// Adyen with manual capture sends REFUND and CAPTURE in no set order: a
+/// refund of an authorization not captured yet waits (parked) for the
+/// capture, instead of being dead-lettered.
+#[test]
+fn a_refund_before_the_capture_waits_for_it() {
+    use EventKind::{Authorization, Refund, RefundTotal};
+    use EventOutcome::Succeeded;
+    let held = applied(transition(None, &ev("a", Authorization, Succeeded, 500)));
+    for kind in [Refund, RefundTotal] {
+        assert!(
+            matches!(
+                transition(Some(&held), &ev("r", kind, Succeeded, 100)),
+                Transition::Retry(_)
+            ),
+            "{kind:?}"
+        );
+    }
+}
+
+/// The table of docs/transitions.md, rendered from `transition` for every
+/// status and every kind and outcome of event: the page is checked cell by
+/// cell against the code (a change to either fails here until both agree).
+/// Amounts: the payment holds or paid 500; a refund or capture is 100, a
+/// void the whole 500; a refunded one has 100 refunded (partly) or 500.
+fn table() -> String {
+    use PaymentStatus as S;
+    let state = |status: S| {
+        let (authorized, paid, refunded) = match status {
+            S::Authorized => (500, 0, 0),
+            S::Paid | S::Voided => (0, 500, 0),
+            S::PartiallyRefunded => (0, 500, 100),
+            S::Refunded => (0, 500, 500),
+            S::Failed => (0, 0, 0),
+        };
+        PaymentState {
+            payment_key: PaymentKey::new("unionpay", "m", "p"),
+            status,
+            currency: cny(),
+            authorized_minor: authorized,
+            paid_minor: paid,
+            refunded_minor: refunded,
+            version: 1,
+        }
+    };
+    let columns: [(&str, EventKind, EventOutcome, u64); 12] = [
+        ("payment ✓", Payment, Succeeded, 500),
+        ("payment ✗", Payment, Failed, 500),
+        ("authorization ✓", Authorization, Succeeded, 500),
+        ("authorization ✗", Authorization, Failed, 500),
+        ("capture ✓ 100", Capture, Succeeded, 100),
+        ("refund ✓ 100", Refund, Succeeded, 100),
+        ("refund total ✓ 100", RefundTotal, Succeeded, 100),
+        ("void ✓ 500", Void, Succeeded, 500),
+        ("pre-auth void ✓ 500", AuthorizationVoid, Succeeded, 500),
+        ("capture, refund or void ✗", Refund, Failed, 100),
+        ("any, in process", Payment, Pending, 500),
+        ("dispute", Dispute, Succeeded, 100),
+    ];
+    let cell = |t: Transition| match t {
+        Transition::Apply(s) => s.status.as_str().to_owned(),
+        Transition::Record => "record".to_owned(),
+        Transition::Retry(_) => "park".to_owned(),
+        Transition::Conflict(_) => "conflict".to_owned(),
+    };
+    let mut out = format!(
+        "| status \\ event | {} |\n|{}\n",
+        columns.map(|c| c.0).join(" | "),
+        "---|".repeat(columns.len() + 1)
+    );
+    let rows: [(&str, Option<S>); 7] = [
+        ("(none)", None),
+        ("AUTHORIZED", Some(S::Authorized)),
+        ("PAID", Some(S::Paid)),
+        ("PARTIALLY_REFUNDED", Some(S::PartiallyRefunded)),
+        ("REFUNDED", Some(S::Refunded)),
+        ("VOIDED", Some(S::Voided)),
+        ("FAILED", Some(S::Failed)),
+    ];
+    for (name, status) in rows {
+        let current = status.map(state);
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, kind, outcome, minor)| {
+                cell(transition(
+                    current.as_ref(),
+                    &ev("e", *kind, *outcome, *minor),
+                ))
+            })
+            .collect();
+        out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
+#[test]
+fn the_documented_transition_table_is_the_code_s() {
+    let page = include_str!("../../../docs/transitions.md");
+    let rendered = table();
+    assert!(
+        page.contains(&rendered),
+        "docs/transitions.md's table is not what `transition` does; the code's:\n{rendered}"
+    );
+}
