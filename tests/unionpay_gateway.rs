@@ -36,7 +36,31 @@ on_both_backends!(
     many_runners_ask_once_and_a_lost_answer_write_is_asked_again,
     a_gateway_that_does_not_answer_times_out,
     the_cli_queries_fetches_and_reconciles,
+    a_watch_ends_when_its_notification_is_applied,
 );
+
+/// An order the merchant expects a notification for, and the notification
+/// comes at once: the watch ends with it, and UnionPay is never asked (each
+/// query counts against `max_requests_per_sec`; it was asked at the first
+/// step before, the answer applied as a duplicate).
+async fn a_watch_ends_when_its_notification_is_applied(kind: Kind) {
+    let s = setup_with(kind, true, AppOptions::all(), |g| {
+        g.query_schedule_secs = vec![3, 6];
+    })
+    .await;
+    let (txn, body) = known_purchase(&s, "Q100000009", 800);
+    assert!(expect(&s, &txn).await, "a new watch");
+    s.app.sim.send(body).await;
+    s.app
+        .wait_for_status("Q100000009", PaymentStatus::Paid)
+        .await;
+    let w = finished_watch(&s, &txn).await;
+    assert_eq!(w.finished.as_deref(), Some("notified"), "{w:?}");
+    assert_eq!(w.due_at, None);
+    // Past the first step: nothing was asked.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(s.gateway.queries(), 0);
+}
 
 /// The merchant's test key as UnionPay issues it (PKCS#12, password
 /// `000000`), and its certificate for the simulated gateway.

@@ -278,7 +278,17 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     {
         return (Disposition::Retry(e.to_string()), source);
     }
+    let ended = (event.outcome == paynotify_shared::EventOutcome::Succeeded).then(|| event.clone());
     let disposition = apply::apply(ctx.ledger.as_ref(), &envelope.id, event).await;
+    if let (Disposition::Ack(AckKind::Applied), Some(event)) = (&disposition, ended) {
+        // Best effort: a watch left open is asked once more, and the answer
+        // is a duplicate.
+        if let Err(e) =
+            query::end_watches(ctx.ledger.as_ref(), &ctx.gateways, &event, &envelope.id).await
+        {
+            warn!(error = %e, "ending the status-query watch of an applied notification failed");
+        }
+    }
     match &disposition {
         Disposition::Ack(kind) => {
             if *kind == AckKind::Applied {

@@ -752,6 +752,48 @@ pub async fn watch_in_process(
     Ok(())
 }
 
+/// A notification that applied a success ends the watches of its order and
+/// of its `queryId`: UnionPay need not be asked about it (each query counts
+/// against `max_requests_per_sec`). A failure does not: UnionPay may still
+/// change a front transaction's failure, and the schedule asks until then.
+/// A watch written meanwhile by a query keeps that write (its version).
+///
+/// # Errors
+/// When the ledger fails.
+pub async fn end_watches(
+    ledger: &dyn Ledger,
+    gateways: &Gateways,
+    event: &PaymentEvent,
+    notification_id: &str,
+) -> Result<(), LedgerError> {
+    if event.outcome != EventOutcome::Succeeded || gateways.get(&event.source).is_none() {
+        return Ok(());
+    }
+    let by_query_id = event.psp_txn_id.as_ref().map(|q| QueryTarget::QueryId {
+        query_id: q.clone(),
+    });
+    let targets = paynotify_shared::scheme::unionpay::order_of(event)
+        .into_iter()
+        .chain(by_query_id);
+    for target in targets {
+        let id = Watch::id_for(&event.source, &event.merchant, &target);
+        let Some(w) = ledger.get_watch(&id).await? else {
+            continue;
+        };
+        if w.finished.is_some() {
+            continue;
+        }
+        let mut done = w.clone();
+        done.version += 1;
+        done.finished = Some("notified".to_owned());
+        done.due_at = None;
+        done.last_answer = Some(format!("notification {notification_id}"));
+        // Refused: a query wrote it meanwhile; that answer stands.
+        ledger.put_watch(&done).await?;
+    }
+    Ok(())
+}
+
 /// Every `every` until `shutdown`, [`run_due`].
 pub async fn watch_queries(
     querier: Querier,
