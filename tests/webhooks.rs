@@ -443,3 +443,52 @@ async fn an_adyen_batch_whose_segment_failed_is_archived_alone_before_it_is_spli
     let (own_key, _, _) = young.to_segment();
     assert!(t.app().backends.archive.get(&own_key).await.is_err());
 }
+
+/// Adyen items nobody signed, many of them: a 1 MiB body of empty items
+/// (about 35,000) was split into one queue message per item before any was
+/// authenticated (about 3,500 `SendMessageBatch` calls on SQS, each item
+/// then re-reading the whole envelope, and as many dead letters). Now a
+/// batch of more items than Adyen sends is refused whole, and one of which
+/// no item authenticates is one dead letter: neither is split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adyen_batches_of_unsigned_items_are_not_split() {
+    let (t, _secrets) = spawn_with_acme(Kind::Local).await;
+    let url = t.url.replace("/notify/unionpay", "/notify/adyen");
+    let item = r#"{"NotificationRequestItem":{}}"#;
+    let batch = |n: usize| {
+        format!(
+            r#"{{"live":"false","notificationItems":[{}]}}"#,
+            vec![item; n].join(",")
+        )
+    };
+    let huge = batch((1 << 20) / (item.len() + 1) - 10);
+    assert!(huge.len() < 1 << 20);
+    for body in [huge, batch(50)] {
+        let status = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while t.dlq_reasons().await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            t.dlq_reasons().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    t.wait_until_drained().await;
+    assert_eq!(t.app().stats.snapshot().split, 0);
+    assert_eq!(
+        t.dlq_reasons().await.len(),
+        2,
+        "{:?}",
+        t.dlq_reasons().await
+    );
+}

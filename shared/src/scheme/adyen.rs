@@ -41,6 +41,10 @@ pub struct AdyenVerifier {
 #[error("an Adyen HMAC key is hex: {0}")]
 pub struct KeyError(String);
 
+/// The most items one notification may hold: far above the handful Adyen
+/// sends, low enough that splitting one costs at most ten queue batches.
+pub const MAX_ITEMS: usize = 100;
+
 /// The items of a notification body.
 ///
 /// # Errors
@@ -129,11 +133,35 @@ impl AdyenVerifier {
     ///
     /// # Errors
     /// The failed step as a [`WebhookError`].
+    ///
+    /// Before a notification is split into one message per item, its items
+    /// are authenticated here, on the message itself: one with more items
+    /// than [`MAX_ITEMS`] is refused whole, and one of which no item carries
+    /// a valid HMAC is rejected as the first item's failure, so an unsigned
+    /// body of thousands of items costs one dead letter, not thousands of
+    /// queue messages that each re-read it. A batch with at least one
+    /// genuine item is split: a forged item among them is dead-lettered
+    /// alone.
     pub fn verify(&self, source: &str, inbound: &Inbound<'_>) -> Result<Verified, WebhookError> {
         let items = items(inbound.body)?;
         match items.len() {
             1 => self.verify_one(source, &items[0]),
-            n => Ok(Verified::Items(n as u32)),
+            n if n > MAX_ITEMS => Err(WebhookError::MalformedBody(format!(
+                "{n} notification items: Adyen sends at most {MAX_ITEMS} in one notification"
+            ))),
+            n => {
+                let mut first = None;
+                for item in &items {
+                    match self.authenticate(item) {
+                        Ok(()) => return Ok(Verified::Items(n as u32)),
+                        Err(e) => {
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(first
+                    .unwrap_or_else(|| WebhookError::MalformedBody("no notification item".into())))
+            }
         }
     }
 
