@@ -8,7 +8,8 @@
 #      built, and every path copied from the context exists in the repo.
 # It prints the directory the binaries are in (OUT/bin), for
 # scripts/image_check.sh to run them in a minimal root filesystem.
-# The release profile is built at opt-level 0 (CARGO_PROFILE_RELEASE_*):
+# The release profile is built at opt-level 0 without debug info
+# (CARGO_PROFILE_RELEASE_*: half the disk, and CI has little):
 # what this checks is which packages and files the command produces, not
 # their speed, and CI has 2 cores.
 # The binaries a build left in target/release are removed first, so only
@@ -49,7 +50,7 @@ echo "   $command" >&2
 if [ -d target/release ]; then
   find target/release -maxdepth 1 -type f -executable -delete
 fi
-CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=0 \
   bash -o pipefail -c "$command" >&2
 
 python3 - "$out" "$dockerfile" <<'PY' >&2
