@@ -329,22 +329,13 @@ async fn forged_unsigned_and_failed_answers_change_nothing(kind: Kind) {
     }
     // A 500 is retried once (retries = 1), then reported as transient; the
     // answer is archived beside its request, status and body as they came.
-    let before = s
-        .querier
-        .archive
-        .list("outbound/", None, None)
-        .await
-        .unwrap();
+    let outbound = || s.querier.archive.list("outbound/", None, None);
+    let before = outbound().await.unwrap();
     match ask().await {
         Err(e @ QueryError::Gateway(_)) => assert!(e.transient()),
         other => panic!("server error: {other:?}"),
     }
-    let after = s
-        .querier
-        .archive
-        .list("outbound/", None, None)
-        .await
-        .unwrap();
+    let after = outbound().await.unwrap();
     let new: Vec<_> = after.iter().filter(|k| !before.contains(k)).collect();
     assert_eq!(new.len(), 2, "{new:?}");
     let answer = new.iter().find(|k| k.ends_with(".response.json")).unwrap();

@@ -150,14 +150,11 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
         // A failed attempt, then the customer tries again on the same
         // payment (Stripe's intent, a second card): the success is the
         // payment.
-        (S::Failed, Payment, Succeeded) => next(S::Paid, &|s| {
-            s.paid_minor = amount;
-            s.authorized_minor = 0;
-        }),
-        (S::Failed, Authorization, Succeeded) => next(S::Authorized, &|s| {
-            s.authorized_minor = amount;
-            s.paid_minor = 0;
-        }),
+        // (A FAILED payment holds nothing: only a first event makes one.)
+        (S::Failed, Payment, Succeeded) => next(S::Paid, &|s| s.paid_minor = amount),
+        (S::Failed, Authorization, Succeeded) => {
+            next(S::Authorized, &|s| s.authorized_minor = amount)
+        }
         // A failure reported after the success (or again): an earlier
         // attempt's, recorded; it changes nothing.
         (_, Payment | Authorization, Failed) => Transition::Record,

@@ -91,31 +91,30 @@ impl Deployed {
     /// stacks' own, and where its AWS calls are written down when the test
     /// run collects them.
     pub fn env_as(&self, role: &str) -> Vec<(String, String)> {
-        assert!(
-            ROLES.contains(&role),
-            "{role} is not one of the stacks' roles"
-        );
         let mut env = self.env.clone();
-        if let Some(path) = call_log(role) {
-            env.push((
-                "PAYNOTIFY__BACKEND__AWS__CALL_LOG".into(),
-                path.display().to_string(),
-            ));
-        }
+        env.extend(call_log(role));
         env
     }
 }
 
-/// A fresh call log file for a process of `role`, when the run collects
-/// them (`PAYNOTIFY_TEST_CALL_LOGS`).
-pub fn call_log(role: &str) -> Option<std::path::PathBuf> {
+/// The setting that writes a process of `role`'s AWS calls to a fresh
+/// file, when the run collects them (`PAYNOTIFY_TEST_CALL_LOGS`).
+fn call_log(role: &str) -> Option<(String, String)> {
+    assert!(
+        ROLES.contains(&role),
+        "{role} is not one of the stacks' roles"
+    );
     let dir = std::env::var_os("PAYNOTIFY_TEST_CALL_LOGS")?;
     std::fs::create_dir_all(&dir).unwrap();
     let name = format!(
         "{role}--{}.jsonl",
         ulid::Ulid::new().to_string().to_lowercase()
     );
-    Some(std::path::Path::new(&dir).join(name))
+    let path = std::path::Path::new(&dir).join(name);
+    Some((
+        "PAYNOTIFY__BACKEND__AWS__CALL_LOG".into(),
+        path.display().to_string(),
+    ))
 }
 
 /// The environment that points a `paynotify` process of `role` at the
@@ -134,12 +133,7 @@ pub fn backend_env(
         return Vec::new();
     }
     let mut env = resources_env(config);
-    if let Some(path) = call_log(role) {
-        env.push((
-            "PAYNOTIFY__BACKEND__AWS__CALL_LOG".into(),
-            path.display().to_string(),
-        ));
-    }
+    env.extend(call_log(role));
     env
 }
 

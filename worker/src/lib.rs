@@ -278,7 +278,10 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     {
         return (Disposition::Retry(e.to_string()), source);
     }
-    let ended = (event.outcome == paynotify_shared::EventOutcome::Succeeded).then(|| event.clone());
+    // Kept only where a watch can exist: a source with a gateway.
+    let ended = (event.outcome == paynotify_shared::EventOutcome::Succeeded
+        && ctx.gateways.get(&event.source).is_some())
+    .then(|| event.clone());
     let disposition = apply::apply(ctx.ledger.as_ref(), &envelope.id, event).await;
     if let (Disposition::Ack(AckKind::Applied), Some(event)) = (&disposition, ended) {
         // Best effort: a watch left open is asked once more, and the answer

@@ -398,12 +398,12 @@ impl Querier {
             .put(&request.outbound_key(), &request.to_json())
             .await
             .map_err(QueryError::Archive)?;
-        let answer = match gw.client.post_form(url, &body).await {
-            Ok(answer) => answer,
+        // Every exchange leaves what came back beside its request, under
+        // its id: the answer, a 5xx answer as it came, or, when nothing
+        // came, the error (in `x-paynotify-error`).
+        let (status, headers, bytes, failed) = match gw.client.post_form(url, &body).await {
+            Ok(answer) => (Some(answer.status), answer.headers, answer.body, None),
             Err(e) => {
-                // Every exchange leaves what came back beside its request,
-                // under its id: a 5xx answer as it came, or the error, in
-                // `x-paynotify-error`, when nothing did.
                 let (status, mut headers, bytes) = match &e {
                     GatewayError::Status {
                         status,
@@ -414,28 +414,25 @@ impl Querier {
                     _ => (None, Vec::new(), Vec::new()),
                 };
                 headers.push(("x-paynotify-error".to_owned(), e.to_string()));
-                let mut failed = envelope("response", headers, &bytes);
-                failed.id.clone_from(&request.id);
-                failed.status = status;
-                if let Err(a) = self
-                    .archive
-                    .put(&failed.outbound_key(), &failed.to_json())
-                    .await
-                {
-                    warn!(error = %a, exchange = %request.id, "archiving a failed exchange's answer failed");
-                }
-                return Err(QueryError::Gateway(e));
+                (status, headers, bytes, Some(e))
             }
         };
-        let mut response = envelope("response", answer.headers, &answer.body);
+        let mut response = envelope("response", headers, &bytes);
         response.id.clone_from(&request.id);
-        response.status = Some(answer.status);
-        self.archive
+        response.status = status;
+        let archived = self
+            .archive
             .put(&response.outbound_key(), &response.to_json())
-            .await
-            .map_err(QueryError::Archive)?;
-        if answer.status != 200 {
-            return Err(QueryError::Http(answer.status));
+            .await;
+        if let Some(e) = failed {
+            if let Err(a) = archived {
+                warn!(error = %a, exchange = %request.id, "archiving a failed exchange's answer failed");
+            }
+            return Err(QueryError::Gateway(e));
+        }
+        archived.map_err(QueryError::Archive)?;
+        if let Some(code) = status.filter(|c| *c != 200) {
+            return Err(QueryError::Http(code));
         }
         Ok((request, response))
     }

@@ -348,6 +348,21 @@ impl Expr {
         placeholder
     }
 
+    /// The condition that a payment's item (or an alias key's) is at
+    /// `expected`. Version 0 is no item, or one that only a record-only
+    /// write made (an in-process answer, a failed refund before its
+    /// payment), which keeps version 0.
+    fn version_is(&mut self, expected: u64) -> String {
+        let version = self.name("version");
+        if expected == 0 {
+            let zero = self.value("zero", n(0));
+            format!("(attribute_not_exists({version}) OR {version} = {zero})")
+        } else {
+            let v = self.value("v", n(expected));
+            format!("{version} = {v}")
+        }
+    }
+
     /// Adds the digests `parked` to the item's `parked` set (events parked
     /// under it) and deletes `unparked` from it; an empty list changes
     /// nothing (DynamoDB refuses an empty set).
@@ -475,18 +490,8 @@ impl DynamoLedger {
             x.set
                 .push(format!("{version} = if_not_exists({version}, {zero})"));
         }
-        if w.expected_version == 0 {
-            // No version yet: no item, or one a record-only write made
-            // (an in-process answer, a failed refund before its payment),
-            // which keeps version 0 (`if_not_exists` above).
-            let zero = x.value("zero", n(0));
-            x.condition.push(format!(
-                "(attribute_not_exists({version}) OR {version} = {zero})"
-            ));
-        } else {
-            let v = x.value("v", n(w.expected_version));
-            x.condition.push(format!("{version} = {v}"));
-        }
+        let expected = x.version_is(w.expected_version);
+        x.condition.push(expected);
         let (updated, at) = (x.name("updated_at"), x.value("now", n(now)));
         x.set.push(format!("{updated} = {at}"));
         if let Some(st) = &w.state {
@@ -961,15 +966,7 @@ impl DynamoLedger {
             x.set.push(format!("{a} = {v}"));
         }
         x.park_digests(Vec::new(), moved);
-        let (condition, values) = Self::state_condition(expected_version);
-        x.values.extend(values.unwrap_or_default());
-        // Version 0 is also an item a record-only write made under this key.
-        let condition = if expected_version == 0 {
-            let zero = x.value("zero", n(0));
-            format!("{condition} OR version = {zero}")
-        } else {
-            condition
-        };
+        let condition = x.version_is(expected_version);
         Ok(TransactWriteItem::builder()
             .update(built(
                 Update::builder()

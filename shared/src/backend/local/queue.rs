@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::db::{exec, now_ms, row, Db};
 use crate::backend::{from_unix_ms, stored_time};
+use crate::envelope::QueuedBody;
 use crate::ports::{
     check_message_size, DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
     MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
@@ -712,22 +713,24 @@ impl Queue for LocalQueue {
                         ),
                         params![reason, now],
                     )?;
-                    // A retry's pointer goes back without its retry state:
-                    // a redrive starts a fresh retry budget
-                    // (QueuedBody::redriven, which the AWS queue applies).
-                    exec(
-                        tx,
-                        &format!(
-                            "INSERT OR REPLACE INTO bodies (id, body) SELECT id,
-                               CASE WHEN json_valid(CAST(body AS TEXT))
-                                         AND json_type(CAST(body AS TEXT), '$.archive_key') = 'text'
-                                         AND json_type(CAST(body AS TEXT), '$.retry') IS NOT NULL
-                                    THEN CAST(json_remove(CAST(body AS TEXT), '$.retry') AS BLOB)
-                                    ELSE body END
-                             FROM dead_letters WHERE {filter}"
-                        ),
-                        params![reason],
-                    )?;
+                    // A retry's pointer goes back without its retry state
+                    // (QueuedBody::redriven, as on SQS): a redrive starts a
+                    // fresh retry budget. One row at a time: a redrive may
+                    // move every dead letter.
+                    {
+                        let mut select = tx.prepare(&format!(
+                            "SELECT id, body FROM dead_letters WHERE {filter}"
+                        ))?;
+                        let mut rows = select.query(params![reason])?;
+                        while let Some(r) = rows.next()? {
+                            let (id, body): (String, Vec<u8>) = (r.get(0)?, r.get(1)?);
+                            exec(
+                                tx,
+                                "INSERT OR REPLACE INTO bodies (id, body) VALUES (?1, ?2)",
+                                params![id, QueuedBody::redriven(&body).as_ref()],
+                            )?;
+                        }
+                    }
                     exec(
                         tx,
                         &format!("DELETE FROM dead_letters WHERE {filter}"),
