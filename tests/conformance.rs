@@ -45,6 +45,7 @@ on_both_backends!(
     ledger_records_on_a_new_payment_and_applies_it_later,
     a_redriven_retry_starts_a_fresh_budget,
     queues_keep_sqs_limits,
+    a_unionpay_movement_applies_once_whatever_its_success_code,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -1442,4 +1443,93 @@ async fn queues_keep_sqs_limits(kind: Kind) {
     assert_eq!(got[0].body.len(), 256 * 1024);
     let stats = q.stats().await.unwrap();
     assert_eq!((stats.in_flight, stats.delayed), (1, 1), "{stats:?}");
+}
+
+/// One UnionPay transaction seen twice as a success with two codes (00 in
+/// its notification, A6 in a status query's answer, or the reverse) is one
+/// money movement: the second is a duplicate. In process, then final, stays
+/// two events; two in-process codes are one. A success recorded under the
+/// key that named its raw code (A6) before keys named the outcome class is
+/// still found.
+async fn a_unionpay_movement_applies_once_whatever_its_success_code(kind: Kind) {
+    use paynotify_shared::event::EventKey;
+    use paynotify_shared::scheme::unionpay::{to_event, Fields};
+    use paynotify_worker::{apply::apply, AckKind, Disposition};
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = b.ledger.as_ref();
+    let msg = |txn_type: &str, order: &str, query_id: &str, orig: &str, code: &str| {
+        let mut f = Fields::from_pairs([
+            ("merId", "777290058167151"),
+            ("txnType", txn_type),
+            ("orderId", order),
+            ("txnTime", "20240105145046"),
+            ("queryId", query_id),
+            ("respCode", code),
+            ("txnAmt", if txn_type == "01" { "1000" } else { "100" }),
+            ("currencyCode", "156"),
+        ])
+        .unwrap();
+        if !orig.is_empty() {
+            f.set("origQryId", orig);
+        }
+        to_event("unionpay", &f).unwrap()
+    };
+    let ack = |k| Disposition::Ack(k);
+    let refunded = |pay: PaymentEvent| async move {
+        l.get_payment(&pay.payment_key)
+            .await
+            .unwrap()
+            .unwrap()
+            .refunded_minor
+    };
+    for (pay_ref, first, second) in [("P1", "00", "A6"), ("P2", "A6", "00")] {
+        let pay = msg("01", &format!("ord{pay_ref}00"), pay_ref, "", "00");
+        assert_eq!(apply(l, "n", pay.clone()).await, ack(AckKind::Applied));
+        let refund = |code| {
+            msg(
+                "04",
+                &format!("ref{pay_ref}00"),
+                &format!("R{pay_ref}"),
+                pay_ref,
+                code,
+            )
+        };
+        assert_eq!(apply(l, "n1", refund(first)).await, ack(AckKind::Applied));
+        assert_eq!(
+            apply(l, "q1", refund(second)).await,
+            ack(AckKind::Duplicate),
+            "{first} then {second}"
+        );
+        assert_eq!(refunded(pay).await, 100, "{first} then {second}");
+    }
+
+    // In process (03, then 05), then the final success: two events.
+    let pay = msg("01", "ordP3000", "P3", "", "00");
+    assert_eq!(apply(l, "n", pay.clone()).await, ack(AckKind::Applied));
+    let refund = |code| msg("04", "refP3000", "RP3", "P3", code);
+    assert_eq!(apply(l, "n1", refund("03")).await, ack(AckKind::Recorded));
+    assert_eq!(apply(l, "q1", refund("05")).await, ack(AckKind::Duplicate));
+    assert_eq!(apply(l, "n2", refund("00")).await, ack(AckKind::Applied));
+    assert_eq!(refunded(pay).await, 100);
+
+    // Recorded as `…|A6` before the key named the class.
+    let pay = msg("01", "ordP4000", "P4", "", "00");
+    assert_eq!(apply(l, "n", pay.clone()).await, ack(AckKind::Applied));
+    let mut old = msg("04", "refP4000", "RP4", "P4", "A6");
+    let new_key = old.event_key.clone();
+    old.event_key = EventKey::new(format!(
+        "{}|A6",
+        new_key.as_str().strip_suffix("|00").unwrap()
+    ));
+    assert_ne!(
+        old.event_key, new_key,
+        "the class key differs from the raw one"
+    );
+    assert_eq!(apply(l, "n1", old).await, ack(AckKind::Applied));
+    assert_eq!(
+        apply(l, "n2", msg("04", "refP4000", "RP4", "P4", "A6")).await,
+        ack(AckKind::Duplicate)
+    );
+    assert_eq!(refunded(pay).await, 100);
 }

@@ -159,6 +159,12 @@ pub struct PaymentEvent {
     /// `YYYY-MM-DD`, when the message names it (UnionPay `settleDate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_date: Option<String>,
+    /// The key this event had before the scheme's keys changed, when it
+    /// differs from `event_key`: a ledger that holds that key holds this
+    /// event (UnionPay: a success once keyed by its raw code `A6`). Derived
+    /// when the message is read; never stored.
+    #[serde(skip)]
+    pub legacy_key: Option<EventKey>,
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ fn event(id: &str) -> PaymentEvent {
         result_code: None,
         result_message: None,
         settle_date: None,
+        legacy_key: None,
     }
 }
 

@@ -218,5 +218,6 @@ pub fn event(
         result_code: None,
         result_message: None,
         settle_date: None,
+        legacy_key: None,
     }
 }

@@ -185,7 +185,8 @@ fn rekeyed(event: &PaymentEvent, key: &PaymentKey) -> PaymentEvent {
 /// a write planned on it is conditioned on the version it read, so a stale
 /// read ends in a version conflict, and the plan is made again on a read of
 /// the latest entry. An event the read shows recorded or parked is a
-/// duplicate without a write (a key once seen stays). Only a conflict, the
+/// duplicate without a write (a key once seen stays), and so is one whose
+/// legacy key ([`PaymentEvent::legacy_key`]) is held. Only a conflict, the
 /// one decision made without a write, is confirmed on the latest entry
 /// before it dead-letters.
 pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEvent) -> Disposition {
@@ -211,6 +212,13 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
         }
         if seen {
             return Disposition::Ack(AckKind::Duplicate);
+        }
+        if let Some(old) = &event.legacy_key {
+            match ledger.contains_event(&event.payment_key, old).await {
+                Ok(true) => return Disposition::Ack(AckKind::Duplicate),
+                Ok(false) => {}
+                Err(e) => return retry(e),
+            }
         }
         let mut aliases = HashMap::new();
         let planned = loop {

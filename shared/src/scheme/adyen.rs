@@ -266,6 +266,7 @@ impl AdyenVerifier {
             result_code: Some(code),
             result_message: Some(text("/reason")).filter(|r| !r.is_empty()),
             settle_date: None,
+            legacy_key: None,
         })))
     }
 

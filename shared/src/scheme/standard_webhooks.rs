@@ -191,6 +191,7 @@ impl StandardWebhooksVerifier {
             result_code: Some(event_type),
             result_message: None,
             settle_date: None,
+            legacy_key: None,
         })))
     }
 

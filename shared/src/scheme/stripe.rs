@@ -206,6 +206,7 @@ fn map(source: &str, body: &[u8], merchants: &[String]) -> Result<Verified, Webh
         result_code: result_code.or(Some(event_type)),
         result_message,
         settle_date: None,
+        legacy_key: None,
     })))
 }
 

@@ -274,6 +274,7 @@ impl StoredEvent {
             result_code: self.rc,
             result_message: self.rm,
             settle_date: self.sd,
+            legacy_key: None,
         };
         EventRecord {
             event_key: self.k,
@@ -1217,6 +1218,7 @@ mod tests {
             result_code: Some("00".into()),
             result_message: Some("成功[0000000]".into()),
             settle_date: Some("0908".into()),
+            legacy_key: None,
         }
     }
 

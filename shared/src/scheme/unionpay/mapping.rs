@@ -35,14 +35,21 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
     };
     let payment_ref = fields.require(ref_field)?;
     let resp_code = fields.require("respCode")?;
-    let outcome = match resp_code {
-        "00" | "A6" => EventOutcome::Succeeded,
-        "03" | "04" | "05" => EventOutcome::Pending,
-        _ => EventOutcome::Failed,
+    // The key's last part is the outcome class, named by its first code: a
+    // success is one money movement whether it was reported 00 or A6 (a
+    // notification and a status query's answer may differ), in process is
+    // one state however UnionPay words it; a failure keeps its code (one
+    // transaction has one final failure, and recording one twice moves no
+    // money).
+    let (outcome, class) = match resp_code {
+        "00" | "A6" => (EventOutcome::Succeeded, "00"),
+        "03" | "04" | "05" => (EventOutcome::Pending, "03"),
+        failed => (EventOutcome::Failed, failed),
     };
     let order_id = fields.require("orderId")?;
     let txn_time = fields.require("txnTime")?;
     let query_id = fields.get("queryId").unwrap_or("");
+    let movement = format!("{merchant}|{order_id}|{txn_time}|{txn_type}|{query_id}");
     let amount = parse_amount(fields.require("txnAmt")?)?;
     // The ACP specification defaults `currencyCode` to 156 (CNY); refund and
     // void responses often omit it.
@@ -63,9 +70,8 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         merchant: merchant.to_owned(),
         payment_ref: payment_ref.to_owned(),
         payment_key: PaymentKey::new(source, merchant, payment_ref),
-        event_key: EventKey::new(format!(
-            "{merchant}|{order_id}|{txn_time}|{txn_type}|{query_id}|{resp_code}"
-        )),
+        event_key: event_key(&movement, class),
+        legacy_key: (class != resp_code).then(|| event_key(&movement, resp_code)),
         kind,
         outcome,
         amount: Money {
@@ -81,6 +87,12 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
     })
 }
 
+/// `merId|orderId|txnTime|txnType|queryId|class`: the money movement and
+/// its outcome class (DESIGN §4).
+fn event_key(movement: &str, class: &str) -> EventKey {
+    EventKey::new(format!("{movement}|{class}"))
+}
+
 fn parse_amount(s: &str) -> Result<u64, VerifyError> {
     let bad = |why: &str| VerifyError::MalformedField {
         field: "txnAmt",
@@ -93,7 +105,7 @@ fn parse_amount(s: &str) -> Result<u64, VerifyError> {
 }
 
 /// The order (`orderId`, `txnTime`) of a UnionPay event, read back from its
-/// event key (`merId|orderId|txnTime|txnType|queryId|respCode`, DESIGN §4).
+/// event key (`merId|orderId|txnTime|txnType|queryId|class`, DESIGN §4).
 pub fn order_of(event: &PaymentEvent) -> Option<super::query::QueryTarget> {
     let mut parts = event.event_key.as_str().split('|');
     let (_, order_id, txn_time) = (parts.next()?, parts.next()?, parts.next()?);
