@@ -346,6 +346,11 @@ async fn query(State(inner): State<Arc<Inner>>, body: Bytes) -> impl IntoRespons
             };
             f.set("origRespCode", &code);
             f.set("origRespMsg", msg);
+            // As answers recorded from a gateway: a transaction that did not
+            // succeed is named by its order alone.
+            if state != TxnState::Succeeded {
+                f.remove("queryId");
+            }
         }
     }
     let mut answer = inner.answer(f, scripted == Some(Scripted::ForgedCertificate));

@@ -681,6 +681,7 @@ fn watch(order: &str, due: time::OffsetDateTime) -> Watch {
         source: "u".into(),
         merchant: "m".into(),
         target,
+        query_id: Some("Q1".into()),
         reason: "expected".into(),
         since: datetime!(2026-11-26 02:00:00 UTC),
         attempts: 0,

@@ -37,7 +37,75 @@ on_both_backends!(
     a_gateway_that_does_not_answer_times_out,
     the_cli_queries_fetches_and_reconciles,
     a_watch_ends_when_its_notification_is_applied,
+    a_failure_answer_without_a_query_id_is_recorded,
 );
+
+/// UnionPay's answer about a failed purchase names no `queryId`: after an
+/// in-process notification (which named it) the failure is recorded on the
+/// payment, and a purchase known only by its order is recorded under the
+/// order. Both were refused (`MissingField queryId`), the watch gave up and
+/// the failure was never recorded.
+async fn a_failure_answer_without_a_query_id_is_recorded(kind: Kind) {
+    let s = setup_with(kind, true, AppOptions::all(), |g| {
+        g.query_schedule_secs = vec![1, 2, 3];
+    })
+    .await;
+    // Older than the schedule: a failure is final at once.
+    let old = [("txnTime", "20261201100000")];
+    let (txn, _) = known_purchase_with(&s, "Q700000001", 700, &old);
+    s.gateway.add(Txn {
+        state: TxnState::Failed("12".into()),
+        ..txn.clone()
+    });
+    let in_process = s
+        .app
+        .sim
+        .purchase_with("Q700000001", 700, &[old[0], ("respCode", "05")]);
+    s.app.sim.send(in_process).await;
+    s.app
+        .wait_for_status("Q700000001", PaymentStatus::Failed)
+        .await;
+    let w = finished_watch(&s, &txn).await;
+    assert_eq!(w.finished.as_deref(), Some("failed"), "{w:?}");
+    let history = s
+        .querier
+        .ledger
+        .history(&s.app.payment("Q700000001").await.unwrap().payment_key)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2, "in process, then failed: {history:?}");
+
+    // Known only by its order (the merchant asks from the CLI).
+    let (txn, _) = known_purchase_with(&s, "Q700000002", 700, &old);
+    s.gateway.add(Txn {
+        state: TxnState::Failed("12".into()),
+        ..txn.clone()
+    });
+    let target = QueryTarget::Order {
+        order_id: txn.order_id.clone(),
+        txn_time: txn.txn_time.clone(),
+    };
+    let report = s
+        .querier
+        .query("unionpay", MERCHANT, &target)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.answer, report.applied.as_deref()),
+        ("failed", Some("applied")),
+        "{report:?}"
+    );
+    let key = report.event.unwrap().payment_key;
+    assert_eq!(
+        key.as_str(),
+        format!(
+            "unionpay#{MERCHANT}#order:{}:{}",
+            txn.order_id, txn.txn_time
+        )
+    );
+    let state = s.querier.ledger.get_payment(&key).await.unwrap().unwrap();
+    assert_eq!(state.status, PaymentStatus::Failed);
+}
 
 /// An order the merchant expects a notification for, and the notification
 /// comes at once: the watch ends with it, and UnionPay is never asked (each

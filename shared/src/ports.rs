@@ -474,6 +474,10 @@ pub struct Watch {
     pub source: String,
     pub merchant: String,
     pub target: crate::scheme::unionpay::QueryTarget,
+    /// UnionPay's id of the transaction, when a notification named it: an
+    /// answer about the order that names none (a failure) is about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_id: Option<String>,
     /// Why it is asked: `expected` (a payment the merchant started),
     /// `in_process` (UnionPay said 03/04/05), `parked` (a refund or void
     /// waits for it), `settlement` (in the settlement file, not the ledger).

@@ -104,7 +104,7 @@ fn a_real_query_answer_verifies_and_says_what_happened() {
     let verified = verifier
         .verify(&read_vector(SYNC_PAY), YANSONGDA_AT)
         .unwrap();
-    let answer = classify("unionpay", &verified.fields).unwrap();
+    let answer = classify("unionpay", &verified.fields, None).unwrap();
     let QueryAnswer::Final(event) = answer else {
         panic!("{answer:?}")
     };
@@ -125,7 +125,7 @@ fn a_real_query_answer_verifies_and_says_what_happened() {
     for rel in [SYNC_REFUND, SYNC_VOID] {
         let verified = verifier.verify(&read_vector(rel), YANSONGDA_AT).unwrap();
         assert_eq!(
-            classify("unionpay", &verified.fields).unwrap_err(),
+            classify("unionpay", &verified.fields, None).unwrap_err(),
             VerifyError::MissingField("origRespCode"),
             "{rel}"
         );
@@ -316,7 +316,7 @@ mod hostile {
             )
         ) {
             let fields = Fields::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
-            let _ = classify("unionpay", &fields);
+            let _ = classify("unionpay", &fields, None);
             let _ = parse_raw(&fields.to_raw_body());
         }
     }

@@ -266,7 +266,26 @@ impl Querier {
         merchant: &str,
         target: &QueryTarget,
     ) -> Result<QueryReport, QueryError> {
-        let result = self.ask(source, merchant, target).await;
+        self.query_known(source, merchant, target, None).await
+    }
+
+    /// [`Self::query`], knowing UnionPay's id of the transaction (from its
+    /// notification): an answer that names none is about it.
+    ///
+    /// # Errors
+    /// As [`Self::query`].
+    pub async fn query_known(
+        &self,
+        source: &str,
+        merchant: &str,
+        target: &QueryTarget,
+        query_id: Option<&str>,
+    ) -> Result<QueryReport, QueryError> {
+        let query_id = match target {
+            QueryTarget::QueryId { query_id } => Some(query_id.as_str()),
+            QueryTarget::Order { .. } => query_id,
+        };
+        let result = self.ask(source, merchant, target, query_id).await;
         if let Some(m) = &self.metrics {
             let answer = match &result {
                 Ok(r) => r.answer,
@@ -283,6 +302,7 @@ impl Querier {
         source: &str,
         merchant: &str,
         target: &QueryTarget,
+        query_id: Option<&str>,
     ) -> Result<QueryReport, QueryError> {
         let gw = self
             .gateways
@@ -310,7 +330,7 @@ impl Querier {
             };
         let fields = self.verified(source, &response)?;
         let answer = about(&fields, merchant, target)
-            .and_then(|()| classify(source, &fields))
+            .and_then(|()| classify(source, &fields, query_id))
             .map_err(|e| rejected(source, &response, &e))?;
         let mut out = match &answer {
             QueryAnswer::Final(e) => report(
@@ -542,7 +562,9 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
             }
         }
         pass.asked += 1;
-        let result = querier.query(&w.source, &w.merchant, &w.target).await;
+        let result = querier
+            .query_known(&w.source, &w.merchant, &w.target, w.query_id.as_deref())
+            .await;
         let next = next_step(
             &claimed,
             &gw.config.query_schedule_secs,
@@ -662,17 +684,30 @@ pub async fn watch(
     reason: &str,
     since: OffsetDateTime,
 ) -> Result<bool, LedgerError> {
+    let w = new_watch(gw, merchant, target, reason, since);
+    Ok(ledger.put_watch(&w).await? == ApplyOutcome::Applied)
+}
+
+/// A watch of `target` due at the first step after `since`, not yet written.
+fn new_watch(
+    gw: &SourceGateway,
+    merchant: &str,
+    target: QueryTarget,
+    reason: &str,
+    since: OffsetDateTime,
+) -> Watch {
     let first = gw
         .config
         .query_schedule_secs
         .first()
         .copied()
         .unwrap_or(300);
-    let w = Watch {
+    Watch {
         id: Watch::id_for(&gw.source, merchant, &target),
         source: gw.source.clone(),
         merchant: merchant.to_owned(),
         target,
+        query_id: None,
         reason: reason.to_owned(),
         since,
         attempts: 0,
@@ -681,8 +716,7 @@ pub async fn watch(
         last_answer: None,
         finished: None,
         version: 1,
-    };
-    Ok(ledger.put_watch(&w).await? == ApplyOutcome::Applied)
+    }
 }
 
 /// Refunds and voids parked for longer than the first step: ask about the
@@ -744,7 +778,9 @@ pub async fn watch_in_process(
         return Ok(());
     };
     if gw.config.auto_query {
-        watch(ledger, gw, &event.merchant, target, "in_process", now).await?;
+        let mut w = new_watch(gw, &event.merchant, target, "in_process", now);
+        w.query_id.clone_from(&event.psp_txn_id);
+        ledger.put_watch(&w).await?;
     }
     Ok(())
 }
@@ -826,6 +862,7 @@ mod tests {
             source: "up".into(),
             merchant: "m".into(),
             target,
+            query_id: None,
             reason: "expected".into(),
             since: SINCE,
             attempts,

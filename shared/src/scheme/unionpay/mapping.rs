@@ -14,9 +14,10 @@ use crate::money::{Currency, Money};
 /// 31 void, 32 pre-auth void, 33 completion void; `respCode` 00 and A6
 /// succeed, 03/04/05 are still in process; a missing `currencyCode` means CNY
 /// and is marked as defaulted. Purchases and pre-auths are keyed by their
-/// `queryId`; the others refer to the original by `origQryId` (a refund or
-/// 33 void of a completed pre-auth names the completion's `queryId`, which
-/// the ledger resolves through an alias).
+/// `queryId` (a failed or in-process one that names none, by its order:
+/// `order:{orderId}:{txnTime}`); the others refer to the original by
+/// `origQryId` (a refund or 33 void of a completed pre-auth names the
+/// completion's `queryId`, which the ledger resolves through an alias).
 ///
 /// # Errors
 /// `UnsupportedTransaction` for other `txnType`s; `MissingField` or
@@ -33,7 +34,6 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         "32" => (EventKind::AuthorizationVoid, "origQryId"),
         other => return Err(VerifyError::UnsupportedTransaction(other.to_owned())),
     };
-    let payment_ref = fields.require(ref_field)?;
     let resp_code = fields.require("respCode")?;
     // The key's last part is the outcome class, named by its first code: a
     // success is one money movement whether it was reported 00 or A6 (a
@@ -49,6 +49,17 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
     let order_id = fields.require("orderId")?;
     let txn_time = fields.require("txnTime")?;
     let query_id = fields.get("queryId").unwrap_or("");
+    let payment_ref = match fields.get(ref_field).filter(|r| !r.is_empty()) {
+        Some(r) => r.to_owned(),
+        // A status query's answer about a failed or unfinished purchase may
+        // name no queryId: the payment is then known by its order, the pair
+        // UnionPay keys it by. A success must name the id its refunds refer
+        // to.
+        None if ref_field == "queryId" && outcome != EventOutcome::Succeeded => {
+            format!("order:{order_id}:{txn_time}")
+        }
+        None => return Err(VerifyError::MissingField(ref_field)),
+    };
     let movement = format!("{merchant}|{order_id}|{txn_time}|{txn_type}|{query_id}");
     let amount = parse_amount(fields.require("txnAmt")?)?;
     // The ACP specification defaults `currencyCode` to 156 (CNY); refund and
@@ -68,8 +79,8 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
     Ok(PaymentEvent {
         source: source.to_owned(),
         merchant: merchant.to_owned(),
-        payment_ref: payment_ref.to_owned(),
-        payment_key: PaymentKey::new(source, merchant, payment_ref),
+        payment_ref: payment_ref.clone(),
+        payment_key: PaymentKey::new(source, merchant, &payment_ref),
         event_key: event_key(&movement, class),
         legacy_key: (class != resp_code).then(|| event_key(&movement, resp_code)),
         kind,

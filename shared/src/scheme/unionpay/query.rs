@@ -148,9 +148,18 @@ impl QueryAnswer {
 /// carries `origRespCode` as its result, so it has the event key a
 /// notification of the same result has, and the two apply once.
 ///
+/// An answer that names no `queryId` (UnionPay's answers about failed and
+/// unfinished transactions may not) is about `known_query_id` when the
+/// asker knows it (it asked by `queryId`, or a notification named it);
+/// else a failed purchase is keyed by its order (see [`to_event`]).
+///
 /// # Errors
 /// Missing or malformed fields of a final answer (`to_event`'s errors).
-pub fn classify(source: &str, answer: &Fields) -> Result<QueryAnswer, VerifyError> {
+pub fn classify(
+    source: &str,
+    answer: &Fields,
+    known_query_id: Option<&str>,
+) -> Result<QueryAnswer, VerifyError> {
     let code = answer.require("respCode")?;
     let message = answer.get("respMsg").unwrap_or("").to_owned();
     match code {
@@ -172,6 +181,9 @@ pub fn classify(source: &str, answer: &Fields) -> Result<QueryAnswer, VerifyErro
         });
     }
     let mut fields = answer.clone();
+    if let Some(id) = known_query_id.filter(|_| answer.get("queryId").is_none_or(str::is_empty)) {
+        fields.set("queryId", id);
+    }
     fields.set("respCode", orig);
     fields.set("respMsg", &orig_message);
     Ok(QueryAnswer::Final(Box::new(to_event(source, &fields)?)))
@@ -208,30 +220,69 @@ mod tests {
         Fields::from_pairs(base).unwrap()
     }
 
+    fn classify_(source: &str, answer: &Fields) -> Result<QueryAnswer, VerifyError> {
+        classify(source, answer, None)
+    }
+
+    /// The answers of a gateway about a failed purchase name no queryId:
+    /// the failure is about the queryId the asker knows, or else the order.
+    #[test]
+    fn a_failure_without_a_query_id_is_keyed_by_what_is_known() {
+        let mut a = answer(&[("respCode", "00"), ("origRespCode", "12")]);
+        a.remove("queryId");
+        let by_order = classify("up", &a, None).unwrap();
+        let QueryAnswer::Final(e) = &by_order else {
+            panic!("{by_order:?}")
+        };
+        assert_eq!(e.payment_ref, "order:O1234567:20240105145046");
+        assert_eq!(e.outcome, crate::event::EventOutcome::Failed);
+        let known = classify("up", &a, Some("Q7")).unwrap();
+        let QueryAnswer::Final(e) = &known else {
+            panic!("{known:?}")
+        };
+        assert_eq!(
+            (e.payment_ref.as_str(), e.psp_txn_id.as_deref()),
+            ("Q7", Some("Q7"))
+        );
+        // A success must name the id its refunds refer to.
+        a.set("origRespCode", "00");
+        assert_eq!(
+            classify("up", &a, None).unwrap_err(),
+            VerifyError::MissingField("queryId")
+        );
+        // An answer that names one keeps it.
+        let named = answer(&[("respCode", "00"), ("origRespCode", "12")]);
+        let QueryAnswer::Final(e) = classify("up", &named, Some("Q7")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.payment_ref, "Q1");
+    }
+
     #[test]
     fn orig_resp_code_decides_the_queried_transaction() {
-        let ok = classify("up", &answer(&[("respCode", "00"), ("origRespCode", "00")])).unwrap();
+        let ok = classify_("up", &answer(&[("respCode", "00"), ("origRespCode", "00")])).unwrap();
         let QueryAnswer::Final(e) = &ok else {
             panic!("{ok:?}")
         };
         assert_eq!(ok.name(), "succeeded");
         assert!(e.event_key.as_str().ends_with("|Q1|00"), "{}", e.event_key);
         let failed =
-            classify("up", &answer(&[("respCode", "00"), ("origRespCode", "12")])).unwrap();
+            classify_("up", &answer(&[("respCode", "00"), ("origRespCode", "12")])).unwrap();
         assert_eq!(failed.name(), "failed");
         for code in ["03", "04", "05"] {
-            let a = classify("up", &answer(&[("respCode", "00"), ("origRespCode", code)])).unwrap();
+            let a =
+                classify_("up", &answer(&[("respCode", "00"), ("origRespCode", code)])).unwrap();
             assert_eq!(a.name(), "in_process", "{code}");
         }
-        let missing = classify(
+        let missing = classify_(
             "up",
             &answer(&[("respCode", "34"), ("respMsg", "查无此交易")]),
         );
         assert_eq!(missing.unwrap().name(), "not_found");
-        let refused = classify("up", &answer(&[("respCode", "10")])).unwrap();
+        let refused = classify_("up", &answer(&[("respCode", "10")])).unwrap();
         assert_eq!(refused.name(), "refused");
         assert_eq!(
-            classify("up", &answer(&[("respCode", "00")])).unwrap_err(),
+            classify_("up", &answer(&[("respCode", "00")])).unwrap_err(),
             VerifyError::MissingField("origRespCode")
         );
     }
