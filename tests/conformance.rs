@@ -46,6 +46,7 @@ on_both_backends!(
     a_redriven_retry_starts_a_fresh_budget,
     queues_keep_sqs_limits,
     a_unionpay_movement_applies_once_whatever_its_success_code,
+    a_payment_with_150_parked_refunds_applies_every_one,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -1533,4 +1534,104 @@ async fn a_unionpay_movement_applies_once_whatever_its_success_code(kind: Kind) 
         ack(AckKind::Duplicate)
     );
     assert_eq!(refunded(pay).await, 100);
+}
+
+/// 150 refunds parked before their payment: the payment's write takes as
+/// many as one write can (DynamoDB: 100 items a transaction) and the writes
+/// that follow take the rest; refunds past the amount paid stay parked with
+/// their conflict. A process that died after the first write leaves the
+/// rest to the redelivery of its message. On DynamoDB the payment's write
+/// (150 deletes in one transaction) was refused on every try and the
+/// payment never applied.
+async fn a_payment_with_150_parked_refunds_applies_every_one(kind: Kind) {
+    use paynotify_worker::apply::{apply, plan, Plan};
+    use paynotify_worker::{AckKind, Disposition};
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = b.ledger.as_ref();
+    let t0 = datetime!(2026-12-01 10:00:00 UTC);
+    let park_150 = |payment: &'static str| async move {
+        for i in 0..150 {
+            let mut r = event(payment, &format!("{payment}-r{i:03}"), EventKind::Refund, 1);
+            r.psp_time = Some(t0 + time::Duration::seconds(i));
+            assert_eq!(
+                apply(l, &format!("n{i}"), r).await,
+                Disposition::Ack(AckKind::Parked)
+            );
+        }
+    };
+    let settled = |payment: &'static str| async move {
+        let key = PaymentKey::new("u", "m", payment);
+        let entry = l.load(&key).await.unwrap();
+        let history = l.history(&key).await.unwrap();
+        (entry, history)
+    };
+
+    park_150("p150").await;
+    let pay = event("p150", "p150-pay", EventKind::Payment, 1000);
+    assert_eq!(
+        apply(l, "pay", pay).await,
+        Disposition::Ack(AckKind::Applied)
+    );
+    let (entry, history) = settled("p150").await;
+    let state = entry.state.unwrap();
+    assert_eq!(
+        (
+            state.status,
+            state.refunded_minor,
+            history.len(),
+            entry.parked.len()
+        ),
+        (PaymentStatus::PartiallyRefunded, 150, 151, 0)
+    );
+    // Applied in the order UnionPay timed them.
+    let order: Vec<_> = history.iter().map(|h| h.event_key.clone()).collect();
+    let mut sorted = order[1..].to_vec();
+    sorted.sort();
+    assert_eq!(order[1..], sorted[..]);
+
+    // 100 paid: 100 refunds apply, 50 stay parked with their conflict.
+    park_150("p100").await;
+    let pay = event("p100", "p100-pay", EventKind::Payment, 100);
+    assert_eq!(
+        apply(l, "pay", pay).await,
+        Disposition::Ack(AckKind::Applied)
+    );
+    let (entry, history) = settled("p100").await;
+    let state = entry.state.unwrap();
+    assert_eq!(
+        (state.status, state.refunded_minor, history.len()),
+        (PaymentStatus::Refunded, 100, 101)
+    );
+    assert_eq!(entry.parked.len(), 50);
+    assert!(
+        entry.parked.iter().all(|p| p.conflict.is_some()),
+        "{:?}",
+        entry.parked[0]
+    );
+
+    // The process dies after the payment's first write: its redelivery
+    // takes the rest.
+    park_150("p-died").await;
+    let pay = event("p-died", "p-died-pay", EventKind::Payment, 1000);
+    let key = pay.payment_key.clone();
+    let entry = l.load(&key).await.unwrap();
+    let Plan::Write(first, _) = plan(&entry, &Default::default(), &pay, "pay", t0) else {
+        panic!("a write")
+    };
+    assert!(first.unparked.len() < 150);
+    assert_eq!(l.write(&first).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(
+        apply(l, "pay", pay).await,
+        Disposition::Ack(AckKind::Duplicate)
+    );
+    let (entry, history) = settled("p-died").await;
+    assert_eq!(
+        (
+            entry.state.unwrap().refunded_minor,
+            history.len(),
+            entry.parked.len()
+        ),
+        (150, 151, 0)
+    );
 }

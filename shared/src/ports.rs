@@ -424,17 +424,30 @@ impl LedgerWrite {
 pub enum Incoming {
     Record(RecordedEvent),
     Park(ParkedEvent),
+    /// No incoming event: the write applies events still parked for a
+    /// payment whose last write moved as many as one write takes
+    /// ([`MAX_MOVES_PER_WRITE`]).
+    Nothing,
 }
 
 impl Incoming {
-    /// The incoming event.
-    pub fn event(&self) -> &PaymentEvent {
+    /// The incoming event, if there is one.
+    pub fn event(&self) -> Option<&PaymentEvent> {
         match self {
-            Self::Record(r) => &r.event,
-            Self::Park(p) => &p.event,
+            Self::Record(r) => Some(&r.event),
+            Self::Park(p) => Some(&p.event),
+            Self::Nothing => None,
         }
     }
 }
+
+/// The most parked events one ledger write moves (unparks, or keeps parked
+/// with a conflict) plus the completion aliases it writes. DynamoDB takes
+/// 100 items in a transaction (the payment's item, an overflow item and
+/// one per event moved or alias written) and 400 KB in the overflow item
+/// that holds the records of one write; the rest of a payment's parked
+/// events apply in the writes that follow.
+pub const MAX_MOVES_PER_WRITE: usize = 64;
 
 /// One recorded event of a payment, for `txn get`.
 #[derive(Debug, Clone, Serialize)]

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::ports::{
     AliasWrite, ApplyOutcome, Freshness, Incoming, Ledger, LedgerWrite, Loaded, ParkedEntry,
-    ParkedEvent, PaymentEntry, RecordedEvent,
+    ParkedEvent, PaymentEntry, RecordedEvent, MAX_MOVES_PER_WRITE,
 };
-use paynotify_shared::{transition, Transition};
+use paynotify_shared::{transition, PaymentState, Transition};
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -51,7 +51,8 @@ fn alias_key(event: &PaymentEvent) -> Option<PaymentKey> {
 /// applied in the same write, in the order the PSP timed them, repeatedly
 /// until none applies any more (a refund parked before the capture it needs
 /// applies once the capture has); those left contradict the payment and stay
-/// parked with the reason.
+/// parked with the reason. One write moves at most [`MAX_MOVES_PER_WRITE`];
+/// [`plan_rest`] plans the writes that take the rest.
 pub fn plan(
     entry: &PaymentEntry,
     aliases: &HashMap<PaymentKey, PaymentEntry>,
@@ -74,7 +75,7 @@ pub fn plan(
         conflicts: Vec::new(),
         aliases: Vec::new(),
     };
-    let mut state = match transition(entry.state.as_ref(), event) {
+    let state = match transition(entry.state.as_ref(), event) {
         Transition::Retry(_) => {
             write.incoming = Incoming::Park(ParkedEvent {
                 event: event.clone(),
@@ -91,6 +92,50 @@ pub fn plan(
     if let Incoming::Record(r) = &mut write.incoming {
         r.status_after = Some(state.status);
     }
+    unpark(entry, aliases, write, state, alias_key(event))
+}
+
+/// The write that applies what is still parked under `entry` (a payment
+/// whose last write moved [`MAX_MOVES_PER_WRITE`] events and left the rest),
+/// or `None` when nothing parked applies or contradicts it now.
+pub fn plan_rest(
+    entry: &PaymentEntry,
+    aliases: &HashMap<PaymentKey, PaymentEntry>,
+    key: &PaymentKey,
+) -> Option<Plan> {
+    let state = entry.state.clone()?;
+    let write = LedgerWrite {
+        key: key.clone(),
+        expected_version: entry.version,
+        incoming: Incoming::Nothing,
+        state: None,
+        unparked: Vec::new(),
+        conflicts: Vec::new(),
+        aliases: Vec::new(),
+    };
+    match unpark(entry, aliases, write, state, None) {
+        Plan::Write(w, _) if moves(&w) == 0 => None,
+        plan => Some(plan),
+    }
+}
+
+/// Parked events and aliases a write moves, against [`MAX_MOVES_PER_WRITE`].
+pub fn moves(w: &LedgerWrite) -> usize {
+    w.unparked.len() + w.conflicts.len() + w.aliases.len()
+}
+
+/// Adds to `write` the events parked under `entry` (and under the aliases
+/// it creates) that apply to `state`, in PSP order, and marks those that
+/// contradict the result; at most [`MAX_MOVES_PER_WRITE`] in all, the rest
+/// left for [`plan_rest`].
+fn unpark(
+    entry: &PaymentEntry,
+    aliases: &HashMap<PaymentKey, PaymentEntry>,
+    mut write: LedgerWrite,
+    mut state: PaymentState,
+    mut capture: Option<PaymentKey>,
+) -> Plan {
+    let key = write.key.clone();
     let mut pending: Vec<(PaymentKey, ParkedEvent)> = waiting(entry, &key);
     let by_psp_time = |pending: &mut Vec<(PaymentKey, ParkedEvent)>| {
         pending.sort_by(|(_, a), (_, b)| {
@@ -99,7 +144,7 @@ pub fn plan(
     };
     by_psp_time(&mut pending);
     let mut missing = Vec::new();
-    let mut capture = alias_key(event);
+    let mut full = false;
     loop {
         if let Some(alias) = capture.take() {
             match aliases.get(&alias) {
@@ -115,6 +160,11 @@ pub fn plan(
                 }
                 Some(_) => {}
             }
+        }
+        // One for the event, one for the alias it may create.
+        if moves(&write) + 2 > MAX_MOVES_PER_WRITE {
+            full = !pending.is_empty();
+            break;
         }
         // The first parked event (in PSP order) that applies now.
         let next = pending.iter().enumerate().find_map(|(i, (_, p))| {
@@ -146,14 +196,23 @@ pub fn plan(
     if !missing.is_empty() {
         return Plan::Load(missing);
     }
-    for (from, mut parked) in pending {
-        if let Transition::Conflict(why) = transition(Some(&state), &rekeyed(&parked.event, &key)) {
-            if parked.conflict.as_deref() != Some(why.as_str()) {
-                parked.conflict = Some(why);
-                write.conflicts.push(ParkedEntry {
-                    payment_key: from,
-                    parked,
-                });
+    // What is left contradicts the payment, unless the write is full: then
+    // an event left may still apply after those the next write takes.
+    if !full {
+        for (from, mut parked) in pending {
+            if moves(&write) >= MAX_MOVES_PER_WRITE {
+                break;
+            }
+            if let Transition::Conflict(why) =
+                transition(Some(&state), &rekeyed(&parked.event, &key))
+            {
+                if parked.conflict.as_deref() != Some(why.as_str()) {
+                    parked.conflict = Some(why);
+                    write.conflicts.push(ParkedEntry {
+                        payment_key: from,
+                        parked,
+                    });
+                }
             }
         }
     }
@@ -211,7 +270,12 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
             continue;
         }
         if seen {
-            return Disposition::Ack(AckKind::Duplicate);
+            // A redelivery after a write that left parked events for the
+            // next (the process died, a write failed): take them now.
+            return match apply_rest(ledger, &event.payment_key, Some(entry)).await {
+                Ok(()) => Disposition::Ack(AckKind::Duplicate),
+                Err(e) => Disposition::Retry(e),
+            };
         }
         if let Some(old) = &event.legacy_key {
             match ledger.contains_event(&event.payment_key, old).await {
@@ -249,10 +313,11 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
             Err(_) => freshness = Freshness::Latest,
             Ok((write, kind)) => match ledger.write(&write).await {
                 Ok(ApplyOutcome::Applied) => {
-                    for c in &write.conflicts {
-                        warn!(notification_id = %c.parked.notification_id, payment_key = %c.payment_key,
-                              stage = "apply", conflict = c.parked.conflict.as_deref().unwrap_or(""),
-                              "parked event contradicts its payment; kept parked for reconcile");
+                    warn_conflicts(&write);
+                    if moves(&write) + 2 > MAX_MOVES_PER_WRITE {
+                        if let Err(e) = apply_rest(ledger, &write.key, None).await {
+                            return Disposition::Retry(e);
+                        }
                     }
                     return Disposition::Ack(kind);
                 }
@@ -266,6 +331,58 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
                 }
                 Err(e) => return retry(e),
             },
+        }
+    }
+}
+
+fn warn_conflicts(write: &LedgerWrite) {
+    for c in &write.conflicts {
+        warn!(notification_id = %c.parked.notification_id, payment_key = %c.payment_key,
+              stage = "apply", conflict = c.parked.conflict.as_deref().unwrap_or(""),
+              "parked event contradicts its payment; kept parked for reconcile");
+    }
+}
+
+/// Applies what is still parked under `key` (a payment whose write moved as
+/// many events as one takes), one write at a time, starting from `entry`
+/// when the caller has read it. An error leaves the rest parked: the
+/// message is retried, and its redelivery, a duplicate, takes them then.
+///
+/// # Errors
+/// The ledger's, or too many version conflicts in a row.
+async fn apply_rest(
+    ledger: &dyn Ledger,
+    key: &PaymentKey,
+    entry: Option<PaymentEntry>,
+) -> Result<(), String> {
+    let mut entry = entry;
+    let mut conflicts = 0;
+    loop {
+        let current = match entry.take() {
+            Some(e) => e,
+            None => ledger.load(key).await.map_err(|e| e.to_string())?,
+        };
+        let mut aliases = HashMap::new();
+        let write = loop {
+            match plan_rest(&current, &aliases, key) {
+                None | Some(Plan::Conflict(_)) => return Ok(()),
+                Some(Plan::Load(keys)) => {
+                    for k in keys {
+                        let a = ledger.load(&k).await.map_err(|e| e.to_string())?;
+                        aliases.insert(k, a);
+                    }
+                }
+                Some(Plan::Write(write, _)) => break write,
+            }
+        };
+        match ledger.write(&write).await.map_err(|e| e.to_string())? {
+            ApplyOutcome::Applied => warn_conflicts(&write),
+            ApplyOutcome::Duplicate | ApplyOutcome::VersionConflict => {
+                conflicts += 1;
+                if conflicts >= MAX_VERSION_CONFLICTS {
+                    return Err("payment changed concurrently too often".into());
+                }
+            }
         }
     }
 }

@@ -518,7 +518,7 @@ impl DynamoLedger {
         // the same writes as the `PARKED#` items: see `read_once`.
         let (parked, moved) = match &w.incoming {
             Incoming::Park(p) => (vec![key_digest(&p.event.event_key)], Vec::new()),
-            Incoming::Record(_) => (Vec::new(), unparked_from(w, &w.key)),
+            Incoming::Record(_) | Incoming::Nothing => (Vec::new(), unparked_from(w, &w.key)),
         };
         x.park_digests(parked, moved);
         if records.is_empty() {
@@ -1003,7 +1003,7 @@ impl Ledger for DynamoLedger {
         let now = unix_ms(OffsetDateTime::now_utc());
         let recorded: Vec<&RecordedEvent> = match &w.incoming {
             Incoming::Record(r) => std::iter::once(r).chain(&w.unparked).collect(),
-            Incoming::Park(_) => w.unparked.iter().collect(),
+            Incoming::Park(_) | Incoming::Nothing => w.unparked.iter().collect(),
         };
         let records = recorded
             .iter()

@@ -346,8 +346,10 @@ fn put_row(
 
 fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
     let key = w.key.as_str();
-    if is_known(c, key, w.incoming.event().event_key.as_str())? {
-        return Ok(ApplyOutcome::Duplicate);
+    if let Some(e) = w.incoming.event() {
+        if is_known(c, key, e.event_key.as_str())? {
+            return Ok(ApplyOutcome::Duplicate);
+        }
     }
     if stored_version(c, key)? != w.expected_version {
         return Ok(ApplyOutcome::VersionConflict);
@@ -378,6 +380,7 @@ fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
     match &w.incoming {
         Incoming::Record(r) => record(c, key, r, now)?,
         Incoming::Park(p) => park(c, key, p)?,
+        Incoming::Nothing => {}
     }
     for r in &w.unparked {
         record(c, key, r, now)?;
