@@ -22,6 +22,33 @@ mod support;
 
 use support::{binary, free_port};
 
+/// Writes the test configuration into `dir` with the ingest on two free
+/// ports (public, admin) and `ingest` added to its table; returns the
+/// file and the ports.
+fn listening_config(
+    dir: &Path,
+    pki: &paynotify_shared::testpki::TestPki,
+    ingest: &str,
+) -> (std::path::PathBuf, u16, u16) {
+    config_in(dir, pki);
+    let path = dir.join("paynotify.toml");
+    let (port, admin) = (free_port(), free_port());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        // The ingest's admin listener (the first); the worker's stays on port 0.
+        .replacen(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\"\n{ingest}"),
+            1,
+        )
+        .replace(
+            "\nlisten = \"127.0.0.1:0\"",
+            &format!("\nlisten = \"127.0.0.1:{port}\""),
+        );
+    std::fs::write(&path, text).unwrap();
+    (path, port, admin)
+}
+
 fn start(name: &str, config: &Path) -> Child {
     Command::new(binary(name))
         .arg("--config")
@@ -65,22 +92,7 @@ async fn wait_ready(admin: u16) {
 async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
     let dir = tempfile::tempdir().unwrap();
     let pki = generate(&TestPkiOptions::default()).unwrap();
-    config_in(dir.path(), &pki);
-    let path = dir.path().join("paynotify.toml");
-    let (port, admin) = (free_port(), free_port());
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        // The ingest's admin listener (the first); the worker's stays on port 0.
-        .replacen(
-            "admin_listen = \"127.0.0.1:0\"",
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-            1,
-        )
-        .replace(
-            "\nlisten = \"127.0.0.1:0\"",
-            &format!("\nlisten = \"127.0.0.1:{port}\""),
-        );
-    std::fs::write(&path, text).unwrap();
+    let (path, port, admin) = listening_config(dir.path(), &pki, "");
     let config = Config::load(&path).unwrap();
 
     let mut ingest = start("paynotify-ingest", &path);
@@ -348,4 +360,84 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
             }
         }
     }
+}
+
+/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// What an outsider can make ingest hold: 200 connections at once, each
+/// posting 1 MiB bodies of control bytes three times, as fast as ingest
+/// answers. Ingest holds at most `ingest.max_inflight_bytes` of bodies
+/// (32 MiB here), reads and drops the others as they come and answers them
+/// 503, so its peak memory stays under 256 MiB (77 to 112 MiB measured;
+/// `PAYNOTIFY_TEST_RSS_REPORT=1` prints it); every request gets an answer,
+/// some 200; a genuine notification sent meanwhile is accepted at its first
+/// attempt, from the quarter of the budget large bodies cannot take. Before
+/// the budget the peak was 1,206 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_bodies_keep_ingest_within_its_memory_budget() {
+    const BUDGET: usize = 32 << 20;
+    const PEAK: u64 = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&TestPkiOptions::default()).unwrap();
+    let (path, port, admin) =
+        listening_config(dir.path(), &pki, &format!("max_inflight_bytes = {BUDGET}"));
+    let mut ingest = start("paynotify-ingest", &path);
+    wait_ready(admin).await;
+    let base = peak_rss(ingest.id());
+
+    let url = format!("http://127.0.0.1:{port}/notify/unionpay");
+    let hostile = vec![1u8; 1 << 20];
+    let client = reqwest::Client::new();
+    let mut attack = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (client, url, body) = (client.clone(), url.clone(), hostile.clone());
+        attack.spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                let sent = client.post(&url).body(body.clone()).send().await;
+                statuses.push(sent.map_or(0, |r| r.status().as_u16()));
+            }
+            statuses
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url).unwrap();
+    let genuine = sim.send(sim.purchase("g1", 100)).await;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    while let Some(s) = attack.join_next().await {
+        for status in s.unwrap() {
+            *statuses.entry(status).or_default() += 1;
+        }
+    }
+    let peak = peak_rss(ingest.id());
+    if std::env::var_os("PAYNOTIFY_TEST_RSS_REPORT").is_some() {
+        eprintln!(
+            "ingest peak RSS {} MiB (at start {} MiB); hostile answers {statuses:?}",
+            peak >> 20,
+            base >> 20
+        );
+    }
+    assert!(
+        matches!(genuine, Delivery::Accepted(1)),
+        "genuine: {genuine:?}"
+    );
+    assert!(
+        peak < PEAK,
+        "peak RSS {} MiB, answers {statuses:?}",
+        peak >> 20
+    );
+    // Every hostile body was answered (none reset), some accepted: the
+    // budget sheds load, it does not refuse all of it.
+    assert_eq!(statuses.get(&0), None, "{statuses:?}");
+    assert!(statuses.get(&200).copied().unwrap_or(0) > 0, "{statuses:?}");
+    assert!(sigterm(&mut ingest).success());
 }

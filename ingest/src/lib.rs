@@ -4,6 +4,7 @@
 //! (DESIGN §1, §7). No signature check, no parsing. Health and metrics are
 //! served on a separate admin listener.
 
+pub mod budget;
 pub mod segmenter;
 
 pub use paynotify_shared::serve;
@@ -48,6 +49,8 @@ pub struct IngestState {
     /// How long archiving and enqueueing one notification may take before
     /// it is answered 503 (`ingest.store_deadline_ms`).
     pub store_deadline: Duration,
+    /// Request bodies held at once (`ingest.max_inflight_bytes`).
+    pub budget: budget::Budget,
 }
 
 impl IngestState {
@@ -79,6 +82,10 @@ impl IngestState {
             },
             metrics,
             store_deadline: Duration::from_millis(config.ingest.store_deadline_ms.max(1)),
+            budget: budget::Budget::new(
+                config.ingest.max_inflight_bytes,
+                config.ingest.max_body_bytes,
+            ),
         }
     }
 }
@@ -129,6 +136,23 @@ async fn accept(
 ) -> Response {
     let received_at = OffsetDateTime::now_utc();
     let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // Held until the notification is stored: the body, its envelope and
+    // its place in a segment are what a request costs in memory.
+    let Some(_reserved) = state.budget.try_reserve(declared) else {
+        // Read and dropped as it comes, so the client reads the answer
+        // instead of a reset connection (the read timeout still applies).
+        discard(body, state.budget.max_body_bytes()).await;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            "busy\n",
+        )
+            .into_response();
+    };
     let headers = header_pairs(&parts.headers);
     // The body extractor needs the request head (its extensions carry the body
     // limit); keep only method and URI, not a second copy of the headers.
@@ -158,6 +182,19 @@ async fn accept(
     });
     drop(bytes);
     store(state, pending, success_body).await.into_response()
+}
+
+/// Reads `body` up to `limit` bytes, keeping none of it.
+async fn discard(body: axum::body::Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |d| d.len());
+        if read > limit {
+            break;
+        }
+    }
 }
 
 /// The headers of a request as the envelope keeps them (values that are not

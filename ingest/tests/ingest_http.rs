@@ -105,6 +105,10 @@ async fn start_on(
             sample_ledger: true,
         },
         store_deadline: Duration::from_millis(config.store_deadline_ms),
+        budget: paynotify_ingest::budget::Budget::new(
+            config.max_inflight_bytes,
+            config.max_body_bytes,
+        ),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -177,6 +177,15 @@ pub struct IngestConfig {
     /// Connections open at once on the public listener; more are closed as
     /// they are accepted.
     pub max_connections: usize,
+    /// Request bodies held at once, in bytes (declared by `Content-Length`,
+    /// or `max_body_bytes` for a body without one), from before a body is
+    /// read until it is stored: a request past it is answered 503 unread.
+    /// Bodies over 64 KiB may take three quarters of it, so a flood of
+    /// large bodies leaves room for notifications (a few KiB each). Each
+    /// byte held costs up to about three in memory (the body, its envelope,
+    /// the segment); size it to a third of what the task may use beyond
+    /// its baseline.
+    pub max_inflight_bytes: usize,
     /// After SIGTERM, requests in flight get this long to finish before
     /// their connections are closed (below ECS's 30 s stop timeout).
     pub drain_secs: u64,
@@ -213,6 +222,7 @@ impl Default for IngestConfig {
             store_deadline_ms: 5_000,
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
+            max_inflight_bytes: 64 << 20,
             drain_secs: 20,
             segment_window_ms: None,
             segment_seal_when_idle: None,
@@ -664,6 +674,13 @@ impl Config {
             return Err(ConfigError::Setting(
                 "ingest.segment_max_records and ingest.segment_writers must be positive".into(),
             ));
+        }
+        if i.max_inflight_bytes / 4 * 3 < i.max_body_bytes {
+            // A body of the largest size must fit the share large bodies take.
+            return Err(ConfigError::Setting(format!(
+                "ingest.max_inflight_bytes ({}) must be at least 4/3 of ingest.max_body_bytes ({})",
+                i.max_inflight_bytes, i.max_body_bytes
+            )));
         }
         if i.segment_window_ms.is_some_and(|w| w > 1_000) {
             // Every notification waits for its segment: a PSP's timeout is seconds.

@@ -51,7 +51,9 @@ pub struct Envelope {
     /// The body when it is UTF-8 text.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub body: Option<String>,
-    /// The body, base64, when it is not UTF-8.
+    /// The body, base64, when it is not UTF-8, or when JSON would escape it
+    /// to more than base64 takes (a body of control characters, which JSON
+    /// writes six bytes each).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub body_b64: Option<String>,
     pub body_sha256: String,
@@ -81,12 +83,26 @@ pub struct Received<'a> {
     pub body: &'a [u8],
 }
 
+/// The length of `text` as a JSON string's contents: `"` and `\\` take two
+/// bytes, control characters two or six.
+fn escaped_len(text: &[u8]) -> usize {
+    text.iter()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 impl Envelope {
     /// Wraps a received request with a fresh ULID.
     pub fn new(r: Received<'_>) -> Self {
         let (body, body_b64) = match std::str::from_utf8(r.body) {
-            Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (
+            Ok(text) if escaped_len(r.body) <= r.body.len() / 3 * 4 + 4 => {
+                (Some(text.to_owned()), None)
+            }
+            _ => (
                 None,
                 Some(base64::engine::general_purpose::STANDARD.encode(r.body)),
             ),
@@ -451,6 +467,25 @@ mod tests {
             ],
             body,
         })
+    }
+
+    /// Control bytes are UTF-8 but JSON writes each in six bytes: such a
+    /// body travels as base64, which takes four for three.
+    #[test]
+    fn a_body_that_escapes_large_travels_as_base64() {
+        let controls = vec![1u8; 3000];
+        let e = received(&controls);
+        assert!(e.body.is_none() && e.body_b64.is_some());
+        assert!(e.to_json().len() < 4000 + 1024, "{}", e.to_json().len());
+        assert_eq!(
+            Envelope::from_json(&e.to_json())
+                .unwrap()
+                .body_bytes()
+                .unwrap(),
+            controls
+        );
+        let form = received(b"a=1&b=\"x\"\n");
+        assert_eq!(form.body.as_deref(), Some("a=1&b=\"x\"\n"));
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! `header_read_timeout_ms` (or no next request on a keep-alive connection
 //! within it) gets its connection closed without an answer; a body not
 //! complete within `read_timeout_ms` gets 408; a connection over
-//! `max_connections` is closed as soon as it is accepted. A PSP retries in
-//! every case.
+//! `max_connections` is closed as soon as it is accepted; a request head
+//! over [`READ_BUFFER_BYTES`] gets 431. A PSP retries in every case.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::warn;
+
+/// The most a connection buffers of what it reads (hyper's default is
+/// about 400 KiB): a request head must fit (431 otherwise; a PSP's is a few
+/// hundred bytes), and a body is read in pieces of at most this size. With
+/// thousands of connections open, the buffers are most of what they cost.
+pub const READ_BUFFER_BYTES: usize = 16 << 10;
 
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +86,7 @@ pub async fn serve(
             let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .max_buf_size(READ_BUFFER_BYTES)
                 .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
