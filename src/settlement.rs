@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::ports::{Archive, ArchiveError, Ledger, LedgerError};
 use paynotify_shared::scheme::unionpay::{
-    file_request, inflate_file_content, parse_zm, unzip, zm_file, SettlementError, ZmRecord,
+    file_request, inflate_file_content, parse_zm, parse_zme, unzip, zm_file, zme_file,
+    SettlementError, ZmRecord, ZmeRecord,
 };
 use paynotify_worker::query::{Querier, QueryError};
 use serde::Serialize;
@@ -42,7 +43,10 @@ pub struct Fetched {
     /// Where the ZIP archive UnionPay sent is kept.
     pub archive_key: String,
     pub file_name: String,
+    /// Records of its ZM file (settled transactions) and ZME file
+    /// (corrections).
     pub records: usize,
+    pub corrections: usize,
 }
 
 /// `settlement/source={source}/date={YYYY-MM-DD}/`: a day's fetched files.
@@ -79,28 +83,48 @@ pub async fn fetch(
     let zip = inflate_file_content(answer.get("fileContent").unwrap_or(""))?;
     // Read before it is kept: a file that cannot be reconciled is an error
     // now, not tomorrow.
-    let records = read_file(&zip)?;
+    let file = read_file(&zip)?;
     let archive_key = format!("{}{}.zip", settlement_prefix(source, date), request.id);
     querier.archive.put(&archive_key, &zip).await?;
     Ok(Fetched {
         exchange_id: request.id,
         archive_key,
         file_name: answer.get("fileName").unwrap_or("").to_owned(),
-        records: records.len(),
+        records: file.records.len(),
+        corrections: file.corrections.len(),
     })
 }
 
-/// The records of a settlement file: a ZIP as UnionPay sends it (or as
-/// `fetch` archived it), or a bare ZM file.
+/// What a day's settlement file holds.
+#[derive(Debug, Clone, Default)]
+pub struct SettlementFile {
+    /// The ZM file: every settled transaction.
+    pub records: Vec<ZmRecord>,
+    /// The ZME file: UnionPay's corrections (errors, adjustments,
+    /// chargebacks); empty for a bare ZM file.
+    pub corrections: Vec<ZmeRecord>,
+}
+
+/// Reads a settlement file: a ZIP as UnionPay sends it (or as `fetch`
+/// archived it), or a bare ZM file.
 ///
 /// # Errors
 /// A file that is neither, or a malformed record.
-pub fn read_file(bytes: &[u8]) -> Result<Vec<ZmRecord>, SettlementError> {
+pub fn read_file(bytes: &[u8]) -> Result<SettlementFile, SettlementError> {
     if bytes.starts_with(b"PK") {
         let files = unzip(bytes)?;
-        parse_zm(zm_file(&files)?)
+        Ok(SettlementFile {
+            records: parse_zm(zm_file(&files)?)?,
+            corrections: zme_file(&files)
+                .map(parse_zme)
+                .transpose()?
+                .unwrap_or_default(),
+        })
     } else {
-        parse_zm(bytes)
+        Ok(SettlementFile {
+            records: parse_zm(bytes)?,
+            corrections: Vec::new(),
+        })
     }
 }
 
@@ -112,7 +136,7 @@ pub async fn archived_file(
     archive: &dyn Archive,
     source: &str,
     date: Date,
-) -> Result<Vec<ZmRecord>, FetchError> {
+) -> Result<SettlementFile, FetchError> {
     let keys = archive
         .list(&settlement_prefix(source, date), None, None)
         .await?;
@@ -139,6 +163,17 @@ pub struct Mismatch {
     pub detail: String,
 }
 
+/// A correction UnionPay recorded (a ZME record) and the transaction it
+/// corrects, when the day's ZM file holds it (by trace number and time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Correction {
+    #[serde(flatten)]
+    pub record: ZmeRecord,
+    /// The corrected transaction's `queryId` and `orderId`.
+    pub query_id: Option<String>,
+    pub order_id: Option<String>,
+}
+
 /// What a reconciliation found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -149,12 +184,15 @@ pub struct Report {
     pub ledger_events: usize,
     pub matched: usize,
     pub mismatches: Vec<Mismatch>,
+    /// Money UnionPay moved by correction, without a notification: a
+    /// person must look at each.
+    pub corrections: Vec<Correction>,
 }
 
 impl Report {
-    /// No mismatch.
+    /// No mismatch and no correction.
     pub fn is_clean(&self) -> bool {
-        self.mismatches.is_empty()
+        self.mismatches.is_empty() && self.corrections.is_empty()
     }
 }
 
@@ -172,8 +210,8 @@ fn moves_money(e: &PaymentEvent) -> bool {
         )
 }
 
-/// Compares the file's `records` of `date` with the ledger's events of
-/// `merchant` at `source`.
+/// Compares the file's records of `date` with the ledger's events of
+/// `merchant` at `source`, and lists its corrections.
 ///
 /// # Errors
 /// When the ledger cannot be read.
@@ -182,8 +220,9 @@ pub async fn reconcile(
     source: &str,
     merchant: &str,
     date: Date,
-    records: &[ZmRecord],
+    file: &SettlementFile,
 ) -> Result<Report, LedgerError> {
+    let records = &file.records;
     let (from, to) = window(date);
     let day = date.to_string();
     // A margin of a day either side: an event may carry a settleDate other
@@ -267,6 +306,21 @@ pub async fn reconcile(
             ),
         });
     }
+    let corrections = file
+        .corrections
+        .iter()
+        .filter(|c| c.mer_id == merchant)
+        .map(|c| {
+            let corrected = records
+                .iter()
+                .find(|r| r.trace_no == c.orig_trace_no && r.trace_time == c.orig_trace_time);
+            Correction {
+                record: c.clone(),
+                query_id: corrected.map(|r| r.query_id.clone()),
+                order_id: corrected.map(|r| r.order_id.clone()),
+            }
+        })
+        .collect();
     Ok(Report {
         source: source.to_owned(),
         merchant: merchant.to_owned(),
@@ -275,6 +329,7 @@ pub async fn reconcile(
         ledger_events: in_window.len(),
         matched,
         mismatches,
+        corrections,
     })
 }
 

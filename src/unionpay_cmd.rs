@@ -249,7 +249,7 @@ pub async fn fetch(args: Settlement) -> anyhow::Result<ExitCode> {
 pub async fn reconcile(args: Settlement) -> anyhow::Result<ExitCode> {
     let (config, backends) = args.config.open().await?;
     let merchant = merchant_of(&config, &args.source, args.merchant.as_deref())?;
-    let records = match &args.file {
+    let file = match &args.file {
         Some(path) => settlement::read_file(&std::fs::read(path)?)?,
         None => {
             settlement::archived_file(backends.archive.as_ref(), &args.source, args.date).await?
@@ -260,7 +260,7 @@ pub async fn reconcile(args: Settlement) -> anyhow::Result<ExitCode> {
         &args.source,
         &merchant,
         args.date,
-        &records,
+        &file,
     )
     .await?;
     if args.json {
@@ -278,10 +278,25 @@ pub async fn reconcile(args: Settlement) -> anyhow::Result<ExitCode> {
         for m in &report.mismatches {
             out.push_str(&format!("{:<22} {}  {}\n", m.class, m.query_id, m.detail));
         }
+        for c in &report.corrections {
+            let r = &c.record;
+            out.push_str(&format!(
+                "{:<22} {}  ZME line {}: {} of {} fen (fee {}, settled {}), correcting trace {} at {}\n",
+                "correction",
+                c.query_id.as_deref().unwrap_or("?"),
+                r.line,
+                r.trade_code,
+                r.amount_minor,
+                r.merchant_fee,
+                r.settle_amount,
+                r.orig_trace_no,
+                r.orig_trace_time
+            ));
+        }
         out.push_str(if report.is_clean() {
             "settlement: clean"
         } else {
-            "settlement: mismatches found"
+            "settlement: mismatches or corrections found"
         });
         crate::print_stdout(&out)?;
     }

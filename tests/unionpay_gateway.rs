@@ -502,19 +502,13 @@ async fn the_settlement_file_lists_lost_changed_and_unsettled_transactions(kind:
         .unwrap();
     assert_eq!(fetched.records, 3);
     assert_eq!(s.gateway.files(), 1);
-    let records = settlement::archived_file(s.querier.archive.as_ref(), "unionpay", day)
+    let file = settlement::archived_file(s.querier.archive.as_ref(), "unionpay", day)
         .await
         .unwrap();
     let reconcile = async || {
-        settlement::reconcile(
-            s.querier.ledger.as_ref(),
-            "unionpay",
-            MERCHANT,
-            day,
-            &records,
-        )
-        .await
-        .unwrap()
+        settlement::reconcile(s.querier.ledger.as_ref(), "unionpay", MERCHANT, day, &file)
+            .await
+            .unwrap()
     };
     let classes = |r: &settlement::Report| {
         let mut v: Vec<_> = r
@@ -676,7 +670,8 @@ async fn the_cli_queries_fetches_and_reconciles(kind: Kind) {
     // A file given on the command line: a bare ZM file with one more record.
     let mut records = settlement::archived_file(s.querier.archive.as_ref(), "unionpay", day)
         .await
-        .unwrap();
+        .unwrap()
+        .records;
     let mut extra = records[0].clone();
     extra.query_id = "Q500000009".into();
     extra.line = 2;
@@ -689,6 +684,59 @@ async fn the_cli_queries_fetches_and_reconciles(kind: Kind) {
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mismatches"][0]["query_id"], "Q500000009");
+
+    // A ZIP whose ZME file holds a correction of the first transaction
+    // (a chargeback, say): money moved without a notification, exit 1,
+    // named with the transaction it corrects. It was never read.
+    use paynotify_shared::scheme::unionpay::{
+        encode_file_content, inflate_file_content, write_zm, write_zme, ZmeRecord,
+    };
+    let first = &records[0];
+    let correction = ZmeRecord {
+        line: 1,
+        trade_code: "E74".into(),
+        trace_no: "900001".into(),
+        trace_time: first.trace_time.clone(),
+        amount_minor: first.amount_minor,
+        orig_trace_no: first.trace_no.clone(),
+        orig_trace_time: first.trace_time.clone(),
+        orig_settle_date: first.trace_time[..4].to_owned(),
+        orig_amount_minor: Some(first.amount_minor),
+        merchant_fee: "C000000000000".into(),
+        settle_amount: format!("D{:012}", first.amount_minor),
+        mer_id: MERCHANT.into(),
+    };
+    let zip = inflate_file_content(
+        &encode_file_content(&[
+            ("INN_ZM_x".into(), write_zm(&records[..1])),
+            ("INN_ZME_x".into(), write_zme(&[correction])),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let zip_path = s.app.dir.path().join("settlement.zip");
+    std::fs::write(&zip_path, zip).unwrap();
+    let mut with_zip = reconcile.clone();
+    with_zip.extend(["--file".into(), zip_path.to_str().unwrap().into()]);
+    let out = run(with_zip).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["mismatches"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
+    assert_eq!(
+        report["corrections"][0]["query_id"],
+        first.query_id.as_str(),
+        "{report}"
+    );
+    assert_eq!(report["corrections"][0]["trade_code"], "E74");
 
     // An answer the ledger refuses (a refund larger than what was paid, a
     // transition the state machine does not take): exit 1 with the reason,

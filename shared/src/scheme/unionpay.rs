@@ -19,7 +19,8 @@ pub use mapping::{order_of, to_event};
 pub use query::{classify, query_request, txn_time, QueryAnswer, QueryTarget, DEFAULT_BIZ_TYPE};
 pub use settlement::{
     decode_file_content, encode_file_content, file_request, inflate_file_content, mmdd, parse_zm,
-    unzip, write_zm, zm_file, SettlementError, ZmRecord, ZM_MIN_RECORD_LEN, ZM_RECORD_LEN,
+    parse_zme, unzip, write_zm, write_zme, zm_file, zme_file, SettlementError, ZmRecord, ZmeRecord,
+    ZME_MIN_RECORD_LEN, ZM_MIN_RECORD_LEN, ZM_RECORD_LEN,
 };
 pub use sign::{sign_fields, verify_request, MerchantSigner, SigningKey};
 pub use verify::{Explanation, UnionPayVerifier, Verified, VerifierConfig};

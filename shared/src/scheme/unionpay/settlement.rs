@@ -27,29 +27,25 @@ pub const ZM_WIDTHS: [usize; 42] = [
 ];
 
 /// Bytes in one ZM record: every field and the separator after all but the last.
-pub const ZM_RECORD_LEN: usize = {
+pub const ZM_RECORD_LEN: usize = reach(&ZM_WIDTHS, ZM_WIDTHS.len() - 1);
+
+/// Bytes from the start of a record laid out by `widths` to the end of
+/// field `last`.
+const fn reach(widths: &[usize], last: usize) -> usize {
     let mut total = 0;
     let mut i = 0;
-    while i < ZM_WIDTHS.len() {
-        total += ZM_WIDTHS[i];
+    while i < last {
+        total += widths[i] + 1;
         i += 1;
     }
-    total + ZM_WIDTHS.len() - 1
-};
+    total + widths[last]
+}
 
 /// The shortest line a ZM record can be read from: up to the end of the
 /// last field paynotify reads (the merchant id). UnionPay's SDK slices a
 /// record by these offsets and never checks its length, so a line that lost
 /// its trailing spaces or carries more bytes reads the same.
-pub const ZM_MIN_RECORD_LEN: usize = {
-    let mut total = 0;
-    let mut i = 0;
-    while i < field::MER_ID {
-        total += ZM_WIDTHS[i] + 1;
-        i += 1;
-    }
-    total + ZM_WIDTHS[field::MER_ID]
-};
+pub const ZM_MIN_RECORD_LEN: usize = reach(&ZM_WIDTHS, field::MER_ID);
 
 /// ZM field numbers (0-based) paynotify reads.
 mod field {
@@ -66,9 +62,36 @@ mod field {
     pub const MER_ID: usize = 27;
 }
 
-fn offset_of(index: usize) -> usize {
-    ZM_WIDTHS[..index].iter().map(|w| w + 1).sum()
+/// Where field `index` of a record laid out by `widths` starts.
+fn offset_in(widths: &[usize], index: usize) -> usize {
+    widths[..index].iter().map(|w| w + 1).sum()
 }
+
+/// Byte widths of the 22 ZME fields (商户差错交易明细, the official SDK's
+/// `parseZMEFile`): error transactions, adjustments and chargebacks, each
+/// naming the transaction it corrects by that one's trace number and time.
+pub const ZME_WIDTHS: [usize; 22] = [
+    3, 11, 11, 6, 10, 19, 12, 4, 2, 2, 6, 10, 4, 12, 13, 13, 15, 15, 1, 12, 2, 135,
+];
+
+/// ZME field numbers (0-based) paynotify reads.
+mod zme_field {
+    pub const TRADE_CODE: usize = 0;
+    pub const TRACE_NO: usize = 3;
+    pub const TRACE_TIME: usize = 4;
+    pub const AMOUNT: usize = 6;
+    pub const ORIG_TRACE_NO: usize = 10;
+    pub const ORIG_TRACE_TIME: usize = 11;
+    pub const ORIG_SETTLE_DATE: usize = 12;
+    pub const ORIG_AMOUNT: usize = 13;
+    pub const MERCHANT_FEE: usize = 14;
+    pub const SETTLE_AMOUNT: usize = 15;
+    pub const MER_ID: usize = 17;
+}
+
+/// The shortest line a ZME record can be read from: up to the end of the
+/// merchant id.
+pub const ZME_MIN_RECORD_LEN: usize = reach(&ZME_WIDTHS, zme_field::MER_ID);
 
 /// Why a settlement file cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +127,32 @@ pub struct ZmRecord {
     pub biz_type: String,
     /// 原交易查询流水号: the original transaction of a refund or void.
     pub orig_query_id: Option<String>,
+    pub mer_id: String,
+}
+
+/// One record of a ZME file: UnionPay corrected, adjusted or charged back a
+/// transaction (money that moved without a notification). Amounts are
+/// kept as written: the fee and the settled amount carry a sign letter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ZmeRecord {
+    /// 1-based line in the file.
+    pub line: usize,
+    /// 交易代码 of the correction.
+    pub trade_code: String,
+    pub trace_no: String,
+    /// `MMDDhhmmss`.
+    pub trace_time: String,
+    /// 交易金额 in fen.
+    pub amount_minor: u64,
+    /// The corrected transaction: its trace number and time (what its ZM
+    /// record carries), clearing day (`MMDD`) and amount (fen).
+    pub orig_trace_no: String,
+    pub orig_trace_time: String,
+    pub orig_settle_date: String,
+    pub orig_amount_minor: Option<u64>,
+    /// 商户手续费 and 结算金额 as written (`C`/`D` and 12 digits).
+    pub merchant_fee: String,
+    pub settle_amount: String,
     pub mer_id: String,
 }
 
@@ -226,6 +275,121 @@ pub fn zm_file(files: &[(String, Vec<u8>)]) -> Result<&[u8], SettlementError> {
         .ok_or_else(|| SettlementError::NoZmFile(files.iter().map(|(n, _)| n.clone()).collect()))
 }
 
+/// The ZME file (error transactions) among the files of an archive, if any.
+pub fn zme_file(files: &[(String, Vec<u8>)]) -> Option<&[u8]> {
+    files
+        .iter()
+        .find(|(name, _)| name.contains("ZME_"))
+        .map(|(_, bytes)| bytes.as_slice())
+}
+
+/// The non-blank lines of a GBK fixed-width file, each with its 1-based
+/// number, refusing one shorter than `min` (`what` names the layout).
+fn records<'a>(
+    bytes: &'a [u8],
+    min: usize,
+    full: usize,
+    what: &'a str,
+) -> impl Iterator<Item = Result<(usize, &'a [u8]), SettlementError>> + 'a {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter_map(move |(i, raw)| {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.iter().all(|b| b.is_ascii_whitespace()) {
+                return None;
+            }
+            Some(if raw.len() < min {
+                Err(SettlementError::Record {
+                    line: i + 1,
+                    why: format!(
+                        "{} bytes: too short for a {what} record's fields up to the merchant id ({min} of its {full})",
+                        raw.len()
+                    ),
+                })
+            } else {
+                Ok((i + 1, raw))
+            })
+        })
+}
+
+/// Field `index` of a record laid out by `widths`, decoded and trimmed.
+fn text_at(raw: &[u8], widths: &[usize], index: usize) -> String {
+    let start = offset_in(widths, index);
+    let (decoded, _, _) = encoding_rs::GBK.decode(&raw[start..start + widths[index]]);
+    decoded.trim().to_owned()
+}
+
+/// Fen written as digits; `None` for anything else.
+fn fen(text: &str) -> Option<u64> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Parses a ZME file by offsets, as [`parse_zm`] does a ZM file.
+///
+/// # Errors
+/// `Record` with the 1-based line number.
+pub fn parse_zme(bytes: &[u8]) -> Result<Vec<ZmeRecord>, SettlementError> {
+    let full = reach(&ZME_WIDTHS, ZME_WIDTHS.len() - 1);
+    records(bytes, ZME_MIN_RECORD_LEN, full, "ZME")
+        .map(|r| {
+            let (line, raw) = r?;
+            let text = |index| text_at(raw, &ZME_WIDTHS, index);
+            let amount = text(zme_field::AMOUNT);
+            Ok(ZmeRecord {
+                line,
+                trade_code: text(zme_field::TRADE_CODE),
+                trace_no: text(zme_field::TRACE_NO),
+                trace_time: text(zme_field::TRACE_TIME),
+                amount_minor: fen(&amount).ok_or_else(|| SettlementError::Record {
+                    line,
+                    why: format!("amount {amount:?} is not digits of fen"),
+                })?,
+                orig_trace_no: text(zme_field::ORIG_TRACE_NO),
+                orig_trace_time: text(zme_field::ORIG_TRACE_TIME),
+                orig_settle_date: text(zme_field::ORIG_SETTLE_DATE),
+                orig_amount_minor: fen(&text(zme_field::ORIG_AMOUNT)),
+                merchant_fee: text(zme_field::MERCHANT_FEE),
+                settle_amount: text(zme_field::SETTLE_AMOUNT),
+                mer_id: text(zme_field::MER_ID),
+            })
+        })
+        .collect()
+}
+
+/// Writes records as a ZME file (the simulator and tests use it).
+pub fn write_zme(records: &[ZmeRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        let mut values: Vec<Vec<u8>> = ZME_WIDTHS.iter().map(|w| vec![b' '; *w]).collect();
+        let mut put = |index: usize, value: &str| {
+            let bytes = value.as_bytes();
+            let bytes = &bytes[..bytes.len().min(ZME_WIDTHS[index])];
+            values[index][..bytes.len()].copy_from_slice(bytes);
+        };
+        put(zme_field::TRADE_CODE, &r.trade_code);
+        put(zme_field::TRACE_NO, &r.trace_no);
+        put(zme_field::TRACE_TIME, &r.trace_time);
+        put(zme_field::AMOUNT, &format!("{:012}", r.amount_minor));
+        put(zme_field::ORIG_TRACE_NO, &r.orig_trace_no);
+        put(zme_field::ORIG_TRACE_TIME, &r.orig_trace_time);
+        put(zme_field::ORIG_SETTLE_DATE, &r.orig_settle_date);
+        let orig = r
+            .orig_amount_minor
+            .map(|a| format!("{a:012}"))
+            .unwrap_or_default();
+        put(zme_field::ORIG_AMOUNT, &orig);
+        put(zme_field::MERCHANT_FEE, &r.merchant_fee);
+        put(zme_field::SETTLE_AMOUNT, &r.settle_amount);
+        put(zme_field::MER_ID, &r.mer_id);
+        out.extend_from_slice(&values.join(&b' '));
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// Parses a ZM file, slicing each record by offsets as UnionPay's SDK
 /// does. Blank lines are skipped; a line too short for the fields read, or
 /// with a malformed amount, is an error naming its line.
@@ -234,37 +398,24 @@ pub fn zm_file(files: &[(String, Vec<u8>)]) -> Result<&[u8], SettlementError> {
 /// `Record` with the 1-based line number.
 pub fn parse_zm(bytes: &[u8]) -> Result<Vec<ZmRecord>, SettlementError> {
     let mut out = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        if raw.len() < ZM_MIN_RECORD_LEN {
-            return Err(SettlementError::Record {
-                line,
-                why: format!(
-                    "{} bytes: too short for a ZM record's fields up to the merchant id ({ZM_MIN_RECORD_LEN} of its {ZM_RECORD_LEN})",
-                    raw.len()
-                ),
-            });
-        }
-        let text = |index: usize| -> String {
-            let start = offset_of(index);
-            let (decoded, _, _) = encoding_rs::GBK.decode(&raw[start..start + ZM_WIDTHS[index]]);
-            decoded.trim().to_owned()
-        };
+    for r in records(bytes, ZM_MIN_RECORD_LEN, ZM_RECORD_LEN, "ZM") {
+        let (line, raw) = r?;
+        let text = |index: usize| text_at(raw, &ZM_WIDTHS, index);
         let amount = text(field::AMOUNT);
-        let amount_minor = if !amount.is_empty() && amount.bytes().all(|b| b.is_ascii_digit()) {
-            amount.parse().map_err(|_| SettlementError::Record {
-                line,
-                why: format!("amount {amount:?} is out of range"),
-            })?
-        } else {
-            return Err(SettlementError::Record {
-                line,
-                why: format!("amount {amount:?} is not digits of fen"),
-            });
+        let amount_minor = match fen(&amount) {
+            Some(a) => a,
+            None if !amount.is_empty() && amount.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(SettlementError::Record {
+                    line,
+                    why: format!("amount {amount:?} is out of range"),
+                })
+            }
+            None => {
+                return Err(SettlementError::Record {
+                    line,
+                    why: format!("amount {amount:?} is not digits of fen"),
+                })
+            }
         };
         let query_id = text(field::QUERY_ID);
         if query_id.is_empty() {
@@ -378,16 +529,55 @@ mod tests {
         }
     }
 
+    /// The offsets the official SDK's `parseZMEFile` widths give (339
+    /// bytes a record); a correction round-trips, a short line names itself.
+    #[test]
+    fn zme_records_are_read_by_offsets() {
+        let offsets: Vec<usize> = (0..22).map(|i| offset_in(&ZME_WIDTHS, i)).collect();
+        assert_eq!(
+            offsets,
+            [
+                0, 4, 16, 28, 35, 46, 66, 79, 84, 87, 90, 97, 108, 113, 126, 140, 154, 170, 186,
+                188, 201, 204
+            ]
+        );
+        assert_eq!(offset_in(&ZME_WIDTHS, 21) + 135, 339);
+        let r = ZmeRecord {
+            line: 2,
+            trade_code: "E74".into(),
+            trace_no: "000777".into(),
+            trace_time: "0105150000".into(),
+            amount_minor: 300,
+            orig_trace_no: "000001".into(),
+            orig_trace_time: "0105145046".into(),
+            orig_settle_date: "0105".into(),
+            orig_amount_minor: Some(300),
+            merchant_fee: "C000000000002".into(),
+            settle_amount: "D000000000298".into(),
+            mer_id: "777290058167151".into(),
+        };
+        let mut file = b"\r\n".to_vec();
+        file.extend(write_zme(std::slice::from_ref(&r)));
+        assert_eq!(file.len(), 2 + 339 + 2);
+        assert_eq!(parse_zme(&file).unwrap(), [r]);
+        let short = &file[..2 + ZME_MIN_RECORD_LEN - 1];
+        assert!(matches!(
+            parse_zme(short),
+            Err(SettlementError::Record { line: 2, .. })
+        ));
+        assert_eq!(parse_zme(&file[..2 + ZME_MIN_RECORD_LEN]).unwrap().len(), 1);
+    }
+
     #[test]
     fn layout_is_607_bytes_with_official_offsets() {
         assert_eq!(ZM_RECORD_LEN, 607);
-        assert_eq!(offset_of(field::AMOUNT), 66);
-        assert_eq!(offset_of(field::QUERY_ID), 87);
-        assert_eq!(offset_of(field::ORDER_ID), 112);
-        assert_eq!(offset_of(field::TXN_TYPE), 215);
-        assert_eq!(offset_of(field::ORIG_QUERY_ID), 271);
-        assert_eq!(offset_of(field::MER_ID), 293);
-        assert_eq!(offset_of(41), 509);
+        assert_eq!(offset_in(&ZM_WIDTHS, field::AMOUNT), 66);
+        assert_eq!(offset_in(&ZM_WIDTHS, field::QUERY_ID), 87);
+        assert_eq!(offset_in(&ZM_WIDTHS, field::ORDER_ID), 112);
+        assert_eq!(offset_in(&ZM_WIDTHS, field::TXN_TYPE), 215);
+        assert_eq!(offset_in(&ZM_WIDTHS, field::ORIG_QUERY_ID), 271);
+        assert_eq!(offset_in(&ZM_WIDTHS, field::MER_ID), 293);
+        assert_eq!(offset_in(&ZM_WIDTHS, 41), 509);
     }
 
     #[test]
