@@ -7,8 +7,10 @@
 //! put waits for another's data (ingest groups notifications into segments,
 //! so a put carries many of them; see `paynotify_ingest::segmenter`).
 
+use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -20,6 +22,9 @@ use crate::ports::{Archive, ArchiveError};
 #[derive(Debug, Clone)]
 pub struct LocalArchive {
     root: PathBuf,
+    /// Directories whose entries, up to the root, this process has synced:
+    /// a put into one of them syncs only its own directory.
+    durable: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl LocalArchive {
@@ -29,7 +34,10 @@ impl LocalArchive {
     /// When the directory cannot be created.
     pub fn open(root: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            durable: Arc::default(),
+        })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, ArchiveError> {
@@ -48,11 +56,19 @@ fn unavailable(e: std::io::Error) -> ArchiveError {
 
 /// Creates the object's file exclusively (`O_CREAT|O_EXCL`: an existing name
 /// is `AlreadyExists`, never overwritten), writes it, and makes it durable:
-/// the file's data (`fdatasync`), then its directory entry (and those of
-/// directories created for it). A put that fails removes what it wrote; one
+/// the file's data (`fdatasync`), then its directory entry, and the entries
+/// of its parent directories up to the root until this process has synced
+/// them once (another put may have created the directory and not yet
+/// synced its parents). A put that fails removes what it wrote; one
 /// cut short by a crash can leave a partial file, never acknowledged, which
 /// readers detect (`segment::records`).
-fn write_durable(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
+fn write_durable(
+    root: &Path,
+    path: &Path,
+    key: &str,
+    bytes: &[u8],
+    durable: &Mutex<HashSet<PathBuf>>,
+) -> Result<(), ArchiveError> {
     let dir = path
         .parent()
         .ok_or_else(|| ArchiveError::InvalidKey(key.to_owned()))?;
@@ -62,11 +78,9 @@ fn write_durable(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<()
             .create_new(true)
             .open(path)
     };
-    let mut new_dirs = false;
     let mut file = match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
-            new_dirs = true;
             create()
         }
         other => other,
@@ -78,8 +92,12 @@ fn write_durable(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<()
     let written = file.write_all(bytes).and_then(|()| file.sync_data());
     let synced = written.and_then(|()| {
         sync_dir(dir)?;
-        if new_dirs {
-            // The new directories' own entries, up to the archive's root.
+        let known = durable.lock().is_ok_and(|d| d.contains(dir));
+        if !known {
+            // The directories' own entries, up to the archive's root, until
+            // this process knows them durable: a directory another put
+            // created may not be yet (that put syncs its parents after its
+            // own data), and this put must not be acknowledged first.
             let mut d = dir;
             while let Some(parent) = d.parent() {
                 sync_dir(parent)?;
@@ -87,6 +105,9 @@ fn write_durable(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<()
                     break;
                 }
                 d = parent;
+            }
+            if let Ok(mut d) = durable.lock() {
+                d.insert(dir.to_owned());
             }
         }
         Ok(())
@@ -100,6 +121,8 @@ fn write_durable(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<()
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    tests::SYNCED.lock().unwrap().push(dir.to_owned());
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -134,7 +157,8 @@ impl Archive for LocalArchive {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
         let path = self.path(key)?;
         let (root, key, bytes) = (self.root.clone(), key.to_owned(), bytes.to_vec());
-        tokio::task::spawn_blocking(move || write_durable(&root, &path, &key, &bytes))
+        let durable = self.durable.clone();
+        tokio::task::spawn_blocking(move || write_durable(&root, &path, &key, &bytes, &durable))
             .await
             .map_err(|e| ArchiveError::Unavailable(e.to_string()))?
     }
@@ -193,5 +217,42 @@ impl Archive for LocalArchive {
         })
         .await
         .map_err(|e| ArchiveError::Unavailable(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every directory synced, in order, by every test of this module.
+    pub(super) static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn synced_under(root: &Path) -> Vec<PathBuf> {
+        let all = SYNCED.lock().unwrap();
+        all.iter()
+            .filter(|d| d.starts_with(root))
+            .map(|d| d.strip_prefix(root).unwrap().to_owned())
+            .collect()
+    }
+
+    /// A put into a directory another put created (and has not yet made
+    /// durable: it syncs its parents after its own data) syncs the parents
+    /// itself; once this process has synced them, a put syncs only its own
+    /// directory.
+    #[tokio::test]
+    async fn every_put_syncs_the_parents_until_they_are_known_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("archive");
+        let archive = LocalArchive::open(root.clone()).unwrap();
+        std::fs::create_dir_all(root.join("raw/date=1/hour=2")).unwrap();
+        archive.put("raw/date=1/hour=2/a", b"a").await.unwrap();
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            synced_under(&root),
+            [p("raw/date=1/hour=2"), p("raw/date=1"), p("raw"), p("")]
+        );
+        archive.put("raw/date=1/hour=2/b", b"b").await.unwrap();
+        assert_eq!(synced_under(&root).len(), 5);
+        assert_eq!(synced_under(&root)[4], p("raw/date=1/hour=2"));
     }
 }
