@@ -14,12 +14,13 @@
 //! configured bound, and parked events that contradicted their payment, are
 //! reported too. An archive object that ends mid-JSON was cut short by a
 //! crash while being written, before ingest could acknowledge it: it is
-//! counted apart. Notifications not found are looked at again after the
+//! counted apart, unless a notification it completed was applied and no
+//! whole copy of its bytes is archived (`archive_torn`). Notifications not found are looked at again after the
 //! scan (the queue's depth, the DLQ and the ledger read anew); while the
 //! queue still holds messages, those still not found may be among them:
 //! they are reported as unsettled, not lost.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
@@ -41,7 +42,7 @@ const MAX_DEAD_LETTERS: usize = 100_000;
 pub struct Discrepancy {
     /// `missing`, `unsettled`, `unreadable`, `rejected_not_dead_lettered`,
     /// `verified_dead_lettered`, `state_mismatch`, `status_mismatch`,
-    /// `parked_overdue`, `parked_conflict`.
+    /// `parked_overdue`, `parked_conflict`, `archive_torn`.
     pub kind: &'static str,
     /// The notification, payment key or archive key concerned.
     pub subject: String,
@@ -70,7 +71,9 @@ pub struct Report {
     pub queue_depth: u64,
     /// Archive objects cut short by a crash while being written: ingest
     /// answers 200 only after an object is whole and durable, so these were
-    /// never acknowledged (the PSP retried them); counted, not a discrepancy.
+    /// never acknowledged (the PSP retried them); counted, not a discrepancy,
+    /// unless one completed a notification that was applied and whose
+    /// bytes no whole object holds (`archive_torn`).
     pub partial_writes: u64,
     /// The checked payments as stored: how many in each status, and what
     /// they hold paid and refunded per currency (minor units).
@@ -127,13 +130,23 @@ pub async fn reconcile(
     let total = keys.len() as u64;
     let mut payments = BTreeSet::new();
     let mut unfound = Vec::new();
+    // What torn segments' complete lines hold, and a digest of every body
+    // archived whole: see `settle_torn`.
+    let mut torn_lines = Vec::new();
+    let mut whole_bodies = HashSet::new();
     for (i, key) in keys.iter().enumerate() {
         progress(i as u64 + 1, total);
         let records = match segment::read_object(backends.archive.as_ref(), key).await? {
             Ok(r) => r,
             Err(torn) => {
-                warn!(error = %torn, "a torn segment: none of its notifications was acknowledged");
+                warn!(error = %torn, "a torn segment: cut short while being written");
                 report.partial_writes += 1;
+                let bytes = backends.archive.get(key).await?;
+                torn_lines.extend(
+                    segment::complete_lines(key, &bytes)
+                        .into_iter()
+                        .filter_map(|(at, json)| Some((at, Envelope::from_json(json).ok()?))),
+                );
                 continue;
             }
         };
@@ -152,6 +165,7 @@ pub async fn reconcile(
                     continue;
                 }
             };
+            whole_bodies.insert(body_digest(&envelope));
             let subject = at.to_string();
             let body = envelope.body_bytes().map_err(|e| e.to_string());
             let verifier = verifiers
@@ -195,6 +209,15 @@ pub async fn reconcile(
             }
         }
     }
+    settle_torn(
+        backends,
+        &verifiers,
+        &dead,
+        &mut report,
+        &whole_bodies,
+        torn_lines,
+    )
+    .await?;
     look_again(backends, &mut report, &mut payments, unfound).await?;
     for payment in &payments {
         report.payments_checked += 1;
@@ -484,6 +507,62 @@ async fn check_notification(
         },
     }
     Ok(None)
+}
+
+/// The first 8 bytes of an envelope's body digest: enough to tell bodies
+/// apart in one reconcile, at 8 bytes of memory each.
+fn body_digest(envelope: &Envelope) -> u64 {
+    u64::from_str_radix(envelope.body_sha256.get(..16).unwrap_or(""), 16).unwrap_or(0)
+}
+
+/// The notifications a torn segment completed before it was cut short.
+/// Ingest answers 200 only once a segment is whole and durable, but sends
+/// the queue message while writing it, so such a notification may have been
+/// applied (from its message) and answered 503; the PSP's retry is then
+/// archived whole elsewhere. One whose event is in the ledger (or which
+/// verified and is in the DLQ) and whose body no whole object holds has no
+/// archive copy at all: the segment was lost after it was acknowledged, or
+/// the retry never came. That is `archive_torn`; the others are the
+/// partial writes counted already.
+async fn settle_torn(
+    backends: &Backends,
+    verifiers: &BTreeMap<String, SourceVerifier>,
+    dead: &Dead,
+    report: &mut Report,
+    whole_bodies: &HashSet<u64>,
+    torn_lines: Vec<(segment::Location, Envelope)>,
+) -> anyhow::Result<()> {
+    for (at, envelope) in torn_lines {
+        if whole_bodies.contains(&body_digest(&envelope)) {
+            continue;
+        }
+        let (Ok(body), Some(v)) = (envelope.body_bytes(), verifiers.get(&envelope.source)) else {
+            continue;
+        };
+        let inbound = Inbound {
+            body: &body,
+            headers: &envelope.headers,
+            received_at: envelope.received_at,
+        };
+        let Ok(Verified::Event(event)) = v.verify(&envelope.source, &inbound) else {
+            continue;
+        };
+        let applied = in_ledger(backends, &event).await?.is_some();
+        if applied || dead.reason(&envelope.id, None).is_some() {
+            report.flag(
+                "archive_torn",
+                envelope.id.clone(),
+                format!(
+                    "{at}: {} {} of {} was {}, and no whole archived copy of its bytes remains",
+                    event.kind.as_str(),
+                    event.amount,
+                    event.payment_key,
+                    if applied { "applied" } else { "dead-lettered" }
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A notification that verified, whose event is not in the ledger, is in

@@ -386,3 +386,42 @@ async fn a_mix_with_follow_ups_sends_them_late_and_the_ledger_matches() {
     let rows = report.check(&reconciled.ledger, &Default::default());
     assert!(rows.iter().all(|r| r.matches()), "{rows:?}");
 }
+
+/// A torn segment whose complete line is a notification that was applied,
+/// and no whole copy of its bytes archived anywhere (its own segment lost
+/// after it was acknowledged, or the PSP's retry never came): the archive
+/// lost it, `archive_torn`, not a benign partial write. It was counted as
+/// one and reconcile was clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_segment_holding_the_only_copy_of_an_applied_notification_is_a_discrepancy() {
+    let t = spawn_app(Kind::Local).await;
+    t.sim.send(t.sim.purchase("w9", 100)).await;
+    t.wait_for_status("w9", PaymentStatus::Paid).await;
+    t.wait_until_drained().await;
+    let archive = &t.app().backends.archive;
+    let (at, envelope) = support::archived(archive.as_ref()).await.remove(0);
+    // Its segment now holds it and a second line cut short.
+    let mut other = envelope.clone();
+    other.id = ulid::Ulid::new().to_string();
+    other.body = Some("x=1".into());
+    other.body_sha256 = hex_sha256(b"x=1");
+    let key = paynotify_shared::segment::segment_key(&envelope.partition(), &envelope.id, 2);
+    let (whole, _) = paynotify_shared::segment::build(
+        &key,
+        [envelope.to_json().as_slice(), other.to_json().as_slice()],
+    );
+    std::fs::remove_file(t.dir.path().join("data/archive").join(&at.key)).unwrap();
+    archive.put(&key, &whole[..whole.len() - 5]).await.unwrap();
+    let report = t.reconcile().await;
+    let found: Vec<_> = report
+        .discrepancies
+        .iter()
+        .map(|d| (d.kind, d.subject.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("archive_torn", envelope.id.as_str())],
+        "{report:#?}"
+    );
+    assert_eq!(report.partial_writes, 1);
+}

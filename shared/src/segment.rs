@@ -152,6 +152,22 @@ pub fn records<'a>(key: &str, bytes: &'a [u8]) -> Result<Vec<(Location, &'a [u8]
     Ok(out)
 }
 
+/// The lines of a torn segment that ended with their newline (those its
+/// write completed), each with its location.
+pub fn complete_lines<'a>(key: &str, bytes: &'a [u8]) -> Vec<(Location, &'a [u8])> {
+    let mut out = Vec::new();
+    let mut offset = 0usize;
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for line in bytes[..end].split_inclusive(|b| *b == b'\n') {
+        let text = &line[..line.len() - 1];
+        if !text.is_empty() {
+            out.push((Location::span(key, offset as u64, text.len() as u64), text));
+        }
+        offset += line.len();
+    }
+    out
+}
+
 /// The envelopes of the archived object at `key`, each with its location
 /// (an envelope's bytes, not parsed); `Err(Torn)` inside when the object is
 /// a torn segment.
