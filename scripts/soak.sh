@@ -51,4 +51,18 @@ print(f"payments {sum(r[k] for k in ('expected_paid','expected_refunded','expect
 print(f"sent in {sent-start:.1f} s ({r['accepted']/(sent-start):.0f}/s), all settled after {drained-start:.1f} s")
 PY
 tail -n 3 "$work/reconcile.txt"
-exit $clean
+[ "$clean" = 0 ] || exit "$clean"
+# Then a verified purchase planted in the DLQ: the same queryId paid a
+# second time (another txnTime, so another event) is a conflict there, and
+# reconcile must say so.
+one() { "$bin/paynotify" simulate --url "http://127.0.0.1:$port/notify/unionpay" --pki "$work/pki" --one soakplant01 --amount 100 >/dev/null; }
+one; sleep 1.2; one
+sleep 1
+while [ "$(curl -fs "http://127.0.0.1:$admin/metrics" | awk '/^paynotify_queue_messages\{queue="main"/{n+=$2} END{print n+0}')" != "0" ]; do
+  sleep 0.5
+done
+if "$bin/paynotify" reconcile --config "$work/paynotify.toml" > "$work/planted.txt"; then
+  echo "reconcile was clean with a verified purchase in the DLQ" >&2
+  exit 1
+fi
+grep -m1 verified_dead_lettered "$work/planted.txt"
