@@ -9,11 +9,12 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use crate::scheme::unionpay::BodyFormat;
-use crate::secret::SecretRef;
-
-/// The CN identity of UnionPay's production signing certificates.
-pub const UNIONPAY_IDENTITY: &str = "中国银联股份有限公司";
+pub use paynotify_schemes::adyen::{AdyenConfig, CaptureMode};
+pub use paynotify_schemes::standard_webhooks::{
+    EventPointers, MappedEvent, StandardWebhooksConfig,
+};
+pub use paynotify_schemes::stripe::StripeConfig;
+pub use paynotify_schemes::unionpay::{GatewayConfig, UnionPayConfig, UNIONPAY_IDENTITY};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -313,250 +314,6 @@ pub struct SourceConfig {
     pub adyen: Option<AdyenConfig>,
 }
 
-/// Signature settings of an Adyen source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdyenConfig {
-    /// The webhook's HMAC keys (hex); several while one is rotated.
-    pub hmac_keys: Vec<SecretRef>,
-    /// How the merchant account captures: `automatic` (an authorisation
-    /// is a payment) or `manual` (an authorisation holds funds until its
-    /// CAPTURE).
-    #[serde(default)]
-    pub capture: CaptureMode,
-}
-
-/// When an Adyen payment is captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureMode {
-    #[default]
-    Automatic,
-    Manual,
-}
-
-/// Signature settings of a Stripe source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StripeConfig {
-    /// The endpoints' signing secrets (`whsec_…`); several while one is
-    /// rolled (Stripe signs with both for a while).
-    pub secrets: Vec<SecretRef>,
-    /// How old a signature's `t` may be at the receive time.
-    #[serde(default = "default_tolerance_secs")]
-    pub tolerance_secs: u64,
-    /// How far `t` may be ahead of the receive time. Stripe's own libraries
-    /// set no bound; a signature from the future is refused by default.
-    #[serde(default = "default_tolerance_secs")]
-    pub future_tolerance_secs: u64,
-}
-
-/// Signature settings and the event mapping of a Standard Webhooks source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StandardWebhooksConfig {
-    /// `whsec_…` symmetric secrets (`v1` signatures); several while one is
-    /// rotated out.
-    #[serde(default)]
-    pub secrets: Vec<SecretRef>,
-    /// `whpk_…` ed25519 public keys (`v1a` signatures).
-    #[serde(default)]
-    pub public_keys: Vec<SecretRef>,
-    /// How far `webhook-timestamp` may be from the receive time, either way.
-    #[serde(default = "default_tolerance_secs")]
-    pub tolerance_secs: u64,
-    /// Where the event's values are in the JSON body.
-    pub fields: EventPointers,
-    /// What each value at `fields.event_type` means; a type not named here
-    /// is verified, archived and acknowledged as ignored.
-    pub events: BTreeMap<String, MappedEvent>,
-}
-
-/// JSON pointers (RFC 6901) to an event's values.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventPointers {
-    pub event_type: String,
-    /// The payment the event belongs to (for a refund: the refunded one).
-    pub payment_ref: String,
-    /// Minor units (a JSON integer, or a string of digits).
-    pub amount: String,
-    /// ISO 4217 alphabetic code, any case.
-    pub currency: String,
-    /// The merchant, when the body names it (it must be in `merchants`);
-    /// else the source's first merchant.
-    #[serde(default)]
-    pub merchant: Option<String>,
-    /// The PSP's id of this transaction, for the logs and the ledger.
-    #[serde(default)]
-    pub txn_id: Option<String>,
-}
-
-/// What an event type means for the payment: `payment`, `authorization`,
-/// `capture`, `refund`, `void`, `authorization_void`, each succeeded, or
-/// with `_failed` or `_pending` appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct MappedEvent {
-    pub kind: crate::event::EventKind,
-    pub outcome: crate::event::EventOutcome,
-}
-
-impl TryFrom<String> for MappedEvent {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        use crate::event::{EventKind, EventOutcome};
-        let (kind, outcome) = match s.rsplit_once('_') {
-            Some((k, "failed")) => (k, EventOutcome::Failed),
-            Some((k, "pending")) => (k, EventOutcome::Pending),
-            _ => (s.as_str(), EventOutcome::Succeeded),
-        };
-        let kind = match kind {
-            "payment" => EventKind::Payment,
-            "authorization" => EventKind::Authorization,
-            "capture" => EventKind::Capture,
-            "refund" => EventKind::Refund,
-            "void" => EventKind::Void,
-            "authorization_void" => EventKind::AuthorizationVoid,
-            "refund_total" => EventKind::RefundTotal,
-            "dispute" => EventKind::Dispute,
-            _ => return Err(format!("{s:?} is not an event kind (payment, authorization, capture, refund, refund_total, void, authorization_void, dispute, optionally _failed or _pending)")),
-        };
-        Ok(Self { kind, outcome })
-    }
-}
-
-fn default_tolerance_secs() -> u64 {
-    300
-}
-
-/// Trust settings of a UnionPay source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnionPayConfig {
-    pub root_cert: SecretRef,
-    pub middle_cert: SecretRef,
-    /// Third `@` field of the signing certificate's CN.
-    #[serde(default = "default_identity")]
-    pub identity: String,
-    /// UnionPay signing certificates for 5.0.0 messages (chosen by `certId`).
-    #[serde(default)]
-    pub verify_certs: Vec<SecretRef>,
-    #[serde(default)]
-    pub body_format: BodyFormat,
-    /// The merchant's side: requests signed with the merchant's key to
-    /// UnionPay's gateway (status queries, settlement files). Without it
-    /// the source only receives notifications.
-    #[serde(default)]
-    pub gateway: Option<GatewayConfig>,
-}
-
-/// How paynotify talks to UnionPay's gateway for one source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayConfig {
-    /// The merchant signing key: a PKCS#12 file as UnionPay issues it
-    /// (`.pfx`, with `signing_key_password`), or a PKCS#8 PEM key with its
-    /// certificate in `signing_cert`.
-    pub signing_key: SecretRef,
-    #[serde(default)]
-    pub signing_cert: Option<SecretRef>,
-    #[serde(default)]
-    pub signing_key_password: Option<SecretRef>,
-    /// Base URL of the transaction gateway (`…/gateway/api/queryTrans.do`
-    /// is under it). Test environment: `https://gateway.test.95516.com`.
-    #[serde(default = "default_gateway_url")]
-    pub url: String,
-    /// Base URL of the file download host (settlement files are `POST`ed
-    /// to its root). Test environment: `https://filedownload.test.95516.com`.
-    #[serde(default = "default_file_url")]
-    pub file_url: String,
-    /// `bizType` of status queries.
-    #[serde(default = "default_biz_type")]
-    pub biz_type: String,
-    /// Whether workers ask about payments whose result is late on their own.
-    #[serde(default = "default_true")]
-    pub auto_query: bool,
-    /// Seconds after a payment was expected (or first seen in process, or
-    /// a refund parked for it) at which to ask: UnionPay's advice of 5, 10,
-    /// 30, 60 and 120 minutes by default. After the last one the last
-    /// answer stands, and a failure is final only from then on (before it,
-    /// UnionPay says a front transaction's failure may still change).
-    #[serde(default = "default_query_schedule")]
-    pub query_schedule_secs: Vec<u64>,
-    /// Time allowed for one request, connection included.
-    #[serde(default = "default_gateway_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Retries of a request that failed in the network or with a 5xx, with
-    /// exponential backoff.
-    #[serde(default = "default_gateway_retries")]
-    pub retries: u32,
-    /// Most requests per second one process sends to this gateway.
-    #[serde(default = "default_gateway_rate")]
-    pub max_requests_per_sec: u32,
-}
-
-fn default_gateway_url() -> String {
-    "https://gateway.95516.com".into()
-}
-fn default_file_url() -> String {
-    "https://filedownload.95516.com".into()
-}
-fn default_biz_type() -> String {
-    "000000".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_query_schedule() -> Vec<u64> {
-    vec![300, 600, 1800, 3600, 7200]
-}
-fn default_gateway_timeout_ms() -> u64 {
-    10_000
-}
-fn default_gateway_retries() -> u32 {
-    2
-}
-fn default_gateway_rate() -> u32 {
-    10
-}
-
-impl GatewayConfig {
-    fn check(&self) -> Result<(), String> {
-        for (key, url) in [("url", &self.url), ("file_url", &self.file_url)] {
-            let Some((scheme, rest)) = url.split_once("://") else {
-                return Err(format!("gateway.{key} {url:?} is not a URL"));
-            };
-            let host = rest.split(['/', ':']).next().unwrap_or("");
-            let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
-            match scheme {
-                "https" => {}
-                "http" if loopback => {}
-                _ => {
-                    return Err(format!(
-                        "gateway.{key} {url:?}: https only (http only to a loopback test gateway)"
-                    ))
-                }
-            }
-        }
-        if self.signing_cert.is_none() && self.signing_key_password.is_none() {
-            return Err("gateway needs `signing_key_password` (a PKCS#12 key) or `signing_cert` (a PEM key)".into());
-        }
-        if self.query_schedule_secs.is_empty()
-            || self.query_schedule_secs.windows(2).any(|w| w[0] >= w[1])
-        {
-            return Err("gateway.query_schedule_secs must be increasing and not empty".into());
-        }
-        if self.timeout_ms == 0 || self.max_requests_per_sec == 0 {
-            return Err(
-                "gateway.timeout_ms and gateway.max_requests_per_sec must be positive".into(),
-            );
-        }
-        Ok(())
-    }
-}
-
 impl SourceConfig {
     /// The body of the 200 answer.
     pub fn success_body(&self) -> &str {
@@ -567,10 +324,6 @@ impl SourceConfig {
             (None, SchemeKind::Stripe | SchemeKind::StandardWebhooks) => "",
         }
     }
-}
-
-fn default_identity() -> String {
-    UNIONPAY_IDENTITY.to_owned()
 }
 
 impl Config {
@@ -756,6 +509,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SecretRef;
 
     const TOML: &str = r#"
         [sources.unionpay]

@@ -5,21 +5,20 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod envelope;
-pub mod event;
 pub mod faults;
 pub mod gateway;
 pub mod metered;
 pub mod metrics;
-pub mod money;
 pub mod ports;
 pub mod scheme;
 pub mod secret;
 pub mod segment;
 pub mod serve;
-pub mod state;
 pub mod telemetry;
 pub mod testing;
 pub mod testpki;
+
+pub use paynotify_model::{event, money, state};
 
 pub use event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 pub use money::{Currency, Money};

@@ -1,17 +1,12 @@
 //! PSP signature schemes: verification over the exact raw bytes and the
 //! mapping of a verified notification to a [`crate::PaymentEvent`].
 
-pub mod adyen;
-pub mod standard_webhooks;
-pub mod stripe;
-pub mod unionpay;
-pub mod webhook;
+pub use paynotify_schemes::{adyen, standard_webhooks, stripe, unionpay, webhook, Verified};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use crate::config::{ConfigError, SchemeKind, SourceConfig};
-use crate::event::PaymentEvent;
 use crate::secret::SecretRef;
 use adyen::AdyenVerifier;
 use standard_webhooks::StandardWebhooksVerifier;
@@ -29,21 +24,6 @@ pub enum SourceVerifier {
     StandardWebhooks(StandardWebhooksVerifier),
     Stripe(StripeVerifier),
     Adyen(AdyenVerifier),
-}
-
-/// A notification that verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verified {
-    /// A payment event, to apply.
-    Event(Box<PaymentEvent>),
-    /// Authentic, but of a type the source does not map to a payment event
-    /// (a webhook's `customer.created`): archived and acknowledged as
-    /// ignored, never applied.
-    Ignored(String),
-    /// A notification of this many items, each signed on its own (Adyen):
-    /// verify each with [`SourceVerifier::verify_item`] (the worker queues
-    /// one message per item, so each is applied or dead-lettered alone).
-    Items(u32),
 }
 
 /// Why a notification was rejected, whatever its scheme.
@@ -112,7 +92,7 @@ impl SourceVerifier {
                     .ok_or_else(|| bad("missing [unionpay] table".into()))?;
                 let read = |r: &SecretRef| {
                     let r = r.clone();
-                    async move { r.read(secrets).await.map(|s| s.0) }
+                    async move { crate::secret::read(&r, secrets).await.map(|s| s.0) }
                 };
                 let mut verify_certs = Vec::new();
                 for r in &up.verify_certs {
@@ -308,7 +288,7 @@ async fn read_texts(
 ) -> Result<Vec<String>, crate::secret::SecretError> {
     let mut out = Vec::new();
     for r in refs {
-        out.push(String::from_utf8_lossy(&r.read(secrets).await?.0).into_owned());
+        out.push(String::from_utf8_lossy(&crate::secret::read(r, secrets).await?.0).into_owned());
     }
     Ok(out)
 }

@@ -55,7 +55,7 @@ impl SourceGateway {
         let read = |r: &SecretRef| {
             let r = r.clone();
             async move {
-                r.read(secrets)
+                paynotify_shared::secret::read(&r, secrets)
                     .await
                     .map_err(|e| format!("reading {r}: {e}"))
             }

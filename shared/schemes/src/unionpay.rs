@@ -8,6 +8,7 @@ mod error;
 mod fields;
 mod mapping;
 mod query;
+mod settings;
 mod settlement;
 mod sign;
 mod verify;
@@ -17,6 +18,7 @@ pub use error::VerifyError;
 pub use fields::{canonical_string, parse_form, parse_raw, BodyFormat, Fields};
 pub use mapping::{order_of, to_event};
 pub use query::{classify, query_request, txn_time, QueryAnswer, QueryTarget, DEFAULT_BIZ_TYPE};
+pub use settings::{GatewayConfig, UnionPayConfig, UNIONPAY_IDENTITY};
 pub use settlement::{
     decode_file_content, encode_file_content, file_request, inflate_file_content, mmdd, parse_zm,
     parse_zme, unzip, write_zm, write_zme, zm_file, zme_file, SettlementError, ZmRecord, ZmeRecord,

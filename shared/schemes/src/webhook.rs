@@ -282,6 +282,12 @@ pub fn merchant(named: Option<String>, configured: &[String]) -> Result<String, 
     }
 }
 
+/// Seconds a webhook signature's timestamp may differ from the receive time
+/// by default.
+pub(crate) fn default_tolerance_secs() -> u64 {
+    300
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

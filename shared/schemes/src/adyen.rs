@@ -21,10 +21,11 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::webhook::{HmacKey, Inbound, Json, WebhookError};
-use super::Verified;
-use crate::config::{AdyenConfig, CaptureMode};
 use crate::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use crate::secret::SecretRef;
+use crate::webhook::{HmacKey, Inbound, Json, WebhookError};
+use crate::Verified;
+use serde::Deserialize;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -278,6 +279,28 @@ impl AdyenVerifier {
     }
 }
 
+/// Signature settings of an Adyen source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdyenConfig {
+    /// The webhook's HMAC keys (hex); several while one is rotated.
+    pub hmac_keys: Vec<SecretRef>,
+    /// How the merchant account captures: `automatic` (an authorisation
+    /// is a payment) or `manual` (an authorisation holds funds until its
+    /// CAPTURE).
+    #[serde(default)]
+    pub capture: CaptureMode,
+}
+
+/// When an Adyen payment is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    #[default]
+    Automatic,
+    Manual,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,7 +308,7 @@ mod tests {
     fn vectors() -> Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/adyen/vectors.json"
+            "/../../../shared/vectors/adyen/vectors.json"
         );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
@@ -526,7 +549,7 @@ mod tests {
         let v = &all["platform_vector"];
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/adyen/platform_webhook_raw_body.json"
+            "/../../../shared/vectors/adyen/platform_webhook_raw_body.json"
         ))
         .unwrap();
         let key = HmacKey::new(&hex::decode(v["key"].as_str().unwrap()).unwrap());

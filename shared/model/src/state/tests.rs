@@ -503,7 +503,7 @@ fn table() -> String {
 
 #[test]
 fn the_documented_transition_table_is_the_code_s() {
-    let page = include_str!("../../../docs/transitions.md");
+    let page = include_str!("../../../../docs/transitions.md");
     let rendered = table();
     assert!(
         page.contains(&rendered),

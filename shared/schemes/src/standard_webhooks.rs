@@ -9,10 +9,13 @@
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
 use base64::Engine as _;
 
-use super::webhook::{self, HmacKey, Inbound, Json, WebhookError};
-use super::Verified;
-use crate::config::{EventPointers, MappedEvent, StandardWebhooksConfig};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
+use crate::secret::SecretRef;
+use crate::webhook::default_tolerance_secs;
+use crate::webhook::{self, HmacKey, Inbound, Json, WebhookError};
+use crate::Verified;
+use serde::Deserialize;
+use std::collections::BTreeMap;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -211,6 +214,82 @@ impl StandardWebhooksVerifier {
     }
 }
 
+/// Signature settings and the event mapping of a Standard Webhooks source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardWebhooksConfig {
+    /// `whsec_…` symmetric secrets (`v1` signatures); several while one is
+    /// rotated out.
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+    /// `whpk_…` ed25519 public keys (`v1a` signatures).
+    #[serde(default)]
+    pub public_keys: Vec<SecretRef>,
+    /// How far `webhook-timestamp` may be from the receive time, either way.
+    #[serde(default = "default_tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// Where the event's values are in the JSON body.
+    pub fields: EventPointers,
+    /// What each value at `fields.event_type` means; a type not named here
+    /// is verified, archived and acknowledged as ignored.
+    pub events: BTreeMap<String, MappedEvent>,
+}
+
+/// JSON pointers (RFC 6901) to an event's values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPointers {
+    pub event_type: String,
+    /// The payment the event belongs to (for a refund: the refunded one).
+    pub payment_ref: String,
+    /// Minor units (a JSON integer, or a string of digits).
+    pub amount: String,
+    /// ISO 4217 alphabetic code, any case.
+    pub currency: String,
+    /// The merchant, when the body names it (it must be in `merchants`);
+    /// else the source's first merchant.
+    #[serde(default)]
+    pub merchant: Option<String>,
+    /// The PSP's id of this transaction, for the logs and the ledger.
+    #[serde(default)]
+    pub txn_id: Option<String>,
+}
+
+/// What an event type means for the payment: `payment`, `authorization`,
+/// `capture`, `refund`, `void`, `authorization_void`, each succeeded, or
+/// with `_failed` or `_pending` appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MappedEvent {
+    pub kind: crate::event::EventKind,
+    pub outcome: crate::event::EventOutcome,
+}
+
+impl TryFrom<String> for MappedEvent {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        use crate::event::{EventKind, EventOutcome};
+        let (kind, outcome) = match s.rsplit_once('_') {
+            Some((k, "failed")) => (k, EventOutcome::Failed),
+            Some((k, "pending")) => (k, EventOutcome::Pending),
+            _ => (s.as_str(), EventOutcome::Succeeded),
+        };
+        let kind = match kind {
+            "payment" => EventKind::Payment,
+            "authorization" => EventKind::Authorization,
+            "capture" => EventKind::Capture,
+            "refund" => EventKind::Refund,
+            "void" => EventKind::Void,
+            "authorization_void" => EventKind::AuthorizationVoid,
+            "refund_total" => EventKind::RefundTotal,
+            "dispute" => EventKind::Dispute,
+            _ => return Err(format!("{s:?} is not an event kind (payment, authorization, capture, refund, refund_total, void, authorization_void, dispute, optionally _failed or _pending)")),
+        };
+        Ok(Self { kind, outcome })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +312,7 @@ mod tests {
     fn vectors() -> Vec<serde_json::Value> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/standard-webhooks/vectors.json"
+            "/../../../shared/vectors/standard-webhooks/vectors.json"
         );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
