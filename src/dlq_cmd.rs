@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
-use paynotify_shared::envelope::{rfc3339_ms, Envelope, QueuedBody};
-use paynotify_shared::ports::DeadLetter;
+use paynotify_shared::envelope::{rfc3339_ms, DeadLetterBody, Envelope, QueuedBody};
+use paynotify_shared::ports::{canonical_reason, same_reason, DeadLetter};
 use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use paynotify_shared::segment;
 use paynotify_shared::telemetry::mask_card_numbers;
@@ -271,8 +271,11 @@ pub struct Redrive {
 /// Counts dead letters by reason, of those `reason` selects.
 fn by_reason(dead: &[DeadLetter], reason: Option<&str>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for d in dead.iter().filter(|d| reason.is_none_or(|r| d.reason == r)) {
-        *out.entry(d.reason.clone()).or_default() += 1;
+    for d in dead
+        .iter()
+        .filter(|d| reason.is_none_or(|r| same_reason(&d.reason, r)))
+    {
+        *out.entry(canonical_reason(&d.reason)).or_default() += 1;
     }
     out
 }

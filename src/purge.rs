@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use paynotify_shared::backend::Backends;
-use paynotify_shared::envelope::rfc3339_ms;
+use paynotify_shared::envelope::{rfc3339_ms, DeadLetterBody};
 use paynotify_shared::ports::{ArchiveError, DeadLetter, Progress};
 use serde_json::json;
 use time::OffsetDateTime;

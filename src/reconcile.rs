@@ -299,7 +299,7 @@ async fn check_payment(
                 Some(status.as_str().to_owned())
             }
             Transition::Record => None,
-            Transition::Retry(why) | Transition::Conflict(why) => {
+            Transition::Park(why) | Transition::Conflict(why) => {
                 report.flag(
                     "state_mismatch",
                     key.to_string(),

@@ -581,7 +581,7 @@ impl Report {
         let reason = |r: &str| dead.get(r).copied().unwrap_or(0);
         let other_dead: u64 = dead
             .iter()
-            .filter(|(r, _)| !["BadSignature", "UntrustedCertificate"].contains(&r.as_str()))
+            .filter(|(r, _)| !["bad_signature", "untrusted_certificate"].contains(&r.as_str()))
             .map(|(_, n)| n)
             .sum();
         let row = |what, expected: String, got: String| CheckRow {
@@ -619,12 +619,12 @@ impl Report {
             row(
                 "tampered -> BadSignature",
                 self.tampered.to_string(),
-                reason("BadSignature").to_string(),
+                reason("bad_signature").to_string(),
             ),
             row(
                 "forged -> UntrustedCertificate",
                 self.forged.to_string(),
-                reason("UntrustedCertificate").to_string(),
+                reason("untrusted_certificate").to_string(),
             ),
             row(
                 "dead-lettered for another reason",
@@ -808,7 +808,7 @@ mod tests {
 
     #[test]
     fn the_ledger_check_names_what_differs() {
-        let dead = BTreeMap::from([("BadSignature".to_owned(), 1)]);
+        let dead = BTreeMap::from([("bad_signature".to_owned(), 1)]);
         assert!(expected()
             .check(&got(1000), &dead)
             .iter()
@@ -825,7 +825,7 @@ mod tests {
             ("refunded total", "10.00 CNY", "9.00 CNY")
         );
         // A dead letter the simulation did not send for is a difference.
-        let dead = BTreeMap::from([("BadSignature".to_owned(), 1), ("conflict".to_owned(), 1)]);
+        let dead = BTreeMap::from([("bad_signature".to_owned(), 1), ("conflict".to_owned(), 1)]);
         assert!(!expected()
             .check(&got(1000), &dead)
             .iter()

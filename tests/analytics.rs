@@ -132,7 +132,7 @@ async fn every_duckdb_query_of_the_analytics_guide_gives_the_known_counts() {
         .collect();
     assert_eq!(
         reasons,
-        vec![("an4", "BadSignature"), ("an5", "UntrustedCertificate")]
+        vec![("an4", "bad_signature"), ("an5", "untrusted_certificate")]
     );
 
     let retries = results["psp_retries"].as_array().unwrap();

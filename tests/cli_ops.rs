@@ -76,7 +76,7 @@ fn dlq_and_ledger_tools() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["reason"] == "UntrustedCertificate")
+        .find(|d| d["reason"] == "untrusted_certificate")
         .unwrap();
 
     // dlq show: the reason, the request, the failing step, every step.
@@ -84,11 +84,11 @@ fn dlq_and_ledger_tools() {
     let (code, shown) = json(&["dlq", "show", "--config", cfg, id, "--json"]);
     assert_eq!(code, Some(0));
     assert_rfc3339_times(&shown);
-    assert_eq!(shown["reason"], "UntrustedCertificate");
+    assert_eq!(shown["reason"], "untrusted_certificate");
     assert_eq!(shown["envelope"]["source"], "unionpay");
     assert_eq!(shown["envelope"]["method"], "POST");
     assert_eq!(shown["verification"]["valid"], false);
-    assert_eq!(shown["verification"]["error"], "UntrustedCertificate");
+    assert_eq!(shown["verification"]["error"], "untrusted_certificate");
     assert_eq!(shown["verification"]["step"], "certificate");
     assert_eq!(
         shown["verification"]["explain"]["chain"]
@@ -124,9 +124,9 @@ fn dlq_and_ledger_tools() {
     let (code, dry) = json(&["dlq", "redrive", "--config", cfg, "--dry-run"]);
     assert_eq!(code, Some(0));
     assert_eq!(dry["would_redrive"], 2);
-    assert_eq!(dry["by_reason"]["BadSignature"], 1);
-    assert_eq!(dry["by_reason"]["UntrustedCertificate"], 1);
-    let (code, refused) = json(&["dlq", "purge", "--config", cfg, "--reason", "BadSignature"]);
+    assert_eq!(dry["by_reason"]["bad_signature"], 1);
+    assert_eq!(dry["by_reason"]["untrusted_certificate"], 1);
+    let (code, refused) = json(&["dlq", "purge", "--config", cfg, "--reason", "bad_signature"]);
     assert_eq!(code, Some(1));
     assert_eq!(refused["would_purge"], 1);
     assert_eq!(dlq(cfg).as_array().unwrap().len(), 2);
@@ -138,7 +138,7 @@ fn dlq_and_ledger_tools() {
         "--config",
         cfg,
         "--reason",
-        "BadSignature",
+        "bad_signature",
         "--yes",
     ]);
     assert_eq!(code, Some(0));
@@ -146,7 +146,7 @@ fn dlq_and_ledger_tools() {
         (purged["purged"].clone(), purged["still_in_dlq"].clone()),
         (1.into(), 1.into())
     );
-    assert_eq!(dlq(cfg)[0]["reason"], "UntrustedCertificate");
+    assert_eq!(dlq(cfg)[0]["reason"], "untrusted_certificate");
 
     // A payment's story, in decimals.
     let args = [

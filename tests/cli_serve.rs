@@ -59,7 +59,7 @@ fn serve_ledger_dlq_replay_and_sigterm() {
     let dlq: Value =
         serde_json::from_slice(&paynotify(&["dlq", "list", "--config", cfg, "--json"], &[]).stdout)
             .unwrap();
-    assert_eq!(dlq[0]["reason"], "BadSignature");
+    assert_eq!(dlq[0]["reason"], "bad_signature");
     // Times in --json are RFC 3339.
     let dead_at = dlq[0]["dead_at"].as_str().unwrap();
     assert!(

@@ -82,7 +82,7 @@ fn expired_and_tampered_messages_exit_1_naming_the_step() {
         (v["valid"].clone(), v["error"].clone(), v["step"].clone()),
         (
             false.into(),
-            "CertificateExpired".into(),
+            "certificate_expired".into(),
             "certificate".into()
         )
     );
@@ -103,7 +103,7 @@ fn expired_and_tampered_messages_exit_1_naming_the_step() {
     let out = paynotify(&args, tampered.as_bytes());
     assert_eq!(out.status.code(), Some(1));
     let v = verdict(&out);
-    assert_eq!(v["error"], "BadSignature");
+    assert_eq!(v["error"], "bad_signature");
     assert_eq!(v["step"], "signature");
     let explain = &v["explain"];
     assert!(explain["canonical_string"]
@@ -184,7 +184,7 @@ fn testpki_writes_a_config_that_verify_accepts() {
     ];
     let out = paynotify(&args, &body);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(verdict(&out)["error"], "UntrustedCertificate");
+    assert_eq!(verdict(&out)["error"], "untrusted_certificate");
 }
 
 /// A Standard Webhooks source reading the simulator's events, its secret
@@ -240,7 +240,7 @@ fn webhook_headers_are_given_with_header() {
     let out = paynotify(&args, v["payload"].as_str().unwrap().as_bytes());
     let first = verdict(&out);
     assert_eq!(out.status.code(), Some(1), "{first}");
-    assert_eq!(first["error"], "MissingField");
+    assert_eq!(first["error"], "missing_field");
     assert_eq!(first["step"], "mapping");
     assert_eq!(
         first["explain"]["authenticated"]["Ok"], v["msg_id"],
@@ -251,10 +251,10 @@ fn webhook_headers_are_given_with_header() {
         &args,
         v["payload"].as_str().unwrap().replace('2', "3").as_bytes(),
     );
-    assert_eq!(verdict(&out)["error"], "BadSignature");
+    assert_eq!(verdict(&out)["error"], "bad_signature");
     // No headers at all.
     let out = paynotify(&args[..8], v["payload"].as_str().unwrap().as_bytes());
-    assert_eq!(verdict(&out)["error"], "MissingHeader");
+    assert_eq!(verdict(&out)["error"], "missing_header");
 
     // An event of the source, signed now, verifies with its payment.
     let body = r#"{"type":"refund.succeeded","data":{"id":"r1","payment":"p1","amount":250,"currency":"usd","merchant":"m1"}}"#;

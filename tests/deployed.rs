@@ -227,7 +227,7 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
     assert_eq!((five.paid_minor, five.refunded_minor), (300, 100));
     let mut reasons = support::dlq_reasons(backends.queue.as_ref()).await;
     reasons.dedup();
-    assert_eq!(reasons, ["BadSignature", "missing_archive_object"]);
+    assert_eq!(reasons, ["bad_signature", "missing_archive_object"]);
 
     // What an operator does with it.
     let got = operator(
@@ -246,7 +246,7 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
     operator(&d, &["archive", "ls"], &[0]);
     operator(
         &d,
-        &["dlq", "redrive", "--reason", "BadSignature", "--dry-run"],
+        &["dlq", "redrive", "--reason", "bad_signature", "--dry-run"],
         &[0],
     );
     operator(
@@ -256,7 +256,7 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
     );
     operator(
         &d,
-        &["dlq", "purge", "--reason", "BadSignature", "--yes"],
+        &["dlq", "purge", "--reason", "bad_signature", "--yes"],
         &[0],
     );
     // Clean or not (a dead letter is still being redriven), but an answer.

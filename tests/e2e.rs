@@ -120,7 +120,7 @@ async fn tampered_and_forged_go_to_the_dlq_and_leave_the_ledger_alone(kind: Kind
     t.wait_until_drained().await;
     assert_eq!(
         t.dlq_reasons().await,
-        vec!["BadSignature", "UntrustedCertificate"]
+        vec!["bad_signature", "untrusted_certificate"]
     );
     assert!(t.payment("q5").await.is_none());
     assert!(t.payment("q6").await.is_none());
@@ -162,7 +162,7 @@ async fn oversized_unknown_and_binary_requests(kind: Kind) {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");
     t.wait_until_drained().await;
-    assert_eq!(t.dlq_reasons().await, vec!["MalformedBody"]);
+    assert_eq!(t.dlq_reasons().await, vec!["malformed_body"]);
     let admin = format!("http://{}", t.app().admin_addr.unwrap());
     assert_eq!(
         client
@@ -681,7 +681,7 @@ mod aws_only {
         assert_eq!(r.status().as_u16(), 200);
         t.wait_until_drained().await;
         // The worker fetched the envelope from S3 and verified the real body.
-        assert_eq!(t.dlq_reasons().await, vec!["MissingField"]);
+        assert_eq!(t.dlq_reasons().await, vec!["missing_field"]);
         let calls = t.app().backends.api_calls.as_ref().unwrap().snapshot();
         assert!(
             calls.get("S3.GetObject").copied().unwrap_or(0) >= 1,
@@ -754,7 +754,7 @@ mod aws_only {
         t.wait_for_status("after", PaymentStatus::Paid).await;
         old_sim.send(old_sim.purchase("stale", 100)).await;
         t.wait_until_drained().await;
-        assert_eq!(t.dlq_reasons().await, vec!["UntrustedCertificate"]);
+        assert_eq!(t.dlq_reasons().await, vec!["untrusted_certificate"]);
     }
 }
 

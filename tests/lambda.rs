@@ -293,7 +293,7 @@ async fn a_mixed_batch_fails_only_the_record_whose_write_failed(kind: Kind) {
         Some(PaymentStatus::Paid)
     );
     assert_eq!(l.payment("flaky").await, None);
-    assert_eq!(l.dlq_reasons().await, vec!["UntrustedCertificate"]);
+    assert_eq!(l.dlq_reasons().await, vec!["untrusted_certificate"]);
     let parked = l
         .backends
         .ledger
@@ -448,7 +448,7 @@ async fn the_server_and_lambda_modes_store_and_decide_alike(kind: Kind) {
     }
     assert_eq!(l.payment("same").await, Some(server_state));
     assert_eq!(l.dlq_reasons().await, server_dlq);
-    assert_eq!(server_dlq, vec!["UntrustedCertificate"]);
+    assert_eq!(server_dlq, vec!["untrusted_certificate"]);
 }
 
 /// A deployment on the emulator (`support::deployed`).

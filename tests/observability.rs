@@ -158,7 +158,7 @@ async fn every_counter_equals_what_was_sent(kind: Kind) {
         get(&m, "paynotify_receipt_to_applied_seconds_count", &up),
         7.0
     );
-    for (reason, n) in [("BadSignature", 1.0), ("UntrustedCertificate", 2.0)] {
+    for (reason, n) in [("bad_signature", 1.0), ("untrusted_certificate", 2.0)] {
         let labels = [("source", "unionpay"), ("reason", reason)];
         assert_eq!(
             get(&m, "paynotify_verification_failures_total", &labels),

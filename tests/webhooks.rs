@@ -167,11 +167,11 @@ async fn standard_webhooks_payments_refunds_duplicates_and_forgeries(kind: Kind)
     dead_lettered(
         &t,
         &[
-            "BadSignature",
-            "BadSignature",
-            "MissingHeader",
-            "TimestampOutsideTolerance",
-            "TimestampOutsideTolerance",
+            "bad_signature",
+            "bad_signature",
+            "missing_header",
+            "timestamp_outside_tolerance",
+            "timestamp_outside_tolerance",
         ],
     )
     .await;
@@ -264,7 +264,11 @@ async fn stripe_payments_refund_totals_disputes_and_forgeries(kind: Kind) {
     t.wait_until_drained().await;
     dead_lettered(
         &t,
-        &["BadSignature", "BadSignature", "TimestampOutsideTolerance"],
+        &[
+            "bad_signature",
+            "bad_signature",
+            "timestamp_outside_tolerance",
+        ],
     )
     .await;
     for never in ["pi_2", "pi_3", "pi_4"] {
@@ -360,7 +364,7 @@ async fn adyen_batches_apply_each_item_and_dead_letter_the_forged_one_alone(kind
         .await;
     assert_eq!(a1.refunded_minor, 300);
     t.wait_until_drained().await;
-    dead_lettered(&t, &["BadSignature", "BadSignature"]).await;
+    dead_lettered(&t, &["bad_signature", "bad_signature"]).await;
     for never in ["A3", "A4", "REPORT1"] {
         assert_eq!(t.payment_of(&key(never)).await, None, "{never}");
     }

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use paynotify_shared::envelope::QueuedBody;
-use paynotify_shared::segment::{self, Location};
+use paynotify_records::envelope::QueuedBody;
+use paynotify_records::segment::{self, Location};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(body) = QueuedBody::parse(data) {

@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use paynotify_shared::scheme::unionpay::{parse_form, parse_raw, BodyFormat, UnionPayVerifier};
-use paynotify_shared::testing::{yansongda_verifier, YANSONGDA_AT};
+use paynotify_schemes::unionpay::{parse_form, parse_raw, BodyFormat, UnionPayVerifier};
+use paynotify_testkit::testing::{yansongda_verifier, YANSONGDA_AT};
 
 fn verifiers() -> &'static (UnionPayVerifier, UnionPayVerifier) {
     static V: OnceLock<(UnionPayVerifier, UnionPayVerifier)> = OnceLock::new();

@@ -79,9 +79,9 @@ EVENT_SOURCE = (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttribu
 RAW = {"bucket": None, "key": "raw/source=unionpay/date=2026-01-01/hour=00/x-1.ndjson"}
 UNREACHED = [
     ("ingest", "s3:GetObject", RAW,
-     "shared/src/segment.rs put_once: a segment put answered 412 (an SDK retry after a lost reply) is read back"),
+     "shared/records/src/segment.rs put_once: a segment put answered 412 (an SDK retry after a lost reply) is read back"),
     ("lambda-ingest", "s3:GetObject", RAW,
-     "shared/src/segment.rs put_once: a segment put answered 412 (an SDK retry after a lost reply) is read back"),
+     "shared/records/src/segment.rs put_once: a segment put answered 412 (an SDK retry after a lost reply) is read back"),
     ("worker", "s3:PutObject", RAW,
      "worker/src/archived.rs: a retry's re-send or a batch's split of a message whose segment failed archives "
      "the notification alone (tests/chaos.rs reaches it in one process, where no role is told apart)"),

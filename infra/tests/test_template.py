@@ -242,14 +242,14 @@ def test_the_worker_function_answers_partial_batches():
 
 
 def test_glue_table_matches_the_envelope_and_the_key_layout():
-    envelope = rust("shared/src/envelope.rs")
+    envelope = rust("shared/records/src/envelope.rs")
     body = re.search(r"pub struct Envelope \{(.*?)\n\}", envelope, re.S).group(1)
     # `at` travels only on the queue copy, never archived.
     fields = [f for f in re.findall(r"^\s*pub (\w+):", body, re.M) if f not in ("source", "at")]
     table = RESOURCES["ArchiveTable"]["Properties"]["TableInput"]
     columns = [c["Name"] for c in table["StorageDescriptor"]["Columns"]]
     assert columns == fields, (columns, fields)
-    segment = rust("shared/src/segment.rs")
+    segment = rust("shared/records/src/segment.rs")
     key = re.search(r'"(raw/source=\{\}/date=[^"]*)"', segment).group(1)
     assert key == "raw/source={}/date={:04}-{:02}-{:02}/hour={:02}/", key
     assert '"{partition}{first}-{n}.ndjson"' in segment
@@ -316,7 +316,7 @@ def test_what_is_kept_outlives_the_stack():
     assert RESOURCES["LedgerTable"]["Properties"]["DeletionProtectionEnabled"] is True
     # Every prefix the code writes expires with the notifications, not never.
     prefixes = set(re.findall(r'"((?:raw|outbound|settlement|audit)/)', "".join(
-        rust(p) for p in ["shared/src/segment.rs", "shared/src/envelope.rs", "src/settlement.rs", "src/purge.rs"])))
+        rust(p) for p in ["shared/records/src/segment.rs", "shared/records/src/envelope.rs", "src/settlement.rs", "src/purge.rs"])))
     rules = {r.get("Prefix") for r in RESOURCES["ArchiveBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
              if "ExpirationInDays" in r}
     assert prefixes <= rules, prefixes - rules

@@ -4,21 +4,19 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
-pub mod envelope;
 pub mod faults;
 pub mod gateway;
 pub mod metered;
 pub mod metrics;
-pub mod ports;
 pub mod scheme;
 pub mod secret;
-pub mod segment;
 pub mod serve;
 pub mod telemetry;
-pub mod testing;
-pub mod testpki;
 
 pub use paynotify_model::{event, money, state};
+pub use paynotify_ports as ports;
+pub use paynotify_records::{envelope, segment};
+pub use paynotify_testkit::{testing, testpki};
 
 pub use event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 pub use money::{Currency, Money};

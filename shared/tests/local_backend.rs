@@ -304,7 +304,7 @@ async fn sharded_dead_letters_list_in_order_redrive_and_purge_across_shards() {
     assert_eq!(got.len(), 6);
     for (i, m) in got.iter().enumerate() {
         let reason = if i % 2 == 0 {
-            "BadSignature"
+            "bad_signature"
         } else {
             "conflict"
         };
@@ -419,7 +419,7 @@ async fn foreign_receipts_match_nothing_and_bad_shard_settings_are_refused() {
         q.delay(&r, 60).await.unwrap();
         let mut stale = m.clone();
         stale.receipt = r;
-        q.dead_letter(&stale, "BadSignature", "x").await.unwrap();
+        q.dead_letter(&stale, "bad_signature", "x").await.unwrap();
         assert_eq!(
             (q.depth().await.unwrap(), q.dlq_depth().await.unwrap()),
             (1, 0),

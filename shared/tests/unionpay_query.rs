@@ -158,7 +158,7 @@ fn forged_tampered_and_form_decoded_answers_are_rejected_with_the_step() {
     let e = verifier.verify(&forged, YANSONGDA_AT).unwrap_err();
     assert_eq!(
         (e.step(), e.name()),
-        ("certificate", "UntrustedCertificate"),
+        ("certificate", "untrusted_certificate"),
         "{e}"
     );
 

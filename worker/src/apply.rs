@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::ports::{
-    AliasWrite, ApplyOutcome, Freshness, Incoming, Ledger, LedgerWrite, Loaded, ParkedEntry,
-    ParkedEvent, PaymentEntry, RecordedEvent, MAX_MOVES_PER_WRITE,
+    AliasWrite, ApplyOutcome, DeadLetterReason, Freshness, Incoming, Ledger, LedgerWrite, Loaded,
+    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, MAX_MOVES_PER_WRITE,
 };
 use paynotify_shared::{transition, PaymentState, Transition};
 use time::OffsetDateTime;
@@ -76,7 +76,7 @@ pub fn plan(
         aliases: Vec::new(),
     };
     let state = match transition(entry.state.as_ref(), event) {
-        Transition::Retry(_) => {
+        Transition::Park(_) => {
             write.incoming = Incoming::Park(ParkedEvent {
                 event: event.clone(),
                 notification_id: notification_id.to_owned(),
@@ -170,7 +170,7 @@ fn unpark(
         let next = pending.iter().enumerate().find_map(|(i, (_, p))| {
             let e = rekeyed(&p.event, &key);
             match transition(Some(&state), &e) {
-                Transition::Conflict(_) | Transition::Retry(_) => None,
+                Transition::Conflict(_) | Transition::Park(_) => None,
                 t => Some((i, e, t)),
             }
         });
@@ -264,7 +264,10 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
         if let Some(target) = entry.alias_of {
             hops += 1;
             if hops > MAX_ALIAS_HOPS {
-                return dead("conflict", format!("alias loop at {}", event.payment_key));
+                return dead(
+                    DeadLetterReason::Conflict,
+                    format!("alias loop at {}", event.payment_key),
+                );
             }
             event.payment_key = target;
             continue;
@@ -309,7 +312,9 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
             // A redelivery of an applied event looks like a conflict to the
             // state machine; the latest read tells it (`seen`). A failed
             // read is a retry, never a conflict.
-            Err(why) if freshness == Freshness::Latest => return dead("conflict", why),
+            Err(why) if freshness == Freshness::Latest => {
+                return dead(DeadLetterReason::Conflict, why)
+            }
             Err(_) => freshness = Freshness::Latest,
             Ok((write, kind)) => match ledger.write(&write).await {
                 Ok(ApplyOutcome::Applied) => {

@@ -22,11 +22,12 @@ use std::time::Duration;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::config::WorkerConfig;
-use paynotify_shared::envelope::QueuedBody;
+use paynotify_shared::envelope::{Envelope, QueuedBody};
 use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
 use paynotify_shared::notification_span;
 use paynotify_shared::ports::{
-    Archive, ArchiveError, Ledger, ParkedCounts, Queue, QueueMessage, PARKED_SCAN_LIMIT,
+    Archive, ArchiveError, DeadLetterReason, Ledger, ParkedCounts, Queue, QueueMessage,
+    PARKED_SCAN_LIMIT,
 };
 use paynotify_shared::scheme::{
     uses_secrets_manager, Inbound, SourceVerifier, Verified, VerifierSet,
@@ -52,7 +53,10 @@ pub enum Disposition {
     /// `panic`.
     Panicked(String),
     /// Permanent: move the message to the DLQ with this reason.
-    DeadLetter { reason: String, error: String },
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+    },
     /// A notification of several items, each signed on its own, archived
     /// at `location`: queue one message per item, then delete this one.
     Split {
@@ -139,9 +143,9 @@ pub struct WorkerContext {
     pub hooks: Hooks,
 }
 
-pub(crate) fn dead(reason: &str, error: impl ToString) -> Disposition {
+pub(crate) fn dead(reason: DeadLetterReason, error: impl ToString) -> Disposition {
     Disposition::DeadLetter {
-        reason: reason.to_owned(),
+        reason,
         error: error.to_string(),
     }
 }
@@ -152,51 +156,107 @@ pub async fn process_one(ctx: &WorkerContext, message: &QueueMessage) -> Disposi
     process(ctx, message).await.0
 }
 
+/// Why a step of [`process`] could not go on. [`classify`] is the one
+/// place that decides what happens to the message then.
+#[derive(Debug)]
+enum StepError {
+    /// The message, or the envelope it points to, cannot be read: it never will be.
+    Malformed(String),
+    /// The archive object the message points to is gone or holds another
+    /// notification.
+    MissingArchiveObject(String),
+    /// The envelope names a source the configuration does not have.
+    UnknownSource(String),
+    /// Verification refused the notification at this check.
+    Rejected { check: &'static str, error: String },
+    /// A backend failed or timed out: the same message may succeed later.
+    Unavailable(String),
+}
+
+impl From<ReadError> for StepError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Envelope { source, .. } => Self::Malformed(source.to_string()),
+            ReadError::Archive(ArchiveError::NotFound(k)) => {
+                Self::MissingArchiveObject(format!("{k} is not in the archive"))
+            }
+            e @ ReadError::WrongEnvelope { .. } => Self::MissingArchiveObject(e.to_string()),
+            e => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Retry or dead letter, and under which reason.
+fn classify(e: StepError) -> Disposition {
+    match e {
+        StepError::Malformed(why) => dead(DeadLetterReason::MalformedEnvelope, why),
+        StepError::MissingArchiveObject(why) => dead(DeadLetterReason::MissingArchiveObject, why),
+        StepError::UnknownSource(why) => dead(DeadLetterReason::UnknownSource, why),
+        StepError::Rejected { check, error } => dead(DeadLetterReason::Rejected(check), error),
+        StepError::Unavailable(why) => Disposition::Retry(why),
+    }
+}
+
+/// A message decoded and its envelope fetched.
+struct Fetched {
+    envelope: Envelope,
+    /// Where the envelope is (or would be) archived.
+    location: Location,
+    /// Whether the envelope came in the message itself.
+    inline: bool,
+    /// The item of a notification of several that this message is about.
+    item: Option<u32>,
+}
+
+/// Decodes the message and, for a pointer, reads the envelope from the archive.
+async fn fetch(ctx: &WorkerContext, message: &QueueMessage) -> Result<Fetched, StepError> {
+    let queued =
+        QueuedBody::parse(&message.body).map_err(|e| StepError::Malformed(e.to_string()))?;
+    let location = queued.location();
+    Ok(match queued {
+        QueuedBody::Envelope(e) => Fetched {
+            envelope: *e,
+            location,
+            inline: true,
+            item: None,
+        },
+        QueuedBody::Pointer {
+            location, id, item, ..
+        } => {
+            let envelope =
+                segment::read_envelope(ctx.archive.as_ref(), &location, id.as_deref()).await?;
+            Fetched {
+                envelope,
+                location,
+                inline: false,
+                item,
+            }
+        }
+    })
+}
+
 /// [`process_one`], with the configured source the message came from.
 async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, String) {
     let span = Span::current();
     let unknown = || UNKNOWN_SOURCE.to_owned();
-    let mut item = None;
-    let queued = match QueuedBody::parse(&message.body) {
-        Ok(q) => q,
-        Err(e) => return (dead("malformed_envelope", e), unknown()),
-    };
-    let location = queued.location();
-    let inline = matches!(queued, QueuedBody::Envelope(_));
-    let envelope = match queued {
-        QueuedBody::Envelope(e) => *e,
-        QueuedBody::Pointer {
-            location,
-            id,
-            item: index,
-            ..
-        } => {
-            item = index;
-            match segment::read_envelope(ctx.archive.as_ref(), &location, id.as_deref()).await {
-                Ok(e) => e,
-                Err(ReadError::Envelope { source, .. }) => {
-                    return (dead("malformed_envelope", source), unknown())
-                }
-                Err(ReadError::Archive(ArchiveError::NotFound(k))) => {
-                    let why = format!("{k} is not in the archive");
-                    return (dead("missing_archive_object", why), unknown());
-                }
-                Err(e @ ReadError::WrongEnvelope { .. }) => {
-                    return (dead("missing_archive_object", e), unknown())
-                }
-                Err(e) => return (Disposition::Retry(e.to_string()), unknown()),
-            }
-        }
+    let Fetched {
+        envelope,
+        location,
+        inline,
+        item,
+    } = match fetch(ctx, message).await {
+        Ok(f) => f,
+        Err(e) => return (classify(e), unknown()),
     };
     span.record("notification_id", envelope.id.as_str());
     let body = match envelope.body_bytes() {
         Ok(b) => b,
-        Err(e) => return (dead("malformed_envelope", e), unknown()),
+        Err(e) => return (classify(StepError::Malformed(e.to_string())), unknown()),
     };
     let verifiers = ctx.verifiers.current();
     let Some(verifier) = verifiers.get(&envelope.source) else {
         let why = format!("source {:?} is not configured", envelope.source);
-        return (dead("unknown_source", why), unknown());
+        return (classify(StepError::UnknownSource(why)), unknown());
     };
     let source = envelope.source.clone();
     span.record("source", source.as_str());
@@ -227,7 +287,7 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
                 );
                 match at.await {
                     Ok(at) => at,
-                    Err(why) => return (Disposition::Retry(why), source),
+                    Err(why) => return (classify(StepError::Unavailable(why)), source),
                 }
             } else {
                 location
@@ -255,7 +315,11 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
             }
             ctx.metrics.verification_failed(&source, e.name());
             warn!(error = %e, step = e.step(), "rejected");
-            return (dead(e.name(), e), source);
+            let e = StepError::Rejected {
+                check: e.name(),
+                error: e.to_string(),
+            };
+            return (classify(e), source);
         }
     };
     if let Some(id) = &event.psp_txn_id {
@@ -276,7 +340,7 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     )
     .await
     {
-        return (Disposition::Retry(e.to_string()), source);
+        return (classify(StepError::Unavailable(e.to_string())), source);
     }
     // Kept only where a watch can exist: a source with a gateway.
     let ended = (event.outcome == paynotify_shared::EventOutcome::Succeeded

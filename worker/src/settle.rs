@@ -6,7 +6,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use paynotify_shared::config::WorkerConfig;
 use paynotify_shared::envelope::{QueuedBody, RetryState};
-use paynotify_shared::ports::QueueError;
+use paynotify_shared::ports::{DeadLetterReason, QueueError};
 use paynotify_shared::segment::Location;
 use time::OffsetDateTime;
 use tracing::{warn, Instrument, Span};
@@ -77,7 +77,7 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
         Disposition::Panicked(why)
             if message.receive_count >= last_own_receive(ctx.max_receives) =>
         {
-            dead_letter(ctx, processed, "panic", why).await
+            dead_letter(ctx, processed, DeadLetterReason::Panic, why).await
         }
         Disposition::Panicked(_) => {
             let delay = retry_delay(&ctx.config, message.receive_count);
@@ -86,7 +86,7 @@ pub async fn settle(ctx: &WorkerContext, processed: &Processed) -> Result<Settle
             Ok(Settled::Delayed)
         }
         Disposition::DeadLetter { reason, error } => {
-            dead_letter(ctx, processed, reason, error).await
+            dead_letter(ctx, processed, *reason, error).await
         }
         Disposition::Split {
             location,
@@ -164,10 +164,11 @@ fn retried(ctx: &WorkerContext, source: &str) {
 async fn dead_letter(
     ctx: &WorkerContext,
     processed: &Processed,
-    reason: &str,
+    reason: DeadLetterReason,
     error: &str,
 ) -> Result<Settled, QueueError> {
     Span::current().record("stage", "dead_letter");
+    let reason = reason.as_str();
     // Counted first, as an acknowledgement (see `deleted`).
     ctx.stats.dead_letter(reason);
     if let Err(e) = ctx
@@ -206,7 +207,7 @@ async fn retry(
     let elapsed = now - since;
     if elapsed >= time::Duration::seconds(ctx.config.retry_for_secs as i64) {
         let error = format!("{why} (retried {attempts} times over {elapsed})");
-        return dead_letter(ctx, processed, "retries_exhausted", &error).await;
+        return dead_letter(ctx, processed, DeadLetterReason::RetriesExhausted, &error).await;
     }
     let delay = whole_secs(retry_delay(&ctx.config, attempts));
     match &carried {

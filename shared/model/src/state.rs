@@ -2,7 +2,7 @@
 //!
 //! [`transition`] decides, from the current state of a payment and one event,
 //! whether the event changes the state, is only recorded, must wait for an
-//! earlier event (`Retry`), or conflicts with what the ledger already holds.
+//! earlier event (`Park`), or conflicts with what the ledger already holds.
 //! Deduplication by event key is the ledger's job, not this function's.
 
 use serde::{Deserialize, Serialize};
@@ -73,8 +73,9 @@ pub enum Transition {
     Apply(PaymentState),
     /// Record the event; the state (possibly none) is unchanged.
     Record,
-    /// The event refers to something the ledger has not seen yet: try again later.
-    Retry(String),
+    /// The event refers to something the ledger has not seen yet: park it
+    /// under its payment until that arrives.
+    Park(String),
     /// The event contradicts the ledger: dead-letter with reason `conflict`.
     Conflict(String),
 }
@@ -108,7 +109,7 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
             (Payment | Authorization, Failed) => new(S::Failed, 0, 0),
             (Authorization, Succeeded) => new(S::Authorized, amount, 0),
             (Capture | Refund | RefundTotal | Void | AuthorizationVoid | Dispute, Succeeded) => {
-                Transition::Retry(format!(
+                Transition::Park(format!(
                     "{:?} for payment {} that is not in the ledger yet",
                     event.kind, event.payment_key
                 ))
@@ -160,7 +161,7 @@ pub fn transition(current: Option<&PaymentState>, event: &PaymentEvent) -> Trans
         (_, Payment | Authorization, Failed) => Transition::Record,
         // A refund of an authorization not captured yet (Adyen does not
         // order REFUND and CAPTURE): it waits for the capture.
-        (S::Authorized, Refund | RefundTotal, Succeeded) => Transition::Retry(format!(
+        (S::Authorized, Refund | RefundTotal, Succeeded) => Transition::Park(format!(
             "{:?} of payment {} that is authorized and not captured yet",
             event.kind, event.payment_key
         )),

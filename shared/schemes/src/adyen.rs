@@ -493,14 +493,14 @@ mod tests {
             one(&auto, item(&auto, "REFUND", "M2", None, 5, "true"))
                 .unwrap_err()
                 .name(),
-            "MissingField"
+            "missing_field"
         );
         let mut other = item(&auto, "AUTHORISATION", "A2", None, 5, "true");
         other["merchantAccountCode"] = serde_json::json!("Else");
         let sig = auto.sign(&other).unwrap();
         assert_eq!(
             one(&auto, with_signature(&other, &sig)).unwrap_err().name(),
-            "UnknownMerchant"
+            "unknown_merchant"
         );
         // Several items: each on its own; one forged does not hide the others.
         let forged = with_signature(&item(&auto, "AUTHORISATION", "A3", None, 5, "true"), "AAAA");
@@ -517,11 +517,11 @@ mod tests {
         ));
         assert_eq!(
             auto.verify_item("adyen", &inbound, 1).unwrap_err().name(),
-            "BadSignature"
+            "bad_signature"
         );
         assert_eq!(
             auto.verify_item("adyen", &inbound, 2).unwrap_err().name(),
-            "MalformedBody"
+            "malformed_body"
         );
         for bad in [
             &b"{}"[..],
@@ -536,7 +536,7 @@ mod tests {
             };
             assert_eq!(
                 auto.verify("adyen", &i).unwrap_err().name(),
-                "MalformedBody"
+                "malformed_body"
             );
         }
     }

@@ -25,7 +25,7 @@ pub enum Verified {
     /// ignored, never applied.
     Ignored(String),
     /// A notification of this many items, each signed on its own (Adyen):
-    /// verify each with [`SourceVerifier::verify_item`] (the worker queues
+    /// verify each with `SourceVerifier::verify_item` (the worker queues
     /// one message per item, so each is applied or dead-lettered alone).
     Items(u32),
 }

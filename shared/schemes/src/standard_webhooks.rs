@@ -378,7 +378,7 @@ mod tests {
                 };
                 assert_eq!(
                     verifier.authenticate(&i).unwrap_err().name(),
-                    "TimestampOutsideTolerance"
+                    "timestamp_outside_tolerance"
                 );
             }
             let other = StandardWebhooksVerifier::new(
@@ -463,7 +463,7 @@ mod tests {
             )
             .unwrap_err()
             .name(),
-            "MissingField"
+            "missing_field"
         );
     }
 }

@@ -70,15 +70,15 @@ impl WebhookError {
     /// The variant name, as shown to operators and used as dead-letter reason.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::MissingHeader(_) => "MissingHeader",
-            Self::DuplicateHeader(_) => "DuplicateHeader",
-            Self::MalformedHeader { .. } => "MalformedHeader",
-            Self::TimestampOutsideTolerance { .. } => "TimestampOutsideTolerance",
-            Self::BadSignature => "BadSignature",
-            Self::MalformedBody(_) => "MalformedBody",
-            Self::MissingField(_) => "MissingField",
-            Self::MalformedField { .. } => "MalformedField",
-            Self::UnknownMerchant(_) => "UnknownMerchant",
+            Self::MissingHeader(_) => "missing_header",
+            Self::DuplicateHeader(_) => "duplicate_header",
+            Self::MalformedHeader { .. } => "malformed_header",
+            Self::TimestampOutsideTolerance { .. } => "timestamp_outside_tolerance",
+            Self::BadSignature => "bad_signature",
+            Self::MalformedBody(_) => "malformed_body",
+            Self::MissingField(_) => "missing_field",
+            Self::MalformedField { .. } => "malformed_field",
+            Self::UnknownMerchant(_) => "unknown_merchant",
         }
     }
 

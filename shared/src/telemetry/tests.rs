@@ -68,7 +68,7 @@ fn every_line_carries_the_span_fields_flattened_and_masked() {
         record_txn_id(&span, true, "772511261230000000018");
         tracing::warn!(error = "bad accNo 6216261000000000018", "rejected");
         span.record("stage", "dead_letter");
-        tracing::info!(reason = "BadSignature", "dead-lettered");
+        tracing::info!(reason = "bad_signature", "dead-lettered");
     });
     let lines: Vec<Value> = logs
         .lines()

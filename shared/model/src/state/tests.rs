@@ -92,7 +92,7 @@ fn events_before_their_payment_retry() {
     for kind in [Refund, Void, Capture] {
         assert!(matches!(
             transition(None, &ev("1", kind, Succeeded, 1)),
-            Transition::Retry(_)
+            Transition::Park(_)
         ));
         assert_eq!(
             transition(None, &ev("1", kind, Failed, 1)),
@@ -183,7 +183,7 @@ fn voids_cancel_the_whole_amount_and_preauth_voids_only_authorizations() {
     ));
     assert!(matches!(
         transition(None, &ev("2", AuthorizationVoid, Succeeded, 100)),
-        Transition::Retry(_)
+        Transition::Park(_)
     ));
 }
 
@@ -217,7 +217,7 @@ fn void_after_refund_and_second_payment_conflict() {
 }
 
 /// Applies events as a ledger and queue would: duplicates by event key are
-/// skipped, `Retry` goes to the back of the queue, conflicts are dropped.
+/// skipped, `Park` goes to the back of the queue, conflicts are dropped.
 fn run(events: &[PaymentEvent]) -> Option<PaymentState> {
     let mut queue: VecDeque<(PaymentEvent, u32)> = events.iter().cloned().map(|e| (e, 0)).collect();
     let mut seen = HashSet::new();
@@ -239,8 +239,8 @@ fn run(events: &[PaymentEvent]) -> Option<PaymentState> {
             Transition::Record | Transition::Conflict(_) => {
                 seen.insert(e.event_key.clone());
             }
-            Transition::Retry(_) if tries < 100 => queue.push_back((e, tries + 1)),
-            Transition::Retry(_) => {}
+            Transition::Park(_) if tries < 100 => queue.push_back((e, tries + 1)),
+            Transition::Park(_) => {}
         }
     }
     state
@@ -347,7 +347,7 @@ fn refund_totals_end_at_the_largest_in_any_order() {
         Transition::Record
     );
     // Before its payment: wait for it.
-    assert!(matches!(transition(None, &t30), Transition::Retry(_)));
+    assert!(matches!(transition(None, &t30), Transition::Park(_)));
 }
 
 #[test]
@@ -355,7 +355,7 @@ fn a_dispute_is_recorded_without_a_state_change() {
     let paid = applied(transition(None, &ev("p", Payment, Succeeded, 100)));
     let dispute = ev("d", Dispute, Succeeded, 100);
     assert_eq!(transition(Some(&paid), &dispute), Transition::Record);
-    assert!(matches!(transition(None, &dispute), Transition::Retry(_)));
+    assert!(matches!(transition(None, &dispute), Transition::Park(_)));
 }
 
 /// Stripe: `payment_intent.payment_failed`, the customer tries again,
@@ -419,7 +419,7 @@ fn a_refund_before_the_capture_waits_for_it() {
         assert!(
             matches!(
                 transition(Some(&held), &ev("r", kind, Succeeded, 100)),
-                Transition::Retry(_)
+                Transition::Park(_)
             ),
             "{kind:?}"
         );
@@ -468,7 +468,7 @@ fn table() -> String {
     let cell = |t: Transition| match t {
         Transition::Apply(s) => s.status.as_str().to_owned(),
         Transition::Record => "record".to_owned(),
-        Transition::Retry(_) => "park".to_owned(),
+        Transition::Park(_) => "park".to_owned(),
         Transition::Conflict(_) => "conflict".to_owned(),
     };
     let mut out = format!(

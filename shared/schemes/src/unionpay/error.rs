@@ -50,21 +50,21 @@ impl VerifyError {
     /// The variant name, as shown to operators and used as dead-letter reason.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::MalformedBody(_) => "MalformedBody",
-            Self::UnsupportedEncoding(_) => "UnsupportedEncoding",
-            Self::MissingField(_) => "MissingField",
-            Self::DuplicateField(_) => "DuplicateField",
-            Self::MalformedField { .. } => "MalformedField",
-            Self::UnsupportedSignMethod { .. } => "UnsupportedSignMethod",
-            Self::MalformedSignature => "MalformedSignature",
-            Self::MalformedCertificate(_) => "MalformedCertificate",
-            Self::UntrustedCertificate(_) => "UntrustedCertificate",
-            Self::CertificateExpired { .. } => "CertificateExpired",
-            Self::IdentityMismatch { .. } => "IdentityMismatch",
-            Self::UnknownCertId(_) => "UnknownCertId",
-            Self::BadSignature => "BadSignature",
-            Self::UnknownMerchant(_) => "UnknownMerchant",
-            Self::UnsupportedTransaction(_) => "UnsupportedTransaction",
+            Self::MalformedBody(_) => "malformed_body",
+            Self::UnsupportedEncoding(_) => "unsupported_encoding",
+            Self::MissingField(_) => "missing_field",
+            Self::DuplicateField(_) => "duplicate_field",
+            Self::MalformedField { .. } => "malformed_field",
+            Self::UnsupportedSignMethod { .. } => "unsupported_sign_method",
+            Self::MalformedSignature => "malformed_signature",
+            Self::MalformedCertificate(_) => "malformed_certificate",
+            Self::UntrustedCertificate(_) => "untrusted_certificate",
+            Self::CertificateExpired { .. } => "certificate_expired",
+            Self::IdentityMismatch { .. } => "identity_mismatch",
+            Self::UnknownCertId(_) => "unknown_cert_id",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownMerchant(_) => "unknown_merchant",
+            Self::UnsupportedTransaction(_) => "unsupported_transaction",
         }
     }
 

@@ -16,8 +16,8 @@ use super::{describe, Clients};
 use crate::backend::{from_unix_ms, stored_time};
 use crate::config::AwsConfig;
 use crate::ports::{
-    check_message_size, DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
-    MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
+    check_message_size, same_reason, DeadLetter, DeadLetterReason, Progress, Queue, QueueError,
+    QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
 };
 
 /// SQS's limit on one message body.
@@ -170,7 +170,7 @@ impl SqsQueue {
         let messages = self.scan_dlq(usize::MAX, 300).await?;
         let (chosen, others): (Vec<_>, Vec<_>) = messages
             .into_iter()
-            .partition(|m| reason.is_none_or(|r| attr(m, "reason") == r));
+            .partition(|m| reason.is_none_or(|r| same_reason(&reason_of(m), r)));
         self.release(&others).await;
         Ok(chosen)
     }
@@ -240,6 +240,18 @@ fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Why a message is in the DLQ: the reason the worker wrote, or, for one
+/// SQS's redrive policy moved there (no attributes), that it was received
+/// `max_receives` times without being settled.
+fn reason_of(m: &aws_sdk_sqs::types::Message) -> String {
+    let reason = attr(m, "reason");
+    if reason.is_empty() {
+        DeadLetterReason::MaxReceivesExceeded.as_str().to_owned()
+    } else {
+        reason
+    }
+}
+
 /// A message received from the DLQ as a dead letter.
 fn dead_letter(m: &aws_sdk_sqs::types::Message) -> DeadLetter {
     let sent_ms: i64 = m
@@ -248,10 +260,20 @@ fn dead_letter(m: &aws_sdk_sqs::types::Message) -> DeadLetter {
         .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    let moved_by_sqs = attr(m, "reason").is_empty();
+    let id = match attr(m, "original_id") {
+        id if id.is_empty() => m.message_id.clone().unwrap_or_default(),
+        id => id,
+    };
+    let error = if moved_by_sqs {
+        "received too many times without being deleted".to_owned()
+    } else {
+        attr(m, "error")
+    };
     DeadLetter {
-        id: attr(m, "original_id"),
-        reason: attr(m, "reason"),
-        error: attr(m, "error"),
+        id,
+        reason: reason_of(m),
+        error,
         receive_count: attr(m, "receive_count").parse().unwrap_or(0),
         dead_at: stored_time(sent_ms),
         body: m.body.clone().unwrap_or_default().into_bytes(),

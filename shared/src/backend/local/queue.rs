@@ -26,8 +26,8 @@ use super::db::{exec, now_ms, row, Db};
 use crate::backend::{from_unix_ms, stored_time};
 use crate::envelope::QueuedBody;
 use crate::ports::{
-    check_message_size, DeadLetter, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
-    MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
+    check_message_size, reason_spellings, DeadLetter, DeadLetterReason, Progress, Queue,
+    QueueError, QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
 };
 
 const SCHEMA: &str = "
@@ -441,8 +441,8 @@ impl LocalQueue {
                             // SQS moves a message past maxReceiveCount to the DLQ instead of delivering it.
                             exec(tx,
                                 "INSERT OR REPLACE INTO dead_letters (id, body, reason, error, receive_count, dead_at)
-                                 VALUES (?1, ?2, 'max_receives_exceeded', 'received too many times without being deleted', ?3, ?4)",
-                                params![id, body, count, now],
+                                 VALUES (?1, ?2, ?3, 'received too many times without being deleted', ?4, ?5)",
+                                params![id, body, DeadLetterReason::MaxReceivesExceeded.as_str(), count, now],
                             )?;
                             exec(tx, "DELETE FROM messages WHERE id = ?1", params![id])?;
                             exec(tx, "DELETE FROM bodies WHERE id = ?1", params![id])?;
@@ -498,6 +498,15 @@ impl LocalQueue {
             total += n.max(0) as u64;
         }
         Ok(total)
+    }
+}
+
+/// The two spellings a dead letter of `reason` may be stored under (see
+/// [`reason_spellings`]); both `None` for every dead letter.
+fn spellings(reason: Option<&str>) -> [Option<String>; 2] {
+    match reason {
+        None => [None, None],
+        Some(r) => reason_spellings(r).map(Some),
     }
 }
 
@@ -700,18 +709,18 @@ impl Queue for LocalQueue {
     ) -> Result<usize, QueueError> {
         let mut moved = 0;
         for db in self.shards().iter() {
-            let reason = reason.map(str::to_owned);
+            let [word, old] = spellings(reason);
             moved += db
                 .write(move |tx| {
-                    let filter = "(?1 IS NULL OR reason = ?1)";
+                    let filter = "(?1 IS NULL OR reason IN (?1, ?2))";
                     let now = now_ms();
                     let n = exec(
                         tx,
                         &format!(
                             "INSERT OR IGNORE INTO messages (id, sent_at, visible_at)
-                             SELECT id, ?2, ?2 FROM dead_letters WHERE {filter}"
+                             SELECT id, ?3, ?3 FROM dead_letters WHERE {filter}"
                         ),
-                        params![reason, now],
+                        params![word, old, now],
                     )?;
                     // A retry's pointer goes back without its retry state
                     // (QueuedBody::redriven, as on SQS): a redrive starts a
@@ -721,7 +730,7 @@ impl Queue for LocalQueue {
                         let mut select = tx.prepare(&format!(
                             "SELECT id, body FROM dead_letters WHERE {filter}"
                         ))?;
-                        let mut rows = select.query(params![reason])?;
+                        let mut rows = select.query(params![word, old])?;
                         while let Some(r) = rows.next()? {
                             let (id, body): (String, Vec<u8>) = (r.get(0)?, r.get(1)?);
                             exec(
@@ -734,7 +743,7 @@ impl Queue for LocalQueue {
                     exec(
                         tx,
                         &format!("DELETE FROM dead_letters WHERE {filter}"),
-                        params![reason],
+                        params![word, old],
                     )?;
                     Ok(n)
                 })
@@ -753,15 +762,15 @@ impl Queue for LocalQueue {
     ) -> Result<Vec<DeadLetter>, QueueError> {
         let mut purged = Vec::new();
         for db in self.shards().iter() {
-            let reason = reason.map(str::to_owned);
+            let [word, old] = spellings(reason);
             purged.extend(
                 db.write(move |tx| {
-                    let filter = "(?1 IS NULL OR reason = ?1)";
-                    let purged = dead_letters(tx, &format!("WHERE {filter}"), params![reason])?;
+                    let filter = "(?1 IS NULL OR reason IN (?1, ?2))";
+                    let purged = dead_letters(tx, &format!("WHERE {filter}"), params![word, old])?;
                     exec(
                         tx,
                         &format!("DELETE FROM dead_letters WHERE {filter}"),
-                        params![reason],
+                        params![word, old],
                     )?;
                     Ok(purged)
                 })

@@ -412,10 +412,15 @@ impl QueuedBody {
     }
 }
 
-impl crate::ports::DeadLetter {
+/// What a dead letter's body says about the notification it carries.
+pub trait DeadLetterBody {
     /// The notification this dead letter carries or points to; `None` when
     /// its body is not a queued envelope.
-    pub fn notification_id(&self) -> Option<String> {
+    fn notification_id(&self) -> Option<String>;
+}
+
+impl DeadLetterBody for paynotify_ports::DeadLetter {
+    fn notification_id(&self) -> Option<String> {
         QueuedBody::parse(&self.body)
             .ok()
             .map(|b| b.notification_id())

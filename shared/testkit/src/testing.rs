@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use time::macros::datetime;
 use time::OffsetDateTime;
 
-use crate::config::UNIONPAY_IDENTITY;
-use crate::scheme::unionpay::{BodyFormat, Fields, TrustConfig, UnionPayVerifier, VerifierConfig};
+use paynotify_schemes::unionpay::UNIONPAY_IDENTITY;
+use paynotify_schemes::unionpay::{
+    BodyFormat, Fields, TrustConfig, UnionPayVerifier, VerifierConfig,
+};
 
 /// The merchant of the yansongda vectors.
 pub const YANSONGDA_MERCHANT: &str = "777290058167151";
@@ -23,7 +25,7 @@ pub fn vectors_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PAYNOTIFY_VECTORS") {
         return PathBuf::from(dir);
     }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     repo.join("../shared/vectors")
 }
 

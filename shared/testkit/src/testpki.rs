@@ -10,7 +10,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::config::UNIONPAY_IDENTITY;
+use paynotify_schemes::unionpay::UNIONPAY_IDENTITY;
 
 /// The generated certificates (PEM) and the leaf's private key (PKCS#8 PEM).
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::envelope::{Envelope, EnvelopeError};
-use crate::ports::{Archive, ArchiveError};
+use paynotify_ports::{Archive, ArchiveError};
 
 /// Where an envelope is archived: a whole object, or one line of a segment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

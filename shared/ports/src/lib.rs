@@ -1,0 +1,15 @@
+//! The three ports (DESIGN §3): archive, queue and ledger. Each is a small
+//! async trait with a contract, our own types in and out, and an error enum
+//! that says whether a failure is transient.
+
+mod archive;
+mod ledger;
+mod queue;
+mod reason;
+mod watch;
+
+pub use archive::*;
+pub use ledger::*;
+pub use queue::*;
+pub use reason::{canonical_reason, reason_spellings, same_reason, DeadLetterReason};
+pub use watch::*;
