@@ -175,7 +175,7 @@ async fn verification(
             "message": format!("source {:?} is not configured", envelope.source) }));
     };
     let verifier =
-        SourceVerifier::load(&envelope.source, source, backends.secrets.as_ref()).await?;
+        SourceVerifier::load(&envelope.source, source, backends.secrets.as_deref()).await?;
     let inbound = Inbound {
         body,
         headers: &envelope.headers,

@@ -122,7 +122,7 @@ pub async fn reconcile(
         to,
         ..Report::default()
     };
-    let verifiers = SourceVerifier::all(config, backends.secrets.as_ref()).await?;
+    let verifiers = SourceVerifier::all(config, backends.secrets.as_deref()).await?;
     let dead = dead_letters(backends).await?;
     let purged = crate::purge::purged_ids(backends).await?;
     report.queue_depth = backends.queue.depth().await?;

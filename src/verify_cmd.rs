@@ -51,15 +51,8 @@ pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let source = config.source(&args.source)?;
-    let secrets = match config.backend.kind {
-        paynotify_shared::config::BackendKind::Aws => Some(
-            paynotify_shared::backend::aws::Clients::new(&config.backend.aws)
-                .await
-                .secrets,
-        ),
-        paynotify_shared::config::BackendKind::Local => None,
-    };
-    let verifier = SourceVerifier::load(&args.source, source, secrets.as_ref()).await?;
+    let secrets = paynotify_shared::backend::secret_store(&config.backend).await;
+    let verifier = SourceVerifier::load(&args.source, source, secrets.as_deref()).await?;
     let mut body = Vec::new();
     std::io::stdin()
         .read_to_end(&mut body)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::config::{BackendConfig, BackendKind};
-use crate::ports::{Archive, Ledger, Queue};
+use crate::ports::{Archive, CallCounter, Ledger, Queue, SecretStore};
 
 /// The archive, queue and ledger of one deployment.
 #[derive(Clone)]
@@ -17,9 +17,9 @@ pub struct Backends {
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
     /// API call counts (AWS backend only).
-    pub api_calls: Option<Arc<aws::ApiCalls>>,
-    /// Secrets Manager, for `secretsmanager:` references (AWS backend only).
-    pub secrets: Option<aws_sdk_secretsmanager::Client>,
+    pub api_calls: Option<Arc<dyn CallCounter>>,
+    /// Where `secretsmanager:` references are read (AWS backend only).
+    pub secrets: Option<Arc<dyn SecretStore>>,
 }
 
 impl Backends {
@@ -99,6 +99,18 @@ pub enum BackendError {
     Local { path: String, why: String },
     #[error("opening the AWS backend: {0}")]
     Aws(String),
+}
+
+/// The secret store of the backend `config` names, without opening its
+/// stores (`paynotify verify` reads certificates and nothing else).
+pub async fn secret_store(config: &BackendConfig) -> Option<Arc<dyn SecretStore>> {
+    match config.kind {
+        BackendKind::Local => None,
+        BackendKind::Aws => {
+            let clients = aws::Clients::new(&config.aws).await;
+            Some(Arc::new(aws::SecretsManager(clients.secrets)))
+        }
+    }
 }
 
 /// Opens the backends `config` names.

@@ -1,6 +1,6 @@
 //! One typed configuration: defaults, then the TOML file, then `PAYNOTIFY__*`
 //! environment variables (`PAYNOTIFY__SOURCES__UNIONPAY__SUCCESS_BODY=ok`).
-//! Keys and certificates are only ever references ([`SecretRef`]).
+//! Keys and certificates are only ever references ([`SecretRef`](crate::secret::SecretRef)).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::backend::aws::ApiCalls;
+use crate::ports::CallCounter;
 use crate::ports::{Ledger, ParkedCounts, Queue, PARKED_SCAN_LIMIT};
 
 mod collectors;
@@ -128,7 +128,7 @@ pub struct Sampler {
 
 impl Metrics {
     /// A registry with every metric; `api_calls` adds the AWS call counters.
-    pub fn new(api_calls: Option<Arc<ApiCalls>>) -> Arc<Self> {
+    pub fn new(api_calls: Option<Arc<dyn CallCounter>>) -> Arc<Self> {
         let latency = Buckets {
             start: 0.000_5,
             count: 16,

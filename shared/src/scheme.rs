@@ -60,7 +60,7 @@ impl SourceVerifier {
     /// As [`SourceVerifier::load`].
     pub async fn all(
         config: &crate::config::Config,
-        secrets: Option<&aws_sdk_secretsmanager::Client>,
+        secrets: Option<&dyn crate::ports::SecretStore>,
     ) -> Result<BTreeMap<String, Self>, ConfigError> {
         let mut out = BTreeMap::new();
         for (name, source) in &config.sources {
@@ -78,7 +78,7 @@ impl SourceVerifier {
     pub async fn load(
         name: &str,
         source: &SourceConfig,
-        secrets: Option<&aws_sdk_secretsmanager::Client>,
+        secrets: Option<&dyn crate::ports::SecretStore>,
     ) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Source {
             source_name: name.to_owned(),
@@ -284,7 +284,7 @@ impl VerifierSet {
 /// references.
 async fn read_texts(
     refs: &[SecretRef],
-    secrets: Option<&aws_sdk_secretsmanager::Client>,
+    secrets: Option<&dyn crate::ports::SecretStore>,
 ) -> Result<Vec<String>, crate::secret::SecretError> {
     let mut out = Vec::new();
     for r in refs {

@@ -1,37 +1,27 @@
 //! References to keys and certificates (`file:PATH` or
 //! `secretsmanager:ARN[#json-key]`, never inline values; the type lives with
-//! the schemes that read them), and reading one from Secrets Manager.
+//! the schemes that read them), and reading one from the backend's secret
+//! store.
 
 pub use paynotify_schemes::secret::{Secret, SecretError, SecretRef};
+
+use crate::ports::SecretStore;
 
 /// Reads the reference: files locally, `secretsmanager:` through `secrets`.
 ///
 /// # Errors
-/// `Read`, `NeedsAws` without a client, `SecretsManager` when the secret or
+/// `Read`, `NeedsAws` without a store, `SecretsManager` when the secret or
 /// its JSON key cannot be read.
-pub async fn read(
-    r: &SecretRef,
-    secrets: Option<&aws_sdk_secretsmanager::Client>,
-) -> Result<Secret, SecretError> {
+pub async fn read(r: &SecretRef, secrets: Option<&dyn SecretStore>) -> Result<Secret, SecretError> {
     let SecretRef::SecretsManager { arn, json_key } = r else {
         return r.read_local();
     };
-    let client = secrets.ok_or_else(|| SecretError::NeedsAws(arn.clone()))?;
+    let store = secrets.ok_or_else(|| SecretError::NeedsAws(arn.clone()))?;
     let fail = |why: String| SecretError::SecretsManager {
         arn: arn.clone(),
         why,
     };
-    let out = client
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| fail(crate::backend::aws::describe(&e)))?;
-    let bytes = match (out.secret_string, out.secret_binary) {
-        (Some(s), _) => s.into_bytes(),
-        (None, Some(b)) => b.into_inner(),
-        (None, None) => return Err(fail("the secret has no value".into())),
-    };
+    let bytes = store.get(arn).await.map_err(|e| fail(e.0))?;
     match json_key {
         None => Ok(Secret(bytes)),
         Some(key) => {

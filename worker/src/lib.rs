@@ -619,7 +619,7 @@ pub async fn check_parked(
 pub async fn refresh_verifiers(
     set: Arc<VerifierSet>,
     config: Config,
-    secrets: Option<aws_sdk_secretsmanager::Client>,
+    secrets: Option<Arc<dyn paynotify_shared::ports::SecretStore>>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -628,7 +628,7 @@ pub async fn refresh_verifiers(
             () = tokio::time::sleep(every) => {},
             () = shutdown.cancelled() => return,
         }
-        match SourceVerifier::all(&config, secrets.as_ref()).await {
+        match SourceVerifier::all(&config, secrets.as_deref()).await {
             Ok(v) => set.replace(v),
             Err(e) => warn!(error = %e, "reloading certificates failed; keeping the current ones"),
         }

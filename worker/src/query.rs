@@ -46,7 +46,7 @@ impl SourceGateway {
     pub async fn load(
         source: &str,
         config: &GatewayConfig,
-        secrets: Option<&aws_sdk_secretsmanager::Client>,
+        secrets: Option<&dyn paynotify_shared::ports::SecretStore>,
     ) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Source {
             source_name: source.to_owned(),
@@ -126,7 +126,7 @@ impl Gateways {
     /// The first source whose key cannot be used.
     pub async fn load(
         config: &Config,
-        secrets: Option<&aws_sdk_secretsmanager::Client>,
+        secrets: Option<&dyn paynotify_shared::ports::SecretStore>,
     ) -> Result<Self, ConfigError> {
         let mut out = BTreeMap::new();
         for (name, source) in &config.sources {
@@ -248,9 +248,9 @@ impl Querier {
             archive: backends.archive.clone(),
             ledger: backends.ledger.clone(),
             verifiers: Arc::new(VerifierSet::new(
-                SourceVerifier::all(config, backends.secrets.as_ref()).await?,
+                SourceVerifier::all(config, backends.secrets.as_deref()).await?,
             )),
-            gateways: Arc::new(Gateways::load(config, backends.secrets.as_ref()).await?),
+            gateways: Arc::new(Gateways::load(config, backends.secrets.as_deref()).await?),
             metrics: None,
             known: Arc::default(),
         })

@@ -6,10 +6,12 @@ mod archive;
 mod ledger;
 mod queue;
 mod reason;
+mod secrets;
 mod watch;
 
 pub use archive::*;
 pub use ledger::*;
 pub use queue::*;
 pub use reason::{canonical_reason, reason_spellings, same_reason, DeadLetterReason};
+pub use secrets::{CallCounter, SecretStore, SecretStoreError};
 pub use watch::*;

@@ -7,6 +7,7 @@ mod batch;
 mod calls;
 mod ledger;
 mod queue;
+mod secrets;
 pub mod setup;
 mod sqs_batches;
 
@@ -20,6 +21,7 @@ pub use archive::S3Archive;
 pub use calls::ApiCalls;
 pub use ledger::{DynamoLedger, INLINE_EVENTS};
 pub use queue::SqsQueue;
+pub use secrets::SecretsManager;
 
 use super::{BackendError, Backends};
 use crate::config::{AwsConfig, BackendConfig};
@@ -105,7 +107,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         queue: Arc::new(queue),
         ledger: Arc::new(DynamoLedger::new(&clients, &config.aws)),
         api_calls: Some(clients.calls.clone()),
-        secrets: Some(clients.secrets.clone()),
+        secrets: Some(Arc::new(SecretsManager(clients.secrets.clone()))),
     })
 }
 

@@ -9,7 +9,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::backend::aws::ApiCalls;
+use crate::ports::CallCounter;
 
 /// A gauge sampled at scrape, exported only once a sample set it: the age
 /// of the oldest message where the backend can tell (on SQS it is
@@ -56,7 +56,7 @@ impl Collector for Sampled {
 
 /// The AWS API calls this process made, by operation (`aws_api_calls_total`).
 #[derive(Debug)]
-pub(super) struct AwsCalls(pub(super) Arc<ApiCalls>);
+pub(super) struct AwsCalls(pub(super) Arc<dyn CallCounter>);
 
 impl Collector for AwsCalls {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -59,9 +59,10 @@ impl ApiCalls {
     pub(crate) fn logging(&self) -> bool {
         self.log.is_some()
     }
+}
 
-    /// A copy of the counts.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+impl crate::ports::CallCounter for ApiCalls {
+    fn snapshot(&self) -> BTreeMap<String, u64> {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
 }
