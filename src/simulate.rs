@@ -617,12 +617,12 @@ impl Report {
                 money(cny(&got.refunded_minor)),
             ),
             row(
-                "tampered -> BadSignature",
+                "tampered -> bad_signature",
                 self.tampered.to_string(),
                 reason("bad_signature").to_string(),
             ),
             row(
-                "forged -> UntrustedCertificate",
+                "forged -> untrusted_certificate",
                 self.forged.to_string(),
                 reason("untrusted_certificate").to_string(),
             ),

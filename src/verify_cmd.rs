@@ -1,6 +1,6 @@
 //! `paynotify verify`: verify one notification body from stdin (with the
 //! request headers a webhook scheme signs, `--header`), the tool to reach
-//! for when every notification says `BadSignature`.
+//! for when every notification says `bad_signature`.
 
 use std::io::Read;
 use std::path::PathBuf;

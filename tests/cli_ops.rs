@@ -110,7 +110,7 @@ fn dlq_and_ledger_tools() {
     let (code, shown_text) = text(&["dlq", "show", "--config", cfg, notification]);
     assert_eq!(code, Some(0));
     assert!(
-        shown_text.contains("verifies now  no: UntrustedCertificate at step certificate"),
+        shown_text.contains("verifies now  no: untrusted_certificate at step certificate"),
         "{shown_text}"
     );
     assert!(!shown_text.contains("6216261000000000018"), "{shown_text}");

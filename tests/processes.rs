@@ -292,7 +292,7 @@ async fn every_log_line_of_a_notification_carries_its_fields_and_no_card_number(
     ));
     assert!(has(
         &worker_samples,
-        "paynotify_worker_dead_lettered_total{source=\"unionpay\",reason=\"BadSignature\"} 1"
+        "paynotify_worker_dead_lettered_total{source=\"unionpay\",reason=\"bad_signature\"} 1"
     ));
     assert!(!has(&worker_samples, "paynotify_ingest_"));
     // The worker says so in its log, which the stack's alarm counts.

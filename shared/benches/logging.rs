@@ -21,7 +21,7 @@ fn line(c: &mut Criterion, name: &str, format: LogFormat, level: &str) {
                 let _in = span.enter();
                 span.record("source", "unionpay");
                 span.record("notification_id", "01M8BJHNG5MVG6JG54MFFFZV9T");
-                record_txn_id(&span, true, "772511261230000000018");
+                record_txn_id(&span, Some("unionpay_txn_id"), "772511261230000000018");
                 tracing::info!(
                     payment_ref = black_box("772511261230000000018"),
                     outcome = "applied",

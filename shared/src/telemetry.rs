@@ -95,11 +95,12 @@ macro_rules! notification_span {
 }
 
 /// Records the PSP's transaction id on the current notification span
-/// (`psp_txn_id`, and `unionpay_txn_id` for a UnionPay source).
-pub fn record_txn_id(span: &tracing::Span, unionpay: bool, txn_id: &str) {
+/// (`psp_txn_id`, and the scheme's own field when it has one, e.g.
+/// `unionpay_txn_id`: see [`crate::scheme::Scheme::txn_id_field`]).
+pub fn record_txn_id(span: &tracing::Span, scheme_field: Option<&'static str>, txn_id: &str) {
     span.record("psp_txn_id", txn_id);
-    if unionpay {
-        span.record("unionpay_txn_id", txn_id);
+    if let Some(field) = scheme_field {
+        span.record(field, txn_id);
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod archived;
+pub mod hook;
 pub mod query;
 mod settle;
 mod stats;
@@ -136,6 +137,9 @@ pub struct WorkerContext {
     pub gateways: Arc<query::Gateways>,
     /// Watch ids known to exist (see [`query::Querier::known`]).
     pub known_watches: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// What the sources' schemes add around applying an event (UnionPay's
+    /// status-query watches); `None` when no source has any.
+    pub apply_hook: Option<Arc<dyn hook::ApplyHook>>,
     pub config: WorkerConfig,
     pub max_receives: u32,
     pub stats: Arc<Stats>,
@@ -261,7 +265,7 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
     let source = envelope.source.clone();
     span.record("source", source.as_str());
     span.record("stage", "verify");
-    let unionpay = matches!(verifier, SourceVerifier::UnionPay(_));
+    let txn_id_field = verifier.txn_id_field();
     let inbound = Inbound {
         body: &body,
         headers: &envelope.headers,
@@ -311,7 +315,7 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
         }
         Err(e) => {
             if let Some(id) = verifier.txn_id(&body) {
-                record_txn_id(&span, unionpay, &id);
+                record_txn_id(&span, txn_id_field, &id);
             }
             ctx.metrics.verification_failed(&source, e.name());
             warn!(error = %e, step = e.step(), "rejected");
@@ -323,37 +327,27 @@ async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Disposition, S
         }
     };
     if let Some(id) = &event.psp_txn_id {
-        record_txn_id(&span, unionpay, id);
+        record_txn_id(&span, txn_id_field, id);
     }
     span.record("stage", "apply");
     if let Some(hook) = &ctx.hooks.before_apply {
         hook(&event);
     }
     let ref_ = event.payment_ref.clone();
-    // An in-process result: UnionPay is asked again later. The watch is
-    // created first, so a crash after the apply still leaves it.
-    if let Err(e) = query::watch_in_process(
-        ctx.ledger.as_ref(),
-        &ctx.gateways,
-        &event,
-        envelope.received_at,
-    )
-    .await
-    {
-        return (classify(StepError::Unavailable(e.to_string())), source);
+    let hook = ctx.apply_hook.as_deref();
+    if let Some(hook) = hook {
+        if let Err(e) = hook.before_apply(&event, envelope.received_at).await {
+            return (classify(StepError::Unavailable(e.to_string())), source);
+        }
     }
-    // Kept only where a watch can exist: a source with a gateway.
-    let ended = (event.outcome == paynotify_shared::EventOutcome::Succeeded
-        && ctx.gateways.get(&event.source).is_some())
-    .then(|| event.clone());
+    // Kept past the apply only for a hook that wants it.
+    let applied = hook
+        .filter(|h| h.wants_applied(&event))
+        .map(|h| (h, event.clone()));
     let disposition = apply::apply(ctx.ledger.as_ref(), &envelope.id, event).await;
-    if let (Disposition::Ack(AckKind::Applied), Some(event)) = (&disposition, ended) {
-        // Best effort: a watch left open is asked once more, and the answer
-        // is a duplicate.
-        if let Err(e) =
-            query::end_watches(ctx.ledger.as_ref(), &ctx.gateways, &event, &envelope.id).await
-        {
-            warn!(error = %e, "ending the status-query watch of an applied notification failed");
+    if let (Disposition::Ack(AckKind::Applied), Some((hook, event))) = (&disposition, applied) {
+        if let Err(e) = hook.after_applied(&event, &envelope.id).await {
+            warn!(error = %e, "the hook after an applied notification failed");
         }
     }
     match &disposition {
@@ -521,6 +515,7 @@ impl WorkerContext {
             ledger: backends.ledger.clone(),
             archive: backends.archive.clone(),
             verifiers: q.verifiers,
+            apply_hook: query::StatusQueries::hook(backends.ledger.clone(), &q.gateways),
             gateways: q.gateways,
             known_watches: q.known,
             config: config.worker.clone(),

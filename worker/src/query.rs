@@ -23,6 +23,7 @@ use paynotify_shared::secret::SecretRef;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use crate::hook::ApplyHook;
 use crate::Disposition;
 
 /// The status query endpoint, under the gateway's base URL.
@@ -464,7 +465,7 @@ impl Querier {
     /// `Rejected` with the failing step (logged).
     pub fn verified(&self, source: &str, response: &Envelope) -> Result<Fields, QueryError> {
         let verifiers = self.verifiers.current();
-        let Some(SourceVerifier::UnionPay(verifier)) = verifiers.get(source) else {
+        let Some(verifier) = verifiers.get(source).and_then(SourceVerifier::as_unionpay) else {
             let e =
                 VerifyError::MalformedBody(format!("source {source:?} is not a UnionPay source"));
             return Err(rejected(source, response, &e));
@@ -755,6 +756,50 @@ async fn watch_parked_payments(querier: &Querier, now: OffsetDateTime) -> Result
         }
     }
     Ok(())
+}
+
+/// UnionPay's status queries as the worker's [`ApplyHook`]: an in-process
+/// notification opens a watch before it is applied (so a crash after the
+/// apply still leaves it), a success ends the watches of its transaction.
+pub struct StatusQueries {
+    ledger: Arc<dyn Ledger>,
+    gateways: Arc<Gateways>,
+}
+
+impl StatusQueries {
+    /// The hook for `gateways`; `None` when no source has a gateway.
+    pub fn hook(ledger: Arc<dyn Ledger>, gateways: &Arc<Gateways>) -> Option<Arc<dyn ApplyHook>> {
+        (!gateways.0.is_empty()).then(|| {
+            Arc::new(Self {
+                ledger,
+                gateways: gateways.clone(),
+            }) as Arc<dyn ApplyHook>
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ApplyHook for StatusQueries {
+    async fn before_apply(
+        &self,
+        event: &PaymentEvent,
+        received_at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        watch_in_process(self.ledger.as_ref(), &self.gateways, event, received_at).await
+    }
+
+    fn wants_applied(&self, event: &PaymentEvent) -> bool {
+        event.outcome == EventOutcome::Succeeded && self.gateways.get(&event.source).is_some()
+    }
+
+    async fn after_applied(
+        &self,
+        event: &PaymentEvent,
+        notification_id: &str,
+    ) -> Result<(), LedgerError> {
+        // A watch left open is asked once more, and the answer is a duplicate.
+        end_watches(self.ledger.as_ref(), &self.gateways, event, notification_id).await
+    }
 }
 
 /// After an in-process notification (UnionPay 03/04/05), ask about the

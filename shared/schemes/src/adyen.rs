@@ -301,6 +301,70 @@ pub enum CaptureMode {
     Manual,
 }
 
+impl crate::SchemeSettings for AdyenConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.hmac_keys.is_empty() {
+            return Err("adyen needs at least one key in `hmac_keys`".into());
+        }
+        Ok(())
+    }
+
+    fn secret_refs(&self) -> Vec<&SecretRef> {
+        self.hmac_keys.iter().collect()
+    }
+
+    fn default_success_body(&self) -> &'static str {
+        // Adyen requires it.
+        "[accepted]"
+    }
+
+    fn build(
+        &self,
+        secrets: &crate::Secrets,
+        merchants: &[String],
+    ) -> Result<Box<dyn crate::Scheme>, String> {
+        let keys = secrets.texts(&self.hmac_keys)?;
+        let verifier = AdyenVerifier::new(self, &keys, merchants).map_err(|e| e.to_string())?;
+        Ok(Box::new(verifier))
+    }
+}
+
+impl crate::Scheme for AdyenVerifier {
+    fn verify(&self, source: &str, inbound: &Inbound<'_>) -> Result<Verified, crate::Rejected> {
+        Ok(AdyenVerifier::verify(self, source, inbound)?)
+    }
+
+    fn verify_item(
+        &self,
+        source: &str,
+        inbound: &Inbound<'_>,
+        index: u32,
+    ) -> Result<Verified, crate::Rejected> {
+        Ok(AdyenVerifier::verify_item(self, source, inbound, index)?)
+    }
+
+    fn explain(&self, inbound: &Inbound<'_>) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = items(inbound.body)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| {
+                        serde_json::json!({
+                            "signed_string": signed_string(item),
+                            "authenticated": self.authenticate(item).map_err(|e| e.to_string()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({ "scheme": "adyen", "items": items })
+    }
+
+    fn txn_id(&self, body: &[u8]) -> Option<String> {
+        AdyenVerifier::txn_id(body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

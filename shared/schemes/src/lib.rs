@@ -5,11 +5,14 @@
 //! backend, no SDK.
 
 pub mod adyen;
+mod scheme;
 pub mod secret;
 pub mod standard_webhooks;
 pub mod stripe;
 pub mod unionpay;
 pub mod webhook;
+
+pub use scheme::{Rejected, Scheme, SchemeSettings, Secrets};
 
 use paynotify_model::event::PaymentEvent;
 // Paths such as `crate::event::PaymentEvent` read as in the model.
@@ -25,7 +28,7 @@ pub enum Verified {
     /// ignored, never applied.
     Ignored(String),
     /// A notification of this many items, each signed on its own (Adyen):
-    /// verify each with `SourceVerifier::verify_item` (the worker queues
+    /// verify each with [`Scheme::verify_item`] (the worker queues
     /// one message per item, so each is applied or dead-lettered alone).
     Items(u32),
 }

@@ -290,6 +290,55 @@ impl TryFrom<String> for MappedEvent {
     }
 }
 
+impl crate::SchemeSettings for StandardWebhooksConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.secrets.is_empty() && self.public_keys.is_empty() {
+            return Err(
+                "standard_webhooks needs at least one of `secrets` and `public_keys`".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn secret_refs(&self) -> Vec<&SecretRef> {
+        self.secrets.iter().chain(&self.public_keys).collect()
+    }
+
+    fn build(
+        &self,
+        secrets: &crate::Secrets,
+        merchants: &[String],
+    ) -> Result<Box<dyn crate::Scheme>, String> {
+        let keys = secrets.texts(&self.secrets)?;
+        let public = secrets.texts(&self.public_keys)?;
+        let verifier = StandardWebhooksVerifier::new(self, &keys, &public, merchants)
+            .map_err(|e| format!("keys: {e}"))?;
+        Ok(Box::new(verifier))
+    }
+}
+
+impl crate::Scheme for StandardWebhooksVerifier {
+    fn verify(&self, source: &str, inbound: &Inbound<'_>) -> Result<Verified, crate::Rejected> {
+        Ok(StandardWebhooksVerifier::verify(self, source, inbound)?)
+    }
+
+    fn explain(&self, inbound: &Inbound<'_>) -> serde_json::Value {
+        let header = |name| inbound.header(name).map_err(|e| e.to_string());
+        serde_json::json!({
+            "scheme": "standard_webhooks",
+            "webhook-id": header("webhook-id"),
+            "webhook-timestamp": header("webhook-timestamp"),
+            "webhook-signature": header("webhook-signature"),
+            "signed_content": "{webhook-id}.{webhook-timestamp}.{body}",
+            "authenticated": self.authenticate(inbound).map_err(|e| e.to_string()),
+        })
+    }
+
+    fn txn_id(&self, body: &[u8]) -> Option<String> {
+        StandardWebhooksVerifier::txn_id(self, body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

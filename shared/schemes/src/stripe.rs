@@ -228,6 +228,47 @@ pub struct StripeConfig {
     pub future_tolerance_secs: u64,
 }
 
+impl crate::SchemeSettings for StripeConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.secrets.is_empty() {
+            return Err("stripe needs at least one signing secret in `secrets`".into());
+        }
+        Ok(())
+    }
+
+    fn secret_refs(&self) -> Vec<&SecretRef> {
+        self.secrets.iter().collect()
+    }
+
+    fn build(
+        &self,
+        secrets: &crate::Secrets,
+        merchants: &[String],
+    ) -> Result<Box<dyn crate::Scheme>, String> {
+        let keys = secrets.texts(&self.secrets)?;
+        Ok(Box::new(StripeVerifier::new(self, &keys, merchants)))
+    }
+}
+
+impl crate::Scheme for StripeVerifier {
+    fn verify(&self, source: &str, inbound: &Inbound<'_>) -> Result<Verified, crate::Rejected> {
+        Ok(StripeVerifier::verify(self, source, inbound)?)
+    }
+
+    fn explain(&self, inbound: &Inbound<'_>) -> serde_json::Value {
+        serde_json::json!({
+            "scheme": "stripe",
+            "stripe-signature": inbound.header("stripe-signature").map_err(|e| e.to_string()),
+            "signed_content": "{t}.{body}",
+            "authenticated": self.authenticate(inbound).map_err(|e| e.to_string()),
+        })
+    }
+
+    fn txn_id(&self, body: &[u8]) -> Option<String> {
+        StripeVerifier::txn_id(body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

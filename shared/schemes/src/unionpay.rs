@@ -8,6 +8,7 @@ mod error;
 mod fields;
 mod mapping;
 mod query;
+mod scheme;
 mod settings;
 mod settlement;
 mod sign;

@@ -65,7 +65,7 @@ fn every_line_carries_the_span_fields_flattened_and_masked() {
         let _in = span.enter();
         span.record("source", "unionpay");
         span.record("notification_id", "01JABC");
-        record_txn_id(&span, true, "772511261230000000018");
+        record_txn_id(&span, Some("unionpay_txn_id"), "772511261230000000018");
         tracing::warn!(error = "bad accNo 6216261000000000018", "rejected");
         span.record("stage", "dead_letter");
         tracing::info!(reason = "bad_signature", "dead-lettered");
