@@ -52,6 +52,7 @@ pub struct App {
     shutdown: CancellationToken,
     ingest: Option<JoinHandle<std::io::Result<()>>>,
     worker: Option<JoinHandle<()>>,
+    deliverer: Option<JoinHandle<()>>,
     watch: JoinHandle<Option<String>>,
 }
 
@@ -70,6 +71,7 @@ impl App {
         let watch = backends.watch(shutdown.clone());
         let stats = Arc::new(Stats::default());
         let (mut addr, mut admin_addr, mut ingest, mut worker) = (None, None, None, None);
+        let mut deliverer = None;
         if options.worker {
             let ctx = WorkerContext::start(
                 config,
@@ -81,6 +83,7 @@ impl App {
             )
             .await?;
             worker = Some(tokio::spawn(paynotify_worker::run(ctx, shutdown.clone())));
+            deliverer = paynotify_deliver::start(config, &backends, &metrics, &shutdown).await?;
         }
         if options.ingest {
             let listener = TcpListener::bind(&config.ingest.listen)
@@ -107,6 +110,7 @@ impl App {
             shutdown,
             ingest,
             worker,
+            deliverer,
             watch,
         })
     }
@@ -129,6 +133,9 @@ impl App {
         }
         if let Some(w) = self.worker {
             w.await.context("worker task")?;
+        }
+        if let Some(d) = self.deliverer {
+            d.await.context("deliverer task")?;
         }
         if let Some(why) = self.watch.await.context("store watch")? {
             anyhow::bail!("stopped: {why}");

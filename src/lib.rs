@@ -5,6 +5,7 @@
 pub mod app;
 pub mod gateway_sim;
 pub mod purge;
+pub mod receiver;
 pub mod reconcile;
 pub mod replay;
 pub mod settlement;

@@ -1,5 +1,6 @@
 //! The `paynotify` command line: parses flags and hands off to a command module.
 
+mod deliveries_cmd;
 mod demo_cmd;
 mod dlq_cmd;
 mod ops_cmd;
@@ -44,6 +45,9 @@ enum Command {
     /// Events parked in the ledger, waiting for their payment.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Outgoing events to the merchant's endpoints (docs/events.md).
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
     /// AWS backend set-up.
     #[command(subcommand)]
     Aws(AwsCommand),
@@ -84,6 +88,22 @@ enum DlqCommand {
 enum ParkedCommand {
     /// Parked events, oldest first, with how long they have waited and any conflict.
     List(reconcile_cmd::ParkedList),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// Deliveries, oldest event first (filter by endpoint, payment, status, time).
+    List(deliveries_cmd::List),
+    /// One event: its body and its delivery to each endpoint.
+    Show(deliveries_cmd::Show),
+    /// Send an event to an endpoint again (a dead letter releases the payment's later events).
+    Resend(deliveries_cmd::Resend),
+    /// Each endpoint: last success, failing since, backlog, lag, disabled.
+    Endpoints(ops_cmd::ConfigArg),
+    /// Send to a disabled endpoint again.
+    Enable(deliveries_cmd::Toggle),
+    /// Stop sending to an endpoint; its events wait.
+    Disable(deliveries_cmd::Toggle),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +168,14 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => ops_cmd::replay(args).await,
         Command::Reconcile(args) => reconcile_cmd::run(args).await,
         Command::Parked(ParkedCommand::List(args)) => reconcile_cmd::parked_list(args).await,
+        Command::Deliveries(c) => match c {
+            DeliveriesCommand::List(args) => deliveries_cmd::list(args).await,
+            DeliveriesCommand::Show(args) => deliveries_cmd::show(args).await,
+            DeliveriesCommand::Resend(args) => deliveries_cmd::resend(args).await,
+            DeliveriesCommand::Endpoints(args) => deliveries_cmd::endpoints(args).await,
+            DeliveriesCommand::Enable(args) => deliveries_cmd::enable(args).await,
+            DeliveriesCommand::Disable(args) => deliveries_cmd::disable(args).await,
+        },
         Command::Aws(AwsCommand::Init(args)) => ops_cmd::aws_init(args).await,
         Command::Archive(ArchiveCommand::Ls(args)) => ops_cmd::archive_ls(args).await,
         Command::Archive(ArchiveCommand::Cat(args)) => ops_cmd::archive_cat(args).await,

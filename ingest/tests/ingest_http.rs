@@ -78,6 +78,7 @@ async fn start_on(
         archive: wrap(archive_port, queue.clone()),
         queue: queue_port,
         ledger: Arc::new(LocalLedger::open(&dir.path().join("l.sqlite3")).unwrap()),
+        deliveries: None,
         api_calls: None,
         secrets: None,
     };

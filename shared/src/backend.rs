@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::config::{BackendConfig, BackendKind};
-use crate::ports::{Archive, CallCounter, Ledger, Queue, SecretStore};
+use crate::ports::{Archive, CallCounter, Deliveries, Ledger, Queue, SecretStore};
 
 /// The archive, queue and ledger of one deployment.
 #[derive(Clone)]
@@ -16,6 +16,10 @@ pub struct Backends {
     pub archive: Arc<dyn Archive>,
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
+    /// The outbox of the ledger's writes and their deliveries to the
+    /// merchant's endpoints (local backend; on AWS the ledger table's stream
+    /// is the outbox, read by a deliverer not built yet).
+    pub deliveries: Option<Arc<dyn Deliveries>>,
     /// API call counts (AWS backend only).
     pub api_calls: Option<Arc<dyn CallCounter>>,
     /// Where `secretsmanager:` references are read (AWS backend only).

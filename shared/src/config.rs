@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod deliveries;
+
+pub use deliveries::{DeliveriesConfig, EndpointConfig};
+
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use paynotify_schemes::SchemeSettings;
@@ -43,6 +47,9 @@ pub struct Config {
     /// PSP endpoints by name: `POST /notify/{name}`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Where every ledger transition is delivered (docs/events.md).
+    #[serde(default)]
+    pub deliveries: DeliveriesConfig,
 }
 
 /// Which implementation of the ports to use.
@@ -397,6 +404,11 @@ impl Config {
         if self.backend.data_dir.is_relative() {
             self.backend.data_dir = base.join(&self.backend.data_dir);
         }
+        for e in &mut self.deliveries.endpoints {
+            for r in &mut e.secrets {
+                *r = r.relative_to(base);
+            }
+        }
         for source in self.sources.values_mut() {
             if let Some(up) = source.unionpay.as_mut() {
                 up.root_cert = up.root_cert.relative_to(base);
@@ -444,6 +456,7 @@ impl Config {
                 crate::backend::local::MAX_QUEUE_SHARDS
             )));
         }
+        self.deliveries.validate().map_err(ConfigError::Setting)?;
         let i = &self.ingest;
         if i.segment_max_records == 0 || i.segment_writers == Some(0) {
             return Err(ConfigError::Setting(

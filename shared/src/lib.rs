@@ -13,7 +13,7 @@ pub mod secret;
 pub mod serve;
 pub mod telemetry;
 
-pub use paynotify_model::{event, money, state};
+pub use paynotify_model::{event, money, outgoing, state};
 pub use paynotify_ports as ports;
 pub use paynotify_records::{envelope, segment};
 pub use paynotify_testkit::{testing, testpki};

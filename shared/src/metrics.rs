@@ -22,6 +22,7 @@ use crate::ports::CallCounter;
 use crate::ports::{Ledger, ParkedCounts, Queue, PARKED_SCAN_LIMIT};
 
 mod collectors;
+mod deliveries;
 use collectors::{AwsCalls, Sampled};
 
 /// The `source` label of a request or message whose source is not configured.
@@ -108,6 +109,7 @@ pub struct Metrics {
     parked_overdue: Arc<Sampled>,
     parked_conflicted: Arc<Sampled>,
     sample_errors: Counters<PortLabels>,
+    deliveries: deliveries::DeliveryMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +135,7 @@ impl Metrics {
             start: 0.000_5,
             count: 16,
         };
+        let mut registry = Registry::with_prefix("paynotify");
         let mut m = Self {
             received: Family::default(),
             archived: Family::default(),
@@ -167,7 +170,8 @@ impl Metrics {
                 "Parked events that contradict their payment (-1: unreadable)",
             ),
             sample_errors: Family::default(),
-            registry: Registry::with_prefix("paynotify"),
+            deliveries: deliveries::DeliveryMetrics::register(&mut registry),
+            registry,
         };
         let r = &mut m.registry;
         r.register(

@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = tokio::spawn(serve(
         admin_listener,
         admin::router(Admin {
-            metrics,
+            metrics: metrics.clone(),
             backends: backends.clone(),
             parked_alert_secs: config.worker.parked_alert_secs,
             sample_ledger: true,
@@ -60,7 +60,11 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let watch = backends.watch(shutdown.clone());
+    let deliverer = paynotify_deliver::start(&config, &backends, &metrics, &shutdown).await?;
     paynotify_worker::run(ctx, shutdown).await;
+    if let Some(d) = deliverer {
+        d.await?;
+    }
     admin.await??;
     if let Some(why) = watch.await? {
         anyhow::bail!("stopped: {why}");

@@ -28,6 +28,13 @@ impl PaymentKey {
         &self.0
     }
 
+    /// The source, merchant and payment reference the key was built from.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        let mut parts = self.0.splitn(3, '#');
+        let mut next = || parts.next().unwrap_or("");
+        (next(), next(), next())
+    }
+
     /// The key of another payment reference of the same source and merchant
     /// (a completion's own id, for its alias).
     pub fn sibling(&self, payment_ref: &str) -> Self {

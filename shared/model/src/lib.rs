@@ -4,8 +4,10 @@
 
 pub mod event;
 pub mod money;
+pub mod outgoing;
 pub mod state;
 
 pub use event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 pub use money::{Currency, Money};
+pub use outgoing::{EventType, OutgoingEvent};
 pub use state::{transition, PaymentState, PaymentStatus, Transition};

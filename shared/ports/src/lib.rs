@@ -4,6 +4,7 @@
 
 mod archive;
 mod ledger;
+mod outbox;
 mod queue;
 mod reason;
 mod secrets;
@@ -11,6 +12,7 @@ mod watch;
 
 pub use archive::*;
 pub use ledger::*;
+pub use outbox::*;
 pub use queue::*;
 pub use reason::{canonical_reason, reason_spellings, same_reason, DeadLetterReason};
 pub use secrets::{CallCounter, SecretStore, SecretStoreError};

@@ -106,6 +106,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         archive: Arc::new(S3Archive::new(&clients, &config.aws)),
         queue: Arc::new(queue),
         ledger: Arc::new(DynamoLedger::new(&clients, &config.aws)),
+        deliveries: None,
         api_calls: Some(clients.calls.clone()),
         secrets: Some(Arc::new(SecretsManager(clients.secrets.clone()))),
     })

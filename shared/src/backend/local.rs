@@ -6,6 +6,7 @@
 mod archive;
 mod db;
 mod ledger;
+mod outbox;
 mod queue;
 
 use std::sync::Arc;
@@ -44,11 +45,13 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         config.max_receives,
     )
     .map_err(|e| fail(e.to_string()))?;
-    let ledger = LocalLedger::open(&dir.join("ledger.sqlite3")).map_err(|e| fail(e.to_string()))?;
+    let ledger =
+        Arc::new(LocalLedger::open(&dir.join("ledger.sqlite3")).map_err(|e| fail(e.to_string()))?);
     Ok(Backends {
         archive: Arc::new(archive),
         queue: Arc::new(queue),
-        ledger: Arc::new(ledger),
+        deliveries: Some(ledger.clone()),
+        ledger,
         api_calls: None,
         secrets: None,
     })

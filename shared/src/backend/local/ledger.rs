@@ -13,8 +13,8 @@ use crate::backend::{stored_time, unix_ms};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
-    ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite, Loaded,
-    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
+    outgoing_events, ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError,
+    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -70,7 +70,45 @@ CREATE TABLE IF NOT EXISTS parked (
     PRIMARY KEY (payment_key, event_key)
 );
 CREATE INDEX IF NOT EXISTS parked_by_age ON parked (parked_at);
-PRAGMA user_version = 3;
+-- The outbox: each write's outgoing events (docs/events.md), in its
+-- transaction; seq follows commit order (one writer at a time).
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    payment_key TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    merchant TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_payment ON outbox (payment_key, seq);
+-- One row per outbox event and endpoint it matches.
+CREATE TABLE IF NOT EXISTS deliveries (
+    endpoint TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    payment_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    leased_until INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    last_attempt_at INTEGER,
+    delivered_at INTEGER,
+    PRIMARY KEY (endpoint, seq)
+);
+CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (endpoint, payment_key, seq)
+    WHERE status != 'delivered';
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, next_at)
+    WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS endpoints (
+    endpoint TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    last_success INTEGER,
+    failing_since INTEGER,
+    disabled TEXT
+);
+PRAGMA user_version = 4;
 COMMIT;
 ";
 
@@ -119,7 +157,7 @@ fn migrate(path: &Path) -> rusqlite::Result<()> {
 /// The local ledger.
 #[derive(Clone)]
 pub struct LocalLedger {
-    db: Db,
+    pub(super) db: Db,
 }
 
 impl LocalLedger {
@@ -155,8 +193,10 @@ fn parse_event(json: &str) -> rusqlite::Result<PaymentEvent> {
     serde_json::from_str(json).map_err(|_| invalid("event"))
 }
 
-/// Reads everything stored under `key` in one snapshot.
-fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
+/// The payment row of `key`: its state (when the payment has arrived), version and alias.
+type Row = (Option<PaymentState>, u64, Option<String>);
+
+fn load_row(c: &Connection, key: &PaymentKey) -> rusqlite::Result<Row> {
     let row_ = row(
         c,
         "SELECT status, currency, authorized_minor, paid_minor, refunded_minor, version, alias_of
@@ -178,7 +218,7 @@ fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
     )
     .optional()?;
     let Some((status, currency, [authorized, paid, refunded], version, alias)) = row_ else {
-        return Ok(PaymentEntry::default());
+        return Ok((None, 0, None));
     };
     let state = match status {
         Some(status) => Some(PaymentState {
@@ -195,6 +235,12 @@ fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
         }),
         None => None,
     };
+    Ok((state, version as u64, alias))
+}
+
+/// Reads everything stored under `key` in one snapshot.
+fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
+    let (state, version, alias) = load_row(c, key)?;
     let mut s = c.prepare_cached(
         "SELECT notification_id, parked_at, event_json, conflict FROM parked
          WHERE payment_key = ?1 ORDER BY parked_at, event_key",
@@ -211,7 +257,7 @@ fn load(c: &Connection, key: &PaymentKey) -> rusqlite::Result<PaymentEntry> {
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(PaymentEntry {
         state,
-        version: version as u64,
+        version,
         parked,
         alias_of: alias.map(PaymentKey::from_stored),
     })
@@ -377,6 +423,12 @@ fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOutcome> {
         }
     }
     let now = now_ms();
+    if w.bumps_version() {
+        // The outbox: the write's outgoing events, in its transaction.
+        let (previous, _, _) = load_row(c, &w.key)?;
+        let events = outgoing_events(previous.as_ref(), w, stored_time(now));
+        super::outbox::append(c, &events)?;
+    }
     match &w.incoming {
         Incoming::Record(r) => record(c, key, r, now)?,
         Incoming::Park(p) => park(c, key, p)?,

@@ -1,0 +1,383 @@
+//! The deliverer (DESIGN §8, docs/events.md): every outgoing event in the
+//! outbox to each endpoint whose filter it matches, signed per Standard
+//! Webhooks, at least once with a stable id, in order per payment.
+//!
+//! Each endpoint has its own loop: it moves the outbox records past the
+//! endpoint's cursor into its deliveries (one write with the cursor, so a
+//! record is never skipped), claims the deliveries that head their
+//! payment's line and are due (a lease, so two deliverers never send one
+//! at once and a dead one's lease runs out), sends them, and records each
+//! attempt. A failure is tried again on the configured schedule and then
+//! dead-lettered; the payment's later events wait behind it. An endpoint
+//! that fails for too long, or answers 410 Gone, is disabled: its events
+//! wait, and the logs and `/metrics` say so.
+
+pub mod http;
+pub mod sign;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paynotify_shared::backend::Backends;
+use paynotify_shared::config::{Config, DeliveriesConfig, EndpointConfig};
+use paynotify_shared::metrics::Metrics;
+use paynotify_shared::ports::{Attempt, Deliveries, Delivery, LedgerError, SecretStore};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{Answer, ClientSettings, EndpointClient, SendError};
+use crate::sign::Signer;
+
+/// Outbox records read per pass.
+const FAN_OUT_BATCH: usize = 500;
+/// How often an endpoint's status is read for the gauges.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// The longest `retry-after` honoured.
+const MAX_RETRY_AFTER_SECS: u64 = 24 * 3600;
+
+/// Why the deliverer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("deliveries endpoint {endpoint:?}: {why}")]
+    Endpoint { endpoint: String, why: String },
+    #[error("deliveries: {0}")]
+    Store(#[from] LedgerError),
+    #[error(
+        "deliveries.endpoints are configured, but outgoing events are delivered from the local \
+         backend only so far (on AWS the ledger table's stream is to be the outbox)"
+    )]
+    NoOutbox,
+}
+
+/// One endpoint, ready to send.
+struct Endpoint {
+    config: EndpointConfig,
+    signer: Signer,
+    client: EndpointClient,
+    /// The last outbox record moved into its deliveries, as far as this
+    /// process knows (another deliverer may be further: moving a record
+    /// twice keeps the first).
+    cursor: AtomicU64,
+    /// Disabled, as last read or decided here.
+    disabled: AtomicBool,
+}
+
+/// The deliverer of one process.
+pub struct Deliverer {
+    store: Arc<dyn Deliveries>,
+    endpoints: Vec<Arc<Endpoint>>,
+    settings: DeliveriesConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deliverer {
+    /// A deliverer for the endpoints of `config`, their secrets read now.
+    ///
+    /// # Errors
+    /// A secret that cannot be read or is not a `whsec_` key, or no TLS roots.
+    pub async fn new(
+        config: &DeliveriesConfig,
+        store: Arc<dyn Deliveries>,
+        secrets: Option<&dyn SecretStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DeliverError> {
+        let mut endpoints = Vec::new();
+        for e in &config.endpoints {
+            let fail = |why: String| DeliverError::Endpoint {
+                endpoint: e.name.clone(),
+                why,
+            };
+            let mut keys = Vec::new();
+            for r in &e.secrets {
+                let secret = paynotify_shared::secret::read(r, secrets)
+                    .await
+                    .map_err(|err| fail(err.to_string()))?;
+                keys.push(secret.expose().to_vec());
+            }
+            let signer = Signer::new(&keys).map_err(|err| fail(err.to_string()))?;
+            let client = EndpointClient::new(ClientSettings {
+                timeout: Duration::from_millis(e.timeout_ms),
+                max_requests_per_sec: e.max_requests_per_sec,
+                allow_private: e.allow_private_addresses,
+            })
+            .map_err(fail)?;
+            endpoints.push(Arc::new(Endpoint {
+                config: e.clone(),
+                signer,
+                client,
+                cursor: AtomicU64::new(0),
+                disabled: AtomicBool::new(false),
+            }));
+        }
+        Ok(Self {
+            store,
+            endpoints,
+            settings: config.clone(),
+            metrics,
+        })
+    }
+
+    /// Delivers until `shutdown` is cancelled; the attempts in flight then
+    /// finish (each bounded by its endpoint's timeout).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut tasks = Vec::new();
+        for i in 0..this.endpoints.len() {
+            let (this, shutdown) = (this.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                this.endpoint_loop(i, shutdown).await
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn endpoint_loop(&self, i: usize, shutdown: CancellationToken) {
+        let endpoint = &self.endpoints[i];
+        let name = endpoint.config.name.as_str();
+        let poll = Duration::from_millis(self.settings.poll_ms);
+        let mut status_at = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            if status_at <= tokio::time::Instant::now() {
+                self.report_status(endpoint).await;
+                status_at = tokio::time::Instant::now() + STATUS_EVERY;
+            }
+            let busy = match self.pass(endpoint).await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(endpoint = name, error = %e, "deliveries store unavailable; trying again");
+                    false
+                }
+            };
+            if !busy {
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+
+    /// Reads the endpoint's status into the gauges, its cursor and whether
+    /// it is disabled.
+    async fn report_status(&self, endpoint: &Endpoint) {
+        let name = endpoint.config.name.as_str();
+        match self.store.endpoint_status(name).await {
+            Ok(s) => {
+                let now = OffsetDateTime::now_utc();
+                let oldest = s
+                    .oldest_pending
+                    .map(|t| (now - t).try_into().unwrap_or_default());
+                self.metrics.delivery_status(
+                    name,
+                    s.pending,
+                    s.dead_lettered,
+                    oldest,
+                    s.disabled.is_some(),
+                );
+                if let Some(why) = &s.disabled {
+                    tracing::error!(endpoint = name, reason = %why, backlog = s.pending,
+                                    "deliveries endpoint disabled: its events wait (paynotify deliveries enable)");
+                }
+                endpoint.cursor.fetch_max(s.cursor, Ordering::SeqCst);
+                endpoint
+                    .disabled
+                    .store(s.disabled.is_some(), Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = name, error = %e, "reading the endpoint's status failed");
+            }
+        }
+    }
+
+    /// One pass: new outbox records become deliveries, then the due ones
+    /// are sent. How many records and attempts it handled.
+    async fn pass(&self, endpoint: &Endpoint) -> Result<usize, LedgerError> {
+        let moved = self.fan_out(endpoint).await?;
+        if endpoint.disabled.load(Ordering::SeqCst) {
+            return Ok(moved);
+        }
+        let now = OffsetDateTime::now_utc();
+        let lease =
+            now + Duration::from_millis(endpoint.config.timeout_ms) + Duration::from_secs(30);
+        let due = self
+            .store
+            .claim(&endpoint.config.name, now, lease, self.settings.concurrency)
+            .await?;
+        let n = due.len();
+        // Sent at once: each is an HTTP exchange that mostly waits.
+        let sends = due.into_iter().map(|d| self.deliver(endpoint, d));
+        for r in futures_util::future::join_all(sends).await {
+            r?;
+        }
+        Ok(moved + n)
+    }
+
+    /// Moves the records past the endpoint's cursor into its deliveries.
+    async fn fan_out(&self, endpoint: &Endpoint) -> Result<usize, LedgerError> {
+        let e = &endpoint.config;
+        let cursor = endpoint.cursor.load(Ordering::SeqCst);
+        let records = self.store.outbox_after(cursor, FAN_OUT_BATCH).await?;
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(0);
+        };
+        let wanted: Vec<u64> = records
+            .iter()
+            .filter(|r| e.wants(r.event_type, &r.source, &r.merchant))
+            .map(|r| r.seq)
+            .collect();
+        self.store
+            .enqueue(&e.name, &wanted, last, OffsetDateTime::now_utc())
+            .await?;
+        endpoint.cursor.fetch_max(last, Ordering::SeqCst);
+        Ok(records.len())
+    }
+
+    /// Sends one delivery and records the attempt.
+    async fn deliver(&self, endpoint: &Endpoint, d: Delivery) -> Result<(), LedgerError> {
+        let name = endpoint.config.name.as_str();
+        let sent_at = OffsetDateTime::now_utc();
+        let timestamp = sent_at.unix_timestamp();
+        let id = d.record.event_id.as_str();
+        let body = bytes::Bytes::from(d.record.body.clone());
+        let headers = [
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                endpoint.signer.sign(id, timestamp, &body),
+            ),
+        ];
+        let result = endpoint
+            .client
+            .post(&endpoint.config.url, &headers, body)
+            .await;
+        let now = OffsetDateTime::now_utc();
+        let attempt = match &result {
+            Ok(a) if (200..300).contains(&a.status) => Attempt::Delivered,
+            Ok(a) => self.failed(
+                &d,
+                format!("HTTP {}: {}", a.status, a.preview),
+                retry_after(a),
+                now,
+            ),
+            Err(e) => self.failed(&d, e.to_string(), None, now),
+        };
+        self.store.settle(name, d.record.seq, &attempt, now).await?;
+        match &attempt {
+            Attempt::Delivered => {
+                let lag = (now - d.record.recorded_at).try_into().ok();
+                self.metrics.delivery_attempt(name, "delivered", lag);
+                tracing::debug!(endpoint = name, event_id = id, payment_key = %d.record.payment_key,
+                                event_type = d.record.event_type.as_str(), "delivered");
+            }
+            Attempt::Failed { error, retry_at } => {
+                let outcome = if retry_at.is_some() {
+                    "failed"
+                } else {
+                    "dead_lettered"
+                };
+                self.metrics.delivery_attempt(name, outcome, None);
+                if retry_at.is_some() {
+                    tracing::warn!(endpoint = name, event_id = id, payment_key = %d.record.payment_key,
+                                   attempt = d.attempts + 1, error = %error, "delivery failed; trying again");
+                } else {
+                    tracing::error!(endpoint = name, event_id = id, payment_key = %d.record.payment_key,
+                                    attempts = d.attempts + 1, error = %error,
+                                    "delivery dead-lettered: the payment's later events wait (paynotify deliveries resend)");
+                }
+                self.disable_if_failing(endpoint, &result, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(
+        &self,
+        d: &Delivery,
+        error: String,
+        retry_after: Option<u64>,
+        now: OffsetDateTime,
+    ) -> Attempt {
+        let schedule = &self.settings.retry_schedule_secs;
+        let retry_at = schedule.get(d.attempts as usize).map(|&secs| {
+            let secs = secs.max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER_SECS));
+            now + Duration::from_secs(secs)
+        });
+        Attempt::Failed { error, retry_at }
+    }
+
+    /// Disables the endpoint when it answered 410 Gone, or when every
+    /// attempt has failed for `disable_after_secs`.
+    async fn disable_if_failing(
+        &self,
+        endpoint: &Endpoint,
+        result: &Result<Answer, SendError>,
+        now: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        let name = endpoint.config.name.as_str();
+        let reason = if matches!(result, Ok(a) if a.status == 410) {
+            Some("the endpoint answered 410 Gone".to_owned())
+        } else {
+            let status = self.store.endpoint_status(name).await?;
+            status.failing_since.and_then(|since| {
+                let failing = now - since;
+                (failing >= Duration::from_secs(self.settings.disable_after_secs))
+                    .then(|| format!("every attempt failed since {since}"))
+            })
+        };
+        if let Some(why) = reason {
+            self.store.set_disabled(name, Some(&why)).await?;
+            endpoint.disabled.store(true, Ordering::SeqCst);
+            self.metrics.delivery_status(name, 0, 0, None, true);
+            tracing::error!(endpoint = name, reason = %why, "deliveries endpoint disabled");
+        }
+        Ok(())
+    }
+}
+
+/// Starts delivering outgoing events when endpoints are configured (in
+/// every process that runs workers: their leases keep two deliverers from
+/// sending one delivery at once).
+///
+/// # Errors
+/// Endpoints configured on a backend without an outbox, or an endpoint
+/// that cannot be set up.
+pub async fn start(
+    config: &Config,
+    backends: &Backends,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DeliverError> {
+    if config.deliveries.endpoints.is_empty() {
+        return Ok(None);
+    }
+    let Some(store) = backends.deliveries.clone() else {
+        return Err(DeliverError::NoOutbox);
+    };
+    let deliverer = Deliverer::new(
+        &config.deliveries,
+        store,
+        backends.secrets.as_deref(),
+        metrics.clone(),
+    )
+    .await?;
+    Ok(Some(tokio::spawn(deliverer.run(shutdown.clone()))))
+}
+
+/// `retry-after` of a 429 or 503 answer.
+fn retry_after(a: &Answer) -> Option<u64> {
+    matches!(a.status, 429 | 503)
+        .then_some(a.retry_after)
+        .flatten()
+}

@@ -1,0 +1,143 @@
+//! `[deliveries]`: the merchant's endpoints that hear every ledger
+//! transition (docs/events.md), and how the deliverer retries them.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::outgoing::EventType;
+use crate::secret::SecretRef;
+
+/// Outgoing events and where they go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveriesConfig {
+    /// Seconds after each failed attempt before the next; when they are
+    /// used up the delivery is dead-lettered. Svix's schedule by default:
+    /// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts).
+    pub retry_schedule_secs: Vec<u64>,
+    /// An endpoint whose every attempt has failed for this long is
+    /// disabled: nothing more is sent to it until `deliveries enable`, and
+    /// its events wait (five days, as Svix).
+    pub disable_after_secs: u64,
+    /// How often the deliverer looks for new events and due retries.
+    pub poll_ms: u64,
+    /// Deliveries in flight at once, per endpoint.
+    pub concurrency: usize,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+impl Default for DeliveriesConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule_secs: vec![5, 300, 1800, 7200, 18_000, 36_000, 36_000],
+            disable_after_secs: 5 * 24 * 3600,
+            poll_ms: 200,
+            concurrency: 8,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// One of the merchant's endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Its name in `deliveries` commands, metrics and logs.
+    pub name: String,
+    /// An `https://` URL (`http://` only with `allow_insecure_http`).
+    pub url: String,
+    /// `whsec_…` secrets: each request is signed with every one (while a
+    /// secret rotates, receivers accept either).
+    pub secrets: Vec<SecretRef>,
+    /// Only these types (all when empty).
+    #[serde(default)]
+    pub event_types: BTreeSet<EventType>,
+    /// Only events of these sources (all when empty).
+    #[serde(default)]
+    pub sources: BTreeSet<String>,
+    /// Only events of these merchants (all when empty).
+    #[serde(default)]
+    pub merchants: BTreeSet<String>,
+    /// Connecting and the whole answer must each finish in this time.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// At most this many requests a second to this endpoint.
+    #[serde(default = "default_rate")]
+    pub max_requests_per_sec: u32,
+    /// Allows `http://` URLs (a receiver on loopback in tests and demos).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Allows loopback, private (RFC 1918, ULA) and link-local addresses;
+    /// the cloud metadata addresses stay refused.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+}
+
+fn default_timeout_ms() -> u64 {
+    15_000
+}
+
+fn default_rate() -> u32 {
+    100
+}
+
+impl EndpointConfig {
+    /// Whether an event of `event_type` about a payment of `source` and
+    /// `merchant` goes to this endpoint.
+    pub fn wants(&self, event_type: EventType, source: &str, merchant: &str) -> bool {
+        (self.event_types.is_empty() || self.event_types.contains(&event_type))
+            && (self.sources.is_empty() || self.sources.contains(source))
+            && (self.merchants.is_empty() || self.merchants.contains(merchant))
+    }
+}
+
+impl DeliveriesConfig {
+    /// Checks what can be checked without reading secrets.
+    ///
+    /// # Errors
+    /// The first setting that cannot work, as text.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = BTreeSet::new();
+        if self.concurrency == 0 || self.poll_ms == 0 {
+            return Err("deliveries.concurrency and deliveries.poll_ms must be positive".into());
+        }
+        for e in &self.endpoints {
+            if e.name.is_empty()
+                || !e
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "deliveries endpoint name {:?}: letters, digits, - and _ only",
+                    e.name
+                ));
+            }
+            if !names.insert(&e.name) {
+                return Err(format!("deliveries endpoint {:?} is named twice", e.name));
+            }
+            let scheme_ok = e.url.starts_with("https://")
+                || (e.allow_insecure_http && e.url.starts_with("http://"));
+            if !scheme_ok {
+                return Err(format!(
+                    "deliveries endpoint {:?}: the URL must be https:// (http:// needs allow_insecure_http)",
+                    e.name
+                ));
+            }
+            if e.secrets.is_empty() {
+                return Err(format!(
+                    "deliveries endpoint {:?}: at least one whsec_ secret is needed to sign",
+                    e.name
+                ));
+            }
+            if e.timeout_ms == 0 || e.max_requests_per_sec == 0 {
+                return Err(format!(
+                    "deliveries endpoint {:?}: timeout_ms and max_requests_per_sec must be positive",
+                    e.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}

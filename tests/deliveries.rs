@@ -1,0 +1,339 @@
+//! Outgoing events to a merchant's receiver (docs/events.md), on the
+//! embedded backend: the real ingest, workers and deliverer, and a
+//! receiver that verifies signatures, deduplicates and checks the order
+//! of each payment's events while it misbehaves. What the receiver ends
+//! up with must be the ledger's transitions, each once, in order.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use paynotify::receiver::{Receiver, View};
+use paynotify_shared::config::EndpointConfig;
+use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
+use paynotify_shared::secret::SecretRef;
+use paynotify_shared::{PaymentKey, PaymentStatus};
+use support::app::{spawn_app_tweaked, TestApp, MERCHANT};
+use support::Kind;
+
+#[macro_use]
+mod support;
+
+const ENDPOINT: &str = "orders";
+
+fn secret() -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"paynotify-delivery-test-secret!!")
+    )
+}
+
+/// The app, delivering to `receiver` with one-second retries.
+async fn spawn(receiver: &Receiver, retries: usize) -> TestApp {
+    let addr = receiver.addr;
+    spawn_app_tweaked(Kind::Local, paynotify::app::AppOptions::all(), move |c| {
+        let path = c.backend.data_dir.with_file_name("endpoint.secret");
+        std::fs::write(&path, secret()).unwrap();
+        c.deliveries.retry_schedule_secs = vec![1; retries];
+        c.deliveries.poll_ms = 50;
+        c.deliveries.concurrency = 4;
+        c.deliveries.endpoints = vec![EndpointConfig {
+            name: ENDPOINT.into(),
+            url: format!("http://{addr}/paynotify"),
+            secrets: vec![SecretRef::File(path)],
+            event_types: Default::default(),
+            sources: Default::default(),
+            merchants: Default::default(),
+            timeout_ms: 1000,
+            max_requests_per_sec: 1000,
+            allow_insecure_http: true,
+            allow_private_addresses: true,
+        }];
+    })
+    .await
+}
+
+async fn receiver() -> Receiver {
+    Receiver::start(&secret(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn key(query_id: &str) -> PaymentKey {
+    PaymentKey::new("unionpay", MERCHANT, query_id)
+}
+
+/// Each payment's statuses after each transition, as the ledger has them.
+async fn ledger_view(t: &TestApp, ids: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let k = key(id);
+        let history = t.app().backends.ledger.history(&k).await.unwrap();
+        let statuses: Vec<String> = history.into_iter().filter_map(|h| h.status_after).collect();
+        if !statuses.is_empty() {
+            out.insert(k.to_string(), statuses);
+        }
+    }
+    out
+}
+
+/// Each payment's statuses as the receiver heard them, first arrivals only.
+fn receiver_view(view: &View) -> BTreeMap<String, Vec<String>> {
+    view.by_payment
+        .iter()
+        .map(|(k, events)| {
+            let statuses = events
+                .iter()
+                .filter(|e| e["type"] != "payment.needs_attention")
+                .map(|e| e["payment"]["status"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            (k.clone(), statuses)
+        })
+        .collect()
+}
+
+/// Waits until every outbox record has been delivered to the endpoint.
+async fn wait_delivered(t: &TestApp, within: Duration) {
+    let store = t.app().backends.deliveries.clone().unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let last = store
+            .outbox_after(0, usize::MAX >> 2)
+            .await
+            .unwrap()
+            .last()
+            .map_or(0, |r| r.seq);
+        let status = store.endpoint_status(ENDPOINT).await.unwrap();
+        if status.cursor == last && status.pending == 0 && status.dead_lettered == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered in {within:?}: {status:?}, outbox up to {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Purchases, refunds after them, and refunds before their purchase (one
+/// write then applies three events).
+async fn traffic(t: &TestApp, prefix: &str, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 3 == 0 {
+            t.sim.send(t.sim.refund(id, &format!("{id}-r1"), 300)).await;
+            t.sim.send(t.sim.refund(id, &format!("{id}-r2"), 200)).await;
+        }
+        t.sim.send(t.sim.purchase(id, 1000)).await;
+        if i % 3 == 1 {
+            t.sim
+                .send(t.sim.refund(id, &format!("{id}-r1"), 1000))
+                .await;
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let status = match i % 3 {
+            0 => PaymentStatus::PartiallyRefunded,
+            1 => PaymentStatus::Refunded,
+            _ => PaymentStatus::Paid,
+        };
+        t.wait_for_status(id, status).await;
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transition_reaches_a_misbehaving_receiver_once_in_order() {
+    let mut r = receiver().await;
+    // 500s first, then answers lost after the receiver processed them
+    // (each redelivered with the same id), then one past the timeout.
+    r.set(|b| {
+        b.fail = 3;
+        b.drop_after_processing = 2;
+        b.slow = 1;
+        b.slow_for = Duration::from_millis(1500);
+    });
+    let t = spawn(&r, 10).await;
+    let mut ids = traffic(&t, "a", 9).await;
+    wait_delivered(&t, Duration::from_secs(60)).await;
+
+    // The receiver is down for a while: nothing is lost, nothing reordered.
+    r.stop();
+    ids.extend(traffic(&t, "b", 3).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let store = t.app().backends.deliveries.clone().unwrap();
+    let down = store.endpoint_status(ENDPOINT).await.unwrap();
+    assert!(down.failing_since.is_some() && down.pending > 0, "{down:?}");
+    r.restart().await.unwrap();
+    wait_delivered(&t, Duration::from_secs(60)).await;
+
+    let view = r.view();
+    assert_eq!(view.rejected, Vec::<String>::new());
+    assert_eq!(view.order_violations, Vec::<String>::new());
+    assert!(
+        view.duplicates >= 2,
+        "answers lost: {} duplicates",
+        view.duplicates
+    );
+    let ledger = ledger_view(&t, &ids).await;
+    assert_eq!(receiver_view(&view), ledger);
+    // One event per transition: the outbox holds nothing else.
+    let transitions: usize = ledger.values().map(Vec::len).sum();
+    let outbox = store.outbox_after(0, 100_000).await.unwrap();
+    assert_eq!(outbox.len(), transitions);
+    assert_eq!(view.events.len(), transitions);
+    // A payment whose refunds were parked before it: three events of one
+    // write, told apart by their sequence.
+    let a0 = &view.by_payment[key("a0").as_str()];
+    let positions: Vec<_> = a0
+        .iter()
+        .map(|e| {
+            (
+                e["payment"]["version"].as_u64(),
+                e["payment"]["sequence"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(positions.len(), 3, "{a0:?}");
+    assert!(positions.iter().all(|p| p.0 == positions[0].0));
+    assert_eq!(
+        a0.iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "payment.paid",
+            "payment.partially_refunded",
+            "payment.partially_refunded"
+        ]
+    );
+    assert_eq!(a0[2]["payment"]["refunded"], "5.00");
+    assert_eq!(a0[2]["payment"]["previous_status"], "PARTIALLY_REFUNDED");
+
+    // The project's own verifier accepted every request; the Standard
+    // Webhooks reference library for Python must too, and every body must
+    // validate against the published schema.
+    check_with_python(&view);
+}
+
+/// Runs tests/fixtures/check_deliveries.py over every request received.
+fn check_with_python(view: &View) {
+    let python = std::env::var("PAYNOTIFY_TEST_PYTHON").expect(
+        "PAYNOTIFY_TEST_PYTHON: the tools venv's python (scripts/tools.sh), with standardwebhooks and jsonschema",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let requests: Vec<_> = view
+        .requests
+        .iter()
+        .map(|(headers, body)| {
+            serde_json::json!({
+                "headers": headers.iter().cloned().collect::<BTreeMap<_, _>>(),
+                "body": String::from_utf8(body.clone()).unwrap(),
+            })
+        })
+        .collect();
+    let path = dir.path().join("requests.json");
+    std::fs::write(&path, serde_json::to_vec(&requests).unwrap()).unwrap();
+    let out = std::process::Command::new(python)
+        .arg("tests/fixtures/check_deliveries.py")
+        .arg(&path)
+        .arg(secret())
+        .arg("docs/events.schema.json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} verified", requests.len())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_delivery_holds_its_payment_s_later_events_until_resent() {
+    let r = receiver().await;
+    r.set(|b| b.fail = 2);
+    // Two attempts in all: both answered 500.
+    let t = spawn(&r, 1).await;
+    let store = t.app().backends.deliveries.clone().unwrap();
+    t.sim.send(t.sim.purchase("d1", 1000)).await;
+    t.wait_for_status("d1", PaymentStatus::Paid).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.endpoint_status(ENDPOINT).await.unwrap().dead_lettered == 0 {
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The refund's event waits behind the dead letter: the receiver, now
+    // answering, must not hear `partially_refunded` before `paid`.
+    t.sim.send(t.sim.refund("d1", "d1-r", 400)).await;
+    t.wait_for_status("d1", PaymentStatus::PartiallyRefunded)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(r.view().events.is_empty(), "{:?}", r.view().events);
+    let listed = store
+        .list(&DeliveryFilter {
+            endpoint: Some(ENDPOINT.into()),
+            limit: 10,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    let statuses: Vec<_> = listed.iter().map(|d| d.status).collect();
+    assert_eq!(
+        statuses,
+        [DeliveryStatus::DeadLettered, DeliveryStatus::Pending]
+    );
+    assert_eq!(listed[0].attempts, 2);
+    assert!(listed[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("HTTP 500"));
+
+    // Resent: both arrive, in order.
+    let now = time::OffsetDateTime::now_utc();
+    assert!(store
+        .resend(ENDPOINT, &listed[0].record.event_id, now)
+        .await
+        .unwrap());
+    assert!(!store.resend(ENDPOINT, "evt_none", now).await.unwrap());
+    wait_delivered(&t, Duration::from_secs(30)).await;
+    let view = r.view();
+    assert_eq!(
+        receiver_view(&view)[key("d1").as_str()],
+        ["PAID", "PARTIALLY_REFUNDED"]
+    );
+    assert_eq!(view.order_violations, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_answers_410_is_disabled_and_its_events_wait() {
+    let r = receiver().await;
+    r.set(|b| b.gone = true);
+    let t = spawn(&r, 10).await;
+    let store = t.app().backends.deliveries.clone().unwrap();
+    t.sim.send(t.sim.purchase("g1", 1000)).await;
+    t.wait_for_status("g1", PaymentStatus::Paid).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .endpoint_status(ENDPOINT)
+        .await
+        .unwrap()
+        .disabled
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "never disabled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = r.view().requests.len();
+    r.set(|b| b.gone = false);
+    // Nothing is sent while it is disabled, though its retry is due.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(r.view().requests.len(), requests);
+    let status = store.endpoint_status(ENDPOINT).await.unwrap();
+    assert_eq!(status.pending, 1);
+    assert!(status.disabled.unwrap().contains("410"));
+    store.set_disabled(ENDPOINT, None).await.unwrap();
+    wait_delivered(&t, Duration::from_secs(30)).await;
+    assert_eq!(receiver_view(&r.view())[key("g1").as_str()], ["PAID"]);
+}
