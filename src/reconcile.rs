@@ -20,6 +20,10 @@
 //! queue still holds messages, those still not found may be among them:
 //! they are reported as unsettled, not lost.
 
+mod deliveries;
+
+pub use deliveries::DeliveryTotals;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use paynotify_shared::backend::Backends;
@@ -42,7 +46,8 @@ const MAX_DEAD_LETTERS: usize = 100_000;
 pub struct Discrepancy {
     /// `missing`, `unsettled`, `unreadable`, `rejected_not_dead_lettered`,
     /// `verified_dead_lettered`, `state_mismatch`, `status_mismatch`,
-    /// `parked_overdue`, `parked_conflict`, `archive_torn`.
+    /// `parked_overdue`, `parked_conflict`, `archive_torn`, `event_missing`,
+    /// `delivery_missing`.
     pub kind: &'static str,
     /// The notification, payment key or archive key concerned.
     pub subject: String,
@@ -78,6 +83,8 @@ pub struct Report {
     /// The checked payments as stored: how many in each status, and what
     /// they hold paid and refunded per currency (minor units).
     pub ledger: LedgerTotals,
+    /// The checked payments' outgoing events and their deliveries.
+    pub deliveries: DeliveryTotals,
     pub discrepancies: Vec<Discrepancy>,
 }
 
@@ -223,6 +230,7 @@ pub async fn reconcile(
         report.payments_checked += 1;
         check_payment(backends, payment, &mut report).await?;
     }
+    deliveries::check(config, backends, &payments, &mut report).await?;
     // One read of the parked events, oldest first: the overdue ones lead.
     let now = OffsetDateTime::now_utc();
     let alert_secs = config.worker.parked_alert_secs;

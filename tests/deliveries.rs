@@ -213,6 +213,28 @@ async fn every_transition_reaches_a_misbehaving_receiver_once_in_order() {
     // Webhooks reference library for Python must too, and every body must
     // validate against the published schema.
     check_with_python(&view);
+
+    // Reconcile accounts for every event; a lost delivery or a lost event
+    // is a discrepancy.
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:?}", report.discrepancies);
+    assert_eq!(report.deliveries.delivered as usize, transitions);
+    let db = rusqlite::Connection::open(t.config.backend.data_dir.join("ledger.sqlite3")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "DELETE FROM deliveries WHERE seq = (SELECT MIN(seq) FROM deliveries)",
+        [],
+    )
+    .unwrap();
+    db.execute(
+        "DELETE FROM outbox WHERE seq = (SELECT MAX(seq) FROM outbox)",
+        [],
+    )
+    .unwrap();
+    let report = t.reconcile().await;
+    let kinds: Vec<_> = report.discrepancies.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds.len(), 2, "{:?}", report.discrepancies);
+    assert!(kinds.contains(&"delivery_missing") && kinds.contains(&"event_missing"));
 }
 
 /// Runs tests/fixtures/check_deliveries.py over every request received.
@@ -238,6 +260,7 @@ fn check_with_python(view: &View) {
         .arg(&path)
         .arg(secret())
         .arg("docs/events.schema.json")
+        .arg("docs/events.md")
         .output()
         .unwrap();
     assert!(

@@ -241,6 +241,11 @@ pub trait Deliveries: Send + Sync {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxRecord>, LedgerError>;
+    /// The outbox records of one payment, in order.
+    async fn outbox_for(&self, payment_key: &str) -> Result<Vec<OutboxRecord>, LedgerError>;
+    /// Since when every ledger write has its events in the outbox (a ledger
+    /// written before it had an outbox has transitions without events).
+    async fn outbox_since(&self) -> Result<Option<OffsetDateTime>, LedgerError>;
     async fn enqueue(
         &self,
         endpoint: &str,

@@ -101,6 +101,11 @@ CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (endpoint, payment_key,
     WHERE status != 'delivered';
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, next_at)
     WHERE status = 'pending';
+-- When this ledger got its outbox: writes before have no events.
+CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO outbox_meta (name, value)
+    VALUES ('since', CAST(unixepoch('subsec') * 1000 AS INTEGER))
+    ON CONFLICT (name) DO NOTHING;
 CREATE TABLE IF NOT EXISTS endpoints (
     endpoint TEXT PRIMARY KEY,
     cursor INTEGER NOT NULL DEFAULT 0,

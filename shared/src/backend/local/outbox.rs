@@ -266,6 +266,37 @@ impl Deliveries for LocalLedger {
             .map_err(unavailable)
     }
 
+    async fn outbox_for(&self, payment_key: &str) -> Result<Vec<OutboxRecord>, LedgerError> {
+        let key = payment_key.to_owned();
+        self.db
+            .read(move |c| {
+                let sql = format!(
+                    "SELECT {RECORD_COLUMNS} FROM outbox o WHERE o.payment_key = ?1 ORDER BY o.seq"
+                );
+                let mut s = c.prepare_cached(&sql)?;
+                let rows = s.query_map(params![key], outbox_record)?.collect();
+                rows
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn outbox_since(&self) -> Result<Option<OffsetDateTime>, LedgerError> {
+        self.db
+            .read(|c| {
+                row(
+                    c,
+                    "SELECT value FROM outbox_meta WHERE name = 'since'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|v| v.map(stored_time))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn enqueue(
         &self,
         endpoint: &str,

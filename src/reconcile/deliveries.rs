@@ -1,0 +1,104 @@
+//! Reconcile's check of outgoing events (docs/events.md): every transition
+//! of a checked payment has its event in the outbox, and every event an
+//! endpoint's filter takes is delivered, pending or dead-lettered there.
+
+use std::collections::BTreeSet;
+
+use paynotify_shared::backend::Backends;
+use paynotify_shared::config::Config;
+use paynotify_shared::event::PaymentKey;
+use paynotify_shared::outgoing::EventType;
+use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
+use serde::Serialize;
+
+use super::Report;
+
+/// The outgoing events of the checked payments and where they stand, over
+/// every endpoint.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryTotals {
+    pub events: u64,
+    pub delivered: u64,
+    pub pending: u64,
+    pub dead_lettered: u64,
+}
+
+/// Checks the outgoing events of `payments`; nothing when the backend
+/// keeps no outbox.
+///
+/// # Errors
+/// Backend errors.
+pub(super) async fn check(
+    config: &Config,
+    backends: &Backends,
+    payments: &BTreeSet<PaymentKey>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(store) = backends.deliveries.as_ref() else {
+        return Ok(());
+    };
+    let since = store.outbox_since().await?;
+    let mut cursors = Vec::new();
+    for e in &config.deliveries.endpoints {
+        cursors.push((e, store.endpoint_status(&e.name).await?.cursor));
+    }
+    for key in payments {
+        let transitions = backends
+            .ledger
+            .history(key)
+            .await?
+            .into_iter()
+            .filter(|h| h.status_after.is_some() && since.is_none_or(|s| h.recorded_at >= s))
+            .count();
+        let outbox = store.outbox_for(key.as_str()).await?;
+        report.deliveries.events += outbox.len() as u64;
+        let events = outbox
+            .iter()
+            .filter(|r| r.event_type != EventType::NeedsAttention)
+            .count();
+        if events != transitions {
+            report.flag(
+                "event_missing",
+                key.to_string(),
+                format!(
+                    "{transitions} transitions since the outbox began, {events} outgoing events"
+                ),
+            );
+        }
+        for (endpoint, cursor) in &cursors {
+            let deliveries = store
+                .list(&DeliveryFilter {
+                    endpoint: Some(endpoint.name.clone()),
+                    payment_key: Some(key.to_string()),
+                    limit: 100_000,
+                    ..DeliveryFilter::default()
+                })
+                .await?;
+            for r in outbox
+                .iter()
+                .filter(|r| endpoint.wants(r.event_type, &r.source, &r.merchant))
+            {
+                match deliveries.iter().find(|d| d.record.seq == r.seq) {
+                    Some(d) => match d.status {
+                        DeliveryStatus::Delivered => report.deliveries.delivered += 1,
+                        DeliveryStatus::Pending => report.deliveries.pending += 1,
+                        DeliveryStatus::DeadLettered => report.deliveries.dead_lettered += 1,
+                    },
+                    // Not yet moved into the endpoint's deliveries.
+                    None if r.seq > *cursor => report.deliveries.pending += 1,
+                    None => report.flag(
+                        "delivery_missing",
+                        key.to_string(),
+                        format!(
+                            "event {} ({}) is behind {}'s cursor but was never queued for it",
+                            r.event_id,
+                            r.event_type.as_str(),
+                            endpoint.name
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
+}
