@@ -14,6 +14,8 @@ use paynotify_shared::testpki::{generate, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentStatus};
 use paynotify_worker::query::{self, Querier};
 
+use crate::demo_receiver::MerchantSide;
+
 const MERCHANT: &str = "777290058167151";
 
 #[derive(Debug, clap::Args)]
@@ -185,6 +187,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
+    // The merchant's side hears every transition (embedded backend only).
+    let merchant_side = match args.aws_endpoint {
+        None => Some(MerchantSide::start(&pki_dir).await?),
+        Some(_) => None,
+    };
     let config_path = dir.join("paynotify.toml");
     let backend = match &args.aws_endpoint {
         None => "data_dir = \"data\"".to_owned(),
@@ -207,10 +214,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
          [worker]\nconcurrency = 16\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\nquery_check_secs = 1\n\n{}\n\
          [sources.unionpay.unionpay.gateway]\nsigning_key = \"file:pki/merchant.key.pem\"\n\
          signing_cert = \"file:pki/merchant.cert.pem\"\nurl = \"{url}\"\nfile_url = \"{url}\"\n\
-         query_schedule_secs = [1, 2, 4, 8]\n",
+         query_schedule_secs = [1, 2, 4, 8]\n\n{}",
         pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.to_owned()])
             .replace("file:root.pem", "file:pki/root.pem")
             .replace("file:middle.pem", "file:pki/middle.pem"),
+        merchant_side.as_ref().map_or("", |m| m.toml.as_str()),
         url = gateway.url(),
     );
     std::fs::write(&config_path, config_text)?;
@@ -266,6 +274,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         paynotify::reconcile::reconcile(&config, &app.backends, None, None, |_, _| {}).await?;
     let archived = reconciled.archived as usize;
     let recovered = recover_lost(&config, &app, &gateway, &sim_for_queries).await?;
+    let heard = match &merchant_side {
+        Some(m) => Some(m.settle(&app.backends, Duration::from_secs(120)).await?),
+        None => None,
+    };
     app.stop().await?;
 
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
@@ -328,6 +340,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         recovered.queries,
         recovered.elapsed.as_secs_f64()
     );
+    if let Some(h) = &heard {
+        h.print();
+    }
     println!();
     match &api_calls {
         Some(calls) => {
@@ -374,7 +389,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         || recovered.paid != LOST_PAYMENTS
         || left > 0
         || !reconciled.is_clean()
-        || !ledger_matches;
+        || !ledger_matches
+        || heard.as_ref().is_some_and(|h| !h.ok());
     Ok(if lost {
         ExitCode::from(1)
     } else {

@@ -2,6 +2,7 @@
 
 mod deliveries_cmd;
 mod demo_cmd;
+mod demo_receiver;
 mod dlq_cmd;
 mod ops_cmd;
 mod progress;

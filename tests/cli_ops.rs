@@ -235,8 +235,84 @@ fn the_demo_checks_its_own_ledger() {
         "paid total",
         "refunded total",
         "reconcile                clean",
+        "0 order violations, 0 bad signatures; its view equals the ledger's transitions",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }
     assert!(!stdout.contains("<- differs"), "{stdout}");
+
+    // The demo's deliveries, through the operator's commands.
+    let config = data.join("paynotify.toml");
+    let config = config.to_str().unwrap();
+    let out = paynotify(&["deliveries", "list", "--config", config, "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert!(!listed.is_empty());
+    assert!(
+        listed.iter().all(|d| d["status"] == "delivered"),
+        "{listed:?}"
+    );
+    let id = listed[0]["event_id"].as_str().unwrap();
+    let out = paynotify(&["deliveries", "show", "--config", config, id], &[]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["event"]["id"], id);
+    assert_eq!(shown["event"]["schema"], "paynotify.payment.v1");
+    let out = paynotify(
+        &[
+            "deliveries",
+            "resend",
+            "--config",
+            config,
+            "--endpoint",
+            "merchant",
+            id,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let out = paynotify(
+        &[
+            "deliveries",
+            "list",
+            "--config",
+            config,
+            "--status",
+            "pending",
+            "--json",
+        ],
+        &[],
+    );
+    let pending: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pending[0]["event_id"], id, "resent: pending again");
+    let out = paynotify(
+        &[
+            "deliveries",
+            "resend",
+            "--config",
+            config,
+            "--endpoint",
+            "merchant",
+            "evt_none",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = paynotify(
+        &[
+            "deliveries",
+            "resend",
+            "--config",
+            config,
+            "--endpoint",
+            "nobody",
+            id,
+        ],
+        &[],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let out = paynotify(&["deliveries", "endpoints", "--config", config], &[]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["endpoint"], "merchant");
+    assert_eq!(status["pending"], 1);
 }

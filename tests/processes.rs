@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paynotify::receiver::Receiver;
 use paynotify::simulate::{Delivery, Simulator};
 use paynotify_shared::config::Config;
 use paynotify_shared::ports::wait_drained;
@@ -93,6 +94,26 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
     let dir = tempfile::tempdir().unwrap();
     let pki = generate(&TestPkiOptions::default()).unwrap();
     let (path, port, admin) = listening_config(dir.path(), &pki, "");
+    // The worker process delivers every transition to a merchant receiver
+    // that takes 20 ms an answer, so the kill finds deliveries in flight.
+    let secret = format!("whsec_{}", base64_of(b"processes-test-delivery-secret!!"));
+    std::fs::write(dir.path().join("receiver.whsec"), &secret).unwrap();
+    let receiver = Receiver::start(&secret, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    receiver.set(|b| {
+        b.slow = u32::MAX;
+        b.slow_for = Duration::from_millis(20);
+    });
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[deliveries]\npoll_ms = 50\nretry_schedule_secs = [1, 1, 1, 1, 1, 1, 1, 1]\n\
+         [[deliveries.endpoints]]\nname = \"merchant\"\nurl = \"http://{}/events\"\n\
+         secrets = [\"file:receiver.whsec\"]\ntimeout_ms = 1000\nmax_requests_per_sec = 10000\n\
+         allow_insecure_http = true\nallow_private_addresses = true\n",
+        receiver.addr
+    ));
+    std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
 
     let mut ingest = start("paynotify-ingest", &path);
@@ -159,8 +180,44 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
     assert!(backends.queue.dlq_list(10).await.unwrap().is_empty());
 
+    // Every transition reached the receiver once in effect, in order, the
+    // deliverer's SIGKILL notwithstanding (its leases ran out).
+    let store = backends.deliveries.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let outbox = loop {
+        let outbox = store.outbox_after(0, 1 << 20).await.unwrap();
+        let status = store.endpoint_status("merchant").await.unwrap();
+        if status.cursor == outbox.last().map_or(0, |r| r.seq) && status.pending == 0 {
+            break outbox;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let view = receiver.view();
+    assert_eq!(view.order_violations, Vec::<String>::new());
+    assert_eq!(view.rejected, Vec::<String>::new());
+    assert_eq!(view.events.len(), outbox.len());
+    for (i, refunded) in &accepted {
+        let key = PaymentKey::new("unionpay", MERCHANT, &format!("p{i}"));
+        let heard: Vec<_> = view.by_payment[key.as_str()]
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        let expected: &[&str] = if *refunded {
+            &["payment.paid", "payment.partially_refunded"]
+        } else {
+            &["payment.paid"]
+        };
+        assert_eq!(heard, expected, "p{i}");
+    }
+
     assert!(sigterm(&mut ingest).success());
     assert!(sigterm(&mut worker).success());
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Sends `n` purchases, a third of them followed by a refund, eight at a

@@ -1,0 +1,167 @@
+//! The demo's merchant side: a receiver of paynotify's outgoing events that
+//! verifies their signatures and deduplicates, as a merchant's order
+//! service would, with a few answers lost on the way (each then redelivered
+//! with the same id). After the run, its view is compared with the ledger.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use paynotify::receiver::Receiver;
+use paynotify_shared::backend::Backends;
+use paynotify_shared::event::PaymentKey;
+use paynotify_shared::outgoing::EventType;
+use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
+
+const ENDPOINT: &str = "merchant";
+
+/// The receiver and the configuration that delivers to it.
+pub struct MerchantSide {
+    receiver: Receiver,
+    /// `[deliveries]` for the demo's configuration.
+    pub toml: String,
+}
+
+/// What the receiver ended up with.
+pub struct Outcome {
+    events: usize,
+    requests: usize,
+    duplicates: u64,
+    order_violations: usize,
+    rejected: usize,
+    equals_ledger: bool,
+    delivered_in: Duration,
+    lag_ms: (f64, f64),
+}
+
+impl MerchantSide {
+    /// Starts the receiver with a fresh secret, written under `pki_dir`.
+    ///
+    /// # Errors
+    /// The secret cannot be written or the receiver cannot listen.
+    pub async fn start(pki_dir: &Path) -> anyhow::Result<Self> {
+        let key: [u8; 32] = rand::random();
+        let secret = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        );
+        std::fs::write(pki_dir.join("merchant-receiver.whsec"), &secret)?;
+        let receiver = Receiver::start(&secret, "127.0.0.1:0".parse()?).await?;
+        // A few answers lost after the receiver processed them.
+        receiver.set(|b| b.drop_after_processing = 5);
+        let toml = format!(
+            "[deliveries]\npoll_ms = 50\nretry_schedule_secs = [1, 1, 2, 5, 10, 30]\n\n\
+             [[deliveries.endpoints]]\nname = \"{ENDPOINT}\"\nurl = \"http://{}/paynotify-events\"\n\
+             secrets = [\"file:pki/merchant-receiver.whsec\"]\n\
+             allow_insecure_http = true\nallow_private_addresses = true\n\
+             max_requests_per_sec = 10000\n",
+            receiver.addr
+        );
+        Ok(Self { receiver, toml })
+    }
+
+    /// Waits (up to `within`) until every outgoing event is delivered, then
+    /// compares the receiver's view with the ledger.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn settle(&self, backends: &Backends, within: Duration) -> anyhow::Result<Outcome> {
+        let store = backends
+            .deliveries
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no outbox on this backend"))?;
+        let started = Instant::now();
+        let outbox = loop {
+            let outbox = store.outbox_after(0, usize::MAX >> 2).await?;
+            let last = outbox.last().map_or(0, |r| r.seq);
+            let s = store.endpoint_status(ENDPOINT).await?;
+            if (s.cursor == last && s.pending == 0) || started.elapsed() > within {
+                break outbox;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let delivered_in = started.elapsed();
+        let view = self.receiver.view();
+        // The ledger's transitions, payment by payment, beside what the
+        // receiver heard.
+        let keys: std::collections::BTreeSet<&str> =
+            outbox.iter().map(|r| r.payment_key.as_str()).collect();
+        let mut ledger = BTreeMap::new();
+        for k in keys {
+            let statuses: Vec<String> = backends
+                .ledger
+                .history(&PaymentKey::from_stored(k))
+                .await?
+                .into_iter()
+                .filter_map(|h| h.status_after)
+                .collect();
+            ledger.insert(k.to_owned(), statuses);
+        }
+        let heard: BTreeMap<String, Vec<String>> = view
+            .by_payment
+            .iter()
+            .map(|(k, events)| {
+                let statuses = events
+                    .iter()
+                    .filter(|e| e["type"] != EventType::NeedsAttention.as_str())
+                    .filter_map(|e| e["payment"]["status"].as_str().map(str::to_owned))
+                    .collect();
+                (k.clone(), statuses)
+            })
+            .collect();
+        let mut lags: Vec<f64> = store
+            .list(&DeliveryFilter {
+                endpoint: Some(ENDPOINT.into()),
+                status: Some(DeliveryStatus::Delivered),
+                limit: 1_000_000,
+                ..DeliveryFilter::default()
+            })
+            .await?
+            .iter()
+            .filter_map(|d| Some((d.delivered_at? - d.record.recorded_at).as_seconds_f64() * 1e3))
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Ok(Outcome {
+            events: view.events.len(),
+            requests: view.requests.len(),
+            duplicates: view.duplicates,
+            order_violations: view.order_violations.len(),
+            rejected: view.rejected.len(),
+            equals_ledger: heard == ledger && view.events.len() == outbox.len(),
+            delivered_in,
+            lag_ms: (pct(0.5), pct(0.99)),
+        })
+    }
+}
+
+impl Outcome {
+    /// Whether the receiver heard exactly the ledger, in order.
+    pub fn ok(&self) -> bool {
+        self.equals_ledger && self.order_violations == 0 && self.rejected == 0
+    }
+
+    /// The summary lines.
+    pub fn print(&self) {
+        println!(
+            "merchant receiver        {:>8} events, each once ({} requests, {} redelivered after a lost answer and dropped as duplicates)",
+            self.events, self.requests, self.duplicates
+        );
+        println!(
+            "                         {} order violations, {} bad signatures; its view {} the ledger's transitions ({:.1} s to finish)",
+            self.order_violations,
+            self.rejected,
+            if self.equals_ledger { "equals" } else { "DIFFERS FROM" },
+            self.delivered_in.as_secs_f64()
+        );
+        println!(
+            "ledger -> merchant       p50 {:.1} ms, p99 {:.1} ms (recorded to delivered)",
+            self.lag_ms.0, self.lag_ms.1
+        );
+    }
+}
