@@ -209,6 +209,16 @@ async fn every_transition_reaches_a_misbehaving_receiver_once_in_order() {
     assert_eq!(a0[2]["payment"]["refunded"], "5.00");
     assert_eq!(a0[2]["payment"]["previous_status"], "PARTIALLY_REFUNDED");
 
+    // What /metrics says of it: attempts by outcome, and the lag.
+    let metrics = t.app().metrics.render(None).await;
+    for line in [
+        "paynotify_delivery_attempts_total{endpoint=\"orders\",outcome=\"delivered\"}",
+        "paynotify_delivery_attempts_total{endpoint=\"orders\",outcome=\"failed\"}",
+        "paynotify_delivery_lag_seconds_count{endpoint=\"orders\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
     // The project's own verifier accepted every request; the Standard
     // Webhooks reference library for Python must too, and every body must
     // validate against the published schema.
