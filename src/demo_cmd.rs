@@ -120,7 +120,7 @@ async fn recover_lost(
             settle_date: time::OffsetDateTime::now_utc().date(),
         });
         query::watch(
-            app.backends.ledger.as_ref(),
+            app.backends.watches.as_ref(),
             gw,
             MERCHANT,
             QueryTarget::Order { order_id, txn_time },

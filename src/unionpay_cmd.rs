@@ -137,7 +137,7 @@ pub async fn watch(args: Target) -> anyhow::Result<ExitCode> {
         QueryTarget::QueryId { .. } => OffsetDateTime::now_utc(),
     };
     let created = query::watch(
-        backends.ledger.as_ref(),
+        backends.watches.as_ref(),
         gw,
         &merchant,
         target.clone(),
@@ -174,7 +174,7 @@ pub struct Watches {
 pub async fn watches(args: Watches) -> anyhow::Result<ExitCode> {
     let (_, backends) = args.config.open().await?;
     let far = OffsetDateTime::now_utc() + time::Duration::days(365 * 100);
-    let list = backends.ledger.due_watches(far, WATCH_SCAN_LIMIT).await?;
+    let list = backends.watches.due_watches(far, WATCH_SCAN_LIMIT).await?;
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&list)?)?;
     } else {

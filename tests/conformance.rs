@@ -703,7 +703,7 @@ fn watch(order: &str, due: time::OffsetDateTime) -> Watch {
 async fn ledger_watches_are_versioned_and_listed_when_due(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let b = backends(kind, dir.path(), 30, 5).await;
-    let l = &b.ledger;
+    let l = &b.watches;
     let t0 = datetime!(2026-11-26 02:05:00 UTC);
     let early = watch("order0001", t0);
     let late = watch("order0002", t0 + time::Duration::minutes(10));
@@ -1157,19 +1157,6 @@ impl paynotify_shared::ports::Ledger for Lagging {
         limit: usize,
     ) -> Result<Vec<ParkedEntry>, LedgerError> {
         self.inner.parked_before(t, limit).await
-    }
-    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
-        self.inner.put_watch(watch).await
-    }
-    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
-        self.inner.get_watch(id).await
-    }
-    async fn due_watches(
-        &self,
-        t: time::OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<Watch>, LedgerError> {
-        self.inner.due_watches(t, limit).await
     }
     async fn events_between(
         &self,

@@ -190,6 +190,7 @@ async fn setup_with(
     let querier = Querier {
         archive: app.app().backends.archive.clone(),
         ledger: app.app().backends.ledger.clone(),
+        watches: app.app().backends.watches.clone(),
         verifiers: Arc::new(VerifierSet::new(
             SourceVerifier::all(&app.config, None).await.unwrap(),
         )),
@@ -241,7 +242,7 @@ async fn expect(s: &Setup, txn: &Txn) -> bool {
 async fn expect_since(s: &Setup, txn: &Txn, since: OffsetDateTime) -> bool {
     let gw = s.querier.gateways.get("unionpay").unwrap();
     query::watch(
-        s.querier.ledger.as_ref(),
+        s.querier.watches.as_ref(),
         gw,
         MERCHANT,
         QueryTarget::Order {
@@ -265,9 +266,9 @@ async fn finished_watch(s: &Setup, txn: &Txn) -> Watch {
             txn_time: txn.txn_time.clone(),
         },
     );
-    let ledger = s.querier.ledger.clone();
+    let watches = s.querier.watches.clone();
     let done = async || {
-        ledger
+        watches
             .get_watch(&id)
             .await
             .ok()
@@ -362,7 +363,7 @@ async fn a_parked_refund_is_resolved_by_asking_about_its_payment(kind: Kind) {
             query_id: "Q200000001".into(),
         },
     );
-    let w = s.querier.ledger.get_watch(&id).await.unwrap().unwrap();
+    let w = s.querier.watches.get_watch(&id).await.unwrap().unwrap();
     assert_eq!(w.reason, "parked");
     assert_eq!(s.app.reconcile().await.parked, 0);
 }

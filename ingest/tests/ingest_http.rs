@@ -74,10 +74,12 @@ async fn start_on(
         inner: Arc::new(archive.clone()),
         faults: archive_faults,
     });
+    let ledger = Arc::new(LocalLedger::open(&dir.path().join("l.sqlite3")).unwrap());
     let backends = Backends {
         archive: wrap(archive_port, queue.clone()),
         queue: queue_port,
-        ledger: Arc::new(LocalLedger::open(&dir.path().join("l.sqlite3")).unwrap()),
+        ledger: ledger.clone(),
+        watches: ledger,
         deliveries: None,
         api_calls: None,
         secrets: None,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::config::{BackendConfig, BackendKind};
-use crate::ports::{Archive, CallCounter, Deliveries, Ledger, Queue, SecretStore};
+use crate::ports::{Archive, CallCounter, Deliveries, Ledger, Queue, SecretStore, WatchStore};
 
 /// The archive, queue and ledger of one deployment.
 #[derive(Clone)]
@@ -16,6 +16,8 @@ pub struct Backends {
     pub archive: Arc<dyn Archive>,
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
+    /// UnionPay's status-query watches (in the ledger's database or table).
+    pub watches: Arc<dyn WatchStore>,
     /// The outbox of the ledger's writes and their deliveries to the
     /// merchant's endpoints (local backend; on AWS the ledger table's stream
     /// is the outbox, read by a deliverer not built yet).

@@ -15,7 +15,7 @@ use crate::event::{EventKey, PaymentKey};
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Freshness, Ledger, LedgerError,
     LedgerWrite, Loaded, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
-    QueueStats, Receipt, Watch,
+    QueueStats, Receipt, Watch, WatchStore,
 };
 
 const MILLION: f64 = 1_000_000.0;
@@ -500,6 +500,30 @@ impl Ledger for FaultyLedger {
             self.inner.parked_before(t, limit)
         )
     }
+    async fn events_between(
+        &self,
+        source: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<EventRecord>, LedgerError> {
+        faulty!(
+            self,
+            "events_between",
+            LedgerError::Unavailable,
+            self.inner.events_between(source, from, to)
+        )
+    }
+}
+
+/// A watch store with faults (the ledger's switchboard: watches live in
+/// the ledger's database or table).
+pub struct FaultyWatches {
+    pub inner: Arc<dyn WatchStore>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl WatchStore for FaultyWatches {
     async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
         faulty!(
             self,
@@ -526,19 +550,6 @@ impl Ledger for FaultyLedger {
             "due_watches",
             LedgerError::Unavailable,
             self.inner.due_watches(t, limit)
-        )
-    }
-    async fn events_between(
-        &self,
-        source: &str,
-        from: OffsetDateTime,
-        to: OffsetDateTime,
-    ) -> Result<Vec<EventRecord>, LedgerError> {
-        faulty!(
-            self,
-            "events_between",
-            LedgerError::Unavailable,
-            self.inner.events_between(source, from, to)
         )
     }
 }
@@ -568,6 +579,10 @@ impl FaultyBackends {
         });
         backends.ledger = Arc::new(FaultyLedger {
             inner: backends.ledger.clone(),
+            faults: f.ledger.clone(),
+        });
+        backends.watches = Arc::new(FaultyWatches {
+            inner: backends.watches.clone(),
             faults: f.ledger.clone(),
         });
         f

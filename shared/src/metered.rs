@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Freshness, Ledger, LedgerError,
     LedgerWrite, Loaded, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
-    QueueStats, Receipt, Watch,
+    QueueStats, Receipt, Watch, WatchStore,
 };
 
 /// Runs `call`, then records its duration and whether it failed.
@@ -60,6 +60,10 @@ impl Backends {
         });
         self.ledger = Arc::new(MeteredLedger {
             inner: self.ledger.clone(),
+            metrics: metrics.clone(),
+        });
+        self.watches = Arc::new(MeteredWatches {
+            inner: self.watches.clone(),
             metrics: metrics.clone(),
         });
     }
@@ -247,19 +251,6 @@ impl Ledger for MeteredLedger {
     ) -> Result<Vec<ParkedEntry>, LedgerError> {
         timed!(self, "parked_before", self.inner.parked_before(t, limit))
     }
-    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
-        timed!(self, "put_watch", self.inner.put_watch(watch))
-    }
-    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
-        timed!(self, "get_watch", self.inner.get_watch(id))
-    }
-    async fn due_watches(
-        &self,
-        t: OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<Watch>, LedgerError> {
-        timed!(self, "due_watches", self.inner.due_watches(t, limit))
-    }
     async fn events_between(
         &self,
         source: &str,
@@ -274,5 +265,35 @@ impl Ledger for MeteredLedger {
     }
     fn fatal(&self) -> Option<String> {
         self.inner.fatal()
+    }
+}
+
+struct MeteredWatches {
+    inner: Arc<dyn WatchStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredWatches {
+    /// Watches live in the ledger's database or table.
+    const PORT: &'static str = "ledger";
+    fn failed(_: &LedgerError) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl WatchStore for MeteredWatches {
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
+        timed!(self, "put_watch", self.inner.put_watch(watch))
+    }
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
+        timed!(self, "get_watch", self.inner.get_watch(id))
+    }
+    async fn due_watches(
+        &self,
+        t: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Watch>, LedgerError> {
+        timed!(self, "due_watches", self.inner.due_watches(t, limit))
     }
 }

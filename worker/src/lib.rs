@@ -130,6 +130,8 @@ pub struct Hooks {
 pub struct WorkerContext {
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
+    /// UnionPay's status-query watches.
+    pub watches: Arc<dyn paynotify_shared::ports::WatchStore>,
     /// Where envelopes too large for the queue are fetched from.
     pub archive: Arc<dyn Archive>,
     pub verifiers: Arc<VerifierSet>,
@@ -513,9 +515,10 @@ impl WorkerContext {
         Ok(Self {
             queue: backends.queue.clone(),
             ledger: backends.ledger.clone(),
+            watches: backends.watches.clone(),
             archive: backends.archive.clone(),
             verifiers: q.verifiers,
-            apply_hook: query::StatusQueries::hook(backends.ledger.clone(), &q.gateways),
+            apply_hook: query::StatusQueries::hook(backends.watches.clone(), &q.gateways),
             gateways: q.gateways,
             known_watches: q.known,
             config: config.worker.clone(),
@@ -531,6 +534,7 @@ impl WorkerContext {
         query::Querier {
             archive: self.archive.clone(),
             ledger: self.ledger.clone(),
+            watches: self.watches.clone(),
             verifiers: self.verifiers.clone(),
             gateways: self.gateways.clone(),
             metrics: Some(self.metrics.clone()),

@@ -14,7 +14,9 @@ use paynotify_shared::config::{Config, ConfigError, GatewayConfig, SchemeKind};
 use paynotify_shared::envelope::{Envelope, Received};
 use paynotify_shared::event::{EventOutcome, PaymentEvent};
 use paynotify_shared::gateway::{ClientSettings, GatewayClient, GatewayError};
-use paynotify_shared::ports::{ApplyOutcome, Archive, ArchiveError, Ledger, LedgerError, Watch};
+use paynotify_shared::ports::{
+    ApplyOutcome, Archive, ArchiveError, Ledger, LedgerError, Watch, WatchStore,
+};
 use paynotify_shared::scheme::unionpay::{
     classify, parse_raw, query_request, Fields, QueryAnswer, QueryTarget, SigningKey, VerifyError,
 };
@@ -225,6 +227,7 @@ impl QueryReport {
 pub struct Querier {
     pub archive: Arc<dyn Archive>,
     pub ledger: Arc<dyn Ledger>,
+    pub watches: Arc<dyn WatchStore>,
     pub verifiers: Arc<VerifierSet>,
     pub gateways: Arc<Gateways>,
     /// Where answers are counted (`paynotify_worker_status_queries_total`).
@@ -248,6 +251,7 @@ impl Querier {
         Ok(Self {
             archive: backends.archive.clone(),
             ledger: backends.ledger.clone(),
+            watches: backends.watches.clone(),
             verifiers: Arc::new(VerifierSet::new(
                 SourceVerifier::all(config, backends.secrets.as_deref()).await?,
             )),
@@ -538,7 +542,7 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
     watch_parked_payments(querier, now).await?;
     let mut pass = Pass::default();
     for w in querier
-        .ledger
+        .watches
         .due_watches(now, paynotify_shared::ports::WATCH_SCAN_LIMIT)
         .await?
     {
@@ -551,7 +555,7 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
         let mut claimed = w.clone();
         claimed.version += 1;
         claimed.due_at = Some(now + gw.lease());
-        match querier.ledger.put_watch(&claimed).await {
+        match querier.watches.put_watch(&claimed).await {
             Ok(ApplyOutcome::Applied) => {}
             Ok(_) => {
                 pass.skipped += 1;
@@ -583,7 +587,7 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
                       "status queries ran out of schedule without a final answer");
             }
         }
-        match querier.ledger.put_watch(&next).await {
+        match querier.watches.put_watch(&next).await {
             Ok(ApplyOutcome::Applied) => {}
             Ok(_) => {
                 warn!(watch = %w.id, "a status query's claim expired before its answer was written")
@@ -678,7 +682,7 @@ pub fn next_step(
 /// # Errors
 /// When the ledger fails.
 pub async fn watch(
-    ledger: &dyn Ledger,
+    watches: &dyn WatchStore,
     gw: &SourceGateway,
     merchant: &str,
     target: QueryTarget,
@@ -686,7 +690,7 @@ pub async fn watch(
     since: OffsetDateTime,
 ) -> Result<bool, LedgerError> {
     let w = new_watch(gw, merchant, target, reason, since);
-    Ok(ledger.put_watch(&w).await? == ApplyOutcome::Applied)
+    Ok(watches.put_watch(&w).await? == ApplyOutcome::Applied)
 }
 
 /// A watch of `target` due at the first step after `since`, not yet written.
@@ -743,7 +747,7 @@ async fn watch_parked_payments(querier: &Querier, now: OffsetDateTime) -> Result
         }
         // The schedule counts from when the event was parked.
         if watch(
-            querier.ledger.as_ref(),
+            querier.watches.as_ref(),
             gw,
             &e.merchant,
             target,
@@ -762,16 +766,19 @@ async fn watch_parked_payments(querier: &Querier, now: OffsetDateTime) -> Result
 /// notification opens a watch before it is applied (so a crash after the
 /// apply still leaves it), a success ends the watches of its transaction.
 pub struct StatusQueries {
-    ledger: Arc<dyn Ledger>,
+    watches: Arc<dyn WatchStore>,
     gateways: Arc<Gateways>,
 }
 
 impl StatusQueries {
     /// The hook for `gateways`; `None` when no source has a gateway.
-    pub fn hook(ledger: Arc<dyn Ledger>, gateways: &Arc<Gateways>) -> Option<Arc<dyn ApplyHook>> {
+    pub fn hook(
+        watches: Arc<dyn WatchStore>,
+        gateways: &Arc<Gateways>,
+    ) -> Option<Arc<dyn ApplyHook>> {
         (!gateways.0.is_empty()).then(|| {
             Arc::new(Self {
-                ledger,
+                watches,
                 gateways: gateways.clone(),
             }) as Arc<dyn ApplyHook>
         })
@@ -785,7 +792,7 @@ impl ApplyHook for StatusQueries {
         event: &PaymentEvent,
         received_at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
-        watch_in_process(self.ledger.as_ref(), &self.gateways, event, received_at).await
+        watch_in_process(self.watches.as_ref(), &self.gateways, event, received_at).await
     }
 
     fn wants_applied(&self, event: &PaymentEvent) -> bool {
@@ -798,7 +805,13 @@ impl ApplyHook for StatusQueries {
         notification_id: &str,
     ) -> Result<(), LedgerError> {
         // A watch left open is asked once more, and the answer is a duplicate.
-        end_watches(self.ledger.as_ref(), &self.gateways, event, notification_id).await
+        end_watches(
+            self.watches.as_ref(),
+            &self.gateways,
+            event,
+            notification_id,
+        )
+        .await
     }
 }
 
@@ -808,7 +821,7 @@ impl ApplyHook for StatusQueries {
 /// # Errors
 /// When the ledger fails.
 pub async fn watch_in_process(
-    ledger: &dyn Ledger,
+    watches: &dyn WatchStore,
     gateways: &Gateways,
     event: &PaymentEvent,
     now: OffsetDateTime,
@@ -825,7 +838,7 @@ pub async fn watch_in_process(
     if gw.config.auto_query {
         let mut w = new_watch(gw, &event.merchant, target, "in_process", now);
         w.query_id.clone_from(&event.psp_txn_id);
-        ledger.put_watch(&w).await?;
+        watches.put_watch(&w).await?;
     }
     Ok(())
 }
@@ -839,7 +852,7 @@ pub async fn watch_in_process(
 /// # Errors
 /// When the ledger fails.
 pub async fn end_watches(
-    ledger: &dyn Ledger,
+    watches: &dyn WatchStore,
     gateways: &Gateways,
     event: &PaymentEvent,
     notification_id: &str,
@@ -855,7 +868,7 @@ pub async fn end_watches(
         .chain(by_query_id);
     for target in targets {
         let id = Watch::id_for(&event.source, &event.merchant, &target);
-        let Some(w) = ledger.get_watch(&id).await? else {
+        let Some(w) = watches.get_watch(&id).await? else {
             continue;
         };
         if w.finished.is_some() {
@@ -867,7 +880,7 @@ pub async fn end_watches(
         done.due_at = None;
         done.last_answer = Some(format!("notification {notification_id}"));
         // Refused: a query wrote it meanwhile; that answer stands.
-        ledger.put_watch(&done).await?;
+        watches.put_watch(&done).await?;
     }
     Ok(())
 }

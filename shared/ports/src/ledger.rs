@@ -7,8 +7,6 @@ use time::OffsetDateTime;
 use paynotify_model::event::{EventKey, PaymentEvent, PaymentKey};
 use paynotify_model::state::{PaymentState, PaymentStatus};
 
-use crate::Watch;
-
 /// Ledger failures (all transient: the message is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -240,11 +238,6 @@ pub struct ParkedEntry {
 ///   [`Freshness::Latest`] it is as fresh as `load`.
 /// - `parked_before` lists parked events parked before `t` (conflicted ones
 ///   included), oldest first, at most `limit`.
-/// - `put_watch` stores a watch when the version stored under its id is
-///   `watch.version - 1` (none stored counts as 0), else it is a
-///   `VersionConflict` and nothing changes; `get_watch` reads one back;
-///   `due_watches` lists unfinished watches due at or before `t`, soonest
-///   first, at most `limit`.
 /// - `events_between` lists the recorded events of `source` whose PSP time
 ///   lies in `[from, to)`, oldest first (events without a PSP time are not
 ///   listed).
@@ -264,10 +257,6 @@ pub trait Ledger: Send + Sync {
         t: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<ParkedEntry>, LedgerError>;
-    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError>;
-    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError>;
-    async fn due_watches(&self, t: OffsetDateTime, limit: usize)
-        -> Result<Vec<Watch>, LedgerError>;
     async fn events_between(
         &self,
         source: &str,

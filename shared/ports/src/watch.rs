@@ -1,7 +1,12 @@
-//! UnionPay's status-query watches, kept in the ledger.
+//! UnionPay's status-query watches and the store that keeps them (in the
+//! ledger's database or table, behind a port of its own: only the
+//! UnionPay status-query scheduler uses it).
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::{ApplyOutcome, LedgerError};
 
 /// A question paynotify owes a PSP about one transaction whose result is
 /// late (UnionPay's status query), kept in the ledger so that any worker
@@ -62,3 +67,20 @@ impl Watch {
 
 /// Watches read at most for one pass of the scheduler or one listing.
 pub const WATCH_SCAN_LIMIT: usize = 1_000;
+
+/// Where watches are kept.
+///
+/// # Contract
+/// - `put_watch` stores a watch when the version stored under its id is
+///   `watch.version - 1` (none stored counts as 0), else it is a
+///   `VersionConflict` and nothing changes.
+/// - `get_watch` reads one back.
+/// - `due_watches` lists unfinished watches due at or before `t`, soonest
+///   first, at most `limit`.
+#[async_trait]
+pub trait WatchStore: Send + Sync {
+    async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError>;
+    async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError>;
+    async fn due_watches(&self, t: OffsetDateTime, limit: usize)
+        -> Result<Vec<Watch>, LedgerError>;
+}

@@ -102,10 +102,12 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         )));
     }
     let queue = SqsQueue::open(&clients, &config.aws).await?;
+    let ledger = Arc::new(DynamoLedger::new(&clients, &config.aws));
     Ok(Backends {
         archive: Arc::new(S3Archive::new(&clients, &config.aws)),
         queue: Arc::new(queue),
-        ledger: Arc::new(DynamoLedger::new(&clients, &config.aws)),
+        ledger: ledger.clone(),
+        watches: ledger,
         deliveries: None,
         api_calls: Some(clients.calls.clone()),
         secrets: Some(Arc::new(SecretsManager(clients.secrets.clone()))),

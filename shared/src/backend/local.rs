@@ -51,6 +51,7 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         archive: Arc::new(archive),
         queue: Arc::new(queue),
         deliveries: Some(ledger.clone()),
+        watches: ledger.clone(),
         ledger,
         api_calls: None,
         secrets: None,

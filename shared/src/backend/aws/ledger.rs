@@ -39,7 +39,7 @@ use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
     ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite, Loaded,
-    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
+    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -1123,7 +1123,10 @@ impl Ledger for DynamoLedger {
         out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Ok(out.into_iter().map(|(_, _, r)| r).collect())
     }
+}
 
+#[async_trait]
+impl WatchStore for DynamoLedger {
     async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
         let mut item = HashMap::from([
             ("pk".to_owned(), s(format!("{WATCH}#{}", watch.id))),
@@ -1159,7 +1162,6 @@ impl Ledger for DynamoLedger {
             Err(e) => Err(unavailable(describe(&e))),
         }
     }
-
     async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
         let out = self
             .client
@@ -1173,7 +1175,6 @@ impl Ledger for DynamoLedger {
             .map_err(|e| unavailable(describe(&e)))?;
         out.item.as_ref().map(watch_from).transpose()
     }
-
     async fn due_watches(
         &self,
         t: OffsetDateTime,

@@ -14,7 +14,7 @@ use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
     outgoing_events, ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError,
-    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
+    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
 
@@ -577,7 +577,10 @@ impl Ledger for LocalLedger {
             .await
             .map_err(unavailable)
     }
+}
 
+#[async_trait]
+impl WatchStore for LocalLedger {
     async fn put_watch(&self, watch: &Watch) -> Result<ApplyOutcome, LedgerError> {
         let w = watch.clone();
         self.db
@@ -605,7 +608,6 @@ impl Ledger for LocalLedger {
             .await
             .map_err(unavailable)
     }
-
     async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
         let id = id.to_owned();
         self.db
@@ -620,7 +622,6 @@ impl Ledger for LocalLedger {
             .await
             .map_err(unavailable)
     }
-
     async fn due_watches(
         &self,
         t: OffsetDateTime,
