@@ -43,6 +43,10 @@ pub struct Args {
     /// resources and reports AWS API calls per notification.
     #[arg(long)]
     aws_endpoint: Option<String>,
+    /// Hold the merchant receiver's deliveries until every notification is
+    /// applied, then deliver the backlog (measures the deliverer's pace).
+    #[arg(long)]
+    delivery_backlog: bool,
 }
 
 /// Prints the ledger the simulation should have produced beside the one it
@@ -189,7 +193,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // The merchant's side hears every transition (embedded backend only).
     let merchant_side = match args.aws_endpoint {
-        None => Some(MerchantSide::start(&pki_dir).await?),
+        None => Some(MerchantSide::start(&pki_dir, args.delivery_backlog).await?),
         Some(_) => None,
     };
     let config_path = dir.join("paynotify.toml");
@@ -227,6 +231,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         paynotify_shared::backend::aws::setup::init(&config.backend)
             .await
             .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(m) = &merchant_side {
+        // Before the deliverer starts, so that it reads the hold.
+        m.hold(&paynotify_shared::backend::build(&config.backend).await?)
+            .await?;
     }
     let app = App::start(&config, AppOptions::all()).await?;
     let addr = app
