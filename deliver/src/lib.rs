@@ -142,29 +142,50 @@ impl Deliverer {
         }
     }
 
+    /// One endpoint's loop: keeps up to `concurrency` deliveries in flight,
+    /// claiming more as each ends (a slow answer holds only its own slot).
     async fn endpoint_loop(&self, i: usize, shutdown: CancellationToken) {
+        use futures_util::StreamExt as _;
         let endpoint = &self.endpoints[i];
         let name = endpoint.config.name.as_str();
         let poll = Duration::from_millis(self.settings.poll_ms);
         let mut status_at = tokio::time::Instant::now();
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let log = |r: Result<(), LedgerError>| {
+            if let Err(e) = r {
+                // The lease runs out and the delivery is sent again, same id.
+                tracing::warn!(endpoint = name, error = %e, "recording an attempt failed");
+            }
+        };
         while !shutdown.is_cancelled() {
             if status_at <= tokio::time::Instant::now() {
                 self.report_status(endpoint).await;
                 status_at = tokio::time::Instant::now() + STATUS_EVERY;
             }
-            let busy = match self.pass(endpoint).await {
-                Ok(n) => n > 0,
+            let free = self.settings.concurrency.saturating_sub(in_flight.len());
+            let progressed = match self.pass(endpoint, free).await {
+                Ok((moved, due)) => {
+                    let n = due.len();
+                    in_flight.extend(due.into_iter().map(|d| self.deliver(endpoint, d)));
+                    moved + n > 0
+                }
                 Err(e) => {
                     tracing::warn!(endpoint = name, error = %e, "deliveries store unavailable; trying again");
                     false
                 }
             };
-            if !busy {
-                tokio::select! {
-                    () = tokio::time::sleep(poll) => {}
-                    () = shutdown.cancelled() => {}
-                }
+            if progressed && in_flight.len() < self.settings.concurrency {
+                continue;
             }
+            // Wait for a slot, new work, or the end.
+            tokio::select! {
+                Some(r) = in_flight.next(), if !in_flight.is_empty() => log(r),
+                () = tokio::time::sleep(poll) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            log(r);
         }
     }
 
@@ -200,27 +221,31 @@ impl Deliverer {
         }
     }
 
-    /// One pass: new outbox records become deliveries, then the due ones
-    /// are sent. How many records and attempts it handled.
-    async fn pass(&self, endpoint: &Endpoint) -> Result<usize, LedgerError> {
+    /// New outbox records become deliveries; then up to `free` due ones
+    /// are claimed. How many records it moved, and the claimed deliveries.
+    async fn pass(
+        &self,
+        endpoint: &Endpoint,
+        free: usize,
+    ) -> Result<(usize, Vec<Delivery>), LedgerError> {
         let moved = self.fan_out(endpoint).await?;
-        if endpoint.disabled.load(Ordering::SeqCst) {
-            return Ok(moved);
+        if free == 0 || endpoint.disabled.load(Ordering::SeqCst) {
+            return Ok((moved, Vec::new()));
         }
         let now = OffsetDateTime::now_utc();
-        let lease =
-            now + Duration::from_millis(endpoint.config.timeout_ms) + Duration::from_secs(30);
+        // Longer than an attempt can take: its wait for a rate-limit slot
+        // (at most one per delivery in flight) and its timeout.
+        let slots = Duration::from_secs(1) * self.settings.concurrency as u32
+            / endpoint.config.max_requests_per_sec.max(1);
+        let lease = now
+            + slots
+            + Duration::from_millis(endpoint.config.timeout_ms)
+            + Duration::from_secs(5);
         let due = self
             .store
-            .claim(&endpoint.config.name, now, lease, self.settings.concurrency)
+            .claim(&endpoint.config.name, now, lease, free)
             .await?;
-        let n = due.len();
-        // Sent at once: each is an HTTP exchange that mostly waits.
-        let sends = due.into_iter().map(|d| self.deliver(endpoint, d));
-        for r in futures_util::future::join_all(sends).await {
-            r?;
-        }
-        Ok(moved + n)
+        Ok((moved, due))
     }
 
     /// Moves the records past the endpoint's cursor into its deliveries.
