@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::Mutex;
+use paynotify_shared::gateway::error_chain;
 use tokio::time::Instant;
 
 /// The most of an answer read (its start is kept for the error).
@@ -260,18 +261,6 @@ impl EndpointClient {
             Err(_) => Err(SendError::Timeout(timeout)),
         }
     }
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ impl GatewayClient {
 }
 
 /// An error with its sources, for a useful one-line message.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
