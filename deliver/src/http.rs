@@ -15,8 +15,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::sync::Mutex;
 use paynotify_shared::gateway::error_chain;
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// The most of an answer read (its start is kept for the error).

@@ -224,7 +224,21 @@ fn processes_opening_one_fresh_ledger_at_once_all_succeed() {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
+        // The outbox came with it, and when it began (transitions before
+        // it have no events: reconcile does not count them).
+        let since: i64 = conn
+            .query_row(
+                "SELECT value FROM outbox_meta WHERE name = 'since'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(since > 1_700_000_000_000, "{since}");
+        let events: i64 = conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 0);
     }
 }
 
