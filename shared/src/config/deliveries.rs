@@ -125,6 +125,17 @@ impl DeliveriesConfig {
                     e.name
                 ));
             }
+            let host = e
+                .url
+                .parse::<hyper::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned));
+            if host.is_none_or(|h| h.is_empty()) {
+                return Err(format!(
+                    "deliveries endpoint {:?}: {:?} is not a URL with a host",
+                    e.name, e.url
+                ));
+            }
             if e.secrets.is_empty() {
                 return Err(format!(
                     "deliveries endpoint {:?}: at least one whsec_ secret is needed to sign",
@@ -139,5 +150,76 @@ impl DeliveriesConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str, url: &str) -> EndpointConfig {
+        EndpointConfig {
+            name: name.into(),
+            url: url.into(),
+            secrets: vec![SecretRef::File("/s".into())],
+            event_types: BTreeSet::new(),
+            sources: BTreeSet::new(),
+            merchants: BTreeSet::new(),
+            timeout_ms: 1000,
+            max_requests_per_sec: 10,
+            allow_insecure_http: false,
+            allow_private_addresses: false,
+        }
+    }
+
+    fn check(endpoints: Vec<EndpointConfig>) -> Result<(), String> {
+        DeliveriesConfig {
+            endpoints,
+            ..DeliveriesConfig::default()
+        }
+        .validate()
+    }
+
+    #[test]
+    fn endpoints_that_cannot_work_are_refused_at_load() {
+        assert!(check(vec![endpoint("orders", "https://orders.example/hook")]).is_ok());
+        let refused = |e: EndpointConfig, why: &str| {
+            let err = check(vec![e]).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        };
+        refused(endpoint("orders", "http://orders.example/hook"), "https://");
+        refused(endpoint("orders", "https://"), "not a URL");
+        refused(endpoint("orders", "https:// spaces/x"), "not a URL");
+        refused(endpoint("or ders", "https://o.example/"), "letters, digits");
+        refused(endpoint("", "https://o.example/"), "letters, digits");
+        let mut no_secret = endpoint("orders", "https://o.example/");
+        no_secret.secrets.clear();
+        refused(no_secret, "secret");
+        let mut no_time = endpoint("orders", "https://o.example/");
+        no_time.timeout_ms = 0;
+        refused(no_time, "positive");
+        let err = check(vec![
+            endpoint("orders", "https://a.example/"),
+            endpoint("orders", "https://b.example/"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("named twice"), "{err}");
+        let mut insecure = endpoint("local", "http://127.0.0.1:9/");
+        insecure.allow_insecure_http = true;
+        assert!(check(vec![insecure]).is_ok());
+    }
+
+    #[test]
+    fn filters_take_what_they_name_and_everything_when_empty() {
+        let mut e = endpoint("orders", "https://o.example/");
+        assert!(e.wants(EventType::Paid, "unionpay", "m1"));
+        e.event_types.insert(EventType::Refunded);
+        e.sources.insert("unionpay".into());
+        assert!(!e.wants(EventType::Paid, "unionpay", "m1"));
+        assert!(e.wants(EventType::Refunded, "unionpay", "m1"));
+        assert!(!e.wants(EventType::Refunded, "stripe", "m1"));
+        e.merchants.insert("m2".into());
+        assert!(!e.wants(EventType::Refunded, "unionpay", "m1"));
+        assert!(e.wants(EventType::Refunded, "unionpay", "m2"));
     }
 }
