@@ -99,7 +99,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (endpoint, payment_key, seq)
     WHERE status != 'delivered';
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, next_at)
+-- Pending deliveries in line order: a claim walks it and stops at its
+-- limit, however many are delivered before them.
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (endpoint, seq)
     WHERE status = 'pending';
 -- When this ledger got its outbox: writes before have no events.
 CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
