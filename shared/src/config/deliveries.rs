@@ -33,7 +33,7 @@ impl Default for DeliveriesConfig {
             retry_schedule_secs: vec![5, 300, 1800, 7200, 18_000, 36_000, 36_000],
             disable_after_secs: 5 * 24 * 3600,
             poll_ms: 200,
-            concurrency: 8,
+            concurrency: 32,
             endpoints: Vec::new(),
         }
     }
@@ -79,7 +79,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 fn default_rate() -> u32 {
-    100
+    1000
 }
 
 impl EndpointConfig {
