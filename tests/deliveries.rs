@@ -30,8 +30,16 @@ fn secret() -> String {
 
 /// The app, delivering to `receiver` with one-second retries.
 async fn spawn(receiver: &Receiver, retries: usize) -> TestApp {
+    spawn_with(receiver, retries, paynotify::app::AppOptions::all()).await
+}
+
+async fn spawn_with(
+    receiver: &Receiver,
+    retries: usize,
+    options: paynotify::app::AppOptions,
+) -> TestApp {
     let addr = receiver.addr;
-    spawn_app_tweaked(Kind::Local, paynotify::app::AppOptions::all(), move |c| {
+    spawn_app_tweaked(Kind::Local, options, move |c| {
         let path = c.backend.data_dir.with_file_name("endpoint.secret");
         std::fs::write(&path, secret()).unwrap();
         c.deliveries.retry_schedule_secs = vec![1; retries];
@@ -369,4 +377,32 @@ async fn an_endpoint_that_answers_410_is_disabled_and_its_events_wait() {
     store.set_disabled(ENDPOINT, None).await.unwrap();
     wait_delivered(&t, Duration::from_secs(30)).await;
     assert_eq!(receiver_view(&r.view())[key("g1").as_str()], ["PAID"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_deliveries_store_delays_but_loses_and_reorders_nothing() {
+    let r = receiver().await;
+    let options = paynotify::app::AppOptions {
+        faults: true,
+        ..paynotify::app::AppOptions::all()
+    };
+    let t = spawn_with(&r, 20, options).await;
+    // Reads and writes of the outbox and the deliveries fail, or succeed
+    // with the reply lost: a claim whose deliveries never reached the
+    // deliverer, an attempt delivered but not recorded (sent again, same
+    // id), a cursor moved without the deliverer knowing.
+    let faults = &t.faults().deliveries;
+    faults.set_error_rate(0.2);
+    faults.set_lost_reply_rate(0.3);
+    let ids = traffic(&t, "f", 9).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    faults.set_error_rate(0.0);
+    faults.set_lost_reply_rate(0.0);
+    wait_delivered(&t, Duration::from_secs(60)).await;
+    let view = r.view();
+    assert_eq!(view.rejected, Vec::<String>::new());
+    assert_eq!(view.order_violations, Vec::<String>::new());
+    assert_eq!(receiver_view(&view), ledger_view(&t, &ids).await);
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:?}", report.discrepancies);
 }

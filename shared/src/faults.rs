@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 
 use crate::event::{EventKey, PaymentKey};
 use crate::ports::{
-    ApplyOutcome, Archive, ArchiveError, DeadLetter, EventRecord, Freshness, Ledger, LedgerError,
-    LedgerWrite, Loaded, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
-    QueueStats, Receipt, Watch, WatchStore,
+    ApplyOutcome, Archive, ArchiveError, Attempt, DeadLetter, Deliveries, Delivery, DeliveryFilter,
+    EndpointStatus, EventRecord, Freshness, Ledger, LedgerError, LedgerWrite, Loaded, OutboxRecord,
+    ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
+    Watch, WatchStore,
 };
 
 const MILLION: f64 = 1_000_000.0;
@@ -554,11 +555,132 @@ impl WatchStore for FaultyWatches {
     }
 }
 
+/// The deliveries store with faults (its own switchboard): what the
+/// deliverer does when the outbox or a delivery's record cannot be read or
+/// written, or was written and the reply lost.
+pub struct FaultyDeliveries {
+    pub inner: Arc<dyn Deliveries>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Deliveries for FaultyDeliveries {
+    async fn outbox_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, LedgerError> {
+        faulty!(
+            self,
+            "outbox_after",
+            LedgerError::Unavailable,
+            self.inner.outbox_after(after, limit)
+        )
+    }
+    async fn outbox_for(&self, payment_key: &str) -> Result<Vec<OutboxRecord>, LedgerError> {
+        faulty!(
+            self,
+            "outbox_for",
+            LedgerError::Unavailable,
+            self.inner.outbox_for(payment_key)
+        )
+    }
+    async fn outbox_since(&self) -> Result<Option<OffsetDateTime>, LedgerError> {
+        faulty!(
+            self,
+            "outbox_since",
+            LedgerError::Unavailable,
+            self.inner.outbox_since()
+        )
+    }
+    async fn enqueue(
+        &self,
+        endpoint: &str,
+        seqs: &[u64],
+        cursor: u64,
+        now: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        faulty!(
+            self,
+            "enqueue",
+            LedgerError::Unavailable,
+            self.inner.enqueue(endpoint, seqs, cursor, now)
+        )
+    }
+    async fn claim(
+        &self,
+        endpoint: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, LedgerError> {
+        faulty!(
+            self,
+            "claim",
+            LedgerError::Unavailable,
+            self.inner.claim(endpoint, now, lease_until, limit)
+        )
+    }
+    async fn settle(
+        &self,
+        endpoint: &str,
+        seq: u64,
+        attempt: &Attempt,
+        now: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        faulty!(
+            self,
+            "settle",
+            LedgerError::Unavailable,
+            self.inner.settle(endpoint, seq, attempt, now)
+        )
+    }
+    async fn resend(
+        &self,
+        endpoint: &str,
+        event_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, LedgerError> {
+        faulty!(
+            self,
+            "resend",
+            LedgerError::Unavailable,
+            self.inner.resend(endpoint, event_id, now)
+        )
+    }
+    async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, LedgerError> {
+        faulty!(
+            self,
+            "list",
+            LedgerError::Unavailable,
+            self.inner.list(filter)
+        )
+    }
+    async fn endpoint_status(&self, endpoint: &str) -> Result<EndpointStatus, LedgerError> {
+        faulty!(
+            self,
+            "endpoint_status",
+            LedgerError::Unavailable,
+            self.inner.endpoint_status(endpoint)
+        )
+    }
+    async fn set_disabled(&self, endpoint: &str, reason: Option<&str>) -> Result<(), LedgerError> {
+        faulty!(
+            self,
+            "set_disabled",
+            LedgerError::Unavailable,
+            self.inner.set_disabled(endpoint, reason)
+        )
+    }
+}
+
 /// The three ports of `backends` behind one switchboard each.
 pub struct FaultyBackends {
     pub archive: Arc<Faults>,
     pub queue: Arc<Faults>,
     pub ledger: Arc<Faults>,
+    /// The outbox and deliveries (when the backend keeps them).
+    pub deliveries: Arc<Faults>,
 }
 
 impl FaultyBackends {
@@ -568,6 +690,7 @@ impl FaultyBackends {
             archive: Faults::new(),
             queue: Faults::new(),
             ledger: Faults::new(),
+            deliveries: Faults::new(),
         };
         backends.archive = Arc::new(FaultyArchive {
             inner: backends.archive.clone(),
@@ -584,6 +707,12 @@ impl FaultyBackends {
         backends.watches = Arc::new(FaultyWatches {
             inner: backends.watches.clone(),
             faults: f.ledger.clone(),
+        });
+        backends.deliveries = backends.deliveries.take().map(|inner| {
+            Arc::new(FaultyDeliveries {
+                inner,
+                faults: f.deliveries.clone(),
+            }) as Arc<dyn Deliveries>
         });
         f
     }
