@@ -406,3 +406,49 @@ async fn a_failing_deliveries_store_delays_but_loses_and_reorders_nothing() {
     let report = t.reconcile().await;
     assert!(report.is_clean(), "{:?}", report.discrepancies);
 }
+
+#[tokio::test]
+async fn endpoints_on_a_backend_without_an_outbox_refuse_to_start() {
+    // The AWS backend has no outbox yet: a deliverer there would deliver
+    // nothing, silently. It refuses to start instead.
+    let dir = tempfile::tempdir().unwrap();
+    let mut backends = support::backends(Kind::Local, dir.path(), 30, 5).await;
+    backends.deliveries = None;
+    let config = paynotify_shared::config::Config::from_toml(
+        "[[deliveries.endpoints]]\nname = \"orders\"\nurl = \"https://orders.example/hook\"\n\
+         secrets = [\"file:orders.whsec\"]\n",
+        dir.path(),
+    )
+    .unwrap();
+    let started = paynotify_deliver::start(
+        &config,
+        &backends,
+        &paynotify_shared::metrics::Metrics::new(None),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(started, Err(paynotify_deliver::DeliverError::NoOutbox)),
+        "{:?}",
+        started.err()
+    );
+
+    // With an outbox, an endpoint whose secret cannot be read, or is not a
+    // whsec_ key, stops the start with its name.
+    let with_outbox = support::backends(Kind::Local, dir.path(), 30, 5).await;
+    for content in [None, Some("not base64!")] {
+        if let Some(c) = content {
+            std::fs::write(dir.path().join("orders.whsec"), c).unwrap();
+        }
+        let err = paynotify_deliver::start(
+            &config,
+            &with_outbox,
+            &paynotify_shared::metrics::Metrics::new(None),
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(err.to_string().contains("\"orders\""), "{err}");
+    }
+}
