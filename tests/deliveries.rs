@@ -447,8 +447,7 @@ async fn endpoints_on_a_backend_without_an_outbox_refuse_to_start() {
             &tokio_util::sync::CancellationToken::new(),
         )
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
         assert!(err.to_string().contains("\"orders\""), "{err}");
     }
 }
