@@ -15,9 +15,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
-use paynotify_shared::gateway::error_chain;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
+use paynotify_shared::gateway::{error_chain, tls, RateLimit};
 
 /// The most of an answer read (its start is kept for the error).
 pub const MAX_ANSWER_BYTES: usize = 16 << 10;
@@ -141,7 +139,7 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector<CheckedResolver>>;
 pub struct EndpointClient {
     http: hyper_util::client::legacy::Client<Https, Full<bytes::Bytes>>,
     settings: ClientSettings,
-    next_slot: Arc<Mutex<Instant>>,
+    limit: Arc<RateLimit>,
 }
 
 impl EndpointClient {
@@ -155,13 +153,7 @@ impl EndpointClient {
         });
         http.enforce_http(false);
         http.set_connect_timeout(Some(settings.timeout));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| format!("TLS root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = tls(http)?;
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
@@ -169,19 +161,8 @@ impl EndpointClient {
         Ok(Self {
             http,
             settings,
-            next_slot: Arc::new(Mutex::new(Instant::now())),
+            limit: Arc::new(RateLimit::per_second(settings.max_requests_per_sec)),
         })
-    }
-
-    async fn wait_for_slot(&self) {
-        let interval = Duration::from_secs(1) / self.settings.max_requests_per_sec.max(1);
-        let slot = {
-            let mut next = self.next_slot.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = slot + interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
     }
 
     /// `POST`s `body` as JSON with `headers` to `url`.
@@ -207,7 +188,7 @@ impl EndpointClient {
                 return Err(SendError::Refused(ip.to_string()));
             }
         }
-        self.wait_for_slot().await;
+        self.limit.wait().await;
         let mut request = hyper::Request::post(uri)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(

@@ -57,13 +57,22 @@ impl GatewayError {
 
 /// Spaces calls at least `interval` apart: each call reserves the next slot.
 #[derive(Debug)]
-struct RateLimit {
+pub struct RateLimit {
     interval: Duration,
     next: Mutex<Instant>,
 }
 
 impl RateLimit {
-    async fn wait(&self) {
+    /// At most `n` calls a second (1 when `n` is 0).
+    pub fn per_second(n: u32) -> Self {
+        Self {
+            interval: Duration::from_secs(1) / n.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this call's slot.
+    pub async fn wait(&self) {
         let slot = {
             let mut next = self.next.lock().await;
             let slot = (*next).max(Instant::now());
@@ -85,6 +94,23 @@ pub struct ClientSettings {
 }
 
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// `inner` with TLS (rustls on aws-lc-rs, the system's root certificates)
+/// for `https://` and plain `http://` passed through (what the
+/// configuration allows of it is decided there).
+///
+/// # Errors
+/// When no root certificate can be loaded (install the system's CA
+/// certificates).
+pub fn tls<C>(inner: C) -> Result<hyper_rustls::HttpsConnector<C>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)
+        .map_err(|e| format!("TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(inner))
+}
 
 /// An HTTP client for one gateway.
 #[derive(Clone)]
@@ -111,23 +137,16 @@ impl GatewayClient {
     /// When no root certificate can be loaded (install the system's CA
     /// certificates) or TLS cannot be set up.
     pub fn new(settings: ClientSettings) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| format!("TLS root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.enforce_http(false);
+        let https = tls(connector)?;
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https);
         Ok(Self {
             http,
             settings,
-            limit: Arc::new(RateLimit {
-                interval: Duration::from_secs(1) / settings.max_requests_per_sec.max(1),
-                next: Mutex::new(Instant::now()),
-            }),
+            limit: Arc::new(RateLimit::per_second(settings.max_requests_per_sec)),
         })
     }
 
