@@ -30,13 +30,14 @@ fn secret() -> String {
 
 /// The app, delivering to `receiver` with one-second retries.
 async fn spawn(receiver: &Receiver, retries: usize) -> TestApp {
-    spawn_with(receiver, retries, paynotify::app::AppOptions::all()).await
+    spawn_with(receiver, retries, paynotify::app::AppOptions::all(), |_| {}).await
 }
 
 async fn spawn_with(
     receiver: &Receiver,
     retries: usize,
     options: paynotify::app::AppOptions,
+    tweak: impl FnOnce(&mut paynotify_shared::config::Config),
 ) -> TestApp {
     let addr = receiver.addr;
     spawn_app_tweaked(Kind::Local, options, move |c| {
@@ -57,6 +58,7 @@ async fn spawn_with(
             allow_insecure_http: true,
             allow_private_addresses: true,
         }];
+        tweak(c);
     })
     .await
 }
@@ -348,6 +350,29 @@ async fn a_dead_lettered_delivery_holds_its_payment_s_later_events_until_resent(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_longer_than_allowed_is_disabled() {
+    let r = receiver().await;
+    r.set(|b| b.fail = u32::MAX);
+    let options = paynotify::app::AppOptions::all();
+    let t = spawn_with(&r, 100, options, |c| c.deliveries.disable_after_secs = 2).await;
+    let store = t.app().backends.deliveries.clone().unwrap();
+    t.sim.send(t.sim.purchase("l1", 1000)).await;
+    t.wait_for_status("l1", PaymentStatus::Paid).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        if let Some(why) = store.endpoint_status(ENDPOINT).await.unwrap().disabled {
+            break why;
+        }
+        assert!(Instant::now() < deadline, "never disabled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.contains("every attempt failed since"), "{why}");
+    // Its event waits, still pending, not dead-lettered.
+    let status = store.endpoint_status(ENDPOINT).await.unwrap();
+    assert_eq!((status.pending, status.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_answers_410_is_disabled_and_its_events_wait() {
     let r = receiver().await;
     r.set(|b| b.gone = true);
@@ -386,7 +411,7 @@ async fn a_failing_deliveries_store_delays_but_loses_and_reorders_nothing() {
         faults: true,
         ..paynotify::app::AppOptions::all()
     };
-    let t = spawn_with(&r, 20, options).await;
+    let t = spawn_with(&r, 20, options, |_| {}).await;
     // Reads and writes of the outbox and the deliveries fail, or succeed
     // with the reply lost: a claim whose deliveries never reached the
     // deliverer, an attempt delivered but not recorded (sent again, same

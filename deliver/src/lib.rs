@@ -26,7 +26,7 @@ use paynotify_shared::ports::{Attempt, Deliveries, Delivery, LedgerError, Secret
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{Answer, ClientSettings, EndpointClient, SendError};
+use crate::http::{Answer, ClientSettings, EndpointClient};
 use crate::sign::Signer;
 
 /// Outbox records read per pass.
@@ -214,6 +214,13 @@ impl Deliverer {
                 endpoint
                     .disabled
                     .store(s.disabled.is_some(), Ordering::SeqCst);
+                let failing_too_long = s.failing_since.filter(|since| {
+                    now - *since >= Duration::from_secs(self.settings.disable_after_secs)
+                });
+                if let (None, Some(since)) = (&s.disabled, failing_too_long) {
+                    self.disable(endpoint, format!("every attempt failed since {since}"))
+                        .await;
+                }
             }
             Err(e) => {
                 tracing::warn!(endpoint = name, error = %e, "reading the endpoint's status failed");
@@ -269,12 +276,12 @@ impl Deliverer {
     }
 
     /// Sends one delivery and records the attempt.
-    async fn deliver(&self, endpoint: &Endpoint, d: Delivery) -> Result<(), LedgerError> {
+    async fn deliver(&self, endpoint: &Endpoint, mut d: Delivery) -> Result<(), LedgerError> {
         let name = endpoint.config.name.as_str();
         let sent_at = OffsetDateTime::now_utc();
         let timestamp = sent_at.unix_timestamp();
+        let body = bytes::Bytes::from(std::mem::take(&mut d.record.body));
         let id = d.record.event_id.as_str();
-        let body = bytes::Bytes::from(d.record.body.clone());
         let headers = [
             ("webhook-id", id.to_owned()),
             ("webhook-timestamp", timestamp.to_string()),
@@ -321,7 +328,12 @@ impl Deliverer {
                                     attempts = d.attempts + 1, error = %error,
                                     "delivery dead-lettered: the payment's later events wait (paynotify deliveries resend)");
                 }
-                self.disable_if_failing(endpoint, &result, now).await?;
+                // 410 Gone: the receiver says it is not coming back. An
+                // endpoint failing for days is disabled by the status read.
+                if matches!(result, Ok(Answer { status: 410, .. })) {
+                    self.disable(endpoint, "the endpoint answered 410 Gone".to_owned())
+                        .await;
+                }
             }
         }
         Ok(())
@@ -342,32 +354,18 @@ impl Deliverer {
         Attempt::Failed { error, retry_at }
     }
 
-    /// Disables the endpoint when it answered 410 Gone, or when every
-    /// attempt has failed for `disable_after_secs`.
-    async fn disable_if_failing(
-        &self,
-        endpoint: &Endpoint,
-        result: &Result<Answer, SendError>,
-        now: OffsetDateTime,
-    ) -> Result<(), LedgerError> {
+    /// Stops sending to `endpoint` (its events wait), saying `why`.
+    async fn disable(&self, endpoint: &Endpoint, why: String) {
         let name = endpoint.config.name.as_str();
-        let reason = if matches!(result, Ok(a) if a.status == 410) {
-            Some("the endpoint answered 410 Gone".to_owned())
-        } else {
-            let status = self.store.endpoint_status(name).await?;
-            status.failing_since.and_then(|since| {
-                let failing = now - since;
-                (failing >= Duration::from_secs(self.settings.disable_after_secs))
-                    .then(|| format!("every attempt failed since {since}"))
-            })
-        };
-        if let Some(why) = reason {
-            self.store.set_disabled(name, Some(&why)).await?;
-            endpoint.disabled.store(true, Ordering::SeqCst);
-            self.metrics.delivery_status(name, 0, 0, None, true);
-            tracing::error!(endpoint = name, reason = %why, "deliveries endpoint disabled");
+        endpoint.disabled.store(true, Ordering::SeqCst);
+        match self.store.set_disabled(name, Some(&why)).await {
+            Ok(()) => {
+                tracing::error!(endpoint = name, reason = %why, "deliveries endpoint disabled")
+            }
+            // Disabled in this process; the next status read tries again.
+            Err(e) => tracing::warn!(endpoint = name, reason = %why, error = %e,
+                                     "recording that the endpoint is disabled failed"),
         }
-        Ok(())
     }
 }
 
