@@ -226,11 +226,14 @@ pub async fn reconcile(
     )
     .await?;
     look_again(backends, &mut report, &mut payments, unfound).await?;
+    // When each checked payment changed, for the outgoing events' check.
+    let mut transitions = BTreeMap::new();
     for payment in &payments {
         report.payments_checked += 1;
-        check_payment(backends, payment, &mut report).await?;
+        let changed_at = check_payment(backends, payment, &mut report).await?;
+        transitions.insert(payment.clone(), changed_at);
     }
-    deliveries::check(config, backends, &payments, &mut report).await?;
+    deliveries::check(config, backends, &transitions, &mut report).await?;
     // One read of the parked events, oldest first: the overdue ones lead.
     let now = OffsetDateTime::now_utc();
     let alert_secs = config.worker.parked_alert_secs;
@@ -270,12 +273,13 @@ pub async fn reconcile(
     Ok(report)
 }
 
-/// Replays a payment's recorded events and compares with what is stored.
+/// Replays a payment's recorded events and compares with what is stored;
+/// when each event that changed its state was recorded.
 async fn check_payment(
     backends: &Backends,
     key: &PaymentKey,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<OffsetDateTime>> {
     let history: Vec<EventRecord> = backends.ledger.history(key).await?;
     let stored = backends.ledger.get_payment(key).await?;
     if let Some(s) = &stored {
@@ -364,7 +368,11 @@ async fn check_payment(
             ),
         ),
     }
-    Ok(())
+    Ok(history
+        .iter()
+        .filter(|h| h.status_after.is_some())
+        .map(|h| h.recorded_at)
+        .collect())
 }
 
 fn brief(s: Option<&PaymentState>) -> Option<String> {

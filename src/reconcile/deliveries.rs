@@ -2,7 +2,7 @@
 //! of a checked payment has its event in the outbox, and every event an
 //! endpoint's filter takes is delivered, pending or dead-lettered there.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
@@ -10,6 +10,7 @@ use paynotify_shared::event::PaymentKey;
 use paynotify_shared::outgoing::EventType;
 use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::Report;
 
@@ -23,15 +24,15 @@ pub struct DeliveryTotals {
     pub dead_lettered: u64,
 }
 
-/// Checks the outgoing events of `payments`; nothing when the backend
-/// keeps no outbox.
+/// Checks the outgoing events of the payments in `transitions` (each with
+/// when its state changed); nothing when the backend keeps no outbox.
 ///
 /// # Errors
 /// Backend errors.
 pub(super) async fn check(
     config: &Config,
     backends: &Backends,
-    payments: &BTreeSet<PaymentKey>,
+    transitions: &BTreeMap<PaymentKey, Vec<OffsetDateTime>>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let Some(store) = backends.deliveries.as_ref() else {
@@ -42,13 +43,10 @@ pub(super) async fn check(
     for e in &config.deliveries.endpoints {
         cursors.push((e, store.endpoint_status(&e.name).await?.cursor));
     }
-    for key in payments {
-        let transitions = backends
-            .ledger
-            .history(key)
-            .await?
-            .into_iter()
-            .filter(|h| h.status_after.is_some() && since.is_none_or(|s| h.recorded_at >= s))
+    for (key, changed_at) in transitions {
+        let transitions = changed_at
+            .iter()
+            .filter(|t| since.is_none_or(|s| **t >= s))
             .count();
         let outbox = store.outbox_for(key.as_str()).await?;
         report.deliveries.events += outbox.len() as u64;
