@@ -3,7 +3,6 @@
 //! service would, with a few answers lost on the way (each then redelivered
 //! with the same id). After the run, its view is compared with the ledger.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,6 @@ use base64::Engine as _;
 use paynotify::receiver::Receiver;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::event::PaymentKey;
-use paynotify_shared::outgoing::EventType;
 use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
 
 const ENDPOINT: &str = "merchant";
@@ -117,29 +115,12 @@ impl MerchantSide {
         // receiver heard.
         let keys: std::collections::BTreeSet<&str> =
             outbox.iter().map(|r| r.payment_key.as_str()).collect();
-        let mut ledger = BTreeMap::new();
-        for k in keys {
-            let statuses: Vec<String> = backends
-                .ledger
-                .history(&PaymentKey::from_stored(k))
-                .await?
-                .into_iter()
-                .filter_map(|h| h.status_after)
-                .collect();
-            ledger.insert(k.to_owned(), statuses);
-        }
-        let heard: BTreeMap<String, Vec<String>> = view
-            .by_payment
-            .iter()
-            .map(|(k, events)| {
-                let statuses = events
-                    .iter()
-                    .filter(|e| e["type"] != EventType::NeedsAttention.as_str())
-                    .filter_map(|e| e["payment"]["status"].as_str().map(str::to_owned))
-                    .collect();
-                (k.clone(), statuses)
-            })
-            .collect();
+        let ledger = paynotify::receiver::ledger_statuses(
+            backends.ledger.as_ref(),
+            keys.into_iter().map(PaymentKey::from_stored),
+        )
+        .await?;
+        let heard = view.statuses();
         let delivered = store
             .list(&DeliveryFilter {
                 endpoint: Some(ENDPOINT.into()),

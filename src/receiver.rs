@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paynotify_shared::config::StandardWebhooksConfig;
+use paynotify_shared::event::PaymentKey;
+use paynotify_shared::outgoing::EventType;
+use paynotify_shared::ports::{Ledger, LedgerError};
 use paynotify_shared::scheme::standard_webhooks::StandardWebhooksVerifier;
 use paynotify_shared::scheme::Inbound;
 use serde_json::Value;
@@ -57,6 +60,50 @@ pub struct View {
     pub rejected: Vec<String>,
     /// Every request, as received: headers and body.
     pub requests: Vec<Request>,
+}
+
+impl View {
+    /// Each payment's statuses, in the order the receiver first heard its
+    /// transitions (payments with none left out): what
+    /// [`ledger_statuses`] gives for a ledger it heard all of.
+    pub fn statuses(&self) -> BTreeMap<String, Vec<String>> {
+        self.by_payment
+            .iter()
+            .map(|(k, events)| {
+                let statuses: Vec<String> = events
+                    .iter()
+                    .filter(|e| e["type"] != EventType::NeedsAttention.as_str())
+                    .map(|e| e["payment"]["status"].as_str().unwrap_or("?").to_owned())
+                    .collect();
+                (k.clone(), statuses)
+            })
+            .filter(|(_, statuses)| !statuses.is_empty())
+            .collect()
+    }
+}
+
+/// Each of `keys`' statuses after each of its transitions, in the ledger's
+/// order (payments with none left out).
+///
+/// # Errors
+/// The ledger's.
+pub async fn ledger_statuses(
+    ledger: &dyn Ledger,
+    keys: impl IntoIterator<Item = PaymentKey>,
+) -> Result<BTreeMap<String, Vec<String>>, LedgerError> {
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let statuses: Vec<String> = ledger
+            .history(&key)
+            .await?
+            .into_iter()
+            .filter_map(|h| h.status_after)
+            .collect();
+        if !statuses.is_empty() {
+            out.insert(key.to_string(), statuses);
+        }
+    }
+    Ok(out)
 }
 
 struct Shared {

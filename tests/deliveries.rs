@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use paynotify::receiver::{Receiver, View};
+use paynotify::receiver::{ledger_statuses, Receiver, View};
 use paynotify_shared::config::EndpointConfig;
 use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
 use paynotify_shared::secret::SecretRef;
@@ -75,31 +75,10 @@ fn key(query_id: &str) -> PaymentKey {
 
 /// Each payment's statuses after each transition, as the ledger has them.
 async fn ledger_view(t: &TestApp, ids: &[String]) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
-    for id in ids {
-        let k = key(id);
-        let history = t.app().backends.ledger.history(&k).await.unwrap();
-        let statuses: Vec<String> = history.into_iter().filter_map(|h| h.status_after).collect();
-        if !statuses.is_empty() {
-            out.insert(k.to_string(), statuses);
-        }
-    }
-    out
-}
-
-/// Each payment's statuses as the receiver heard them, first arrivals only.
-fn receiver_view(view: &View) -> BTreeMap<String, Vec<String>> {
-    view.by_payment
-        .iter()
-        .map(|(k, events)| {
-            let statuses = events
-                .iter()
-                .filter(|e| e["type"] != "payment.needs_attention")
-                .map(|e| e["payment"]["status"].as_str().unwrap_or("?").to_owned())
-                .collect();
-            (k.clone(), statuses)
-        })
-        .collect()
+    let ledger = t.app().backends.ledger.as_ref();
+    ledger_statuses(ledger, ids.iter().map(|id| key(id)))
+        .await
+        .unwrap()
 }
 
 /// Waits until every outbox record has been delivered to the endpoint.
@@ -186,7 +165,7 @@ async fn every_transition_reaches_a_misbehaving_receiver_once_in_order() {
         view.duplicates
     );
     let ledger = ledger_view(&t, &ids).await;
-    assert_eq!(receiver_view(&view), ledger);
+    assert_eq!(view.statuses(), ledger);
     // One event per transition: the outbox holds nothing else.
     let transitions: usize = ledger.values().map(Vec::len).sum();
     let outbox = store.outbox_after(0, 100_000).await.unwrap();
@@ -343,7 +322,7 @@ async fn a_dead_lettered_delivery_holds_its_payment_s_later_events_until_resent(
     wait_delivered(&t, Duration::from_secs(30)).await;
     let view = r.view();
     assert_eq!(
-        receiver_view(&view)[key("d1").as_str()],
+        view.statuses()[key("d1").as_str()],
         ["PAID", "PARTIALLY_REFUNDED"]
     );
     assert_eq!(view.order_violations, Vec::<String>::new());
@@ -401,7 +380,7 @@ async fn an_endpoint_that_answers_410_is_disabled_and_its_events_wait() {
     assert!(status.disabled.unwrap().contains("410"));
     store.set_disabled(ENDPOINT, None).await.unwrap();
     wait_delivered(&t, Duration::from_secs(30)).await;
-    assert_eq!(receiver_view(&r.view())[key("g1").as_str()], ["PAID"]);
+    assert_eq!(r.view().statuses()[key("g1").as_str()], ["PAID"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,7 +406,7 @@ async fn a_failing_deliveries_store_delays_but_loses_and_reorders_nothing() {
     let view = r.view();
     assert_eq!(view.rejected, Vec::<String>::new());
     assert_eq!(view.order_violations, Vec::<String>::new());
-    assert_eq!(receiver_view(&view), ledger_view(&t, &ids).await);
+    assert_eq!(view.statuses(), ledger_view(&t, &ids).await);
     let report = t.reconcile().await;
     assert!(report.is_clean(), "{:?}", report.discrepancies);
 }
