@@ -100,16 +100,11 @@ impl MerchantSide {
             store.set_disabled(ENDPOINT, None).await?;
         }
         let started = Instant::now();
-        let outbox = loop {
-            let outbox = store.outbox_after(0, usize::MAX >> 2).await?;
-            let last = outbox.last().map_or(0, |r| r.seq);
-            let s = store.endpoint_status(ENDPOINT).await?;
-            if (s.cursor == last && s.pending == 0) || started.elapsed() > within {
-                break outbox;
-            }
+        while !store.caught_up(ENDPOINT).await? && started.elapsed() <= within {
             tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        }
         let delivered_in = started.elapsed();
+        let outbox = store.outbox_after(0, usize::MAX >> 2).await?;
         let view = self.receiver.view();
         // The ledger's transitions, payment by payment, beside what the
         // receiver heard.

@@ -85,20 +85,11 @@ async fn ledger_view(t: &TestApp, ids: &[String]) -> BTreeMap<String, Vec<String
 async fn wait_delivered(t: &TestApp, within: Duration) {
     let store = t.app().backends.deliveries.clone().unwrap();
     let deadline = Instant::now() + within;
-    loop {
-        let last = store
-            .outbox_after(0, usize::MAX >> 2)
-            .await
-            .unwrap()
-            .last()
-            .map_or(0, |r| r.seq);
+    while !store.caught_up(ENDPOINT).await.unwrap() {
         let status = store.endpoint_status(ENDPOINT).await.unwrap();
-        if status.cursor == last && status.pending == 0 && status.dead_lettered == 0 {
-            return;
-        }
         assert!(
             Instant::now() < deadline,
-            "not delivered in {within:?}: {status:?}, outbox up to {last}"
+            "not delivered in {within:?}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -184,15 +184,12 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
     // deliverer's SIGKILL notwithstanding (its leases ran out).
     let store = backends.deliveries.clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let outbox = loop {
-        let outbox = store.outbox_after(0, 1 << 20).await.unwrap();
+    while !store.caught_up("merchant").await.unwrap() {
         let status = store.endpoint_status("merchant").await.unwrap();
-        if status.cursor == outbox.last().map_or(0, |r| r.seq) && status.pending == 0 {
-            break outbox;
-        }
         assert!(Instant::now() < deadline, "not delivered: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let outbox = store.outbox_after(0, 1 << 20).await.unwrap();
     let view = receiver.view();
     assert_eq!(view.order_violations, Vec::<String>::new());
     assert_eq!(view.rejected, Vec::<String>::new());

@@ -276,6 +276,15 @@ pub trait Deliveries: Send + Sync {
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, LedgerError>;
     async fn endpoint_status(&self, endpoint: &str) -> Result<EndpointStatus, LedgerError>;
     async fn set_disabled(&self, endpoint: &str, reason: Option<&str>) -> Result<(), LedgerError>;
+
+    /// Whether `endpoint` has every event of the outbox moved into its
+    /// deliveries and none of them open (pending or dead-lettered).
+    async fn caught_up(&self, endpoint: &str) -> Result<bool, LedgerError> {
+        let s = self.endpoint_status(endpoint).await?;
+        Ok(s.pending == 0
+            && s.dead_lettered == 0
+            && self.outbox_after(s.cursor, 1).await?.is_empty())
+    }
 }
 
 #[cfg(test)]
