@@ -184,7 +184,7 @@ fn unavailable(e: String) -> LedgerError {
     LedgerError::Unavailable(e)
 }
 
-fn invalid(what: &str) -> rusqlite::Error {
+pub(super) fn invalid(what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,
         rusqlite::types::Type::Text,

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::db::{exec, row};
-use super::ledger::LocalLedger;
+use super::ledger::{invalid, LocalLedger};
 use crate::backend::{stored_time, unix_ms};
 use crate::outgoing::{EventType, OutgoingEvent};
 use crate::ports::{
@@ -36,10 +36,6 @@ pub(super) fn append(c: &Connection, events: &[OutgoingEvent]) -> rusqlite::Resu
         )?;
     }
     Ok(())
-}
-
-fn invalid(what: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
 }
 
 const RECORD_COLUMNS: &str =
@@ -132,7 +128,7 @@ fn settle(
     attempt: &Attempt,
     now: i64,
 ) -> rusqlite::Result<()> {
-    ensure_endpoint(c, endpoint)?;
+    // The endpoint's row exists: `enqueue` wrote it with the delivery.
     let seq = seq as i64;
     match attempt {
         Attempt::Delivered => {
@@ -240,10 +236,6 @@ fn endpoint_status(c: &Connection, endpoint: &str) -> rusqlite::Result<EndpointS
     })
 }
 
-fn unavailable(e: String) -> LedgerError {
-    LedgerError::Unavailable(e)
-}
-
 #[async_trait]
 impl Deliveries for LocalLedger {
     async fn outbox_after(
@@ -263,7 +255,7 @@ impl Deliveries for LocalLedger {
                 rows
             })
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn outbox_for(&self, payment_key: &str) -> Result<Vec<OutboxRecord>, LedgerError> {
@@ -278,7 +270,7 @@ impl Deliveries for LocalLedger {
                 rows
             })
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn outbox_since(&self) -> Result<Option<OffsetDateTime>, LedgerError> {
@@ -294,7 +286,7 @@ impl Deliveries for LocalLedger {
                 .map(|v| v.map(stored_time))
             })
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn enqueue(
@@ -325,7 +317,7 @@ impl Deliveries for LocalLedger {
                 .map(|_| ())
             })
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn claim(
@@ -340,7 +332,7 @@ impl Deliveries for LocalLedger {
         self.db
             .write(move |c| claim(c, &endpoint, now, until, limit))
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn settle(
@@ -354,7 +346,7 @@ impl Deliveries for LocalLedger {
         self.db
             .write(move |c| settle(c, &endpoint, seq, &attempt, now))
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn resend(
@@ -376,7 +368,7 @@ impl Deliveries for LocalLedger {
                 Ok(n > 0)
             })
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, LedgerError> {
@@ -384,7 +376,7 @@ impl Deliveries for LocalLedger {
         self.db
             .read(move |c| list(c, &filter))
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn endpoint_status(&self, endpoint: &str) -> Result<EndpointStatus, LedgerError> {
@@ -392,7 +384,7 @@ impl Deliveries for LocalLedger {
         self.db
             .read(move |c| endpoint_status(c, &endpoint))
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 
     async fn set_disabled(&self, endpoint: &str, reason: Option<&str>) -> Result<(), LedgerError> {
@@ -410,6 +402,6 @@ impl Deliveries for LocalLedger {
                 .map(|_| ())
             })
             .await
-            .map_err(unavailable)
+            .map_err(LedgerError::Unavailable)
     }
 }
