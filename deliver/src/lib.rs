@@ -44,10 +44,16 @@ pub enum DeliverError {
     #[error("deliveries: {0}")]
     Store(#[from] LedgerError),
     #[error(
-        "deliveries.endpoints are configured, but outgoing events are delivered from the local \
-         backend only so far (on AWS the ledger table's stream is to be the outbox)"
+        "deliveries.endpoints are configured, but webhooks are delivered from the local \
+         backend only so far (on AWS, deliveries.sinks are fed from the ledger table's stream \
+         by the events function)"
     )]
     NoOutbox,
+    #[error(
+        "deliveries.sinks are fed from the AWS ledger table's stream by the events function; \
+         the local backend delivers to deliveries.endpoints"
+    )]
+    SinksNeedStream,
 }
 
 /// One endpoint, ready to send.
@@ -382,6 +388,9 @@ pub async fn start(
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, DeliverError> {
+    if !config.deliveries.sinks.is_empty() && backends.deliveries.is_some() {
+        return Err(DeliverError::SinksNeedStream);
+    }
     if config.deliveries.endpoints.is_empty() {
         return Ok(None);
     }

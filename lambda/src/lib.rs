@@ -11,10 +11,13 @@
 //!   left to it and those that must come back are reported as
 //!   `batchItemFailures` (the event source mapping needs
 //!   `ReportBatchItemFailures`).
+//! - [`events::Events`] reads the ledger table's stream and sends each
+//!   write's outgoing events to the merchant's AWS sinks.
 //!
 //! Configuration, verifiers and SDK clients are built once per execution
 //! environment, before the first event ([`load_config`]).
 
+pub mod events;
 pub mod http;
 pub mod sqs;
 

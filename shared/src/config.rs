@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 mod deliveries;
 
-pub use deliveries::{DeliveriesConfig, EndpointConfig};
+pub use deliveries::{DeliveriesConfig, EndpointConfig, SinkConfig, SinkKind};
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;

@@ -9,7 +9,9 @@ mod ledger;
 mod queue;
 mod secrets;
 pub mod setup;
+pub mod sinks;
 mod sqs_batches;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,6 +25,9 @@ pub struct DeliveriesConfig {
     /// Deliveries in flight at once, per endpoint.
     pub concurrency: usize,
     pub endpoints: Vec<EndpointConfig>,
+    /// AWS destinations, fed from the ledger table's stream by the events
+    /// function (AWS backend only).
+    pub sinks: Vec<SinkConfig>,
 }
 
 impl Default for DeliveriesConfig {
@@ -35,6 +38,7 @@ impl Default for DeliveriesConfig {
             poll_ms: 200,
             concurrency: 32,
             endpoints: Vec::new(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -74,6 +78,72 @@ pub struct EndpointConfig {
     pub allow_private_addresses: bool,
 }
 
+/// What kind of AWS destination a sink is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// An SQS queue, by URL. A FIFO queue (`….fifo`) gets each payment's
+    /// events in order (message group = payment key) and drops a resend
+    /// within five minutes (deduplication id = event id); a standard queue
+    /// gets them at least once, in no order.
+    Sqs,
+}
+
+/// One of the merchant's AWS destinations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Its name in logs and metrics.
+    pub name: String,
+    pub kind: SinkKind,
+    /// The queue URL.
+    pub target: String,
+    /// Only these types (all when empty).
+    #[serde(default)]
+    pub event_types: BTreeSet<EventType>,
+    /// Only events of these sources (all when empty).
+    #[serde(default)]
+    pub sources: BTreeSet<String>,
+    /// Only events of these merchants (all when empty).
+    #[serde(default)]
+    pub merchants: BTreeSet<String>,
+}
+
+impl SinkConfig {
+    /// Whether an event of `event_type` about a payment of `source` and
+    /// `merchant` goes to this sink.
+    pub fn wants(&self, event_type: EventType, source: &str, merchant: &str) -> bool {
+        wanted(
+            (&self.event_types, &self.sources, &self.merchants),
+            (event_type, source, merchant),
+        )
+    }
+
+    /// Whether the sink keeps each payment's events in order.
+    pub fn ordered(&self) -> bool {
+        match self.kind {
+            SinkKind::Sqs => self.target.ends_with(".fifo"),
+        }
+    }
+}
+
+type Filter<'a> = (
+    &'a BTreeSet<EventType>,
+    &'a BTreeSet<String>,
+    &'a BTreeSet<String>,
+);
+
+/// Whether a filter (types, sources, merchants; each empty for all) takes
+/// an event.
+fn wanted(
+    (types, sources, merchants): Filter<'_>,
+    (t, source, merchant): (EventType, &str, &str),
+) -> bool {
+    (types.is_empty() || types.contains(&t))
+        && (sources.is_empty() || sources.contains(source))
+        && (merchants.is_empty() || merchants.contains(merchant))
+}
+
 fn default_timeout_ms() -> u64 {
     15_000
 }
@@ -86,9 +156,10 @@ impl EndpointConfig {
     /// Whether an event of `event_type` about a payment of `source` and
     /// `merchant` goes to this endpoint.
     pub fn wants(&self, event_type: EventType, source: &str, merchant: &str) -> bool {
-        (self.event_types.is_empty() || self.event_types.contains(&event_type))
-            && (self.sources.is_empty() || self.sources.contains(source))
-            && (self.merchants.is_empty() || self.merchants.contains(merchant))
+        wanted(
+            (&self.event_types, &self.sources, &self.merchants),
+            (event_type, source, merchant),
+        )
     }
 }
 
@@ -102,21 +173,38 @@ impl DeliveriesConfig {
         if self.concurrency == 0 || self.poll_ms == 0 {
             return Err("deliveries.concurrency and deliveries.poll_ms must be positive".into());
         }
-        for e in &self.endpoints {
-            if e.name.is_empty()
-                || !e
-                    .name
+        let mut named = |name: &str| {
+            if name.is_empty()
+                || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(format!(
-                    "deliveries endpoint name {:?}: letters, digits, - and _ only",
-                    e.name
+                    "deliveries endpoint name {name:?}: letters, digits, - and _ only"
                 ));
             }
-            if !names.insert(&e.name) {
-                return Err(format!("deliveries endpoint {:?} is named twice", e.name));
+            if !names.insert(name.to_owned()) {
+                return Err(format!("deliveries endpoint {name:?} is named twice"));
             }
+            Ok(())
+        };
+        for sink in &self.sinks {
+            named(&sink.name)?;
+            let host = sink
+                .target
+                .parse::<hyper::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
+                .and_then(|u| u.host().map(str::to_owned));
+            if host.is_none_or(|h| h.is_empty()) {
+                return Err(format!(
+                    "deliveries sink {:?}: {:?} is not a queue URL",
+                    sink.name, sink.target
+                ));
+            }
+        }
+        for e in &self.endpoints {
+            named(&e.name)?;
             let scheme_ok = e.url.starts_with("https://")
                 || (e.allow_insecure_http && e.url.starts_with("http://"));
             if !scheme_ok {

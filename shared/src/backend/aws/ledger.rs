@@ -43,7 +43,7 @@ use crate::ports::{
 };
 use crate::state::{PaymentState, PaymentStatus};
 
-const STATE: &str = "STATE";
+pub(super) const STATE: &str = "STATE";
 const PARKED: &str = "PARKED#";
 /// The sparse index over parked events, and its constant partition value.
 pub const PARKED_INDEX: &str = "parked";
@@ -75,7 +75,7 @@ pub struct DynamoLedger {
     table: String,
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
@@ -83,17 +83,17 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
+pub(super) fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
     item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
-fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+pub(super) fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
     item.get(k)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
 }
 
-fn overflow_sk(first_index: u64) -> String {
+pub(super) fn overflow_sk(first_index: u64) -> String {
     format!("{OVERFLOW}{first_index:010}")
 }
 
@@ -291,7 +291,9 @@ impl StoredEvent {
 }
 
 /// The recorded events in an item's `events` list, in order.
-fn stored_events(item: &HashMap<String, AttributeValue>) -> Result<Vec<EventRecord>, LedgerError> {
+pub(super) fn stored_events(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Vec<EventRecord>, LedgerError> {
     let Some(list) = item.get("events").and_then(|v| v.as_l().ok()) else {
         return Ok(Vec::new());
     };
@@ -305,6 +307,38 @@ fn stored_events(item: &HashMap<String, AttributeValue>) -> Result<Vec<EventReco
                 .ok_or_else(|| unavailable(format!("a stored event of {pk:?} is invalid")))
         })
         .collect()
+}
+
+/// What one write stores of its events: the stored events recorded, their
+/// keys' digests, and the conflicting parked events it found (JSON of each
+/// [`ParkedEvent`]).
+struct Records {
+    records: Vec<String>,
+    keys: Vec<String>,
+    attention: Vec<String>,
+}
+
+/// The payment's state its item holds (none before its first state, and in
+/// an alias), at the item's version (0 when it has none).
+pub(super) fn state_of(
+    item: &HashMap<String, AttributeValue>,
+    key: &PaymentKey,
+) -> Result<Option<PaymentState>, LedgerError> {
+    let bad = |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
+    let Some(status) = get_s(item, "status") else {
+        return Ok(None);
+    };
+    Ok(Some(PaymentState {
+        payment_key: key.clone(),
+        status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
+        currency: get_s(item, "currency")
+            .and_then(Currency::from_alpha)
+            .ok_or_else(|| bad("currency"))?,
+        authorized_minor: get_n(item, "authorized_minor").unwrap_or(0) as u64,
+        paid_minor: get_n(item, "paid_minor").unwrap_or(0) as u64,
+        refunded_minor: get_n(item, "refunded_minor").unwrap_or(0) as u64,
+        version: get_n(item, "version").unwrap_or(0) as u64,
+    }))
 }
 
 /// Which part of a write was refused.
@@ -331,6 +365,7 @@ struct Expr {
     set: Vec<String>,
     add: Vec<String>,
     delete: Vec<String>,
+    remove: Vec<String>,
     condition: Vec<String>,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
@@ -391,6 +426,9 @@ impl Expr {
         }
         if !self.delete.is_empty() {
             out.push_str(&format!(" DELETE {}", self.delete.join(", ")));
+        }
+        if !self.remove.is_empty() {
+            out.push_str(&format!(" REMOVE {}", self.remove.join(", ")));
         }
         out
     }
@@ -474,13 +512,12 @@ impl DynamoLedger {
     /// only counted (their bodies go to an overflow item). Conditional on
     /// the version, on the incoming event being new, and on the room inline
     /// or the count the spill was planned on.
-    fn main_expr(
-        w: &LedgerWrite,
-        records: &[String],
-        keys: &[String],
-        spill_at: Option<u64>,
-        now: i64,
-    ) -> Expr {
+    fn main_expr(w: &LedgerWrite, records: &Records, spill_at: Option<u64>, now: i64) -> Expr {
+        let Records {
+            records,
+            keys,
+            attention,
+        } = records;
         let mut x = Expr::default();
         let version = x.name("version");
         if w.bumps_version() {
@@ -506,6 +543,16 @@ impl DynamoLedger {
                 let (a, v) = (x.name(attribute), x.value(attribute, v));
                 x.set.push(format!("{a} = {v}"));
             }
+        }
+        // The parked events this write found contradicting the payment, for
+        // the stream's reader (`stream.rs`): only on the write that found
+        // them, so each image says what its own write did.
+        let attention_attr = x.name("attention");
+        if attention.is_empty() {
+            x.remove.push(attention_attr);
+        } else {
+            let a = x.value("attn", AttributeValue::L(attention.iter().map(s).collect()));
+            x.set.push(format!("{attention_attr} = {a}"));
         }
         if let Incoming::Record(r) = &w.incoming {
             let (keys_attr, k) = (
@@ -648,22 +695,11 @@ impl DynamoLedger {
                     .and_then(|p| p.as_ss().ok())
                     .cloned()
                     .unwrap_or_default();
-                let bad = |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
-                entry.version = get_n(&item, "version").ok_or_else(|| bad("version"))? as u64;
+                let version = get_n(&item, "version")
+                    .ok_or_else(|| unavailable(format!("stored version of {key} is invalid")))?;
+                entry.version = version as u64;
                 entry.alias_of = get_s(&item, "alias_of").map(PaymentKey::from_stored);
-                if let Some(status) = get_s(&item, "status") {
-                    entry.state = Some(PaymentState {
-                        payment_key: key.clone(),
-                        status: PaymentStatus::parse(status).ok_or_else(|| bad("status"))?,
-                        currency: get_s(&item, "currency")
-                            .and_then(Currency::from_alpha)
-                            .ok_or_else(|| bad("currency"))?,
-                        authorized_minor: get_n(&item, "authorized_minor").unwrap_or(0) as u64,
-                        paid_minor: get_n(&item, "paid_minor").unwrap_or(0) as u64,
-                        refunded_minor: get_n(&item, "refunded_minor").unwrap_or(0) as u64,
-                        version: entry.version,
-                    });
-                }
+                entry.state = state_of(&item, key)?;
             } else if sk.starts_with(PARKED) {
                 entry.parked.push(parked_from(&item).ok_or_else(|| {
                     unavailable(format!("stored parked event {sk} of {key} is invalid"))
@@ -741,13 +777,12 @@ impl DynamoLedger {
     async fn try_write(
         &self,
         w: &LedgerWrite,
-        records: &[String],
-        keys: &[String],
+        records: &Records,
         spill_at: Option<u64>,
         now: i64,
     ) -> Result<Option<Refusal>, LedgerError> {
         let key = w.key.as_str();
-        let x = Self::main_expr(w, records, keys, spill_at, now);
+        let x = Self::main_expr(w, records, spill_at, now);
         let alone = matches!(w.incoming, Incoming::Record(_))
             && w.unparked.is_empty()
             && w.conflicts.is_empty()
@@ -804,7 +839,7 @@ impl DynamoLedger {
                 ("sk".to_owned(), s(overflow_sk(first))),
                 (
                     "events".to_owned(),
-                    AttributeValue::L(records.iter().map(s).collect()),
+                    AttributeValue::L(records.records.iter().map(s).collect()),
                 ),
             ]);
             items.push(self.put_item(item, true)?);
@@ -1013,18 +1048,28 @@ impl Ledger for DynamoLedger {
             .iter()
             .map(|r| key_digest(&r.event.event_key))
             .collect();
+        let attention = w
+            .conflicts
+            .iter()
+            .map(|c| built(serde_json::to_string(&c.parked)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let records = Records {
+            records,
+            keys,
+            attention,
+        };
         // Inline first; when the item has no room, once more as a spill to
         // an overflow item, planned on the count read back.
         let mut spill_at = None;
         loop {
-            match self.try_write(w, &records, &keys, spill_at, now).await? {
+            match self.try_write(w, &records, spill_at, now).await? {
                 None => return Ok(ApplyOutcome::Applied),
                 Some(Refusal::Parked) => return Ok(ApplyOutcome::Duplicate),
                 Some(Refusal::Other) => return Ok(ApplyOutcome::VersionConflict),
                 Some(Refusal::Main) => match self.refused(w).await? {
                     Refused::Duplicate => return Ok(ApplyOutcome::Duplicate),
                     Refused::Version => return Ok(ApplyOutcome::VersionConflict),
-                    Refused::Full(c) if spill_at.is_none() && !records.is_empty() => {
+                    Refused::Full(c) if spill_at.is_none() && !records.records.is_empty() => {
                         spill_at = Some(c);
                     }
                     // Another writer recorded events meanwhile: decide again.

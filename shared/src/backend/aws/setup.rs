@@ -131,6 +131,7 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .create_table()
         .table_name(&aws.table)
         .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(ledger_stream()?)
         .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
         .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
         .attribute_definitions(attr("pk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
@@ -202,6 +203,7 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
                 .await
                 .map_err(|e| format!("table {} never became active: {e}", aws.table))?;
         }
+        enable_stream(&c, &aws.table).await?;
     }
     c.dynamodb
         .wait_until_table_exists()
@@ -215,4 +217,48 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         dead_letter_queue_url: dlq_url,
         table: aws.table.clone(),
     })
+}
+
+/// The ledger's stream: the outbox of the outgoing events (DESIGN §8), read
+/// by the events function. Both images: an event is what changed.
+fn ledger_stream() -> Result<aws_sdk_dynamodb::types::StreamSpecification, String> {
+    aws_sdk_dynamodb::types::StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Turns on the stream of a table created before the ledger had one.
+async fn enable_stream(c: &Clients, table: &str) -> Result<(), String> {
+    let described = c
+        .dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| format!("table {table}: {}", describe(&e)))?;
+    let spec = described
+        .table
+        .and_then(|t| t.stream_specification)
+        .filter(|s| s.stream_enabled);
+    match spec.and_then(|s| s.stream_view_type) {
+        Some(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages) => return Ok(()),
+        Some(other) => {
+            return Err(format!(
+                "table {table} has a {other:?} stream; the outgoing events need \
+                 NEW_AND_OLD_IMAGES (DynamoDB changes a stream's view only by \
+                 disabling it, which loses its unread records: do it by hand)"
+            ))
+        }
+        None => {}
+    }
+    c.dynamodb
+        .update_table()
+        .table_name(table)
+        .stream_specification(ledger_stream()?)
+        .send()
+        .await
+        .map_err(|e| format!("enabling the stream of {table}: {}", describe(&e)))?;
+    Ok(())
 }

@@ -1,0 +1,447 @@
+//! Outgoing events on AWS (docs/events.md): the ledger table's stream is
+//! the outbox. The app applies notifications on the emulator; the test
+//! reads the table's stream as Lambda's event source would (`GetRecords`
+//! from the trim horizon, in order) and invokes the events handler with
+//! the records; the sinks are the emulator's SQS queues.
+//!
+//! What must hold: the events the stream gives are those the embedded
+//! backend's outbox records for the same notifications (same ids, types,
+//! payment views, causes), each once, in order per payment, including a
+//! write that spills its events to an overflow item and one that finds a
+//! conflicting parked refund; a sink that fails stops the batch at its
+//! record and a second invocation from there completes it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use paynotify_lambda::events::Events;
+use paynotify_shared::config::{Config, SinkConfig, SinkKind};
+use paynotify_shared::{PaymentKey, PaymentStatus};
+use serde_json::{json, Value};
+use support::app::{spawn_app, TestApp, MERCHANT};
+use support::Kind;
+
+#[macro_use]
+mod support;
+
+fn key(query_id: &str) -> PaymentKey {
+    PaymentKey::new("unionpay", MERCHANT, query_id)
+}
+
+/// Waits until `check` holds of the payment's ledger entry.
+async fn wait_entry(
+    t: &TestApp,
+    id: &str,
+    what: &str,
+    check: impl Fn(&paynotify_shared::ports::PaymentEntry) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(e) = t.app().backends.ledger.load(&key(id)).await {
+            if check(&e) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{id}: never {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The same notifications on either backend, each waited for, so that both
+/// backends make the same writes: a purchase; a purchase and its full
+/// refund; a purchase and five refunds (the fifth and sixth events spill to
+/// overflow items); five refunds and one too large parked before their
+/// purchase (one write of six events, spilled at once, and a conflict).
+async fn traffic(t: &TestApp) -> Vec<&'static str> {
+    let sim = &t.sim;
+    sim.send(sim.purchase("p1", 1000)).await;
+    sim.send(sim.purchase("p2", 1000)).await;
+    t.wait_for_status("p2", PaymentStatus::Paid).await;
+    sim.send(sim.refund("p2", "p2-r", 1000)).await;
+    sim.send(sim.purchase("ov", 1000)).await;
+    t.wait_for_status("ov", PaymentStatus::Paid).await;
+    for i in 1..=5u64 {
+        sim.send(sim.refund("ov", &format!("ov-r{i}"), 100)).await;
+        wait_entry(t, "ov", "refunded", |e| {
+            e.state
+                .as_ref()
+                .is_some_and(|s| s.refunded_minor == 100 * i)
+        })
+        .await;
+    }
+    for i in 1..=5 {
+        sim.send(sim.refund("pk", &format!("pk-r{i}"), 100)).await;
+    }
+    sim.send(sim.refund("pk", "pk-big", 1500)).await;
+    wait_entry(t, "pk", "parked six times", |e| e.parked.len() == 6).await;
+    sim.send(sim.purchase("pk", 1000)).await;
+    t.wait_for_status("p1", PaymentStatus::Paid).await;
+    t.wait_for_status("p2", PaymentStatus::Refunded).await;
+    wait_entry(t, "pk", "unparked", |e| {
+        e.state.as_ref().is_some_and(|s| s.refunded_minor == 500) && e.parked.len() == 1
+    })
+    .await;
+    vec!["p1", "p2", "ov", "pk"]
+}
+
+/// What both backends must agree on in an event: all but the times, the
+/// notification id and the PSP's event key (the simulator stamps each
+/// notification with the time it is sent).
+fn comparable(e: &Value) -> Value {
+    json!({
+        "id": e["id"],
+        "type": e["type"],
+        "schema": e["schema"],
+        "payment": e["payment"],
+        "kind": e["cause"]["kind"],
+        "outcome": e["cause"]["outcome"],
+        "amount": e["cause"]["amount"],
+        "currency": e["cause"]["currency"],
+        "attention": e.get("attention").map(|a| !a.is_null()),
+    })
+}
+
+/// The emulator's DynamoDB Streams API, unsigned (the emulator does not
+/// check signatures; it routes by the target and the credential's service).
+async fn streams(endpoint: &str, target: &str, body: Value) -> Value {
+    let answer = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header("X-Amz-Target", format!("DynamoDBStreams_20120810.{target}"))
+        .header("Content-Type", "application/x-amz-json-1.0")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20261205/us-east-1/dynamodb/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let text = answer.text().await.unwrap();
+    assert!(status.is_success(), "{target}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every record of the table's stream, in order (one shard per table on
+/// the emulator; shards are read parent first as Lambda reads them).
+async fn stream_records(config: &Config) -> Vec<Value> {
+    let aws = &config.backend.aws;
+    let endpoint = aws.endpoint_url.clone().unwrap();
+    let clients = paynotify_shared::backend::aws::Clients::new(aws).await;
+    let table = clients
+        .dynamodb
+        .describe_table()
+        .table_name(&aws.table)
+        .send()
+        .await
+        .unwrap();
+    let arn = table
+        .table
+        .unwrap()
+        .latest_stream_arn
+        .expect("the ledger table has a stream");
+    let described = streams(&endpoint, "DescribeStream", json!({ "StreamArn": arn })).await;
+    let mut records = Vec::new();
+    for shard in described["StreamDescription"]["Shards"].as_array().unwrap() {
+        let mut iterator = streams(
+            &endpoint,
+            "GetShardIterator",
+            json!({ "StreamArn": arn, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON" }),
+        )
+        .await["ShardIterator"]
+            .clone();
+        loop {
+            let page = streams(
+                &endpoint,
+                "GetRecords",
+                json!({ "ShardIterator": iterator }),
+            )
+            .await;
+            let got = page["Records"].as_array().cloned().unwrap_or_default();
+            if got.is_empty() {
+                break;
+            }
+            records.extend(got);
+            iterator = page["NextShardIterator"].clone();
+            if iterator.is_null() {
+                break;
+            }
+        }
+    }
+    records
+}
+
+/// A new queue on the emulator; its URL.
+async fn queue(config: &Config, name: &str, fifo: bool) -> String {
+    let clients = paynotify_shared::backend::aws::Clients::new(&config.backend.aws).await;
+    let mut create = clients.sqs.create_queue().queue_name(name);
+    if fifo {
+        create = create.attributes("FifoQueue".into(), "true");
+    }
+    create.send().await.unwrap().queue_url.unwrap()
+}
+
+/// Every message on the queue, in the order received (each deleted once read).
+async fn drain(config: &Config, url: &str) -> Vec<Value> {
+    let clients = paynotify_shared::backend::aws::Clients::new(&config.backend.aws).await;
+    let mut out = Vec::new();
+    loop {
+        let got = clients
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return out;
+        }
+        for m in messages {
+            out.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            clients
+                .sqs
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn sink(name: &str, target: &str) -> SinkConfig {
+    SinkConfig {
+        name: name.into(),
+        kind: SinkKind::Sqs,
+        target: target.into(),
+        event_types: Default::default(),
+        sources: Default::default(),
+        merchants: Default::default(),
+    }
+}
+
+async fn handler(config: &Config, sinks: Vec<SinkConfig>) -> Events {
+    let mut config = config.clone();
+    config.deliveries.sinks = sinks;
+    Events::from_config(&config).await.unwrap()
+}
+
+/// Invokes the handler with `records` in batches of `size`, starting each
+/// batch again where the previous one reported a failure.
+async fn invoke(events: &Events, records: &[Value], size: usize) -> usize {
+    let mut sent = 0;
+    for batch in records.chunks(size) {
+        let report = events
+            .handle_batch(json!({ "Records": batch }))
+            .await
+            .unwrap();
+        assert_eq!(report.failed_at, None, "{report:?}");
+        sent += report.messages;
+    }
+    sent
+}
+
+/// Each payment's events, by payment key, in the order given.
+fn by_payment(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in events {
+        out.entry(e["payment"]["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(comparable(e));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_gives_the_events_the_embedded_outbox_records() {
+    // The embedded backend's outbox for the notifications.
+    let local = spawn_app(Kind::Local).await;
+    let ids = traffic(&local).await;
+    let store = local.app().backends.deliveries.clone().unwrap();
+    let mut expected = BTreeMap::new();
+    for id in &ids {
+        let records = store.outbox_for(key(id).as_str()).await.unwrap();
+        let bodies: Vec<Value> = records
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        expected.insert(
+            key(id).as_str().to_owned(),
+            bodies.iter().map(comparable).collect::<Vec<_>>(),
+        );
+    }
+    let kinds: Vec<usize> = expected.values().map(Vec::len).collect();
+    assert_eq!(
+        kinds,
+        vec![6, 1, 2, 7],
+        "the embedded outbox: {expected:#?}"
+    );
+
+    // The same on the emulator, through the stream.
+    let t = spawn_app(Kind::Aws).await;
+    traffic(&t).await;
+    let records = stream_records(&t.config).await;
+    let fifo = queue(
+        &t.config,
+        &format!("{}-events.fifo", t.config.backend.aws.queue),
+        true,
+    )
+    .await;
+    let attention = queue(
+        &t.config,
+        &format!("{}-attention", t.config.backend.aws.queue),
+        false,
+    )
+    .await;
+    let mut only_attention = sink("attention", &attention);
+    only_attention.event_types = [paynotify_shared::outgoing::EventType::NeedsAttention].into();
+    let events = handler(&t.config, vec![sink("orders", &fifo), only_attention]).await;
+    // Every record twice, as after a lost answer: the FIFO queue keeps one
+    // of each (its deduplication id is the event's id).
+    let sent = invoke(&events, &records, 7).await;
+    assert_eq!(sent, 16 + 1);
+    assert_eq!(invoke(&events, &records, 3).await, sent);
+    let received = drain(&t.config, &fifo).await;
+    assert_eq!(by_payment(&received), expected);
+
+    let flagged = drain(&t.config, &attention).await;
+    let flagged: Vec<(Value, Value)> = flagged
+        .iter()
+        .map(|e| (e["type"].clone(), e["payment"]["reference"].clone()))
+        .collect();
+    // A standard queue: at least once (both invocations sent it).
+    assert!(!flagged.is_empty());
+    assert!(flagged
+        .iter()
+        .all(|f| *f == (json!("payment.needs_attention"), json!("pk"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_stops_the_batch_at_its_record_and_a_retry_completes_it() {
+    let t = spawn_app(Kind::Aws).await;
+    let sim = &t.sim;
+    for id in ["f1", "f2", "f3"] {
+        sim.send(sim.purchase(id, 1000)).await;
+        t.wait_for_status(id, PaymentStatus::Paid).await;
+    }
+    let records = stream_records(&t.config).await;
+    let name = format!("{}-events.fifo", t.config.backend.aws.queue);
+    let url = queue(&t.config, &name, true).await;
+    let clients = paynotify_shared::backend::aws::Clients::new(&t.config.backend.aws).await;
+    clients
+        .sqs
+        .delete_queue()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    let events = handler(&t.config, vec![sink("orders", &url)]).await;
+
+    // The queue is gone: the first record with an event fails, and the
+    // batch stops there (nothing after it is sent ahead of it).
+    let batch = json!({ "Records": records });
+    let report = events.handle_batch(batch.clone()).await.unwrap();
+    let first_with_event = records
+        .iter()
+        .position(|r| r["dynamodb"]["NewImage"]["status"].is_object())
+        .unwrap();
+    assert_eq!(
+        report.failed_at.as_deref(),
+        records[first_with_event]["dynamodb"]["SequenceNumber"].as_str()
+    );
+    assert_eq!(report.messages, 0);
+    let answer = events.handle(batch).await.unwrap();
+    assert_eq!(
+        answer["batchItemFailures"][0]["itemIdentifier"],
+        records[first_with_event]["dynamodb"]["SequenceNumber"]
+    );
+
+    // Lambda starts again from that record once the queue is back.
+    let again = queue(&t.config, &name, true).await;
+    assert_eq!(again, url);
+    let report = events
+        .handle_batch(json!({ "Records": records[first_with_event..] }))
+        .await
+        .unwrap();
+    assert_eq!((report.failed_at, report.messages), (None, 3));
+    let got: Vec<String> = drain(&t.config, &url)
+        .await
+        .iter()
+        .map(|e| e["payment"]["reference"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ["f1", "f2", "f3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_ledger_cannot_have_written_fail_and_others_give_nothing() {
+    let t = spawn_app(Kind::Aws).await;
+    t.sim.send(t.sim.purchase("b1", 1000)).await;
+    t.wait_for_status("b1", PaymentStatus::Paid).await;
+    let records = stream_records(&t.config).await;
+    let url = queue(
+        &t.config,
+        &format!("{}-e.fifo", t.config.backend.aws.queue),
+        true,
+    )
+    .await;
+    let events = handler(&t.config, vec![sink("orders", &url)]).await;
+    let written = records
+        .iter()
+        .find(|r| r["dynamodb"]["NewImage"]["status"].is_object())
+        .unwrap()
+        .clone();
+
+    let mut tampered = Vec::new();
+    // A stored event that is not the ledger's JSON.
+    let mut bad = written.clone();
+    bad["dynamodb"]["NewImage"]["events"] = json!({"L": [{"S": "{not json"}]});
+    tampered.push(bad);
+    // A status the ledger does not have.
+    let mut bad = written.clone();
+    bad["dynamodb"]["NewImage"]["status"] = json!({"S": "SHIPPED"});
+    tampered.push(bad);
+    // An attribute value of no DynamoDB type.
+    let mut bad = written.clone();
+    bad["dynamodb"]["NewImage"]["version"] = json!({"Q": "1"});
+    tampered.push(bad);
+    // Fewer events than before.
+    let mut bad = written.clone();
+    bad["dynamodb"]["OldImage"] = bad["dynamodb"]["NewImage"].clone();
+    bad["dynamodb"]["OldImage"]["recorded"] = json!({"N": "9"});
+    tampered.push(bad);
+    for bad in tampered {
+        let seq = bad["dynamodb"]["SequenceNumber"].clone();
+        let answer = events.handle(json!({ "Records": [bad] })).await.unwrap();
+        assert_eq!(answer["batchItemFailures"][0]["itemIdentifier"], seq);
+    }
+
+    // A removal, an item that is not a payment's: nothing to send.
+    let mut removed = written.clone();
+    removed["eventName"] = json!("REMOVE");
+    removed["dynamodb"]
+        .as_object_mut()
+        .unwrap()
+        .remove("NewImage");
+    let mut watch = written.clone();
+    watch["dynamodb"]["NewImage"]["sk"] = json!({"S": "WATCH"});
+    let report = events
+        .handle_batch(json!({ "Records": [removed, watch] }))
+        .await
+        .unwrap();
+    assert_eq!((report.events, report.failed_at), (0, None));
+
+    // Not a stream batch at all: the invocation fails and Lambda retries it.
+    assert!(events
+        .handle(json!({"Records": [{"eventName": "INSERT"}]}))
+        .await
+        .is_err());
+    assert!(events
+        .handle(json!({"detail-type": "Scheduled Event"}))
+        .await
+        .is_err());
+    assert!(drain(&t.config, &url).await.is_empty());
+}
