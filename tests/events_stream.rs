@@ -224,9 +224,12 @@ fn sink(name: &str, target: &str) -> SinkConfig {
     }
 }
 
+/// The events handler on `config`'s table, as the events function runs it
+/// (its calls recorded for infra/tests/test_iam.py).
 async fn handler(config: &Config, sinks: Vec<SinkConfig>) -> Events {
     let mut config = config.clone();
     config.deliveries.sinks = sinks;
+    config.backend.aws.call_log = support::deployed::call_log_path("lambda-events");
     Events::from_config(&config).await.unwrap()
 }
 

@@ -3,8 +3,8 @@
 The AWS tests run each of the stacks' processes with its own call log
 (`backend.aws.call_log`; tests/support/deployed.rs): `paynotify-ingest` and
 `paynotify-worker` as the task definitions start them, the operator's CLI
-commands, and both Lambda bootstraps (tests/deployed.rs, tests/lambda.rs,
-tests/unionpay_gateway.rs). Each line of a log is one call with the IAM
+commands, the Lambda bootstraps and the events handler (tests/deployed.rs,
+tests/lambda.rs, tests/unionpay_gateway.rs, tests/events_stream.rs). Each line of a log is one call with the IAM
 actions it is authorized as and the resources it names, as the SDK sent it.
 This script resolves the stacks' policies for those resources and asks
 moto's IAM policy evaluator (moto.iam.access_control.IAMPolicy: actions,
@@ -39,6 +39,7 @@ PARTITION = "aws"
 DATA = load("data.yaml")
 CONTAINERS = load("paynotify.yaml")
 SERVERLESS = load("serverless.yaml")
+EVENTS = load("events.yaml")
 
 # The role each process runs as: (template, role resource). The operator's
 # is the data stack's OperatorPolicy, attached to a role of the merchant's.
@@ -47,6 +48,7 @@ ROLES = {
     "worker": (CONTAINERS, "WorkerTaskRole"),
     "lambda-ingest": (SERVERLESS, "IngestFunctionRole"),
     "lambda-worker": (SERVERLESS, "WorkerFunctionRole"),
+    "lambda-events": (EVENTS, "EventsFunctionRole"),
     "operator": (DATA, "OperatorPolicy"),
 }
 
@@ -74,6 +76,11 @@ IMPLIED = [
 ]
 # The Lambda event source polls the queue with the worker function's role.
 EVENT_SOURCE = (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"], LAMBDA_SQS)
+# The stream event source reads the ledger's stream, and sends the position
+# of a batch it gave up on to the failure destination, as the function.
+LAMBDA_DDB = "https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html#events-dynamodb-permissions"
+STREAM_SOURCE = (["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"], LAMBDA_DDB)
+LAMBDA_DESTINATION = "https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html"
 # Calls the tests cannot provoke: the role, the call, and the code that
 # makes it.
 RAW = {"bucket": None, "key": "raw/source=unionpay/date=2026-01-01/hour=00/x-1.ndjson"}
@@ -94,18 +101,25 @@ UNREACHED = [
 class Stack:
     """The three templates' resources resolved for the names one test used."""
 
-    def __init__(self, header, secrets):
+    def __init__(self, header, secrets, sinks=()):
         r = header["resources"]
         self.region = r["region"]
         self.bucket, self.queue, self.dlq, self.table = r["bucket"], r["queue"], r["dead_letter_queue"], r["table"]
         self.name = self.queue
         self.key = f"arn:{PARTITION}:kms:{self.region}:{ACCOUNT}:key/00000000-0000-0000-0000-000000000000"
         self.secrets = secrets
+        # The merchant's queues (events.yaml's SinkQueueArns): those the
+        # test sent events to.
+        self.sinks = list(sinks)
         data = {
             "ArchiveBucket": {"Ref": self.bucket, "Arn": f"arn:{PARTITION}:s3:::{self.bucket}"},
             "NotificationQueue": self.sqs(self.queue),
             "DeadLetterQueue": self.sqs(self.dlq),
-            "LedgerTable": {"Ref": self.table, "Arn": f"arn:{PARTITION}:dynamodb:{self.region}:{ACCOUNT}:table/{self.table}"},
+            "LedgerTable": {
+                "Ref": self.table,
+                "Arn": f"arn:{PARTITION}:dynamodb:{self.region}:{ACCOUNT}:table/{self.table}",
+                "StreamArn": f"arn:{PARTITION}:dynamodb:{self.region}:{ACCOUNT}:table/{self.table}/stream/2026-01-01T00:00:00.000",
+            },
             "Key": {"Ref": self.key.rsplit("/", 1)[1], "Arn": self.key},
             "UnionPayCertificates": {"Ref": self.secret("unionpay-certificates")},
             "UnionPaySigningKey": {"Ref": self.secret("unionpay-signing-key")},
@@ -116,6 +130,10 @@ class Stack:
             self.attrs[template] = {
                 n: {"Arn": f"arn:{PARTITION}:logs:{self.region}:{ACCOUNT}:log-group:/{self.name}/{n.lower()}"} for n in logs
             }
+        self.attrs["events.yaml"] = {
+            "EventsLogs": {"Arn": f"arn:{PARTITION}:logs:{self.region}:{ACCOUNT}:log-group:/{self.name}/lambda/events"},
+            "EventsFailed": self.sqs(f"{self.name}-events-failed"),
+        }
         self.exports = {}
         for output, o in DATA["Outputs"].items():
             if "Export" in o:
@@ -146,10 +164,12 @@ class Stack:
             return {k: self.resolve(v, template) for k, v in node.items()}
         (fn, arg), = node.items()
         pseudo = {"AWS::Region": self.region, "AWS::AccountId": ACCOUNT, "AWS::Partition": PARTITION, "Name": self.name}
-        doc = {"data.yaml": DATA, "paynotify.yaml": CONTAINERS, "serverless.yaml": SERVERLESS}[template]
+        doc = {"data.yaml": DATA, "paynotify.yaml": CONTAINERS, "serverless.yaml": SERVERLESS, "events.yaml": EVENTS}[template]
         if fn == "Ref":
             if arg in pseudo:
                 return pseudo[arg]
+            if (template, arg) == ("events.yaml", "SinkQueueArns"):
+                return self.sinks
             if arg in doc.get("Parameters", {}):
                 return str(doc["Parameters"][arg].get("Default", f"<{arg}>"))
             if arg in self.attrs[template]:
@@ -185,10 +205,12 @@ class Stack:
     def policies(self, role):
         """The policy documents of `role`, resolved."""
         template, name = ROLES[role]
-        file = {id(DATA): "data.yaml", id(CONTAINERS): "paynotify.yaml", id(SERVERLESS): "serverless.yaml"}[id(template)]
+        file = {id(DATA): "data.yaml", id(CONTAINERS): "paynotify.yaml", id(SERVERLESS): "serverless.yaml", id(EVENTS): "events.yaml"}[id(template)]
         resource = template["Resources"][name]
         props = resource["Properties"]
-        docs = [p["PolicyDocument"] for p in props.get("Policies", [])]
+        # A policy under a condition (Fn::If) is left out: the check holds
+        # without it.
+        docs = [p["PolicyDocument"] for p in props.get("Policies", []) if "PolicyDocument" in p]
         if "PolicyDocument" in props:
             docs.append(props["PolicyDocument"])
         resolved = [self.resolve(d, file) for d in docs]
@@ -222,8 +244,12 @@ class Stack:
         """Whether the stack encrypts this resource with its own key."""
         r = DATA["Resources"]
         if kind == "queue":
+            name = arn.rsplit(":", 1)[1]
+            if name == f"{self.name}-events-failed":
+                key = EVENTS["Resources"]["EventsFailed"]["Properties"].get("KmsMasterKeyId")
+                return key == {"Fn::ImportValue": {"Fn::Sub": "${Name}-data-KeyArn"}}
             names = {self.queue: "NotificationQueue", self.dlq: "DeadLetterQueue"}
-            q = names.get(arn.rsplit(":", 1)[1])
+            q = names.get(name)
             return bool(q) and r[q]["Properties"].get("KmsMasterKeyId") == {"Ref": "Key"}
         if kind == "bucket":
             sse = r["ArchiveBucket"]["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
@@ -280,7 +306,11 @@ def check(directory):
     for role, header, calls, file in found:
         assert role in ROLES, f"{file}: a role the stacks do not have"
         secrets = {n["resource"]["secret_id"] for c in calls for n in c["needs"] if "secret_id" in n.get("resource", {})}
-        stack = Stack(header, secrets)
+        own = {header["resources"]["queue"], header["resources"]["dead_letter_queue"]}
+        sinks = {Stack(header, secrets).arn(n["resource"]) for c in calls for n in c["needs"]
+                 if role == "lambda-events" and "queue_url" in n.get("resource", {})
+                 and n["resource"]["queue_url"].rstrip("/").rsplit("/", 1)[1] not in own}
+        stack = Stack(header, secrets, sorted(sinks))
         policies = stack.policies(role)
         needed = {}
         for c in calls:
@@ -298,6 +328,15 @@ def check(directory):
             for action in EVENT_SOURCE[0]:
                 needed.setdefault((action, queue), f"the SQS event source polls as the function: {EVENT_SOURCE[1]}")
             needed.setdefault(("kms:Decrypt", stack.key), f"the SQS event source reads an encrypted queue: {EVENT_SOURCE[1]}")
+        if role == "lambda-events":
+            stream = stack.attrs["data.yaml"]["LedgerTable"]["StreamArn"]
+            for action in STREAM_SOURCE[0]:
+                needed.setdefault((action, stream), f"the stream event source polls as the function: {STREAM_SOURCE[1]}")
+            needed.setdefault(("kms:Decrypt", stack.key), f"the stream is under the table's key: {DDB_KMS}")
+            failed = stack.attrs["events.yaml"]["EventsFailed"]["Arn"]
+            needed.setdefault(("sqs:SendMessage", failed), f"the on-failure destination is sent to as the function: {LAMBDA_DESTINATION}")
+            for action, resource, why in implied(stack, role, "sqs:SendMessage", failed):
+                needed.setdefault((action, resource), f"implied by the on-failure destination: {why}")
         for who, action, resource, why in UNREACHED:
             if who == role:
                 arn = stack.arn(resource)

@@ -35,6 +35,7 @@ from checks import ROOT, load
 DATA = load("data.yaml")
 CONTAINERS = load("paynotify.yaml")
 SERVERLESS = load("serverless.yaml")
+EVENTS = load("events.yaml")
 # The data stack's resources are what most checks read.
 RESOURCES = DATA["Resources"]
 PARAMETERS = DATA["Parameters"]
@@ -199,9 +200,10 @@ def test_services_import_only_what_the_data_stack_exports():
 
     walk(CONTAINERS["Resources"])
     walk(SERVERLESS["Resources"])
+    walk(EVENTS["Resources"])
     assert found <= exports, found - exports
-    assert CONTAINERS["Parameters"]["Name"]["Default"] == DATA["Parameters"]["Name"]["Default"]
-    assert SERVERLESS["Parameters"]["Name"]["Default"] == DATA["Parameters"]["Name"]["Default"]
+    for template in [CONTAINERS, SERVERLESS, EVENTS]:
+        assert template["Parameters"]["Name"]["Default"] == DATA["Parameters"]["Name"]["Default"]
 
 
 def test_the_worker_function_answers_partial_batches():
@@ -239,6 +241,36 @@ def test_the_worker_function_answers_partial_batches():
         assert filters == {"DeadLettered", "ParkedNeedAttention"}, filters
     alarms = {a["Properties"]["MetricName"] for a in RESOURCES.values() if a["Type"] == "AWS::CloudWatch::Alarm"}
     assert {"DeadLettered", "ParkedNeedAttention"} <= alarms
+
+
+def test_the_events_function_reads_the_stream_the_ledger_writes_in_order():
+    # The images the events are rebuilt from (shared/src/backend/aws/stream.rs)
+    # are both kept, by the stack and by `paynotify init`.
+    stream = RESOURCES["LedgerTable"]["Properties"]["StreamSpecification"]
+    assert stream == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert "StreamViewType::NewAndOldImages" in rust("shared/src/backend/aws/setup.rs")
+    r = EVENTS["Resources"]
+    mapping = r["EventsSource"]["Properties"]
+    assert mapping["EventSourceArn"] == imported("LedgerStreamArn")
+    # LATEST would skip what was written while the mapping was created.
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    # The handler names the record to start again from; without this
+    # response type Lambda would take its answer as success and skip it.
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    handler = rust("lambda/src/events.rs")
+    assert '"batchItemFailures"' in handler and '"itemIdentifier"' in handler
+    # One invocation per shard at a time: a payment's writes, in order.
+    assert mapping["ParallelizationFactor"] == 1
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["EventsFailed", "Arn"]}
+    function = r["EventsFunction"]["Properties"]
+    assert function["Environment"]["Variables"]["PAYNOTIFY__BACKEND__AWS__TABLE"] == imported("Table")
+    assert "paynotify-lambda-events" in function["Description"]
+    assert "paynotify-lambda-events" in rust("lambda/Cargo.toml")
+    alarms = {a["Properties"]["MetricName"] for a in r.values() if a["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {"IteratorAge", "ApproximateNumberOfMessagesVisible", "Errors"} <= alarms
+    # Lambda's IteratorAge is in milliseconds.
+    assert r["EventsLagAlarm"]["Properties"]["Threshold"] == {"Fn::Sub": "${LagAlarmSeconds}000"}
 
 
 def test_glue_table_matches_the_envelope_and_the_key_layout():

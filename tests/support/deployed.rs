@@ -27,12 +27,13 @@ pub struct Deployed {
 }
 
 /// The roles of the stacks, as `infra/tests/test_iam.py` names them.
-pub const ROLES: [&str; 5] = [
+pub const ROLES: [&str; 6] = [
     "ingest",
     "worker",
     "operator",
     "lambda-ingest",
     "lambda-worker",
+    "lambda-events",
 ];
 
 impl Deployed {
@@ -115,6 +116,12 @@ fn call_log(role: &str) -> Option<(String, String)> {
         "PAYNOTIFY__BACKEND__AWS__CALL_LOG".into(),
         path.display().to_string(),
     ))
+}
+
+/// Where an in-process handler of `role` writes its AWS calls, when the
+/// test run collects them (`backend.aws.call_log`).
+pub fn call_log_path(role: &str) -> Option<std::path::PathBuf> {
+    call_log(role).map(|(_, path)| path.into())
 }
 
 /// The environment that points a `paynotify` process of `role` at the
