@@ -448,3 +448,123 @@ async fn records_the_ledger_cannot_have_written_fail_and_others_give_nothing() {
         .is_err());
     assert!(drain(&t.config, &url).await.is_empty());
 }
+
+/// A queue's ARN on the emulator.
+async fn queue_arn(config: &Config, url: &str) -> String {
+    let clients = paynotify_shared::backend::aws::Clients::new(&config.backend.aws).await;
+    let got = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names("QueueArn".into())
+        .send()
+        .await
+        .unwrap();
+    got.attributes.unwrap()[&"QueueArn".into()].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_and_eventbridge_sinks_get_every_event_with_its_type() {
+    let t = spawn_app(Kind::Aws).await;
+    let sim = &t.sim;
+    for id in ["t1", "t2"] {
+        sim.send(sim.purchase(id, 1000)).await;
+        t.wait_for_status(id, PaymentStatus::Paid).await;
+        sim.send(sim.refund(id, &format!("{id}-r"), 400)).await;
+        t.wait_for_status(id, PaymentStatus::PartiallyRefunded)
+            .await;
+    }
+    let config = &t.config;
+    let name = &config.backend.aws.queue;
+    let clients = paynotify_shared::backend::aws::Clients::new(&config.backend.aws).await;
+
+    // A topic with a queue subscribed (raw: the body is the message).
+    let topic = clients
+        .sns
+        .create_topic()
+        .name(format!("{name}-events"))
+        .send()
+        .await
+        .unwrap()
+        .topic_arn
+        .unwrap();
+    let from_topic = queue(config, &format!("{name}-from-topic"), false).await;
+    clients
+        .sns
+        .subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(queue_arn(config, &from_topic).await)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .unwrap();
+
+    // A bus whose rule takes paynotify's events to a queue.
+    let bus = format!("{name}-bus");
+    clients
+        .eventbridge
+        .create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .unwrap();
+    clients
+        .eventbridge
+        .put_rule()
+        .name("paynotify")
+        .event_bus_name(&bus)
+        .event_pattern(json!({ "source": ["paynotify"] }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let from_bus = queue(config, &format!("{name}-from-bus"), false).await;
+    clients
+        .eventbridge
+        .put_targets()
+        .rule("paynotify")
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(queue_arn(config, &from_bus).await)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let fifo = queue(config, &format!("{name}-events.fifo"), true).await;
+    let mut sns = sink("topic", &topic);
+    sns.kind = SinkKind::Sns;
+    let mut eventbridge = sink("bus", &bus);
+    eventbridge.kind = SinkKind::Eventbridge;
+    let events = handler(config, vec![sink("orders", &fifo), sns, eventbridge]).await;
+    let records = stream_records(config).await;
+    assert_eq!(invoke(&events, &records, 100).await, 3 * 4);
+
+    // The FIFO queue's events are the reference.
+    let reference = drain(config, &fifo).await;
+    let ids = |events: &[Value]| {
+        let mut ids: Vec<String> = events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(reference.len(), 4);
+    let from_topic = drain(config, &from_topic).await;
+    assert_eq!(ids(&from_topic), ids(&reference));
+    let from_bus = drain(config, &from_bus).await;
+    let details: Vec<Value> = from_bus.iter().map(|e| e["detail"].clone()).collect();
+    assert_eq!(ids(&details), ids(&reference));
+    for e in &from_bus {
+        assert_eq!(e["source"], "paynotify");
+        assert_eq!(e["detail-type"], e["detail"]["type"]);
+    }
+    for e in &reference {
+        assert!(from_topic.contains(e) && details.contains(e), "{e}");
+    }
+}

@@ -108,8 +108,8 @@ class Stack:
         self.name = self.queue
         self.key = f"arn:{PARTITION}:kms:{self.region}:{ACCOUNT}:key/00000000-0000-0000-0000-000000000000"
         self.secrets = secrets
-        # The merchant's queues (events.yaml's SinkQueueArns): those the
-        # test sent events to.
+        # The merchant's queues, topics and buses (events.yaml's SinkArns):
+        # those the test sent events to.
         self.sinks = list(sinks)
         data = {
             "ArchiveBucket": {"Ref": self.bucket, "Arn": f"arn:{PARTITION}:s3:::{self.bucket}"},
@@ -168,7 +168,7 @@ class Stack:
         if fn == "Ref":
             if arg in pseudo:
                 return pseudo[arg]
-            if (template, arg) == ("events.yaml", "SinkQueueArns"):
+            if (template, arg) == ("events.yaml", "SinkArns"):
                 return self.sinks
             if arg in doc.get("Parameters", {}):
                 return str(doc["Parameters"][arg].get("Default", f"<{arg}>"))
@@ -235,6 +235,11 @@ class Stack:
         if "table" in resource:
             arn = f"arn:{PARTITION}:dynamodb:{self.region}:{ACCOUNT}:table/{resource['table']}"
             return arn + (f"/index/{resource['index']}" if resource.get("index") else "")
+        if "topic_arn" in resource:
+            return resource["topic_arn"]
+        if "event_bus" in resource:
+            bus = resource["event_bus"]
+            return bus if bus.startswith("arn:") else f"arn:{PARTITION}:events:{self.region}:{ACCOUNT}:event-bus/{bus}"
         if "secret_id" in resource:
             assert resource["secret_id"].startswith("arn:"), f"a secret named, not by ARN: {resource}"
             return resource["secret_id"]
@@ -308,8 +313,8 @@ def check(directory):
         secrets = {n["resource"]["secret_id"] for c in calls for n in c["needs"] if "secret_id" in n.get("resource", {})}
         own = {header["resources"]["queue"], header["resources"]["dead_letter_queue"]}
         sinks = {Stack(header, secrets).arn(n["resource"]) for c in calls for n in c["needs"]
-                 if role == "lambda-events" and "queue_url" in n.get("resource", {})
-                 and n["resource"]["queue_url"].rstrip("/").rsplit("/", 1)[1] not in own}
+                 if role == "lambda-events" and n.get("resource", {}).keys() & {"queue_url", "topic_arn", "event_bus"}
+                 and n["resource"].get("queue_url", "/").rstrip("/").rsplit("/", 1)[-1] not in own}
         stack = Stack(header, secrets, sorted(sinks))
         policies = stack.policies(role)
         needed = {}

@@ -49,13 +49,16 @@ pub(crate) fn timeouts(config: &AwsConfig, extra: Duration) -> TimeoutConfig {
         .build()
 }
 
-/// The three service clients, each counting its API calls.
+/// The service clients, each counting its API calls.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    /// The merchant's sinks (`[[deliveries.sinks]]`) of the events function.
+    pub sns: aws_sdk_sns::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
     pub calls: Arc<ApiCalls>,
 }
 
@@ -81,8 +84,16 @@ impl Clients {
         let secrets = aws_sdk_secretsmanager::config::Builder::from(&sdk)
             .interceptor(calls.interceptor())
             .build();
+        let sns = aws_sdk_sns::config::Builder::from(&sdk)
+            .interceptor(calls.interceptor())
+            .build();
+        let eventbridge = aws_sdk_eventbridge::config::Builder::from(&sdk)
+            .interceptor(calls.interceptor())
+            .build();
         Self {
             s3: aws_sdk_s3::Client::from_conf(s3),
+            sns: aws_sdk_sns::Client::from_conf(sns),
+            eventbridge: aws_sdk_eventbridge::Client::from_conf(eventbridge),
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
             secrets: aws_sdk_secretsmanager::Client::from_conf(secrets),

@@ -87,6 +87,13 @@ pub enum SinkKind {
     /// within five minutes (deduplication id = event id); a standard queue
     /// gets them at least once, in no order.
     Sqs,
+    /// An SNS topic, by ARN. A FIFO topic (`….fifo`) is ordered and
+    /// deduplicated as a FIFO queue is.
+    Sns,
+    /// An EventBridge event bus, by name or ARN: `source` is `paynotify`,
+    /// `detail-type` the event's type, `detail` the event. At least once,
+    /// in no order (EventBridge keeps none).
+    Eventbridge,
 }
 
 /// One of the merchant's AWS destinations.
@@ -96,7 +103,7 @@ pub struct SinkConfig {
     /// Its name in logs and metrics.
     pub name: String,
     pub kind: SinkKind,
-    /// The queue URL.
+    /// The queue URL, topic ARN, or event bus name or ARN.
     pub target: String,
     /// Only these types (all when empty).
     #[serde(default)]
@@ -122,7 +129,8 @@ impl SinkConfig {
     /// Whether the sink keeps each payment's events in order.
     pub fn ordered(&self) -> bool {
         match self.kind {
-            SinkKind::Sqs => self.target.ends_with(".fifo"),
+            SinkKind::Sqs | SinkKind::Sns => self.target.ends_with(".fifo"),
+            SinkKind::Eventbridge => false,
         }
     }
 }
@@ -190,16 +198,32 @@ impl DeliveriesConfig {
         };
         for sink in &self.sinks {
             named(&sink.name)?;
-            let host = sink
-                .target
-                .parse::<hyper::Uri>()
-                .ok()
-                .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
-                .and_then(|u| u.host().map(str::to_owned));
-            if host.is_none_or(|h| h.is_empty()) {
+            let t = &sink.target;
+            let (ok, what) = match sink.kind {
+                SinkKind::Sqs => (
+                    t.parse::<hyper::Uri>()
+                        .ok()
+                        .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
+                        .and_then(|u| u.host().map(str::to_owned))
+                        .is_some_and(|h| !h.is_empty()),
+                    "a queue URL",
+                ),
+                SinkKind::Sns => (
+                    t.starts_with("arn:") && t.split(':').nth(2) == Some("sns"),
+                    "an SNS topic ARN",
+                ),
+                SinkKind::Eventbridge => (
+                    !t.is_empty()
+                        && t.len() <= 1600
+                        && t.chars().all(|c| c.is_ascii_graphic())
+                        && (!t.starts_with("arn:") || t.split(':').nth(2) == Some("events")),
+                    "an event bus name or ARN",
+                ),
+            };
+            if !ok {
                 return Err(format!(
-                    "deliveries sink {:?}: {:?} is not a queue URL",
-                    sink.name, sink.target
+                    "deliveries sink {:?}: {t:?} is not {what}",
+                    sink.name
                 ));
             }
         }

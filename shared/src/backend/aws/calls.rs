@@ -286,6 +286,27 @@ fn needs(input: &Input) -> Vec<Value> {
             })
             .collect();
     }
+    if let Some(i) =
+        input.downcast_ref::<aws_sdk_sns::operation::publish_batch::PublishBatchInput>()
+    {
+        return vec![need("sns:Publish", json!({"topic_arn": i.topic_arn()}))];
+    }
+    if let Some(i) =
+        input.downcast_ref::<aws_sdk_eventbridge::operation::put_events::PutEventsInput>()
+    {
+        // One action per bus its entries name (the default bus when none).
+        let mut buses: Vec<&str> = i
+            .entries()
+            .iter()
+            .map(|e| e.event_bus_name().unwrap_or("default"))
+            .collect();
+        buses.sort_unstable();
+        buses.dedup();
+        return buses
+            .into_iter()
+            .map(|bus| need("events:PutEvents", json!({"event_bus": bus})))
+            .collect();
+    }
     if let Some(i) = input.downcast_ref::<sm::get_secret_value::GetSecretValueInput>() {
         return vec![need(
             "secretsmanager:GetSecretValue",
