@@ -568,3 +568,60 @@ async fn sns_and_eventbridge_sinks_get_every_event_with_its_type() {
         assert!(from_topic.contains(e) && details.contains(e), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_carries_ten_payments_and_each_payment_stays_in_order() {
+    let t = spawn_app(Kind::Aws).await;
+    let sim = &t.sim;
+    let ids: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
+    for id in &ids {
+        sim.send(sim.purchase(id, 1000)).await;
+    }
+    for id in &ids {
+        t.wait_for_status(id, PaymentStatus::Paid).await;
+    }
+    // One payment with three writes in the same invocation.
+    sim.send(sim.purchase("line", 1000)).await;
+    t.wait_for_status("line", PaymentStatus::Paid).await;
+    for (i, amount) in [(1, 100), (2, 900)] {
+        sim.send(sim.refund("line", &format!("line-r{i}"), amount))
+            .await;
+        wait_entry(&t, "line", "refunded", |e| {
+            e.state
+                .as_ref()
+                .is_some_and(|s| s.refunded_minor == if i == 1 { 100 } else { 1000 })
+        })
+        .await;
+    }
+    let records = stream_records(&t.config).await;
+    let fifo = queue(
+        &t.config,
+        &format!("{}-events.fifo", t.config.backend.aws.queue),
+        true,
+    )
+    .await;
+    let events = handler(&t.config, vec![sink("orders", &fifo)]).await;
+    let report = events
+        .handle_batch(json!({ "Records": records }))
+        .await
+        .unwrap();
+    assert_eq!((report.events, report.messages), (23, 23));
+    assert_eq!(report.failed_at, None);
+    // 21 payments' first events fill three requests; the line's second and
+    // third events each wait for the request before them.
+    assert_eq!(report.requests, 5, "{report:?}");
+    let received = drain(&t.config, &fifo).await;
+    let line: Vec<&str> = received
+        .iter()
+        .filter(|e| e["payment"]["reference"] == "line")
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        line,
+        [
+            "payment.paid",
+            "payment.partially_refunded",
+            "payment.refunded"
+        ]
+    );
+}

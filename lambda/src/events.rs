@@ -3,12 +3,13 @@
 //! outgoing events of each write ([`LedgerStream::events`]) → every sink
 //! that wants them ([`Sinks::send`]).
 //!
-//! Records are handled in the stream's order, and the first that fails
-//! ends the batch: it is named in `batchItemFailures`, so Lambda keeps
-//! what came before it and starts again from it. Going on past it would
-//! send a payment's later events before its earlier ones. A resend repeats
-//! the failed record's events with the same ids (a FIFO queue drops them
-//! within five minutes; consumers deduplicate on the id). A record that can
+//! Each payment's events are sent in the stream's order, up to ten
+//! payments' to a request ([`Sinks::send`]), and the first record whose
+//! events were not all sent is named in `batchItemFailures`: Lambda keeps
+//! what came before it and starts again from it, and no later event of a
+//! payment that failed was sent ahead of it. Events of records after it
+//! that were sent are sent again with the same ids (a FIFO queue drops
+//! them within five minutes; consumers deduplicate on the id). A record that can
 //! never be read fails the same way, until the event source mapping's
 //! retries run out and its on-failure destination gets the batch's
 //! position for an operator (infra/events.yaml).
@@ -49,6 +50,8 @@ pub struct BatchReport {
     pub records: usize,
     pub events: usize,
     pub messages: usize,
+    /// Requests to the sinks.
+    pub requests: usize,
     /// The sequence number the batch stopped at, when a record failed.
     pub failed_at: Option<String>,
 }
@@ -106,31 +109,41 @@ impl Events {
             records: batch.records.len(),
             ..BatchReport::default()
         };
+        // Each record's events, up to the first that cannot be read.
+        let mut events = Vec::with_capacity(batch.records.len());
+        let mut unread = None;
         for record in &batch.records {
-            let sequence = &record.dynamodb.sequence_number;
-            let sent = match self.stream.events(record).await {
-                Ok(events) => {
-                    report.events += events.len();
-                    self.sinks
-                        .send(&events)
-                        .await
-                        .map_err(|e| (e.to_string(), true))
+            match self.stream.events(record).await {
+                Ok(e) => {
+                    report.events += e.len();
+                    events.push(e);
                 }
-                Err(e) => Err((e.to_string(), e.is_transient())),
-            };
-            match sent {
-                Ok(n) => report.messages += n,
-                Err((error, transient)) => {
-                    warn!(%error, transient, sequence = %sequence, "stream record not delivered; the batch starts again from it");
-                    report.failed_at = Some(sequence.clone());
+                Err(e) => {
+                    unread = Some((events.len(), e.to_string(), e.is_transient()));
                     break;
                 }
             }
+        }
+        let sent = self.sinks.send(&events).await;
+        report.messages = sent.messages;
+        report.requests = sent.requests;
+        let failed = match (unread, sent.failed) {
+            (Some(u), Some((at, e))) if at < u.0 => Some((at, e.to_string(), true)),
+            (Some(u), _) => Some(u),
+            (None, Some((at, e))) => Some((at, e.to_string(), true)),
+            (None, None) => None,
+        };
+        if let Some((at, error, transient)) = failed {
+            let sequence = &batch.records[at].dynamodb.sequence_number;
+            warn!(%error, transient, sequence = %sequence,
+                  "stream record not delivered; the batch starts again from it");
+            report.failed_at = Some(sequence.clone());
         }
         info!(
             records = report.records,
             events = report.events,
             messages = report.messages,
+            requests = report.requests,
             failed = report.failed_at.is_some(),
             "stream batch"
         );

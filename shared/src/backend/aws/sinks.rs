@@ -73,58 +73,129 @@ impl Sinks {
         }
     }
 
-    /// Sends `events` (one write's, in order) to every sink that wants
-    /// them; how many messages were sent.
+    /// Sends the events of consecutive stream records (`records[i]` is
+    /// the i-th record's, in order) to every sink that wants them, each
+    /// payment's in order: a request carries at most one event of a
+    /// payment, and a payment's next event goes only after the request
+    /// that carried its last one succeeded. Requests carry up to ten
+    /// payments' events, from as many records: on a busy stream a tenth of
+    /// the requests of one per record.
     ///
-    /// # Errors
-    /// The first send that failed: the events before it were sent, and
-    /// sending them again gives the same ids.
-    pub async fn send(&self, events: &[OutgoingEvent]) -> Result<usize, SinkError> {
-        let mut sent = 0;
+    /// What was sent, and the index of the first record whose events were
+    /// not all sent, with why. Every record before it was sent whole; a
+    /// record after it may have been sent too (a new invocation starting
+    /// from it sends such events again, with the same ids).
+    pub async fn send(&self, records: &[Vec<OutgoingEvent>]) -> Sent {
+        let mut sent = Sent::default();
         for sink in &self.sinks {
-            let fail = |why: String| SinkError {
-                sink: sink.name.clone(),
-                why,
-            };
-            let wanted: Vec<&OutgoingEvent> = events
+            let limit = sent.failed.as_ref().map_or(records.len(), |(at, _)| *at);
+            let (n, requests, failed) = self.to_sink(sink, &records[..limit]).await;
+            sent.messages += n;
+            sent.requests += requests;
+            if let Some((at, e)) = failed {
+                if sent.failed.as_ref().is_none_or(|(before, _)| at < *before) {
+                    sent.failed = Some((at, e));
+                }
+            }
+        }
+        sent
+    }
+
+    /// [`Self::send`] to one sink: messages, requests, the first record
+    /// not sent whole.
+    async fn to_sink(
+        &self,
+        sink: &SinkConfig,
+        records: &[Vec<OutgoingEvent>],
+    ) -> (usize, usize, Option<(usize, SinkError)>) {
+        let fail = |why: String| SinkError {
+            sink: sink.name.clone(),
+            why,
+        };
+        // Each payment's line of wanted events, in record order.
+        let mut lines: Vec<std::collections::VecDeque<(usize, &OutgoingEvent)>> = Vec::new();
+        let mut line_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, events) in records.iter().enumerate() {
+            for e in events {
+                if !sink.wants(e.event_type, &e.payment.source, &e.payment.merchant) {
+                    continue;
+                }
+                let l = *line_of.entry(e.payment.key.as_str()).or_insert_with(|| {
+                    lines.push(std::collections::VecDeque::new());
+                    lines.len() - 1
+                });
+                lines[l].push_back((i, e));
+            }
+        }
+        let (mut messages, mut requests) = (0, 0);
+        let mut failed: Option<(usize, SinkError)> = None;
+        loop {
+            let limit = failed.as_ref().map_or(usize::MAX, |(at, _)| *at);
+            // The earliest heads first; nothing at or past a failed record.
+            let mut heads: Vec<(usize, usize)> = lines
                 .iter()
-                .filter(|e| sink.wants(e.event_type, &e.payment.source, &e.payment.merchant))
+                .enumerate()
+                .filter_map(|(l, line)| line.front().map(|&(i, _)| (i, l)))
+                .filter(|&(i, _)| i < limit)
                 .collect();
-            for chunk in wanted.chunks(BATCH) {
-                let entries = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        Ok(Entry {
-                            id: i.to_string(),
-                            event: e,
-                            body: serde_json::to_string(e).map_err(|err| fail(err.to_string()))?,
-                            fifo: sink
-                                .ordered()
-                                .then(|| (message_group(&e.payment.key), e.id.as_str())),
-                        })
+            if heads.is_empty() {
+                return (messages, requests, failed);
+            }
+            heads.sort_unstable();
+            heads.truncate(BATCH);
+            let entries = heads
+                .iter()
+                .enumerate()
+                .map(|(slot, &(_, l))| {
+                    let e = lines[l][0].1;
+                    Ok(Entry {
+                        id: slot.to_string(),
+                        event: e,
+                        body: serde_json::to_string(e).map_err(|err| err.to_string())?,
+                        fifo: sink
+                            .ordered()
+                            .then(|| (message_group(&e.payment.key), e.id.as_str())),
                     })
-                    .collect::<Result<Vec<_>, SinkError>>()?;
-                let refused = match sink.kind {
+                })
+                .collect::<Result<Vec<_>, String>>();
+            requests += 1;
+            let answer = match entries {
+                Ok(entries) => match sink.kind {
                     SinkKind::Sqs => self.to_queue(&sink.target, entries).await,
                     SinkKind::Sns => self.to_topic(&sink.target, entries).await,
                     SinkKind::Eventbridge => self.to_bus(&sink.target, entries).await,
+                },
+                Err(e) => Err(e),
+            };
+            let refused: Vec<(usize, String)> = match answer {
+                // A refusal naming no entry of ours: take none as sent.
+                Ok(refused) if refused.iter().any(|(slot, _)| *slot >= heads.len()) => {
+                    let why = refused[0].1.clone();
+                    (0..heads.len()).map(|slot| (slot, why.clone())).collect()
                 }
-                .map_err(fail)?;
-                if let Some((n, code, message)) = refused {
-                    return Err(fail(format!(
-                        "{n} of {} messages refused, the first: {code} {message}",
-                        chunk.len()
-                    )));
+                Ok(refused) => refused,
+                Err(why) => (0..heads.len()).map(|slot| (slot, why.clone())).collect(),
+            };
+            for (slot, &(i, l)) in heads.iter().enumerate() {
+                match refused.iter().find(|(s, _)| *s == slot) {
+                    None => {
+                        lines[l].pop_front();
+                        messages += 1;
+                    }
+                    Some((_, why)) => {
+                        // The payment's later events wait behind this one.
+                        lines[l].clear();
+                        if failed.as_ref().is_none_or(|(at, _)| i < *at) {
+                            failed = Some((i, fail(why.clone())));
+                        }
+                    }
                 }
-                sent += chunk.len();
             }
         }
-        Ok(sent)
     }
 
-    /// `SendMessageBatch`; how many entries were refused, with the first's
-    /// code and message, when any was.
+    /// `SendMessageBatch`; the entries refused (their place in the batch,
+    /// and why).
     async fn to_queue(&self, url: &str, entries: Vec<Entry<'_>>) -> Result<Refused, String> {
         let text = |v: &str| {
             MessageAttributeValue::builder()
@@ -155,13 +226,11 @@ impl Sinks {
             .send()
             .await
             .map_err(|e| describe(&e))?;
-        Ok(out.failed().first().map(|f| {
-            (
-                out.failed().len(),
-                f.code().to_owned(),
-                f.message().unwrap_or_default().to_owned(),
-            )
-        }))
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| (slot(f.id()), refusal(f.code(), f.message())))
+            .collect())
     }
 
     /// `PublishBatch`, as [`Self::to_queue`].
@@ -196,13 +265,11 @@ impl Sinks {
             .send()
             .await
             .map_err(|e| describe(&e))?;
-        Ok(out.failed().first().map(|f| {
-            (
-                out.failed().len(),
-                f.code().to_owned(),
-                f.message().unwrap_or_default().to_owned(),
-            )
-        }))
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| (slot(f.id()), refusal(f.code(), f.message())))
+            .collect())
     }
 
     /// `PutEvents`, as [`Self::to_queue`]: it answers 200 with an error
@@ -227,34 +294,42 @@ impl Sinks {
             .send()
             .await
             .map_err(|e| describe(&e))?;
-        let failed: Vec<_> = out
-            .entries()
-            .iter()
-            .filter(|r| r.error_code().is_some())
-            .collect();
-        let count = failed.len().max(out.failed_entry_count().max(0) as usize);
-        // Fewer answers than entries: those without one were not taken.
-        let count = count.max(n.saturating_sub(out.entries().len()));
-        Ok((count > 0).then(|| {
-            let first = failed.first();
-            (
-                count,
-                first
-                    .and_then(|f| f.error_code())
-                    .unwrap_or("unanswered")
-                    .to_owned(),
-                first
-                    .and_then(|f| f.error_message())
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        }))
+        // Answers are in the entries' order; an entry without one was
+        // not taken either.
+        let answers = out.entries();
+        Ok((0..n)
+            .filter_map(|slot| match answers.get(slot) {
+                Some(a) => a
+                    .error_code()
+                    .map(|code| (slot, refusal(code, a.error_message()))),
+                None => Some((slot, "PutEvents gave no answer for it".to_owned())),
+            })
+            .collect())
     }
 }
 
-/// How many entries of a batch were refused, and the first's code and
-/// message; `None` when every one was taken.
-type Refused = Option<(usize, String, String)>;
+/// An entry's place in its batch, from the id it was sent with
+/// (`usize::MAX` for an id this code did not send: every entry is then
+/// taken as refused).
+fn slot(id: &str) -> usize {
+    id.parse().unwrap_or(usize::MAX)
+}
+
+fn refusal(code: &str, message: Option<&str>) -> String {
+    format!("refused: {code} {}", message.unwrap_or_default())
+}
+
+/// The entries of a batch refused: their places, and why.
+type Refused = Vec<(usize, String)>;
+
+/// What [`Sinks::send`] did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub messages: usize,
+    pub requests: usize,
+    /// The first record not sent whole, and why.
+    pub failed: Option<(usize, SinkError)>,
+}
 
 #[cfg(test)]
 mod tests {
