@@ -18,7 +18,7 @@ use paynotify_lambda::events::Events;
 use paynotify_shared::config::{Config, SinkConfig, SinkKind};
 use paynotify_shared::{PaymentKey, PaymentStatus};
 use serde_json::{json, Value};
-use support::app::{spawn_app, TestApp, MERCHANT};
+use support::app::{spawn_app, spawn_app_tweaked, TestApp, MERCHANT};
 use support::Kind;
 
 #[macro_use]
@@ -624,4 +624,92 @@ async fn one_request_carries_ten_payments_and_each_payment_stays_in_order() {
             "payment.refunded"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_whose_replies_were_lost_give_each_transition_one_event() {
+    // Ledger writes that happen and then report failure (a lost reply), and
+    // calls that fail outright: the worker retries, a retry of a write that
+    // happened is a duplicate. The stream has exactly the writes that
+    // happened: the sink's events, deduplicated on the id, are the ledger's
+    // transitions, each payment's in order.
+    let options = paynotify::app::AppOptions {
+        faults: true,
+        ..paynotify::app::AppOptions::all()
+    };
+    let t = spawn_app_tweaked(Kind::Aws, options, |_| {}).await;
+    let ledger = &t.faults().ledger;
+    ledger.only(Some(&["write"]));
+    ledger.set_lost_reply_rate(0.3);
+    ledger.set_error_rate(0.1);
+    let sim = &t.sim;
+    let ids: Vec<String> = (0..12).map(|i| format!("c{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 3 == 0 {
+            sim.send(sim.refund(id, &format!("{id}-early"), 300)).await;
+        }
+        sim.send(sim.purchase(id, 1000)).await;
+        if i % 2 == 0 {
+            sim.send(sim.refund(id, &format!("{id}-late"), 200)).await;
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let status = if i % 3 == 0 || i % 2 == 0 {
+            PaymentStatus::PartiallyRefunded
+        } else {
+            PaymentStatus::Paid
+        };
+        t.wait_for_status(id, status).await;
+        if i % 3 == 0 && i % 2 == 0 {
+            wait_entry(&t, id, "refunded twice", |e| {
+                e.state.as_ref().is_some_and(|s| s.refunded_minor == 500)
+            })
+            .await;
+        }
+    }
+    ledger.set_lost_reply_rate(0.0);
+    ledger.set_error_rate(0.0);
+    let injected = t.faults().ledger.injected();
+    assert!(injected > 0, "no fault was injected");
+
+    let records = stream_records(&t.config).await;
+    let fifo = queue(
+        &t.config,
+        &format!("{}-events.fifo", t.config.backend.aws.queue),
+        true,
+    )
+    .await;
+    let events = handler(&t.config, vec![sink("orders", &fifo)]).await;
+    invoke(&events, &records, 10).await;
+    let received = drain(&t.config, &fifo).await;
+    let mut seen = std::collections::HashSet::new();
+    let mut heard: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in &received {
+        assert!(
+            seen.insert(e["id"].as_str().unwrap().to_owned()),
+            "sent twice: {e}"
+        );
+        let key = e["payment"]["key"].as_str().unwrap().to_owned();
+        let at = (
+            e["payment"]["version"].as_u64().unwrap(),
+            e["payment"]["sequence"].as_u64().unwrap(),
+        );
+        assert!(
+            last.get(&key).is_none_or(|before| *before < at),
+            "out of order: {e}"
+        );
+        last.insert(key.clone(), at);
+        heard
+            .entry(key)
+            .or_default()
+            .push(e["payment"]["status"].as_str().unwrap().to_owned());
+    }
+    let ledger_view = paynotify::receiver::ledger_statuses(
+        t.app().backends.ledger.as_ref(),
+        ids.iter().map(|id| key(id)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heard, ledger_view, "{injected} faults injected");
 }
