@@ -24,6 +24,19 @@ use support::Kind;
 #[macro_use]
 mod support;
 
+/// The app on fresh emulator resources whose ledger table has its stream
+/// (`paynotify init`'s default; the other tests leave it off), turned on
+/// before anything is written.
+async fn spawn_streaming(options: paynotify::app::AppOptions) -> TestApp {
+    let t = spawn_app_tweaked(Kind::Aws, options, |_| {}).await;
+    let mut backend = t.config.backend.clone();
+    backend.aws.ledger_stream = true;
+    paynotify_shared::backend::aws::setup::init(&backend)
+        .await
+        .expect("turning on the ledger's stream");
+    t
+}
+
 fn key(query_id: &str) -> PaymentKey {
     PaymentKey::new("unionpay", MERCHANT, query_id)
 }
@@ -285,7 +298,7 @@ async fn the_stream_gives_the_events_the_embedded_outbox_records() {
     );
 
     // The same on the emulator, through the stream.
-    let t = spawn_app(Kind::Aws).await;
+    let t = spawn_streaming(paynotify::app::AppOptions::all()).await;
     traffic(&t).await;
     let records = stream_records(&t.config).await;
     let fifo = queue(
@@ -325,7 +338,7 @@ async fn the_stream_gives_the_events_the_embedded_outbox_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_stops_the_batch_at_its_record_and_a_retry_completes_it() {
-    let t = spawn_app(Kind::Aws).await;
+    let t = spawn_streaming(paynotify::app::AppOptions::all()).await;
     let sim = &t.sim;
     for id in ["f1", "f2", "f3"] {
         sim.send(sim.purchase(id, 1000)).await;
@@ -381,7 +394,7 @@ async fn a_failing_sink_stops_the_batch_at_its_record_and_a_retry_completes_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_ledger_cannot_have_written_fail_and_others_give_nothing() {
-    let t = spawn_app(Kind::Aws).await;
+    let t = spawn_streaming(paynotify::app::AppOptions::all()).await;
     t.sim.send(t.sim.purchase("b1", 1000)).await;
     t.wait_for_status("b1", PaymentStatus::Paid).await;
     let records = stream_records(&t.config).await;
@@ -465,7 +478,7 @@ async fn queue_arn(config: &Config, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sns_and_eventbridge_sinks_get_every_event_with_its_type() {
-    let t = spawn_app(Kind::Aws).await;
+    let t = spawn_streaming(paynotify::app::AppOptions::all()).await;
     let sim = &t.sim;
     for id in ["t1", "t2"] {
         sim.send(sim.purchase(id, 1000)).await;
@@ -571,7 +584,7 @@ async fn sns_and_eventbridge_sinks_get_every_event_with_its_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_carries_ten_payments_and_each_payment_stays_in_order() {
-    let t = spawn_app(Kind::Aws).await;
+    let t = spawn_streaming(paynotify::app::AppOptions::all()).await;
     let sim = &t.sim;
     let ids: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
     for id in &ids {
@@ -637,7 +650,7 @@ async fn writes_whose_replies_were_lost_give_each_transition_one_event() {
         faults: true,
         ..paynotify::app::AppOptions::all()
     };
-    let t = spawn_app_tweaked(Kind::Aws, options, |_| {}).await;
+    let t = spawn_streaming(options).await;
     let ledger = &t.faults().ledger;
     ledger.only(Some(&["write"]));
     ledger.set_lost_reply_rate(0.3);

@@ -109,6 +109,12 @@ pub struct AwsConfig {
     /// as JSON lines: what a role needs (`infra/tests/test_iam.py` checks
     /// the stack's policies against such logs). Unset: not written.
     pub call_log: Option<PathBuf>,
+    /// Whether `paynotify init` gives the ledger table its stream
+    /// (`NEW_AND_OLD_IMAGES`), the outbox the events function reads
+    /// (`docs/events.md#on-aws`). The data stack always does. Off only where
+    /// nothing reads it: the emulator slows every write of a table with a
+    /// stream.
+    pub ledger_stream: bool,
 }
 
 impl Default for AwsConfig {
@@ -127,6 +133,7 @@ impl Default for AwsConfig {
             attempt_timeout_ms: 2_000,
             operation_timeout_ms: 4_500,
             call_log: None,
+            ledger_stream: true,
         }
     }
 }

@@ -132,6 +132,9 @@ pub async fn prepare(kind: Kind, config: &mut BackendConfig, dir: &std::path::Pa
             config.aws.table = format!("pn-{id}");
             config.aws.sse = Sse::Kms;
             config.aws.send_batch_window_ms = 2;
+            // moto slows every write of a table with a stream: only the
+            // tests that read it turn it on (tests/events_stream.rs).
+            config.aws.ledger_stream = false;
             backend::aws::setup::init(config)
                 .await
                 .expect("creating emulator resources");

@@ -131,7 +131,7 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .create_table()
         .table_name(&aws.table)
         .billing_mode(BillingMode::PayPerRequest)
-        .stream_specification(ledger_stream()?)
+        .set_stream_specification(aws.ledger_stream.then(ledger_stream).transpose()?)
         .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
         .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
         .attribute_definitions(attr("pk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
@@ -203,7 +203,9 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
                 .await
                 .map_err(|e| format!("table {} never became active: {e}", aws.table))?;
         }
-        enable_stream(&c, &aws.table).await?;
+        if aws.ledger_stream {
+            enable_stream(&c, &aws.table).await?;
+        }
     }
     c.dynamodb
         .wait_until_table_exists()
