@@ -14,7 +14,7 @@ template's short-form intrinsics): python infra/tests/test_template.py.
   from the AWS tests, not from here.
 - The queue's visibility timeout and redrive count, the worker's
   configuration (the environment of the task definitions and functions)
-  and the defaults in shared/src/config.rs agree; the stop timeouts cover
+  and the defaults in shared/src/config/ agree; the stop timeouts cover
   drain and visibility; the worker function's timeout fits the visibility
   timeout, as Lambda requires.
 - The task definitions and functions set exactly the environment that
@@ -47,6 +47,12 @@ def imported(name):
 
 def rust(path):
     return (ROOT / path).read_text(encoding="utf-8")
+
+
+def config_source():
+    """shared/src/config.rs and its modules (the defaults of each section)."""
+    paths = [ROOT / "shared/src/config.rs", *sorted((ROOT / "shared/src/config").glob("*.rs"))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in paths)
 
 
 def as_list(v):
@@ -138,7 +144,7 @@ def function_env(function):
 
 
 def test_queue_config_and_defaults_agree():
-    config = rust("shared/src/config.rs")
+    config = config_source()
     vt = int(re.search(r"visibility_timeout_secs: (\d+),", config).group(1))
     mr = int(re.search(r"max_receives: (\d+),", config).group(1))
     drain = int(re.search(r"drain_secs: (\d+),", config).group(1))
@@ -293,7 +299,7 @@ def test_glue_table_matches_the_envelope_and_the_key_layout():
 
 def test_ledger_keys_are_what_the_backend_writes():
     setup = rust("shared/src/backend/aws/setup.rs")
-    ledger = rust("shared/src/backend/aws/ledger.rs")
+    ledger = rust("shared/src/backend/aws/ledger/mod.rs")
     table = RESOURCES["LedgerTable"]["Properties"]
     keys = [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]]
     assert keys == [("pk", "HASH"), ("sk", "RANGE")]
@@ -316,7 +322,7 @@ def test_ledger_keys_are_what_the_backend_writes():
 
 
 def config_default(field):
-    config = rust("shared/src/config.rs")
+    config = config_source()
     return int(re.search(field + r": ([\d_]+),", config).group(1).replace("_", ""))
 
 
