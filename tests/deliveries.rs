@@ -195,6 +195,8 @@ async fn every_transition_reaches_a_misbehaving_receiver_once_in_order() {
         "paynotify_delivery_attempts_total{endpoint=\"orders\",outcome=\"delivered\"}",
         "paynotify_delivery_attempts_total{endpoint=\"orders\",outcome=\"failed\"}",
         "paynotify_delivery_lag_seconds_count{endpoint=\"orders\"}",
+        // The deliveries store is metered as every port is.
+        "paynotify_backend_call_duration_seconds_count{port=\"deliveries\",operation=\"claim\"}",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

@@ -2,22 +2,15 @@
 //! a backend that is down, fails at a rate, fails its Nth call, is slow, or
 //! does the work and then loses the reply. Each wrapper delegates to a real
 //! backend; one [`Faults`] switchboard, changed while running, decides what
-//! goes wrong and for which operations.
+//! goes wrong and for which operations. The wrappers' methods are
+//! generated with the meter's from one list (`crate::decorated`).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use time::OffsetDateTime;
-
-use crate::event::{EventKey, PaymentKey};
-use crate::ports::{
-    ApplyOutcome, Archive, ArchiveError, Attempt, DeadLetter, Deliveries, Delivery, DeliveryFilter,
-    EndpointStatus, EventRecord, Freshness, Ledger, LedgerError, LedgerWrite, Loaded, OutboxRecord,
-    ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
-    Watch, WatchStore,
-};
+use crate::event::PaymentKey;
+use crate::ports::{Archive, Deliveries, Ledger, Queue, WatchStore};
 
 const MILLION: f64 = 1_000_000.0;
 
@@ -39,7 +32,7 @@ pub struct Faults {
     repeat: AtomicBool,
     depth_misses: AtomicU64,
     /// 0: the wrapped queue's own limit.
-    max_message_bytes: AtomicU64,
+    pub(crate) max_message_bytes: AtomicU64,
 }
 
 impl Faults {
@@ -104,7 +97,7 @@ impl Faults {
         }
     }
 
-    fn spares(&self, key: &PaymentKey) -> bool {
+    pub(crate) fn spares(&self, key: &PaymentKey) -> bool {
         self.payment
             .lock()
             .map(|p| p.as_ref().is_some_and(|only| only != key))
@@ -117,7 +110,7 @@ impl Faults {
         self.repeat.store(on, Ordering::SeqCst);
     }
 
-    fn repeats(&self, op: &str) -> bool {
+    pub(crate) fn repeats(&self, op: &str) -> bool {
         self.repeat.load(Ordering::SeqCst) && self.affects(op)
     }
 
@@ -127,7 +120,7 @@ impl Faults {
         self.depth_misses.store(n, Ordering::SeqCst);
     }
 
-    fn misses_depth(&self) -> bool {
+    pub(crate) fn misses_depth(&self) -> bool {
         self.depth_misses
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
@@ -147,7 +140,7 @@ impl Faults {
         }
     }
 
-    fn fatal(&self) -> Option<String> {
+    pub(crate) fn fatal(&self) -> Option<String> {
         self.fatal.lock().ok().and_then(|f| f.clone())
     }
 
@@ -179,7 +172,7 @@ impl Faults {
     }
 
     /// Before the backend sees the call.
-    async fn before(&self, op: &str) -> Result<(), String> {
+    pub(crate) async fn before(&self, op: &str) -> Result<(), String> {
         if !self.affects(op) {
             return Ok(());
         }
@@ -201,7 +194,7 @@ impl Faults {
     }
 
     /// After the backend succeeded: maybe the reply is slow, or lost.
-    async fn after(&self, op: &str) -> Result<(), String> {
+    pub(crate) async fn after(&self, op: &str) -> Result<(), String> {
         let latency = self.reply_latency_us.load(Ordering::SeqCst);
         if latency > 0 && self.affects(op) {
             tokio::time::sleep(Duration::from_micros(latency)).await;
@@ -213,32 +206,38 @@ impl Faults {
     }
 }
 
-/// Runs `call` on the inner port between the fault checks, mapping an
-/// injected fault to the port's transient error.
-macro_rules! faulty {
-    // A call about one payment: spared when faults target another.
-    ($self:ident, $op:literal, $err:path, $call:expr, about $key:expr) => {{
-        if $self.faults.spares($key) {
-            return $call.await;
-        }
-        faulty!($self, $op, $err, $call)
-    }};
-    ($self:ident, $op:literal, $err:path, $call:expr) => {{
-        $self.faults.before($op).await.map_err($err)?;
-        if $self.faults.repeats($op) {
-            let _ = $call.await;
-        }
-        let out = $call.await?;
-        $self.faults.after($op).await.map_err($err)?;
-        Ok(out)
-    }};
+/// An archive with faults.
+pub struct FaultyArchive {
+    pub inner: Arc<dyn Archive>,
+    pub faults: Arc<Faults>,
 }
 
-mod ledger;
-mod queue;
+/// A queue with faults.
+pub struct FaultyQueue {
+    pub inner: Arc<dyn Queue>,
+    pub faults: Arc<Faults>,
+}
 
-pub use ledger::{FaultyDeliveries, FaultyLedger, FaultyWatches};
-pub use queue::{FaultyArchive, FaultyQueue};
+/// A ledger with faults.
+pub struct FaultyLedger {
+    pub inner: Arc<dyn Ledger>,
+    pub faults: Arc<Faults>,
+}
+
+/// A watch store with faults (the ledger's switchboard: watches live in
+/// the ledger's database or table).
+pub struct FaultyWatches {
+    pub inner: Arc<dyn WatchStore>,
+    pub faults: Arc<Faults>,
+}
+
+/// The deliveries store with faults (its own switchboard): what the
+/// deliverer does when the outbox or a delivery's record cannot be read or
+/// written, or was written and the reply lost.
+pub struct FaultyDeliveries {
+    pub inner: Arc<dyn Deliveries>,
+    pub faults: Arc<Faults>,
+}
 
 /// The three ports of `backends` behind one switchboard each.
 pub struct FaultyBackends {

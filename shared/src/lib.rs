@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+mod decorated;
 pub mod faults;
 pub mod gateway;
 pub mod metered;

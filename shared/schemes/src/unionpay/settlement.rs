@@ -376,8 +376,6 @@ pub fn write_zm(records: &[ZmRecord]) -> Vec<u8> {
     out
 }
 
-/// Packs files the way UnionPay sends them in `fileContent`: a ZIP archive
-
 #[cfg(test)]
 mod tests {
     use super::*;

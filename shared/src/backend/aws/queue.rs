@@ -24,8 +24,6 @@ mod port;
 
 use port::*;
 
-/// SQS's limit on one message body.
-/// SQS's longest `DelaySeconds`.
 /// Dead-letter attributes are cut to this length.
 const MAX_ATTRIBUTE_CHARS: usize = 1024;
 

@@ -114,6 +114,7 @@ pub fn zme_file(files: &[(String, Vec<u8>)]) -> Option<&[u8]> {
         .map(|(_, bytes)| bytes.as_slice())
 }
 
+/// Packs files the way UnionPay sends them in `fileContent`: a ZIP archive
 /// (deflated entries), zlib-compressed, base64.
 ///
 /// # Errors
