@@ -14,7 +14,7 @@ template's short-form intrinsics): python infra/tests/test_template.py.
   from the AWS tests, not from here.
 - The queue's visibility timeout and redrive count, the worker's
   configuration (the environment of the task definitions and functions)
-  and the defaults in shared/src/config/ agree; the stop timeouts cover
+  and the defaults in shared/config/ agree; the stop timeouts cover
   drain and visibility; the worker function's timeout fits the visibility
   timeout, as Lambda requires.
 - The task definitions and functions set exactly the environment that
@@ -50,8 +50,8 @@ def rust(path):
 
 
 def config_source():
-    """shared/src/config.rs and its modules (the defaults of each section)."""
-    paths = [ROOT / "shared/src/config.rs", *sorted((ROOT / "shared/src/config").glob("*.rs"))]
+    """The config crate's sources (the defaults of each section)."""
+    paths = sorted((ROOT / "shared/config/src").glob("*.rs"))
     return "\n".join(p.read_text(encoding="utf-8") for p in paths)
 
 

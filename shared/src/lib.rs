@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod backend;
-pub mod config;
 mod decorated;
 pub mod faults;
 pub mod gateway;
@@ -14,6 +13,7 @@ pub mod secret;
 pub mod serve;
 pub mod telemetry;
 
+pub use paynotify_config as config;
 pub use paynotify_model::{event, money, outgoing, state};
 pub use paynotify_ports as ports;
 pub use paynotify_records::{envelope, segment};

@@ -57,3 +57,11 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         secrets: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unset_queue_shards_are_one_per_core_at_most_eight() {
+        assert!((1..=8).contains(&super::default_queue_shards()));
+    }
+}

@@ -60,7 +60,7 @@ pub(super) fn add_first_received_at(path: &Path) -> rusqlite::Result<()> {
 }
 
 /// The most shards a queue may have.
-pub const MAX_SHARDS: usize = 64;
+pub const MAX_SHARDS: usize = crate::config::MAX_QUEUE_SHARDS;
 
 /// The file of shard `k`: `path` itself for shard 0 (a queue of one shard
 /// is the file it always was), `{stem}-{k}.{extension}` beside it for the

@@ -1,5 +1,4 @@
 use super::*;
-use crate::secret::SecretRef;
 
 const TOML: &str = r#"
     [sources.unionpay]
@@ -80,7 +79,6 @@ fn queue_shards_are_bounded() {
     let toml = format!("[backend]\nqueue_shards = 64\n{TOML}");
     let c = Config::from_toml(&toml, Path::new("/")).unwrap();
     assert_eq!(c.backend.queue_shards, Some(64));
-    assert!((1..=8).contains(&crate::backend::local::default_queue_shards()));
 }
 
 const SW: &str = r#"
@@ -102,7 +100,7 @@ const SW: &str = r#"
 
 #[test]
 fn standard_webhooks_sources_take_references_and_an_event_map() {
-    use crate::event::{EventKind, EventOutcome};
+    use paynotify_model::event::{EventKind, EventOutcome};
     let c = Config::from_toml(SW, Path::new("/cfg")).unwrap();
     let sw = c
         .source("acme")

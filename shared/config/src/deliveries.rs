@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use crate::outgoing::EventType;
-use crate::secret::SecretRef;
+use paynotify_model::outgoing::EventType;
+use paynotify_schemes::secret::SecretRef;
 
 /// Outgoing events and where they go.
 #[derive(Debug, Clone, Deserialize)]
@@ -201,7 +201,7 @@ impl DeliveriesConfig {
             let t = &sink.target;
             let (ok, what) = match sink.kind {
                 SinkKind::Sqs => (
-                    t.parse::<hyper::Uri>()
+                    t.parse::<http::Uri>()
                         .ok()
                         .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
                         .and_then(|u| u.host().map(str::to_owned))
@@ -239,7 +239,7 @@ impl DeliveriesConfig {
             }
             let host = e
                 .url
-                .parse::<hyper::Uri>()
+                .parse::<http::Uri>()
                 .ok()
                 .and_then(|u| u.host().map(str::to_owned));
             if host.is_none_or(|h| h.is_empty()) {

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The most shards the local queue may be split into (`backend.queue_shards`).
+pub const MAX_QUEUE_SHARDS: usize = 64;
+
 /// Which implementation of the ports to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,6 @@
 //! One typed configuration: defaults, then the TOML file, then `PAYNOTIFY__*`
 //! environment variables (`PAYNOTIFY__SOURCES__UNIONPAY__SUCCESS_BODY=ok`).
-//! Keys and certificates are only ever references ([`SecretRef`](crate::secret::SecretRef)).
+//! Keys and certificates are only ever references ([`SecretRef`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ mod deliveries;
 mod servers;
 mod sources;
 
-pub use backend::{AwsConfig, BackendConfig, BackendKind, Sse};
+pub use backend::{AwsConfig, BackendConfig, BackendKind, Sse, MAX_QUEUE_SHARDS};
 pub use deliveries::{DeliveriesConfig, EndpointConfig, SinkConfig, SinkKind};
 pub use servers::{IngestConfig, WorkerConfig};
 pub use sources::{SchemeKind, SourceConfig};
@@ -21,6 +21,7 @@ use paynotify_schemes::SchemeSettings;
 use serde::Deserialize;
 
 pub use paynotify_schemes::adyen::{AdyenConfig, CaptureMode};
+pub use paynotify_schemes::secret::SecretRef;
 pub use paynotify_schemes::standard_webhooks::{
     EventPointers, MappedEvent, StandardWebhooksConfig,
 };
@@ -152,11 +153,11 @@ impl Config {
         if self
             .backend
             .queue_shards
-            .is_some_and(|n| n == 0 || n > crate::backend::local::MAX_QUEUE_SHARDS)
+            .is_some_and(|n| n == 0 || n > MAX_QUEUE_SHARDS)
         {
             return Err(ConfigError::Setting(format!(
                 "backend.queue_shards is 1 to {}",
-                crate::backend::local::MAX_QUEUE_SHARDS
+                MAX_QUEUE_SHARDS
             )));
         }
         self.deliveries.validate().map_err(ConfigError::Setting)?;
