@@ -20,6 +20,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "layers: each crate depends only downward; below the backends, no AWS SDK (scripts/layers.sh)"
+scripts/layers.sh
 step "cargo doc (every intra-doc link resolves)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "AWS emulator (moto_server)"

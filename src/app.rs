@@ -66,9 +66,9 @@ impl App {
         let faults = options.faults.then(|| FaultyBackends::wrap(&mut backends));
         // Metered outside the faults: an injected failure counts as one.
         let metrics = Metrics::new(backends.api_calls.clone());
-        backends.metered(&metrics);
+        paynotify_shared::metered::meter(&mut backends, &metrics);
         let shutdown = CancellationToken::new();
-        let watch = backends.watch(shutdown.clone());
+        let watch = paynotify_shared::stores::watch(&backends, shutdown.clone());
         let stats = Arc::new(Stats::default());
         let (mut addr, mut admin_addr, mut ingest, mut worker) = (None, None, None, None);
         let mut deliverer = None;

@@ -17,7 +17,7 @@ source polling with the function's role) in the IMPLIED table below.
 Nothing here lists what a role is granted: what is needed comes from the
 logs, what is granted from the templates. A role without any logged call
 fails the check (the recording itself broke), so does a call the recorder
-does not know (shared/src/backend/aws/calls.rs must learn it).
+does not know (shared/backends/src/aws/calls.rs must learn it).
 
 Usage: python infra/tests/test_iam.py CALL_LOG_DIR   (scripts/test.sh runs
 it after the tests, with the tools venv)

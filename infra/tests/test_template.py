@@ -250,11 +250,11 @@ def test_the_worker_function_answers_partial_batches():
 
 
 def test_the_events_function_reads_the_stream_the_ledger_writes_in_order():
-    # The images the events are rebuilt from (shared/src/backend/aws/stream.rs)
+    # The images the events are rebuilt from (shared/backends/src/aws/stream.rs)
     # are both kept, by the stack and by `paynotify init`.
     stream = RESOURCES["LedgerTable"]["Properties"]["StreamSpecification"]
     assert stream == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
-    assert "StreamViewType::NewAndOldImages" in rust("shared/src/backend/aws/setup.rs")
+    assert "StreamViewType::NewAndOldImages" in rust("shared/backends/src/aws/setup.rs")
     r = EVENTS["Resources"]
     mapping = r["EventsSource"]["Properties"]
     assert mapping["EventSourceArn"] == imported("LedgerStreamArn")
@@ -298,8 +298,8 @@ def test_glue_table_matches_the_envelope_and_the_key_layout():
 
 
 def test_ledger_keys_are_what_the_backend_writes():
-    setup = rust("shared/src/backend/aws/setup.rs")
-    ledger = rust("shared/src/backend/aws/ledger/mod.rs")
+    setup = rust("shared/backends/src/aws/setup.rs")
+    ledger = rust("shared/backends/src/aws/ledger/mod.rs")
     table = RESOURCES["LedgerTable"]["Properties"]
     keys = [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]]
     assert keys == [("pk", "HASH"), ("sk", "RANGE")]

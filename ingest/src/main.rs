@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         token.cancel();
     });
     tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "ingest serving");
-    let watch = backends.watch(shutdown.clone());
+    let watch = paynotify_shared::stores::watch(&backends, shutdown.clone());
     paynotify_ingest::run(listener, admin, state, &config.ingest, shutdown).await?;
     if let Some(why) = watch.await? {
         anyhow::bail!("stopped: {why}");

@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
-    let watch = backends.watch(shutdown.clone());
+    let watch = paynotify_shared::stores::watch(&backends, shutdown.clone());
     let deliverer = paynotify_deliver::start(&config, &backends, &metrics, &shutdown).await?;
     paynotify_worker::run(ctx, shutdown).await;
     if let Some(d) = deliverer {

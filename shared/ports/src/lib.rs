@@ -3,6 +3,7 @@
 //! that says whether a failure is transient.
 
 mod archive;
+mod bundle;
 mod ledger;
 mod outbox;
 mod queue;
@@ -11,6 +12,7 @@ mod secrets;
 mod watch;
 
 pub use archive::*;
+pub use bundle::Backends;
 pub use ledger::*;
 pub use outbox::*;
 pub use queue::*;

@@ -1,5 +1,5 @@
 //! PSP signature schemes: verification over the exact raw bytes and the
-//! mapping of a verified notification to a [`crate::PaymentEvent`]. Each
+//! mapping of a verified notification to a [`PaymentEvent`](crate::event::PaymentEvent). Each
 //! scheme lives in `paynotify-schemes`; here each configured source's
 //! verifier is built from its settings and the secrets they name.
 

@@ -8,12 +8,12 @@ use time::OffsetDateTime;
 
 use super::db::{exec, row};
 use super::ledger::{invalid, LocalLedger};
-use crate::backend::{stored_time, unix_ms};
 use crate::outgoing::{EventType, OutgoingEvent};
 use crate::ports::{
     Attempt, Deliveries, Delivery, DeliveryFilter, DeliveryStatus, EndpointStatus, LedgerError,
     OutboxRecord,
 };
+use crate::{stored_time, unix_ms};
 
 /// Adds `events` to the outbox, in order (inside a ledger write).
 pub(super) fn append(c: &Connection, events: &[OutgoingEvent]) -> rusqlite::Result<()> {

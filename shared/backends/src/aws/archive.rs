@@ -7,8 +7,8 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use time::OffsetDateTime;
 
 use super::{describe, Clients};
-use crate::backend::hour_in_range;
 use crate::config::{AwsConfig, Sse};
+use crate::hour_in_range;
 use crate::ports::{Archive, ArchiveError};
 
 /// One bucket.

@@ -13,12 +13,12 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 use super::batch::Batcher;
 use super::sqs_batches::{delete_batch, send_batch};
 use super::{describe, Clients};
-use crate::backend::{from_unix_ms, stored_time};
 use crate::config::AwsConfig;
 use crate::ports::{
     check_message_size, same_reason, DeadLetter, DeadLetterReason, Progress, Queue, QueueError,
     QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
 };
+use crate::{from_unix_ms, stored_time};
 
 mod port;
 
@@ -56,10 +56,7 @@ impl SqsQueue {
     ///
     /// # Errors
     /// `BackendError::Aws` when a queue does not exist.
-    pub async fn open(
-        clients: &Clients,
-        config: &AwsConfig,
-    ) -> Result<Self, crate::backend::BackendError> {
+    pub async fn open(clients: &Clients, config: &AwsConfig) -> Result<Self, crate::BackendError> {
         let client = clients.sqs.clone();
         let lookup = |name: String| {
             let client = client.clone();
@@ -70,15 +67,10 @@ impl SqsQueue {
                     .send()
                     .await
                     .map_err(|e| {
-                        crate::backend::BackendError::Aws(format!(
-                            "queue {name:?}: {}",
-                            describe(&e)
-                        ))
+                        crate::BackendError::Aws(format!("queue {name:?}: {}", describe(&e)))
                     })?
                     .queue_url
-                    .ok_or_else(|| {
-                        crate::backend::BackendError::Aws(format!("queue {name:?} has no URL"))
-                    })
+                    .ok_or_else(|| crate::BackendError::Aws(format!("queue {name:?} has no URL")))
             }
         };
         let url = lookup(config.queue.clone()).await?;

@@ -33,7 +33,6 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Up
 use time::OffsetDateTime;
 
 use super::{describe, Clients};
-use crate::backend::{stored_time, unix_ms};
 use crate::config::AwsConfig;
 use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
@@ -42,6 +41,7 @@ use crate::ports::{
     ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
+use crate::{stored_time, unix_ms};
 
 pub(super) const STATE: &str = "STATE";
 mod item;

@@ -9,7 +9,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::db::{exec, now_ms, row, Db};
-use crate::backend::{stored_time, unix_ms};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
@@ -17,6 +16,7 @@ use crate::ports::{
     LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
+use crate::{stored_time, unix_ms};
 
 mod rows;
 mod schema;

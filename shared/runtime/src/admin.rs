@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::backend::Backends;
 use crate::metrics::{Metrics, Sampler};
+use crate::ports::Backends;
 
 /// What the admin endpoints read.
 #[derive(Clone)]

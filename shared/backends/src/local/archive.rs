@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::backend::hour_in_range;
+use crate::hour_in_range;
 use crate::ports::{Archive, ArchiveError};
 
 /// Files under one directory.

@@ -1,65 +1,27 @@
-//! Backends for the three ports, chosen once from configuration.
+//! The backends behind the ports, chosen once from configuration: `local`
+//! (a data directory and SQLite) and `aws` (S3, SQS, DynamoDB, Secrets
+//! Manager, and the ledger stream's reader and sinks), each behind its cargo
+//! feature. Every SDK type and the AWS call counter stay inside this crate;
+//! what leaves it is the bundle of ports, [`Backends`].
 
+#[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "local")]
 pub mod local;
 
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use paynotify_config as config;
+use paynotify_model::{event, money, outgoing, state};
+use paynotify_ports as ports;
+use paynotify_records::envelope;
+
+pub use paynotify_ports::Backends;
+
 use crate::config::{BackendConfig, BackendKind};
-use crate::ports::{Archive, CallCounter, Deliveries, Ledger, Queue, SecretStore, WatchStore};
-
-/// The archive, queue and ledger of one deployment.
-#[derive(Clone)]
-pub struct Backends {
-    pub archive: Arc<dyn Archive>,
-    pub queue: Arc<dyn Queue>,
-    pub ledger: Arc<dyn Ledger>,
-    /// UnionPay's status-query watches (in the ledger's database or table).
-    pub watches: Arc<dyn WatchStore>,
-    /// The outbox of the ledger's writes and their deliveries to the
-    /// merchant's endpoints (local backend; on AWS the ledger table's stream
-    /// is the outbox, read by a deliverer not built yet).
-    pub deliveries: Option<Arc<dyn Deliveries>>,
-    /// API call counts (AWS backend only).
-    pub api_calls: Option<Arc<dyn CallCounter>>,
-    /// Where `secretsmanager:` references are read (AWS backend only).
-    pub secrets: Option<Arc<dyn SecretStore>>,
-}
-
-impl Backends {
-    /// Why one of the stores can no longer work in this process, if so.
-    pub fn fatal(&self) -> Option<String> {
-        self.archive
-            .fatal()
-            .or_else(|| self.queue.fatal())
-            .or_else(|| self.ledger.fatal())
-    }
-
-    /// Watches the stores and, when one can no longer work, logs why and
-    /// cancels `shutdown`; the returned task ends with that reason (or
-    /// `None` when `shutdown` was cancelled for another reason).
-    pub fn watch(
-        &self,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<Option<String>> {
-        let backends = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(why) = backends.fatal() {
-                    tracing::error!(error = %why, "a store can no longer be written; stopping");
-                    shutdown.cancel();
-                    return Some(why);
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-                    () = shutdown.cancelled() => return backends.fatal(),
-                }
-            }
-        })
-    }
-}
+use crate::ports::SecretStore;
 
 /// Milliseconds since the Unix epoch, as the stores keep times.
 pub(crate) fn unix_ms(t: OffsetDateTime) -> i64 {
@@ -105,6 +67,8 @@ pub enum BackendError {
     Local { path: String, why: String },
     #[error("opening the AWS backend: {0}")]
     Aws(String),
+    #[error("the {0} backend is not in this build (cargo feature `{0}` of paynotify-backends)")]
+    NotBuilt(&'static str),
 }
 
 /// The secret store of the backend `config` names, without opening its
@@ -112,10 +76,15 @@ pub enum BackendError {
 pub async fn secret_store(config: &BackendConfig) -> Option<Arc<dyn SecretStore>> {
     match config.kind {
         BackendKind::Local => None,
+        #[cfg(feature = "aws")]
         BackendKind::Aws => {
             let clients = aws::Clients::new(&config.aws).await;
             Some(Arc::new(aws::SecretsManager(clients.secrets)))
         }
+        // Without the AWS backend nothing reads `secretsmanager:` references;
+        // resolving one says so.
+        #[cfg(not(feature = "aws"))]
+        BackendKind::Aws => None,
     }
 }
 
@@ -125,7 +94,13 @@ pub async fn secret_store(config: &BackendConfig) -> Option<Arc<dyn SecretStore>
 /// `BackendError` when a store cannot be opened.
 pub async fn build(config: &BackendConfig) -> Result<Backends, BackendError> {
     match config.kind {
+        #[cfg(feature = "local")]
         BackendKind::Local => local::open(config),
+        #[cfg(not(feature = "local"))]
+        BackendKind::Local => Err(BackendError::NotBuilt("local")),
+        #[cfg(feature = "aws")]
         BackendKind::Aws => aws::open(config).await,
+        #[cfg(not(feature = "aws"))]
+        BackendKind::Aws => Err(BackendError::NotBuilt("aws")),
     }
 }

@@ -348,7 +348,7 @@ where
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    crate::backend::unix_ms(time::OffsetDateTime::now_utc())
+    crate::unix_ms(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

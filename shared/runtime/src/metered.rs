@@ -7,52 +7,35 @@
 
 use std::sync::Arc;
 
-use crate::backend::Backends;
 use crate::metrics::Metrics;
 use crate::ports::{
-    Archive, ArchiveError, Deliveries, Ledger, LedgerError, Queue, QueueError, WatchStore,
+    Archive, ArchiveError, Backends, Deliveries, Ledger, LedgerError, Queue, QueueError, WatchStore,
 };
 
-/// Opens the backends of `config` with every call metered into a new
-/// [`Metrics`] (which also counts AWS API calls on that backend).
-///
-/// # Errors
-/// As [`crate::backend::build`].
-pub async fn build(
-    config: &crate::config::BackendConfig,
-) -> Result<(Backends, Arc<Metrics>), crate::backend::BackendError> {
-    let mut backends = crate::backend::build(config).await?;
-    let metrics = Metrics::new(backends.api_calls.clone());
-    backends.metered(&metrics);
-    Ok((backends, metrics))
-}
-
-impl Backends {
-    /// Wraps the ports so that `metrics` sees every call.
-    pub fn metered(&mut self, metrics: &Arc<Metrics>) {
-        self.archive = Arc::new(MeteredArchive {
-            inner: self.archive.clone(),
+/// Wraps the ports of `backends` in place so that `metrics` sees every call.
+pub fn meter(backends: &mut Backends, metrics: &Arc<Metrics>) {
+    backends.archive = Arc::new(MeteredArchive {
+        inner: backends.archive.clone(),
+        metrics: metrics.clone(),
+    });
+    backends.queue = Arc::new(MeteredQueue {
+        inner: backends.queue.clone(),
+        metrics: metrics.clone(),
+    });
+    backends.ledger = Arc::new(MeteredLedger {
+        inner: backends.ledger.clone(),
+        metrics: metrics.clone(),
+    });
+    backends.watches = Arc::new(MeteredWatches {
+        inner: backends.watches.clone(),
+        metrics: metrics.clone(),
+    });
+    backends.deliveries = backends.deliveries.take().map(|inner| {
+        Arc::new(MeteredDeliveries {
+            inner,
             metrics: metrics.clone(),
-        });
-        self.queue = Arc::new(MeteredQueue {
-            inner: self.queue.clone(),
-            metrics: metrics.clone(),
-        });
-        self.ledger = Arc::new(MeteredLedger {
-            inner: self.ledger.clone(),
-            metrics: metrics.clone(),
-        });
-        self.watches = Arc::new(MeteredWatches {
-            inner: self.watches.clone(),
-            metrics: metrics.clone(),
-        });
-        self.deliveries = self.deliveries.take().map(|inner| {
-            Arc::new(MeteredDeliveries {
-                inner,
-                metrics: metrics.clone(),
-            }) as Arc<dyn Deliveries>
-        });
-    }
+        }) as Arc<dyn Deliveries>
+    });
 }
 
 pub(crate) struct MeteredArchive {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(in crate::backend::aws) fn overflow_sk(first_index: u64) -> String {
+pub(in crate::aws) fn overflow_sk(first_index: u64) -> String {
     format!("{OVERFLOW}{first_index:010}")
 }
 
@@ -167,7 +167,7 @@ impl StoredEvent {
 }
 
 /// The recorded events in an item's `events` list, in order.
-pub(in crate::backend::aws) fn stored_events(
+pub(in crate::aws) fn stored_events(
     item: &HashMap<String, AttributeValue>,
 ) -> Result<Vec<EventRecord>, LedgerError> {
     let Some(list) = item.get("events").and_then(|v| v.as_l().ok()) else {
@@ -187,7 +187,7 @@ pub(in crate::backend::aws) fn stored_events(
 
 /// The payment's state its item holds (none before its first state, and in
 /// an alias), at the item's version (0 when it has none).
-pub(in crate::backend::aws) fn state_of(
+pub(in crate::aws) fn state_of(
     item: &HashMap<String, AttributeValue>,
     key: &PaymentKey,
 ) -> Result<Option<PaymentState>, LedgerError> {

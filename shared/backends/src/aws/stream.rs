@@ -21,13 +21,13 @@ use time::OffsetDateTime;
 
 use super::describe;
 use super::ledger::{get_n, get_s, overflow_sk, s, state_of, stored_events, STATE};
-use crate::backend::stored_time;
 use crate::event::PaymentKey;
 use crate::outgoing::OutgoingEvent;
 use crate::ports::{
     outgoing_events, Incoming, LedgerWrite, ParkedEntry, ParkedEvent, RecordedEvent,
 };
 use crate::state::PaymentStatus;
+use crate::stored_time;
 
 /// An item as a stream record shows it.
 pub type Image = HashMap<String, AttributeValue>;

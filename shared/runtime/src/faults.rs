@@ -250,7 +250,7 @@ pub struct FaultyBackends {
 
 impl FaultyBackends {
     /// Wraps the ports of `backends` in place and returns their switchboards.
-    pub fn wrap(backends: &mut crate::backend::Backends) -> Self {
+    pub fn wrap(backends: &mut crate::ports::Backends) -> Self {
         let f = Self {
             archive: Faults::new(),
             queue: Faults::new(),

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use paynotify_shared::backend::local::{LocalArchive, LocalLedger, LocalQueue};
-use paynotify_shared::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
-use paynotify_shared::money::{Currency, Money};
-use paynotify_shared::ports::{ApplyOutcome, Archive, ArchiveError, Ledger, Queue};
-use paynotify_shared::{transition, Transition};
+use paynotify_backends::local::{LocalArchive, LocalLedger, LocalQueue};
+use paynotify_model::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use paynotify_model::money::{Currency, Money};
+use paynotify_model::state::{transition, Transition};
+use paynotify_ports::{ApplyOutcome, Archive, ArchiveError, Ledger, Queue};
 
 #[tokio::test]
 async fn archive_put_is_create_only_and_listable() {
@@ -243,11 +243,7 @@ fn processes_opening_one_fresh_ledger_at_once_all_succeed() {
 }
 
 /// Receives until `n` messages have come or `secs` pass.
-async fn receive_all(
-    q: &LocalQueue,
-    n: usize,
-    secs: u64,
-) -> Vec<paynotify_shared::ports::QueueMessage> {
+async fn receive_all(q: &LocalQueue, n: usize, secs: u64) -> Vec<paynotify_ports::QueueMessage> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     let mut got = Vec::new();
     while got.len() < n && std::time::Instant::now() < deadline {
@@ -428,7 +424,7 @@ async fn foreign_receipts_match_nothing_and_bad_shard_settings_are_refused() {
         local.to_owned(),
         "0:".into(),
     ] {
-        let r = paynotify_shared::ports::Receipt(foreign.clone());
+        let r = paynotify_ports::Receipt(foreign.clone());
         q.delete(&r).await.unwrap();
         q.delay(&r, 60).await.unwrap();
         let mut stale = m.clone();
