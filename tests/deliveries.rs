@@ -73,6 +73,20 @@ fn key(query_id: &str) -> PaymentKey {
     PaymentKey::new("unionpay", MERCHANT, query_id)
 }
 
+/// Waits until `n` events wait in the ledger for the payment `query_id`.
+async fn wait_parked(t: &TestApp, query_id: &str, n: usize) {
+    let ledger = t.app().backends.ledger.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entry = ledger.load(&key(query_id)).await.unwrap();
+        if entry.parked.len() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{query_id}: {entry:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Each payment's statuses after each transition, as the ledger has them.
 async fn ledger_view(t: &TestApp, ids: &[String]) -> BTreeMap<String, Vec<String>> {
     let ledger = t.app().backends.ledger.as_ref();
@@ -103,6 +117,10 @@ async fn traffic(t: &TestApp, prefix: &str, n: usize) -> Vec<String> {
         if i % 3 == 0 {
             t.sim.send(t.sim.refund(id, &format!("{id}-r1"), 300)).await;
             t.sim.send(t.sim.refund(id, &format!("{id}-r2"), 200)).await;
+            // Both parked before the purchase is sent: otherwise a worker
+            // can apply the purchase while another still holds a refund,
+            // and the refund comes in a write of its own.
+            wait_parked(t, id, 2).await;
         }
         t.sim.send(t.sim.purchase(id, 1000)).await;
         if i % 3 == 1 {
