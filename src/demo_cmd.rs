@@ -275,7 +275,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     wait_drained(queue, Duration::from_secs(120), Duration::from_millis(100)).await?;
     let drained_in = started.elapsed();
     let stats = app.stats.snapshot();
-    let dlq = app.backends.queue.dlq_list(100_000).await?;
+    let dlq = app.backends.dead_letters.dlq_list(100_000).await?;
     let segments = app.backends.archive.list("raw/", None, None).await?.len();
     let left = app.backends.queue.depth().await?;
     let api_calls = app.backends.api_calls.as_ref().map(|c| c.snapshot());

@@ -34,8 +34,8 @@ pub struct List {
 /// Reads up to `limit` dead letters and says when the backend could not
 /// reach them all (on SQS, messages another reader holds are skipped).
 async fn read(backends: &Backends, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-    let depth = backends.queue.dlq_depth().await?;
-    let listed = backends.queue.dlq_list(limit).await?;
+    let depth = backends.dead_letters.dlq_depth().await?;
+    let listed = backends.dead_letters.dlq_list(limit).await?;
     if (listed.len() as u64) < depth && listed.len() < limit {
         eprintln!(
             "paynotify: read {} of about {depth} dead letters; the others are in flight \
@@ -300,16 +300,16 @@ pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
         dry_run(&backends, args.reason.as_deref(), "would_redrive").await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let bar = crate::progress::bar(Some(backends.queue.dlq_depth().await?), "redriving");
+    let bar = crate::progress::bar(Some(backends.dead_letters.dlq_depth().await?), "redriving");
     let progress = crate::progress::position(&bar);
     let moved = backends
-        .queue
+        .dead_letters
         .redrive_with(args.reason.as_deref(), &progress)
         .await?;
     bar.finish_and_clear();
     // What the scan could not reach (in flight elsewhere on SQS), or
     // dead letters of other reasons, are still there: say so.
-    let left = backends.queue.dlq_depth().await?;
+    let left = backends.dead_letters.dlq_depth().await?;
     crate::print_stdout(&json!({ "redriven": moved, "still_in_dlq": left }).to_string())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -349,11 +349,11 @@ pub async fn purge(args: Purge) -> anyhow::Result<ExitCode> {
         eprintln!("paynotify: nothing purged; pass --yes to delete {total} dead letters");
         return Ok(ExitCode::from(1));
     }
-    let bar = crate::progress::bar(Some(backends.queue.dlq_depth().await?), "purging");
+    let bar = crate::progress::bar(Some(backends.dead_letters.dlq_depth().await?), "purging");
     let progress = crate::progress::position(&bar);
     let purged = paynotify::purge::purge(&backends, reason, &progress).await?;
     bar.finish_and_clear();
-    let left = backends.queue.dlq_depth().await?;
+    let left = backends.dead_letters.dlq_depth().await?;
     crate::print_stdout(
         &json!({
             "purged": purged.len(),

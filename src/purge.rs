@@ -29,7 +29,10 @@ pub async fn purge(
     reason: Option<&str>,
     progress: Progress<'_>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let purged = backends.queue.purge_dead_letters(reason, progress).await?;
+    let purged = backends
+        .dead_letters
+        .purge_dead_letters(reason, progress)
+        .await?;
     let now = OffsetDateTime::now_utc();
     for d in &purged {
         let id = d.notification_id().unwrap_or_else(|| d.id.clone());

@@ -410,7 +410,7 @@ impl Dead {
 async fn dead_letters(backends: &Backends) -> anyhow::Result<Dead> {
     Ok(Dead(
         backends
-            .queue
+            .dead_letters
             .dlq_list(MAX_DEAD_LETTERS)
             .await?
             .iter()

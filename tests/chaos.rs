@@ -135,7 +135,7 @@ async fn transient_failures_past_retry_for_are_dead_lettered_as_retries_exhauste
     t.faults().ledger.set_down(true);
     t.sim.send(t.sim.purchase("gone", 500)).await;
     assert_eq!(wait_for_dlq(&t, 1).await, vec!["retries_exhausted"]);
-    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    let dlq = t.app().backends.dead_letters.dlq_list(10).await.unwrap();
     assert!(dlq[0].error.contains("injected fault"), "{}", dlq[0].error);
     t.faults().ledger.set_down(false);
     assert!(t.payment("gone").await.is_none());
@@ -202,7 +202,7 @@ async fn a_panic_is_caught_retried_and_dead_lettered_as_panic(kind: Kind) {
     t.sim.send(t.sim.purchase("fine", 100)).await;
     t.wait_for_status("fine", PaymentStatus::Paid).await;
     assert_eq!(wait_for_dlq(&t, 1).await, vec!["panic"]);
-    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    let dlq = t.app().backends.dead_letters.dlq_list(10).await.unwrap();
     assert!(
         dlq[0].error.contains("injected panic for boom"),
         "{}",

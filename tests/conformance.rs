@@ -180,15 +180,21 @@ async fn queue_dead_letters_after_max_receives_and_redrives(kind: Kind) {
         .await
         .unwrap()
         .is_empty());
-    let dlq = q.dlq_list(10).await.unwrap();
+    let dlq = b.dead_letters.dlq_list(10).await.unwrap();
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].body, b"{\"poison\":true}");
     // Moved by the queue itself (SQS's redrive policy): it still says why,
     // and an operator can select it by that word.
     assert_eq!(dlq[0].reason, "max_receives_exceeded");
     assert!(!dlq[0].id.is_empty(), "a dead letter without an id");
-    assert_eq!(q.redrive(Some("conflict")).await.unwrap(), 0);
-    assert_eq!(q.redrive(Some("max_receives_exceeded")).await.unwrap(), 1);
+    assert_eq!(b.dead_letters.redrive(Some("conflict")).await.unwrap(), 0);
+    assert_eq!(
+        b.dead_letters
+            .redrive(Some("max_receives_exceeded"))
+            .await
+            .unwrap(),
+        1
+    );
     let back = q.receive(1, Duration::from_secs(3)).await.unwrap();
     assert_eq!(back[0].body, b"{\"poison\":true}");
     assert_eq!(back[0].receive_count, 1, "a redriven message starts over");
@@ -220,7 +226,7 @@ async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {
         0,
         "dead-lettered messages leave the queue"
     );
-    let mut dlq = q.dlq_list(10).await.unwrap();
+    let mut dlq = b.dead_letters.dlq_list(10).await.unwrap();
     dlq.sort_by(|a, b| a.reason.cmp(&b.reason));
     assert_eq!(
         dlq.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(),
@@ -228,11 +234,11 @@ async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {
     );
     assert_eq!(dlq[0].error, "signature does not verify");
     assert_eq!(dlq[0].receive_count, 1);
-    assert_eq!(q.dlq_depth().await.unwrap(), 2);
-    assert_eq!(q.redrive(Some("conflict")).await.unwrap(), 1);
-    let left = q.dlq_list(10).await.unwrap();
+    assert_eq!(b.dead_letters.dlq_depth().await.unwrap(), 2);
+    assert_eq!(b.dead_letters.redrive(Some("conflict")).await.unwrap(), 1);
+    let left = b.dead_letters.dlq_list(10).await.unwrap();
     assert_eq!(left.len(), 1);
-    assert_eq!(q.dlq_depth().await.unwrap(), 1);
+    assert_eq!(b.dead_letters.dlq_depth().await.unwrap(), 1);
     assert_eq!(left[0].reason, "bad_signature");
     let back = q.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(back.len(), 1);
@@ -281,7 +287,8 @@ async fn queue_purges_dead_letters_by_reason_and_counts_by_state(kind: Kind) {
     }
     let seen = std::sync::atomic::AtomicUsize::new(0);
     let progress = |n: usize| seen.store(n, std::sync::atomic::Ordering::SeqCst);
-    let mut purged = q
+    let mut purged = b
+        .dead_letters
         .purge_dead_letters(Some("bad_signature"), &progress)
         .await
         .unwrap();
@@ -295,11 +302,18 @@ async fn queue_purges_dead_letters_by_reason_and_counts_by_state(kind: Kind) {
         "the purged message is returned whole"
     );
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
-    let left = q.dlq_list(10).await.unwrap();
+    let left = b.dead_letters.dlq_list(10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].reason, "conflict");
-    assert_eq!(q.purge_dead_letters(None, &|_| {}).await.unwrap().len(), 1);
-    assert_eq!(q.dlq_depth().await.unwrap(), 0);
+    assert_eq!(
+        b.dead_letters
+            .purge_dead_letters(None, &|_| {})
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(b.dead_letters.dlq_depth().await.unwrap(), 0);
 }
 
 async fn queue_batches_and_long_polls(kind: Kind) {
@@ -1385,7 +1399,8 @@ async fn a_redriven_retry_starts_a_fresh_budget(kind: Kind) {
             .unwrap();
     }
     assert_eq!(
-        q.redrive_with(Some("retries_exhausted"), &|_| {})
+        b.dead_letters
+            .redrive_with(Some("retries_exhausted"), &|_| {})
             .await
             .unwrap(),
         2

@@ -201,7 +201,7 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
         async move { ledger.get_payment(&key).await.unwrap() }
     };
     wait_for("every notification settled", async || {
-        let dlq = backends.queue.dlq_list(10).await.unwrap();
+        let dlq = backends.dead_letters.dlq_list(10).await.unwrap();
         let settled = backends
             .queue
             .stats()
@@ -225,7 +225,7 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
     assert_eq!(status("dep-4").await.unwrap().status, PaymentStatus::Paid);
     let five = status("dep-5").await.unwrap();
     assert_eq!((five.paid_minor, five.refunded_minor), (300, 100));
-    let mut reasons = support::dlq_reasons(backends.queue.as_ref()).await;
+    let mut reasons = support::dlq_reasons(backends.dead_letters.as_ref()).await;
     reasons.dedup();
     assert_eq!(reasons, ["bad_signature", "missing_archive_object"]);
 

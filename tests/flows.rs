@@ -171,7 +171,7 @@ async fn preauth_void_only_on_an_uncaptured_authorization(kind: Kind) {
     t.sim.send(t.sim.follow_up("32", "pa5", "pv5", 400)).await;
     t.wait_until_drained().await;
     assert_eq!(t.dlq_reasons().await, vec!["conflict"]);
-    let dlq = t.app().backends.queue.dlq_list(10).await.unwrap();
+    let dlq = t.app().backends.dead_letters.dlq_list(10).await.unwrap();
     assert!(dlq[0].error.contains("uncaptured"), "{}", dlq[0].error);
     assert_eq!(t.payment("pa5").await.unwrap().status, PaymentStatus::Paid);
 }

@@ -34,7 +34,13 @@ async fn app() -> TestApp {
 async fn all_dead_lettered(t: &TestApp, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let dlq = t.app().backends.queue.dlq_list(100_000).await.unwrap();
+        let dlq = t
+            .app()
+            .backends
+            .dead_letters
+            .dlq_list(100_000)
+            .await
+            .unwrap();
         if dlq.len() >= n {
             assert_eq!(dlq.len(), n);
             assert!(

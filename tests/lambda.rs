@@ -138,7 +138,7 @@ impl Lambda {
     }
 
     async fn dlq_reasons(&self) -> Vec<String> {
-        support::dlq_reasons(self.backends.queue.as_ref()).await
+        support::dlq_reasons(self.backends.dead_letters.as_ref()).await
     }
 
     /// Every archived envelope.

@@ -178,7 +178,7 @@ async fn ingest_and_worker_processes_survive_sigkill_in_turn() {
         .await
         .unwrap();
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
-    assert!(backends.queue.dlq_list(10).await.unwrap().is_empty());
+    assert!(backends.dead_letters.dlq_list(10).await.unwrap().is_empty());
 
     // Every transition reached the receiver once in effect, in order, the
     // deliverer's SIGKILL notwithstanding (its leases ran out).

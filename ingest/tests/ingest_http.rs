@@ -78,6 +78,7 @@ async fn start_on(
     let backends = Backends {
         archive: wrap(archive_port, queue.clone()),
         queue: queue_port,
+        dead_letters: Arc::new(queue.clone()),
         ledger: ledger.clone(),
         watches: ledger,
         deliveries: None,

@@ -212,6 +212,6 @@ impl TestApp {
     }
 
     pub async fn dlq_reasons(&self) -> Vec<String> {
-        super::dlq_reasons(self.app().backends.queue.as_ref()).await
+        super::dlq_reasons(self.app().backends.dead_letters.as_ref()).await
     }
 }

@@ -159,8 +159,8 @@ pub async fn backends(
 }
 
 /// The reasons of the dead letters in `queue`, sorted.
-pub async fn dlq_reasons(queue: &dyn paynotify_shared::ports::Queue) -> Vec<String> {
-    let mut r: Vec<String> = queue
+pub async fn dlq_reasons(dead: &dyn paynotify_shared::ports::DeadLetters) -> Vec<String> {
+    let mut r: Vec<String> = dead
         .dlq_list(100)
         .await
         .unwrap()

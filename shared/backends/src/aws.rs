@@ -116,9 +116,11 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
     }
     let queue = SqsQueue::open(&clients, &config.aws).await?;
     let ledger = Arc::new(DynamoLedger::new(&clients, &config.aws));
+    let queue = Arc::new(queue);
     Ok(Backends {
         archive: Arc::new(S3Archive::new(&clients, &config.aws)),
-        queue: Arc::new(queue),
+        dead_letters: queue.clone(),
+        queue,
         ledger: ledger.clone(),
         watches: ledger,
         deliveries: None,

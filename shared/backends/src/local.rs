@@ -47,9 +47,11 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
     .map_err(|e| fail(e.to_string()))?;
     let ledger =
         Arc::new(LocalLedger::open(&dir.join("ledger.sqlite3")).map_err(|e| fail(e.to_string()))?);
+    let queue = Arc::new(queue);
     Ok(Backends {
         archive: Arc::new(archive),
-        queue: Arc::new(queue),
+        dead_letters: queue.clone(),
+        queue,
         deliveries: Some(ledger.clone()),
         watches: ledger.clone(),
         ledger,

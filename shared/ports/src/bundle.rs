@@ -5,13 +5,17 @@
 
 use std::sync::Arc;
 
-use crate::{Archive, CallCounter, Deliveries, Ledger, Queue, SecretStore, WatchStore};
+use crate::{
+    Archive, CallCounter, DeadLetters, Deliveries, Ledger, Queue, SecretStore, WatchStore,
+};
 
 /// The archive, queue and ledger of one deployment.
 #[derive(Clone)]
 pub struct Backends {
     pub archive: Arc<dyn Archive>,
     pub queue: Arc<dyn Queue>,
+    /// The queue's dead letters (the same store as `queue`).
+    pub dead_letters: Arc<dyn DeadLetters>,
     pub ledger: Arc<dyn Ledger>,
     /// UnionPay's status-query watches (in the ledger's database or table).
     pub watches: Arc<dyn WatchStore>,

@@ -1,4 +1,5 @@
-//! The queue port: the notification queue and its dead letters.
+//! The queue port and the dead letters' port: the notification queue, and
+//! the administration of what it dead-lettered.
 
 use std::time::Duration;
 
@@ -98,15 +99,8 @@ pub fn check_message_size(body: &[u8]) -> Result<(), QueueError> {
 /// - `delay` makes the message invisible for `seconds` from now.
 /// - `send_delayed` sends a message that becomes visible after `seconds`
 ///   (at most `max_delay_secs`).
-/// - `dead_letter` moves the message to the DLQ with a reason, atomically.
-/// - `redrive` moves dead letters (all, or those with `reason`) back with a
-///   receive count of zero and returns how many moved. `dlq_list` and
-///   `redrive` may not reach every dead letter on a backend that cannot list
-///   without receiving (SQS: messages in flight elsewhere are skipped);
-///   callers compare with `dlq_depth` and say so. `redrive_with` reports
-///   each message moved to `progress`.
-/// - `purge_dead_letters` deletes dead letters (all, or those with
-///   `reason`) and returns them; their notifications stay in the archive.
+/// - `dead_letter` moves the message to the DLQ with a reason, atomically
+///   (what is there afterwards is [`DeadLetters`]' to administer).
 /// - `stats` samples the queue for `/metrics`: approximate on SQS, where the
 ///   age of the oldest message is CloudWatch's, not the queue's (`None`).
 #[async_trait]
@@ -135,10 +129,44 @@ pub trait Queue: Send + Sync {
         reason: &str,
         error: &str,
     ) -> Result<(), QueueError>;
-    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
-    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
-        self.redrive_with(reason, &|_| {}).await
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+    /// Messages not yet deleted or dead-lettered (visible or in flight).
+    /// Not a snapshot: on SQS one whose visibility timeout ends during the
+    /// read can be counted neither visible nor in flight, and a sharded
+    /// local queue counts its shards one after another, missing a message
+    /// a retry or a split sends to a shard already counted before deleting
+    /// it from one not yet counted. A single 0 does not prove the queue
+    /// empty (see [`wait_drained`]).
+    async fn depth(&self) -> Result<u64, QueueError>;
+    /// The largest message body `send` accepts; larger envelopes travel as
+    /// an archive pointer.
+    fn max_message_bytes(&self) -> usize {
+        usize::MAX
     }
+    /// Why this store can no longer work in this process (a writer thread
+    /// that ended), if so: readiness fails and the process stops.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The dead-letter queue's administration: what an operator lists,
+/// redrives and purges (`paynotify dlq`, reconcile). Messages arrive here
+/// through [`Queue::dead_letter`].
+///
+/// # Contract
+/// - `redrive_with` moves dead letters (all, or those with `reason`) back to
+///   the queue with a receive count of zero, reports each one moved to
+///   `progress` and returns how many moved.
+/// - `dlq_list` and `redrive_with` may not reach every dead letter on a
+///   backend that cannot list without receiving (SQS: messages in flight
+///   elsewhere are skipped); callers compare with `dlq_depth` and say so.
+/// - `purge_dead_letters` deletes dead letters (all, or those with
+///   `reason`) and returns them; their notifications stay in the archive.
+/// - `dlq_depth` counts them (approximate on SQS).
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
     async fn redrive_with(
         &self,
         reason: Option<&str>,
@@ -149,26 +177,10 @@ pub trait Queue: Send + Sync {
         reason: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<Vec<DeadLetter>, QueueError>;
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
-    /// Messages not yet deleted or dead-lettered (visible or in flight).
-    /// Not a snapshot: on SQS one whose visibility timeout ends during the
-    /// read can be counted neither visible nor in flight, and a sharded
-    /// local queue counts its shards one after another, missing a message
-    /// a retry or a split sends to a shard already counted before deleting
-    /// it from one not yet counted. A single 0 does not prove the queue
-    /// empty (see [`wait_drained`]).
-    async fn depth(&self) -> Result<u64, QueueError>;
-    /// Messages in the dead-letter queue (approximate on SQS).
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
-    /// The largest message body `send` accepts; larger envelopes travel as
-    /// an archive pointer.
-    fn max_message_bytes(&self) -> usize {
-        usize::MAX
-    }
-    /// Why this store can no longer work in this process (a writer thread
-    /// that ended), if so: readiness fails and the process stops.
-    fn fatal(&self) -> Option<String> {
-        None
+    /// As `redrive_with`, reporting to no one.
+    async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
+        self.redrive_with(reason, &|_| {}).await
     }
 }
 

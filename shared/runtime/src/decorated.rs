@@ -15,15 +15,18 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::event::{EventKey, PaymentKey};
-use crate::faults::{FaultyArchive, FaultyDeliveries, FaultyLedger, FaultyQueue, FaultyWatches};
+use crate::faults::{
+    FaultyArchive, FaultyDeadLetters, FaultyDeliveries, FaultyLedger, FaultyQueue, FaultyWatches,
+};
 use crate::metered::{
-    MeteredArchive, MeteredDeliveries, MeteredLedger, MeteredQueue, MeteredWatches,
+    MeteredArchive, MeteredDeadLetters, MeteredDeliveries, MeteredLedger, MeteredQueue,
+    MeteredWatches,
 };
 use crate::ports::{
-    ApplyOutcome, Archive, ArchiveError, Attempt, DeadLetter, Deliveries, Delivery, DeliveryFilter,
-    EndpointStatus, EventRecord, Freshness, Ledger, LedgerError, LedgerWrite, Loaded, OutboxRecord,
-    ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt,
-    Watch, WatchStore,
+    ApplyOutcome, Archive, ArchiveError, Attempt, DeadLetter, DeadLetters, Deliveries, Delivery,
+    DeliveryFilter, EndpointStatus, EventRecord, Freshness, Ledger, LedgerError, LedgerWrite,
+    Loaded, OutboxRecord, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
+    QueueStats, Receipt, Watch, WatchStore,
 };
 
 /// Runs `call` on the inner port between the fault checks, mapping an
@@ -187,6 +190,13 @@ decorators! {
         reason: &str,
         error: &str,
     ) -> Result<(), QueueError>;
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+}
+
+decorators! {
+    DeadLetters, QueueError::Unavailable;
+    faulty FaultyDeadLetters {}
+    metered MeteredDeadLetters {}
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
     async fn redrive_with(
         &self,
@@ -198,7 +208,6 @@ decorators! {
         reason: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<Vec<DeadLetter>, QueueError>, fault "purge";
-    async fn stats(&self) -> Result<QueueStats, QueueError>;
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::event::PaymentKey;
-use crate::ports::{Archive, Deliveries, Ledger, Queue, WatchStore};
+use crate::ports::{Archive, DeadLetters, Deliveries, Ledger, Queue, WatchStore};
 
 const MILLION: f64 = 1_000_000.0;
 
@@ -218,6 +218,13 @@ pub struct FaultyQueue {
     pub faults: Arc<Faults>,
 }
 
+/// The queue's dead letters with faults (the queue's switchboard: they are
+/// the queue's store).
+pub struct FaultyDeadLetters {
+    pub inner: Arc<dyn DeadLetters>,
+    pub faults: Arc<Faults>,
+}
+
 /// A ledger with faults.
 pub struct FaultyLedger {
     pub inner: Arc<dyn Ledger>,
@@ -263,6 +270,10 @@ impl FaultyBackends {
         });
         backends.queue = Arc::new(FaultyQueue {
             inner: backends.queue.clone(),
+            faults: f.queue.clone(),
+        });
+        backends.dead_letters = Arc::new(FaultyDeadLetters {
+            inner: backends.dead_letters.clone(),
             faults: f.queue.clone(),
         });
         backends.ledger = Arc::new(FaultyLedger {

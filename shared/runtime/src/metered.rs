@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::ports::{
-    Archive, ArchiveError, Backends, Deliveries, Ledger, LedgerError, Queue, QueueError, WatchStore,
+    Archive, ArchiveError, Backends, DeadLetters, Deliveries, Ledger, LedgerError, Queue,
+    QueueError, WatchStore,
 };
 
 /// Wraps the ports of `backends` in place so that `metrics` sees every call.
@@ -20,6 +21,10 @@ pub fn meter(backends: &mut Backends, metrics: &Arc<Metrics>) {
     });
     backends.queue = Arc::new(MeteredQueue {
         inner: backends.queue.clone(),
+        metrics: metrics.clone(),
+    });
+    backends.dead_letters = Arc::new(MeteredDeadLetters {
+        inner: backends.dead_letters.clone(),
         metrics: metrics.clone(),
     });
     backends.ledger = Arc::new(MeteredLedger {
@@ -56,6 +61,20 @@ pub(crate) struct MeteredQueue {
 }
 
 impl MeteredQueue {
+    pub(crate) const PORT: &'static str = "queue";
+    pub(crate) fn failed(_: &QueueError) -> bool {
+        true
+    }
+}
+
+/// The dead letters are the queue's store: their calls are the queue's in
+/// the metrics (`port="queue"`), as before they had a port of their own.
+pub(crate) struct MeteredDeadLetters {
+    pub(crate) inner: Arc<dyn DeadLetters>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl MeteredDeadLetters {
     pub(crate) const PORT: &'static str = "queue";
     pub(crate) fn failed(_: &QueueError) -> bool {
         true

@@ -15,8 +15,8 @@ use super::sqs_batches::{delete_batch, send_batch};
 use super::{describe, Clients};
 use crate::config::AwsConfig;
 use crate::ports::{
-    check_message_size, same_reason, DeadLetter, DeadLetterReason, Progress, Queue, QueueError,
-    QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
+    check_message_size, same_reason, DeadLetter, DeadLetterReason, DeadLetters, Progress, Queue,
+    QueueError, QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
 };
 use crate::{from_unix_ms, stored_time};
 

@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 use super::db::{exec, now_ms, row, Db};
 use crate::envelope::QueuedBody;
 use crate::ports::{
-    check_message_size, reason_spellings, DeadLetter, DeadLetterReason, Progress, Queue,
-    QueueError, QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
+    check_message_size, reason_spellings, DeadLetter, DeadLetterReason, DeadLetters, Progress,
+    Queue, QueueError, QueueMessage, QueueStats, Receipt, MAX_DELAY_SECS, MAX_MESSAGE_BYTES,
 };
 use crate::{from_unix_ms, stored_time};
 

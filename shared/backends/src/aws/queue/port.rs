@@ -1,4 +1,4 @@
-//! The `Queue` port on SQS, and how a dead letter's attributes are read.
+//! The `Queue` and `DeadLetters` ports on SQS, and how a dead letter's attributes are read.
 
 use super::*;
 
@@ -209,6 +209,46 @@ impl Queue for SqsQueue {
         self.delete(&message.receipt).await
     }
 
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        use QueueAttributeName::{
+            ApproximateNumberOfMessages as Visible, ApproximateNumberOfMessagesDelayed as Delayed,
+            ApproximateNumberOfMessagesNotVisible as InFlight,
+        };
+        let (main, dlq) = tokio::try_join!(
+            self.attributes(&self.url, &[Visible, InFlight, Delayed]),
+            self.attributes(&self.dlq_url, &[Visible]),
+        )?;
+        let get = |m: &HashMap<QueueAttributeName, String>, k: &QueueAttributeName| {
+            m.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        Ok(QueueStats {
+            visible: get(&main, &Visible),
+            in_flight: get(&main, &InFlight),
+            delayed: get(&main, &Delayed),
+            dead_letters: get(&dlq, &Visible),
+            oldest_age: None,
+        })
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        MAX_MESSAGE_BYTES
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.approximate(
+            &self.url,
+            &[
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            ],
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqsQueue {
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let messages = self.scan_dlq(limit, 5).await?;
         self.release(&messages).await;
@@ -269,47 +309,10 @@ impl Queue for SqsQueue {
         Ok(purged)
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        use QueueAttributeName::{
-            ApproximateNumberOfMessages as Visible, ApproximateNumberOfMessagesDelayed as Delayed,
-            ApproximateNumberOfMessagesNotVisible as InFlight,
-        };
-        let (main, dlq) = tokio::try_join!(
-            self.attributes(&self.url, &[Visible, InFlight, Delayed]),
-            self.attributes(&self.dlq_url, &[Visible]),
-        )?;
-        let get = |m: &HashMap<QueueAttributeName, String>, k: &QueueAttributeName| {
-            m.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        };
-        Ok(QueueStats {
-            visible: get(&main, &Visible),
-            in_flight: get(&main, &InFlight),
-            delayed: get(&main, &Delayed),
-            dead_letters: get(&dlq, &Visible),
-            oldest_age: None,
-        })
-    }
-
-    fn max_message_bytes(&self) -> usize {
-        MAX_MESSAGE_BYTES
-    }
-
     async fn dlq_depth(&self) -> Result<u64, QueueError> {
         self.approximate(
             &self.dlq_url,
             &[QueueAttributeName::ApproximateNumberOfMessages],
-        )
-        .await
-    }
-
-    async fn depth(&self) -> Result<u64, QueueError> {
-        self.approximate(
-            &self.url,
-            &[
-                QueueAttributeName::ApproximateNumberOfMessages,
-                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-            ],
         )
         .await
     }

@@ -1,4 +1,4 @@
-//! The `Queue` port on the local queue.
+//! The `Queue` and `DeadLetters` ports on the local queue.
 
 use super::*;
 
@@ -153,6 +153,59 @@ impl Queue for LocalQueue {
             .map_err(unavailable)
     }
 
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = now_ms();
+        let mut total = QueueStats {
+            visible: 0,
+            in_flight: 0,
+            delayed: 0,
+            dead_letters: 0,
+            oldest_age: Some(Duration::ZERO),
+        };
+        for db in self.shards().iter() {
+            let (visible, in_flight, delayed, oldest, dead) = db
+                .read(move |c| {
+                    let (visible, in_flight, delayed, oldest) = row(
+                        c,
+                        "SELECT COALESCE(SUM(visible_at <= ?1), 0),
+                                COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),
+                                COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0),
+                                MIN(sent_at)
+                         FROM messages",
+                        params![now],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, Option<i64>>(3)?,
+                            ))
+                        },
+                    )?;
+                    let dead: i64 = row(c, "SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+                    Ok((visible, in_flight, delayed, oldest, dead))
+                })
+                .await
+                .map_err(unavailable)?;
+            total.visible += visible as u64;
+            total.in_flight += in_flight as u64;
+            total.delayed += delayed as u64;
+            total.dead_letters += dead as u64;
+            let age = oldest.map_or(Duration::ZERO, |t| {
+                Duration::from_millis((now - t).max(0) as u64)
+            });
+            total.oldest_age = total.oldest_age.max(Some(age));
+        }
+        Ok(total)
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.count("SELECT COUNT(*) FROM messages").await
+    }
+}
+
+#[async_trait]
+impl DeadLetters for LocalQueue {
     /// The oldest `limit` dead letters over all shards.
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut all = Vec::new();
@@ -251,57 +304,7 @@ impl Queue for LocalQueue {
         Ok(purged)
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let now = now_ms();
-        let mut total = QueueStats {
-            visible: 0,
-            in_flight: 0,
-            delayed: 0,
-            dead_letters: 0,
-            oldest_age: Some(Duration::ZERO),
-        };
-        for db in self.shards().iter() {
-            let (visible, in_flight, delayed, oldest, dead) = db
-                .read(move |c| {
-                    let (visible, in_flight, delayed, oldest) = row(
-                        c,
-                        "SELECT COALESCE(SUM(visible_at <= ?1), 0),
-                                COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0),
-                                COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0),
-                                MIN(sent_at)
-                         FROM messages",
-                        params![now],
-                        |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                r.get::<_, i64>(1)?,
-                                r.get::<_, i64>(2)?,
-                                r.get::<_, Option<i64>>(3)?,
-                            ))
-                        },
-                    )?;
-                    let dead: i64 = row(c, "SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
-                    Ok((visible, in_flight, delayed, oldest, dead))
-                })
-                .await
-                .map_err(unavailable)?;
-            total.visible += visible as u64;
-            total.in_flight += in_flight as u64;
-            total.delayed += delayed as u64;
-            total.dead_letters += dead as u64;
-            let age = oldest.map_or(Duration::ZERO, |t| {
-                Duration::from_millis((now - t).max(0) as u64)
-            });
-            total.oldest_age = total.oldest_age.max(Some(age));
-        }
-        Ok(total)
-    }
-
     async fn dlq_depth(&self) -> Result<u64, QueueError> {
         self.count("SELECT COUNT(*) FROM dead_letters").await
-    }
-
-    async fn depth(&self) -> Result<u64, QueueError> {
-        self.count("SELECT COUNT(*) FROM messages").await
     }
 }
