@@ -273,7 +273,7 @@ impl Segmenter {
         for outcome in outcomes {
             let answer = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(ArchiveError::Unavailable(e.to_string())),
+                Err(e) => Err(ArchiveError::Unavailable(e.to_string().into())),
             };
             let _ = outcome.send(answer);
         }

@@ -27,6 +27,7 @@ pub use secrets::SecretsManager;
 
 use super::{BackendError, Backends};
 use crate::config::{AwsConfig, BackendConfig};
+use crate::ports::Cause;
 
 /// Loads the SDK configuration: region, endpoint and timeouts from
 /// `config`, credentials from the standard chain.
@@ -133,7 +134,8 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
 /// smithy error types), with the service's code when it has one.
 pub(crate) fn describe<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
-    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata,
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug + 'static,
 {
     match e {
         aws_sdk_s3::error::SdkError::ServiceError(s) => {
@@ -144,6 +146,27 @@ where
                 err.message().unwrap_or("")
             )
         }
-        other => format!("{other}"),
+        // "dispatch failure" alone says nothing: the chain beneath it
+        // names the refused connection, the timeout, the TLS failure.
+        other => {
+            let mut text = other.to_string();
+            let mut below = std::error::Error::source(other);
+            while let Some(e) = below {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                below = e.source();
+            }
+            text
+        }
     }
+}
+
+/// The cause of a failed call for a port's error: described as
+/// [`describe`] does, with the SDK's error as its source.
+pub(crate) fn cause<E, R>(e: aws_sdk_s3::error::SdkError<E, R>) -> Cause
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Cause::with_source(describe(&e), e)
 }

@@ -15,7 +15,7 @@ pub enum ArchiveError {
     InvalidKey(String),
     /// The store could not be reached or written; retry later.
     #[error("archive unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::Cause),
 }
 
 /// The raw archive, the source of truth for replay.

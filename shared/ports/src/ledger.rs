@@ -11,7 +11,7 @@ use paynotify_model::state::{PaymentState, PaymentStatus};
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::Cause),
 }
 
 /// What `write` (or `apply`) did.

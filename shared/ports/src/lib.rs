@@ -4,6 +4,7 @@
 
 mod archive;
 mod bundle;
+mod cause;
 mod ledger;
 mod outbox;
 mod queue;
@@ -13,6 +14,7 @@ mod watch;
 
 pub use archive::*;
 pub use bundle::Backends;
+pub use cause::Cause;
 pub use ledger::*;
 pub use outbox::*;
 pub use queue::*;

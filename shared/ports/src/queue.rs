@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::Cause),
     #[error("batch of {0} messages exceeds the limit of 10")]
     BatchTooLarge(usize),
 }
@@ -78,10 +78,13 @@ pub const MAX_DELAY_SECS: u32 = 900;
 /// `Unavailable` naming the size.
 pub fn check_message_size(body: &[u8]) -> Result<(), QueueError> {
     if body.len() > MAX_MESSAGE_BYTES {
-        return Err(QueueError::Unavailable(format!(
-            "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES} (SQS's)",
-            body.len()
-        )));
+        return Err(QueueError::Unavailable(
+            format!(
+                "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES} (SQS's)",
+                body.len()
+            )
+            .into(),
+        ));
     }
     Ok(())
 }

@@ -40,12 +40,12 @@ macro_rules! faulty {
         faulty!($self, $op, $err, $call)
     }};
     ($self:ident, $op:expr, $err:path, $call:expr) => {{
-        $self.faults.before($op).await.map_err($err)?;
+        $self.faults.before($op).await.map_err(|e| $err(e.into()))?;
         if $self.faults.repeats($op) {
             let _ = $call.await;
         }
         let out = $call.await?;
-        $self.faults.after($op).await.map_err($err)?;
+        $self.faults.after($op).await.map_err(|e| $err(e.into()))?;
         Ok(out)
     }};
 }

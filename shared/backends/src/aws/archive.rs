@@ -6,10 +6,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use time::OffsetDateTime;
 
-use super::{describe, Clients};
+use super::{cause, Clients};
 use crate::config::{AwsConfig, Sse};
 use crate::hour_in_range;
-use crate::ports::{Archive, ArchiveError};
+use crate::ports::{Archive, ArchiveError, Cause};
 
 /// One bucket.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ impl S3Archive {
                 .collect()
                 .await
                 .map(|b| b.into_bytes().to_vec())
-                .map_err(|e| ArchiveError::Unavailable(e.to_string())),
+                .map_err(|e| ArchiveError::Unavailable(Cause::of(e))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                 Err(ArchiveError::NotFound(key.to_owned()))
             }
@@ -59,7 +59,7 @@ impl S3Archive {
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => Err(
                 ArchiveError::NotFound(format!("{key} from byte {:?}", range.map(|r| r.0))),
             ),
-            Err(e) => Err(ArchiveError::Unavailable(describe(&e))),
+            Err(e) => Err(ArchiveError::Unavailable(cause(e))),
         }
     }
 }
@@ -89,7 +89,7 @@ impl Archive for S3Archive {
                 if matches!(status, Some(412) | Some(409)) {
                     Err(ArchiveError::AlreadyExists(key.to_owned()))
                 } else {
-                    Err(ArchiveError::Unavailable(describe(&e)))
+                    Err(ArchiveError::Unavailable(cause(e)))
                 }
             }
         }
@@ -136,7 +136,7 @@ impl Archive for S3Archive {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| ArchiveError::Unavailable(describe(&e)))?;
+            let page = page.map_err(|e| ArchiveError::Unavailable(cause(e)))?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -146,5 +146,46 @@ impl Archive for S3Archive {
         }
         keys.sort();
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::SdkError;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+
+    use super::*;
+
+    /// An S3 that refuses connections: the archive's error says why in its
+    /// words (not only the SDK's "dispatch failure") and keeps the SDK's
+    /// error as its source.
+    #[tokio::test]
+    async fn a_failed_call_keeps_its_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let config = AwsConfig {
+            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            operation_timeout_ms: 5_000,
+            ..AwsConfig::default()
+        };
+        let archive = S3Archive::new(&Clients::new(&config).await, &config);
+        let err = archive.get("raw/x").await.unwrap_err();
+        let ArchiveError::Unavailable(cause) = &err else {
+            panic!("{err:?}");
+        };
+        let text = cause.to_string();
+        assert!(
+            text.contains(": "),
+            "the chain beneath the SDK's words: {text}"
+        );
+        let sdk = err
+            .source()
+            .and_then(Error::source)
+            .and_then(|e| e.downcast_ref::<SdkError<GetObjectError, HttpResponse>>());
+        assert!(sdk.is_some(), "{err:?}");
     }
 }

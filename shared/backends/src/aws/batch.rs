@@ -47,9 +47,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                     let mut results = flush(inputs).await.into_iter();
                     for reply in replies {
                         let r = results.next().unwrap_or_else(|| {
-                            Err(QueueError::Unavailable(format!(
-                                "batch returned fewer than {n} results"
-                            )))
+                            Err(QueueError::Unavailable(
+                                format!("batch returned fewer than {n} results").into(),
+                            ))
                         });
                         let _ = reply.send(r);
                     }

@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 
 use super::batch::Batcher;
 use super::sqs_batches::{delete_batch, send_batch};
-use super::{describe, Clients};
+use super::{cause, describe, Clients};
 use crate::config::AwsConfig;
 use crate::ports::{
     check_message_size, same_reason, DeadLetter, DeadLetterReason, DeadLetters, Progress, Queue,
@@ -29,9 +29,10 @@ const MAX_ATTRIBUTE_CHARS: usize = 1024;
 
 fn unavailable<E, R>(e: aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
 where
-    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata,
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    QueueError::Unavailable(describe(&e))
+    QueueError::Unavailable(cause(e))
 }
 
 /// A main queue and its dead-letter queue.

@@ -146,11 +146,9 @@ fn per_entry<T>(
         if let Some(slot) = f.id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
             *slot = match tolerate(&f.code) {
                 Some(value) => Ok(value),
-                None => Err(QueueError::Unavailable(format!(
-                    "{}: {}",
-                    f.code,
-                    f.message.unwrap_or_default()
-                ))),
+                None => Err(QueueError::Unavailable(
+                    format!("{}: {}", f.code, f.message.unwrap_or_default()).into(),
+                )),
             };
         }
     }
@@ -159,7 +157,7 @@ fn per_entry<T>(
 
 fn all_failed<T>(n: usize, why: &str) -> Vec<Result<T, QueueError>> {
     (0..n)
-        .map(|_| Err(QueueError::Unavailable(why.to_owned())))
+        .map(|_| Err(QueueError::Unavailable(why.into())))
         .collect()
 }
 

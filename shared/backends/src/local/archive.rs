@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::hour_in_range;
-use crate::ports::{Archive, ArchiveError};
+use crate::ports::{Archive, ArchiveError, Cause};
 
 /// Files under one directory.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ impl LocalArchive {
 }
 
 fn unavailable(e: std::io::Error) -> ArchiveError {
-    ArchiveError::Unavailable(e.to_string())
+    ArchiveError::Unavailable(Cause::of(e))
 }
 
 /// Creates the object's file exclusively (`O_CREAT|O_EXCL`: an existing name
@@ -160,7 +160,7 @@ impl Archive for LocalArchive {
         let durable = self.durable.clone();
         tokio::task::spawn_blocking(move || write_durable(&root, &path, &key, &bytes, &durable))
             .await
-            .map_err(|e| ArchiveError::Unavailable(e.to_string()))?
+            .map_err(|e| ArchiveError::Unavailable(Cause::of(e)))?
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
@@ -197,7 +197,7 @@ impl Archive for LocalArchive {
             Ok(bytes)
         })
         .await
-        .map_err(|e| ArchiveError::Unavailable(e.to_string()))?
+        .map_err(|e| ArchiveError::Unavailable(Cause::of(e)))?
     }
 
     async fn list(
@@ -216,7 +216,7 @@ impl Archive for LocalArchive {
             Ok(keys)
         })
         .await
-        .map_err(|e| ArchiveError::Unavailable(e.to_string()))?
+        .map_err(|e| ArchiveError::Unavailable(Cause::of(e)))?
     }
 }
 

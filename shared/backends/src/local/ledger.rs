@@ -45,7 +45,7 @@ impl LocalLedger {
 }
 
 fn unavailable(e: String) -> LedgerError {
-    LedgerError::Unavailable(e)
+    LedgerError::Unavailable(e.into())
 }
 
 pub(super) fn invalid(what: &str) -> rusqlite::Error {

@@ -255,7 +255,7 @@ impl Deliveries for LocalLedger {
                 rows
             })
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn outbox_for(&self, payment_key: &str) -> Result<Vec<OutboxRecord>, LedgerError> {
@@ -270,7 +270,7 @@ impl Deliveries for LocalLedger {
                 rows
             })
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn outbox_since(&self) -> Result<Option<OffsetDateTime>, LedgerError> {
@@ -286,7 +286,7 @@ impl Deliveries for LocalLedger {
                 .map(|v| v.map(stored_time))
             })
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn enqueue(
@@ -317,7 +317,7 @@ impl Deliveries for LocalLedger {
                 .map(|_| ())
             })
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn claim(
@@ -332,7 +332,7 @@ impl Deliveries for LocalLedger {
         self.db
             .write(move |c| claim(c, &endpoint, now, until, limit))
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn settle(
@@ -346,7 +346,7 @@ impl Deliveries for LocalLedger {
         self.db
             .write(move |c| settle(c, &endpoint, seq, &attempt, now))
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn resend(
@@ -368,7 +368,7 @@ impl Deliveries for LocalLedger {
                 Ok(n > 0)
             })
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>, LedgerError> {
@@ -376,7 +376,7 @@ impl Deliveries for LocalLedger {
         self.db
             .read(move |c| list(c, &filter))
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn endpoint_status(&self, endpoint: &str) -> Result<EndpointStatus, LedgerError> {
@@ -384,7 +384,7 @@ impl Deliveries for LocalLedger {
         self.db
             .read(move |c| endpoint_status(c, &endpoint))
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 
     async fn set_disabled(&self, endpoint: &str, reason: Option<&str>) -> Result<(), LedgerError> {
@@ -402,6 +402,6 @@ impl Deliveries for LocalLedger {
                 .map(|_| ())
             })
             .await
-            .map_err(LedgerError::Unavailable)
+            .map_err(|e| LedgerError::Unavailable(e.into()))
     }
 }

@@ -63,7 +63,7 @@ pub struct LocalQueue {
 }
 
 fn unavailable(e: String) -> QueueError {
-    QueueError::Unavailable(e)
+    QueueError::Unavailable(e.into())
 }
 
 /// A receipt as the caller sees it: its shard, then the shard's own receipt.

@@ -32,13 +32,13 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use time::OffsetDateTime;
 
-use super::{describe, Clients};
+use super::{cause, Clients};
 use crate::config::AwsConfig;
 use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
-    ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite, Loaded,
-    ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
+    ApplyOutcome, Cause, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite,
+    Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
 use crate::{stored_time, unix_ms};
@@ -107,8 +107,8 @@ fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, LedgerError> {
     r.map_err(|e| unavailable(e.to_string()))
 }
 
-fn unavailable(why: String) -> LedgerError {
-    LedgerError::Unavailable(why)
+fn unavailable(why: impl Into<Cause>) -> LedgerError {
+    LedgerError::Unavailable(why.into())
 }
 
 impl DynamoLedger {
@@ -262,7 +262,7 @@ impl Ledger for DynamoLedger {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             for item in page
-                .map_err(|e| unavailable(describe(&e)))?
+                .map_err(|e| unavailable(cause(e)))?
                 .items
                 .unwrap_or_default()
             {

@@ -52,7 +52,7 @@ impl DynamoLedger {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             for item in page
-                .map_err(|e| unavailable(describe(&e)))?
+                .map_err(|e| unavailable(cause(e)))?
                 .items
                 .unwrap_or_default()
             {
@@ -121,7 +121,7 @@ impl DynamoLedger {
         let mut items = Vec::new();
         while let Some(page) = pages.next().await {
             items.extend(
-                page.map_err(|e| unavailable(describe(&e)))?
+                page.map_err(|e| unavailable(cause(e)))?
                     .items
                     .unwrap_or_default(),
             );
@@ -214,7 +214,7 @@ impl DynamoLedger {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| unavailable(describe(&e)))?;
+            .map_err(|e| unavailable(cause(e)))?;
         Ok(out.item.unwrap_or_default())
     }
 

@@ -43,7 +43,7 @@ impl WatchStore for DynamoLedger {
             {
                 Ok(ApplyOutcome::VersionConflict)
             }
-            Err(e) => Err(unavailable(describe(&e))),
+            Err(e) => Err(unavailable(cause(e))),
         }
     }
     async fn get_watch(&self, id: &str) -> Result<Option<Watch>, LedgerError> {
@@ -56,7 +56,7 @@ impl WatchStore for DynamoLedger {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| unavailable(describe(&e)))?;
+            .map_err(|e| unavailable(cause(e)))?;
         out.item.as_ref().map(watch_from).transpose()
     }
     async fn due_watches(

@@ -270,7 +270,7 @@ impl DynamoLedger {
                 {
                     Ok(Some(Refusal::Main))
                 }
-                Err(e) => Err(unavailable(describe(&e))),
+                Err(e) => Err(unavailable(cause(e))),
             };
         }
         let mut items = Vec::new();
@@ -364,7 +364,7 @@ impl DynamoLedger {
                     // TransactionConflict, throttling: transient.
                     return Err(unavailable(format!("transaction cancelled: {codes:?}")));
                 }
-                Err(unavailable(describe(&e)))
+                Err(unavailable(cause(e)))
             }
         }
     }
