@@ -8,7 +8,7 @@ use paynotify::app::{init_logging, App, AppOptions};
 use paynotify::gateway_sim::{GatewaySim, Txn, TxnState};
 use paynotify::simulate::{run_mix, Mix, Simulator};
 use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
-use paynotify_shared::ports::wait_drained;
+use paynotify_shared::ports::{wait_drained, LedgerExt};
 use paynotify_shared::scheme::unionpay::{parse_form, QueryTarget};
 use paynotify_shared::testpki::{generate, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentStatus};

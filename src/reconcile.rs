@@ -33,7 +33,7 @@ use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
 use paynotify_shared::envelope::{Envelope, EnvelopeError};
 use paynotify_shared::event::{PaymentEvent, PaymentKey};
-use paynotify_shared::ports::{DeadLetter, EventRecord, ParkedEntry, PARKED_SCAN_LIMIT};
+use paynotify_shared::ports::{DeadLetter, EventRecord, LedgerExt, ParkedEntry, PARKED_SCAN_LIMIT};
 use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use paynotify_shared::segment;
 use paynotify_shared::{transition, PaymentState, Transition};

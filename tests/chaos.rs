@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::app::AppOptions;
 use paynotify::simulate::Delivery;
+use paynotify_shared::ports::LedgerExt;
 use paynotify_shared::PaymentStatus;
 use paynotify_worker::Hooks;
 use support::app::{spawn_app_tweaked, TestApp};

@@ -12,8 +12,9 @@ use paynotify_shared::envelope::{Envelope, QueuedBody};
 use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_shared::faults::{Faults, FaultyArchive};
 use paynotify_shared::ports::{
-    AliasWrite, ApplyOutcome, ArchiveError, EventRecord, Freshness, Incoming, LedgerError,
-    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch,
+    AliasWrite, ApplyOutcome, ArchiveError, DeadLettersExt, EventRecord, Freshness, Incoming,
+    LedgerError, LedgerExt, LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry,
+    RecordedEvent, Watch,
 };
 use paynotify_shared::scheme::unionpay::QueryTarget;
 use paynotify_shared::segment::Location;

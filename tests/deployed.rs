@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::simulate::{tamper, Delivery, Simulator};
 use paynotify_shared::envelope::QueuedBody;
+use paynotify_shared::ports::LedgerExt;
 use paynotify_shared::segment::Location;
 use paynotify_shared::{backend, PaymentKey, PaymentStatus};
 use support::app::MERCHANT;

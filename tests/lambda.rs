@@ -21,7 +21,7 @@ use paynotify_shared::config::Config;
 use paynotify_shared::envelope::Envelope;
 use paynotify_shared::faults::FaultyBackends;
 use paynotify_shared::metered;
-use paynotify_shared::ports::QueueMessage;
+use paynotify_shared::ports::{LedgerExt, QueueMessage};
 use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
 use paynotify_worker::{Hooks, Stats, WorkerContext};

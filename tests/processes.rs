@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use paynotify::receiver::Receiver;
 use paynotify::simulate::{Delivery, Simulator};
 use paynotify_shared::config::Config;
-use paynotify_shared::ports::wait_drained;
+use paynotify_shared::ports::{wait_drained, LedgerExt};
 use paynotify_shared::testpki::{generate, TestPkiOptions};
 use paynotify_shared::{backend, PaymentKey, PaymentStatus};
 use support::app::{config_in, MERCHANT};

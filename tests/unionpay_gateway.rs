@@ -16,7 +16,7 @@ use paynotify::gateway_sim::{GatewaySim, Scripted, Txn, TxnState};
 use paynotify::settlement;
 use paynotify_shared::config::GatewayConfig;
 use paynotify_shared::envelope::Envelope;
-use paynotify_shared::ports::Watch;
+use paynotify_shared::ports::{LedgerExt, Watch};
 use paynotify_shared::scheme::unionpay::{parse_form, QueryTarget};
 use paynotify_shared::scheme::{SourceVerifier, VerifierSet};
 use paynotify_shared::secret::SecretRef;

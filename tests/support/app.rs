@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use paynotify::app::{App, AppOptions};
 use paynotify::simulate::Simulator;
 use paynotify_shared::config::{Config, UNIONPAY_IDENTITY};
-use paynotify_shared::ports::wait_drained;
+use paynotify_shared::ports::{wait_drained, LedgerExt};
 use paynotify_shared::testpki::{generate, TestPki, TestPkiOptions};
 use paynotify_shared::{PaymentKey, PaymentState, PaymentStatus};
 

@@ -8,7 +8,9 @@ use paynotify_backends::local::{LocalArchive, LocalLedger, LocalQueue};
 use paynotify_model::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use paynotify_model::money::{Currency, Money};
 use paynotify_model::state::{transition, Transition};
-use paynotify_ports::{ApplyOutcome, Archive, ArchiveError, DeadLetters, Ledger, Queue};
+use paynotify_ports::{
+    ApplyOutcome, Archive, ArchiveError, DeadLetters, DeadLettersExt, Ledger, LedgerExt, Queue,
+};
 
 #[tokio::test]
 async fn archive_put_is_create_only_and_listable() {

@@ -281,7 +281,12 @@ pub trait Ledger: Send + Sync {
         let seen = self.contains_event(key, event_key).await?;
         Ok(Loaded { entry, seen })
     }
+}
 
+/// Conveniences over [`Ledger`], written once for every ledger (and every
+/// wrapper of one) from its required methods.
+#[async_trait]
+pub trait LedgerExt: Ledger {
     /// The payment's state, if it has arrived.
     async fn get_payment(&self, key: &PaymentKey) -> Result<Option<PaymentState>, LedgerError> {
         Ok(self.load(key).await?.state)
@@ -313,3 +318,5 @@ pub trait Ledger: Send + Sync {
         .await
     }
 }
+
+impl<L: Ledger + ?Sized> LedgerExt for L {}

@@ -181,11 +181,18 @@ pub trait DeadLetters: Send + Sync {
         progress: Progress<'_>,
     ) -> Result<Vec<DeadLetter>, QueueError>;
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
+}
+
+/// Conveniences over [`DeadLetters`], written once for every store.
+#[async_trait]
+pub trait DeadLettersExt: DeadLetters {
     /// As `redrive_with`, reporting to no one.
     async fn redrive(&self, reason: Option<&str>) -> Result<usize, QueueError> {
         self.redrive_with(reason, &|_| {}).await
     }
 }
+
+impl<D: DeadLetters + ?Sized> DeadLettersExt for D {}
 
 /// Waits until `queue` reads empty twice in a row, `poll` apart, or until
 /// `timeout` has passed; true when it was drained.
