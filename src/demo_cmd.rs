@@ -15,8 +15,9 @@ use paynotify_shared::{PaymentKey, PaymentStatus};
 use paynotify_worker::query::{self, Querier};
 
 use crate::demo_receiver::MerchantSide;
+use crate::demo_summary::Summary;
 
-const MERCHANT: &str = "777290058167151";
+pub(crate) const MERCHANT: &str = "777290058167151";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,40 +50,13 @@ pub struct Args {
     delivery_backlog: bool,
 }
 
-/// Prints the ledger the simulation should have produced beside the one it
-/// did and says whether they match.
-fn print_ledger_check(
-    report: &paynotify::simulate::Report,
-    got: &paynotify::reconcile::LedgerTotals,
-    dead: &std::collections::BTreeMap<String, u64>,
-) -> bool {
-    let rows = report.check(got, dead);
-    println!();
-    println!("{:<32} {:>18} {:>18}", "ledger", "expected", "got");
-    for row in &rows {
-        println!(
-            "{:<32} {:>18} {:>18}{}",
-            row.what,
-            row.expected,
-            row.got,
-            if row.matches() { "" } else { "   <- differs" }
-        );
-    }
-    let all = rows.iter().all(paynotify::simulate::CheckRow::matches);
-    println!(
-        "the ledger {} what was sent",
-        if all { "matches" } else { "does NOT match" }
-    );
-    all
-}
-
 /// Payments UnionPay completes whose notifications never reach paynotify.
-const LOST_PAYMENTS: usize = 3;
+pub(crate) const LOST_PAYMENTS: usize = 3;
 
-struct Recovered {
-    paid: usize,
-    queries: usize,
-    elapsed: Duration,
+pub(crate) struct Recovered {
+    pub(crate) paid: usize,
+    pub(crate) queries: usize,
+    pub(crate) elapsed: Duration,
 }
 
 /// The simulated gateway learns of payments whose notifications are never
@@ -161,14 +135,21 @@ async fn recover_lost(
     })
 }
 
-/// Runs the demo and prints the summary; exit 1 if anything was lost or
-/// the ledger is not the one the simulation should have produced.
-///
-/// # Errors
-/// Setup failures.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_logging("error");
-    let dir = args.data_dir.unwrap_or_else(|| {
+/// The demo's machinery before any traffic: the test PKI, the simulated
+/// UnionPay gateway, the merchant's receiver, the configuration written to
+/// the data directory.
+struct Setup {
+    dir: std::path::PathBuf,
+    pki: paynotify_shared::testpki::TestPki,
+    forged: paynotify_shared::testpki::TestPki,
+    gateway: GatewaySim,
+    merchant_side: Option<MerchantSide>,
+    config_path: std::path::PathBuf,
+    config: Config,
+}
+
+async fn prepare(args: &Args) -> anyhow::Result<Setup> {
+    let dir = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
             "paynotify-demo-{}",
             ulid::Ulid::new().to_string().to_lowercase()
@@ -197,7 +178,44 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(_) => None,
     };
     let config_path = dir.join("paynotify.toml");
-    let backend = match &args.aws_endpoint {
+    let text = config_text(
+        args.aws_endpoint.as_deref(),
+        &pki,
+        merchant_side.as_ref(),
+        &gateway.url(),
+    );
+    std::fs::write(&config_path, text)?;
+    let config = Config::load(&config_path)?;
+    if args.aws_endpoint.is_some() {
+        paynotify_shared::backend::aws::setup::init(&config.backend)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(m) = &merchant_side {
+        // Before the deliverer starts, so that it reads the hold.
+        m.hold(&paynotify_shared::backend::build(&config.backend).await?)
+            .await?;
+    }
+    Ok(Setup {
+        dir,
+        pki,
+        forged,
+        gateway,
+        merchant_side,
+        config_path,
+        config,
+    })
+}
+
+/// The demo's configuration: the embedded backend, or uniquely named
+/// resources at `aws_endpoint`.
+fn config_text(
+    aws_endpoint: Option<&str>,
+    pki: &paynotify_shared::testpki::TestPki,
+    merchant_side: Option<&MerchantSide>,
+    gateway_url: &str,
+) -> String {
+    let backend = match aws_endpoint {
         None => "data_dir = \"data\"".to_owned(),
         Some(url) => {
             let id = ulid::Ulid::new().to_string().to_lowercase();
@@ -211,8 +229,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // An emulator answers slowly under the demo's burst: a message whose
     // visibility lapsed while it waited in a worker would come back and be
     // counted (and priced) as a duplicate delivery.
-    let visibility = if args.aws_endpoint.is_some() { 120 } else { 10 };
-    let config_text = format!(
+    let visibility = if aws_endpoint.is_some() { 120 } else { 10 };
+    format!(
         "[backend]\nvisibility_timeout_secs = {visibility}\nmax_receives = 8\n{backend}\n\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
          [worker]\nconcurrency = 16\nretry_min_delay_ms = 200\nretry_max_delay_secs = 2\nquery_check_secs = 1\n\n{}\n\
@@ -222,37 +240,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         pki.config_snippet(UNIONPAY_IDENTITY, &[MERCHANT.to_owned()])
             .replace("file:root.pem", "file:pki/root.pem")
             .replace("file:middle.pem", "file:pki/middle.pem"),
-        merchant_side.as_ref().map_or("", |m| m.toml.as_str()),
-        url = gateway.url(),
-    );
-    std::fs::write(&config_path, config_text)?;
-    let config = Config::load(&config_path)?;
-    if args.aws_endpoint.is_some() {
-        paynotify_shared::backend::aws::setup::init(&config.backend)
-            .await
-            .map_err(anyhow::Error::msg)?;
-    }
-    if let Some(m) = &merchant_side {
-        // Before the deliverer starts, so that it reads the hold.
-        m.hold(&paynotify_shared::backend::build(&config.backend).await?)
-            .await?;
-    }
-    let app = App::start(&config, AppOptions::all()).await?;
+        merchant_side.map_or("", |m| m.toml.as_str()),
+        url = gateway_url,
+    )
+}
+
+/// Runs the demo and prints the summary; exit 1 if anything was lost or
+/// the ledger is not the one the simulation should have produced.
+///
+/// # Errors
+/// Setup failures.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_logging("error");
+    let setup = prepare(&args).await?;
+    let config = &setup.config;
+    let app = App::start(config, AppOptions::all()).await?;
     let addr = app
         .addr
         .ok_or_else(|| anyhow::anyhow!("ingest did not start"))?;
     let url = format!("http://{addr}/notify/unionpay");
     println!(
         "paynotify demo: ingest on {addr}, data in {}",
-        dir.display()
+        setup.dir.display()
     );
     println!("simulating {} UnionPay payments ...", args.count);
 
+    let pki = &setup.pki;
     let sim = Simulator::new(pki.leaf_key_pem.as_bytes(), &pki.leaf_pem, MERCHANT, &url)?;
     let sim_for_queries = sim.clone();
     let forger = Simulator::new(
-        forged.leaf_key_pem.as_bytes(),
-        &forged.leaf_pem,
+        setup.forged.leaf_key_pem.as_bytes(),
+        &setup.forged.leaf_pem,
         MERCHANT,
         &url,
     )?;
@@ -280,129 +298,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let left = app.backends.queue.depth().await?;
     let api_calls = app.backends.api_calls.as_ref().map(|c| c.snapshot());
     let reconciled =
-        paynotify::reconcile::reconcile(&config, &app.backends, None, None, |_, _| {}).await?;
-    let archived = reconciled.archived as usize;
-    let recovered = recover_lost(&config, &app, &gateway, &sim_for_queries).await?;
-    let heard = match &merchant_side {
+        paynotify::reconcile::reconcile(config, &app.backends, None, None, |_, _| {}).await?;
+    let recovered = recover_lost(config, &app, &setup.gateway, &sim_for_queries).await?;
+    let heard = match &setup.merchant_side {
         Some(m) => Some(m.settle(&app.backends, Duration::from_secs(120)).await?),
         None => None,
     };
     app.stop().await?;
 
-    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    let mut dlq_reasons = std::collections::BTreeMap::<String, u64>::new();
     for d in &dlq {
-        *reasons.entry(d.reason.clone()).or_default() += 1;
+        *dlq_reasons.entry(d.reason.clone()).or_default() += 1;
     }
-    let cfg = config_path.display();
-    println!();
-    println!(
-        "received (HTTP 200)      {:>8}   of {} sent, {} never accepted",
-        report.accepted, report.sent, report.failed
-    );
-    println!("archived                 {archived:>8}   in {segments} segments");
-    println!("applied (state changed)  {:>8}", stats.applied);
-    println!("recorded, no change      {:>8}", stats.recorded);
-    println!(
-        "duplicates suppressed    {:>8}   ({} extra PSP deliveries sent)",
-        stats.duplicates, report.duplicate_deliveries
-    );
-    println!("parked (event early)     {:>8}", stats.parked);
-    println!("retried (transient)      {:>8}", stats.retried);
-    println!("dead-lettered            {:>8}", dlq.len());
-    for (reason, n) in &reasons {
-        println!("  {reason:<22} {n:>8}");
-    }
-    println!("still queued             {left:>8}");
-    println!(
-        "throughput               {:>8.0} notifications/s accepted ({:.1} s), all applied after {:.1} s",
-        report.accepted as f64 / sent_in.as_secs_f64(),
-        sent_in.as_secs_f64(),
-        drained_in.as_secs_f64()
-    );
-    println!(
-        "receipt -> applied       p50 {:.1} ms, p99 {:.1} ms",
-        stats.p50_ms, stats.p99_ms
-    );
-    let ledger_matches = print_ledger_check(&report, &reconciled.ledger, &reasons);
-    println!(
-        "reconcile                {}",
-        if reconciled.is_clean() {
-            format!(
-                "clean: {} archived, {} in the ledger, {} parked, {} dead-lettered",
-                reconciled.archived,
-                reconciled.in_ledger,
-                reconciled.parked,
-                reconciled.dead_lettered
-            )
-        } else {
-            format!("{} discrepancies", reconciled.discrepancies.len())
-        }
-    );
-    for d in reconciled.discrepancies.iter().take(10) {
-        println!("  {:<22} {} {}", d.kind, d.subject, d.detail);
-    }
-    println!(
-        "status queries           {} of {} payments whose notification never came are PAID \
-         ({} queries to the simulated UnionPay gateway, {:.1} s)",
-        recovered.paid,
-        LOST_PAYMENTS,
-        recovered.queries,
-        recovered.elapsed.as_secs_f64()
-    );
-    if let Some(h) = &heard {
-        h.print();
-    }
-    println!();
-    match &api_calls {
-        Some(calls) => {
-            println!(
-                "AWS API calls per accepted notification ({} accepted):",
-                report.accepted
-            );
-            for (op, n) in calls {
-                println!(
-                    "  {op:<32} {:>8.3}   ({n} calls)",
-                    *n as f64 / report.accepted.max(1) as f64
-                );
-            }
-            println!();
-            println!(
-                "resources bucket/queue/table {} on {}",
-                config.backend.aws.bucket,
-                config.backend.aws.endpoint_url.as_deref().unwrap_or("AWS")
-            );
-        }
-        None => {
-            println!(
-                "archive   {}/data/archive/raw/source=unionpay/",
-                dir.display()
-            );
-            println!("ledger    {}/data/ledger.sqlite3", dir.display());
-            println!(
-                "queue+DLQ {}/data/queue.sqlite3 (and queue-N.sqlite3, its other shards)",
-                dir.display()
-            );
-        }
-    }
-    println!("inspect   paynotify dlq list --config {cfg}");
-    println!(
-        "          paynotify txn history --config {cfg} unionpay {MERCHANT} {}",
-        report.sample_payment_ref
-    );
-    println!(
-        "          paynotify txn get --config {cfg} unionpay {MERCHANT} {} --json",
-        report.sample_payment_ref
-    );
-    println!("          paynotify serve --config {cfg}");
-    let lost = report.accepted as usize != archived
-        || recovered.paid != LOST_PAYMENTS
-        || left > 0
-        || !reconciled.is_clean()
-        || !ledger_matches
-        || heard.as_ref().is_some_and(|h| !h.ok());
-    Ok(if lost {
-        ExitCode::from(1)
-    } else {
+    let summary = Summary {
+        archived: reconciled.archived as usize,
+        report,
+        stats,
+        dead_lettered: dlq.len(),
+        dlq_reasons,
+        segments,
+        left,
+        sent_in,
+        drained_in,
+        reconciled,
+        recovered,
+        heard,
+        api_calls,
+    };
+    let ok = summary.print(config, &setup.config_path, &setup.dir);
+    Ok(if ok {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

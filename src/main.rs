@@ -3,6 +3,7 @@
 mod deliveries_cmd;
 mod demo_cmd;
 mod demo_receiver;
+mod demo_summary;
 mod dlq_cmd;
 mod ops_cmd;
 mod progress;

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{describe, Clients};
-use crate::config::BackendConfig;
+use crate::config::{AwsConfig, BackendConfig};
 
 /// What `init` did, for the operator.
 #[derive(Debug, Default, serde::Serialize)]
@@ -31,6 +31,19 @@ pub struct InitReport {
 pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
     let aws = &config.aws;
     let c = Clients::new(aws).await;
+    create_bucket(&c, aws).await?;
+    let (queue_url, dlq_url) = create_queues(&c, config).await?;
+    create_table(&c, aws).await?;
+    Ok(InitReport {
+        bucket: aws.bucket.clone(),
+        queue_url,
+        dead_letter_queue_url: dlq_url,
+        table: aws.table.clone(),
+    })
+}
+
+/// The archive's bucket, unless this account already owns it.
+async fn create_bucket(c: &Clients, aws: &AwsConfig) -> Result<(), String> {
     let mut bucket = c.s3.create_bucket().bucket(&aws.bucket);
     if aws.region != "us-east-1" {
         bucket = bucket.create_bucket_configuration(
@@ -49,6 +62,12 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
             return Err(format!("bucket {}: {}", aws.bucket, describe(&e)));
         }
     }
+    Ok(())
+}
+
+/// The dead-letter queue, then the queue redriving to it; their URLs.
+async fn create_queues(c: &Clients, config: &BackendConfig) -> Result<(String, String), String> {
+    let aws = &config.aws;
     let dlq_url = c
         .sqs
         .create_queue()
@@ -90,135 +109,146 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
         .map_err(|e| format!("queue {}: {}", aws.queue, describe(&e)))?
         .queue_url
         .unwrap_or_default();
-    let key = |name: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(t)
-            .build()
-    };
-    let attr = |name: &str, t: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(t)
-            .build()
-    };
+    Ok((queue_url, dlq_url))
+}
+
+fn key(name: &str, t: KeyType) -> Result<KeySchemaElement, String> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(t)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn attr(name: &str, t: ScalarAttributeType) -> Result<AttributeDefinition, String> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(t)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// One of the ledger's sparse indexes: (name, hash key, range key).
+type Index = (&'static str, &'static str, &'static str);
+
+fn index((name, hash, range): Index) -> Result<GlobalSecondaryIndex, String> {
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key(hash, KeyType::Hash)?)
+        .key_schema(key(range, KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn index_attrs((_, hash, range): Index) -> Result<Vec<AttributeDefinition>, String> {
+    Ok(vec![
+        attr(hash, ScalarAttributeType::S)?,
+        attr(range, ScalarAttributeType::N)?,
+    ])
+}
+
+/// The ledger table with its indexes and (when configured) its stream; a
+/// table from an earlier version gains what it lacks.
+async fn create_table(c: &Clients, aws: &AwsConfig) -> Result<(), String> {
     // Sparse indexes over the one table (DESIGN §3): parked events (for
     // `reconcile` and `/metrics`), events by day (settlement
     // reconciliation), status queries by due time (the query scheduler).
-    let indexes = super::ledger::INDEXES;
-    let index = |(name, hash, range): (&str, &str, &str)| -> Result<GlobalSecondaryIndex, String> {
-        GlobalSecondaryIndex::builder()
-            .index_name(name)
-            .key_schema(key(hash, KeyType::Hash).map_err(|e| e.to_string())?)
-            .key_schema(key(range, KeyType::Range).map_err(|e| e.to_string())?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let index_attrs =
-        |(_, hash, range): (&str, &str, &str)| -> Result<Vec<AttributeDefinition>, String> {
-            Ok(vec![
-                attr(hash, ScalarAttributeType::S).map_err(|e| e.to_string())?,
-                attr(range, ScalarAttributeType::N).map_err(|e| e.to_string())?,
-            ])
-        };
     let mut create = c
         .dynamodb
         .create_table()
         .table_name(&aws.table)
         .billing_mode(BillingMode::PayPerRequest)
         .set_stream_specification(aws.ledger_stream.then(ledger_stream).transpose()?)
-        .key_schema(key("pk", KeyType::Hash).map_err(|e| e.to_string())?)
-        .key_schema(key("sk", KeyType::Range).map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("pk", ScalarAttributeType::S).map_err(|e| e.to_string())?)
-        .attribute_definitions(attr("sk", ScalarAttributeType::S).map_err(|e| e.to_string())?);
-    for i in indexes {
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .attribute_definitions(attr("pk", ScalarAttributeType::S)?)
+        .attribute_definitions(attr("sk", ScalarAttributeType::S)?);
+    for i in super::ledger::INDEXES {
         for a in index_attrs(i)? {
             create = create.attribute_definitions(a);
         }
         create = create.global_secondary_indexes(index(i)?);
     }
-    let created = create.send().await;
-    if let Err(e) = created {
+    if let Err(e) = create.send().await {
         if !e
             .as_service_error()
             .is_some_and(|s| s.is_resource_in_use_exception())
         {
             return Err(format!("table {}: {}", aws.table, describe(&e)));
         }
-        // A table from an earlier version: add the indexes it lacks, one at
-        // a time (DynamoDB creates one index per update).
-        for i in indexes {
-            let table = c
-                .dynamodb
-                .describe_table()
-                .table_name(&aws.table)
-                .send()
-                .await
-                .map_err(|e| format!("table {}: {}", aws.table, describe(&e)))?;
-            let has_index = table
-                .table
-                .and_then(|t| t.global_secondary_indexes)
-                .unwrap_or_default()
-                .iter()
-                .any(|x| x.index_name() == Some(i.0));
-            if has_index {
-                continue;
-            }
-            let gsi = index(i)?;
-            c.dynamodb
-                .update_table()
-                .table_name(&aws.table)
-                .set_attribute_definitions(Some(index_attrs(i)?))
-                .global_secondary_index_updates(
-                    GlobalSecondaryIndexUpdate::builder()
-                        .create(
-                            CreateGlobalSecondaryIndexAction::builder()
-                                .index_name(i.0)
-                                .set_key_schema(Some(gsi.key_schema().to_vec()))
-                                .set_projection(gsi.projection().cloned())
-                                .build()
-                                .map_err(|e| e.to_string())?,
-                        )
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "adding the {} index to {}: {}",
-                        i.0,
-                        aws.table,
-                        describe(&e)
-                    )
-                })?;
-            c.dynamodb
-                .wait_until_table_exists()
-                .table_name(&aws.table)
-                .wait(Duration::from_secs(120))
-                .await
-                .map_err(|e| format!("table {} never became active: {e}", aws.table))?;
-        }
+        add_missing_indexes(c, aws).await?;
         if aws.ledger_stream {
-            enable_stream(&c, &aws.table).await?;
+            enable_stream(c, &aws.table).await?;
         }
     }
+    wait_active(c, &aws.table).await
+}
+
+/// A table from an earlier version: adds the indexes it lacks, one at a
+/// time (DynamoDB creates one index per update).
+async fn add_missing_indexes(c: &Clients, aws: &AwsConfig) -> Result<(), String> {
+    for i in super::ledger::INDEXES {
+        let table = c
+            .dynamodb
+            .describe_table()
+            .table_name(&aws.table)
+            .send()
+            .await
+            .map_err(|e| format!("table {}: {}", aws.table, describe(&e)))?;
+        let has_index = table
+            .table
+            .and_then(|t| t.global_secondary_indexes)
+            .unwrap_or_default()
+            .iter()
+            .any(|x| x.index_name() == Some(i.0));
+        if has_index {
+            continue;
+        }
+        let gsi = index(i)?;
+        c.dynamodb
+            .update_table()
+            .table_name(&aws.table)
+            .set_attribute_definitions(Some(index_attrs(i)?))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder()
+                    .create(
+                        CreateGlobalSecondaryIndexAction::builder()
+                            .index_name(i.0)
+                            .set_key_schema(Some(gsi.key_schema().to_vec()))
+                            .set_projection(gsi.projection().cloned())
+                            .build()
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "adding the {} index to {}: {}",
+                    i.0,
+                    aws.table,
+                    describe(&e)
+                )
+            })?;
+        wait_active(c, &aws.table).await?;
+    }
+    Ok(())
+}
+
+async fn wait_active(c: &Clients, table: &str) -> Result<(), String> {
     c.dynamodb
         .wait_until_table_exists()
-        .table_name(&aws.table)
+        .table_name(table)
         .wait(Duration::from_secs(120))
         .await
-        .map_err(|e| format!("table {} never became active: {e}", aws.table))?;
-    Ok(InitReport {
-        bucket: aws.bucket.clone(),
-        queue_url,
-        dead_letter_queue_url: dlq_url,
-        table: aws.table.clone(),
-    })
+        .map(|_| ())
+        .map_err(|e| format!("table {table} never became active: {e}"))
 }
 
 /// The ledger's stream: the outbox of the outgoing events (DESIGN §8), read
