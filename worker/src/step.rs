@@ -136,36 +136,8 @@ pub(super) async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Dis
     let event = match verified {
         Ok(Verified::Event(event)) => *event,
         Ok(Verified::Items(n)) => {
-            // The items' messages point into the archive: make sure it holds
-            // what came inline.
-            let location = if inline {
-                let now = OffsetDateTime::now_utc();
-                let at = archived::archived(
-                    ctx.archive.as_ref(),
-                    &envelope,
-                    &location,
-                    now,
-                    archived::Young::Wait,
-                );
-                match at.await {
-                    Ok(at) => at,
-                    Err(why) => return (classify(StepError::Unavailable(why)), source),
-                }
-            } else {
-                location
-            };
-            info!(
-                items = n,
-                "several items, each signed on its own: queued one by one"
-            );
-            return (
-                Disposition::Split {
-                    location,
-                    id: envelope.id.clone(),
-                    items: n,
-                },
-                source,
-            );
+            let disposition = split(ctx, &envelope, location, inline, n).await;
+            return (disposition, source);
         }
         Ok(Verified::Ignored(what)) => {
             info!(event_type = %what, outcome = AckKind::Ignored.as_str(), "not a payment event; ignored");
@@ -188,6 +160,18 @@ pub(super) async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Dis
         record_txn_id(&span, txn_id_field, id);
     }
     span.record("stage", "apply");
+    let disposition = apply_event(ctx, &envelope, event, &source).await;
+    (disposition, source)
+}
+
+/// Applies a verified event (with the apply hook's before and after, when
+/// there is one), and counts and logs what became of it.
+async fn apply_event(
+    ctx: &WorkerContext,
+    envelope: &Envelope,
+    event: paynotify_shared::PaymentEvent,
+    source: &str,
+) -> Disposition {
     if let Some(hook) = &ctx.hooks.before_apply {
         hook(&event);
     }
@@ -195,7 +179,7 @@ pub(super) async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Dis
     let hook = ctx.apply_hook.as_deref();
     if let Some(hook) = hook {
         if let Err(e) = hook.before_apply(&event, envelope.received_at).await {
-            return (classify(StepError::Unavailable(e.to_string())), source);
+            return classify(StepError::Unavailable(e.to_string()));
         }
     }
     // Kept past the apply only for a hook that wants it.
@@ -214,7 +198,7 @@ pub(super) async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Dis
                 let latency = OffsetDateTime::now_utc() - envelope.received_at;
                 let latency = latency.unsigned_abs();
                 ctx.stats.record_latency(latency.as_micros() as u64);
-                ctx.metrics.applied_after(&source, latency);
+                ctx.metrics.applied_after(source, latency);
             }
             info!(payment_ref = %ref_, outcome = kind.as_str(), "applied");
         }
@@ -223,5 +207,42 @@ pub(super) async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Dis
         }
         _ => {}
     }
-    (disposition, source)
+    disposition
+}
+
+/// A notification of several items, each signed on its own: the items go
+/// back to the queue one by one, pointing into the archive (which must then
+/// hold what came inline).
+async fn split(
+    ctx: &WorkerContext,
+    envelope: &Envelope,
+    location: Location,
+    inline: bool,
+    n: u32,
+) -> Disposition {
+    let location = if inline {
+        let now = OffsetDateTime::now_utc();
+        let at = archived::archived(
+            ctx.archive.as_ref(),
+            envelope,
+            &location,
+            now,
+            archived::Young::Wait,
+        );
+        match at.await {
+            Ok(at) => at,
+            Err(why) => return classify(StepError::Unavailable(why)),
+        }
+    } else {
+        location
+    };
+    info!(
+        items = n,
+        "several items, each signed on its own: queued one by one"
+    );
+    Disposition::Split {
+        location,
+        id: envelope.id.clone(),
+        items: n,
+    }
 }

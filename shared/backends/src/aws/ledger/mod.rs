@@ -44,6 +44,7 @@ use crate::state::{PaymentState, PaymentStatus};
 use crate::{stored_time, unix_ms};
 
 pub(super) const STATE: &str = "STATE";
+mod expr;
 mod item;
 mod read;
 mod watch;
@@ -52,6 +53,7 @@ mod write;
 use item::*;
 pub(super) use item::{overflow_sk, state_of, stored_events};
 use read::*;
+use expr::*;
 use write::*;
 
 const PARKED: &str = "PARKED#";

@@ -39,81 +39,6 @@ pub(super) enum Refused {
     Full(u64),
 }
 
-/// One update expression under construction: its clauses and placeholders.
-#[derive(Default)]
-pub(super) struct Expr {
-    set: Vec<String>,
-    add: Vec<String>,
-    delete: Vec<String>,
-    remove: Vec<String>,
-    condition: Vec<String>,
-    names: HashMap<String, String>,
-    values: HashMap<String, AttributeValue>,
-}
-
-impl Expr {
-    pub(super) fn name(&mut self, attribute: &str) -> String {
-        let placeholder = format!("#{}", attribute.replace('_', ""));
-        self.names.insert(placeholder.clone(), attribute.to_owned());
-        placeholder
-    }
-
-    pub(super) fn value(&mut self, name: &str, v: AttributeValue) -> String {
-        let placeholder = format!(":{}", name.replace('_', ""));
-        self.values.insert(placeholder.clone(), v);
-        placeholder
-    }
-
-    /// The condition that a payment's item (or an alias key's) is at
-    /// `expected`. Version 0 is no item, or one that only a record-only
-    /// write made (an in-process answer, a failed refund before its
-    /// payment), which keeps version 0.
-    pub(super) fn version_is(&mut self, expected: u64) -> String {
-        let version = self.name("version");
-        if expected == 0 {
-            let zero = self.value("zero", n(0));
-            format!("(attribute_not_exists({version}) OR {version} = {zero})")
-        } else {
-            let v = self.value("v", n(expected));
-            format!("{version} = {v}")
-        }
-    }
-
-    /// Adds the digests `parked` to the item's `parked` set (events parked
-    /// under it) and deletes `unparked` from it; an empty list changes
-    /// nothing (DynamoDB refuses an empty set).
-    pub(super) fn park_digests(&mut self, parked: Vec<String>, unparked: Vec<String>) {
-        if !parked.is_empty() {
-            let (a, d) = (
-                self.name("parked"),
-                self.value("pd", AttributeValue::Ss(parked)),
-            );
-            self.add.push(format!("{a} {d}"));
-        }
-        if !unparked.is_empty() {
-            let (a, d) = (
-                self.name("parked"),
-                self.value("ud", AttributeValue::Ss(unparked)),
-            );
-            self.delete.push(format!("{a} {d}"));
-        }
-    }
-
-    pub(super) fn update_expression(&self) -> String {
-        let mut out = format!("SET {}", self.set.join(", "));
-        if !self.add.is_empty() {
-            out.push_str(&format!(" ADD {}", self.add.join(", ")));
-        }
-        if !self.delete.is_empty() {
-            out.push_str(&format!(" DELETE {}", self.delete.join(", ")));
-        }
-        if !self.remove.is_empty() {
-            out.push_str(&format!(" REMOVE {}", self.remove.join(", ")));
-        }
-        out
-    }
-}
-
 impl DynamoLedger {
     /// The update of the payment's own item for `w`: its version (raised,
     /// or kept), its state, the events it records (`records`, with their
@@ -242,7 +167,6 @@ impl DynamoLedger {
         spill_at: Option<u64>,
         now: i64,
     ) -> Result<Option<Refusal>, LedgerError> {
-        let key = w.key.as_str();
         let x = Self::main_expr(w, records, spill_at, now);
         let alone = matches!(w.incoming, Incoming::Record(_))
             && w.unparked.is_empty()
@@ -250,29 +174,74 @@ impl DynamoLedger {
             && w.aliases.is_empty()
             && spill_at.is_none();
         if alone {
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(key))
-                .key("sk", s(STATE))
-                .update_expression(x.update_expression())
-                .condition_expression(x.condition.join(" AND "))
-                .set_expression_attribute_names(Some(x.names))
-                .set_expression_attribute_values(Some(x.values))
-                .send()
-                .await;
-            return match result {
-                Ok(_) => Ok(None),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-                {
-                    Ok(Some(Refusal::Main))
-                }
-                Err(e) => Err(unavailable(cause(e))),
-            };
+            return self.update_alone(w.key.as_str(), x).await;
         }
+        let (items, main) = self.transaction(w, records, spill_at, x, now)?;
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(unavailable(format!(
+                "a write of {} items exceeds DynamoDB's {MAX_TRANSACTION_ITEMS} per transaction",
+                items.len()
+            )));
+        }
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => {
+                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
+                    e.as_service_error()
+                {
+                    let codes: Vec<&str> =
+                        c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
+                    return refused(w, main, &codes);
+                }
+                Err(unavailable(cause(e)))
+            }
+        }
+    }
+
+    /// A write that only records an event on the state item: one
+    /// `UpdateItem` instead of a transaction.
+    async fn update_alone(&self, key: &str, x: Expr) -> Result<Option<Refusal>, LedgerError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .key("sk", s(STATE))
+            .update_expression(x.update_expression())
+            .condition_expression(x.condition.join(" AND "))
+            .set_expression_attribute_names(Some(x.names))
+            .set_expression_attribute_values(Some(x.values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Some(Refusal::Main))
+            }
+            Err(e) => Err(unavailable(cause(e))),
+        }
+    }
+
+    /// The items of a write's transaction, and which of them is the state
+    /// item's update.
+    fn transaction(
+        &self,
+        w: &LedgerWrite,
+        records: &Records,
+        spill_at: Option<u64>,
+        x: Expr,
+        now: i64,
+    ) -> Result<(Vec<TransactWriteItem>, usize), LedgerError> {
+        let key = w.key.as_str();
         let mut items = Vec::new();
         // The incoming park first: its condition decides `Duplicate`.
         if let Incoming::Park(p) = &w.incoming {
@@ -331,42 +300,7 @@ impl DynamoLedger {
             let moved = unparked_from(w, &a.key);
             items.push(self.alias_update(a.key.as_str(), a.expected_version, key, moved, now)?);
         }
-        if items.len() > MAX_TRANSACTION_ITEMS {
-            return Err(unavailable(format!(
-                "a write of {} items exceeds DynamoDB's {MAX_TRANSACTION_ITEMS} per transaction",
-                items.len()
-            )));
-        }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(None),
-            Err(e) => {
-                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
-                    e.as_service_error()
-                {
-                    let codes: Vec<&str> =
-                        c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
-                    let failed = |i: usize| codes.get(i) == Some(&"ConditionalCheckFailed");
-                    if matches!(w.incoming, Incoming::Park(_)) && failed(0) {
-                        return Ok(Some(Refusal::Parked));
-                    }
-                    if failed(main) {
-                        return Ok(Some(Refusal::Main));
-                    }
-                    if codes.contains(&"ConditionalCheckFailed") {
-                        return Ok(Some(Refusal::Other));
-                    }
-                    // TransactionConflict, throttling: transient.
-                    return Err(unavailable(format!("transaction cancelled: {codes:?}")));
-                }
-                Err(unavailable(cause(e)))
-            }
-        }
+        Ok((items, main))
     }
 
     /// A transaction put of `item`: only if no item has its key (`new`), else
@@ -450,4 +384,21 @@ impl DynamoLedger {
             )?)
             .build())
     }
+}
+
+/// What a cancelled transaction's reasons (one code per item, `main` the
+/// state item's) say: which condition refused it, or, with none failed
+/// (a transaction conflict, throttling), a transient error.
+fn refused(w: &LedgerWrite, main: usize, codes: &[&str]) -> Result<Option<Refusal>, LedgerError> {
+    let failed = |i: usize| codes.get(i) == Some(&"ConditionalCheckFailed");
+    if matches!(w.incoming, Incoming::Park(_)) && failed(0) {
+        return Ok(Some(Refusal::Parked));
+    }
+    if failed(main) {
+        return Ok(Some(Refusal::Main));
+    }
+    if codes.contains(&"ConditionalCheckFailed") {
+        return Ok(Some(Refusal::Other));
+    }
+    Err(unavailable(format!("transaction cancelled: {codes:?}")))
 }
