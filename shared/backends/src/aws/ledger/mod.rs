@@ -50,10 +50,10 @@ mod read;
 mod watch;
 mod write;
 
+use expr::*;
 use item::*;
 pub(super) use item::{overflow_sk, state_of, stored_events};
 use read::*;
-use expr::*;
 use write::*;
 
 const PARKED: &str = "PARKED#";
