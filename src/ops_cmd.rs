@@ -11,18 +11,48 @@ use serde_json::json;
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// Configuration file (TOML).
-    #[arg(long)]
+    /// Configuration file (TOML); without it, the file PAYNOTIFY_CONFIG
+    /// names, else ./paynotify.toml.
+    #[arg(long, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
 
+/// The variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "PAYNOTIFY_CONFIG";
+/// The configuration file looked for in the working directory last.
+pub const DEFAULT_CONFIG: &str = "paynotify.toml";
+
+/// Loads the configuration at `path`, saying where a missing one was
+/// looked for.
+///
+/// # Errors
+/// No file there, or configuration errors.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    if !path.is_file() {
+        anyhow::bail!(
+            "no configuration file at {}: give --config FILE, or set {CONFIG_ENV}, \
+             or run where {DEFAULT_CONFIG} is",
+            path.display()
+        );
+    }
+    Ok(Config::load(path)?)
+}
+
 impl ConfigArg {
+    /// Loads the configuration.
+    ///
+    /// # Errors
+    /// As [`load_config`].
+    pub fn load(&self) -> anyhow::Result<Config> {
+        load_config(&self.config)
+    }
+
     /// Loads the configuration and opens its backends.
     ///
     /// # Errors
     /// Configuration or backend errors.
     pub async fn open(&self) -> anyhow::Result<(Config, paynotify_shared::backend::Backends)> {
-        let config = Config::load(&self.config)?;
+        let config = self.load()?;
         let backends = backend::build(&config.backend).await?;
         Ok((config, backends))
     }
@@ -34,7 +64,7 @@ impl ConfigArg {
 /// Configuration, backend or listener errors.
 pub async fn serve(args: ConfigArg) -> anyhow::Result<ExitCode> {
     init_logging("info");
-    let config = Config::load(&args.config)?;
+    let config = args.load()?;
     let app = App::start(&config, AppOptions::all()).await?;
     let show = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(ingest = %show(app.addr), admin = %show(app.admin_addr),
@@ -147,7 +177,7 @@ pub async fn replay(args: Replay) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// Configuration errors or a failed AWS call.
 pub async fn aws_init(args: ConfigArg) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = args.load()?;
     let report = paynotify_shared::backend::aws::setup::init(&config.backend)
         .await
         .map_err(anyhow::Error::msg)?;

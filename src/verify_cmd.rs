@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use paynotify_shared::config::Config;
 use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -15,8 +14,9 @@ use time::OffsetDateTime;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Configuration file (TOML).
-    #[arg(long)]
+    /// Configuration file (TOML); without it, the file PAYNOTIFY_CONFIG
+    /// names, else ./paynotify.toml.
+    #[arg(long, env = crate::ops_cmd::CONFIG_ENV, default_value = crate::ops_cmd::DEFAULT_CONFIG)]
     config: PathBuf,
     /// Source name as configured (`[sources.NAME]`).
     #[arg(long)]
@@ -49,7 +49,7 @@ pub(crate) fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
 /// # Errors
 /// Usage errors (config, source, stdin), reported with exit status 2.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = crate::ops_cmd::load_config(&args.config)?;
     let source = config.source(&args.source)?;
     let secrets = paynotify_shared::backend::secret_store(&config.backend).await;
     let verifier = SourceVerifier::load(&args.source, source, secrets.as_deref()).await?;

@@ -316,3 +316,48 @@ fn the_demo_checks_its_own_ledger() {
     assert_eq!(status["endpoint"], "merchant");
     assert_eq!(status["pending"], 1);
 }
+
+/// Without `--config`, the tools read the file `PAYNOTIFY_CONFIG` names,
+/// else `./paynotify.toml`; with neither, they say where they looked.
+#[test]
+fn the_configuration_is_found_without_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = serve_config(dir.path());
+    std::fs::rename(&config, dir.path().join("paynotify.toml")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |cwd: &std::path::Path, env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paynotify"));
+        cmd.args(["dlq", "list", "--json"])
+            .current_dir(cwd)
+            .env_remove("PAYNOTIFY_CONFIG");
+        if let Some(path) = env {
+            cmd.env("PAYNOTIFY_CONFIG", path);
+        }
+        cmd.output().expect("paynotify runs")
+    };
+    let listed = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    // ./paynotify.toml in the working directory.
+    assert_eq!(listed(&run(dir.path(), None)), serde_json::json!([]));
+    // PAYNOTIFY_CONFIG from anywhere, before ./paynotify.toml.
+    let named = dir.path().join("paynotify.toml");
+    assert_eq!(
+        listed(&run(elsewhere.path(), Some(&named))),
+        serde_json::json!([])
+    );
+    // Neither: an error naming both, not a default configuration.
+    let out = run(elsewhere.path(), None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PAYNOTIFY_CONFIG") && err.contains("paynotify.toml"),
+        "{err}"
+    );
+    assert!(!elsewhere.path().join("data").exists());
+}
