@@ -26,7 +26,7 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked -p paynotify -p paynotify-ingest -p paynotify-worker --bins \
+    cargo build --release --locked -p paynotify --bins \
  && mkdir -p /out/bin /out/debug \
  && for b in paynotify paynotify-ingest paynotify-worker; do \
       objcopy --only-keep-debug "target/release/$b" "/out/debug/$b.debug" \

@@ -14,7 +14,7 @@ CORES=${CORES:-$(nproc)}
 work=$(mktemp -d /tmp/paynotify-bench-seg.XXXXXX)
 trap 'pkill -P $$ || true; rm -rf "$work"' EXIT
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p paynotify-ingest -p paynotify >&2
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p paynotify >&2
 if [ ! -x target/tools/bin/oha ]; then
   cargo install oha --version 1.16.0 --locked --root target/tools >&2
 fi

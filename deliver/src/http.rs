@@ -15,7 +15,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
-use paynotify_shared::gateway::{error_chain, tls, RateLimit};
+use paynotify_runtime::gateway::{error_chain, tls, RateLimit};
 
 /// The most of an answer read (its start is kept for the error).
 pub const MAX_ANSWER_BYTES: usize = 16 << 10;

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use paynotify_shared::backend::Backends;
-use paynotify_shared::config::{Config, DeliveriesConfig, EndpointConfig};
-use paynotify_shared::metrics::Metrics;
-use paynotify_shared::ports::{Attempt, Deliveries, Delivery, LedgerError, SecretStore};
+use paynotify_config::{Config, DeliveriesConfig, EndpointConfig};
+use paynotify_ports::Backends;
+use paynotify_ports::{Attempt, Deliveries, Delivery, LedgerError, SecretStore};
+use paynotify_runtime::metrics::Metrics;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +104,7 @@ impl Deliverer {
             };
             let mut keys = Vec::new();
             for r in &e.secrets {
-                let secret = paynotify_shared::secret::read(r, secrets)
+                let secret = paynotify_runtime::secret::read(r, secrets)
                     .await
                     .map_err(|err| fail(err.to_string()))?;
                 keys.push(secret.expose().to_vec());

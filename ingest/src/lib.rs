@@ -7,7 +7,7 @@
 pub mod budget;
 pub mod segmenter;
 
-pub use paynotify_shared::serve;
+pub use paynotify_runtime::serve;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,14 +20,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use paynotify_shared::admin::Admin;
-use paynotify_shared::backend::Backends;
-use paynotify_shared::config::{Config, IngestConfig};
-use paynotify_shared::envelope::{Envelope, QueuedBody, Received};
-use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
-use paynotify_shared::notification_span;
-use paynotify_shared::ports::ArchiveError;
-use paynotify_shared::ports::Queue;
+use paynotify_config::{Config, IngestConfig};
+use paynotify_ports::ArchiveError;
+use paynotify_ports::Backends;
+use paynotify_ports::Queue;
+use paynotify_records::envelope::{Envelope, QueuedBody, Received};
+use paynotify_runtime::admin::Admin;
+use paynotify_runtime::metrics::{Metrics, UNKNOWN_SOURCE};
+use paynotify_runtime::notification_span;
 use segmenter::{Placed, SegmentSettings, Segmenter};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -392,7 +392,7 @@ pub async fn run(
         ),
         serve::serve(
             admin,
-            paynotify_shared::admin::router(state.admin),
+            paynotify_runtime::admin::router(state.admin),
             admin_limits,
             shutdown
         )

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use paynotify_shared::config::{BackendKind, Config};
-use paynotify_shared::ports::{Archive, ArchiveError};
-use paynotify_shared::segment::{self, Location};
+use paynotify_config::{BackendKind, Config};
+use paynotify_ports::{Archive, ArchiveError};
+use paynotify_records::segment::{self, Location};
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// How segments are formed.
@@ -283,8 +283,8 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use paynotify_shared::backend::local::LocalArchive;
-    use paynotify_shared::faults::{Faults, FaultyArchive};
+    use paynotify_backends::local::LocalArchive;
+    use paynotify_runtime::faults::{Faults, FaultyArchive};
     use tokio::time::Instant;
 
     const WINDOW: Duration = Duration::from_secs(10);

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
-use paynotify_shared::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
-use paynotify_shared::ports::{
+use paynotify_model::event::{EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use paynotify_model::state::{transition, PaymentState, Transition};
+use paynotify_ports::{
     AliasWrite, ApplyOutcome, DeadLetterReason, Freshness, Incoming, Ledger, LedgerWrite, Loaded,
     ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, MAX_MOVES_PER_WRITE,
 };
-use paynotify_shared::{transition, PaymentState, Transition};
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -252,7 +252,7 @@ pub async fn apply(ledger: &dyn Ledger, notification_id: &str, event: PaymentEve
     let mut event = event;
     let (mut hops, mut conflicts) = (0, 0);
     let mut freshness = Freshness::MayLag;
-    let retry = |e: paynotify_shared::ports::LedgerError| Disposition::Retry(e.to_string());
+    let retry = |e: paynotify_ports::LedgerError| Disposition::Retry(e.to_string());
     loop {
         let Loaded { entry, seen } = match ledger
             .load_to_apply(&event.payment_key, &event.event_key, freshness)

@@ -16,9 +16,9 @@
 //! the notification is older, the worker archives the envelope alone and
 //! points there.
 
-use paynotify_shared::envelope::Envelope;
-use paynotify_shared::ports::{Archive, ArchiveError};
-use paynotify_shared::segment::{self, Location, ReadError};
+use paynotify_ports::{Archive, ArchiveError};
+use paynotify_records::envelope::Envelope;
+use paynotify_records::segment::{self, Location, ReadError};
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -114,9 +114,9 @@ pub async fn archived(
 mod tests {
     use std::sync::Arc;
 
-    use paynotify_shared::backend::local::LocalArchive;
-    use paynotify_shared::envelope::Received;
-    use paynotify_shared::faults::{Faults, FaultyArchive};
+    use paynotify_backends::local::LocalArchive;
+    use paynotify_records::envelope::Received;
+    use paynotify_runtime::faults::{Faults, FaultyArchive};
 
     use super::*;
 

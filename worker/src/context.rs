@@ -17,7 +17,7 @@ impl WorkerContext {
         metrics: Arc<Metrics>,
         hooks: Hooks,
         shutdown: &CancellationToken,
-    ) -> Result<Self, paynotify_shared::config::ConfigError> {
+    ) -> Result<Self, paynotify_config::ConfigError> {
         let ctx = Self::build(config, backends, stats, metrics, hooks).await?;
         ctx.spawn_refresh(config, backends, shutdown);
         tokio::spawn(watch_parked(
@@ -47,7 +47,7 @@ impl WorkerContext {
         stats: Arc<Stats>,
         metrics: Arc<Metrics>,
         hooks: Hooks,
-    ) -> Result<Self, paynotify_shared::config::ConfigError> {
+    ) -> Result<Self, paynotify_config::ConfigError> {
         // The worker's verifiers and gateways are its querier's.
         let q = query::Querier::build(config, backends).await?;
         Ok(Self {
@@ -129,7 +129,7 @@ pub async fn watch_parked(
 pub async fn check_parked(
     ledger: &dyn Ledger,
     alert_secs: u64,
-) -> Result<ParkedCounts, paynotify_shared::ports::LedgerError> {
+) -> Result<ParkedCounts, paynotify_ports::LedgerError> {
     let now = OffsetDateTime::now_utc();
     match ledger.parked_before(now, PARKED_SCAN_LIMIT).await {
         Ok(parked) => {
@@ -156,7 +156,7 @@ pub async fn check_parked(
 pub async fn refresh_verifiers(
     set: Arc<VerifierSet>,
     config: Config,
-    secrets: Option<Arc<dyn paynotify_shared::ports::SecretStore>>,
+    secrets: Option<Arc<dyn paynotify_ports::SecretStore>>,
     every: Duration,
     shutdown: CancellationToken,
 ) {

@@ -3,8 +3,8 @@
 //! status-query watches ([`crate::query::StatusQueries`]).
 
 use async_trait::async_trait;
-use paynotify_shared::event::PaymentEvent;
-use paynotify_shared::ports::LedgerError;
+use paynotify_model::event::PaymentEvent;
+use paynotify_ports::LedgerError;
 use time::OffsetDateTime;
 
 /// Called by the worker around each verified event.

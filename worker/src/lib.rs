@@ -20,21 +20,21 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paynotify_shared::backend::Backends;
-use paynotify_shared::config::Config;
-use paynotify_shared::config::WorkerConfig;
-use paynotify_shared::envelope::{Envelope, QueuedBody};
-use paynotify_shared::metrics::{Metrics, UNKNOWN_SOURCE};
-use paynotify_shared::notification_span;
-use paynotify_shared::ports::{
+use paynotify_config::Config;
+use paynotify_config::WorkerConfig;
+use paynotify_ports::Backends;
+use paynotify_ports::{
     Archive, ArchiveError, DeadLetterReason, Ledger, ParkedCounts, Queue, QueueMessage,
     PARKED_SCAN_LIMIT,
 };
-use paynotify_shared::scheme::{
+use paynotify_records::envelope::{Envelope, QueuedBody};
+use paynotify_records::segment::{self, Location, ReadError};
+use paynotify_runtime::metrics::{Metrics, UNKNOWN_SOURCE};
+use paynotify_runtime::notification_span;
+use paynotify_runtime::scheme::{
     uses_secrets_manager, Inbound, SourceVerifier, Verified, VerifierSet,
 };
-use paynotify_shared::segment::{self, Location, ReadError};
-use paynotify_shared::telemetry::record_txn_id;
+use paynotify_runtime::telemetry::record_txn_id;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument, Span};
@@ -112,7 +112,7 @@ impl AckKind {
 }
 
 /// A hook called with a verified event.
-pub type EventHook = Arc<dyn Fn(&paynotify_shared::event::PaymentEvent) + Send + Sync>;
+pub type EventHook = Arc<dyn Fn(&paynotify_model::event::PaymentEvent) + Send + Sync>;
 
 /// Test-only fault injection.
 #[derive(Clone, Default)]
@@ -131,7 +131,7 @@ pub struct WorkerContext {
     pub queue: Arc<dyn Queue>,
     pub ledger: Arc<dyn Ledger>,
     /// UnionPay's status-query watches.
-    pub watches: Arc<dyn paynotify_shared::ports::WatchStore>,
+    pub watches: Arc<dyn paynotify_ports::WatchStore>,
     /// Where envelopes too large for the queue are fetched from.
     pub archive: Arc<dyn Archive>,
     pub verifiers: Arc<VerifierSet>,

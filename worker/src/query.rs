@@ -10,18 +10,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paynotify_shared::config::{Config, ConfigError, GatewayConfig, SchemeKind};
-use paynotify_shared::envelope::{Envelope, Received};
-use paynotify_shared::event::{EventOutcome, PaymentEvent};
-use paynotify_shared::gateway::{ClientSettings, GatewayClient, GatewayError};
-use paynotify_shared::ports::{
+use paynotify_config::{Config, ConfigError, GatewayConfig, SchemeKind};
+use paynotify_model::event::{EventOutcome, PaymentEvent};
+use paynotify_ports::{
     ApplyOutcome, Archive, ArchiveError, Ledger, LedgerError, Watch, WatchStore,
 };
-use paynotify_shared::scheme::unionpay::{
+use paynotify_records::envelope::{Envelope, Received};
+use paynotify_runtime::gateway::{ClientSettings, GatewayClient, GatewayError};
+use paynotify_runtime::scheme::unionpay::{
     classify, parse_raw, query_request, Fields, QueryAnswer, QueryTarget, SigningKey, VerifyError,
 };
-use paynotify_shared::scheme::{SourceVerifier, VerifierSet};
-use paynotify_shared::secret::SecretRef;
+use paynotify_runtime::scheme::{SourceVerifier, VerifierSet};
+use paynotify_runtime::secret::SecretRef;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -111,7 +111,7 @@ pub struct Querier {
     pub verifiers: Arc<VerifierSet>,
     pub gateways: Arc<Gateways>,
     /// Where answers are counted (`paynotify_worker_status_queries_total`).
-    pub metrics: Option<Arc<paynotify_shared::metrics::Metrics>>,
+    pub metrics: Option<Arc<paynotify_runtime::metrics::Metrics>>,
     /// Watch ids this process knows exist: each pass over the parked events
     /// writes only the watches it has not seen (a create-only write of an
     /// existing watch still costs a DynamoDB write).
@@ -126,7 +126,7 @@ impl Querier {
     /// Certificates or keys that cannot be read.
     pub async fn build(
         config: &Config,
-        backends: &paynotify_shared::backend::Backends,
+        backends: &paynotify_ports::Backends,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             archive: backends.archive.clone(),

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use paynotify_shared::config::WorkerConfig;
-use paynotify_shared::envelope::{QueuedBody, RetryState};
-use paynotify_shared::ports::{DeadLetterReason, QueueError};
-use paynotify_shared::segment::Location;
+use paynotify_config::WorkerConfig;
+use paynotify_ports::{DeadLetterReason, QueueError};
+use paynotify_records::envelope::{QueuedBody, RetryState};
+use paynotify_records::segment::Location;
 use time::OffsetDateTime;
 use tracing::{warn, Instrument, Span};
 

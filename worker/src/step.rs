@@ -169,7 +169,7 @@ pub(super) async fn process(ctx: &WorkerContext, message: &QueueMessage) -> (Dis
 async fn apply_event(
     ctx: &WorkerContext,
     envelope: &Envelope,
-    event: paynotify_shared::PaymentEvent,
+    event: paynotify_model::event::PaymentEvent,
     source: &str,
 ) -> Disposition {
     if let Some(hook) = &ctx.hooks.before_apply {

@@ -1,7 +1,7 @@
 //! Unit tests of planning: parking, aliases, parked order, conflicts.
-use paynotify_shared::event::EventKey;
-use paynotify_shared::money::{Currency, Money};
-use paynotify_shared::PaymentStatus;
+use paynotify_model::event::EventKey;
+use paynotify_model::money::{Currency, Money};
+use paynotify_model::state::PaymentStatus;
 
 use super::*;
 

@@ -21,7 +21,7 @@ impl SourceGateway {
     pub async fn load(
         source: &str,
         config: &GatewayConfig,
-        secrets: Option<&dyn paynotify_shared::ports::SecretStore>,
+        secrets: Option<&dyn paynotify_ports::SecretStore>,
     ) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Source {
             source_name: source.to_owned(),
@@ -30,7 +30,7 @@ impl SourceGateway {
         let read = |r: &SecretRef| {
             let r = r.clone();
             async move {
-                paynotify_shared::secret::read(&r, secrets)
+                paynotify_runtime::secret::read(&r, secrets)
                     .await
                     .map_err(|e| format!("reading {r}: {e}"))
             }
@@ -101,7 +101,7 @@ impl Gateways {
     /// The first source whose key cannot be used.
     pub async fn load(
         config: &Config,
-        secrets: Option<&dyn paynotify_shared::ports::SecretStore>,
+        secrets: Option<&dyn paynotify_ports::SecretStore>,
     ) -> Result<Self, ConfigError> {
         let mut out = BTreeMap::new();
         for (name, source) in &config.sources {

@@ -28,7 +28,7 @@ pub async fn run_due(querier: &Querier, now: OffsetDateTime) -> Result<Pass, Led
     let mut pass = Pass::default();
     for w in querier
         .watches
-        .due_watches(now, paynotify_shared::ports::WATCH_SCAN_LIMIT)
+        .due_watches(now, paynotify_ports::WATCH_SCAN_LIMIT)
         .await?
     {
         let Some(gw) = querier.gateways.get(&w.source).cloned() else {
@@ -214,7 +214,7 @@ fn new_watch(
 async fn watch_parked_payments(querier: &Querier, now: OffsetDateTime) -> Result<(), LedgerError> {
     let parked = querier
         .ledger
-        .parked_before(now, paynotify_shared::ports::PARKED_SCAN_LIMIT)
+        .parked_before(now, paynotify_ports::PARKED_SCAN_LIMIT)
         .await?;
     for p in parked {
         let e = &p.parked.event;
@@ -317,7 +317,7 @@ pub async fn watch_in_process(
     let Some(gw) = gateways.get(&event.source) else {
         return Ok(());
     };
-    let Some(target) = paynotify_shared::scheme::unionpay::order_of(event) else {
+    let Some(target) = paynotify_runtime::scheme::unionpay::order_of(event) else {
         return Ok(());
     };
     if gw.config.auto_query {
@@ -348,7 +348,7 @@ pub async fn end_watches(
     let by_query_id = event.psp_txn_id.as_ref().map(|q| QueryTarget::QueryId {
         query_id: q.clone(),
     });
-    let targets = paynotify_shared::scheme::unionpay::order_of(event)
+    let targets = paynotify_runtime::scheme::unionpay::order_of(event)
         .into_iter()
         .chain(by_query_id);
     for target in targets {
