@@ -7,20 +7,90 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use paynotify_shared::config::Config;
-use paynotify_shared::ports::{Deliveries, DeliveryFilter, DeliveryStatus};
+use paynotify_shared::ports::{
+    Deliveries, Delivery, DeliveryFilter, DeliveryStatus, EndpointStatus, WebhookLine,
+};
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::ops_cmd::ConfigArg;
 
+/// Where a backend keeps its deliveries: the embedded backend's outbox
+/// records every one; the AWS webhook line keeps the held ones (pending ones
+/// are messages on its queue, delivered ones are gone from it).
+enum Store {
+    Outbox(Arc<dyn Deliveries>),
+    Line(Arc<dyn WebhookLine>),
+}
+
+impl Store {
+    async fn list(&self, filter: &DeliveryFilter) -> anyhow::Result<Vec<Delivery>> {
+        match self {
+            Self::Outbox(s) => Ok(s.list(filter).await?),
+            Self::Line(l) => {
+                if filter
+                    .status
+                    .is_some_and(|s| s != DeliveryStatus::DeadLettered)
+                {
+                    anyhow::bail!(
+                        "on AWS only held (dead_lettered) deliveries are kept: pending ones are \
+                         messages on the webhooks queue, delivered ones are removed from it \
+                         (`paynotify deliveries endpoints` shows the queue's depth)"
+                    );
+                }
+                Ok(l.list_held(filter).await?)
+            }
+        }
+    }
+
+    async fn endpoint_status(&self, name: &str) -> anyhow::Result<EndpointStatus> {
+        Ok(match self {
+            Self::Outbox(s) => s.endpoint_status(name).await?,
+            Self::Line(l) => l.endpoint_status(name).await?,
+        })
+    }
+
+    async fn set_disabled(&self, name: &str, reason: Option<&str>) -> anyhow::Result<()> {
+        match self {
+            Self::Outbox(s) => s.set_disabled(name, reason).await?,
+            Self::Line(l) => l.set_disabled(name, reason).await?,
+        }
+        Ok(())
+    }
+}
+
 /// The configuration and the deliveries store it names.
-async fn open(config: &ConfigArg) -> anyhow::Result<(Config, Arc<dyn Deliveries>)> {
+async fn open(config: &ConfigArg) -> anyhow::Result<(Config, Store)> {
     let (config, backends) = config.open().await?;
-    let store = backends.deliveries.context(
-        "outgoing events are kept by the local backend only so far (on AWS the ledger \
-         table's stream is to be the outbox)",
-    )?;
+    let store = match (backends.deliveries, backends.webhooks) {
+        (Some(s), _) => Store::Outbox(s),
+        (None, Some(l)) => Store::Line(l),
+        (None, None) => anyhow::bail!("this backend keeps no deliveries"),
+    };
     Ok((config, store))
+}
+
+/// Puts a release on each of `endpoint`'s lines that holds a delivery: its
+/// held events are sent in order when it comes up. How many lines.
+async fn release_all(
+    line: &dyn WebhookLine,
+    endpoint: &str,
+    payment: Option<&str>,
+) -> anyhow::Result<usize> {
+    let held = line
+        .list_held(&DeliveryFilter {
+            endpoint: Some(endpoint.to_owned()),
+            payment_key: payment.map(str::to_owned),
+            limit: usize::MAX,
+            ..DeliveryFilter::default()
+        })
+        .await?;
+    let payments: std::collections::BTreeSet<&str> =
+        held.iter().map(|d| d.record.payment_key.as_str()).collect();
+    for p in &payments {
+        line.release(endpoint, p).await?;
+    }
+    Ok(payments.len())
 }
 
 /// An endpoint named in the configuration.
@@ -147,6 +217,10 @@ pub struct Resend {
 pub async fn resend(args: Resend) -> anyhow::Result<ExitCode> {
     let (config, store) = open(&args.config).await?;
     let name = endpoint(&config, &args.endpoint)?;
+    let store = match store {
+        Store::Outbox(s) => s,
+        Store::Line(line) => return resend_held(line.as_ref(), name, &args.event_id).await,
+    };
     if store
         .resend(name, &args.event_id, OffsetDateTime::now_utc())
         .await?
@@ -157,6 +231,35 @@ pub async fn resend(args: Resend) -> anyhow::Result<ExitCode> {
         eprintln!("paynotify: {name} has no delivery of {}", args.event_id);
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `resend` on the AWS webhook line: a held delivery and the payment's
+/// later held events go again, in order, when the release comes up.
+async fn resend_held(
+    line: &dyn WebhookLine,
+    name: &str,
+    event_id: &str,
+) -> anyhow::Result<ExitCode> {
+    let held = line
+        .list_held(&DeliveryFilter {
+            endpoint: Some(name.to_owned()),
+            event_id: Some(event_id.to_owned()),
+            limit: 1,
+            ..DeliveryFilter::default()
+        })
+        .await?;
+    let Some(d) = held.first() else {
+        eprintln!(
+            "paynotify: {name} holds no delivery of {event_id} (on AWS only held deliveries can be resent)"
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    release_all(line, name, Some(&d.record.payment_key)).await?;
+    crate::print_stdout(&format!(
+        "{event_id} and the later held events of {} will be sent to {name} again, in order",
+        d.record.payment_key
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every configured endpoint's status, as JSON lines.
@@ -188,7 +291,8 @@ pub struct Toggle {
     endpoint: String,
 }
 
-/// Sends to a disabled endpoint again (its waiting events go first).
+/// Sends to a disabled endpoint again (its waiting events go first; on AWS
+/// its held events are released).
 ///
 /// # Errors
 /// Configuration or store errors.
@@ -196,6 +300,11 @@ pub async fn enable(args: Toggle) -> anyhow::Result<ExitCode> {
     let (config, store) = open(&args.config).await?;
     let name = endpoint(&config, &args.endpoint)?;
     store.set_disabled(name, None).await?;
+    if let Store::Line(line) = &store {
+        // Held while it was disabled: released, each payment's in order.
+        let n = release_all(line.as_ref(), name, None).await?;
+        crate::print_stdout(&format!("{name}: {n} payments' held events released"))?;
+    }
     crate::print_stdout(&format!("{name} enabled"))?;
     Ok(ExitCode::SUCCESS)
 }

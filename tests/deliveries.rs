@@ -7,11 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use paynotify::receiver::{ledger_statuses, Receiver, View};
-use paynotify_shared::config::EndpointConfig;
 use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
-use paynotify_shared::secret::SecretRef;
 use paynotify_shared::{PaymentKey, PaymentStatus};
 use support::app::{spawn_app_tweaked, TestApp, MERCHANT};
 use support::Kind;
@@ -22,10 +19,7 @@ mod support;
 const ENDPOINT: &str = "orders";
 
 fn secret() -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(b"paynotify-delivery-test-secret!!")
-    )
+    support::receiver_secret()
 }
 
 /// The app, delivering to `receiver` with one-second retries.
@@ -42,22 +36,14 @@ async fn spawn_with(
     let addr = receiver.addr;
     spawn_app_tweaked(Kind::Local, options, move |c| {
         let path = c.backend.data_dir.with_file_name("endpoint.secret");
-        std::fs::write(&path, secret()).unwrap();
         c.deliveries.retry_schedule_secs = vec![1; retries];
         c.deliveries.poll_ms = 50;
         c.deliveries.concurrency = 4;
-        c.deliveries.endpoints = vec![EndpointConfig {
-            name: ENDPOINT.into(),
-            url: format!("http://{addr}/paynotify"),
-            secrets: vec![SecretRef::File(path)],
-            event_types: Default::default(),
-            sources: Default::default(),
-            merchants: Default::default(),
-            timeout_ms: 1000,
-            max_requests_per_sec: 1000,
-            allow_insecure_http: true,
-            allow_private_addresses: true,
-        }];
+        c.deliveries.endpoints = vec![support::loopback_endpoint(
+            ENDPOINT,
+            format!("http://{addr}/paynotify"),
+            path,
+        )];
         tweak(c);
     })
     .await
@@ -424,8 +410,8 @@ async fn a_failing_deliveries_store_delays_but_loses_and_reorders_nothing() {
 
 #[tokio::test]
 async fn endpoints_on_a_backend_without_an_outbox_refuse_to_start() {
-    // The AWS backend has no outbox yet: a deliverer there would deliver
-    // nothing, silently. It refuses to start instead.
+    // A backend with neither an outbox nor a webhook line: a deliverer
+    // there would deliver nothing, silently. It refuses to start instead.
     let dir = tempfile::tempdir().unwrap();
     let mut backends = support::backends(Kind::Local, dir.path(), 30, 5).await;
     backends.deliveries = None;

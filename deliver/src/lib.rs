@@ -13,6 +13,7 @@
 //! wait, and the logs and `/metrics` say so.
 
 pub mod http;
+pub mod line;
 pub mod sign;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,12 +44,10 @@ pub enum DeliverError {
     Endpoint { endpoint: String, why: String },
     #[error("deliveries: {0}")]
     Store(#[from] LedgerError),
-    #[error(
-        "deliveries.endpoints are configured, but webhooks are delivered from the local \
-         backend only so far (on AWS, deliveries.sinks are fed from the ledger table's stream \
-         by the events function)"
-    )]
+    #[error("deliveries.endpoints are configured, but this backend has neither an outbox nor a webhook line")]
     NoOutbox,
+    #[error("deliveries.endpoints: {0}")]
+    Line(String),
     #[error(
         "deliveries.sinks are fed from the AWS ledger table's stream by the events function; \
          the local backend delivers to deliveries.endpoints"
@@ -67,6 +66,84 @@ struct Endpoint {
     cursor: AtomicU64,
     /// Disabled, as last read or decided here.
     disabled: AtomicBool,
+}
+
+impl Endpoint {
+    /// `e`, its secrets read now.
+    async fn new(
+        e: &EndpointConfig,
+        secrets: Option<&dyn SecretStore>,
+    ) -> Result<Self, DeliverError> {
+        let fail = |why: String| DeliverError::Endpoint {
+            endpoint: e.name.clone(),
+            why,
+        };
+        let mut keys = Vec::new();
+        for r in &e.secrets {
+            let secret = paynotify_runtime::secret::read(r, secrets)
+                .await
+                .map_err(|err| fail(err.to_string()))?;
+            keys.push(secret.expose().to_vec());
+        }
+        let signer = Signer::new(&keys).map_err(|err| fail(err.to_string()))?;
+        let client = EndpointClient::new(ClientSettings {
+            timeout: Duration::from_millis(e.timeout_ms),
+            max_requests_per_sec: e.max_requests_per_sec,
+            allow_private: e.allow_private_addresses,
+        })
+        .map_err(fail)?;
+        Ok(Self {
+            config: e.clone(),
+            signer,
+            client,
+            cursor: AtomicU64::new(0),
+            disabled: AtomicBool::new(false),
+        })
+    }
+
+    /// Signs and posts one event: `Ok` for a 2xx answer, else what failed.
+    async fn post(&self, event_id: &str, body: bytes::Bytes) -> Result<(), Refusal> {
+        let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+        let headers = [
+            ("webhook-id", event_id.to_owned()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                self.signer.sign(event_id, timestamp, &body),
+            ),
+        ];
+        match self.client.post(&self.config.url, &headers, body).await {
+            Ok(a) if (200..300).contains(&a.status) => Ok(()),
+            Ok(a) => Err(Refusal {
+                error: format!("HTTP {}: {}", a.status, a.preview),
+                retry_after: retry_after(&a),
+                gone: a.status == 410,
+            }),
+            Err(e) => Err(Refusal {
+                error: e.to_string(),
+                retry_after: None,
+                gone: false,
+            }),
+        }
+    }
+}
+
+/// Why an attempt failed.
+struct Refusal {
+    error: String,
+    /// The `retry-after` of a 429 or 503.
+    retry_after: Option<u64>,
+    /// 410 Gone: the receiver says it is not coming back.
+    gone: bool,
+}
+
+/// When a delivery that failed `attempts` times before this failure is
+/// tried again: the schedule's next wait, or the receiver's `retry-after`
+/// when longer; `None` when the schedule is spent.
+fn next_try(schedule: &[u64], attempts: u32, retry_after: Option<u64>) -> Option<Duration> {
+    schedule.get(attempts as usize).map(|&secs| {
+        Duration::from_secs(secs.max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER_SECS)))
+    })
 }
 
 /// The deliverer of one process.
@@ -98,31 +175,7 @@ impl Deliverer {
     ) -> Result<Self, DeliverError> {
         let mut endpoints = Vec::new();
         for e in &config.endpoints {
-            let fail = |why: String| DeliverError::Endpoint {
-                endpoint: e.name.clone(),
-                why,
-            };
-            let mut keys = Vec::new();
-            for r in &e.secrets {
-                let secret = paynotify_runtime::secret::read(r, secrets)
-                    .await
-                    .map_err(|err| fail(err.to_string()))?;
-                keys.push(secret.expose().to_vec());
-            }
-            let signer = Signer::new(&keys).map_err(|err| fail(err.to_string()))?;
-            let client = EndpointClient::new(ClientSettings {
-                timeout: Duration::from_millis(e.timeout_ms),
-                max_requests_per_sec: e.max_requests_per_sec,
-                allow_private: e.allow_private_addresses,
-            })
-            .map_err(fail)?;
-            endpoints.push(Arc::new(Endpoint {
-                config: e.clone(),
-                signer,
-                client,
-                cursor: AtomicU64::new(0),
-                disabled: AtomicBool::new(false),
-            }));
+            endpoints.push(Arc::new(Endpoint::new(e, secrets).await?));
         }
         Ok(Self {
             store,
@@ -284,32 +337,21 @@ impl Deliverer {
     /// Sends one delivery and records the attempt.
     async fn deliver(&self, endpoint: &Endpoint, mut d: Delivery) -> Result<(), LedgerError> {
         let name = endpoint.config.name.as_str();
-        let sent_at = OffsetDateTime::now_utc();
-        let timestamp = sent_at.unix_timestamp();
         let body = bytes::Bytes::from(std::mem::take(&mut d.record.body));
         let id = d.record.event_id.as_str();
-        let headers = [
-            ("webhook-id", id.to_owned()),
-            ("webhook-timestamp", timestamp.to_string()),
-            (
-                "webhook-signature",
-                endpoint.signer.sign(id, timestamp, &body),
-            ),
-        ];
-        let result = endpoint
-            .client
-            .post(&endpoint.config.url, &headers, body)
-            .await;
+        let result = endpoint.post(id, body).await;
         let now = OffsetDateTime::now_utc();
         let attempt = match &result {
-            Ok(a) if (200..300).contains(&a.status) => Attempt::Delivered,
-            Ok(a) => self.failed(
-                &d,
-                format!("HTTP {}: {}", a.status, a.preview),
-                retry_after(a),
-                now,
-            ),
-            Err(e) => self.failed(&d, e.to_string(), None, now),
+            Ok(()) => Attempt::Delivered,
+            Err(r) => Attempt::Failed {
+                error: r.error.clone(),
+                retry_at: next_try(
+                    &self.settings.retry_schedule_secs,
+                    d.attempts,
+                    r.retry_after,
+                )
+                .map(|wait| now + wait),
+            },
         };
         self.store.settle(name, d.record.seq, &attempt, now).await?;
         match &attempt {
@@ -336,28 +378,13 @@ impl Deliverer {
                 }
                 // 410 Gone: the receiver says it is not coming back. An
                 // endpoint failing for days is disabled by the status read.
-                if matches!(result, Ok(Answer { status: 410, .. })) {
+                if matches!(result, Err(Refusal { gone: true, .. })) {
                     self.disable(endpoint, "the endpoint answered 410 Gone".to_owned())
                         .await;
                 }
             }
         }
         Ok(())
-    }
-
-    fn failed(
-        &self,
-        d: &Delivery,
-        error: String,
-        retry_after: Option<u64>,
-        now: OffsetDateTime,
-    ) -> Attempt {
-        let schedule = &self.settings.retry_schedule_secs;
-        let retry_at = schedule.get(d.attempts as usize).map(|&secs| {
-            let secs = secs.max(retry_after.unwrap_or(0).min(MAX_RETRY_AFTER_SECS));
-            now + Duration::from_secs(secs)
-        });
-        Attempt::Failed { error, retry_at }
     }
 
     /// Stops sending to `endpoint` (its events wait), saying `why`.
@@ -377,7 +404,8 @@ impl Deliverer {
 
 /// Starts delivering outgoing events when endpoints are configured (in
 /// every process that runs workers: their leases keep two deliverers from
-/// sending one delivery at once).
+/// sending one delivery at once): from the outbox on the local backend,
+/// from the webhook line on AWS.
 ///
 /// # Errors
 /// Endpoints configured on a backend without an outbox, or an endpoint
@@ -395,7 +423,17 @@ pub async fn start(
         return Ok(None);
     }
     let Some(store) = backends.deliveries.clone() else {
-        return Err(DeliverError::NoOutbox);
+        let Some(line) = backends.webhooks.clone() else {
+            return Err(DeliverError::NoOutbox);
+        };
+        let sender = line::LineSender::new(
+            &config.deliveries,
+            line,
+            backends.secrets.as_deref(),
+            metrics.clone(),
+        )
+        .await?;
+        return Ok(Some(tokio::spawn(sender.run(shutdown.clone()))));
     };
     let deliverer = Deliverer::new(
         &config.deliveries,

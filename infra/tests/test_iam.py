@@ -105,6 +105,7 @@ class Stack:
         r = header["resources"]
         self.region = r["region"]
         self.bucket, self.queue, self.dlq, self.table = r["bucket"], r["queue"], r["dead_letter_queue"], r["table"]
+        self.webhooks = r.get("webhooks_queue", f"{self.queue}-webhooks.fifo")
         self.name = self.queue
         self.key = f"arn:{PARTITION}:kms:{self.region}:{ACCOUNT}:key/00000000-0000-0000-0000-000000000000"
         self.secrets = secrets
@@ -115,6 +116,7 @@ class Stack:
             "ArchiveBucket": {"Ref": self.bucket, "Arn": f"arn:{PARTITION}:s3:::{self.bucket}"},
             "NotificationQueue": self.sqs(self.queue),
             "DeadLetterQueue": self.sqs(self.dlq),
+            "WebhooksQueue": self.sqs(self.webhooks),
             "LedgerTable": {
                 "Ref": self.table,
                 "Arn": f"arn:{PARTITION}:dynamodb:{self.region}:{ACCOUNT}:table/{self.table}",
@@ -311,7 +313,7 @@ def check(directory):
     for role, header, calls, file in found:
         assert role in ROLES, f"{file}: a role the stacks do not have"
         secrets = {n["resource"]["secret_id"] for c in calls for n in c["needs"] if "secret_id" in n.get("resource", {})}
-        own = {header["resources"]["queue"], header["resources"]["dead_letter_queue"]}
+        own = {header["resources"][k] for k in ("queue", "dead_letter_queue", "webhooks_queue") if k in header["resources"]}
         sinks = {Stack(header, secrets).arn(n["resource"]) for c in calls for n in c["needs"]
                  if role == "lambda-events" and n.get("resource", {}).keys() & {"queue_url", "topic_arn", "event_bus"}
                  and n["resource"].get("queue_url", "/").rstrip("/").rsplit("/", 1)[-1] not in own}

@@ -82,6 +82,7 @@ async fn start_on(
         ledger: ledger.clone(),
         watches: ledger,
         deliveries: None,
+        webhooks: None,
         api_calls: None,
         secrets: None,
     };

@@ -1,7 +1,8 @@
 //! The events handler: a batch of the ledger table's stream records (a
 //! DynamoDB Streams event source with `ReportBatchItemFailures`) → the
 //! outgoing events of each write ([`LedgerStream::events`]) → every sink
-//! that wants them ([`Sinks::send`]).
+//! that wants them ([`Sinks::send`]), and the webhook line's queue once per
+//! webhook endpoint that wants them (the workers' sender posts them).
 //!
 //! Each payment's events are sent in the stream's order, up to ten
 //! payments' to a request ([`Sinks::send`]), and the first record whose
@@ -72,13 +73,29 @@ impl Events {
         if config.backend.kind != BackendKind::Aws {
             anyhow::bail!("the events function reads the AWS ledger table's stream: backend.kind must be \"aws\"");
         }
-        if config.deliveries.sinks.is_empty() {
-            warn!("no deliveries.sinks are configured: the stream's events go nowhere");
+        let deliveries = &config.deliveries;
+        if deliveries.sinks.is_empty() && deliveries.endpoints.is_empty() {
+            warn!("no deliveries.sinks or deliveries.endpoints are configured: the stream's events go nowhere");
         }
         let clients = Clients::new(&config.backend.aws).await;
+        let mut sinks = Sinks::new(&clients, &deliveries.sinks);
+        if !deliveries.endpoints.is_empty() {
+            // The webhook line: the workers' sender posts from it.
+            let name = &config.backend.aws.webhooks_queue;
+            let url = clients
+                .sqs
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("the webhooks queue {name:?}: {e}"))?
+                .queue_url
+                .unwrap_or_default();
+            sinks = sinks.with_endpoints(&deliveries.endpoints, &url);
+        }
         Ok(Self {
             stream: LedgerStream::new(&clients, &config.backend.aws.table),
-            sinks: Sinks::new(&clients, &config.deliveries.sinks),
+            sinks,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod deployed;
 pub mod runtime_api;
+pub mod stream;
 
 use paynotify_shared::backend::{self, Backends};
 use paynotify_shared::config::{BackendConfig, BackendKind, Sse};
@@ -129,6 +130,7 @@ pub async fn prepare(kind: Kind, config: &mut BackendConfig, dir: &std::path::Pa
             config.aws.bucket = format!("pn-{id}");
             config.aws.queue = format!("pn-{id}");
             config.aws.dead_letter_queue = format!("pn-{id}-dlq");
+            config.aws.webhooks_queue = format!("pn-{id}-webhooks.fifo");
             config.aws.table = format!("pn-{id}");
             config.aws.sse = Sse::Kms;
             config.aws.send_batch_window_ms = 2;
@@ -222,5 +224,37 @@ pub fn event(
         result_message: None,
         settle_date: None,
         legacy_key: None,
+    }
+}
+
+/// The test receiver's secret (`whsec_…`).
+pub fn receiver_secret() -> String {
+    use base64::Engine as _;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"paynotify-delivery-test-secret!!")
+    )
+}
+
+/// An endpoint `name` posting to `url`, its secret ([`receiver_secret`])
+/// written to `secret_path`: loopback and plain HTTP allowed, a second to
+/// answer.
+pub fn loopback_endpoint(
+    name: &str,
+    url: String,
+    secret_path: std::path::PathBuf,
+) -> paynotify_shared::config::EndpointConfig {
+    std::fs::write(&secret_path, receiver_secret()).unwrap();
+    paynotify_shared::config::EndpointConfig {
+        name: name.into(),
+        url,
+        secrets: vec![paynotify_shared::config::SecretRef::File(secret_path)],
+        event_types: Default::default(),
+        sources: Default::default(),
+        merchants: Default::default(),
+        timeout_ms: 1000,
+        max_requests_per_sec: 1000,
+        allow_insecure_http: true,
+        allow_private_addresses: true,
     }
 }

@@ -6,6 +6,7 @@ mod archive;
 mod batch;
 mod calls;
 mod ledger;
+pub mod line;
 mod queue;
 mod secrets;
 pub mod setup;
@@ -125,6 +126,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         ledger: ledger.clone(),
         watches: ledger,
         deliveries: None,
+        webhooks: Some(Arc::new(line::SqsWebhookLine::new(&clients, &config.aws))),
         api_calls: Some(clients.calls.clone()),
         secrets: Some(Arc::new(SecretsManager(clients.secrets.clone()))),
     })

@@ -53,6 +53,7 @@ pub fn open(config: &BackendConfig) -> Result<Backends, BackendError> {
         dead_letters: queue.clone(),
         queue,
         deliveries: Some(ledger.clone()),
+        webhooks: None,
         watches: ledger.clone(),
         ledger,
         api_calls: None,

@@ -39,6 +39,11 @@ pub struct AwsConfig {
     /// Queue names (URLs are looked up).
     pub queue: String,
     pub dead_letter_queue: String,
+    /// The FIFO queue of outgoing events to the merchant's webhook
+    /// endpoints (`deliveries.endpoints`), fed by the events function from
+    /// the ledger's stream and emptied by the workers' sender
+    /// (docs/events.md#webhooks-on-aws).
+    pub webhooks_queue: String,
     pub table: String,
     pub sse: Sse,
     pub kms_key_id: Option<String>,
@@ -78,6 +83,7 @@ impl Default for AwsConfig {
             bucket: "paynotify-archive".into(),
             queue: "paynotify".into(),
             dead_letter_queue: "paynotify-dlq".into(),
+            webhooks_queue: "paynotify-webhooks.fifo".into(),
             table: "paynotify-ledger".into(),
             sse: Sse::Kms,
             kms_key_id: None,

@@ -24,6 +24,9 @@ pub struct DeliveriesConfig {
     pub poll_ms: u64,
     /// Deliveries in flight at once, per endpoint.
     pub concurrency: usize,
+    /// AWS: how long the webhook line's sender waits for a message (SQS
+    /// long polling, at most 20 s; 0 polls every `poll_ms`).
+    pub line_wait_secs: u64,
     pub endpoints: Vec<EndpointConfig>,
     /// AWS destinations, fed from the ledger table's stream by the events
     /// function (AWS backend only).
@@ -37,6 +40,7 @@ impl Default for DeliveriesConfig {
             disable_after_secs: 5 * 24 * 3600,
             poll_ms: 200,
             concurrency: 32,
+            line_wait_secs: 10,
             endpoints: Vec::new(),
             sinks: Vec::new(),
         }
@@ -180,6 +184,9 @@ impl DeliveriesConfig {
         let mut names = BTreeSet::new();
         if self.concurrency == 0 || self.poll_ms == 0 {
             return Err("deliveries.concurrency and deliveries.poll_ms must be positive".into());
+        }
+        if self.line_wait_secs > 20 {
+            return Err("deliveries.line_wait_secs: SQS waits at most 20 seconds".into());
         }
         let mut named = |name: &str| {
             if name.is_empty()

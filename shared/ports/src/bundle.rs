@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::{
     Archive, CallCounter, DeadLetters, Deliveries, Ledger, Queue, SecretStore, WatchStore,
+    WebhookLine,
 };
 
 /// The archive, queue and ledger of one deployment.
@@ -23,6 +24,9 @@ pub struct Backends {
     /// merchant's endpoints (local backend; on AWS the ledger table's stream
     /// is the outbox, read by the events function).
     pub deliveries: Option<Arc<dyn Deliveries>>,
+    /// The queue of outgoing events to the merchant's endpoints and the
+    /// deliveries it held (AWS backend, fed by the events function).
+    pub webhooks: Option<Arc<dyn WebhookLine>>,
     /// API call counts (AWS backend only).
     pub api_calls: Option<Arc<dyn CallCounter>>,
     /// Where `secretsmanager:` references are read (AWS backend only).

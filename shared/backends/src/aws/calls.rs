@@ -78,6 +78,7 @@ fn open_log(path: &Path, config: &AwsConfig) -> std::io::Result<std::fs::File> {
             "bucket": config.bucket,
             "queue": config.queue,
             "dead_letter_queue": config.dead_letter_queue,
+            "webhooks_queue": config.webhooks_queue,
             "table": config.table,
             "kms_key_id": config.kms_key_id,
         }

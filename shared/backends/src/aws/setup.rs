@@ -21,6 +21,7 @@ pub struct InitReport {
     pub bucket: String,
     pub queue_url: String,
     pub dead_letter_queue_url: String,
+    pub webhooks_queue_url: String,
     pub table: String,
 }
 
@@ -33,11 +34,13 @@ pub async fn init(config: &BackendConfig) -> Result<InitReport, String> {
     let c = Clients::new(aws).await;
     create_bucket(&c, aws).await?;
     let (queue_url, dlq_url) = create_queues(&c, config).await?;
+    let webhooks_queue_url = create_webhooks_queue(&c, aws).await?;
     create_table(&c, aws).await?;
     Ok(InitReport {
         bucket: aws.bucket.clone(),
         queue_url,
         dead_letter_queue_url: dlq_url,
+        webhooks_queue_url,
         table: aws.table.clone(),
     })
 }
@@ -110,6 +113,25 @@ async fn create_queues(c: &Clients, config: &BackendConfig) -> Result<(String, S
         .queue_url
         .unwrap_or_default();
     Ok((queue_url, dlq_url))
+}
+
+/// The FIFO queue of outgoing events to the merchant's webhook endpoints:
+/// fourteen days' retention (longer than any retry schedule), deduplication
+/// and throughput per message group (one group per payment and endpoint).
+async fn create_webhooks_queue(c: &Clients, aws: &AwsConfig) -> Result<String, String> {
+    Ok(c.sqs
+        .create_queue()
+        .queue_name(&aws.webhooks_queue)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .attributes(QueueAttributeName::VisibilityTimeout, "60")
+        .attributes(QueueAttributeName::DeduplicationScope, "messageGroup")
+        .attributes(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId")
+        .send()
+        .await
+        .map_err(|e| format!("queue {}: {}", aws.webhooks_queue, describe(&e)))?
+        .queue_url
+        .unwrap_or_default())
 }
 
 fn key(name: &str, t: KeyType) -> Result<KeySchemaElement, String> {

@@ -12,7 +12,8 @@ use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use super::describe;
-use crate::config::{SinkConfig, SinkKind};
+use super::line::{line_attributes, line_dedup, line_group};
+use crate::config::{EndpointConfig, SinkConfig, SinkKind};
 use crate::outgoing::OutgoingEvent;
 
 /// Entries per `SendMessageBatch`, `PublishBatch` and `PutEvents`.
@@ -36,7 +37,9 @@ pub struct Sinks {
     sqs: aws_sdk_sqs::Client,
     sns: aws_sdk_sns::Client,
     eventbridge: aws_sdk_eventbridge::Client,
-    sinks: Vec<SinkConfig>,
+    /// Each sink, and the webhook endpoint it stands for: an endpoint's
+    /// events go to the webhook line's queue (`backend.aws.webhooks_queue`).
+    sinks: Vec<(SinkConfig, Option<String>)>,
 }
 
 /// The message group of a payment's events: its key, or the key's SHA-256
@@ -60,7 +63,9 @@ struct Entry<'a> {
     event: &'a OutgoingEvent,
     body: String,
     /// Message group and deduplication id, for a FIFO queue or topic.
-    fifo: Option<(String, &'a str)>,
+    fifo: Option<(String, String)>,
+    /// The webhook endpoint it goes to, through the webhook line.
+    endpoint: Option<&'a str>,
 }
 
 impl Sinks {
@@ -69,8 +74,27 @@ impl Sinks {
             sqs: clients.sqs.clone(),
             sns: clients.sns.clone(),
             eventbridge: clients.eventbridge.clone(),
-            sinks: sinks.to_vec(),
+            sinks: sinks.iter().map(|s| (s.clone(), None)).collect(),
         }
+    }
+
+    /// Adds the webhook `endpoints`: each event one wants goes to the
+    /// webhook line's queue at `line_url` once per endpoint, in a message
+    /// group of its own per payment and endpoint.
+    #[must_use]
+    pub fn with_endpoints(mut self, endpoints: &[EndpointConfig], line_url: &str) -> Self {
+        for e in endpoints {
+            let sink = SinkConfig {
+                name: format!("webhook:{}", e.name),
+                kind: SinkKind::Sqs,
+                target: line_url.to_owned(),
+                event_types: e.event_types.clone(),
+                sources: e.sources.clone(),
+                merchants: e.merchants.clone(),
+            };
+            self.sinks.push((sink, Some(e.name.clone())));
+        }
+        self
     }
 
     /// Sends the events of consecutive stream records (`records[i]` is
@@ -87,9 +111,11 @@ impl Sinks {
     /// from it sends such events again, with the same ids).
     pub async fn send(&self, records: &[Vec<OutgoingEvent>]) -> Sent {
         let mut sent = Sent::default();
-        for sink in &self.sinks {
+        for (sink, endpoint) in &self.sinks {
             let limit = sent.failed.as_ref().map_or(records.len(), |(at, _)| *at);
-            let (n, requests, failed) = self.to_sink(sink, &records[..limit]).await;
+            let (n, requests, failed) = self
+                .to_sink(sink, endpoint.as_deref(), &records[..limit])
+                .await;
             sent.messages += n;
             sent.requests += requests;
             if let Some((at, e)) = failed {
@@ -106,6 +132,7 @@ impl Sinks {
     async fn to_sink(
         &self,
         sink: &SinkConfig,
+        endpoint: Option<&str>,
         records: &[Vec<OutgoingEvent>],
     ) -> (usize, usize, Option<(usize, SinkError)>) {
         let fail = |why: String| SinkError {
@@ -152,9 +179,15 @@ impl Sinks {
                         id: slot.to_string(),
                         event: e,
                         body: serde_json::to_string(e).map_err(|err| err.to_string())?,
-                        fifo: sink
-                            .ordered()
-                            .then(|| (message_group(&e.payment.key), e.id.as_str())),
+                        fifo: match endpoint {
+                            Some(name) => {
+                                Some((line_group(name, &e.payment.key), line_dedup(name, &e.id)))
+                            }
+                            None => sink
+                                .ordered()
+                                .then(|| (message_group(&e.payment.key), e.id.clone())),
+                        },
+                        endpoint,
                     })
                 })
                 .collect::<Result<Vec<_>, String>>();
@@ -209,8 +242,15 @@ impl Sinks {
             let mut entry = SendMessageBatchRequestEntry::builder()
                 .id(e.id)
                 .message_body(e.body)
-                .message_attributes("event_type", text(e.event.event_type.as_str())?)
-                .message_attributes("event_id", text(&e.event.id)?);
+                .message_attributes("event_type", text(e.event.event_type.as_str())?);
+            match e.endpoint {
+                Some(name) => {
+                    for (k, v) in line_attributes(name, &e.event.payment.key, &e.event.id)? {
+                        entry = entry.message_attributes(k, v);
+                    }
+                }
+                None => entry = entry.message_attributes("event_id", text(&e.event.id)?),
+            }
             if let Some((group, dedup)) = e.fifo {
                 entry = entry
                     .message_group_id(group)

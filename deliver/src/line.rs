@@ -1,0 +1,552 @@
+//! The sender of the webhook line (AWS backend; docs/events.md#webhooks-on-aws):
+//! receives the outgoing events the events function put on the line, signs
+//! and posts each to its endpoint, and settles it.
+//!
+//! A payment's messages to one endpoint are one message group: the queue
+//! hands out the next only when the one before is done, so an event is
+//! posted only after every earlier one of its payment to that endpoint was
+//! delivered or held. A failed attempt is counted in the line's `FAILING`
+//! record and the message made invisible until the schedule's next try; when
+//! the schedule is spent the delivery is held, and so is every later event
+//! of the payment to that endpoint, until `deliveries resend` puts a release
+//! on the line: when it comes up the held events are posted in order. An
+//! endpoint that fails for too long, or answers 410 Gone, is disabled: its
+//! events are held until `deliveries enable`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paynotify_config::DeliveriesConfig;
+use paynotify_model::outgoing::OutgoingEvent;
+use paynotify_ports::{
+    line_seq, Delivery, DeliveryStatus, Failing, LineItem, LineMessage, OutboxRecord, SecretStore,
+    WebhookLine,
+};
+use paynotify_runtime::metrics::Metrics;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::{next_try, DeliverError, Endpoint, Refusal, STATUS_EVERY};
+
+/// How long the line keeps a message (SQS's longest retention, with a
+/// day's margin): a retry schedule must end before.
+const RETENTION: Duration = Duration::from_secs(13 * 24 * 3600);
+/// How long a release waits while its endpoint is disabled.
+const DISABLED_WAIT: Duration = Duration::from_secs(300);
+/// How often one process records an endpoint's success.
+const SUCCESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What became of a message, for the ones after it in its group.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Settled: the group's next message may be worked on.
+    Go,
+    /// Left on the line for a later try: its group's later messages in the
+    /// same receive are put back behind it.
+    Stop,
+}
+
+/// The sender of one process.
+pub struct LineSender {
+    line: Arc<dyn WebhookLine>,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+    settings: DeliveriesConfig,
+    metrics: Arc<Metrics>,
+    /// When this process last recorded each endpoint's success.
+    recorded: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for LineSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineSender")
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A store error while working on a message: it comes again later.
+type Failed = String;
+
+impl LineSender {
+    /// A sender for the endpoints of `config`, their secrets read now.
+    ///
+    /// # Errors
+    /// An endpoint that cannot be set up, or a line that cannot be used.
+    pub async fn new(
+        config: &DeliveriesConfig,
+        line: Arc<dyn WebhookLine>,
+        secrets: Option<&dyn SecretStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DeliverError> {
+        let waits: u64 = config.retry_schedule_secs.iter().sum();
+        if Duration::from_secs(waits) >= RETENTION {
+            return Err(DeliverError::Line(format!(
+                "deliveries.retry_schedule_secs waits {waits} s in all: the webhook line keeps a \
+                 message 14 days, so the schedule must end within 13"
+            )));
+        }
+        line.ready()
+            .await
+            .map_err(|e| DeliverError::Line(e.to_string()))?;
+        let mut endpoints = HashMap::new();
+        for e in &config.endpoints {
+            endpoints.insert(e.name.clone(), Arc::new(Endpoint::new(e, secrets).await?));
+        }
+        Ok(Self {
+            line,
+            endpoints,
+            settings: config.clone(),
+            metrics,
+            recorded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends until `shutdown` is cancelled; the messages in hand then
+    /// finish (each post bounded by its endpoint's timeout).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let receivers = (this.settings.concurrency / 10).max(1);
+        let mut tasks = Vec::new();
+        for _ in 0..receivers {
+            let (this, shutdown) = (this.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(
+                async move { this.receive_loop(shutdown).await },
+            ));
+        }
+        let (status, stop) = (this.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move { status.status_loop(stop).await }));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn receive_loop(&self, shutdown: CancellationToken) {
+        let wait = Duration::from_secs(self.settings.line_wait_secs);
+        let poll = Duration::from_millis(self.settings.poll_ms);
+        while !shutdown.is_cancelled() {
+            let got = tokio::select! {
+                got = self.line.receive(10, wait) => got,
+                () = shutdown.cancelled() => return,
+            };
+            match got {
+                Ok(messages) if messages.is_empty() && wait.is_zero() => {
+                    tokio::time::sleep(poll).await;
+                }
+                Ok(messages) => self.work(messages).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook line unavailable; trying again");
+                    tokio::time::sleep(poll).await;
+                }
+            }
+        }
+    }
+
+    /// One receive's messages: each group's in order, the groups at once.
+    async fn work(&self, messages: Vec<LineMessage>) {
+        let mut groups: Vec<Vec<LineMessage>> = Vec::new();
+        let mut index: HashMap<(String, String), usize> = HashMap::new();
+        for m in messages {
+            let key = (m.endpoint.clone(), m.payment_key.clone());
+            let i = *index.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[i].push(m);
+        }
+        futures_util::future::join_all(groups.into_iter().map(|g| self.group(g))).await;
+    }
+
+    async fn group(&self, messages: Vec<LineMessage>) {
+        let mut rest = messages.into_iter();
+        while let Some(m) = rest.next() {
+            match self.message(&m).await {
+                Ok(Next::Go) => continue,
+                Ok(Next::Stop) => {}
+                Err(e) => {
+                    // Left in flight: it comes again after the line's
+                    // visibility timeout.
+                    tracing::warn!(endpoint = %m.endpoint, payment_key = %m.payment_key, error = %e,
+                                   "webhook line: a message could not be settled; it comes again");
+                }
+            }
+            // The group's later messages go back at once, behind it: the
+            // queue hands none out while it is in flight.
+            for later in rest {
+                if let Err(e) = self.line.later(&later.receipt, Duration::ZERO).await {
+                    tracing::warn!(endpoint = %later.endpoint, error = %e,
+                                   "webhook line: a message could not be put back; it comes again after its visibility timeout");
+                }
+            }
+            return;
+        }
+    }
+
+    async fn message(&self, m: &LineMessage) -> Result<Next, Failed> {
+        let Some(endpoint) = self.endpoints.get(&m.endpoint) else {
+            // Not in this configuration (removed, or a deployment in
+            // progress): kept, never dropped.
+            if let LineItem::Event { event_id, body } = &m.item {
+                let why = "the endpoint is not in this process's configuration";
+                self.hold_new(m, event_id, body, 0, why.to_owned()).await?;
+                tracing::error!(endpoint = %m.endpoint, event_id = %event_id,
+                                "webhook line: event for an endpoint not configured here held");
+            }
+            return self.done(m).await;
+        };
+        match &m.item {
+            LineItem::Event { event_id, body } => self.event(endpoint, m, event_id, body).await,
+            LineItem::Release => self.release(endpoint, m).await,
+        }
+    }
+
+    async fn done(&self, m: &LineMessage) -> Result<Next, Failed> {
+        self.line
+            .done(&m.receipt)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Next::Go)
+    }
+
+    async fn later(&self, m: &LineMessage, wait: Duration) -> Result<Next, Failed> {
+        self.line
+            .later(&m.receipt, wait)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Next::Stop)
+    }
+
+    /// Holds an event of the line that was never held before.
+    async fn hold_new(
+        &self,
+        m: &LineMessage,
+        event_id: &str,
+        body: &str,
+        attempts: u32,
+        why: String,
+    ) -> Result<(), Failed> {
+        let record = record_of(event_id, &m.payment_key, body);
+        let now = OffsetDateTime::now_utc();
+        let delivery = Delivery {
+            endpoint: m.endpoint.clone(),
+            record,
+            status: DeliveryStatus::DeadLettered,
+            attempts,
+            next_at: now,
+            last_error: Some(why),
+            last_attempt_at: (attempts > 0).then_some(now),
+            delivered_at: None,
+        };
+        self.line.hold(&delivery).await.map_err(|e| e.to_string())?;
+        self.metrics
+            .delivery_attempt(&m.endpoint, "dead_lettered", None);
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        endpoint: &Endpoint,
+        m: &LineMessage,
+        event_id: &str,
+        body: &str,
+    ) -> Result<Next, Failed> {
+        let name = endpoint.config.name.as_str();
+        let line = self
+            .line
+            .line(name, &m.payment_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        if line.held.iter().any(|d| d.record.event_id == event_id) {
+            // Held already by an earlier receive that stopped before `done`.
+            return self.done(m).await;
+        }
+        if let Some(first) = line.held.first() {
+            let why = format!("waits behind {}, held", first.record.event_id);
+            self.hold_new(m, event_id, body, 0, why).await?;
+            return self.done(m).await;
+        }
+        if endpoint.disabled.load(Ordering::SeqCst) {
+            let why = "the endpoint is disabled (paynotify deliveries enable)".to_owned();
+            self.hold_new(m, event_id, body, 0, why).await?;
+            return self.done(m).await;
+        }
+        let before = line
+            .failing
+            .as_ref()
+            .filter(|f| f.event_id == event_id)
+            .map_or(0, |f| f.attempts);
+        let posted = endpoint
+            .post(event_id, bytes::Bytes::from(body.to_owned()))
+            .await;
+        match posted {
+            Ok(()) => {
+                if line.failing.is_some() {
+                    self.forget_failing(name, &m.payment_key).await?;
+                }
+                self.delivered(endpoint, m, body).await;
+                self.done(m).await
+            }
+            Err(refusal) => {
+                let attempts = before + 1;
+                self.refused(endpoint, event_id, &m.payment_key, attempts, &refusal)
+                    .await;
+                match next_try(
+                    &self.settings.retry_schedule_secs,
+                    before,
+                    refusal.retry_after,
+                ) {
+                    Some(wait) => {
+                        self.record_failing(name, &m.payment_key, event_id, attempts, &refusal)
+                            .await?;
+                        self.later(m, wait).await
+                    }
+                    None => {
+                        self.hold_new(m, event_id, body, attempts, refusal.error)
+                            .await?;
+                        self.forget_failing(name, &m.payment_key).await?;
+                        self.done(m).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Posts the payment's held events in order, each settled as it goes.
+    async fn release(&self, endpoint: &Endpoint, m: &LineMessage) -> Result<Next, Failed> {
+        let name = endpoint.config.name.as_str();
+        if endpoint.disabled.load(Ordering::SeqCst) {
+            return self.later(m, DISABLED_WAIT).await;
+        }
+        let line = self
+            .line
+            .line(name, &m.payment_key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let working =
+            Duration::from_millis(endpoint.config.timeout_ms) * 2 + Duration::from_secs(30);
+        for mut d in line.held {
+            // The group stays locked while this release works.
+            self.line
+                .later(&m.receipt, working)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = d.record.event_id.clone();
+            let before = line
+                .failing
+                .as_ref()
+                .filter(|f| f.event_id == id)
+                .map_or(0, |f| f.attempts);
+            let body = std::mem::take(&mut d.record.body);
+            match endpoint.post(&id, bytes::Bytes::from(body.clone())).await {
+                Ok(()) => {
+                    self.line
+                        .unhold(name, &m.payment_key, d.record.seq)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if before > 0 {
+                        self.forget_failing(name, &m.payment_key).await?;
+                    }
+                    self.delivered(endpoint, m, &body).await;
+                }
+                Err(refusal) => {
+                    let attempts = before + 1;
+                    self.refused(endpoint, &id, &m.payment_key, attempts, &refusal)
+                        .await;
+                    if let Some(wait) = next_try(
+                        &self.settings.retry_schedule_secs,
+                        before,
+                        refusal.retry_after,
+                    ) {
+                        self.record_failing(name, &m.payment_key, &id, attempts, &refusal)
+                            .await?;
+                        return self.later(m, wait).await;
+                    }
+                    let now = OffsetDateTime::now_utc();
+                    d.record.body = body;
+                    d.attempts = attempts;
+                    d.last_error = Some(refusal.error);
+                    d.last_attempt_at = Some(now);
+                    d.next_at = now;
+                    self.line.hold(&d).await.map_err(|e| e.to_string())?;
+                    self.metrics.delivery_attempt(name, "dead_lettered", None);
+                    self.forget_failing(name, &m.payment_key).await?;
+                    return self.done(m).await;
+                }
+            }
+        }
+        self.done(m).await
+    }
+
+    async fn record_failing(
+        &self,
+        endpoint: &str,
+        payment_key: &str,
+        event_id: &str,
+        attempts: u32,
+        refusal: &Refusal,
+    ) -> Result<(), Failed> {
+        let failing = Failing {
+            event_id: event_id.to_owned(),
+            attempts,
+            error: refusal.error.clone(),
+        };
+        self.line
+            .fail(endpoint, payment_key, Some(&failing))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn forget_failing(&self, endpoint: &str, payment_key: &str) -> Result<(), Failed> {
+        self.line
+            .fail(endpoint, payment_key, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A delivered event: metrics, the log, and the endpoint's success (at
+    /// most every few seconds per process).
+    async fn delivered(&self, endpoint: &Endpoint, m: &LineMessage, body: &str) {
+        let name = endpoint.config.name.as_str();
+        let now = OffsetDateTime::now_utc();
+        let recorded_at = serde_json::from_str::<OutgoingEvent>(body)
+            .ok()
+            .map(|e| e.recorded_at);
+        let lag = recorded_at.and_then(|t| (now - t).try_into().ok());
+        self.metrics.delivery_attempt(name, "delivered", lag);
+        tracing::debug!(endpoint = name, payment_key = %m.payment_key, "delivered");
+        let due = {
+            let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            let due = recorded
+                .get(name)
+                .is_none_or(|at| at.elapsed() >= SUCCESS_EVERY);
+            if due {
+                recorded.insert(name.to_owned(), Instant::now());
+            }
+            due
+        };
+        if due {
+            if let Err(e) = self.line.succeeded(name, now).await {
+                tracing::warn!(endpoint = name, error = %e, "recording the endpoint's success failed");
+            }
+        }
+    }
+
+    /// A failed attempt: metrics, the log, the endpoint's failing time, and
+    /// the endpoint disabled when it answered 410 Gone.
+    async fn refused(
+        &self,
+        endpoint: &Endpoint,
+        event_id: &str,
+        payment_key: &str,
+        attempts: u32,
+        refusal: &Refusal,
+    ) {
+        let name = endpoint.config.name.as_str();
+        let spent = next_try(&self.settings.retry_schedule_secs, attempts - 1, None).is_none();
+        if spent {
+            tracing::error!(endpoint = name, event_id, payment_key, attempts, error = %refusal.error,
+                            "delivery held: the payment's later events wait (paynotify deliveries resend)");
+        } else {
+            self.metrics.delivery_attempt(name, "failed", None);
+            tracing::warn!(endpoint = name, event_id, payment_key, attempt = attempts, error = %refusal.error,
+                           "delivery failed; trying again");
+        }
+        // The failing time is written by every failure (at most once in
+        // effect: `if_not_exists`); the next success removes it.
+        if let Err(e) = self.line.failed_at(name, OffsetDateTime::now_utc()).await {
+            tracing::warn!(endpoint = name, error = %e, "recording the endpoint's failure failed");
+        }
+        self.recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if refusal.gone {
+            self.disable(endpoint, "the endpoint answered 410 Gone".to_owned())
+                .await;
+        }
+    }
+
+    async fn disable(&self, endpoint: &Endpoint, why: String) {
+        let name = endpoint.config.name.as_str();
+        endpoint.disabled.store(true, Ordering::SeqCst);
+        match self.line.set_disabled(name, Some(&why)).await {
+            Ok(()) => {
+                tracing::error!(endpoint = name, reason = %why, "deliveries endpoint disabled")
+            }
+            Err(e) => tracing::warn!(endpoint = name, reason = %why, error = %e,
+                                     "recording that the endpoint is disabled failed"),
+        }
+    }
+
+    /// Reads each endpoint's status into the gauges and its disabled flag,
+    /// and disables one that failed for too long.
+    async fn status_loop(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            for endpoint in self.endpoints.values() {
+                self.status(endpoint).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(STATUS_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn status(&self, endpoint: &Endpoint) {
+        let name = endpoint.config.name.as_str();
+        let s = match self.line.endpoint_status(name).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(endpoint = name, error = %e, "reading the endpoint's status failed");
+                return;
+            }
+        };
+        self.metrics
+            .delivery_status(name, s.pending, s.dead_lettered, None, s.disabled.is_some());
+        endpoint
+            .disabled
+            .store(s.disabled.is_some(), Ordering::SeqCst);
+        if let Some(why) = &s.disabled {
+            tracing::error!(endpoint = name, reason = %why, held = s.dead_lettered,
+                            "deliveries endpoint disabled: its events are held (paynotify deliveries enable)");
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        let too_long = s
+            .failing_since
+            .filter(|since| now - *since >= Duration::from_secs(self.settings.disable_after_secs));
+        if let Some(since) = too_long {
+            self.disable(endpoint, format!("every attempt failed since {since}"))
+                .await;
+        }
+    }
+}
+
+/// The record of an event on the line, from its body (the event's JSON, as
+/// the events function put it there). A body that is not an event keeps its
+/// id and payment, so that it is still held and listed.
+fn record_of(event_id: &str, payment_key: &str, body: &str) -> OutboxRecord {
+    match serde_json::from_str::<OutgoingEvent>(body) {
+        Ok(e) => OutboxRecord {
+            seq: line_seq(e.payment.version, e.payment.sequence),
+            event_id: e.id,
+            payment_key: e.payment.key,
+            event_type: e.event_type,
+            source: e.payment.source,
+            merchant: e.payment.merchant,
+            recorded_at: e.recorded_at,
+            body: body.to_owned(),
+        },
+        Err(_) => OutboxRecord {
+            seq: u64::MAX,
+            event_id: event_id.to_owned(),
+            payment_key: payment_key.to_owned(),
+            event_type: paynotify_model::outgoing::EventType::NeedsAttention,
+            source: String::new(),
+            merchant: String::new(),
+            recorded_at: OffsetDateTime::now_utc(),
+            body: body.to_owned(),
+        },
+    }
+}
