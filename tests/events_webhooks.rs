@@ -349,3 +349,80 @@ async fn a_sender_without_its_queue_or_past_the_queues_retention_refuses_to_star
         .to_string();
     assert!(err.contains("14 days"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_answers_gone_is_disabled_and_enable_sends_what_it_held() {
+    let receiver = receiver().await;
+    let t = spawn(&receiver, 3).await;
+    let events = handler(&t.config).await;
+    receiver.set(|b| b.gone = true);
+    t.sim.send(t.sim.purchase("g1", 1000)).await;
+    t.wait_for_status("g1", PaymentStatus::Paid).await;
+    let mut done = pump(&t, &events, 0).await;
+    // 410 Gone: disabled at once; the retry finds it disabled and holds.
+    wait_held(&t, "g1", 1).await;
+    let status = line(&t).endpoint_status(ENDPOINT).await.unwrap();
+    assert!(
+        status.disabled.as_deref().unwrap().contains("410"),
+        "{status:?}"
+    );
+    // While disabled, new events are held too, in order.
+    receiver.set(|b| b.gone = false);
+    t.sim.send(t.sim.refund("g1", "g1-r1", 1000)).await;
+    t.wait_for_status("g1", PaymentStatus::Refunded).await;
+    t.sim.send(t.sim.purchase("g2", 700)).await;
+    t.wait_for_status("g2", PaymentStatus::Paid).await;
+    done = pump(&t, &events, done).await;
+    wait_held(&t, "g1", 2).await;
+    wait_held(&t, "g2", 1).await;
+    assert!(receiver.view().statuses().is_empty());
+
+    let cli = cli_config(&t);
+    let config = cli.to_str().unwrap();
+    let env = support::deployed::backend_env(&t.config.backend, "operator");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = support::cli::paynotify(&["deliveries", "endpoints", "--config", config], &env);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["dead_lettered"], 3, "{shown}");
+    let out = support::cli::paynotify(&["deliveries", "list", "--config", config, "--json"], &env);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["status"] == "dead_lettered"));
+    // Pending deliveries are messages on the queue: asking for them says so.
+    let out = support::cli::paynotify(
+        &[
+            "deliveries",
+            "list",
+            "--config",
+            config,
+            "--status",
+            "pending",
+        ],
+        &env,
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("webhooks queue"));
+
+    let out = support::cli::paynotify(
+        &["deliveries", "enable", "--config", config, ENDPOINT],
+        &env,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger = ledger_statuses(t.app().backends.ledger.as_ref(), [key("g1"), key("g2")])
+        .await
+        .unwrap();
+    wait_view(&receiver, "equal to the ledger", |v| *v == ledger).await;
+    wait_held(&t, "g1", 0).await;
+    wait_held(&t, "g2", 0).await;
+    assert!(receiver.view().order_violations.is_empty());
+    let _ = done;
+}

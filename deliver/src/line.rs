@@ -13,7 +13,7 @@
 //! endpoint that fails for too long, or answers 410 Gone, is disabled: its
 //! events are held until `deliveries enable`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,8 +33,9 @@ use crate::{next_try, DeliverError, Endpoint, Refusal, STATUS_EVERY};
 /// How long the line keeps a message (SQS's longest retention, with a
 /// day's margin): a retry schedule must end before.
 const RETENTION: Duration = Duration::from_secs(13 * 24 * 3600);
-/// How long a release waits while its endpoint is disabled.
-const DISABLED_WAIT: Duration = Duration::from_secs(300);
+/// How long a release waits while its endpoint is disabled (as this
+/// process last read it: a status read comes sooner).
+const DISABLED_WAIT: Duration = Duration::from_secs(6);
 /// How often one process records an endpoint's success.
 const SUCCESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -56,6 +57,9 @@ pub struct LineSender {
     metrics: Arc<Metrics>,
     /// When this process last recorded each endpoint's success.
     recorded: Mutex<HashMap<String, Instant>>,
+    /// The payments whose events this process held because their endpoint
+    /// was disabled: released when it sees the endpoint enabled.
+    held_while_disabled: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for LineSender {
@@ -100,6 +104,7 @@ impl LineSender {
             settings: config.clone(),
             metrics,
             recorded: Mutex::new(HashMap::new()),
+            held_while_disabled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -269,7 +274,19 @@ impl LineSender {
         if endpoint.disabled.load(Ordering::SeqCst) {
             let why = "the endpoint is disabled (paynotify deliveries enable)".to_owned();
             self.hold_new(m, event_id, body, 0, why).await?;
-            return self.done(m).await;
+            self.held_while_disabled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.to_owned())
+                .or_default()
+                .insert(m.payment_key.clone());
+            let next = self.done(m).await;
+            if !endpoint.disabled.load(Ordering::SeqCst) {
+                // Enabled meanwhile, perhaps after the status read released
+                // this process's holds: release this one too.
+                self.release_held_while_disabled(endpoint).await;
+            }
+            return next;
         }
         let before = line
             .failing
@@ -467,6 +484,33 @@ impl LineSender {
         }
     }
 
+    /// Puts a release on each line this process held while `endpoint` was
+    /// disabled (`deliveries enable` releases every line the table lists;
+    /// this covers what was held after that listing).
+    async fn release_held_while_disabled(&self, endpoint: &Endpoint) {
+        let name = endpoint.config.name.as_str();
+        let payments = self
+            .held_while_disabled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .unwrap_or_default();
+        for (i, p) in payments.iter().enumerate() {
+            if let Err(e) = self.line.release(name, p).await {
+                tracing::warn!(endpoint = name, payment_key = %p, error = %e,
+                               "releasing held events failed; paynotify deliveries enable releases them");
+                // Kept for the next time it is seen enabled.
+                self.held_while_disabled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.to_owned())
+                    .or_default()
+                    .extend(payments.iter().skip(i).cloned());
+                return;
+            }
+        }
+    }
+
     async fn disable(&self, endpoint: &Endpoint, why: String) {
         let name = endpoint.config.name.as_str();
         endpoint.disabled.store(true, Ordering::SeqCst);
@@ -504,9 +548,16 @@ impl LineSender {
         };
         self.metrics
             .delivery_status(name, s.pending, s.dead_lettered, None, s.disabled.is_some());
-        endpoint
+        let was = endpoint
             .disabled
-            .store(s.disabled.is_some(), Ordering::SeqCst);
+            .swap(s.disabled.is_some(), Ordering::SeqCst);
+        if was && s.disabled.is_none() {
+            tracing::info!(
+                endpoint = name,
+                "deliveries endpoint enabled: its held events are released"
+            );
+            self.release_held_while_disabled(endpoint).await;
+        }
         if let Some(why) = &s.disabled {
             tracing::error!(endpoint = name, reason = %why, held = s.dead_lettered,
                             "deliveries endpoint disabled: its events are held (paynotify deliveries enable)");
