@@ -24,6 +24,33 @@ pub struct DeliveryTotals {
     pub dead_lettered: u64,
 }
 
+/// On the AWS webhook line: the checked payments' held deliveries, per
+/// endpoint, counted as dead-lettered (each waits for `deliveries resend`).
+/// What the line has not yet delivered is on its queue, which cannot be
+/// read by payment; the stream's completeness is the events function's
+/// (its failures go to `EventsFailed`, alarmed).
+async fn held(
+    config: &Config,
+    line: &dyn paynotify_shared::ports::WebhookLine,
+    transitions: &BTreeMap<PaymentKey, Vec<OffsetDateTime>>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for e in &config.deliveries.endpoints {
+        let held = line
+            .list_held(&DeliveryFilter {
+                endpoint: Some(e.name.clone()),
+                limit: usize::MAX,
+                ..DeliveryFilter::default()
+            })
+            .await?;
+        report.deliveries.dead_lettered += held
+            .iter()
+            .filter(|d| transitions.contains_key(&PaymentKey::from_stored(&d.record.payment_key)))
+            .count() as u64;
+    }
+    Ok(())
+}
+
 /// Checks the outgoing events of the payments in `transitions` (each with
 /// when its state changed); nothing when the backend keeps no outbox.
 ///
@@ -36,6 +63,9 @@ pub(super) async fn check(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let Some(store) = backends.deliveries.as_ref() else {
+        if let Some(line) = &backends.webhooks {
+            held(config, line.as_ref(), transitions, report).await?;
+        }
         return Ok(());
     };
     let since = store.outbox_since().await?;
