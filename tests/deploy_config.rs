@@ -30,6 +30,10 @@ fn the_image_config_with_the_stack_environment_is_complete() {
             "paynotify-dlq".to_owned(),
         ),
         (
+            "PAYNOTIFY__BACKEND__AWS__WEBHOOKS_QUEUE",
+            "paynotify-webhooks.fifo".to_owned(),
+        ),
+        (
             "PAYNOTIFY__BACKEND__AWS__TABLE",
             "paynotify-ledger".to_owned(),
         ),
@@ -73,6 +77,7 @@ fn the_image_config_with_the_stack_environment_is_complete() {
         (aws.dead_letter_queue.as_str(), aws.table.as_str()),
         ("paynotify-dlq", "paynotify-ledger")
     );
+    assert_eq!(aws.webhooks_queue, "paynotify-webhooks.fifo");
     assert_eq!(aws.endpoint_url, None);
     assert_eq!(aws.kms_key_id.as_deref(), Some(KEY));
     assert_eq!(aws.sse, paynotify_shared::config::Sse::Kms);
