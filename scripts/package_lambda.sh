@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the Lambda packages infra/serverless.yaml and infra/events.yaml deploy:
-#   target/lambda/ingest.zip, target/lambda/worker.zip, target/lambda/events.zip
-# each holding `bootstrap` (paynotify-lambda-ingest, -worker or -events, built by
+#   target/lambda/ingest.zip, target/lambda/worker.zip, target/lambda/events.zip,
+#   target/lambda/webhooks.zip
+# each holding `bootstrap` (paynotify-lambda-ingest, -worker, -events or -webhooks, built by
 # cargo lambda for provided.al2023: arm64 by default, --x86-64 for x86_64;
 # its zig linker targets Amazon Linux's glibc) and `paynotify.toml` (the
 # image's infra/docker/paynotify.toml, which the functions' environment
-# completes; for events.zip, PAYNOTIFY_EVENTS_CONFIG names the file with
-# the merchant's [[deliveries.sinks]], by default the same). Needs cargo-lambda (`pip install cargo-lambda`, which brings
+# completes; for events.zip and webhooks.zip, PAYNOTIFY_EVENTS_CONFIG names
+# the file with the merchant's [[deliveries.sinks]] and
+# [[deliveries.endpoints]], by default the same). Needs cargo-lambda (`pip install cargo-lambda`, which brings
 # zig) and the Rust target (`rustup target add aarch64-unknown-linux-gnu`).
 # Usage: scripts/package_lambda.sh [--x86-64]
 set -euo pipefail
@@ -20,9 +22,9 @@ fi
 # Symbols stripped: the package is what a cold start downloads.
 CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
   cargo lambda build --release --locked "$arch" -p paynotify-lambda
-for function in ingest worker events; do
+for function in ingest worker events webhooks; do
   config=infra/docker/paynotify.toml
-  if [ "$function" = events ]; then config=${PAYNOTIFY_EVENTS_CONFIG:-$config}; fi
+  case $function in events | webhooks) config=${PAYNOTIFY_EVENTS_CONFIG:-$config} ;; esac
   python3 - "target/lambda/paynotify-lambda-$function/bootstrap" "$config" \
     "target/lambda/$function.zip" <<'PY'
 import sys, zipfile

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::receiver::{ledger_statuses, Receiver};
 use paynotify_lambda::events::Events;
+use paynotify_lambda::webhooks::Webhooks;
 use paynotify_shared::config::{Config, SecretRef};
 use paynotify_shared::ports::{DeliveryFilter, WebhookLine};
 use paynotify_shared::{PaymentKey, PaymentStatus};
@@ -37,35 +38,64 @@ async fn receiver() -> Receiver {
         .unwrap()
 }
 
-/// The app on the emulator with the ledger's stream on, delivering to
-/// `receiver` through the webhook line with `retries` one-second retries.
-async fn spawn(receiver: &Receiver, retries: usize) -> TestApp {
-    let addr = receiver.addr;
-    let t = spawn_app_tweaked(Kind::Aws, paynotify::app::AppOptions::all(), move |c| {
-        let path = c.backend.data_dir.with_file_name("endpoint.secret");
-        c.deliveries.retry_schedule_secs = vec![1; retries];
-        c.deliveries.poll_ms = 50;
-        c.deliveries.concurrency = 20;
-        // The emulator's long poll spins while a message group is held by
-        // a message in flight (real SQS waits): poll instead.
-        c.deliveries.line_wait_secs = 0;
-        // The sender runs in the workers' processes: its calls are the
-        // worker role's (infra/tests/test_iam.py), with ingest's beside them.
-        c.backend.aws.call_log = support::deployed::call_log_path("worker");
-        c.deliveries.endpoints = vec![support::loopback_endpoint(
-            ENDPOINT,
-            format!("http://{addr}/paynotify"),
-            path,
-        )];
-    })
-    .await;
+/// What the test's processes deliver: to `addr` through the webhook line,
+/// with `retries` one-second retries.
+fn deliver_to(c: &mut Config, addr: std::net::SocketAddr, retries: usize) {
+    let path = c.backend.data_dir.with_file_name("endpoint.secret");
+    c.deliveries.retry_schedule_secs = vec![1; retries];
+    c.deliveries.poll_ms = 50;
+    c.deliveries.concurrency = 20;
+    // The emulator's long poll spins while a message group is held by
+    // a message in flight (real SQS waits): poll instead.
+    c.deliveries.line_wait_secs = 0;
+    // The sender runs in the workers' processes (and the serverless
+    // stack's webhooks function has the worker's policy): its calls are
+    // the worker role's (infra/tests/test_iam.py), with ingest's beside
+    // them.
+    c.backend.aws.call_log = support::deployed::call_log_path("worker");
+    c.deliveries.endpoints = vec![support::loopback_endpoint(
+        ENDPOINT,
+        format!("http://{addr}/paynotify"),
+        path,
+    )];
+}
+
+/// Turns on the ledger's stream of the app's table.
+async fn stream_on(t: &TestApp) {
     let mut backend = t.config.backend.clone();
     backend.aws.ledger_stream = true;
     backend.aws.call_log = None;
     paynotify_shared::backend::aws::setup::init(&backend)
         .await
         .expect("turning on the ledger's stream");
+}
+
+/// The app on the emulator with the ledger's stream on, delivering to
+/// `receiver` through the webhook line with `retries` one-second retries.
+async fn spawn(receiver: &Receiver, retries: usize) -> TestApp {
+    let addr = receiver.addr;
+    let t = spawn_app_tweaked(Kind::Aws, paynotify::app::AppOptions::all(), move |c| {
+        deliver_to(c, addr, retries)
+    })
+    .await;
+    stream_on(&t).await;
     t
+}
+
+/// The serverless stack's shape: the app ingests and applies but sends
+/// nothing (no endpoint of its own); the configuration returned, with the
+/// endpoints, is the events and webhooks functions'.
+async fn spawn_serverless(receiver: &Receiver, retries: usize) -> (TestApp, Config) {
+    let addr = receiver.addr;
+    let t = spawn_app_tweaked(Kind::Aws, paynotify::app::AppOptions::all(), move |c| {
+        deliver_to(c, addr, retries);
+        c.deliveries.endpoints.clear();
+    })
+    .await;
+    stream_on(&t).await;
+    let mut functions = t.config.clone();
+    deliver_to(&mut functions, addr, retries);
+    (t, functions)
 }
 
 fn key(query_id: &str) -> PaymentKey {
@@ -123,19 +153,24 @@ async fn wait_view(
     }
 }
 
+/// The endpoint's held deliveries of the payment.
+async fn held(t: &TestApp, query_id: &str) -> Vec<paynotify_shared::ports::Delivery> {
+    line(t)
+        .list_held(&DeliveryFilter {
+            endpoint: Some(ENDPOINT.into()),
+            payment_key: Some(key(query_id).to_string()),
+            limit: 100,
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// Waits until the endpoint holds `n` deliveries of the payment.
 async fn wait_held(t: &TestApp, query_id: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let held = line(t)
-            .list_held(&DeliveryFilter {
-                endpoint: Some(ENDPOINT.into()),
-                payment_key: Some(key(query_id).to_string()),
-                limit: 100,
-                ..DeliveryFilter::default()
-            })
-            .await
-            .unwrap();
+        let held = held(t, query_id).await;
         if held.len() == n {
             return;
         }
@@ -425,4 +460,282 @@ async fn an_endpoint_that_answers_gone_is_disabled_and_enable_sends_what_it_held
     wait_held(&t, "g2", 0).await;
     assert!(receiver.view().order_violations.is_empty());
     let _ = done;
+}
+
+/// Lambda's SQS event source on the webhook line, as the test plays it,
+/// and the serverless stack's webhooks function behind it.
+struct EventSource {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+    arn: String,
+    function: Webhooks,
+}
+
+impl EventSource {
+    /// The function with `config`'s endpoints, their secrets in Secrets
+    /// Manager under the data stack's prefix for them
+    /// (`${Name}/webhooks/…`, which the worker's policy may read).
+    async fn new(config: &Config) -> Self {
+        let mut config = config.clone();
+        // The test's own calls are no role's.
+        config.backend.aws.call_log = None;
+        let clients = paynotify_shared::backend::aws::Clients::new(&config.backend.aws).await;
+        let arn = clients
+            .secrets
+            .create_secret()
+            .name(format!("{}/webhooks/{ENDPOINT}", config.backend.aws.queue))
+            .secret_string(secret())
+            .send()
+            .await
+            .unwrap()
+            .arn
+            .unwrap();
+        config.deliveries.endpoints[0].secrets = vec![SecretRef::SecretsManager {
+            arn,
+            json_key: None,
+        }];
+        config.backend.aws.call_log = support::deployed::call_log_path("lambda-webhooks");
+        let url = clients
+            .sqs
+            .get_queue_url()
+            .queue_name(&config.backend.aws.webhooks_queue)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let arn = format!(
+            "arn:aws:sqs:us-east-1:123456789012:{}",
+            config.backend.aws.webhooks_queue
+        );
+        Self {
+            sqs: clients.sqs.clone(),
+            url,
+            arn,
+            function: Webhooks::from_config(&config).await.unwrap(),
+        }
+    }
+
+    /// One invocation: up to ten messages received and handed in as an
+    /// SQS event whose deadline is `within` away, then those the response
+    /// does not name deleted (Lambda's part). The records handed in, and
+    /// the ids named.
+    async fn invoke(&self, within: Duration) -> (usize, Vec<String>) {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return (0, Vec::new());
+        }
+        let records: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                let attributes: serde_json::Map<String, serde_json::Value> = m
+                    .message_attributes
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let value = json!({
+                            "stringValue": v.string_value,
+                            "dataType": v.data_type,
+                            "stringListValues": [],
+                            "binaryListValues": [],
+                        });
+                        (k, value)
+                    })
+                    .collect();
+                let system: serde_json::Map<String, serde_json::Value> = m
+                    .attributes
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
+                    .collect();
+                json!({
+                    "messageId": m.message_id,
+                    "receiptHandle": m.receipt_handle,
+                    "body": m.body,
+                    "attributes": system,
+                    "messageAttributes": attributes,
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.arn,
+                    "awsRegion": "us-east-1",
+                })
+            })
+            .collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let response = self
+            .function
+            .handle(
+                json!({ "Records": records }),
+                Some(now_ms + within.as_millis() as u64),
+            )
+            .await
+            .unwrap();
+        let named: Vec<String> = response["batchItemFailures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+            .collect();
+        for m in &messages {
+            if !named.contains(m.message_id.as_ref().unwrap()) {
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(m.receipt_handle.as_ref().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        (messages.len(), named)
+    }
+
+    /// Invokes the function (as the event source polls) until `check`
+    /// holds of the receiver's statuses.
+    async fn until_view(
+        &self,
+        receiver: &Receiver,
+        what: &str,
+        check: impl Fn(&BTreeMap<String, Vec<String>>) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !check(&receiver.view().statuses()) {
+            assert!(
+                Instant::now() < deadline,
+                "never {what}: {:?}",
+                receiver.view().statuses()
+            );
+            if self.invoke(Duration::from_secs(30)).await.0 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Invokes the function until the endpoint holds `n` deliveries of
+    /// the payment.
+    async fn until_held(&self, t: &TestApp, query_id: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let held = held(t, query_id).await;
+            if held.len() == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{query_id}: held {held:?}");
+            if self.invoke(Duration::from_secs(30)).await.0 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serverless_webhooks_function_delivers_in_order_and_holds_what_is_spent() {
+    let mut receiver = receiver().await;
+    let (t, functions) = spawn_serverless(&receiver, 2).await;
+    let events = handler(&functions).await;
+    let source = EventSource::new(&functions).await;
+    // Three payments, two of them refunded twice; the first attempts are
+    // answered 500 and tried again after their visibility timeout.
+    receiver.set(|b| b.fail = 2);
+    let ids = ["s0", "s1", "s2"];
+    for id in ids {
+        t.sim.send(t.sim.purchase(id, 1000)).await;
+        t.wait_for_status(id, PaymentStatus::Paid).await;
+    }
+    for id in &ids[..2] {
+        t.sim.send(t.sim.refund(id, &format!("{id}-r1"), 300)).await;
+        t.wait_for_status(id, PaymentStatus::PartiallyRefunded)
+            .await;
+        t.sim.send(t.sim.refund(id, &format!("{id}-r2"), 700)).await;
+        t.wait_for_status(id, PaymentStatus::Refunded).await;
+    }
+    let mut done = pump(&t, &events, 0).await;
+
+    // An invocation with no time left posts nothing: its whole batch comes
+    // back, at once, for the next one.
+    let (handed, named) = source.invoke(Duration::ZERO).await;
+    assert!(handed > 0);
+    assert_eq!(named.len(), handed);
+    assert!(receiver.view().events.is_empty());
+    assert_eq!(source.invoke(Duration::ZERO).await.0, handed);
+
+    let ledger = ledger_statuses(t.app().backends.ledger.as_ref(), ids.map(key))
+        .await
+        .unwrap();
+    source
+        .until_view(&receiver, "equal to the ledger", |v| *v == ledger)
+        .await;
+    let view = receiver.view();
+    assert!(
+        view.order_violations.is_empty(),
+        "{:?}",
+        view.order_violations
+    );
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+    assert_eq!(view.events.len(), 7, "each once");
+    let status = line(&t).endpoint_status(ENDPOINT).await.unwrap();
+    assert_eq!(status.dead_lettered, 0, "{status:?}");
+    assert!(status.last_success.is_some(), "{status:?}");
+
+    // The receiver is down: a purchase's three attempts fail and it is
+    // held; its refund is held behind it while another payment goes.
+    receiver.stop();
+    t.sim.send(t.sim.purchase("h1", 1000)).await;
+    t.wait_for_status("h1", PaymentStatus::Paid).await;
+    done = pump(&t, &events, done).await;
+    source.until_held(&t, "h1", 1).await;
+    receiver.restart().await.unwrap();
+    t.sim.send(t.sim.refund("h1", "h1-r1", 400)).await;
+    t.wait_for_status("h1", PaymentStatus::PartiallyRefunded)
+        .await;
+    t.sim.send(t.sim.purchase("h2", 500)).await;
+    t.wait_for_status("h2", PaymentStatus::Paid).await;
+    pump(&t, &events, done).await;
+    source.until_held(&t, "h1", 2).await;
+    source
+        .until_view(&receiver, "h2 delivered", |v| {
+            v.get(&key("h2").to_string()).is_some_and(|s| s.len() == 1)
+        })
+        .await;
+    assert!(!receiver
+        .view()
+        .statuses()
+        .contains_key(&key("h1").to_string()));
+
+    // Resent (what `deliveries resend` puts on the line): both go, in order.
+    line(&t)
+        .release(ENDPOINT, &key("h1").to_string())
+        .await
+        .unwrap();
+    let ledger = ledger_statuses(
+        t.app().backends.ledger.as_ref(),
+        ids.into_iter().chain(["h1", "h2"]).map(key),
+    )
+    .await
+    .unwrap();
+    source
+        .until_view(&receiver, "equal to the ledger", |v| *v == ledger)
+        .await;
+    source.until_held(&t, "h1", 0).await;
+    let view = receiver.view();
+    assert!(
+        view.order_violations.is_empty(),
+        "{:?}",
+        view.order_violations
+    );
+    assert_eq!(view.events.len(), 10, "each once");
 }

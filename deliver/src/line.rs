@@ -12,6 +12,11 @@
 //! on the line: when it comes up the held events are posted in order. An
 //! endpoint that fails for too long, or answers 410 Gone, is disabled: its
 //! events are held until `deliveries enable`.
+//!
+//! Two ways to run it: [`LineSender::run`] receives from the line itself
+//! (the workers' processes); [`LineSender::work_batch`] is handed what a
+//! Lambda event source received, leaves the deletes to it and names what
+//! must come back (the serverless stack's webhooks function).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -21,8 +26,8 @@ use std::time::{Duration, Instant};
 use paynotify_config::DeliveriesConfig;
 use paynotify_model::outgoing::OutgoingEvent;
 use paynotify_ports::{
-    line_seq, Delivery, DeliveryStatus, Failing, LineItem, LineMessage, OutboxRecord, SecretStore,
-    WebhookLine,
+    line_seq, Delivery, DeliveryStatus, Failing, LineItem, LineMessage, OutboxRecord, Receipt,
+    SecretStore, WebhookLine,
 };
 use paynotify_runtime::metrics::Metrics;
 use time::OffsetDateTime;
@@ -60,6 +65,11 @@ pub struct LineSender {
     /// The payments whose events this process held because their endpoint
     /// was disabled: released when it sees the endpoint enabled.
     held_while_disabled: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Whether a settled message is deleted by this sender (it received
+    /// it) or by the event source that handed it in.
+    deletes: bool,
+    /// When the endpoints' status was last read ([`Self::refresh_status`]).
+    status_read: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for LineSender {
@@ -105,7 +115,52 @@ impl LineSender {
             metrics,
             recorded: Mutex::new(HashMap::new()),
             held_while_disabled: Mutex::new(HashMap::new()),
+            deletes: true,
+            status_read: Mutex::new(None),
         })
+    }
+
+    /// This sender, handed its messages by an event source that deletes
+    /// what it is not told must come back ([`Self::work_batch`]).
+    #[must_use]
+    pub fn for_event_source(mut self) -> Self {
+        self.deletes = false;
+        self
+    }
+
+    /// Works on messages an event source received (a Lambda SQS event
+    /// source on the line): each group's in order, the groups at once, as
+    /// [`Self::run`] does with its own receives. Returns the receipts of
+    /// the messages that must come back: tried and not delivered (already
+    /// made invisible until their next try), not settled for a store
+    /// error, or behind one of those in their group (made visible again).
+    /// The event source deletes the others; this sender deletes none.
+    ///
+    /// A group is not started on once `until` is nearer than two of its
+    /// endpoint's timeouts: its messages come back for the next
+    /// invocation, before the function's own timeout cuts a post short.
+    pub async fn work_batch(
+        &self,
+        messages: Vec<LineMessage>,
+        until: Option<Instant>,
+    ) -> Vec<Receipt> {
+        self.work_until(messages, until).await
+    }
+
+    /// Reads each endpoint's status, as [`Self::run`]'s status loop does,
+    /// when it was not read in the last few seconds (an event source's
+    /// sender has no loop of its own: it calls this with every batch).
+    pub async fn refresh_status(&self) {
+        {
+            let mut read = self.status_read.lock().unwrap_or_else(|p| p.into_inner());
+            if read.is_some_and(|at| at.elapsed() < STATUS_EVERY) {
+                return;
+            }
+            *read = Some(Instant::now());
+        }
+        for endpoint in self.endpoints.values() {
+            self.status(endpoint).await;
+        }
     }
 
     /// Sends until `shutdown` is cancelled; the messages in hand then
@@ -139,7 +194,9 @@ impl LineSender {
                 Ok(messages) if messages.is_empty() && wait.is_zero() => {
                     tokio::time::sleep(poll).await;
                 }
-                Ok(messages) => self.work(messages).await,
+                Ok(messages) => {
+                    self.work_until(messages, None).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook line unavailable; trying again");
                     tokio::time::sleep(poll).await;
@@ -148,8 +205,9 @@ impl LineSender {
         }
     }
 
-    /// One receive's messages: each group's in order, the groups at once.
-    async fn work(&self, messages: Vec<LineMessage>) {
+    /// One receive's messages: each group's in order, the groups at once;
+    /// the receipts of those not settled.
+    async fn work_until(&self, messages: Vec<LineMessage>, until: Option<Instant>) -> Vec<Receipt> {
         let mut groups: Vec<Vec<LineMessage>> = Vec::new();
         let mut index: HashMap<(String, String), usize> = HashMap::new();
         for m in messages {
@@ -160,12 +218,28 @@ impl LineSender {
             });
             groups[i].push(m);
         }
-        futures_util::future::join_all(groups.into_iter().map(|g| self.group(g))).await;
+        futures_util::future::join_all(groups.into_iter().map(|g| self.group(g, until)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
-    async fn group(&self, messages: Vec<LineMessage>) {
+    /// A group's messages in order, until one is not settled; the receipts
+    /// of that one and those behind it.
+    async fn group(&self, messages: Vec<LineMessage>, until: Option<Instant>) -> Vec<Receipt> {
+        let mut back = Vec::new();
         let mut rest = messages.into_iter();
-        while let Some(m) = rest.next() {
+        for m in rest.by_ref() {
+            let budget = self.endpoints.get(&m.endpoint).map_or(Duration::ZERO, |e| {
+                Duration::from_millis(e.config.timeout_ms) * 2
+            });
+            if until.is_some_and(|until| Instant::now() + budget >= until) {
+                // No time left for it: it goes back, with those behind it.
+                self.put_back(&m).await;
+                back.push(m.receipt);
+                break;
+            }
             match self.message(&m).await {
                 Ok(Next::Go) => continue,
                 Ok(Next::Stop) => {}
@@ -176,15 +250,22 @@ impl LineSender {
                                    "webhook line: a message could not be settled; it comes again");
                 }
             }
-            // The group's later messages go back at once, behind it: the
-            // queue hands none out while it is in flight.
-            for later in rest {
-                if let Err(e) = self.line.later(&later.receipt, Duration::ZERO).await {
-                    tracing::warn!(endpoint = %later.endpoint, error = %e,
-                                   "webhook line: a message could not be put back; it comes again after its visibility timeout");
-                }
-            }
-            return;
+            back.push(m.receipt);
+            break;
+        }
+        // The group's later messages go back at once, behind it: the
+        // queue hands none out while it is in flight.
+        for later in rest {
+            self.put_back(&later).await;
+            back.push(later.receipt);
+        }
+        back
+    }
+
+    async fn put_back(&self, m: &LineMessage) {
+        if let Err(e) = self.line.later(&m.receipt, Duration::ZERO).await {
+            tracing::warn!(endpoint = %m.endpoint, error = %e,
+                           "webhook line: a message could not be put back; it comes again after its visibility timeout");
         }
     }
 
@@ -207,6 +288,11 @@ impl LineSender {
     }
 
     async fn done(&self, m: &LineMessage) -> Result<Next, Failed> {
+        if !self.deletes {
+            // The event source deletes it: it is not among the receipts
+            // `work_batch` names.
+            return Ok(Next::Go);
+        }
         self.line
             .done(&m.receipt)
             .await
@@ -462,8 +548,11 @@ impl LineSender {
         let name = endpoint.config.name.as_str();
         let spent = next_try(&self.settings.retry_schedule_secs, attempts - 1, None).is_none();
         if spent {
+            // The message is what the stacks' metric filters count
+            // (WebhooksHeld).
             tracing::error!(endpoint = name, event_id, payment_key, attempts, error = %refusal.error,
-                            "delivery held: the payment's later events wait (paynotify deliveries resend)");
+                            help = "the payment's later events wait: paynotify deliveries resend",
+                            "delivery held");
         } else {
             self.metrics.delivery_attempt(name, "failed", None);
             tracing::warn!(endpoint = name, event_id, payment_key, attempt = attempts, error = %refusal.error,
@@ -559,8 +648,11 @@ impl LineSender {
             self.release_held_while_disabled(endpoint).await;
         }
         if let Some(why) = &s.disabled {
+            // Logged at every status read while it lasts: the stacks'
+            // metric filters count it (WebhookEndpointDisabled).
             tracing::error!(endpoint = name, reason = %why, held = s.dead_lettered,
-                            "deliveries endpoint disabled: its events are held (paynotify deliveries enable)");
+                            help = "its events are held: paynotify deliveries enable",
+                            "deliveries endpoint disabled");
             return;
         }
         let now = OffsetDateTime::now_utc();

@@ -3,8 +3,9 @@
 The AWS tests run each of the stacks' processes with its own call log
 (`backend.aws.call_log`; tests/support/deployed.rs): `paynotify-ingest` and
 `paynotify-worker` as the task definitions start them, the operator's CLI
-commands, the Lambda bootstraps and the events handler (tests/deployed.rs,
-tests/lambda.rs, tests/unionpay_gateway.rs, tests/events_stream.rs). Each line of a log is one call with the IAM
+commands, the Lambda bootstraps, the events and webhooks handlers (tests/deployed.rs,
+tests/lambda.rs, tests/unionpay_gateway.rs, tests/events_stream.rs,
+tests/events_webhooks.rs). Each line of a log is one call with the IAM
 actions it is authorized as and the resources it names, as the SDK sent it.
 This script resolves the stacks' policies for those resources and asks
 moto's IAM policy evaluator (moto.iam.access_control.IAMPolicy: actions,
@@ -49,6 +50,7 @@ ROLES = {
     "lambda-ingest": (SERVERLESS, "IngestFunctionRole"),
     "lambda-worker": (SERVERLESS, "WorkerFunctionRole"),
     "lambda-events": (EVENTS, "EventsFunctionRole"),
+    "lambda-webhooks": (SERVERLESS, "WebhooksFunctionRole"),
     "operator": (DATA, "OperatorPolicy"),
 }
 
@@ -128,7 +130,7 @@ class Stack:
             "AlarmTopic": {"Ref": f"arn:{PARTITION}:sns:{self.region}:{ACCOUNT}:{self.name}-alarms"},
         }
         self.attrs = {"data.yaml": data}
-        for template, logs in [("paynotify.yaml", ["IngestLogs", "WorkerLogs"]), ("serverless.yaml", ["IngestLogs", "WorkerLogs"])]:
+        for template, logs in [("paynotify.yaml", ["IngestLogs", "WorkerLogs"]), ("serverless.yaml", ["IngestLogs", "WorkerLogs", "WebhooksLogs"])]:
             self.attrs[template] = {
                 n: {"Arn": f"arn:{PARTITION}:logs:{self.region}:{ACCOUNT}:log-group:/{self.name}/{n.lower()}"} for n in logs
             }
@@ -332,6 +334,11 @@ def check(directory):
                     needed.setdefault((action, resource), f"implied by {n['action']}: {why}")
         if role == "lambda-worker":
             queue = stack.sqs(stack.queue)["Arn"]
+            for action in EVENT_SOURCE[0]:
+                needed.setdefault((action, queue), f"the SQS event source polls as the function: {EVENT_SOURCE[1]}")
+            needed.setdefault(("kms:Decrypt", stack.key), f"the SQS event source reads an encrypted queue: {EVENT_SOURCE[1]}")
+        if role == "lambda-webhooks":
+            queue = stack.sqs(stack.webhooks)["Arn"]
             for action in EVENT_SOURCE[0]:
                 needed.setdefault((action, queue), f"the SQS event source polls as the function: {EVENT_SOURCE[1]}")
             needed.setdefault(("kms:Decrypt", stack.key), f"the SQS event source reads an encrypted queue: {EVENT_SOURCE[1]}")

@@ -131,7 +131,12 @@ def test_nobody_deletes_the_archive():
 def test_secrets_are_read_only_by_name():
     for policy in ["WorkerPolicy", "OperatorPolicy"]:
         secrets = [s for s in statements(policy) if "secretsmanager:GetSecretValue" in as_list(s["Action"])]
-        assert [s["Resource"] for s in secrets] == [[{"Ref": "UnionPayCertificates"}, {"Ref": "UnionPaySigningKey"}]]
+        assert secrets[0]["Resource"] == [{"Ref": "UnionPayCertificates"}, {"Ref": "UnionPaySigningKey"}]
+        # Beyond the certificates, only the worker, and only the webhook
+        # endpoints' secrets under the stack's own prefix.
+        rest = [s["Resource"] for s in secrets[1:]]
+        assert rest == ([{"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${Name}/webhooks/*"}]
+                        if policy == "WorkerPolicy" else []), rest
 
 
 def env(task):
@@ -244,9 +249,57 @@ def test_the_worker_function_answers_partial_batches():
             for f in template["Resources"].values()
             if f["Type"] == "AWS::Logs::MetricFilter"
         }
-        assert filters == {"DeadLettered", "ParkedNeedAttention"}, filters
+        assert filters == COUNTED, filters
     alarms = {a["Properties"]["MetricName"] for a in RESOURCES.values() if a["Type"] == "AWS::CloudWatch::Alarm"}
-    assert {"DeadLettered", "ParkedNeedAttention"} <= alarms
+    assert COUNTED <= alarms
+
+
+# What the workers' log lines are counted into, for the data stack's alarms.
+COUNTED = {"DeadLettered", "ParkedNeedAttention", "WebhooksHeld", "WebhookEndpointDisabled"}
+
+
+def test_every_metric_filter_counts_a_message_the_code_logs():
+    # A filter matches the `message` of a JSON log line exactly: a message
+    # reworded in the code would leave its alarm silent.
+    sources = "\n".join(p.read_text() for p in ROOT.glob("*/src/**/*.rs")) + "\n".join(
+        p.read_text() for p in ROOT.glob("shared/*/src/**/*.rs"))
+    for template in [CONTAINERS, SERVERLESS]:
+        for name, f in template["Resources"].items():
+            if f["Type"] != "AWS::Logs::MetricFilter":
+                continue
+            message = re.fullmatch(r'\{ \$\.message = "([^"*]+)" \}', f["Properties"]["FilterPattern"]).group(1)
+            # The message is a tracing macro's last argument.
+            assert re.search(r'"' + re.escape(message) + r'"\s*,?\s*\)', sources), (name, message)
+
+
+def test_the_serverless_webhooks_function_sends_the_line_in_order():
+    r = SERVERLESS["Resources"]
+    params = SERVERLESS["Parameters"]
+    mapping = r["WebhooksEvents"]["Properties"]
+    assert mapping["EventSourceArn"] == imported("WebhooksQueueArn")
+    # Without it Lambda would delete a failed attempt's record with the rest.
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert '"batchItemFailures"' in rust("lambda/src/webhooks.rs") or "batch_item_failures" in rust("lambda/src/webhooks.rs")
+    # A FIFO event source takes at most ten, and no batching window.
+    assert mapping["BatchSize"] <= 10 and "MaximumBatchingWindowInSeconds" not in mapping
+    # Lambda refuses an SQS event source whose queue's visibility timeout is
+    # shorter than the function's timeout.
+    visibility = RESOURCES["WebhooksQueue"]["Properties"]["VisibilityTimeout"]
+    assert r["WebhooksFunction"]["Properties"]["Timeout"] == {"Ref": "WebhooksTimeout"}
+    assert params["WebhooksTimeout"]["MaxValue"] <= visibility
+    assert params["WebhooksTimeout"]["Default"] <= visibility
+    function = r["WebhooksFunction"]["Properties"]
+    # The worker's environment (tests/deploy_config.rs proves it completes
+    # the packaged configuration), its queue among it.
+    assert function["Environment"] == r["WorkerFunction"]["Properties"]["Environment"]
+    assert function["Environment"]["Variables"]["PAYNOTIFY__BACKEND__AWS__WEBHOOKS_QUEUE"] == imported("WebhooksQueue")
+    assert "paynotify-lambda-webhooks" in function["Description"]
+    assert "paynotify-lambda-webhooks" in rust("lambda/Cargo.toml")
+    assert "webhooks" in rust("scripts/package_lambda.sh")
+    # Every resource of the function exists only with it.
+    for name in ["WebhooksFunction", "WebhooksEvents", "WebhooksFunctionRole", "WebhooksLogs",
+                 "WebhooksHeldMetric", "WebhookEndpointDisabledMetric", "WebhooksErrorsAlarm"]:
+        assert r[name].get("Condition") == "WithWebhooks", name
 
 
 def test_the_events_function_reads_the_stream_the_ledger_writes_in_order():

@@ -12,7 +12,10 @@
 //!   `batchItemFailures` (the event source mapping needs
 //!   `ReportBatchItemFailures`).
 //! - [`events::Events`] reads the ledger table's stream and sends each
-//!   write's outgoing events to the merchant's AWS sinks.
+//!   write's outgoing events to the merchant's AWS sinks and the webhook
+//!   line.
+//! - [`webhooks::Webhooks`] posts the webhook line's events to the
+//!   merchant's endpoints with the workers' own sender.
 //!
 //! Configuration, verifiers and SDK clients are built once per execution
 //! environment, before the first event ([`load_config`]).
@@ -20,6 +23,7 @@
 pub mod events;
 pub mod http;
 pub mod sqs;
+pub mod webhooks;
 
 use std::path::PathBuf;
 

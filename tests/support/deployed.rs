@@ -27,13 +27,14 @@ pub struct Deployed {
 }
 
 /// The roles of the stacks, as `infra/tests/test_iam.py` names them.
-pub const ROLES: [&str; 6] = [
+pub const ROLES: [&str; 7] = [
     "ingest",
     "worker",
     "operator",
     "lambda-ingest",
     "lambda-worker",
     "lambda-events",
+    "lambda-webhooks",
 ];
 
 impl Deployed {
