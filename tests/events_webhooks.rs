@@ -739,3 +739,157 @@ async fn the_serverless_webhooks_function_delivers_in_order_and_holds_what_is_sp
     );
     assert_eq!(view.events.len(), 10, "each once");
 }
+
+/// A `paynotify-worker` process on the test's emulator resources, as the
+/// container stack starts it, with the endpoint: the sender runs in it.
+/// Killed when dropped.
+struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    fn start(t: &TestApp, functions: &Config) -> Self {
+        let e = &functions.deliveries.endpoints[0];
+        let SecretRef::File(secret) = &e.secrets[0] else {
+            panic!()
+        };
+        // The app's own file (its sources and certificates), with the
+        // endpoint.
+        let dir = t.config.backend.data_dir.parent().unwrap();
+        let mut text = std::fs::read_to_string(dir.join("paynotify.toml")).unwrap();
+        text.push_str(&format!(
+            "\n[deliveries]\npoll_ms = 50\nconcurrency = 20\nline_wait_secs = 0\n\
+             retry_schedule_secs = [1, 1, 1, 1, 1, 1, 1, 1]\n\
+             [[deliveries.endpoints]]\nname = \"{}\"\nurl = \"{}\"\nsecrets = [\"file:{}\"]\n\
+             timeout_ms = 1000\nmax_requests_per_sec = 10000\n\
+             allow_insecure_http = true\nallow_private_addresses = true\n",
+            e.name,
+            e.url,
+            secret.display(),
+        ));
+        let path = dir.join("sender.toml");
+        std::fs::write(&path, text).unwrap();
+        let child = std::process::Command::new(support::binary("paynotify-worker"))
+            .arg("--config")
+            .arg(&path)
+            .envs(support::deployed::backend_env(&t.config.backend, "worker"))
+            .env("PAYNOTIFY__BACKEND__DATA_DIR", dir.join("sender-data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_mid_batch_loses_and_reorders_nothing() {
+    let receiver = receiver().await;
+    // The receiver takes 20 ms an answer, so the kill finds posts in flight.
+    receiver.set(|b| {
+        b.slow = u32::MAX;
+        b.slow_for = Duration::from_millis(20);
+    });
+    let (t, functions) = spawn_serverless(&receiver, 8).await;
+    // What a killed sender had in flight comes back after the line's
+    // visibility timeout: a short one, so the test does not wait a minute.
+    let clients = paynotify_shared::backend::aws::Clients::new(&t.config.backend.aws).await;
+    let url = clients
+        .sqs
+        .get_queue_url()
+        .queue_name(&t.config.backend.aws.webhooks_queue)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    clients
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "3",
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = handler(&functions).await;
+    // The purchases first: one message per payment on the line when the
+    // sender is killed. (With several of a group in flight at the kill,
+    // moto hands the group's last one out first once they are visible
+    // again: moto/sqs/models.py receive_messages keeps a group pending
+    // while any of its expired messages is still marked pending. SQS hands
+    // a group's messages out in order; the refunds below go after the
+    // restart.)
+    let ids: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        t.sim.send(t.sim.purchase(id, 1000)).await;
+    }
+    for id in &ids {
+        t.wait_for_status(id, PaymentStatus::Paid).await;
+    }
+    let done = pump(&t, &events, 0).await;
+
+    // SIGKILL the sending process once a quarter has arrived.
+    let sender = WorkerProcess::start(&t, &functions);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.view().events.len() < ids.len() / 4 {
+        assert!(Instant::now() < deadline, "the sender never delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sender.kill();
+    let at_kill = receiver.view().events.len();
+    assert!(at_kill < ids.len(), "everything arrived before the kill");
+    let _sender = WorkerProcess::start(&t, &functions);
+    wait_view(&receiver, "every purchase delivered", |v| {
+        v.len() == ids.len()
+    })
+    .await;
+
+    // Then refunds of every third payment, through the restarted sender.
+    for (i, id) in ids.iter().enumerate() {
+        if i % 3 == 0 {
+            t.sim.send(t.sim.refund(id, &format!("{id}-r1"), 300)).await;
+            t.wait_for_status(id, PaymentStatus::PartiallyRefunded)
+                .await;
+            t.sim.send(t.sim.refund(id, &format!("{id}-r2"), 700)).await;
+            t.wait_for_status(id, PaymentStatus::Refunded).await;
+        }
+    }
+    pump(&t, &events, done).await;
+    let ledger = ledger_statuses(
+        t.app().backends.ledger.as_ref(),
+        ids.iter().map(|id| key(id)),
+    )
+    .await
+    .unwrap();
+    let total: usize = ledger.values().map(Vec::len).sum();
+    assert_eq!(total, 40 + 14 * 2);
+    wait_view(&receiver, "equal to the ledger", |v| *v == ledger).await;
+    let view = receiver.view();
+    assert!(
+        view.order_violations.is_empty(),
+        "{:?}",
+        view.order_violations
+    );
+    assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+    assert_eq!(view.events.len(), total, "each once in effect");
+    let status = line(&t).endpoint_status(ENDPOINT).await.unwrap();
+    assert_eq!(status.dead_lettered, 0, "{status:?}");
+    eprintln!(
+        "killed with {at_kill} of {} purchases delivered; {} redelivered after it",
+        ids.len(),
+        view.duplicates
+    );
+}

@@ -162,6 +162,10 @@ fn resources_env(config: &paynotify_shared::config::BackendConfig) -> Vec<(Strin
             "PAYNOTIFY__BACKEND__AWS__DEAD_LETTER_QUEUE",
             aws.dead_letter_queue.clone(),
         ),
+        (
+            "PAYNOTIFY__BACKEND__AWS__WEBHOOKS_QUEUE",
+            aws.webhooks_queue.clone(),
+        ),
         ("PAYNOTIFY__BACKEND__AWS__TABLE", aws.table.clone()),
         ("AWS_ACCESS_KEY_ID", "test".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
