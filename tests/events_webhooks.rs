@@ -180,13 +180,20 @@ async fn wait_held(t: &TestApp, query_id: &str, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_transition_reaches_the_receiver_once_in_order_through_refusals() {
+async fn every_transition_reaches_the_receiver_once_in_order_through_refusals_drops_and_timeouts() {
     let receiver = receiver().await;
     let t = spawn(&receiver, 8).await;
     let events = handler(&t.config).await;
-    // The first attempts are answered 500: each is tried again after its
-    // visibility timeout, its payment's later events behind it.
-    receiver.set(|b| b.fail = 4);
+    // The first attempts are answered 500, two are processed and their
+    // connections dropped without an answer (sent again with the same id),
+    // one is answered past the endpoint's timeout: each is tried again
+    // after its visibility timeout, its payment's later events behind it.
+    receiver.set(|b| {
+        b.fail = 4;
+        b.drop_after_processing = 2;
+        b.slow = 1;
+        b.slow_for = Duration::from_millis(1500);
+    });
     let ids: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         t.sim.send(t.sim.purchase(id, 1000)).await;
@@ -219,6 +226,9 @@ async fn every_transition_reaches_the_receiver_once_in_order_through_refusals() 
         view.order_violations
     );
     assert!(view.rejected.is_empty(), "{:?}", view.rejected);
+    assert_eq!(view.events.len(), 12, "each once in effect");
+    // The dropped and the late ones were processed and sent again.
+    assert!(view.duplicates >= 3, "{}", view.duplicates);
     // Nothing held; the endpoint's success recorded.
     let status = line(&t).endpoint_status(ENDPOINT).await.unwrap();
     assert_eq!(status.dead_lettered, 0, "{status:?}");
