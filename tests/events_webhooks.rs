@@ -346,7 +346,7 @@ fn cli_config(t: &TestApp) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sender_without_its_queue_or_past_the_queues_retention_refuses_to_start() {
+async fn a_sender_without_its_queue_or_past_the_queues_retention_or_visibility_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = paynotify_shared::config::BackendConfig::default();
     support::prepare(Kind::Aws, &mut backend, dir.path()).await;
@@ -384,6 +384,19 @@ async fn a_sender_without_its_queue_or_past_the_queues_retention_refuses_to_star
         .to_string();
     assert!(
         err.contains("pn-nowhere.fifo") && err.contains("init"),
+        "{err}"
+    );
+    // An endpoint whose posts may take longer than a received message
+    // stays invisible (the line's 60 s): it would be handed out again
+    // while still being posted.
+    let mut slow = config.clone();
+    slow.endpoints[0].timeout_ms = 30_000;
+    let err = sender(backend.aws.clone(), slow)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("visibility timeout") && err.contains("60 s"),
         "{err}"
     );
     // Retries that would outlast the queue's fourteen days.
@@ -813,27 +826,7 @@ async fn a_sender_killed_mid_batch_loses_and_reorders_nothing() {
     let (t, functions) = spawn_serverless(&receiver, 8).await;
     // What a killed sender had in flight comes back after the line's
     // visibility timeout: a short one, so the test does not wait a minute.
-    let clients = paynotify_shared::backend::aws::Clients::new(&t.config.backend.aws).await;
-    let url = clients
-        .sqs
-        .get_queue_url()
-        .queue_name(&t.config.backend.aws.webhooks_queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    clients
-        .sqs
-        .set_queue_attributes()
-        .queue_url(&url)
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-            "3",
-        )
-        .send()
-        .await
-        .unwrap();
+    set_visibility(&t, 3).await;
     let events = handler(&functions).await;
     // The purchases first: one message per payment on the line when the
     // sender is killed. (With several of a group in flight at the kill,
@@ -902,4 +895,83 @@ async fn a_sender_killed_mid_batch_loses_and_reorders_nothing() {
         ids.len(),
         view.duplicates
     );
+}
+
+/// Sets the webhook line's visibility timeout (a sender reads it when it
+/// starts).
+async fn set_visibility(t: &TestApp, secs: u32) {
+    // The test's own call: no role's.
+    let mut aws = t.config.backend.aws.clone();
+    aws.call_log = None;
+    let clients = paynotify_shared::backend::aws::Clients::new(&aws).await;
+    let url = clients
+        .sqs
+        .get_queue_url()
+        .queue_name(&t.config.backend.aws.webhooks_queue)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    clients
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            secs.to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_never_has_a_payments_events_handed_out_twice() {
+    let receiver = receiver().await;
+    // Every answer takes 700 ms (the endpoint's timeout is 1 s): five
+    // events of one payment, received together, take longer than the
+    // line's 3 s visibility timeout one after the other.
+    receiver.set(|b| {
+        b.slow = u32::MAX;
+        b.slow_for = Duration::from_millis(700);
+    });
+    let (t, functions) = spawn_serverless(&receiver, 8).await;
+    set_visibility(&t, 3).await;
+    let events = handler(&functions).await;
+    t.sim.send(t.sim.purchase("v1", 1000)).await;
+    t.wait_for_status("v1", PaymentStatus::Paid).await;
+    for i in 1..=4 {
+        t.sim
+            .send(t.sim.refund("v1", &format!("v1-r{i}"), 100))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while t.payment_of(&key("v1")).await.unwrap().refunded_minor < 100 * i {
+            assert!(Instant::now() < deadline, "refund {i} never applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    pump(&t, &events, 0).await;
+    let _sender = WorkerProcess::start(&t, &functions);
+    let ledger = ledger_statuses(t.app().backends.ledger.as_ref(), [key("v1")])
+        .await
+        .unwrap();
+    assert_eq!(ledger[&key("v1").to_string()].len(), 5);
+    wait_view(&receiver, "equal to the ledger", |v| *v == ledger).await;
+    // Nothing left on the line (a message handed out again would still be
+    // in flight, its post under way).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while line(&t).endpoint_status(ENDPOINT).await.unwrap().pending > 0 {
+        assert!(Instant::now() < deadline, "the line never emptied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = receiver.view();
+    assert!(
+        view.order_violations.is_empty(),
+        "{:?}",
+        view.order_violations
+    );
+    // None was handed out again while the sender still worked on its
+    // group: each was posted once.
+    assert_eq!(view.duplicates, 0);
 }

@@ -70,6 +70,12 @@ pub struct LineSender {
     deletes: bool,
     /// When the endpoints' status was last read ([`Self::refresh_status`]).
     status_read: Mutex<Option<Instant>>,
+    /// The line's visibility timeout: no post is started that could end
+    /// after a received message is handed out again.
+    visibility: Duration,
+    /// Messages settled and not deleted yet: deleted ten to a request
+    /// when a receive's work ends ([`Self::run`]'s receives only).
+    settled: Mutex<Vec<Receipt>>,
 }
 
 impl std::fmt::Debug for LineSender {
@@ -101,11 +107,24 @@ impl LineSender {
                  message 14 days, so the schedule must end within 13"
             )));
         }
-        line.ready()
+        let visibility = line
+            .ready()
             .await
             .map_err(|e| DeliverError::Line(e.to_string()))?;
         let mut endpoints = HashMap::new();
         for e in &config.endpoints {
+            // A post must end well inside the time a received message stays
+            // invisible (two of its timeouts: connect and response).
+            let needs = Duration::from_millis(e.timeout_ms) * 2;
+            if needs >= usable(visibility) {
+                return Err(DeliverError::Line(format!(
+                    "endpoint {}: timeout_ms {} needs a webhook line whose visibility timeout is over {} s; it is {} s",
+                    e.name,
+                    e.timeout_ms,
+                    (needs.as_secs_f64() / 0.9).ceil(),
+                    visibility.as_secs()
+                )));
+            }
             endpoints.insert(e.name.clone(), Arc::new(Endpoint::new(e, secrets).await?));
         }
         Ok(Self {
@@ -117,6 +136,8 @@ impl LineSender {
             held_while_disabled: Mutex::new(HashMap::new()),
             deletes: true,
             status_read: Mutex::new(None),
+            visibility,
+            settled: Mutex::new(Vec::new()),
         })
     }
 
@@ -186,6 +207,8 @@ impl LineSender {
         let wait = Duration::from_secs(self.settings.line_wait_secs);
         let poll = Duration::from_millis(self.settings.poll_ms);
         while !shutdown.is_cancelled() {
+            // The messages' visibility runs from before the receive.
+            let until = Instant::now() + usable(self.visibility);
             let got = tokio::select! {
                 got = self.line.receive(10, wait) => got,
                 () = shutdown.cancelled() => return,
@@ -195,7 +218,11 @@ impl LineSender {
                     tokio::time::sleep(poll).await;
                 }
                 Ok(messages) => {
-                    self.work_until(messages, None).await;
+                    // What this receive could not start on in time goes
+                    // back at once, before SQS would hand it out again
+                    // while this process still works on its group.
+                    self.work_until(messages, Some(until)).await;
+                    self.delete_settled().await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook line unavailable; trying again");
@@ -287,17 +314,40 @@ impl LineSender {
         }
     }
 
+    /// Settles a message: the event source deletes it (it is not among
+    /// the receipts `work_batch` names), or this sender does when the
+    /// receive's work ends. Until then it stays in flight, and so its
+    /// group stays locked: nothing of the payment overtakes it. A process
+    /// that dies before the delete sends it again, with its id.
     async fn done(&self, m: &LineMessage) -> Result<Next, Failed> {
-        if !self.deletes {
-            // The event source deletes it: it is not among the receipts
-            // `work_batch` names.
-            return Ok(Next::Go);
+        if self.deletes {
+            self.settled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(m.receipt.clone());
         }
-        self.line
-            .done(&m.receipt)
-            .await
-            .map_err(|e| e.to_string())?;
         Ok(Next::Go)
+    }
+
+    /// Deletes the settled messages, ten to a request. One not deleted
+    /// comes again after the visibility timeout and is sent again with its
+    /// id (or found held already).
+    async fn delete_settled(&self) {
+        let receipts = std::mem::take(&mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        if receipts.is_empty() {
+            return;
+        }
+        let failed = self
+            .line
+            .done_many(&receipts)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect::<Vec<_>>();
+        if let Some(e) = failed.first() {
+            tracing::warn!(failed = failed.len(), error = %e,
+                           "webhook line: settled messages could not be deleted; they come again and are sent again with their ids");
+        }
     }
 
     async fn later(&self, m: &LineMessage, wait: Duration) -> Result<Next, Failed> {
@@ -664,6 +714,12 @@ impl LineSender {
                 .await;
         }
     }
+}
+
+/// How long after a receive a post may still end: the line's visibility
+/// timeout, less a tenth for the calls around it.
+fn usable(visibility: Duration) -> Duration {
+    visibility - visibility / 10
 }
 
 /// The record of an event on the line, from its body (the event's JSON, as

@@ -63,7 +63,12 @@ pub struct Failing {
 ///   is neither `done` nor visible again. A received message not `done`
 ///   comes again after the line's visibility timeout.
 /// - `later` makes a received message come again after `delay` (at most
-///   twelve hours); `done` removes it.
+///   twelve hours); `done` removes it; `done_many` removes up to ten in one
+///   request, with each one's outcome in order (a stale receipt is done).
+/// - `ready` says whether the line can be used, and how long a received
+///   message stays invisible (the line's visibility timeout): a sender
+///   starts no post that could end after it, or the message would be
+///   handed out again while it still works on it.
 /// - `release` puts a [`LineItem::Release`] at the end of the payment's
 ///   line to the endpoint.
 /// - `line` reads the payment's line strongly: what `hold`, `unhold` and
@@ -78,10 +83,12 @@ pub struct Failing {
 ///   every endpoint: one queue); `succeeded`/`failed_at` record them.
 #[async_trait]
 pub trait WebhookLine: Send + Sync {
-    /// Whether the line can be used (its queue exists).
-    async fn ready(&self) -> Result<(), QueueError>;
+    /// Whether the line can be used (its queue exists), and its
+    /// visibility timeout.
+    async fn ready(&self) -> Result<Duration, QueueError>;
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<LineMessage>, QueueError>;
     async fn done(&self, receipt: &Receipt) -> Result<(), QueueError>;
+    async fn done_many(&self, receipts: &[Receipt]) -> Vec<Result<(), QueueError>>;
     async fn later(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError>;
     async fn release(&self, endpoint: &str, payment_key: &str) -> Result<(), QueueError>;
 

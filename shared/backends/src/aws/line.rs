@@ -242,8 +242,30 @@ impl SqsWebhookLine {
 
 #[async_trait]
 impl WebhookLine for SqsWebhookLine {
-    async fn ready(&self) -> Result<(), QueueError> {
-        self.url().await.map(|_| ())
+    async fn ready(&self) -> Result<Duration, QueueError> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(self.url().await?)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        let secs = out
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                QueueError::Unavailable(
+                    format!(
+                        "webhooks queue {:?}: no VisibilityTimeout in its attributes",
+                        self.config.webhooks_queue
+                    )
+                    .into(),
+                )
+            })?;
+        Ok(Duration::from_secs(secs))
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<LineMessage>, QueueError> {
@@ -307,6 +329,25 @@ impl WebhookLine for SqsWebhookLine {
             .await
             .map_err(queue_error)?;
         Ok(())
+    }
+
+    async fn done_many(&self, receipts: &[Receipt]) -> Vec<Result<(), QueueError>> {
+        let url = match self.url().await {
+            Ok(url) => url,
+            Err(e) => {
+                let why = e.to_string();
+                return receipts
+                    .iter()
+                    .map(|_| Err(QueueError::Unavailable(why.clone().into())))
+                    .collect();
+            }
+        };
+        let mut out = Vec::with_capacity(receipts.len());
+        for chunk in receipts.chunks(10) {
+            let handles = chunk.iter().map(|r| r.0.clone()).collect();
+            out.extend(super::sqs_batches::delete_batch(&self.sqs, url, handles).await);
+        }
+        out
     }
 
     async fn later(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError> {
