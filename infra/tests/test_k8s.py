@@ -40,7 +40,7 @@ def test_scaled_object_scales_the_worker_on_its_queue():
     assert spec["scaleTargetRef"]["name"] in BY_KIND["Deployment"]
     assert spec["scaleTargetRef"]["name"] == "paynotify-worker"
     assert spec["minReplicaCount"] >= 1
-    [trigger] = spec["triggers"]
+    trigger, webhooks = spec["triggers"]
     assert trigger["type"] == "aws-sqs-queue"
     meta = trigger["metadata"]
     for key in ("queueURL", "queueLength", "awsRegion"):
@@ -52,6 +52,14 @@ def test_scaled_object_scales_the_worker_on_its_queue():
     assert f"sqs.{meta['awsRegion']}." in meta["queueURL"]
     auth = BY_KIND["TriggerAuthentication"][trigger["authenticationRef"]["name"]]
     assert auth["spec"]["podIdentity"]["provider"] == "aws"
+    # The webhook line the workers send from: its visible backlog only
+    # (retries are in flight until their next try and need no pod).
+    line = webhooks["metadata"]
+    assert webhooks["type"] == "aws-sqs-queue"
+    assert line["queueURL"].rsplit("/", 1)[1] == data["PAYNOTIFY__BACKEND__AWS__WEBHOOKS_QUEUE"]
+    assert line["queueURL"].rsplit("/", 1)[0] == meta["queueURL"].rsplit("/", 1)[0]
+    assert line["scaleOnInFlight"] == "false"
+    int(line["queueLength"])
 
 
 def test_deployments_run_the_image_safely():

@@ -460,6 +460,17 @@ def test_worker_scales_on_backlog_per_task():
     assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["backlog_per_task"]
     assert policy["TargetValue"] == {"Ref": "BacklogPerTask"}
     assert CONTAINERS["Parameters"]["WorkerMinTasks"]["MinValue"] >= 1, "backlog per task divides by running tasks"
+    # The workers send the webhook line too: a second policy on the same
+    # target tracks its visible backlog per task.
+    webhooks = CONTAINERS["Resources"]["WorkerWebhooksScaling"]["Properties"]
+    assert webhooks["ScalingTargetId"] == {"Ref": "WorkerScalableTarget"}
+    config = webhooks["TargetTrackingScalingPolicyConfiguration"]
+    metrics = {m["Id"]: m for m in config["CustomizedMetricSpecification"]["Metrics"]}
+    visible = metrics["visible"]["MetricStat"]["Metric"]
+    assert visible["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["Dimensions"] == [{"Name": "QueueName", "Value": imported("WebhooksQueue")}]
+    assert metrics["backlog_per_task"]["Expression"] == "visible / tasks"
+    assert config["TargetValue"] == {"Ref": "WebhooksBacklogPerTask"}
 
 
 if __name__ == "__main__":
