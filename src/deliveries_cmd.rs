@@ -3,70 +3,20 @@
 //! operator.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use paynotify_shared::config::Config;
-use paynotify_shared::ports::{
-    Deliveries, Delivery, DeliveryFilter, DeliveryStatus, EndpointStatus, WebhookLine,
-};
+use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus, WebhookLine};
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::ops_cmd::ConfigArg;
-
-/// Where a backend keeps its deliveries: the embedded backend's outbox
-/// records every one; the AWS webhook line keeps the held ones (pending ones
-/// are messages on its queue, delivered ones are gone from it).
-enum Store {
-    Outbox(Arc<dyn Deliveries>),
-    Line(Arc<dyn WebhookLine>),
-}
-
-impl Store {
-    async fn list(&self, filter: &DeliveryFilter) -> anyhow::Result<Vec<Delivery>> {
-        match self {
-            Self::Outbox(s) => Ok(s.list(filter).await?),
-            Self::Line(l) => {
-                if filter
-                    .status
-                    .is_some_and(|s| s != DeliveryStatus::DeadLettered)
-                {
-                    anyhow::bail!(
-                        "on AWS only held (dead_lettered) deliveries are kept: pending ones are \
-                         messages on the webhooks queue, delivered ones are removed from it \
-                         (`paynotify deliveries endpoints` shows the queue's depth)"
-                    );
-                }
-                Ok(l.list_held(filter).await?)
-            }
-        }
-    }
-
-    async fn endpoint_status(&self, name: &str) -> anyhow::Result<EndpointStatus> {
-        Ok(match self {
-            Self::Outbox(s) => s.endpoint_status(name).await?,
-            Self::Line(l) => l.endpoint_status(name).await?,
-        })
-    }
-
-    async fn set_disabled(&self, name: &str, reason: Option<&str>) -> anyhow::Result<()> {
-        match self {
-            Self::Outbox(s) => s.set_disabled(name, reason).await?,
-            Self::Line(l) => l.set_disabled(name, reason).await?,
-        }
-        Ok(())
-    }
-}
+use paynotify::views::deliveries::{endpoints_value, store_of, Store};
 
 /// The configuration and the deliveries store it names.
 async fn open(config: &ConfigArg) -> anyhow::Result<(Config, Store)> {
     let (config, backends) = config.open().await?;
-    let store = match (backends.deliveries, backends.webhooks) {
-        (Some(s), _) => Store::Outbox(s),
-        (None, Some(l)) => Store::Line(l),
-        (None, None) => anyhow::bail!("this backend keeps no deliveries"),
-    };
+    let store = store_of(&backends)?;
     Ok((config, store))
 }
 
@@ -267,18 +217,12 @@ async fn resend_held(
 /// # Errors
 /// Configuration or store errors.
 pub async fn endpoints(args: ConfigArg) -> anyhow::Result<ExitCode> {
-    let (config, store) = open(&args).await?;
-    let mut out = Vec::new();
-    for e in &config.deliveries.endpoints {
-        let s = store.endpoint_status(&e.name).await?;
-        let lag = s
-            .oldest_pending
-            .map(|t| (OffsetDateTime::now_utc() - t).whole_seconds());
-        let mut v = serde_json::to_value(&s)?;
-        v["url"] = json!(e.url);
-        v["lag_secs"] = json!(lag);
-        out.push(serde_json::to_string(&v)?);
-    }
+    let (config, backends) = args.open().await?;
+    let out = endpoints_value(&config, &backends)
+        .await?
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
     crate::print_stdout(&out.join("\n"))?;
     Ok(ExitCode::SUCCESS)
 }

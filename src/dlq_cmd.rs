@@ -2,22 +2,13 @@
 //! operator. Nothing here loses a notification: every dead letter's exact
 //! bytes stay in the archive, whatever is purged.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use paynotify::views::dead_letters::{by_reason, read, show_value, summary, MAX_SCAN};
 use paynotify_shared::backend::Backends;
-use paynotify_shared::config::Config;
-use paynotify_shared::envelope::{rfc3339_ms, DeadLetterBody, Envelope, QueuedBody};
-use paynotify_shared::ports::{canonical_reason, same_reason, DeadLetter};
-use paynotify_shared::scheme::{Inbound, SourceVerifier, Verified};
-use paynotify_shared::segment;
-use paynotify_shared::telemetry::mask_card_numbers;
 use serde_json::{json, Value};
 
 use crate::ops_cmd::ConfigArg;
-
-/// Dead letters read at most by `show` and the dry runs (SQS is scanned).
-const MAX_SCAN: usize = 100_000;
 
 #[derive(Debug, clap::Args)]
 pub struct List {
@@ -29,49 +20,6 @@ pub struct List {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Reads up to `limit` dead letters and says when the backend could not
-/// reach them all (on SQS, messages another reader holds are skipped).
-async fn read(backends: &Backends, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-    let depth = backends.dead_letters.dlq_depth().await?;
-    let listed = backends.dead_letters.dlq_list(limit).await?;
-    if (listed.len() as u64) < depth && listed.len() < limit {
-        eprintln!(
-            "paynotify: read {} of about {depth} dead letters; the others are in flight \
-             (another listing or redrive): run again",
-            listed.len()
-        );
-    }
-    Ok(listed)
-}
-
-/// The envelope a dead letter carries or points to.
-async fn envelope_of(backends: &Backends, d: &DeadLetter) -> Option<(Envelope, String)> {
-    let queued = QueuedBody::parse(&d.body).ok()?;
-    let at = queued.location();
-    match queued {
-        QueuedBody::Envelope(e) => Some((*e, at.to_string())),
-        QueuedBody::Pointer { location, id, .. } => {
-            let e = segment::read_envelope(backends.archive.as_ref(), &location, id.as_deref())
-                .await
-                .ok()?;
-            Some((e, at.to_string()))
-        }
-    }
-}
-
-fn summary(d: &DeadLetter) -> Value {
-    let parsed = QueuedBody::parse(&d.body).ok();
-    json!({
-        "id": d.id,
-        "notification_id": parsed.as_ref().map(QueuedBody::notification_id),
-        "reason": d.reason,
-        "error": mask_card_numbers(&d.error),
-        "receive_count": d.receive_count,
-        "dead_at": rfc3339_ms::format(d.dead_at),
-        "archive_key": parsed.as_ref().map(|p| p.location().to_string()),
-    })
 }
 
 /// Lists dead letters: id, reason, receive count and archive key.
@@ -123,86 +71,16 @@ pub struct Show {
 /// Configuration or backend errors.
 pub async fn show(args: Show) -> anyhow::Result<ExitCode> {
     let (config, backends) = args.config.open().await?;
-    let dead = read(&backends, MAX_SCAN).await?;
-    let Some(d) = dead
-        .iter()
-        .find(|d| d.id == args.id || d.notification_id().as_deref() == Some(args.id.as_str()))
-    else {
+    let Some(out) = show_value(&config, &backends, &args.id).await? else {
         eprintln!("paynotify: no dead letter {}", args.id);
         return Ok(ExitCode::from(1));
     };
-    let mut out = summary(d);
-    if let Some((envelope, key)) = envelope_of(&backends, d).await {
-        out["archive_key"] = key.into();
-        let header = |name: &str| {
-            envelope
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let body = envelope.body_bytes().unwrap_or_default();
-        out["envelope"] = json!({
-            "source": envelope.source,
-            "received_at": rfc3339_ms::format(envelope.received_at),
-            "remote_addr": envelope.remote_addr,
-            "method": envelope.method,
-            "path": envelope.path,
-            "content_type": header("content-type"),
-            "body_bytes": body.len(),
-            "body_utf8": envelope.body.is_some(),
-        });
-        out["verification"] = verification(&config, &backends, &envelope, &body).await?;
-    }
     if args.json {
-        crate::print_stdout(&mask_card_numbers(&serde_json::to_string_pretty(&out)?))?;
+        crate::print_stdout(&serde_json::to_string_pretty(&out)?)?;
     } else {
-        crate::print_stdout(&mask_card_numbers(&render(&out)))?;
+        crate::print_stdout(&render(&out))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The notification verified again, at the time it was received, with the
-/// configuration now: the failing step and, when it fails, every step.
-async fn verification(
-    config: &Config,
-    backends: &Backends,
-    envelope: &Envelope,
-    body: &[u8],
-) -> anyhow::Result<Value> {
-    let Some(source) = config.sources.get(&envelope.source) else {
-        return Ok(json!({ "valid": false, "error": "unknown_source",
-            "message": format!("source {:?} is not configured", envelope.source) }));
-    };
-    let verifier =
-        SourceVerifier::load(&envelope.source, source, backends.secrets.as_deref()).await?;
-    let inbound = Inbound {
-        body,
-        headers: &envelope.headers,
-        received_at: envelope.received_at,
-    };
-    Ok(match verifier.verify(&envelope.source, &inbound) {
-        Ok(Verified::Event(event)) => json!({ "valid": true, "event": event }),
-        Ok(Verified::Ignored(what)) => json!({ "valid": true, "event": null, "ignored": what }),
-        Ok(Verified::Items(n)) => {
-            let items: Vec<Value> = (0..n)
-                .map(
-                    |i| match verifier.verify_item(&envelope.source, &inbound, i) {
-                        Ok(v) => json!({ "item": i, "valid": true, "verified": format!("{v:?}") }),
-                        Err(e) => json!({ "item": i, "valid": false, "error": e.name(),
-                                      "step": e.step(), "message": e.to_string() }),
-                    },
-                )
-                .collect();
-            let valid = items.iter().all(|i| i["valid"] == true);
-            json!({ "valid": valid, "event": null, "items": items,
-                    "explain": verifier.explain(&inbound) })
-        }
-        Err(e) => json!({
-            "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
-            "explain": verifier.explain(&inbound),
-        }),
-    })
 }
 
 /// The text form of `dlq show`.
@@ -266,18 +144,6 @@ pub struct Redrive {
     /// Say what would move, by reason, and move nothing.
     #[arg(long)]
     dry_run: bool,
-}
-
-/// Counts dead letters by reason, of those `reason` selects.
-fn by_reason(dead: &[DeadLetter], reason: Option<&str>) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for d in dead
-        .iter()
-        .filter(|d| reason.is_none_or(|r| same_reason(&d.reason, r)))
-    {
-        *out.entry(canonical_reason(&d.reason)).or_default() += 1;
-    }
-    out
 }
 
 /// Prints how many dead letters `reason` selects (all when `None`), by

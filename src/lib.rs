@@ -10,3 +10,4 @@ pub mod reconcile;
 pub mod replay;
 pub mod settlement;
 pub mod simulate;
+pub mod views;

@@ -3,11 +3,10 @@
 
 use std::process::ExitCode;
 
+use paynotify::views::payment::{event_json, find_payment, parked_json, time, Found};
 use paynotify_shared::money::display_minor;
-use paynotify_shared::ports::{EventRecord, ParkedEvent};
-use paynotify_shared::{PaymentKey, PaymentState};
+use paynotify_shared::ports::ParkedEvent;
 use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
 
 use crate::ops_cmd::ConfigArg;
 
@@ -25,64 +24,13 @@ pub struct Args {
     json: bool,
 }
 
-/// What the ledger holds for one payment.
-struct Found {
-    key: PaymentKey,
-    /// The reference asked for is a completion of `key`.
-    via_alias: bool,
-    state: Option<PaymentState>,
-    history: Vec<EventRecord>,
-    parked: Vec<ParkedEvent>,
-}
-
 async fn find(args: &Args) -> anyhow::Result<Found> {
     let (_, backends) = args.config.open().await?;
-    let mut key = PaymentKey::new(&args.source, &args.merchant, &args.payment_ref);
-    let mut entry = backends.ledger.load(&key).await?;
-    let via_alias = entry.alias_of.is_some();
-    if let Some(target) = entry.alias_of.clone() {
-        key = target;
-        entry = backends.ledger.load(&key).await?;
-    }
-    let history = backends.ledger.history(&key).await?;
-    Ok(Found {
-        key,
-        via_alias,
-        state: entry.state,
-        history,
-        parked: entry.parked,
-    })
-}
-
-fn time(t: time::OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-fn state_json(s: &PaymentState) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or_default();
-    let c = s.currency;
-    v["paid"] = c.decimal(s.paid_minor).into();
-    v["refunded"] = c.decimal(s.refunded_minor).into();
-    v["authorized"] = c.decimal(s.authorized_minor).into();
-    v
-}
-
-fn event_json(e: &EventRecord) -> Value {
-    let mut v = serde_json::to_value(e).unwrap_or_default();
-    v["amount"] = paynotify_shared::Currency::from_alpha(&e.currency)
-        .map(|c| Value::from(c.decimal(e.amount_minor)))
-        .unwrap_or(Value::Null);
-    v
-}
-
-fn parked_json(p: &ParkedEvent) -> Value {
-    let mut v = serde_json::to_value(p).unwrap_or_default();
-    v["amount"] = p.event.amount.currency.decimal(p.event.amount.minor).into();
-    v
+    find_payment(&backends, &args.source, &args.merchant, &args.payment_ref).await
 }
 
 fn exit(found: &Found) -> ExitCode {
-    if found.state.is_some() || !found.history.is_empty() || !found.parked.is_empty() {
+    if found.exists() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -126,12 +74,7 @@ fn heading(args: &Args, found: &Found) -> String {
 pub async fn get(args: Args) -> anyhow::Result<ExitCode> {
     let found = find(&args).await?;
     if args.json {
-        crate::print_stdout(&serde_json::to_string_pretty(&json!({
-            "payment_key": found.key,
-            "state": found.state.as_ref().map(state_json),
-            "history": found.history.iter().map(event_json).collect::<Vec<_>>(),
-            "parked": found.parked.iter().map(parked_json).collect::<Vec<_>>(),
-        }))?)?;
+        crate::print_stdout(&serde_json::to_string_pretty(&found.to_json())?)?;
     } else {
         let mut out = heading(&args, &found);
         for e in &found.history {

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod api;
 mod backend;
 mod deliveries;
 mod servers;
 mod sources;
 
+pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
 pub use backend::{AwsConfig, BackendConfig, BackendKind, Sse, MAX_QUEUE_SHARDS};
 pub use deliveries::{DeliveriesConfig, EndpointConfig, SinkConfig, SinkKind};
 pub use servers::{IngestConfig, WorkerConfig};
@@ -57,6 +59,9 @@ pub struct Config {
     /// Where every ledger transition is delivered (docs/events.md).
     #[serde(default)]
     pub deliveries: DeliveriesConfig,
+    /// The read API (docs/api.md).
+    #[serde(default)]
+    pub api: ApiConfig,
 }
 
 impl Config {
@@ -113,6 +118,9 @@ impl Config {
                 *r = r.relative_to(base);
             }
         }
+        for k in &mut self.api.keys {
+            k.secret = k.secret.relative_to(base);
+        }
         for source in self.sources.values_mut() {
             if let Some(up) = source.unionpay.as_mut() {
                 up.root_cert = up.root_cert.relative_to(base);
@@ -161,6 +169,19 @@ impl Config {
             )));
         }
         self.deliveries.validate().map_err(ConfigError::Setting)?;
+        self.api.validate().map_err(ConfigError::Setting)?;
+        if let Some(api) = self.api.listen {
+            let others = [
+                &self.ingest.listen,
+                &self.ingest.admin_listen,
+                &self.worker.admin_listen,
+            ];
+            if api.port() != 0 && others.iter().any(|o| o.parse().ok() == Some(api)) {
+                return Err(ConfigError::Setting(format!(
+                    "api.listen ({api}) is another listener's address: the API has its own, never the ingest port"
+                )));
+            }
+        }
         let i = &self.ingest;
         if i.segment_max_records == 0 || i.segment_writers == Some(0) {
             return Err(ConfigError::Setting(

@@ -1,0 +1,6 @@
+//! What the operator's commands print and the read API answers, built
+//! once: a payment, the dead letters, the deliveries' endpoints.
+
+pub mod dead_letters;
+pub mod deliveries;
+pub mod payment;

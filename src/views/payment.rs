@@ -1,0 +1,91 @@
+//! One payment as the ledger holds it: its state, its events and what is
+//! parked, in the JSON `paynotify txn get --json` prints and the read API
+//! answers (amounts as decimals in their currency, times in RFC 3339).
+
+use paynotify_shared::backend::Backends;
+use paynotify_shared::ports::{EventRecord, ParkedEvent};
+use paynotify_shared::{PaymentKey, PaymentState};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+
+/// What the ledger holds for one payment.
+pub struct Found {
+    pub key: PaymentKey,
+    /// The reference asked for is a completion of `key`.
+    pub via_alias: bool,
+    pub state: Option<PaymentState>,
+    pub history: Vec<EventRecord>,
+    pub parked: Vec<ParkedEvent>,
+}
+
+impl Found {
+    /// Whether the ledger knows the payment at all.
+    pub fn exists(&self) -> bool {
+        self.state.is_some() || !self.history.is_empty() || !self.parked.is_empty()
+    }
+
+    /// The JSON of `txn get --json` and of the read API.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "payment_key": self.key,
+            "state": self.state.as_ref().map(state_json),
+            "history": self.history.iter().map(event_json).collect::<Vec<_>>(),
+            "parked": self.parked.iter().map(parked_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The payment `reference` names (a pre-authorization completion's own id
+/// leads to its payment), with its events and what is parked.
+///
+/// # Errors
+/// Ledger errors.
+pub async fn find_payment(
+    backends: &Backends,
+    source: &str,
+    merchant: &str,
+    reference: &str,
+) -> anyhow::Result<Found> {
+    let mut key = PaymentKey::new(source, merchant, reference);
+    let mut entry = backends.ledger.load(&key).await?;
+    let via_alias = entry.alias_of.is_some();
+    if let Some(target) = entry.alias_of.clone() {
+        key = target;
+        entry = backends.ledger.load(&key).await?;
+    }
+    let history = backends.ledger.history(&key).await?;
+    Ok(Found {
+        key,
+        via_alias,
+        state: entry.state,
+        history,
+        parked: entry.parked,
+    })
+}
+
+pub fn time(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub fn state_json(s: &PaymentState) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    let c = s.currency;
+    v["paid"] = c.decimal(s.paid_minor).into();
+    v["refunded"] = c.decimal(s.refunded_minor).into();
+    v["authorized"] = c.decimal(s.authorized_minor).into();
+    v
+}
+
+pub fn event_json(e: &EventRecord) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    v["amount"] = paynotify_shared::Currency::from_alpha(&e.currency)
+        .map(|c| Value::from(c.decimal(e.amount_minor)))
+        .unwrap_or(Value::Null);
+    v
+}
+
+pub fn parked_json(p: &ParkedEvent) -> Value {
+    let mut v = serde_json::to_value(p).unwrap_or_default();
+    v["amount"] = p.event.amount.currency.decimal(p.event.amount.minor).into();
+    v
+}
