@@ -46,6 +46,8 @@ step "shellcheck: the scripts"
 step "Kubernetes: kubernetes-validate --strict, infra/tests/test_k8s.py (KEDA's resources)"
 "$tools/kubernetes-validate" --strict --quiet infra/k8s/*.yaml
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_k8s.py
+step "the read API's OpenAPI document (docs/api/openapi.json; tests/api.rs checks it is the code's)"
+"$PAYNOTIFY_TEST_PYTHON" -c 'import json, sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print("openapi: valid")' docs/api/openapi.json
 step "a small filesystem for tests/disk_full.rs"
 small=target/small-disk
 mkdir -p "$small"

@@ -43,6 +43,8 @@ pub struct App {
     /// Where PSPs POST notifications (when ingest runs).
     pub addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    /// Where the read API listens (when `api.listen` is set).
+    pub api_addr: Option<SocketAddr>,
     pub backends: Backends,
     pub stats: Arc<Stats>,
     /// What `/metrics` serves: every port call, ingest and worker counter.
@@ -53,6 +55,7 @@ pub struct App {
     ingest: Option<JoinHandle<std::io::Result<()>>>,
     worker: Option<JoinHandle<()>>,
     deliverer: Option<JoinHandle<()>>,
+    api: Option<JoinHandle<std::io::Result<()>>>,
     watch: JoinHandle<Option<String>>,
 }
 
@@ -100,9 +103,11 @@ impl App {
                 paynotify_ingest::run(listener, admin, state, &cfg, token).await
             }));
         }
+        let api = crate::api::start(config, &backends, &shutdown).await?;
         Ok(Self {
             addr,
             admin_addr,
+            api_addr: api.as_ref().map(|a| a.addr),
             backends,
             stats,
             metrics,
@@ -111,6 +116,7 @@ impl App {
             ingest,
             worker,
             deliverer,
+            api: api.map(|a| a.task),
             watch,
         })
     }
@@ -136,6 +142,9 @@ impl App {
         }
         if let Some(d) = self.deliverer {
             d.await.context("deliverer task")?;
+        }
+        if let Some(a) = self.api {
+            a.await.context("read API task")??;
         }
         if let Some(why) = self.watch.await.context("store watch")? {
             anyhow::bail!("stopped: {why}");

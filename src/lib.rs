@@ -2,6 +2,7 @@
 //! one process, the PSP simulator and a simulated UnionPay gateway. The binary in `main.rs` is a thin
 //! layer of flags over these.
 
+pub mod api;
 pub mod app;
 pub mod gateway_sim;
 pub mod purge;

@@ -176,7 +176,12 @@ impl Config {
                 &self.ingest.admin_listen,
                 &self.worker.admin_listen,
             ];
-            if api.port() != 0 && others.iter().any(|o| o.parse().ok() == Some(api)) {
+            // The same port on the same address, or on every address.
+            let overlaps = |o: std::net::SocketAddr| {
+                o.port() == api.port()
+                    && (o.ip() == api.ip() || o.ip().is_unspecified() || api.ip().is_unspecified())
+            };
+            if api.port() != 0 && others.iter().filter_map(|o| o.parse().ok()).any(overlaps) {
                 return Err(ConfigError::Setting(format!(
                     "api.listen ({api}) is another listener's address: the API has its own, never the ingest port"
                 )));

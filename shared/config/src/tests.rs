@@ -137,3 +137,49 @@ fn standard_webhooks_sources_take_references_and_an_event_map() {
     let no_table = "[sources.acme]\nscheme = \"standard_webhooks\"\nmerchants = [\"m\"]\n";
     assert!(Config::from_toml(no_table, Path::new("/")).is_err());
 }
+
+#[test]
+fn the_read_api_needs_keys_of_its_own_names_and_an_address_of_its_own() {
+    let key = |name: &str| {
+        format!("[[api.keys]]\nname = \"{name}\"\nscope = \"read\"\nsecret = \"file:keys/{name}.key\"\n")
+    };
+    let with = |api: &str| format!("{TOML}\n{api}");
+    let c = Config::from_toml(
+        &with(&format!("[api]\nlisten = \"127.0.0.1:9092\"\n{}", key("a"))),
+        Path::new("/cfg"),
+    )
+    .unwrap();
+    assert_eq!(c.api.keys[0].scope, ApiScope::Read);
+    assert_eq!(
+        c.api.keys[0].secret,
+        SecretRef::File("/cfg/keys/a.key".into())
+    );
+    for (api, says) in [
+        (
+            "[api]\nlisten = \"127.0.0.1:9092\"\n".to_owned(),
+            "api.keys is empty",
+        ),
+        (
+            format!(
+                "[api]\nlisten = \"127.0.0.1:9092\"\n{}{}",
+                key("a"),
+                key("a")
+            ),
+            "a name of its own",
+        ),
+        (
+            format!("[api]\nlisten = \"0.0.0.0:8080\"\n{}", key("a")),
+            "another listener's address",
+        ),
+        (key("a").replace("\"read\"", "\"admin\""), "unknown variant"),
+        (
+            key("a").replace("file:keys/a.key", "s3cr3t-inline"),
+            "inline",
+        ),
+    ] {
+        let err = Config::from_toml(&with(&api), Path::new("/cfg"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{api}: {err}");
+    }
+}

@@ -1,0 +1,372 @@
+//! The read API (docs/api.md): JSON over HTTP on its own listener
+//! (`api.listen`, never the ingest port), for operators and the merchant's
+//! services. Every request carries a key (`Authorization: Bearer KEY`): no
+//! key, or one that is not configured, is 401 on every path, so nothing is
+//! learnt without one; a `read` key reads, an `operate` key also acts (a
+//! `read` key's action is 403). Every action is recorded in the archive
+//! under `audit/api/` with the key's name, what was asked and what it did.
+//!
+//! The routes, and the OpenAPI document, come from one table
+//! ([`routes::ROUTES`]).
+
+pub mod keys;
+pub mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use paynotify_shared::backend::Backends;
+use paynotify_shared::config::{ApiScope, Config};
+use paynotify_shared::envelope::rfc3339_ms;
+use paynotify_shared::ports::DeadLettersExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::views;
+use keys::{Key, Keys};
+use routes::{Op, ROUTES};
+
+/// Where the action records go in the archive.
+pub const AUDIT_PREFIX: &str = "audit/api/";
+/// The largest request body taken (actions' JSON is small).
+const MAX_BODY: usize = 16 * 1024;
+/// What a listing gives when it is not told.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Clone)]
+struct Api {
+    config: Arc<Config>,
+    backends: Backends,
+    keys: Arc<Keys>,
+}
+
+/// An answer that is not a success: its status and words, as JSON.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(why: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, why.into())
+    }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, what.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        // The words go to the log; the caller learns only that a store
+        // failed (a backend's error can name its resources).
+        tracing::warn!(error = %format!("{e:#}"), "read API: a store failed");
+        Self(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a store could not be reached; try again".into(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = answer(self.0, &json!({ "error": self.1 }));
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"paynotify\""),
+            );
+        }
+        r
+    }
+}
+
+/// A JSON answer that no cache keeps and no browser sniffs.
+fn answer(status: StatusCode, body: &Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn ok(body: &Value) -> Result<Response, ApiError> {
+    Ok(answer(StatusCode::OK, body))
+}
+
+/// A running API listener.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `api.listen`, reads the keys and serves until `shutdown`.
+///
+/// # Errors
+/// The address cannot be bound, or a key cannot be read.
+pub async fn start(
+    config: &Config,
+    backends: &Backends,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<ApiServer>> {
+    let Some(listen) = config.api.listen else {
+        return Ok(None);
+    };
+    let keys = Keys::load(&config.api, backends.secrets.as_deref()).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the read API to {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = router(Api {
+        config: Arc::new(config.clone()),
+        backends: backends.clone(),
+        keys: Arc::new(keys),
+    });
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, "read API listening");
+    Ok(Some(ApiServer { addr, task }))
+}
+
+fn handler(op: Op) -> MethodRouter<Api> {
+    match op {
+        Op::OpenApi => get(openapi),
+        Op::Payment => get(payment),
+        Op::DeadLetters => get(dead_letters),
+        Op::DeadLetter => get(dead_letter),
+        Op::Redrive => post(redrive),
+        Op::Parked => get(parked),
+        Op::Endpoints => get(endpoints),
+    }
+}
+
+fn router(api: Api) -> Router {
+    let mut router = Router::new();
+    for r in ROUTES {
+        router = router.route(r.path, handler(r.op));
+    }
+    router
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+/// Who is asking, for the handlers (the audit records name the key).
+#[derive(Debug, Clone)]
+struct Caller(Key);
+
+/// Every request: a configured key, or 401 (whatever the path); an action
+/// needs an `operate` key, or 403.
+async fn authorize(State(api): State<Api>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = presented.and_then(|p| api.keys.find(p.as_bytes())) else {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "an API key is needed: Authorization: Bearer KEY".into(),
+        )
+        .into_response();
+    };
+    let needs = if request.method() == Method::GET || request.method() == Method::HEAD {
+        ApiScope::Read
+    } else {
+        ApiScope::Operate
+    };
+    if key.scope < needs {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "key {:?} may only read; this needs an operate key",
+                key.name
+            ),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(Caller(key.clone()));
+    next.run(request).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route (GET /api/v1/openapi.json lists them)")
+}
+
+async fn openapi() -> Result<Response, ApiError> {
+    ok(&routes::document())
+}
+
+/// `?limit=`: 1 to 1000, 100 when absent.
+fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::bad(format!("limit is 1 to {MAX_LIMIT}"))),
+    }
+}
+
+async fn payment(
+    State(api): State<Api>,
+    Path((source, merchant, reference)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    if !api.config.sources.contains_key(&source) {
+        return Err(ApiError::not_found(format!("no source {source:?}")));
+    }
+    let found = views::payment::find_payment(&api.backends, &source, &merchant, &reference).await?;
+    if !found.exists() {
+        return Err(ApiError::not_found("the ledger has no such payment"));
+    }
+    ok(&found.to_json())
+}
+
+async fn dead_letters(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = limit(&query)?;
+    let listed = views::dead_letters::read(&api.backends, limit).await?;
+    let entries: Vec<Value> = listed.iter().map(views::dead_letters::summary).collect();
+    ok(&json!(entries))
+}
+
+async fn dead_letter(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match views::dead_letters::show_value(&api.config, &api.backends, &id).await? {
+        Some(v) => ok(&v),
+        None => Err(ApiError::not_found("no such dead letter")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    reason: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn redrive(
+    State(api): State<Api>,
+    axum::Extension(Caller(key)): axum::Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let asked: RedriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body: {e}")))?
+    };
+    let reason = asked.reason.as_deref();
+    let result = if asked.dry_run {
+        let dead = views::dead_letters::read(&api.backends, views::dead_letters::MAX_SCAN).await?;
+        let counts = views::dead_letters::by_reason(&dead, reason);
+        json!({ "dry_run": true, "would_redrive": counts.values().sum::<u64>(), "by_reason": counts })
+    } else {
+        let moved = api
+            .backends
+            .dead_letters
+            .redrive(reason)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let left = api
+            .backends
+            .dead_letters
+            .dlq_depth()
+            .await
+            .map_err(anyhow::Error::from)?;
+        json!({ "redriven": moved, "still_in_dlq": left })
+    };
+    audit(
+        &api,
+        &key,
+        "dead-letters/redrive",
+        &json!({ "reason": reason, "dry_run": asked.dry_run }),
+        &result,
+    )
+    .await?;
+    ok(&result)
+}
+
+async fn parked(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = limit(&query)?;
+    let parked = api
+        .backends
+        .ledger
+        .parked_before(OffsetDateTime::now_utc(), limit)
+        .await
+        .map_err(anyhow::Error::from)?;
+    ok(&serde_json::to_value(&parked).map_err(anyhow::Error::from)?)
+}
+
+async fn endpoints(State(api): State<Api>) -> Result<Response, ApiError> {
+    if api.config.deliveries.endpoints.is_empty() {
+        return ok(&json!([]));
+    }
+    ok(&json!(
+        views::deliveries::endpoints_value(&api.config, &api.backends).await?
+    ))
+}
+
+/// Records an action in the archive: who (the key's name and scope), what
+/// was asked, what it did, and when. An action whose record cannot be
+/// written answers 503 (it was done: the log says so).
+async fn audit(
+    api: &Api,
+    key: &Key,
+    action: &str,
+    asked: &Value,
+    result: &Value,
+) -> Result<(), ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let id = ulid::Ulid::new();
+    let record = json!({
+        "at": rfc3339_ms::format(now),
+        "key": key.name,
+        "scope": key.scope.as_str(),
+        "action": action,
+        "asked": asked,
+        "result": result,
+    });
+    let path = format!("{AUDIT_PREFIX}date={}/{id}.json", now.date());
+    tracing::info!(key = %key.name, action, result = %result, "read API action");
+    api.backends
+        .archive
+        .put(&path, record.to_string().as_bytes())
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the action under {path}: {e}"))?;
+    Ok(())
+}
+
+/// Every route's path and method, for tests that call each.
+pub fn route_list() -> Vec<(&'static str, &'static str)> {
+    ROUTES.iter().map(|r| (r.method, r.path)).collect()
+}

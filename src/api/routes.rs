@@ -1,0 +1,295 @@
+//! The read API's routes, once: the router is built from this table and so
+//! is the OpenAPI document ([`document`], checked in as
+//! `docs/api/openapi.json`), so neither can name a route the other lacks.
+
+use paynotify_shared::config::ApiScope;
+use serde_json::{json, Map, Value};
+
+/// What a route does (its handler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    OpenApi,
+    Payment,
+    DeadLetters,
+    DeadLetter,
+    Redrive,
+    Parked,
+    Endpoints,
+}
+
+/// Where a parameter is.
+#[derive(Debug, Clone, Copy)]
+pub enum In {
+    Path,
+    Query,
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    pub op: Op,
+    /// `get` or `post`.
+    pub method: &'static str,
+    /// The path, parameters in braces (axum's form and OpenAPI's alike).
+    pub path: &'static str,
+    /// What a key needs: `read` for reads, `operate` for actions.
+    pub scope: ApiScope,
+    pub id: &'static str,
+    pub summary: &'static str,
+    pub params: &'static [(&'static str, In, &'static str)],
+    /// The request body's schema, for actions.
+    pub body: Option<&'static str>,
+    /// The answer's schema.
+    pub answer: &'static str,
+    /// The error answers it may give besides 401 and 503.
+    pub errors: &'static [u16],
+}
+
+const LIMIT: (&str, In, &str) = (
+    "limit",
+    In::Query,
+    "At most this many (1 to 1000; 100 when absent).",
+);
+
+/// Every route of the API.
+pub const ROUTES: &[Route] = &[
+    Route {
+        op: Op::OpenApi,
+        method: "get",
+        path: "/api/v1/openapi.json",
+        scope: ApiScope::Read,
+        id: "openapi",
+        summary: "This document.",
+        params: &[],
+        body: None,
+        answer: "OpenApi",
+        errors: &[],
+    },
+    Route {
+        op: Op::Payment,
+        method: "get",
+        path: "/api/v1/payments/{source}/{merchant}/{reference}",
+        scope: ApiScope::Read,
+        id: "getPayment",
+        summary: "A payment by the PSP's id: its state, every event with its notification, and what is parked.",
+        params: &[
+            ("source", In::Path, "The configured source (e.g. unionpay)."),
+            ("merchant", In::Path, "The merchant id at the PSP (UnionPay merId)."),
+            ("reference", In::Path, "The PSP's id of the payment (UnionPay queryId); a completion's own id leads to its payment."),
+        ],
+        body: None,
+        answer: "Payment",
+        errors: &[400, 404],
+    },
+    Route {
+        op: Op::DeadLetters,
+        method: "get",
+        path: "/api/v1/dead-letters",
+        scope: ApiScope::Read,
+        id: "listDeadLetters",
+        summary: "Dead letters: id, reason, receive count and archive key.",
+        params: &[LIMIT],
+        body: None,
+        answer: "DeadLetterList",
+        errors: &[400],
+    },
+    Route {
+        op: Op::DeadLetter,
+        method: "get",
+        path: "/api/v1/dead-letters/{id}",
+        scope: ApiScope::Read,
+        id: "getDeadLetter",
+        summary: "One dead letter (by its id or its notification's): the request it carries and, when it does not verify now, the failing step and every step (card numbers masked).",
+        params: &[("id", In::Path, "The dead letter's id, or its notification id.")],
+        body: None,
+        answer: "DeadLetter",
+        errors: &[400, 404],
+    },
+    Route {
+        op: Op::Redrive,
+        method: "post",
+        path: "/api/v1/dead-letters/redrive",
+        scope: ApiScope::Operate,
+        id: "redriveDeadLetters",
+        summary: "Moves dead letters (of one reason, or all) back to the queue, or with dry_run counts them by reason. Recorded under audit/api/ in the archive.",
+        params: &[],
+        body: Some("RedriveRequest"),
+        answer: "RedriveResult",
+        errors: &[400, 403],
+    },
+    Route {
+        op: Op::Parked,
+        method: "get",
+        path: "/api/v1/parked",
+        scope: ApiScope::Read,
+        id: "listParked",
+        summary: "Events parked in the ledger, waiting for their payment, oldest first, with any conflict.",
+        params: &[LIMIT],
+        body: None,
+        answer: "ParkedList",
+        errors: &[400],
+    },
+    Route {
+        op: Op::Endpoints,
+        method: "get",
+        path: "/api/v1/deliveries/endpoints",
+        scope: ApiScope::Read,
+        id: "listEndpoints",
+        summary: "Each webhook endpoint's status: last success, failing since, pending and dead-lettered (held) deliveries, lag, disabled.",
+        params: &[],
+        body: None,
+        answer: "EndpointList",
+        errors: &[],
+    },
+];
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+fn list_of(schema: &str) -> Value {
+    json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{schema}") } })
+}
+
+/// The answers' and requests' schemas.
+fn schemas() -> Value {
+    let text = json!({ "type": "string" });
+    let text_or_null = json!({ "type": ["string", "null"] });
+    let decimal = json!({ "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$",
+                          "description": "An amount as a decimal in its currency: \"10.00\"." });
+    let time = json!({ "type": "string", "format": "date-time" });
+    json!({
+        "Error": object(&["error"], json!({ "error": text })),
+        "OpenApi": { "type": "object", "description": "An OpenAPI 3.1 document." },
+        "Payment": object(&["payment_key", "state", "history", "parked"], json!({
+            "payment_key": text,
+            "state": { "oneOf": [{ "type": "null" }, object(&["status", "version", "currency", "paid", "refunded"], json!({
+                "status": text, "version": { "type": "integer" }, "currency": text,
+                "paid": decimal, "refunded": decimal, "authorized": decimal,
+            }))] },
+            "history": { "type": "array", "items": object(&["event_key", "kind", "outcome", "recorded_at", "notification_id"], json!({
+                "event_key": text, "kind": text, "outcome": text, "recorded_at": time,
+                "notification_id": text, "status_after": text_or_null,
+                "amount": { "oneOf": [decimal, { "type": "null" }] },
+            })) },
+            "parked": { "type": "array", "items": { "type": "object" } },
+        })),
+        "DeadLetterSummary": object(&["id", "reason", "receive_count", "dead_at"], json!({
+            "id": text, "notification_id": text_or_null, "reason": text, "error": text,
+            "receive_count": { "type": "integer" }, "dead_at": time, "archive_key": text_or_null,
+        })),
+        "DeadLetterList": list_of("DeadLetterSummary"),
+        "DeadLetter": {
+            "allOf": [{ "$ref": "#/components/schemas/DeadLetterSummary" }, object(&[], json!({
+                "envelope": { "type": "object" },
+                "verification": object(&["valid"], json!({
+                    "valid": { "type": "boolean" }, "error": text, "step": text, "message": text,
+                    "explain": {},
+                })),
+            }))],
+        },
+        "RedriveRequest": {
+            "type": "object",
+            "properties": {
+                "reason": { "type": "string", "description": "Only dead letters with this reason (all when absent)." },
+                "dry_run": { "type": "boolean", "description": "Count, by reason; move nothing." },
+            },
+            "additionalProperties": false,
+        },
+        "RedriveResult": object(&[], json!({
+            "dry_run": { "type": "boolean" }, "would_redrive": { "type": "integer" },
+            "by_reason": { "type": "object", "additionalProperties": { "type": "integer" } },
+            "redriven": { "type": "integer" }, "still_in_dlq": { "type": "integer" },
+        })),
+        "ParkedList": { "type": "array", "items": object(&["payment_key", "event", "notification_id", "parked_at"], json!({
+            "payment_key": text, "event": { "type": "object" }, "notification_id": text,
+            "parked_at": time, "conflict": text_or_null,
+        })) },
+        "EndpointList": { "type": "array", "items": object(&["endpoint", "url"], json!({
+            "endpoint": text, "url": text, "pending": { "type": "integer" },
+            "dead_lettered": { "type": "integer" }, "lag_secs": { "type": ["integer", "null"] },
+            "disabled": text_or_null,
+        })) },
+    })
+}
+
+fn reference(schema: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{schema}") })
+}
+
+fn error_answer(why: &str) -> Value {
+    json!({ "description": why, "content": { "application/json": { "schema": reference("Error") } } })
+}
+
+/// The OpenAPI 3.1 document of [`ROUTES`].
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for r in ROUTES {
+        let mut responses = Map::new();
+        responses.insert(
+            "200".into(),
+            json!({ "description": "OK", "content": { "application/json": { "schema": reference(r.answer) } } }),
+        );
+        responses.insert(
+            "401".into(),
+            error_answer("No key, or not a key of this API."),
+        );
+        for e in r.errors {
+            let why = match e {
+                400 => "A parameter or the body is not valid.",
+                403 => "The key's scope does not allow it (actions need operate).",
+                404 => "Not found.",
+                _ => "Error.",
+            };
+            responses.insert(e.to_string(), error_answer(why));
+        }
+        responses.insert(
+            "503".into(),
+            error_answer("A store could not be reached; try again."),
+        );
+        let params: Vec<Value> = r
+            .params
+            .iter()
+            .map(|(name, place, description)| match place {
+                In::Path => json!({ "name": name, "in": "path", "required": true,
+                                    "description": description, "schema": { "type": "string" } }),
+                In::Query => json!({ "name": name, "in": "query", "required": false,
+                                     "description": description,
+                                     "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }),
+            })
+            .collect();
+        let mut operation = json!({
+            "operationId": r.id,
+            "summary": r.summary,
+            "x-scope": r.scope.as_str(),
+            "parameters": params,
+            "responses": responses,
+        });
+        if let Some(body) = r.body {
+            operation["requestBody"] = json!({
+                "required": false,
+                "content": { "application/json": { "schema": reference(body) } },
+            });
+        }
+        paths
+            .entry(r.path)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("a path item is an object")
+            .insert(r.method.into(), operation);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "paynotify read API",
+            "version": "1",
+            "description": "The ledger, the dead letters, the parked events and the deliveries, for operators and the merchant's services (docs/api.md). Every request carries an API key: Authorization: Bearer KEY. A read key reads; an operate key also acts.",
+        },
+        "security": [{ "key": [] }],
+        "components": {
+            "securitySchemes": { "key": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas(),
+        },
+        "paths": paths,
+    })
+}

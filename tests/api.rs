@@ -1,0 +1,322 @@
+//! The read API (docs/api.md) on both backends: every route answered
+//! with a key and refused without one, reads equal to what the ledger and
+//! the queues hold, actions only with an operate key and each recorded in
+//! the archive, and the OpenAPI document the same as the checked-in one.
+
+use std::time::{Duration, Instant};
+
+use paynotify::api::routes::{document, ROUTES};
+use paynotify::app::AppOptions;
+use paynotify::simulate::tamper;
+use paynotify_shared::config::{ApiConfig, ApiKeyConfig, ApiScope, SecretRef};
+use paynotify_shared::PaymentStatus;
+use serde_json::{json, Value};
+use support::app::{spawn_app_tweaked, TestApp, MERCHANT};
+use support::Kind;
+
+#[macro_use]
+mod support;
+
+const READER: &str = "read-key-0123456789abcdef0123456789abcdef";
+const OPERATOR: &str = "operate-key-0123456789abcdef0123456789abcd";
+
+async fn spawn(kind: Kind) -> TestApp {
+    spawn_app_tweaked(kind, AppOptions::all(), |c| {
+        let dir = c.backend.data_dir.parent().unwrap().to_path_buf();
+        let key = |name: &str, scope: ApiScope, value: &str| {
+            let path = dir.join(format!("{name}.key"));
+            std::fs::write(&path, format!("{value}\n")).unwrap();
+            ApiKeyConfig {
+                name: name.into(),
+                scope,
+                secret: SecretRef::File(path),
+            }
+        };
+        c.api = ApiConfig {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            keys: vec![
+                key("dashboard", ApiScope::Read, READER),
+                key("oncall", ApiScope::Operate, OPERATOR),
+            ],
+        };
+    })
+    .await
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn of(t: &TestApp) -> Self {
+        Self {
+            base: format!("http://{}", t.app().api_addr.expect("the API listens")),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut r = match method {
+            "get" => self.http.get(url),
+            "post" => self.http.post(url),
+            other => panic!("{other}"),
+        };
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let answer = r.send().await.unwrap();
+        let status = answer.status().as_u16();
+        assert_eq!(
+            answer.headers()["content-type"],
+            "application/json",
+            "{method} {path}"
+        );
+        assert_eq!(answer.headers()["cache-control"], "no-store");
+        let text = answer.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call("get", path, Some(READER), None).await
+    }
+}
+
+/// A route's path with its parameters filled.
+fn concrete(path: &str) -> String {
+    path.replace("{source}", "unionpay")
+        .replace("{merchant}", MERCHANT)
+        .replace("{reference}", "nothing")
+        .replace("{id}", "nothing")
+}
+
+async fn every_route_needs_a_key_and_an_action_an_operate_key(kind: Kind) {
+    let t = spawn(kind).await;
+    let c = Client::of(&t);
+    for r in ROUTES {
+        let path = concrete(r.path);
+        for key in [
+            None,
+            Some("not-a-key-of-this-api-0123456789abcdef"),
+            Some(&READER[1..]),
+        ] {
+            let (status, body) = c.call(r.method, &path, key, None).await;
+            assert_eq!(status, 401, "{} {path} with {key:?}: {body}", r.method);
+        }
+        let (status, body) = c.call(r.method, &path, Some(READER), None).await;
+        match r.scope {
+            ApiScope::Read => assert!(status != 401 && status != 403, "{path}: {status} {body}"),
+            ApiScope::Operate => assert_eq!(status, 403, "{path}: {body}"),
+        }
+        let (status, body) = c.call(r.method, &path, Some(OPERATOR), None).await;
+        assert!(status != 401 && status != 403, "{path}: {status} {body}");
+    }
+    // What is not a route is 401 without a key, 404 with one: nothing is
+    // learnt without a key.
+    assert_eq!(c.call("get", "/api/v1/secrets", None, None).await.0, 401);
+    assert_eq!(c.get("/api/v1/secrets").await.0, 404);
+    // Not the ingest: the API's port takes no notification.
+    let (status, _) = c
+        .call("post", "/notify/unionpay", Some(OPERATOR), Some(json!({})))
+        .await;
+    assert_eq!(status, 404);
+    let ingest = format!("http://{}/api/v1/openapi.json", t.app().addr.unwrap());
+    let answer = reqwest::Client::new()
+        .get(ingest)
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(answer.status().as_u16(), 200);
+}
+
+async fn a_payment_reads_as_the_ledger_holds_it(kind: Kind) {
+    let t = spawn(kind).await;
+    let c = Client::of(&t);
+    t.sim.send(t.sim.purchase("api1", 1000)).await;
+    t.wait_for_status("api1", PaymentStatus::Paid).await;
+    t.sim.send(t.sim.refund("api1", "api1-r1", 250)).await;
+    let state = t
+        .wait_for_status("api1", PaymentStatus::PartiallyRefunded)
+        .await;
+    let (status, body) = c
+        .get(&format!("/api/v1/payments/unionpay/{MERCHANT}/api1"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payment_key"], format!("unionpay#{MERCHANT}#api1"));
+    assert_eq!(body["state"]["status"], "PARTIALLY_REFUNDED");
+    assert_eq!(body["state"]["paid"], "10.00");
+    assert_eq!(body["state"]["refunded"], "2.50");
+    assert_eq!(body["state"]["version"], state.version);
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{body}");
+    assert_eq!(history[1]["amount"], "2.50");
+    for e in history {
+        assert!(
+            e["notification_id"].as_str().is_some_and(|n| !n.is_empty()),
+            "{e}"
+        );
+        time::OffsetDateTime::parse(
+            e["recorded_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+    }
+    // Unknown payments, sources and references with odd bytes are 404s.
+    for path in [
+        format!("/api/v1/payments/unionpay/{MERCHANT}/nope"),
+        format!("/api/v1/payments/paypal/{MERCHANT}/api1"),
+        format!("/api/v1/payments/unionpay/{MERCHANT}/%3Cscript%3Ealert(1)%3C%2Fscript%3E"),
+    ] {
+        let (status, body) = c.get(&path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.to_string().contains("<script>"), "{body}");
+    }
+    // A refund waiting for its payment is listed as parked.
+    t.sim.send(t.sim.refund("api2", "api2-r1", 100)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let parked = loop {
+        let (status, body) = c.get("/api/v1/parked?limit=10").await;
+        assert_eq!(status, 200, "{body}");
+        if !body.as_array().unwrap().is_empty() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        parked[0]["payment_key"],
+        format!("unionpay#{MERCHANT}#api2")
+    );
+    for bad in ["0", "1001", "ten", "-1"] {
+        let (status, body) = c.get(&format!("/api/v1/parked?limit={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, body) = c.get("/api/v1/deliveries/endpoints").await;
+    assert_eq!((status, body), (200, json!([])));
+}
+
+async fn dead_letters_read_and_redrive_with_an_operate_key_recorded(kind: Kind) {
+    let t = spawn(kind).await;
+    let c = Client::of(&t);
+    t.sim.send(tamper(&t.sim.purchase("api3", 1000))).await;
+    t.wait_until_drained().await;
+    let (status, listed) = c.get("/api/v1/dead-letters").await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed.as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap();
+    assert_eq!(listed[0]["reason"], "bad_signature");
+    let (status, shown) = c.get(&format!("/api/v1/dead-letters/{id}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["verification"]["valid"], false, "{shown}");
+    assert!(shown["verification"]["step"].is_string(), "{shown}");
+    // By its notification id too.
+    let notification = listed[0]["notification_id"].as_str().unwrap();
+    assert_eq!(
+        c.get(&format!("/api/v1/dead-letters/{notification}"))
+            .await
+            .1["id"],
+        id
+    );
+    assert_eq!(c.get("/api/v1/dead-letters/nothing").await.0, 404);
+
+    // A read key may not act; a dry run counts; a redrive moves it (it is
+    // dead-lettered again: its signature still fails).
+    let redrive = "/api/v1/dead-letters/redrive";
+    let (status, _) = c.call("post", redrive, Some(READER), Some(json!({}))).await;
+    assert_eq!(status, 403);
+    let (status, body) = c
+        .call(
+            "post",
+            redrive,
+            Some(OPERATOR),
+            Some(json!({ "dry_run": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["would_redrive"], 1);
+    assert_eq!(body["by_reason"]["bad_signature"], 1);
+    let (status, body) = c
+        .call(
+            "post",
+            redrive,
+            Some(OPERATOR),
+            Some(json!({ "reason": "bad_signature" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redriven"], 1);
+    for bad in [json!({ "reasons": "x" }), json!([1]), json!("text")] {
+        let (status, body) = c.call("post", redrive, Some(OPERATOR), Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    // Each action done is in the archive with the key that asked.
+    let audits = t
+        .app()
+        .backends
+        .archive
+        .list(paynotify::api::AUDIT_PREFIX, None, None)
+        .await
+        .unwrap();
+    assert_eq!(audits.len(), 2, "{audits:?}");
+    let mut actions = Vec::new();
+    for key in &audits {
+        let bytes = t.app().backends.archive.get(key).await.unwrap();
+        let record: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(record["key"], "oncall", "{record}");
+        assert_eq!(record["action"], "dead-letters/redrive");
+        actions.push(record["asked"]["dry_run"].as_bool().unwrap());
+    }
+    actions.sort();
+    assert_eq!(actions, vec![false, true]);
+}
+
+on_both_backends!(
+    every_route_needs_a_key_and_an_action_an_operate_key,
+    a_payment_reads_as_the_ledger_holds_it,
+    dead_letters_read_and_redrive_with_an_operate_key_recorded,
+);
+
+#[test]
+fn the_checked_in_openapi_document_is_the_codes() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api/openapi.json");
+    let generated = serde_json::to_string_pretty(&document()).unwrap() + "\n";
+    if std::env::var_os("PAYNOTIFY_WRITE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/api/openapi.json is not what the code serves: \
+         PAYNOTIFY_WRITE_OPENAPI=1 cargo test --test api the_checked_in_openapi_document_is_the_codes"
+    );
+    // Every route is in it once, with its method.
+    let doc = document();
+    let mut listed = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                ROUTES.iter().any(|r| r.path == path && r.method == method),
+                "{method} {path}"
+            );
+            listed += 1;
+        }
+    }
+    assert_eq!(listed, ROUTES.len());
+}
