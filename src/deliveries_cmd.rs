@@ -6,41 +6,20 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use paynotify_shared::config::Config;
-use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus, WebhookLine};
+use paynotify_shared::ports::{DeliveryFilter, DeliveryStatus};
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::ops_cmd::ConfigArg;
-use paynotify::views::deliveries::{endpoints_value, store_of, Store};
+use paynotify::views::deliveries::{
+    endpoints_value, release_all, resend_delivery, store_of, Resent, Store,
+};
 
 /// The configuration and the deliveries store it names.
 async fn open(config: &ConfigArg) -> anyhow::Result<(Config, Store)> {
     let (config, backends) = config.open().await?;
     let store = store_of(&backends)?;
     Ok((config, store))
-}
-
-/// Puts a release on each of `endpoint`'s lines that holds a delivery: its
-/// held events are sent in order when it comes up. How many lines.
-async fn release_all(
-    line: &dyn WebhookLine,
-    endpoint: &str,
-    payment: Option<&str>,
-) -> anyhow::Result<usize> {
-    let held = line
-        .list_held(&DeliveryFilter {
-            endpoint: Some(endpoint.to_owned()),
-            payment_key: payment.map(str::to_owned),
-            limit: usize::MAX,
-            ..DeliveryFilter::default()
-        })
-        .await?;
-    let payments: std::collections::BTreeSet<&str> =
-        held.iter().map(|d| d.record.payment_key.as_str()).collect();
-    for p in &payments {
-        line.release(endpoint, p).await?;
-    }
-    Ok(payments.len())
 }
 
 /// An endpoint named in the configuration.
@@ -165,50 +144,21 @@ pub struct Resend {
 /// # Errors
 /// Configuration or store errors; exit 1 when there is no such delivery.
 pub async fn resend(args: Resend) -> anyhow::Result<ExitCode> {
-    let (config, store) = open(&args.config).await?;
+    let (config, backends) = args.config.open().await?;
     let name = endpoint(&config, &args.endpoint)?;
-    let store = match store {
-        Store::Outbox(s) => s,
-        Store::Line(line) => return resend_held(line.as_ref(), name, &args.event_id).await,
-    };
-    if store
-        .resend(name, &args.event_id, OffsetDateTime::now_utc())
-        .await?
-    {
-        crate::print_stdout(&format!("{} will be sent to {name} again", args.event_id))?;
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("paynotify: {name} has no delivery of {}", args.event_id);
-        Ok(ExitCode::FAILURE)
+    match resend_delivery(&backends, name, &args.event_id).await? {
+        Resent::Again => {
+            crate::print_stdout(&format!("{} will be sent to {name} again", args.event_id))?;
+        }
+        Resent::Released { payment_key } => crate::print_stdout(&format!(
+            "{} and the later held events of {payment_key} will be sent to {name} again, in order",
+            args.event_id
+        ))?,
+        Resent::NoSuchDelivery(why) => {
+            eprintln!("paynotify: {why}");
+            return Ok(ExitCode::FAILURE);
+        }
     }
-}
-
-/// `resend` on the AWS webhook line: a held delivery and the payment's
-/// later held events go again, in order, when the release comes up.
-async fn resend_held(
-    line: &dyn WebhookLine,
-    name: &str,
-    event_id: &str,
-) -> anyhow::Result<ExitCode> {
-    let held = line
-        .list_held(&DeliveryFilter {
-            endpoint: Some(name.to_owned()),
-            event_id: Some(event_id.to_owned()),
-            limit: 1,
-            ..DeliveryFilter::default()
-        })
-        .await?;
-    let Some(d) = held.first() else {
-        eprintln!(
-            "paynotify: {name} holds no delivery of {event_id} (on AWS only held deliveries can be resent)"
-        );
-        return Ok(ExitCode::FAILURE);
-    };
-    release_all(line, name, Some(&d.record.payment_key)).await?;
-    crate::print_stdout(&format!(
-        "{event_id} and the later held events of {} will be sent to {name} again, in order",
-        d.record.payment_key
-    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use paynotify::api::routes::{document, ROUTES};
 use paynotify::app::AppOptions;
+use paynotify::receiver::Receiver;
 use paynotify::simulate::tamper;
 use paynotify_shared::config::{ApiConfig, ApiKeyConfig, ApiScope, SecretRef};
 use paynotify_shared::PaymentStatus;
@@ -21,7 +22,15 @@ const READER: &str = "read-key-0123456789abcdef0123456789abcdef";
 const OPERATOR: &str = "operate-key-0123456789abcdef0123456789abcd";
 
 async fn spawn(kind: Kind) -> TestApp {
+    spawn_with(kind, |_| {}).await
+}
+
+async fn spawn_with(
+    kind: Kind,
+    tweak: impl FnOnce(&mut paynotify_shared::config::Config),
+) -> TestApp {
     spawn_app_tweaked(kind, AppOptions::all(), |c| {
+        tweak(c);
         let dir = c.backend.data_dir.parent().unwrap().to_path_buf();
         let key = |name: &str, scope: ApiScope, value: &str| {
             let path = dir.join(format!("{name}.key"));
@@ -287,10 +296,121 @@ async fn dead_letters_read_and_redrive_with_an_operate_key_recorded(kind: Kind) 
     assert_eq!(actions, vec![false, true]);
 }
 
+async fn a_failed_delivery_is_listed_and_resent_with_an_operate_key(kind: Kind) {
+    let mut receiver = Receiver::start(&support::receiver_secret(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    receiver.stop();
+    let addr = receiver.addr;
+    let t = spawn_with(kind, move |c| {
+        let path = c.backend.data_dir.with_file_name("endpoint.secret");
+        c.deliveries.retry_schedule_secs = vec![1];
+        c.deliveries.poll_ms = 50;
+        c.deliveries.line_wait_secs = 0;
+        c.deliveries.endpoints = vec![support::loopback_endpoint(
+            "orders",
+            format!("http://{addr}/paynotify"),
+            path,
+        )];
+    })
+    .await;
+    let c = Client::of(&t);
+    t.sim.send(t.sim.purchase("api4", 1000)).await;
+    t.wait_for_status("api4", PaymentStatus::Paid).await;
+    if kind == Kind::Aws {
+        // The events function puts the event on the webhook line, from the
+        // ledger's stream.
+        let mut backend = t.config.backend.clone();
+        backend.aws.ledger_stream = true;
+        paynotify_shared::backend::aws::setup::init(&backend)
+            .await
+            .unwrap();
+        t.sim.send(t.sim.purchase("api5", 1000)).await;
+        t.wait_for_status("api5", PaymentStatus::Paid).await;
+        let events = paynotify_lambda::events::Events::from_config(&t.config)
+            .await
+            .unwrap();
+        let records = support::stream::stream_records(&t.config).await;
+        let report = events
+            .handle_batch(json!({ "Records": records }))
+            .await
+            .unwrap();
+        assert_eq!(report.failed_at, None);
+    }
+    // Both attempts fail (the receiver is down): dead-lettered (held).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let (status, body) = c
+            .get("/api/v1/deliveries?endpoint=orders&status=dead_lettered&limit=10")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if !body.as_array().unwrap().is_empty() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let event_id = held[0]["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(held[0]["attempts"], 2, "{held}");
+    // Pending ones are kept on the embedded backend only.
+    let (status, body) = c.get("/api/v1/deliveries?status=pending").await;
+    assert_eq!(status, if kind == Kind::Aws { 400 } else { 200 }, "{body}");
+    assert_eq!(c.get("/api/v1/deliveries?status=lost").await.0, 400);
+
+    receiver.restart().await.unwrap();
+    let resend = "/api/v1/deliveries/resend";
+    let asked = json!({ "endpoint": "orders", "event_id": event_id });
+    assert_eq!(
+        c.call("post", resend, Some(READER), Some(asked.clone()))
+            .await
+            .0,
+        403
+    );
+    for (bad, status) in [
+        (json!({ "endpoint": "billing", "event_id": event_id }), 404),
+        (
+            json!({ "endpoint": "orders", "event_id": "evt_nothing" }),
+            404,
+        ),
+        (json!({ "endpoint": "orders" }), 400),
+    ] {
+        let (got, body) = c.call("post", resend, Some(OPERATOR), Some(bad)).await;
+        assert_eq!(got, status, "{body}");
+    }
+    let (status, body) = c.call("post", resend, Some(OPERATOR), Some(asked)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["resent"],
+        if kind == Kind::Aws {
+            "released"
+        } else {
+            "again"
+        }
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !receiver.view().events.contains_key(&event_id) {
+        assert!(Instant::now() < deadline, "never resent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audits = t
+        .app()
+        .backends
+        .archive
+        .list(paynotify::api::AUDIT_PREFIX, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        audits.len(),
+        1,
+        "only what was done is recorded: {audits:?}"
+    );
+}
+
 on_both_backends!(
     every_route_needs_a_key_and_an_action_an_operate_key,
     a_payment_reads_as_the_ledger_holds_it,
     dead_letters_read_and_redrive_with_an_operate_key_recorded,
+    a_failed_delivery_is_listed_and_resent_with_an_operate_key,
 );
 
 #[test]

@@ -27,7 +27,7 @@ use axum::Router;
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::{ApiScope, Config};
 use paynotify_shared::envelope::rfc3339_ms;
-use paynotify_shared::ports::DeadLettersExt;
+use paynotify_shared::ports::{DeadLettersExt, DeliveryFilter, DeliveryStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::views;
+use crate::views::deliveries::Resent;
 use keys::{Key, Keys};
 use routes::{Op, ROUTES};
 
@@ -159,6 +160,8 @@ fn handler(op: Op) -> MethodRouter<Api> {
         Op::Redrive => post(redrive),
         Op::Parked => get(parked),
         Op::Endpoints => get(endpoints),
+        Op::Deliveries => get(deliveries),
+        Op::Resend => post(resend),
     }
 }
 
@@ -334,6 +337,86 @@ async fn endpoints(State(api): State<Api>) -> Result<Response, ApiError> {
     ok(&json!(
         views::deliveries::endpoints_value(&api.config, &api.backends).await?
     ))
+}
+
+async fn deliveries(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = limit(&query)?;
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(
+            DeliveryStatus::parse(s)
+                .ok_or_else(|| ApiError::bad("status is pending, delivered or dead_lettered"))?,
+        ),
+    };
+    let store = views::deliveries::store_of(&api.backends)?;
+    let filter = DeliveryFilter {
+        endpoint: query.get("endpoint").cloned(),
+        payment_key: query.get("payment").cloned(),
+        event_id: None,
+        status,
+        since: None,
+        limit,
+    };
+    if matches!(store, views::deliveries::Store::Line(_))
+        && status.is_some_and(|s| s != DeliveryStatus::DeadLettered)
+    {
+        return Err(ApiError::bad(
+            "on AWS only held (dead_lettered) deliveries are kept: pending ones are messages on \
+             the webhook line (GET /api/v1/deliveries/endpoints gives its depth)",
+        ));
+    }
+    let rows = store.list(&filter).await?;
+    ok(&serde_json::to_value(&rows).map_err(anyhow::Error::from)?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResendRequest {
+    endpoint: String,
+    event_id: String,
+}
+
+async fn resend(
+    State(api): State<Api>,
+    axum::Extension(Caller(key)): axum::Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let asked: ResendRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body: {e}")))?;
+    if !api
+        .config
+        .deliveries
+        .endpoints
+        .iter()
+        .any(|e| e.name == asked.endpoint)
+    {
+        return Err(ApiError::not_found(format!(
+            "no endpoint {:?} in the configuration",
+            asked.endpoint
+        )));
+    }
+    let result =
+        match views::deliveries::resend_delivery(&api.backends, &asked.endpoint, &asked.event_id)
+            .await?
+        {
+            Resent::Again => json!({ "resent": "again" }),
+            Resent::Released { payment_key } => {
+                json!({ "resent": "released", "payment_key": payment_key })
+            }
+            Resent::NoSuchDelivery(why) => return Err(ApiError::not_found(why)),
+        };
+    audit(
+        &api,
+        &key,
+        "deliveries/resend",
+        &json!({ "endpoint": asked.endpoint, "event_id": asked.event_id }),
+        &result,
+    )
+    .await?;
+    ok(&result)
 }
 
 /// Records an action in the archive: who (the key's name and scope), what

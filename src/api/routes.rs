@@ -15,6 +15,8 @@ pub enum Op {
     Redrive,
     Parked,
     Endpoints,
+    Deliveries,
+    Resend,
 }
 
 /// Where a parameter is.
@@ -141,6 +143,35 @@ pub const ROUTES: &[Route] = &[
         answer: "EndpointList",
         errors: &[],
     },
+    Route {
+        op: Op::Deliveries,
+        method: "get",
+        path: "/api/v1/deliveries",
+        scope: ApiScope::Read,
+        id: "listDeliveries",
+        summary: "Deliveries of outgoing events, oldest event first (on AWS only held ones are kept: pending ones are messages on the webhook line).",
+        params: &[
+            ("endpoint", In::Query, "Only this endpoint's."),
+            ("payment", In::Query, "Only this payment's (its key, source#merchant#reference)."),
+            ("status", In::Query, "Only pending, delivered or dead_lettered ones."),
+            LIMIT,
+        ],
+        body: None,
+        answer: "DeliveryList",
+        errors: &[400],
+    },
+    Route {
+        op: Op::Resend,
+        method: "post",
+        path: "/api/v1/deliveries/resend",
+        scope: ApiScope::Operate,
+        id: "resendDelivery",
+        summary: "Sends an event to an endpoint again (a held or dead-lettered one releases its payment's later events, in order). Recorded under audit/api/ in the archive.",
+        params: &[],
+        body: Some("ResendRequest"),
+        answer: "ResendResult",
+        errors: &[400, 403, 404],
+    },
 ];
 
 fn object(required: &[&str], properties: Value) -> Value {
@@ -205,6 +236,21 @@ fn schemas() -> Value {
             "payment_key": text, "event": { "type": "object" }, "notification_id": text,
             "parked_at": time, "conflict": text_or_null,
         })) },
+        "DeliveryList": { "type": "array", "items": object(&["endpoint", "status", "attempts", "event_id", "payment_key", "event_type"], json!({
+            "endpoint": text, "status": { "enum": ["pending", "delivered", "dead_lettered"] },
+            "attempts": { "type": "integer" }, "last_error": text_or_null,
+            "event_id": text, "payment_key": text, "event_type": text,
+            "body": { "type": "string", "description": "The event's JSON, as signed and sent." },
+        })) },
+        "ResendRequest": {
+            "type": "object",
+            "required": ["endpoint", "event_id"],
+            "properties": { "endpoint": text, "event_id": text },
+            "additionalProperties": false,
+        },
+        "ResendResult": object(&["resent"], json!({
+            "resent": { "enum": ["again", "released"] }, "payment_key": text,
+        })),
         "EndpointList": { "type": "array", "items": object(&["endpoint", "url"], json!({
             "endpoint": text, "url": text, "pending": { "type": "integer" },
             "dead_lettered": { "type": "integer" }, "lag_secs": { "type": ["integer", "null"] },
@@ -253,9 +299,11 @@ pub fn document() -> Value {
             .map(|(name, place, description)| match place {
                 In::Path => json!({ "name": name, "in": "path", "required": true,
                                     "description": description, "schema": { "type": "string" } }),
-                In::Query => json!({ "name": name, "in": "query", "required": false,
+                In::Query if *name == "limit" => json!({ "name": name, "in": "query", "required": false,
                                      "description": description,
                                      "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }),
+                In::Query => json!({ "name": name, "in": "query", "required": false,
+                                     "description": description, "schema": { "type": "string" } }),
             })
             .collect();
         let mut operation = json!({

@@ -91,3 +91,78 @@ pub async fn endpoints_value(
     }
     Ok(out)
 }
+
+/// Puts a release on each of `endpoint`'s lines that holds a delivery: its
+/// held events are sent in order when it comes up. How many lines.
+pub async fn release_all(
+    line: &dyn WebhookLine,
+    endpoint: &str,
+    payment: Option<&str>,
+) -> anyhow::Result<usize> {
+    let held = line
+        .list_held(&DeliveryFilter {
+            endpoint: Some(endpoint.to_owned()),
+            payment_key: payment.map(str::to_owned),
+            limit: usize::MAX,
+            ..DeliveryFilter::default()
+        })
+        .await?;
+    let payments: std::collections::BTreeSet<&str> =
+        held.iter().map(|d| d.record.payment_key.as_str()).collect();
+    for p in &payments {
+        line.release(endpoint, p).await?;
+    }
+    Ok(payments.len())
+}
+
+/// What `resend` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resent {
+    /// The outbox's delivery is pending again, due now, with a fresh retry
+    /// budget (a dead-lettered one releases its payment's later events).
+    Again,
+    /// On the AWS webhook line: the held delivery and its payment's later
+    /// held events go again, in order, when the release comes up.
+    Released { payment_key: String },
+    /// Nothing to resend, and why.
+    NoSuchDelivery(String),
+}
+
+/// Sends `event_id` to the endpoint `name` again.
+///
+/// # Errors
+/// A backend that keeps no deliveries, or a store error.
+pub async fn resend_delivery(
+    backends: &Backends,
+    name: &str,
+    event_id: &str,
+) -> anyhow::Result<Resent> {
+    match store_of(backends)? {
+        Store::Outbox(s) => Ok(
+            if s.resend(name, event_id, OffsetDateTime::now_utc()).await? {
+                Resent::Again
+            } else {
+                Resent::NoSuchDelivery(format!("{name} has no delivery of {event_id}"))
+            },
+        ),
+        Store::Line(line) => {
+            let held = line
+                .list_held(&DeliveryFilter {
+                    endpoint: Some(name.to_owned()),
+                    event_id: Some(event_id.to_owned()),
+                    limit: 1,
+                    ..DeliveryFilter::default()
+                })
+                .await?;
+            let Some(d) = held.first() else {
+                return Ok(Resent::NoSuchDelivery(format!(
+                    "{name} holds no delivery of {event_id} (on AWS only held deliveries can be resent)"
+                )));
+            };
+            release_all(line.as_ref(), name, Some(&d.record.payment_key)).await?;
+            Ok(Resent::Released {
+                payment_key: d.record.payment_key.clone(),
+            })
+        }
+    }
+}
