@@ -22,6 +22,7 @@
 
 mod deliveries;
 mod notifications;
+pub mod record;
 
 use notifications::*;
 

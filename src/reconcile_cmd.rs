@@ -37,6 +37,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
     .await?;
     bar.finish_and_clear();
+    // Kept for the read API (the latest report); a run whose report cannot
+    // be kept still reports, and says so.
+    if let Err(e) = paynotify::reconcile::record::record(&backends, &report).await {
+        eprintln!("paynotify: the report could not be kept in the archive: {e:#}");
+    }
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {

@@ -406,7 +406,56 @@ async fn a_failed_delivery_is_listed_and_resent_with_an_operate_key(kind: Kind) 
     );
 }
 
+async fn the_last_reconcile_report_is_served(kind: Kind) {
+    let t = spawn(kind).await;
+    let c = Client::of(&t);
+    assert_eq!(c.get("/api/v1/reconcile/latest").await.0, 404);
+    t.sim.send(t.sim.purchase("api6", 1000)).await;
+    t.wait_for_status("api6", PaymentStatus::Paid).await;
+    let file = t
+        .config
+        .backend
+        .data_dir
+        .parent()
+        .unwrap()
+        .join("paynotify.toml");
+    let env = support::deployed::backend_env(&t.config.backend, "operator");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let reconcile = || {
+        support::cli::paynotify(
+            &["reconcile", "--config", file.to_str().unwrap(), "--json"],
+            &env,
+        )
+    };
+    let out = reconcile();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (status, latest) = c.get("/api/v1/reconcile/latest").await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(latest["clean"], true);
+    assert_eq!(latest["report"], printed);
+    // Another run after another payment: the newest is the one served.
+    t.sim.send(t.sim.purchase("api7", 500)).await;
+    t.wait_for_status("api7", PaymentStatus::Paid).await;
+    let out = reconcile();
+    assert_eq!(out.status.code(), Some(0));
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, newest) = c.get("/api/v1/reconcile/latest").await;
+    assert_eq!(newest["report"], second);
+    assert_ne!(newest["key"], latest["key"]);
+    assert_eq!(
+        newest["report"]["archived"].as_u64().unwrap(),
+        latest["report"]["archived"].as_u64().unwrap() + 1
+    );
+}
+
 on_both_backends!(
+    the_last_reconcile_report_is_served,
     every_route_needs_a_key_and_an_action_an_operate_key,
     a_payment_reads_as_the_ledger_holds_it,
     dead_letters_read_and_redrive_with_an_operate_key_recorded,

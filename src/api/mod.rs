@@ -162,6 +162,7 @@ fn handler(op: Op) -> MethodRouter<Api> {
         Op::Endpoints => get(endpoints),
         Op::Deliveries => get(deliveries),
         Op::Resend => post(resend),
+        Op::Reconcile => get(reconcile_latest),
     }
 }
 
@@ -417,6 +418,18 @@ async fn resend(
     )
     .await?;
     ok(&result)
+}
+
+async fn reconcile_latest(State(api): State<Api>) -> Result<Response, ApiError> {
+    match crate::reconcile::record::latest(&api.backends).await? {
+        Some((key, mut record)) => {
+            record["key"] = json!(key);
+            ok(&record)
+        }
+        None => Err(ApiError::not_found(
+            "no reconcile report yet: paynotify reconcile keeps each run's",
+        )),
+    }
 }
 
 /// Records an action in the archive: who (the key's name and scope), what

@@ -17,6 +17,7 @@ pub enum Op {
     Endpoints,
     Deliveries,
     Resend,
+    Reconcile,
 }
 
 /// Where a parameter is.
@@ -172,6 +173,18 @@ pub const ROUTES: &[Route] = &[
         answer: "ResendResult",
         errors: &[400, 403, 404],
     },
+    Route {
+        op: Op::Reconcile,
+        method: "get",
+        path: "/api/v1/reconcile/latest",
+        scope: ApiScope::Read,
+        id: "latestReconcile",
+        summary: "The report of the last `paynotify reconcile` run: what was archived, in the ledger, parked, dead-lettered, and every discrepancy.",
+        params: &[],
+        body: None,
+        answer: "ReconcileRecord",
+        errors: &[404],
+    },
 ];
 
 fn object(required: &[&str], properties: Value) -> Value {
@@ -250,6 +263,16 @@ fn schemas() -> Value {
         },
         "ResendResult": object(&["resent"], json!({
             "resent": { "enum": ["again", "released"] }, "payment_key": text,
+        })),
+        "ReconcileRecord": object(&["at", "clean", "report"], json!({
+            "key": text, "at": time, "clean": { "type": "boolean" },
+            "report": object(&["archived", "in_ledger", "discrepancies"], json!({
+                "archived": { "type": "integer" }, "in_ledger": { "type": "integer" },
+                "parked": { "type": "integer" }, "dead_lettered": { "type": "integer" },
+                "discrepancies": { "type": "array", "items": object(&["kind", "subject", "detail"], json!({
+                    "kind": text, "subject": text, "detail": text,
+                })) },
+            })),
         })),
         "EndpointList": { "type": "array", "items": object(&["endpoint", "url"], json!({
             "endpoint": text, "url": text, "pending": { "type": "integer" },
