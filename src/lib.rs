@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod gateway_sim;
+pub mod parked;
 pub mod purge;
 pub mod receiver;
 pub mod reconcile;

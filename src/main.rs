@@ -90,6 +90,9 @@ enum DlqCommand {
 enum ParkedCommand {
     /// Parked events, oldest first, with how long they have waited and any conflict.
     List(reconcile_cmd::ParkedList),
+    /// Takes a parked event out of the ledger, with a record of it and a
+    /// note (audit/parked-resolved/ in the archive).
+    Resolve(reconcile_cmd::ParkedResolve),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +173,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => ops_cmd::replay(args).await,
         Command::Reconcile(args) => reconcile_cmd::run(args).await,
         Command::Parked(ParkedCommand::List(args)) => reconcile_cmd::parked_list(args).await,
+        Command::Parked(ParkedCommand::Resolve(args)) => reconcile_cmd::parked_resolve(args).await,
         Command::Deliveries(c) => match c {
             DeliveriesCommand::List(args) => deliveries_cmd::list(args).await,
             DeliveriesCommand::Show(args) => deliveries_cmd::show(args).await,

@@ -73,6 +73,10 @@ pub struct Report {
     /// Rejected, dead-lettered, then purged by an operator (recorded under
     /// `audit/dlq-purged/`).
     pub purged: u64,
+    /// Verified, parked, then resolved by an operator (recorded under
+    /// `audit/parked-resolved/`): in neither the ledger nor the DLQ, by
+    /// decision.
+    pub resolved: u64,
     /// Authentic notifications of a type the source does not map to a
     /// payment event (acknowledged as ignored, never in the ledger).
     pub ignored: u64,
@@ -136,6 +140,7 @@ pub async fn reconcile(
     let verifiers = SourceVerifier::all(config, backends.secrets.as_deref()).await?;
     let dead = dead_letters(backends).await?;
     let purged = crate::purge::purged_ids(backends).await?;
+    let resolved = crate::parked::resolved_ids(backends).await?;
     report.queue_depth = backends.queue.depth().await?;
     let keys = backends.archive.list("raw/", from, to).await?;
     let total = keys.len() as u64;
@@ -229,7 +234,7 @@ pub async fn reconcile(
         torn_lines,
     )
     .await?;
-    look_again(backends, &mut report, &mut payments, unfound).await?;
+    look_again(backends, &mut report, &mut payments, unfound, &resolved).await?;
     // When each checked payment changed, for the outgoing events' check.
     let mut transitions = BTreeMap::new();
     for payment in &payments {

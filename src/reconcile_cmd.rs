@@ -46,13 +46,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::print_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {
         let mut out = format!(
-            "archived {}  in ledger {}  parked {}  dead-lettered {}  purged {}  payments checked {}  \
-             queue depth {}  partial writes {}\n",
+            "archived {}  in ledger {}  parked {}  dead-lettered {}  purged {}  resolved {}  \
+             payments checked {}  queue depth {}  partial writes {}\n",
             report.archived,
             report.in_ledger,
             report.parked,
             report.dead_lettered,
             report.purged,
+            report.resolved,
             report.payments_checked,
             report.queue_depth,
             report.partial_writes
@@ -127,4 +128,48 @@ pub async fn parked_list(args: ParkedList) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ParkedResolve {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The payment it is parked under (`source#merchant#reference`, as
+    /// `parked list` shows it).
+    payment_key: String,
+    /// The parked event's key (`event.event_key` in `parked list --json`).
+    event_key: String,
+    /// Why: kept in the record.
+    #[arg(long)]
+    note: String,
+}
+
+/// Takes a parked event out of the ledger and records it; prints the
+/// record. Exit 1 when it is not parked there.
+///
+/// # Errors
+/// Configuration, ledger or archive errors.
+pub async fn parked_resolve(args: ParkedResolve) -> anyhow::Result<ExitCode> {
+    let (_, backends) = args.config.open().await?;
+    match paynotify::parked::resolve(
+        &backends,
+        &args.payment_key,
+        &args.event_key,
+        &args.note,
+        "cli",
+    )
+    .await?
+    {
+        Some(record) => {
+            crate::print_stdout(&serde_json::to_string_pretty(&record)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "paynotify: {} is not parked under {} (applied meanwhile, or resolved before)",
+                args.event_key, args.payment_key
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -104,6 +104,50 @@ impl Client {
     async fn get(&self, path: &str) -> (u16, Value) {
         self.call("get", path, Some(READER), None).await
     }
+
+    /// The oldest parked event, once there is one.
+    async fn first_parked(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/api/v1/parked").await;
+            assert_eq!(status, 200, "{body}");
+            if let Some(first) = body.as_array().unwrap().first() {
+                return first.clone();
+            }
+            assert!(Instant::now() < deadline, "never parked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The CLI as an operator: the app's configuration file, and the
+/// operator role's environment on AWS.
+struct Operator {
+    config: String,
+    env: Vec<(String, String)>,
+}
+
+impl Operator {
+    fn of(t: &TestApp) -> Self {
+        let file = t
+            .config
+            .backend
+            .data_dir
+            .parent()
+            .unwrap()
+            .join("paynotify.toml");
+        Self {
+            config: file.display().to_string(),
+            env: support::deployed::backend_env(&t.config.backend, "operator"),
+        }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
 }
 
 /// A route's path with its parameters filled.
@@ -412,19 +456,11 @@ async fn the_last_reconcile_report_is_served(kind: Kind) {
     assert_eq!(c.get("/api/v1/reconcile/latest").await.0, 404);
     t.sim.send(t.sim.purchase("api6", 1000)).await;
     t.wait_for_status("api6", PaymentStatus::Paid).await;
-    let file = t
-        .config
-        .backend
-        .data_dir
-        .parent()
-        .unwrap()
-        .join("paynotify.toml");
-    let env = support::deployed::backend_env(&t.config.backend, "operator");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let operator = Operator::of(&t);
     let reconcile = || {
         support::cli::paynotify(
-            &["reconcile", "--config", file.to_str().unwrap(), "--json"],
-            &env,
+            &["reconcile", "--config", &operator.config, "--json"],
+            &operator.env(),
         )
     };
     let out = reconcile();
@@ -454,7 +490,107 @@ async fn the_last_reconcile_report_is_served(kind: Kind) {
     );
 }
 
+async fn a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it(kind: Kind) {
+    let t = spawn(kind).await;
+    let c = Client::of(&t);
+    // A refund whose payment never arrived: parked.
+    t.sim.send(t.sim.refund("api8", "api8-r1", 100)).await;
+    let parked = c.first_parked().await;
+    let payment_key = parked["payment_key"].as_str().unwrap().to_owned();
+    let event_key = parked["event"]["event_key"].as_str().unwrap().to_owned();
+    let resolve = "/api/v1/parked/resolve";
+    let asked = json!({ "payment_key": payment_key, "event_key": event_key,
+                        "note": "refunded by hand, ticket 4711" });
+    assert_eq!(
+        c.call("post", resolve, Some(READER), Some(asked.clone()))
+            .await
+            .0,
+        403
+    );
+    for (bad, status) in [
+        (
+            json!({ "payment_key": payment_key, "event_key": event_key, "note": " " }),
+            400,
+        ),
+        (
+            json!({ "payment_key": payment_key, "event_key": event_key }),
+            400,
+        ),
+        (
+            json!({ "payment_key": payment_key, "event_key": "nothing", "note": "x" }),
+            404,
+        ),
+    ] {
+        let (got, body) = c.call("post", resolve, Some(OPERATOR), Some(bad)).await;
+        assert_eq!(got, status, "{body}");
+    }
+    let (status, record) = c
+        .call("post", resolve, Some(OPERATOR), Some(asked.clone()))
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["by"], "api:oncall");
+    assert_eq!(record["amount"], "1.00");
+    assert_eq!(record["note"], "refunded by hand, ticket 4711");
+    assert_eq!(c.get("/api/v1/parked").await.1, json!([]));
+    // Once.
+    assert_eq!(
+        c.call("post", resolve, Some(OPERATOR), Some(asked)).await.0,
+        404
+    );
+    // The same from the CLI, as the operator role.
+    t.sim.send(t.sim.refund("api9", "api9-r1", 100)).await;
+    let parked = c.first_parked().await;
+    let operator = Operator::of(&t);
+    let resolve_cli = || {
+        support::cli::paynotify(
+            &[
+                "parked",
+                "resolve",
+                "--config",
+                &operator.config,
+                parked["payment_key"].as_str().unwrap(),
+                parked["event"]["event_key"].as_str().unwrap(),
+                "--note",
+                "payment cancelled at the PSP",
+            ],
+            &operator.env(),
+        )
+    };
+    let out = resolve_cli();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["by"], "cli");
+    assert_eq!(resolve_cli().status.code(), Some(1), "only once");
+    // Reconcile accounts for both: resolved, not missing.
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+    assert_eq!(report.resolved, 2);
+    // The payment arriving later is paid, the resolved refund not applied.
+    t.sim.send(t.sim.purchase("api8", 1000)).await;
+    let state = t.wait_for_status("api8", PaymentStatus::Paid).await;
+    assert_eq!(state.refunded_minor, 0);
+    for (prefix, n) in [
+        (paynotify::parked::PREFIX, 2),
+        (paynotify::api::AUDIT_PREFIX, 1),
+    ] {
+        let keys = t
+            .app()
+            .backends
+            .archive
+            .list(prefix, None, None)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), n, "{prefix}: {keys:?}");
+    }
+}
+
 on_both_backends!(
+    a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it,
     the_last_reconcile_report_is_served,
     every_route_needs_a_key_and_an_action_an_operate_key,
     a_payment_reads_as_the_ledger_holds_it,

@@ -1181,6 +1181,13 @@ impl paynotify_shared::ports::Ledger for Lagging {
     ) -> Result<Vec<EventRecord>, LedgerError> {
         self.inner.events_between(source, from, to).await
     }
+    async fn remove_parked(
+        &self,
+        key: &PaymentKey,
+        event_key: &paynotify_shared::EventKey,
+    ) -> Result<Option<paynotify_shared::ports::ParkedEvent>, LedgerError> {
+        self.inner.remove_parked(key, event_key).await
+    }
 }
 
 async fn ledger_load_to_apply_tells_seen_events_and_a_lagging_read_changes_nothing(kind: Kind) {

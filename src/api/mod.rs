@@ -163,6 +163,7 @@ fn handler(op: Op) -> MethodRouter<Api> {
         Op::Deliveries => get(deliveries),
         Op::Resend => post(resend),
         Op::Reconcile => get(reconcile_latest),
+        Op::ResolveParked => post(resolve_parked),
     }
 }
 
@@ -430,6 +431,49 @@ async fn reconcile_latest(State(api): State<Api>) -> Result<Response, ApiError> 
             "no reconcile report yet: paynotify reconcile keeps each run's",
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    payment_key: String,
+    event_key: String,
+    note: String,
+}
+
+async fn resolve_parked(
+    State(api): State<Api>,
+    axum::Extension(Caller(key)): axum::Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let asked: ResolveRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body: {e}")))?;
+    if asked.note.trim().is_empty() {
+        return Err(ApiError::bad("a note is needed: why it is resolved"));
+    }
+    let by = format!("api:{}", key.name);
+    let Some(record) = crate::parked::resolve(
+        &api.backends,
+        &asked.payment_key,
+        &asked.event_key,
+        &asked.note,
+        &by,
+    )
+    .await?
+    else {
+        return Err(ApiError::not_found(
+            "not parked there (applied meanwhile, or resolved before)",
+        ));
+    };
+    audit(
+        &api,
+        &key,
+        "parked/resolve",
+        &json!({ "payment_key": asked.payment_key, "event_key": asked.event_key, "note": asked.note }),
+        &record,
+    )
+    .await?;
+    ok(&record)
 }
 
 /// Records an action in the archive: who (the key's name and scope), what

@@ -18,6 +18,7 @@ pub enum Op {
     Deliveries,
     Resend,
     Reconcile,
+    ResolveParked,
 }
 
 /// Where a parameter is.
@@ -131,6 +132,18 @@ pub const ROUTES: &[Route] = &[
         body: None,
         answer: "ParkedList",
         errors: &[400],
+    },
+    Route {
+        op: Op::ResolveParked,
+        method: "post",
+        path: "/api/v1/parked/resolve",
+        scope: ApiScope::Operate,
+        id: "resolveParked",
+        summary: "Takes a parked event out of the ledger (a refund for a payment that will never arrive, a contradiction handled by hand), with the operator's note; recorded under audit/parked-resolved/ and audit/api/ in the archive, and counted by reconcile as resolved.",
+        params: &[],
+        body: Some("ResolveRequest"),
+        answer: "ResolveResult",
+        errors: &[400, 403, 404],
     },
     Route {
         op: Op::Endpoints,
@@ -263,6 +276,16 @@ fn schemas() -> Value {
         },
         "ResendResult": object(&["resent"], json!({
             "resent": { "enum": ["again", "released"] }, "payment_key": text,
+        })),
+        "ResolveRequest": {
+            "type": "object",
+            "required": ["payment_key", "event_key", "note"],
+            "properties": { "payment_key": text, "event_key": text, "note": { "type": "string", "minLength": 1 } },
+            "additionalProperties": false,
+        },
+        "ResolveResult": object(&["notification_id", "payment_key", "event_key", "note", "resolved_at"], json!({
+            "notification_id": text, "payment_key": text, "event_key": text, "kind": text,
+            "amount": decimal, "conflict": text_or_null, "note": text, "by": text, "resolved_at": time,
         })),
         "ReconcileRecord": object(&["at", "clean", "report"], json!({
             "key": text, "at": time, "clean": { "type": "boolean" },

@@ -196,7 +196,8 @@ pub(super) fn verified_dead_lettered(
 }
 
 /// Settles the notifications the scan did not find, with reads taken after
-/// it: the queue's depth first, then the DLQ, then the ledger (a message
+/// it (one whose parked event an operator resolved is counted as such): the
+/// queue's depth first, then the DLQ, then the ledger (a message
 /// leaves the queue only after its event is in the ledger or the DLQ). The
 /// reads before the scan may be older than a notification archived and
 /// processed during it, and one depth read may miss messages that are
@@ -208,6 +209,7 @@ pub(super) async fn look_again(
     report: &mut Report,
     payments: &mut BTreeSet<PaymentKey>,
     unfound: Vec<Unfound>,
+    resolved: &std::collections::HashSet<String>,
 ) -> anyhow::Result<()> {
     if unfound.is_empty() {
         return Ok(());
@@ -225,6 +227,9 @@ pub(super) async fn look_again(
             count_found(report, payments, found);
         } else if let Some(reason) = dead.reason(&id, item) {
             verified_dead_lettered(report, &subject, &id, &event, reason);
+        } else if resolved.contains(&id) {
+            // Parked, then taken out by an operator, with a record.
+            report.resolved += 1;
         } else if report.queue_depth > 0 {
             report.flag(
                 "unsettled",

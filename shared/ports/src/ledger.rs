@@ -241,6 +241,11 @@ pub struct ParkedEntry {
 /// - `events_between` lists the recorded events of `source` whose PSP time
 ///   lies in `[from, to)`, oldest first (events without a PSP time are not
 ///   listed).
+/// - `remove_parked` takes one parked event out of the ledger (an operator
+///   resolving it) and returns it; `None` when it is not parked under `key`
+///   (applied meanwhile, or removed before). A write planned on a view that
+///   still showed it is refused as `VersionConflict`, as for any event no
+///   longer parked.
 #[async_trait]
 pub trait Ledger: Send + Sync {
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError>;
@@ -263,6 +268,11 @@ pub trait Ledger: Send + Sync {
         from: OffsetDateTime,
         to: OffsetDateTime,
     ) -> Result<Vec<EventRecord>, LedgerError>;
+    async fn remove_parked(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+    ) -> Result<Option<ParkedEvent>, LedgerError>;
     /// Why this store can no longer work in this process (a writer thread
     /// that ended), if so: readiness fails and the process stops.
     fn fatal(&self) -> Option<String> {

@@ -25,8 +25,8 @@ use crate::metered::{
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, Attempt, DeadLetter, DeadLetters, Deliveries, Delivery,
     DeliveryFilter, EndpointStatus, EventRecord, Freshness, Ledger, LedgerError, LedgerWrite,
-    Loaded, OutboxRecord, ParkedEntry, PaymentEntry, Progress, Queue, QueueError, QueueMessage,
-    QueueStats, Receipt, Watch, WatchStore,
+    Loaded, OutboxRecord, ParkedEntry, ParkedEvent, PaymentEntry, Progress, Queue, QueueError,
+    QueueMessage, QueueStats, Receipt, Watch, WatchStore,
 };
 
 /// Runs `call` on the inner port between the fault checks, mapping an
@@ -250,6 +250,11 @@ decorators! {
         from: OffsetDateTime,
         to: OffsetDateTime,
     ) -> Result<Vec<EventRecord>, LedgerError>;
+    async fn remove_parked(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+    ) -> Result<Option<ParkedEvent>, LedgerError>, about key;
 }
 
 decorators! {

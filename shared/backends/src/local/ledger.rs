@@ -109,6 +109,41 @@ impl Ledger for LocalLedger {
             .map_err(unavailable)
     }
 
+    async fn remove_parked(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+    ) -> Result<Option<ParkedEvent>, LedgerError> {
+        let (k, e) = (key.as_str().to_owned(), event_key.as_str().to_owned());
+        self.db
+            .write(move |tx| {
+                let found = tx
+                    .prepare_cached(
+                        "SELECT notification_id, parked_at, event_json, conflict FROM parked
+                         WHERE payment_key = ?1 AND event_key = ?2",
+                    )?
+                    .query_row(params![k, e], |r| {
+                        Ok(ParkedEvent {
+                            notification_id: r.get(0)?,
+                            parked_at: stored_time(r.get(1)?),
+                            event: parse_event(&r.get::<_, String>(2)?)?,
+                            conflict: r.get(3)?,
+                        })
+                    })
+                    .optional()?;
+                if found.is_some() {
+                    exec(
+                        tx,
+                        "DELETE FROM parked WHERE payment_key = ?1 AND event_key = ?2",
+                        params![k, e],
+                    )?;
+                }
+                Ok(found)
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn parked_before(
         &self,
         t: OffsetDateTime,

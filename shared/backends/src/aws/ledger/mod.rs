@@ -140,6 +140,79 @@ impl Ledger for DynamoLedger {
         Ok(self.read_entry(key, None, Freshness::Latest).await?.entry)
     }
 
+    async fn remove_parked(
+        &self,
+        key: &PaymentKey,
+        event_key: &EventKey,
+    ) -> Result<Option<ParkedEvent>, LedgerError> {
+        let sk = parked_sk(event_key);
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key.as_str()))
+            .key("sk", s(sk.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(cause(e)))?;
+        let Some(item) = got.item else {
+            return Ok(None);
+        };
+        let parked = parked_from(&item).ok_or_else(|| {
+            unavailable(format!("{key}: a parked item that does not read as one"))
+        })?;
+        // The parked item and its digest in the payment's item go together
+        // (a read checks the two agree). A write that moves the event
+        // deletes the item on the condition that it is still there: one of
+        // the two finds it gone. Any other write removes `attention`.
+        let digest = key_digest(event_key);
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(key.as_str()))
+            .key("sk", s(sk.as_str()))
+            .condition_expression("attribute_exists(pk)")
+            .build();
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(key.as_str()))
+            .key("sk", s(STATE))
+            .update_expression("DELETE #parked :d REMOVE #attention")
+            .condition_expression("contains(#parked, :k)")
+            .expression_attribute_names("#parked", "parked")
+            .expression_attribute_names("#attention", "attention")
+            .expression_attribute_values(":d", AttributeValue::Ss(vec![digest.clone()]))
+            .expression_attribute_values(":k", s(digest))
+            .build();
+        let items = vec![
+            TransactWriteItem::builder().delete(built(delete)?).build(),
+            TransactWriteItem::builder().update(built(update)?).build(),
+        ];
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(parked)),
+            Err(e) => {
+                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
+                    e.as_service_error()
+                {
+                    if c.cancellation_reasons()
+                        .iter()
+                        .any(|r| r.code() == Some("ConditionalCheckFailed"))
+                    {
+                        // Moved by a write meanwhile, or removed before.
+                        return Ok(None);
+                    }
+                }
+                Err(unavailable(cause(e)))
+            }
+        }
+    }
+
     async fn load_to_apply(
         &self,
         key: &PaymentKey,
