@@ -48,6 +48,7 @@ on_both_backends!(
     queues_keep_sqs_limits,
     a_unionpay_movement_applies_once_whatever_its_success_code,
     a_payment_with_150_parked_refunds_applies_every_one,
+    a_parked_event_is_removed_once_however_many_ask,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -492,6 +493,51 @@ fn parking(e: &PaymentEvent, id: &str, expected_version: u64) -> LedgerWrite {
         conflicts: vec![],
         aliases: vec![],
     }
+}
+
+async fn a_parked_event_is_removed_once_however_many_ask(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let r1 = event("p9", "r1", EventKind::Refund, 300);
+    let r2 = event("p9", "r2", EventKind::Refund, 200);
+    assert_eq!(
+        l.write(&parking(&r1, "n1", 0)).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        l.write(&parking(&r2, "n2", 1)).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    // Eight operators resolve the same one at once: one takes it.
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (l, key, ek) = (l.clone(), r1.payment_key.clone(), r1.event_key.clone());
+            tokio::spawn(async move { l.remove_parked(&key, &ek).await.unwrap() })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for r in racers {
+        taken.extend(r.await.unwrap());
+    }
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].event.event_key, r1.event_key);
+    assert_eq!(taken[0].notification_id, "n1");
+    // The other stays, and the payment reads whole.
+    let entry = l.load(&r1.payment_key).await.unwrap();
+    assert_eq!(entry.parked.len(), 1);
+    assert_eq!(entry.parked[0].event.event_key, r2.event_key);
+    assert!(l
+        .remove_parked(&r1.payment_key, &r1.event_key)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(l
+        .remove_parked(&r2.payment_key, &r2.event_key)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(l.load(&r1.payment_key).await.unwrap().parked.is_empty());
 }
 
 async fn ledger_parks_early_events_and_applies_them_with_the_payment(kind: Kind) {
