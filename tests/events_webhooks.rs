@@ -44,7 +44,11 @@ fn deliver_to(c: &mut Config, addr: std::net::SocketAddr, retries: usize) {
     let path = c.backend.data_dir.with_file_name("endpoint.secret");
     c.deliveries.retry_schedule_secs = vec![1; retries];
     c.deliveries.poll_ms = 50;
-    c.deliveries.concurrency = 20;
+    // One receive loop: moto computes a FIFO queue's locked message groups
+    // when a ReceiveMessage begins, so two receives at once may split a
+    // group between them (SQS locks a group atomically); one loop keeps
+    // the emulator's order honest. (The slow-endpoint test runs two.)
+    c.deliveries.concurrency = 10;
     // The emulator's long poll spins while a message group is held by
     // a message in flight (real SQS waits): poll instead.
     c.deliveries.line_wait_secs = 0;
@@ -769,7 +773,9 @@ async fn the_serverless_webhooks_function_delivers_in_order_and_holds_what_is_sp
 struct WorkerProcess(std::process::Child);
 
 impl WorkerProcess {
-    fn start(t: &TestApp, functions: &Config) -> Self {
+    /// `concurrency / 10` receive loops (see `deliver_to` on why one is
+    /// the default here).
+    fn start(t: &TestApp, functions: &Config, concurrency: usize) -> Self {
         let e = &functions.deliveries.endpoints[0];
         let SecretRef::File(secret) = &e.secrets[0] else {
             panic!()
@@ -779,7 +785,7 @@ impl WorkerProcess {
         let dir = t.config.backend.data_dir.parent().unwrap();
         let mut text = std::fs::read_to_string(dir.join("paynotify.toml")).unwrap();
         text.push_str(&format!(
-            "\n[deliveries]\npoll_ms = 50\nconcurrency = 20\nline_wait_secs = 0\n\
+            "\n[deliveries]\npoll_ms = 50\nconcurrency = {concurrency}\nline_wait_secs = 0\n\
              retry_schedule_secs = [1, 1, 1, 1, 1, 1, 1, 1]\n\
              [[deliveries.endpoints]]\nname = \"{}\"\nurl = \"{}\"\nsecrets = [\"file:{}\"]\n\
              timeout_ms = 1000\nmax_requests_per_sec = 10000\n\
@@ -845,7 +851,7 @@ async fn a_sender_killed_mid_batch_loses_and_reorders_nothing() {
     let done = pump(&t, &events, 0).await;
 
     // SIGKILL the sending process once a quarter has arrived.
-    let sender = WorkerProcess::start(&t, &functions);
+    let sender = WorkerProcess::start(&t, &functions, 10);
     let deadline = Instant::now() + Duration::from_secs(60);
     while receiver.view().events.len() < ids.len() / 4 {
         assert!(Instant::now() < deadline, "the sender never delivered");
@@ -854,7 +860,7 @@ async fn a_sender_killed_mid_batch_loses_and_reorders_nothing() {
     sender.kill();
     let at_kill = receiver.view().events.len();
     assert!(at_kill < ids.len(), "everything arrived before the kill");
-    let _sender = WorkerProcess::start(&t, &functions);
+    let _sender = WorkerProcess::start(&t, &functions, 10);
     wait_view(&receiver, "every purchase delivered", |v| {
         v.len() == ids.len()
     })
@@ -952,7 +958,9 @@ async fn a_slow_endpoint_never_has_a_payments_events_handed_out_twice() {
         }
     }
     pump(&t, &events, 0).await;
-    let _sender = WorkerProcess::start(&t, &functions);
+    // Two receive loops: the other one is what would take the messages
+    // handed out again. One payment: one group, never split.
+    let _sender = WorkerProcess::start(&t, &functions, 20);
     let ledger = ledger_statuses(t.app().backends.ledger.as_ref(), [key("v1")])
         .await
         .unwrap();

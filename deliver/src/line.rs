@@ -207,8 +207,6 @@ impl LineSender {
         let wait = Duration::from_secs(self.settings.line_wait_secs);
         let poll = Duration::from_millis(self.settings.poll_ms);
         while !shutdown.is_cancelled() {
-            // The messages' visibility runs from before the receive.
-            let until = Instant::now() + usable(self.visibility);
             let got = tokio::select! {
                 got = self.line.receive(10, wait) => got,
                 () = shutdown.cancelled() => return,
@@ -218,9 +216,13 @@ impl LineSender {
                     tokio::time::sleep(poll).await;
                 }
                 Ok(messages) => {
-                    // What this receive could not start on in time goes
-                    // back at once, before SQS would hand it out again
-                    // while this process still works on its group.
+                    // Their visibility runs from when SQS answered (a long
+                    // poll may have waited before): a tenth of it is kept
+                    // for the calls around the posts. What this receive
+                    // could not start on in time goes back at once, before
+                    // SQS would hand it out again while this process still
+                    // works on its group.
+                    let until = Instant::now() + usable(self.visibility);
                     self.work_until(messages, Some(until)).await;
                     self.delete_settled().await;
                 }

@@ -54,6 +54,8 @@ impl From<WebhooksError> for lambda_runtime::Diagnostic {
 /// The sender of one execution environment.
 pub struct Webhooks {
     sender: LineSender,
+    /// Two of the slowest endpoint's timeouts: what a group needs left.
+    needs: Duration,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -90,7 +92,17 @@ impl Webhooks {
         )
         .await?
         .for_event_source();
-        Ok(Self { sender })
+        let slowest = config
+            .deliveries
+            .endpoints
+            .iter()
+            .map(|e| e.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            sender,
+            needs: Duration::from_millis(slowest) * 2,
+        })
     }
 
     /// Handles an invocation whose deadline is `deadline_ms` (milliseconds
@@ -141,6 +153,19 @@ impl Webhooks {
                 // Lambda deletes it (as the workers' sender would).
                 None => error!(message_id = %id,
                                "a message on the webhooks queue without endpoint and payment: removed"),
+            }
+        }
+        if let Some(until) = until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left < self.needs {
+                // Every group of this batch goes back: said loudly, since a
+                // function timeout this short would send nothing, ever.
+                error!(
+                    left_ms = left.as_millis() as u64,
+                    needs_ms = self.needs.as_millis() as u64,
+                    "the invocation has less time left than two of an endpoint's timeouts: its \
+                     batch goes back (raise WebhooksTimeout above twice deliveries' timeout_ms)"
+                );
             }
         }
         self.sender.refresh_status().await;
