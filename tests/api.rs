@@ -179,6 +179,22 @@ async fn every_route_needs_a_key_and_an_action_an_operate_key(kind: Kind) {
         let (status, body) = c.call(r.method, &path, Some(OPERATOR), None).await;
         assert!(status != 401 && status != 403, "{path}: {status} {body}");
     }
+    // The scheme's name in any case; the key alone, or under another
+    // scheme, is no key.
+    for (header, status) in [
+        (format!("bearer {READER}"), 200),
+        (format!("BEARER {READER}"), 200),
+        (READER.to_owned(), 401),
+        (format!("Basic {READER}"), 401),
+    ] {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/api/v1/openapi.json", c.base))
+            .header("authorization", header.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), status, "{header}");
+    }
     // What is not a route is 401 without a key, 404 with one: nothing is
     // learnt without a key.
     assert_eq!(c.call("get", "/api/v1/secrets", None, None).await.0, 401);

@@ -190,8 +190,10 @@ async fn authorize(State(api): State<Api>, mut request: Request, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     let Some(key) = presented.and_then(|p| api.keys.find(p.as_bytes())) else {
         return ApiError(
             StatusCode::UNAUTHORIZED,
