@@ -28,6 +28,7 @@ use paynotify_shared::backend::Backends;
 use paynotify_shared::config::{ApiScope, Config};
 use paynotify_shared::envelope::rfc3339_ms;
 use paynotify_shared::ports::{DeadLettersExt, DeliveryFilter, DeliveryStatus};
+use paynotify_shared::serve::{serve, Limits};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -46,6 +47,8 @@ const MAX_BODY: usize = 16 * 1024;
 /// What a listing gives when it is not told.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Open connections at most (operators and a few services).
+const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Clone)]
 struct Api {
@@ -141,12 +144,15 @@ pub async fn start(
         backends: backends.clone(),
         keys: Arc::new(keys),
     });
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-    });
+    // The accept loop ingest and the admin listeners use: a header-read
+    // timeout (also an idle keep-alive's), a cap on open connections, a
+    // bounded drain.
+    let limits = Limits {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        max_connections: MAX_CONNECTIONS,
+        drain: std::time::Duration::from_secs(10),
+    };
+    let task = tokio::spawn(serve(listener, app, limits, shutdown.clone()));
     tracing::info!(%addr, "read API listening");
     Ok(Some(ApiServer { addr, task }))
 }
