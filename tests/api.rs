@@ -178,6 +178,12 @@ async fn every_route_needs_a_key_and_an_action_an_operate_key(kind: Kind) {
         }
         let (status, body) = c.call(r.method, &path, Some(OPERATOR), None).await;
         assert!(status != 401 && status != 403, "{path}: {status} {body}");
+        // The route answers the method the document gives it; any other
+        // is not a route.
+        assert_ne!(status, 405, "{} {path}: {body}", r.method);
+        let other = if r.method == "get" { "post" } else { "get" };
+        let (status, body) = c.call(other, &path, Some(OPERATOR), None).await;
+        assert_eq!(status, 405, "{other} {path}: {body}");
     }
     // The scheme's name in any case; the key alone, or under another
     // scheme, is no key.

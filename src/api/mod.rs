@@ -180,6 +180,7 @@ fn router(api: Api) -> Router {
     }
     router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
@@ -228,6 +229,13 @@ async fn authorize(State(api): State<Api>, mut request: Request, next: Next) -> 
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route (GET /api/v1/openapi.json lists them)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not a method of this route (GET /api/v1/openapi.json lists them)".into(),
+    )
 }
 
 async fn openapi() -> Result<Response, ApiError> {
