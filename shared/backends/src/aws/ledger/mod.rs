@@ -114,6 +114,33 @@ fn unavailable(why: impl Into<Cause>) -> LedgerError {
 }
 
 impl DynamoLedger {
+    /// Runs one `TransactWriteItems`: `Ok(Err(codes))` when DynamoDB
+    /// cancelled it, with each item's cancellation code in order (`"None"`
+    /// for an item that was not the cause).
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), Vec<String>>, LedgerError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => Ok(Err(c
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("None").to_owned())
+                    .collect())),
+                _ => Err(unavailable(cause(e))),
+            },
+        }
+    }
+
     /// The ledger in `config.table`.
     pub fn new(clients: &Clients, config: &AwsConfig) -> Self {
         Self {
@@ -188,28 +215,13 @@ impl Ledger for DynamoLedger {
             TransactWriteItem::builder().delete(built(delete)?).build(),
             TransactWriteItem::builder().update(built(update)?).build(),
         ];
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Some(parked)),
-            Err(e) => {
-                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
-                    e.as_service_error()
-                {
-                    if c.cancellation_reasons()
-                        .iter()
-                        .any(|r| r.code() == Some("ConditionalCheckFailed"))
-                    {
-                        // Moved by a write meanwhile, or removed before.
-                        return Ok(None);
-                    }
-                }
-                Err(unavailable(cause(e)))
-            }
+        match self.transact(items).await? {
+            Ok(()) => Ok(Some(parked)),
+            // Moved by a write meanwhile, or removed before.
+            Err(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => Ok(None),
+            Err(codes) => Err(unavailable(format!(
+                "{key}: removing a parked event was cancelled: {codes:?}"
+            ))),
         }
     }
 

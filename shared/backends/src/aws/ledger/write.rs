@@ -183,23 +183,11 @@ impl DynamoLedger {
                 items.len()
             )));
         }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(None),
-            Err(e) => {
-                if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) =
-                    e.as_service_error()
-                {
-                    let codes: Vec<&str> =
-                        c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
-                    return refused(w, main, &codes);
-                }
-                Err(unavailable(cause(e)))
+        match self.transact(items).await? {
+            Ok(()) => Ok(None),
+            Err(codes) => {
+                let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+                refused(w, main, &codes)
             }
         }
     }
