@@ -120,6 +120,16 @@ impl Client {
     }
 }
 
+/// The archive's keys under `prefix`.
+async fn archived(t: &TestApp, prefix: &str) -> Vec<String> {
+    t.app()
+        .backends
+        .archive
+        .list(prefix, None, None)
+        .await
+        .unwrap()
+}
+
 /// The CLI as an operator: the app's configuration file, and the
 /// operator role's environment on AWS.
 struct Operator {
@@ -142,11 +152,28 @@ impl Operator {
         }
     }
 
-    fn env(&self) -> Vec<(&str, &str)> {
-        self.env
+    /// Runs `paynotify ARGS --config FILE` as the operator.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        all.extend(["--config", &self.config]);
+        let env: Vec<(&str, &str)> = self
+            .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
+            .collect();
+        support::cli::paynotify(&all, &env)
+    }
+
+    /// [`Operator::run`], which must exit 0; its JSON output.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 }
 
@@ -342,13 +369,7 @@ async fn dead_letters_read_and_redrive_with_an_operate_key_recorded(kind: Kind) 
         assert_eq!(status, 400, "{body}");
     }
     // Each action done is in the archive with the key that asked.
-    let audits = t
-        .app()
-        .backends
-        .archive
-        .list(paynotify::api::AUDIT_PREFIX, None, None)
-        .await
-        .unwrap();
+    let audits = archived(&t, paynotify::api::AUDIT_PREFIX).await;
     assert_eq!(audits.len(), 2, "{audits:?}");
     let mut actions = Vec::new();
     for key in &audits {
@@ -458,13 +479,7 @@ async fn a_failed_delivery_is_listed_and_resent_with_an_operate_key(kind: Kind) 
         assert!(Instant::now() < deadline, "never resent");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let audits = t
-        .app()
-        .backends
-        .archive
-        .list(paynotify::api::AUDIT_PREFIX, None, None)
-        .await
-        .unwrap();
+    let audits = archived(&t, paynotify::api::AUDIT_PREFIX).await;
     assert_eq!(
         audits.len(),
         1,
@@ -479,20 +494,7 @@ async fn the_last_reconcile_report_is_served(kind: Kind) {
     t.sim.send(t.sim.purchase("api6", 1000)).await;
     t.wait_for_status("api6", PaymentStatus::Paid).await;
     let operator = Operator::of(&t);
-    let reconcile = || {
-        support::cli::paynotify(
-            &["reconcile", "--config", &operator.config, "--json"],
-            &operator.env(),
-        )
-    };
-    let out = reconcile();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let printed = operator.json(&["reconcile", "--json"]);
     let (status, latest) = c.get("/api/v1/reconcile/latest").await;
     assert_eq!(status, 200, "{latest}");
     assert_eq!(latest["clean"], true);
@@ -500,9 +502,7 @@ async fn the_last_reconcile_report_is_served(kind: Kind) {
     // Another run after another payment: the newest is the one served.
     t.sim.send(t.sim.purchase("api7", 500)).await;
     t.wait_for_status("api7", PaymentStatus::Paid).await;
-    let out = reconcile();
-    assert_eq!(out.status.code(), Some(0));
-    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let second = operator.json(&["reconcile", "--json"]);
     let (_, newest) = c.get("/api/v1/reconcile/latest").await;
     assert_eq!(newest["report"], second);
     assert_ne!(newest["key"], latest["key"]);
@@ -563,31 +563,21 @@ async fn a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it(kind: Ki
     t.sim.send(t.sim.refund("api9", "api9-r1", 100)).await;
     let parked = c.first_parked().await;
     let operator = Operator::of(&t);
-    let resolve_cli = || {
-        support::cli::paynotify(
-            &[
-                "parked",
-                "resolve",
-                "--config",
-                &operator.config,
-                parked["payment_key"].as_str().unwrap(),
-                parked["event"]["event_key"].as_str().unwrap(),
-                "--note",
-                "payment cancelled at the PSP",
-            ],
-            &operator.env(),
-        )
-    };
-    let out = resolve_cli();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resolve_cli = [
+        "parked",
+        "resolve",
+        parked["payment_key"].as_str().unwrap(),
+        parked["event"]["event_key"].as_str().unwrap(),
+        "--note",
+        "payment cancelled at the PSP",
+    ];
+    let printed = operator.json(&resolve_cli);
     assert_eq!(printed["by"], "cli");
-    assert_eq!(resolve_cli().status.code(), Some(1), "only once");
+    assert_eq!(
+        operator.run(&resolve_cli).status.code(),
+        Some(1),
+        "only once"
+    );
     // Reconcile accounts for both: resolved, not missing.
     let report = t.reconcile().await;
     assert!(report.is_clean(), "{:#?}", report.discrepancies);
@@ -600,13 +590,7 @@ async fn a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it(kind: Ki
         (paynotify::parked::PREFIX, 2),
         (paynotify::api::AUDIT_PREFIX, 1),
     ] {
-        let keys = t
-            .app()
-            .backends
-            .archive
-            .list(prefix, None, None)
-            .await
-            .unwrap();
+        let keys = archived(&t, prefix).await;
         assert_eq!(keys.len(), n, "{prefix}: {keys:?}");
     }
 }

@@ -522,15 +522,7 @@ impl EventSource {
             json_key: None,
         }];
         config.backend.aws.call_log = support::deployed::call_log_path("lambda-webhooks");
-        let url = clients
-            .sqs
-            .get_queue_url()
-            .queue_name(&config.backend.aws.webhooks_queue)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
+        let url = line_url(&clients, &config).await;
         let arn = format!(
             "arn:aws:sqs:us-east-1:123456789012:{}",
             config.backend.aws.webhooks_queue
@@ -903,6 +895,19 @@ async fn a_sender_killed_mid_batch_loses_and_reorders_nothing() {
     );
 }
 
+/// The URL of the webhook line's queue.
+async fn line_url(clients: &paynotify_shared::backend::aws::Clients, config: &Config) -> String {
+    clients
+        .sqs
+        .get_queue_url()
+        .queue_name(&config.backend.aws.webhooks_queue)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
 /// Sets the webhook line's visibility timeout (a sender reads it when it
 /// starts).
 async fn set_visibility(t: &TestApp, secs: u32) {
@@ -910,15 +915,7 @@ async fn set_visibility(t: &TestApp, secs: u32) {
     let mut aws = t.config.backend.aws.clone();
     aws.call_log = None;
     let clients = paynotify_shared::backend::aws::Clients::new(&aws).await;
-    let url = clients
-        .sqs
-        .get_queue_url()
-        .queue_name(&t.config.backend.aws.webhooks_queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let url = line_url(&clients, &t.config).await;
     clients
         .sqs
         .set_queue_attributes()

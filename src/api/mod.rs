@@ -242,6 +242,11 @@ async fn openapi() -> Result<Response, ApiError> {
     ok(&routes::document())
 }
 
+/// An action's JSON body, or 400 saying what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("the body: {e}")))
+}
+
 /// `?limit=`: 1 to 1000, 100 when absent.
 fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
     match query.get("limit") {
@@ -301,7 +306,7 @@ async fn redrive(
     let asked: RedriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RedriveRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body: {e}")))?
+        parse(&body)?
     };
     let reason = asked.reason.as_deref();
     let result = if asked.dry_run {
@@ -402,8 +407,7 @@ async fn resend(
     axum::Extension(Caller(key)): axum::Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let asked: ResendRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body: {e}")))?;
+    let asked: ResendRequest = parse(&body)?;
     if !api
         .config
         .deliveries
@@ -462,8 +466,7 @@ async fn resolve_parked(
     axum::Extension(Caller(key)): axum::Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let asked: ResolveRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body: {e}")))?;
+    let asked: ResolveRequest = parse(&body)?;
     if asked.note.trim().is_empty() {
         return Err(ApiError::bad("a note is needed: why it is resolved"));
     }
