@@ -114,8 +114,8 @@ impl LineSender {
         let mut endpoints = HashMap::new();
         for e in &config.endpoints {
             // A post must end well inside the time a received message stays
-            // invisible (two of its timeouts: connect and response).
-            let needs = Duration::from_millis(e.timeout_ms) * 2;
+            // invisible.
+            let needs = post_budget(e.timeout_ms);
             if needs >= usable(visibility) {
                 return Err(DeliverError::Line(format!(
                     "endpoint {}: timeout_ms {} needs a webhook line whose visibility timeout is over {} s; it is {} s",
@@ -166,6 +166,16 @@ impl LineSender {
         until: Option<Instant>,
     ) -> Vec<Receipt> {
         self.work_until(messages, until).await
+    }
+
+    /// The longest a post to any of its endpoints may take: a group is
+    /// started only with this much time left.
+    pub fn longest_post(&self) -> Duration {
+        self.endpoints
+            .values()
+            .map(|e| post_budget(e.config.timeout_ms))
+            .max()
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Reads each endpoint's status, as [`Self::run`]'s status loop does,
@@ -260,9 +270,10 @@ impl LineSender {
         let mut back = Vec::new();
         let mut rest = messages.into_iter();
         for m in rest.by_ref() {
-            let budget = self.endpoints.get(&m.endpoint).map_or(Duration::ZERO, |e| {
-                Duration::from_millis(e.config.timeout_ms) * 2
-            });
+            let budget = self
+                .endpoints
+                .get(&m.endpoint)
+                .map_or(Duration::ZERO, |e| post_budget(e.config.timeout_ms));
             if until.is_some_and(|until| Instant::now() + budget >= until) {
                 // No time left for it: it goes back, with those behind it.
                 self.put_back(&m).await;
@@ -478,8 +489,7 @@ impl LineSender {
             .line(name, &m.payment_key)
             .await
             .map_err(|e| e.to_string())?;
-        let working =
-            Duration::from_millis(endpoint.config.timeout_ms) * 2 + Duration::from_secs(30);
+        let working = post_budget(endpoint.config.timeout_ms) + Duration::from_secs(30);
         for mut d in line.held {
             // The group stays locked while this release works.
             self.line
@@ -716,6 +726,12 @@ impl LineSender {
                 .await;
         }
     }
+}
+
+/// The longest a post to an endpoint with `timeout_ms` may take: its
+/// connect and its answer, each within the timeout.
+fn post_budget(timeout_ms: u64) -> Duration {
+    Duration::from_millis(timeout_ms) * 2
 }
 
 /// How long after a receive a post may still end: the line's visibility

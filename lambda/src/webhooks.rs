@@ -54,8 +54,6 @@ impl From<WebhooksError> for lambda_runtime::Diagnostic {
 /// The sender of one execution environment.
 pub struct Webhooks {
     sender: LineSender,
-    /// Two of the slowest endpoint's timeouts: what a group needs left.
-    needs: Duration,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -92,17 +90,7 @@ impl Webhooks {
         )
         .await?
         .for_event_source();
-        let slowest = config
-            .deliveries
-            .endpoints
-            .iter()
-            .map(|e| e.timeout_ms)
-            .max()
-            .unwrap_or(0);
-        Ok(Self {
-            sender,
-            needs: Duration::from_millis(slowest) * 2,
-        })
+        Ok(Self { sender })
     }
 
     /// Handles an invocation whose deadline is `deadline_ms` (milliseconds
@@ -157,12 +145,13 @@ impl Webhooks {
         }
         if let Some(until) = until {
             let left = until.saturating_duration_since(Instant::now());
-            if left < self.needs {
+            let needs = self.sender.longest_post();
+            if left < needs {
                 // Every group of this batch goes back: said loudly, since a
                 // function timeout this short would send nothing, ever.
                 error!(
                     left_ms = left.as_millis() as u64,
-                    needs_ms = self.needs.as_millis() as u64,
+                    needs_ms = needs.as_millis() as u64,
                     "the invocation has less time left than two of an endpoint's timeouts: its \
                      batch goes back (raise WebhooksTimeout above twice deliveries' timeout_ms)"
                 );

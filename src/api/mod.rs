@@ -354,9 +354,6 @@ async fn parked(
 }
 
 async fn endpoints(State(api): State<Api>) -> Result<Response, ApiError> {
-    if api.config.deliveries.endpoints.is_empty() {
-        return ok(&json!([]));
-    }
     ok(&json!(
         views::deliveries::endpoints_value(&api.config, &api.backends).await?
     ))

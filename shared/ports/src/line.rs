@@ -60,11 +60,11 @@ pub struct Failing {
 /// - `receive` returns up to `max` messages, waiting up to `wait` for the
 ///   first: a payment's messages to one endpoint come in the order they
 ///   were put on the line, and none while an earlier one was received and
-///   is neither `done` nor visible again. A received message not `done`
+///   is neither done nor visible again. A received message not `done`
 ///   comes again after the line's visibility timeout.
 /// - `later` makes a received message come again after `delay` (at most
-///   twelve hours); `done` removes it; `done_many` removes up to ten in one
-///   request, with each one's outcome in order (a stale receipt is done).
+///   twelve hours); `done_many` removes received messages, with each one's
+///   outcome in order (a stale receipt is done).
 /// - `ready` says whether the line can be used, and how long a received
 ///   message stays invisible (the line's visibility timeout): a sender
 ///   starts no post that could end after it, or the message would be
@@ -87,7 +87,6 @@ pub trait WebhookLine: Send + Sync {
     /// visibility timeout.
     async fn ready(&self) -> Result<Duration, QueueError>;
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<LineMessage>, QueueError>;
-    async fn done(&self, receipt: &Receipt) -> Result<(), QueueError>;
     async fn done_many(&self, receipts: &[Receipt]) -> Vec<Result<(), QueueError>>;
     async fn later(&self, receipt: &Receipt, delay: Duration) -> Result<(), QueueError>;
     async fn release(&self, endpoint: &str, payment_key: &str) -> Result<(), QueueError>;

@@ -300,7 +300,9 @@ impl WebhookLine for SqsWebhookLine {
             else {
                 // Not put there by paynotify: nothing can deliver it.
                 tracing::error!(message_id = ?m.message_id, "a message on the webhooks queue without endpoint and payment: removed");
-                self.done(&receipt).await?;
+                if let Some(Err(e)) = self.done_many(&[receipt]).await.pop() {
+                    return Err(e);
+                }
                 continue;
             };
             let item = match attribute("event_id") {
@@ -318,17 +320,6 @@ impl WebhookLine for SqsWebhookLine {
             });
         }
         Ok(messages)
-    }
-
-    async fn done(&self, receipt: &Receipt) -> Result<(), QueueError> {
-        self.sqs
-            .delete_message()
-            .queue_url(self.url().await?)
-            .receipt_handle(&receipt.0)
-            .send()
-            .await
-            .map_err(queue_error)?;
-        Ok(())
     }
 
     async fn done_many(&self, receipts: &[Receipt]) -> Vec<Result<(), QueueError>> {
