@@ -61,14 +61,19 @@ else
   echo "test.sh: cannot mount a tmpfs (not root?): the disk-full test will NOT run." >&2
   echo "test.sh: *******************************************************************" >&2
 fi
-step "cargo build (the binaries tests/processes.rs runs)"
-cargo build --workspace --bins --locked
+# One build of the tests and of the binaries tests/processes.rs runs: built
+# alone, the binaries would resolve features without the dev-dependencies'
+# (tokio's test-util among them) and build the whole dependency tree, the
+# AWS SDK included, a second time (about 2 GB more on a disk CI has little of).
+step "cargo build: the tests, and the binaries tests/processes.rs runs, in one feature resolution"
+cargo build --workspace --bins --tests --locked
 step "the image: hadolint, the Dockerfile's own build command, what its runtime stage copies"
 image_bins=$(scripts/dockerfile_check.sh "$tools/hadolint")
 step "the runtime image (or, without a container runtime, its binaries in a minimal root filesystem)"
 scripts/image_check.sh "$image_bins"
-step "cargo test: build"
-cargo test --workspace --locked --no-run
+# What the image check built is needed by nothing after it.
+rm -rf target/release "$(dirname "$(dirname "$image_bins")")"
+df -h . | tail -n 1
 step "cargo test: run (each stack process's AWS calls written to target/iam-calls)"
 export PAYNOTIFY_TEST_CALL_LOGS=$PWD/target/iam-calls
 rm -rf "$PAYNOTIFY_TEST_CALL_LOGS"
