@@ -72,6 +72,9 @@ enum TxnCommand {
     /// A payment's whole story as a table: events, PSP times and codes,
     /// amounts, statuses, notifications, and what is parked.
     History(txn_cmd::Args),
+    /// The payments of a merchant's order id, each with its state and
+    /// events.
+    Find(txn_cmd::Find),
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +169,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => ops_cmd::serve(args).await,
         Command::Txn(TxnCommand::Get(args)) => txn_cmd::get(args).await,
         Command::Txn(TxnCommand::History(args)) => txn_cmd::history(args).await,
+        Command::Txn(TxnCommand::Find(args)) => txn_cmd::find_order(args).await,
         Command::Dlq(DlqCommand::List(args)) => dlq_cmd::list(args).await,
         Command::Dlq(DlqCommand::Show(args)) => dlq_cmd::show(args).await,
         Command::Dlq(DlqCommand::Redrive(args)) => dlq_cmd::redrive(args).await,

@@ -1,9 +1,12 @@
-//! `paynotify txn get|history`: one payment in the ledger, with amounts as
-//! decimals in their currency (`10.00 CNY`) and times in RFC 3339.
+//! `paynotify txn get|history|find`: one payment in the ledger (or the
+//! payments of a merchant's order), with amounts as decimals in their
+//! currency (`10.00 CNY`) and times in RFC 3339.
 
 use std::process::ExitCode;
 
-use paynotify::views::payment::{event_json, find_payment, parked_json, time, Found};
+use paynotify::views::payment::{
+    event_json, find_by_order, find_payment, parked_json, time, Found,
+};
 use paynotify_shared::money::display_minor;
 use paynotify_shared::ports::ParkedEvent;
 use serde_json::{json, Value};
@@ -24,6 +27,19 @@ pub struct Args {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct Find {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The merchant's own order id, as the payment's first notification
+    /// named it (UnionPay orderId, Adyen merchantReference, Stripe
+    /// metadata.order_id).
+    order_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 async fn find(args: &Args) -> anyhow::Result<Found> {
     let (_, backends) = args.config.open().await?;
     find_payment(&backends, &args.source, &args.merchant, &args.payment_ref).await
@@ -37,14 +53,14 @@ fn exit(found: &Found) -> ExitCode {
     }
 }
 
-/// The payment's state line and its completion note.
-fn heading(args: &Args, found: &Found) -> String {
+/// The payment's state line, its order and its completion note.
+fn heading(asked: &str, found: &Found) -> String {
     let mut out = format!("payment {}\n", found.key);
+    if let Some(order) = found.order_id() {
+        out.push_str(&format!("  order {order}\n"));
+    }
     if found.via_alias {
-        out.push_str(&format!(
-            "  ({} is a completion of this payment)\n",
-            args.payment_ref
-        ));
+        out.push_str(&format!("  ({asked} is a completion of this payment)\n"));
     }
     match &found.state {
         Some(s) => out.push_str(&format!(
@@ -76,22 +92,59 @@ pub async fn get(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&found.to_json())?)?;
     } else {
-        let mut out = heading(&args, &found);
-        for e in &found.history {
-            out.push_str(&format!(
-                "  {}  {} {}  {}  -> {}  ({})\n",
-                time(e.recorded_at),
-                e.kind,
-                e.outcome,
-                display_minor(e.amount_minor, &e.currency),
-                e.status_after.as_deref().unwrap_or("unchanged"),
-                e.event_key
-            ));
-        }
-        out.push_str(&parked_lines(&found.parked));
-        crate::print_stdout(out.trim_end())?;
+        crate::print_stdout(summary(&args.payment_ref, &found).trim_end())?;
     }
     Ok(exit(&found))
+}
+
+/// A payment's state, events and parked events, as `txn get` prints them.
+fn summary(asked: &str, found: &Found) -> String {
+    let mut out = heading(asked, found);
+    for e in &found.history {
+        out.push_str(&format!(
+            "  {}  {} {}  {}  -> {}  ({})\n",
+            time(e.recorded_at),
+            e.kind,
+            e.outcome,
+            display_minor(e.amount_minor, &e.currency),
+            e.status_after.as_deref().unwrap_or("unchanged"),
+            e.event_key
+        ));
+    }
+    out.push_str(&parked_lines(&found.parked));
+    out
+}
+
+/// Prints the payments of a merchant's order, each as `txn get` does;
+/// exit 1 when no payment names it.
+///
+/// # Errors
+/// Configuration or backend errors.
+pub async fn find_order(args: Find) -> anyhow::Result<ExitCode> {
+    let (_, backends) = args.config.open().await?;
+    let found = find_by_order(&backends, &args.order_id).await?;
+    if args.json {
+        crate::print_stdout(&serde_json::to_string_pretty(&json!({
+            "order_id": args.order_id,
+            "payments": found.iter().map(Found::to_json).collect::<Vec<_>>(),
+        }))?)?;
+    } else if found.is_empty() {
+        crate::print_stdout(&format!(
+            "no payment names order {:?} (an order is known from its payment's first notification)",
+            args.order_id
+        ))?;
+    } else {
+        let all: Vec<String> = found
+            .iter()
+            .map(|f| summary(&args.order_id, f).trim_end().to_owned())
+            .collect();
+        crate::print_stdout(&all.join("\n\n"))?;
+    }
+    Ok(if found.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn parked_lines(parked: &[ParkedEvent]) -> String {
@@ -145,7 +198,7 @@ pub async fn history(args: Args) -> anyhow::Result<ExitCode> {
         }))?)?;
         return Ok(exit(&found));
     }
-    let mut out = heading(&args, &found);
+    let mut out = heading(&args.payment_ref, &found);
     let header = [
         "recorded at",
         "psp time",

@@ -265,7 +265,32 @@ async fn a_payment_reads_as_the_ledger_holds_it(kind: Kind) {
     assert_eq!(body["state"]["paid"], "10.00");
     assert_eq!(body["state"]["refunded"], "2.50");
     assert_eq!(body["state"]["version"], state.version);
-    let history = body["history"].as_array().unwrap();
+    // The simulator's purchase of api1 is order oapi1 (its orderId).
+    assert_eq!(body["order_id"], "oapi1");
+    let by_id = body.clone();
+    let (status, body) = c.get("/api/v1/payments?order_id=oapi1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["order_id"], "oapi1");
+    assert_eq!(
+        body["payments"],
+        json!([by_id]),
+        "the same view as by the PSP's id"
+    );
+    // The refund's own order (rapi1-r1) is not the payment's.
+    for order in ["rapi1-r1", "oapi2", "%3Cscript%3E"] {
+        let (status, body) = c.get(&format!("/api/v1/payments?order_id={order}")).await;
+        assert_eq!(status, 200, "{order}: {body}");
+        assert_eq!(body["payments"], json!([]), "{order}");
+    }
+    for bad in [
+        "/api/v1/payments",
+        "/api/v1/payments?order_id=",
+        "/api/v1/payments?order=oapi1",
+    ] {
+        let (status, body) = c.get(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let history = by_id["history"].as_array().unwrap();
     assert_eq!(history.len(), 2, "{body}");
     assert_eq!(history[1]["amount"], "2.50");
     for e in history {

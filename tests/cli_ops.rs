@@ -179,6 +179,20 @@ fn dlq_and_ledger_tools() {
     assert_rfc3339_times(&got);
     assert_eq!(got["state"]["paid"], "42.00");
     assert_eq!(got["state"]["refunded"], "10.00");
+    // The same payment by the merchant's order id (the simulator's
+    // purchase of o1 is order oo1), as `txn get` shows it.
+    assert_eq!(got["order_id"], "oo1");
+    let (code, found) = json(&["txn", "find", "--config", cfg, "oo1", "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(found["payments"], serde_json::json!([got]));
+    let (code, listed) = text(&["txn", "find", "--config", cfg, "oo1"]);
+    assert_eq!(code, Some(0));
+    for expected in ["order oo1", "status PARTIALLY_REFUNDED  paid 42.00 CNY"] {
+        assert!(listed.contains(expected), "{expected:?} in\n{listed}");
+    }
+    let (code, none) = text(&["txn", "find", "--config", cfg, "no-such-order"]);
+    assert_eq!(code, Some(1), "{none}");
+    assert!(none.contains("no payment names order"), "{none}");
     // The early refund waits, parked; its time is RFC 3339 too.
     let (code, story) = json(&[
         "txn", "history", "--config", cfg, "unionpay", MERCHANT, "late", "--json",

@@ -49,6 +49,7 @@ on_both_backends!(
     a_unionpay_movement_applies_once_whatever_its_success_code,
     a_payment_with_150_parked_refunds_applies_every_one,
     a_parked_event_is_removed_once_however_many_ask,
+    payments_are_found_by_the_merchants_order_id,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -538,6 +539,102 @@ async fn a_parked_event_is_removed_once_however_many_ask(kind: Kind) {
         .unwrap()
         .is_some());
     assert!(l.load(&r1.payment_key).await.unwrap().parked.is_empty());
+}
+
+async fn payments_are_found_by_the_merchants_order_id(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let ordered = |key: &str, id: &str, order: &str| {
+        let mut e = event(key, id, EventKind::Payment, 1000);
+        e.order_id = Some(order.into());
+        e
+    };
+    let pay = |e: PaymentEvent, n: &'static str| async move {
+        let Transition::Apply(state) = transition(None, &e) else {
+            panic!("{e:?}")
+        };
+        l.apply(&e, n, Some(&state), 0).await.unwrap()
+    };
+    // A payment in one write; then its refund, which names no order.
+    let p1 = ordered("o1", "e1", "ORDER-1");
+    assert_eq!(pay(p1.clone(), "n1").await, ApplyOutcome::Applied);
+    let refund = event("o1", "e1-r", EventKind::Refund, 100);
+    let paid = l.get_payment(&p1.payment_key).await.unwrap().unwrap();
+    let Transition::Apply(refunded) = transition(Some(&paid), &refund) else {
+        panic!()
+    };
+    l.apply(&refund, "n2", Some(&refunded), paid.version)
+        .await
+        .unwrap();
+    // A purchase still in process (recorded, no state), and a second
+    // payment of the same order (a retry after a failure): both found.
+    let mut asking = ordered("o2", "e2", "ORDER-2");
+    asking.outcome = EventOutcome::Pending;
+    l.apply(&asking, "n3", None, 0).await.unwrap();
+    assert_eq!(
+        pay(ordered("o3", "e3", "ORDER-2"), "n4").await,
+        ApplyOutcome::Applied
+    );
+    // A payment whose refund was parked first: applied in the write that
+    // moves the park (a transaction on DynamoDB).
+    let early = event("o4", "e4-r", EventKind::Refund, 100);
+    l.write(&parking(&early, "n5", 0)).await.unwrap();
+    let p4 = ordered("o4", "e4", "ORDER-4");
+    let entry = l.load(&p4.payment_key).await.unwrap();
+    let Transition::Apply(s4) = transition(None, &p4) else {
+        panic!()
+    };
+    let Transition::Apply(s4r) = transition(Some(&s4), &early) else {
+        panic!()
+    };
+    let mut moved = s4r.clone();
+    moved.version = s4.version + 1;
+    l.write(&LedgerWrite {
+        key: p4.payment_key.clone(),
+        expected_version: entry.version,
+        incoming: Incoming::Record(RecordedEvent {
+            event: p4.clone(),
+            notification_id: "n6".into(),
+            status_after: Some(s4.status),
+            unparked_from: None,
+        }),
+        state: Some(moved),
+        unparked: vec![RecordedEvent {
+            event: early.clone(),
+            notification_id: "n5".into(),
+            status_after: Some(s4r.status),
+            unparked_from: Some(p4.payment_key.clone()),
+        }],
+        conflicts: vec![],
+        aliases: vec![],
+    })
+    .await
+    .unwrap();
+    // A payment that names no order is in no lookup.
+    pay(event("o5", "e5", EventKind::Payment, 1000), "n7").await;
+
+    let keys = |order: &'static str, limit: usize| async move {
+        l.payments_by_order(order, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys("ORDER-1", 10).await, ["u#m#o1"]);
+    assert_eq!(keys("ORDER-2", 10).await, ["u#m#o2", "u#m#o3"]);
+    assert_eq!(keys("ORDER-2", 1).await.len(), 1);
+    assert_eq!(keys("ORDER-4", 10).await, ["u#m#o4"]);
+    assert!(keys("ORDER-3", 10).await.is_empty());
+    assert!(keys("", 10).await.is_empty());
+    // The history keeps the order on the event that named it.
+    let history = l.history(&p1.payment_key).await.unwrap();
+    let orders: Vec<_> = history
+        .iter()
+        .map(|h| h.event.as_ref().unwrap().order_id.clone())
+        .collect();
+    assert_eq!(orders, [Some("ORDER-1".to_owned()), None]);
 }
 
 async fn ledger_parks_early_events_and_applies_them_with_the_payment(kind: Kind) {
@@ -1233,6 +1330,13 @@ impl paynotify_shared::ports::Ledger for Lagging {
         event_key: &paynotify_shared::EventKey,
     ) -> Result<Option<paynotify_shared::ports::ParkedEvent>, LedgerError> {
         self.inner.remove_parked(key, event_key).await
+    }
+    async fn payments_by_order(
+        &self,
+        order_id: &str,
+        limit: usize,
+    ) -> Result<Vec<PaymentKey>, LedgerError> {
+        self.inner.payments_by_order(order_id, limit).await
     }
 }
 

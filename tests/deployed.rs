@@ -238,6 +238,10 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
     );
     let got: serde_json::Value = serde_json::from_str(&got).unwrap();
     assert_eq!(got["state"]["status"], "PARTIALLY_REFUNDED", "{got}");
+    // By the merchant's order id, through the table's orders index.
+    let found = operator(&d, &["txn", "find", "odep-1", "--json"], &[0]);
+    let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+    assert_eq!(found["payments"], serde_json::json!([got]), "{found}");
     operator(&d, &["txn", "history", "unionpay", MERCHANT, "dep-2"], &[0]);
     let listed = operator(&d, &["dlq", "list", "--json"], &[0]);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();

@@ -357,21 +357,24 @@ def test_ledger_keys_are_what_the_backend_writes():
     keys = [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]]
     assert keys == [("pk", "HASH"), ("sk", "RANGE")]
     assert 'key("pk", KeyType::Hash)' in setup and 'key("sk", KeyType::Range)' in setup
-    # The indexes the backend creates (name, partition key, sort key), with
-    # the names its constants give them.
+    # The indexes the backend creates (name, partition key, sort key if
+    # any, projection), with the names its constants give them.
     consts = dict(re.findall(r'pub const (\w+_INDEX): &str = "(\w+)";', ledger))
     block = re.search(r"pub const INDEXES[^=]*= \[(.*?)\];", ledger, re.S).group(1)
-    expected = [(consts[name], hash_key, range_key)
-                for name, hash_key, range_key in re.findall(r'\((\w+), "(\w+)", "(\w+)"\)', block)]
-    assert len(expected) == 2, expected
-    indexes = [(i["IndexName"], *[k["AttributeName"] for k in i["KeySchema"]]) for i in table["GlobalSecondaryIndexes"]]
-    assert indexes == expected, (indexes, expected)
+    expected = [(consts[name], hash_key, range_key or None, projection)
+                for name, hash_key, range_key, projection
+                in re.findall(r'\((\w+), "(\w+)", (?:None|Some\("(\w+)"\)), "(\w+)"\)', block)]
+    assert len(expected) == 3, expected
+    indexes = []
     for i in table["GlobalSecondaryIndexes"]:
-        assert [k["KeyType"] for k in i["KeySchema"]] == ["HASH", "RANGE"]
+        keys = {k["KeyType"]: k["AttributeName"] for k in i["KeySchema"]}
+        assert len(keys) == len(i["KeySchema"]), i
+        indexes.append((i["IndexName"], keys["HASH"], keys.get("RANGE"), i["Projection"]["ProjectionType"]))
+    assert indexes == expected, (indexes, expected)
     declared = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
-    for _, hash_key, range_key in expected:
-        assert (declared[hash_key], declared[range_key]) == ("S", "N")
-    assert set(declared) == {"pk", "sk"} | {k for _, h, r in expected for k in (h, r)}, declared
+    for _, hash_key, range_key, _ in expected:
+        assert declared[hash_key] == "S" and (range_key is None or declared[range_key] == "N")
+    assert set(declared) == {"pk", "sk"} | {k for _, h, r, _ in expected for k in (h, r) if k}, declared
 
 
 def config_default(field):

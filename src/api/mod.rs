@@ -161,6 +161,7 @@ fn handler(op: Op) -> MethodRouter<Api> {
     match op {
         Op::OpenApi => get(openapi),
         Op::Payment => get(payment),
+        Op::PaymentsByOrder => get(payments_by_order),
         Op::DeadLetters => get(dead_letters),
         Op::DeadLetter => get(dead_letter),
         Op::Redrive => post(redrive),
@@ -271,6 +272,21 @@ async fn payment(
         return Err(ApiError::not_found("the ledger has no such payment"));
     }
     ok(&found.to_json())
+}
+
+async fn payments_by_order(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let order_id = query
+        .get("order_id")
+        .filter(|o| !o.is_empty())
+        .ok_or_else(|| ApiError::bad("order_id is required"))?;
+    let found = views::payment::find_by_order(&api.backends, order_id).await?;
+    ok(&json!({
+        "order_id": order_id,
+        "payments": found.iter().map(views::payment::Found::to_json).collect::<Vec<_>>(),
+    }))
 }
 
 async fn dead_letters(

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 pub enum Op {
     OpenApi,
     Payment,
+    PaymentsByOrder,
     DeadLetters,
     DeadLetter,
     Redrive,
@@ -26,6 +27,8 @@ pub enum Op {
 pub enum In {
     Path,
     Query,
+    /// A query parameter the route needs.
+    QueryRequired,
 }
 
 /// One route.
@@ -84,6 +87,18 @@ pub const ROUTES: &[Route] = &[
         body: None,
         answer: "Payment",
         errors: &[400, 404],
+    },
+    Route {
+        op: Op::PaymentsByOrder,
+        method: "get",
+        path: "/api/v1/payments",
+        scope: ApiScope::Read,
+        id: "findPayments",
+        summary: "The payments of a merchant's order id (as the payment's first notification named it: UnionPay orderId, Adyen merchantReference, Stripe metadata.order_id), each as getPayment answers; several when an order was paid again after a failure. On AWS it reads an index that lags a write by a moment.",
+        params: &[("order_id", In::QueryRequired, "The merchant's own order id.")],
+        body: None,
+        answer: "PaymentsOfOrder",
+        errors: &[400],
     },
     Route {
         op: Op::DeadLetters,
@@ -218,8 +233,9 @@ fn schemas() -> Value {
     json!({
         "Error": object(&["error"], json!({ "error": text })),
         "OpenApi": { "type": "object", "description": "An OpenAPI 3.1 document." },
-        "Payment": object(&["payment_key", "state", "history", "parked"], json!({
+        "Payment": object(&["payment_key", "order_id", "state", "history", "parked"], json!({
             "payment_key": text,
+            "order_id": { "type": ["string", "null"], "description": "The merchant's own order id, as the payment's first notification named it." },
             "state": { "oneOf": [{ "type": "null" }, object(&["status", "version", "currency", "paid", "refunded"], json!({
                 "status": text, "version": { "type": "integer" }, "currency": text,
                 "paid": decimal, "refunded": decimal, "authorized": decimal,
@@ -230,6 +246,9 @@ fn schemas() -> Value {
                 "amount": { "oneOf": [decimal, { "type": "null" }] },
             })) },
             "parked": { "type": "array", "items": { "type": "object" } },
+        })),
+        "PaymentsOfOrder": object(&["order_id", "payments"], json!({
+            "order_id": text, "payments": list_of("Payment"),
         })),
         "DeadLetterSummary": object(&["id", "reason", "receive_count", "dead_at"], json!({
             "id": text, "notification_id": text_or_null, "reason": text, "error": text,
@@ -350,6 +369,8 @@ pub fn document() -> Value {
                                      "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }),
                 In::Query => json!({ "name": name, "in": "query", "required": false,
                                      "description": description, "schema": { "type": "string" } }),
+                In::QueryRequired => json!({ "name": name, "in": "query", "required": true,
+                                     "description": description, "schema": { "type": "string", "minLength": 1 } }),
             })
             .collect();
         let mut operation = json!({

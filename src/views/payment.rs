@@ -3,7 +3,7 @@
 //! answers (amounts as decimals in their currency, times in RFC 3339).
 
 use paynotify_shared::backend::Backends;
-use paynotify_shared::ports::{EventRecord, ParkedEvent};
+use paynotify_shared::ports::{EventRecord, ParkedEvent, PaymentEntry};
 use paynotify_shared::{PaymentKey, PaymentState};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -24,10 +24,19 @@ impl Found {
         self.state.is_some() || !self.history.is_empty() || !self.parked.is_empty()
     }
 
+    /// The merchant's order id, as the event that created the payment
+    /// named it.
+    pub fn order_id(&self) -> Option<&str> {
+        self.history
+            .iter()
+            .find_map(|e| e.event.as_ref()?.order_id.as_deref())
+    }
+
     /// The JSON of `txn get --json` and of the read API.
     pub fn to_json(&self) -> Value {
         json!({
             "payment_key": self.key,
+            "order_id": self.order_id(),
             "state": self.state.as_ref().map(state_json),
             "history": self.history.iter().map(event_json).collect::<Vec<_>>(),
             "parked": self.parked.iter().map(parked_json).collect::<Vec<_>>(),
@@ -53,6 +62,16 @@ pub async fn find_payment(
         key = target;
         entry = backends.ledger.load(&key).await?;
     }
+    with_history(backends, key, entry, via_alias).await
+}
+
+/// `entry`, read under `key`, with the payment's events.
+async fn with_history(
+    backends: &Backends,
+    key: PaymentKey,
+    entry: PaymentEntry,
+    via_alias: bool,
+) -> anyhow::Result<Found> {
     let history = backends.ledger.history(&key).await?;
     Ok(Found {
         key,
@@ -61,6 +80,28 @@ pub async fn find_payment(
         history,
         parked: entry.parked,
     })
+}
+
+/// The most payments one order id lists.
+pub const MAX_PER_ORDER: usize = 100;
+
+/// The payments whose creating event named `order_id` as the merchant's
+/// order (several when an order was paid again after a failure, or at two
+/// sources), each as [`find_payment`] reads it, in key order.
+///
+/// # Errors
+/// Ledger errors.
+pub async fn find_by_order(backends: &Backends, order_id: &str) -> anyhow::Result<Vec<Found>> {
+    let keys = backends
+        .ledger
+        .payments_by_order(order_id, MAX_PER_ORDER)
+        .await?;
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        let entry = backends.ledger.load(&key).await?;
+        found.push(with_history(backends, key, entry, false).await?);
+    }
+    Ok(found)
 }
 
 pub fn time(t: time::OffsetDateTime) -> String {

@@ -223,6 +223,7 @@ pub fn event(
         result_code: None,
         result_message: None,
         settle_date: None,
+        order_id: None,
         legacy_key: None,
     }
 }

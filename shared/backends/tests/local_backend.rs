@@ -108,6 +108,7 @@ fn event(id: &str) -> PaymentEvent {
         result_code: None,
         result_message: None,
         settle_date: None,
+        order_id: None,
         legacy_key: None,
     }
 }

@@ -137,6 +137,26 @@ impl EventOutcome {
     }
 }
 
+/// The longest merchant order id an event carries, in bytes (UnionPay's
+/// `orderId` is at most 40; Adyen's `merchantReference` at most 80).
+pub const MAX_ORDER_ID_BYTES: usize = 128;
+
+/// The order id an event of `kind` carries, given what its message names:
+/// only an event that creates a payment (a payment or an authorization)
+/// carries one, since a refund's or a capture's own order is not the
+/// payment's; and only a non-empty one of at most [`MAX_ORDER_ID_BYTES`]
+/// without control characters. Anything else carries none: the order id is
+/// how an operator finds a payment, never what applies it, so a message
+/// whose order id cannot be indexed is still applied.
+pub fn order_id_of(kind: EventKind, named: Option<&str>) -> Option<String> {
+    let named = named?;
+    let creates = matches!(kind, EventKind::Payment | EventKind::Authorization);
+    let indexable = !named.is_empty()
+        && named.len() <= MAX_ORDER_ID_BYTES
+        && !named.chars().any(char::is_control);
+    (creates && indexable).then(|| named.to_owned())
+}
+
 /// One verified notification, in PSP-neutral terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentEvent {
@@ -166,6 +186,13 @@ pub struct PaymentEvent {
     /// `YYYY-MM-DD`, when the message names it (UnionPay `settleDate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_date: Option<String>,
+    /// The merchant's own id of the order the payment was made for, on an
+    /// event that creates the payment, when its message names one
+    /// (UnionPay `orderId`, Adyen `merchantReference`, Stripe
+    /// `metadata.order_id`, a Standard Webhooks source's `order_id`
+    /// pointer): the ledger finds payments by it ([`order_id_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
     /// The key this event had before the scheme's keys changed, when it
     /// differs from `event_key`: a ledger that holds that key holds this
     /// event (UnionPay: a success once keyed by its raw code `A6`). Derived
@@ -177,6 +204,31 @@ pub struct PaymentEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_event_that_creates_a_payment_carries_an_indexable_order_id() {
+        use EventKind::*;
+        assert_eq!(order_id_of(Payment, Some("O-1")), Some("O-1".into()));
+        assert_eq!(order_id_of(Authorization, Some("O-1")), Some("O-1".into()));
+        for k in [
+            Capture,
+            Refund,
+            Void,
+            AuthorizationVoid,
+            RefundTotal,
+            Dispute,
+        ] {
+            assert_eq!(order_id_of(k, Some("O-1")), None, "{k:?}");
+        }
+        assert_eq!(order_id_of(Payment, None), None);
+        assert_eq!(order_id_of(Payment, Some("")), None);
+        assert_eq!(order_id_of(Payment, Some("a\nb")), None);
+        let longest = "x".repeat(MAX_ORDER_ID_BYTES);
+        assert_eq!(order_id_of(Payment, Some(&longest)), Some(longest.clone()));
+        assert_eq!(order_id_of(Payment, Some(&format!("{longest}x"))), None);
+        // Bytes, not characters: 43 three-byte characters are 129 bytes.
+        assert_eq!(order_id_of(Payment, Some(&"订".repeat(43))), None);
+    }
 
     #[test]
     fn names_match_the_serialised_form() {

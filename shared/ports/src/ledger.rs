@@ -241,6 +241,14 @@ pub struct ParkedEntry {
 /// - `events_between` lists the recorded events of `source` whose PSP time
 ///   lies in `[from, to)`, oldest first (events without a PSP time are not
 ///   listed).
+/// - `payments_by_order` lists the keys of the payments one of whose
+///   recorded events names `order_id` as the merchant's order (an event
+///   that creates a payment: [`paynotify_model::event::order_id_of`]), of
+///   any source and merchant, in key order, at most `limit` (which ones,
+///   when more name it, is the store's choice). It may lag
+///   the latest writes by a moment (on DynamoDB it reads an index, which
+///   is eventually consistent). An id no event carries (empty, or longer
+///   than [`paynotify_model::event::MAX_ORDER_ID_BYTES`]) finds none.
 /// - `remove_parked` takes one parked event out of the ledger (an operator
 ///   resolving it) and returns it; `None` when it is not parked under `key`
 ///   (applied meanwhile, or removed before). A write planned on a view that
@@ -273,6 +281,11 @@ pub trait Ledger: Send + Sync {
         key: &PaymentKey,
         event_key: &EventKey,
     ) -> Result<Option<ParkedEvent>, LedgerError>;
+    async fn payments_by_order(
+        &self,
+        order_id: &str,
+        limit: usize,
+    ) -> Result<Vec<PaymentKey>, LedgerError>;
     /// Why this store can no longer work in this process (a writer thread
     /// that ended), if so: readiness fails and the process stops.
     fn fatal(&self) -> Option<String> {

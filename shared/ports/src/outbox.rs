@@ -315,6 +315,7 @@ mod tests {
             result_code: Some("00".into()),
             result_message: None,
             settle_date: None,
+            order_id: None,
             legacy_key: None,
         }
     }

@@ -255,6 +255,7 @@ decorators! {
         key: &PaymentKey,
         event_key: &EventKey,
     ) -> Result<Option<ParkedEvent>, LedgerError>, about key;
+    async fn payments_by_order(&self, order_id: &str, limit: usize) -> Result<Vec<PaymentKey>, LedgerError>;
 }
 
 decorators! {

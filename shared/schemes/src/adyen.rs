@@ -21,7 +21,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use crate::event::{order_id_of, EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use crate::secret::SecretRef;
 use crate::webhook::{HmacKey, Inbound, Json, WebhookError};
 use crate::Verified;
@@ -267,6 +267,7 @@ impl AdyenVerifier {
             result_code: Some(code),
             result_message: Some(text("/reason")).filter(|r| !r.is_empty()),
             settle_date: None,
+            order_id: order_id_of(kind, Some(&text("/merchantReference"))),
             legacy_key: None,
         })))
     }
@@ -514,6 +515,7 @@ mod tests {
         );
         assert_eq!(e.event_key.as_str(), "A1:AUTHORISATION:true");
         assert_eq!(e.amount.to_string(), "11.30 EUR");
+        assert_eq!(e.order_id.as_deref(), Some("order-1"));
         assert!(e.psp_time.is_some());
         let Verified::Event(e) = one(&manual, auth).unwrap() else {
             panic!()
@@ -543,6 +545,8 @@ mod tests {
                 (kind, EventOutcome::Failed, "A1"),
                 "{code}"
             );
+            // The modification's own merchantReference is not the order's.
+            assert_eq!(e.order_id, None, "{code}");
         }
         assert_eq!(
             one(

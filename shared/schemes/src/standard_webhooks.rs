@@ -9,7 +9,7 @@
 use aws_lc_rs::signature::{UnparsedPublicKey, ED25519};
 use base64::Engine as _;
 
-use crate::event::{EventKey, PaymentEvent, PaymentKey};
+use crate::event::{order_id_of, EventKey, PaymentEvent, PaymentKey};
 use crate::secret::SecretRef;
 use crate::webhook::default_tolerance_secs;
 use crate::webhook::{self, HmacKey, Inbound, Json, WebhookError};
@@ -179,6 +179,8 @@ impl StandardWebhooksVerifier {
         }
         let amount = json.money(json.minor_units(&f.amount)?, &f.currency)?;
         let psp_txn_id = f.txn_id.as_deref().map(|p| json.text(p)).transpose()?;
+        let named_order = f.order_id.as_deref().and_then(|p| json.text(p).ok());
+        let order_id = order_id_of(mapped.kind, named_order.as_deref());
         Ok(Verified::Event(Box::new(PaymentEvent {
             source: source.to_owned(),
             payment_key: PaymentKey::new(source, &merchant, &payment_ref),
@@ -194,6 +196,7 @@ impl StandardWebhooksVerifier {
             result_code: Some(event_type),
             result_message: None,
             settle_date: None,
+            order_id,
             legacy_key: None,
         })))
     }
@@ -253,6 +256,11 @@ pub struct EventPointers {
     /// The PSP's id of this transaction, for the logs and the ledger.
     #[serde(default)]
     pub txn_id: Option<String>,
+    /// The merchant's own order id, on the events that create a payment:
+    /// the read API and `txn get --order` find payments by it. Absent or
+    /// not a string in a body, the event carries none (and still applies).
+    #[serde(default)]
+    pub order_id: Option<String>,
 }
 
 /// What an event type means for the payment: `payment`, `authorization`,
@@ -500,6 +508,34 @@ mod tests {
         assert_eq!(e.payment_key.as_str(), "sw#m#p1");
         assert_eq!(e.event_key.as_str(), "msg_9");
         assert_eq!(e.amount.to_string(), "12.50 EUR");
+        assert_eq!(e.order_id, None, "no order pointer configured");
+        // With an order pointer: read on a payment (a number as its
+        // digits); absent or neither, the payment still applies, without
+        // one.
+        let mut c = config();
+        c.fields.order_id = Some("/data/order".into());
+        let v =
+            StandardWebhooksVerifier::new(&c, &["whsec_AAAA".into()], &[], &["m".into()]).unwrap();
+        let order = |body: &[u8]| match v.map("sw", "msg_9", body).unwrap() {
+            Verified::Event(e) => e.order_id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            order(br#"{"type":"payment.succeeded","data":{"payment":"p1","amount":1,"currency":"eur","order":"O-9"}}"#),
+            Some("O-9".into())
+        );
+        assert_eq!(
+            order(br#"{"type":"payment.succeeded","data":{"payment":"p1","amount":1,"currency":"eur","order":7}}"#),
+            Some("7".into())
+        );
+        assert_eq!(
+            order(br#"{"type":"payment.succeeded","data":{"payment":"p1","amount":1,"currency":"eur","order":{"id":7}}}"#),
+            None
+        );
+        assert_eq!(
+            order(br#"{"type":"refund.failed","data":{"payment":"p1","amount":1,"currency":"eur","order":"O-9"}}"#),
+            None
+        );
         assert_eq!(
             v.map("sw", "m", br#"{"type":"customer.created"}"#).unwrap(),
             Verified::Ignored("customer.created".into())

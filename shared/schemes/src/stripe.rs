@@ -14,7 +14,7 @@
 
 use time::OffsetDateTime;
 
-use crate::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use crate::event::{order_id_of, EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use crate::secret::SecretRef;
 use crate::webhook::default_tolerance_secs;
 use crate::webhook::{self, HmacKey, Inbound, Json, WebhookError};
@@ -208,6 +208,12 @@ fn map(source: &str, body: &[u8], merchants: &[String]) -> Result<Verified, Webh
         result_code: result_code.or(Some(event_type)),
         result_message,
         settle_date: None,
+        // Stripe has no order field: merchants name theirs in the
+        // PaymentIntent's metadata.
+        order_id: order_id_of(
+            kind,
+            json.text("/data/object/metadata/order_id").ok().as_deref(),
+        ),
         legacy_key: None,
     })))
 }
@@ -395,6 +401,15 @@ mod tests {
         );
         assert_eq!(e.amount.to_string(), "20.00 USD");
         assert_eq!(e.event_key.as_str(), "evt_1");
+        assert_eq!(e.order_id, None, "no metadata, no order");
+        let ordered = event(
+            "payment_intent.succeeded",
+            serde_json::json!({"id": "pi_1", "amount": 2000, "amount_received": 2000, "currency": "usd", "metadata": {"order_id": "ORD-7"}}),
+        );
+        let Verified::Event(e) = map("stripe", ordered.as_bytes(), &m).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.order_id.as_deref(), Some("ORD-7"));
 
         let refunded = event(
             "charge.refunded",
@@ -408,6 +423,7 @@ mod tests {
             (EventKind::RefundTotal, "pi_1", 500)
         );
         assert_eq!(e.psp_txn_id.as_deref(), Some("ch_1"));
+        assert_eq!(e.order_id, None);
 
         let dispute = event(
             "charge.dispute.created",

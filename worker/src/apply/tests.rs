@@ -24,6 +24,7 @@ fn ev(payment_ref: &str, id: &str, kind: EventKind, minor: u64) -> PaymentEvent 
         result_code: None,
         result_message: None,
         settle_date: None,
+        order_id: None,
         legacy_key: None,
     }
 }

@@ -150,28 +150,37 @@ fn attr(name: &str, t: ScalarAttributeType) -> Result<AttributeDefinition, Strin
         .map_err(|e| e.to_string())
 }
 
-/// One of the ledger's sparse indexes: (name, hash key, range key).
-type Index = (&'static str, &'static str, &'static str);
+/// One of the ledger's sparse indexes: (name, hash key, range key if
+/// any, projection).
+type Index = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+);
 
-fn index((name, hash, range): Index) -> Result<GlobalSecondaryIndex, String> {
-    GlobalSecondaryIndex::builder()
+fn index((name, hash, range, projection): Index) -> Result<GlobalSecondaryIndex, String> {
+    let mut gsi = GlobalSecondaryIndex::builder()
         .index_name(name)
-        .key_schema(key(hash, KeyType::Hash)?)
-        .key_schema(key(range, KeyType::Range)?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
-        .build()
-        .map_err(|e| e.to_string())
+        .key_schema(key(hash, KeyType::Hash)?);
+    if let Some(range) = range {
+        gsi = gsi.key_schema(key(range, KeyType::Range)?);
+    }
+    gsi.projection(
+        Projection::builder()
+            .projection_type(ProjectionType::from(projection))
+            .build(),
+    )
+    .build()
+    .map_err(|e| e.to_string())
 }
 
-fn index_attrs((_, hash, range): Index) -> Result<Vec<AttributeDefinition>, String> {
-    Ok(vec![
-        attr(hash, ScalarAttributeType::S)?,
-        attr(range, ScalarAttributeType::N)?,
-    ])
+fn index_attrs((_, hash, range, _): Index) -> Result<Vec<AttributeDefinition>, String> {
+    let mut attrs = vec![attr(hash, ScalarAttributeType::S)?];
+    if let Some(range) = range {
+        attrs.push(attr(range, ScalarAttributeType::N)?);
+    }
+    Ok(attrs)
 }
 
 /// The ledger table with its indexes and (when configured) its stream; a

@@ -144,6 +144,26 @@ impl Ledger for LocalLedger {
             .map_err(unavailable)
     }
 
+    async fn payments_by_order(
+        &self,
+        order_id: &str,
+        limit: usize,
+    ) -> Result<Vec<PaymentKey>, LedgerError> {
+        let order_id = order_id.to_owned();
+        self.db
+            .read(move |c| {
+                let mut s = c.prepare_cached(
+                    "SELECT payment_key FROM orders WHERE order_id = ?1 ORDER BY payment_key LIMIT ?2",
+                )?;
+                let rows = s.query_map(params![order_id, limit as i64], |r| {
+                    Ok(PaymentKey::from_stored(r.get::<_, String>(0)?))
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn parked_before(
         &self,
         t: OffsetDateTime,

@@ -31,6 +31,7 @@ fn ev(id: &str, kind: EventKind, outcome: EventOutcome, minor: u64) -> PaymentEv
         result_code: None,
         result_message: None,
         settle_date: None,
+        order_id: None,
         legacy_key: None,
     }
 }

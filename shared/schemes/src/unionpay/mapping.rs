@@ -5,7 +5,7 @@ use time::PrimitiveDateTime;
 
 use super::error::VerifyError;
 use super::fields::Fields;
-use crate::event::{EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
+use crate::event::{order_id_of, EventKey, EventKind, EventOutcome, PaymentEvent, PaymentKey};
 use crate::money::{Currency, Money};
 
 /// Maps a verified message of `source` to a payment event.
@@ -83,6 +83,7 @@ pub fn to_event(source: &str, fields: &Fields) -> Result<PaymentEvent, VerifyErr
         payment_key: PaymentKey::new(source, merchant, &payment_ref),
         event_key: event_key(&movement, class),
         legacy_key: (class != resp_code).then(|| event_key(&movement, resp_code)),
+        order_id: order_id_of(kind, Some(order_id)),
         kind,
         outcome,
         amount: Money {
@@ -196,6 +197,7 @@ mod tests {
         );
         assert_eq!(e.amount.currency.as_str(), "CNY");
         assert_eq!(e.psp_time.unwrap().unix_timestamp(), 1_662_614_526);
+        assert_eq!(e.order_id.as_deref(), Some("O1"));
     }
 
     #[test]
@@ -213,6 +215,8 @@ mod tests {
             (e.kind, e.outcome, e.payment_ref.as_str()),
             (EventKind::Refund, EventOutcome::Pending, "Q0")
         );
+        // A refund's orderId is the refund's own order, not the payment's.
+        assert_eq!(e.order_id, None);
         f.set("respCode", "12");
         assert_eq!(to_event("u", &f).unwrap().outcome, EventOutcome::Failed);
         f.set("respCode", "A6");

@@ -59,6 +59,9 @@ pub(super) struct StoredEvent {
     rm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     sd: Option<String>,
+    /// The merchant's order id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    oi: Option<String>,
     /// The event's payment key, source, merchant and reference, when not
     /// the item's or what the item's key is made of.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -121,6 +124,7 @@ impl StoredEvent {
             rc: e.result_code.clone(),
             rm: e.result_message.clone(),
             sd: e.settle_date.clone(),
+            oi: e.order_id.clone(),
             pk: differs(key, pk),
             src: differs(&e.source, src),
             mer: differs(&e.merchant, mer),
@@ -150,6 +154,7 @@ impl StoredEvent {
             result_code: self.rc,
             result_message: self.rm,
             settle_date: self.sd,
+            order_id: self.oi,
             legacy_key: None,
         };
         EventRecord {

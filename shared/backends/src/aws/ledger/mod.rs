@@ -16,7 +16,9 @@
 //! `gsi_parked` and `parked_at`, the keys of the sparse `parked` index that
 //! reports old parked events. A status query owed to a PSP is an item
 //! `pk = WATCH#{id}`, `sk = WATCH`; while unfinished it carries `gsi_due` and
-//! `due_at`, the keys of the `watches_due` index. Events by PSP time (the
+//! `due_at`, the keys of the `watches_due` index. A payment's item whose
+//! creating event named the merchant's order carries `gsi_order`, the key
+//! of the keys-only `orders` index. Events by PSP time (the
 //! settlement reconciliation's read, once a day) scan the payment items:
 //! an index over events would need an item per event, the write this
 //! layout saves.
@@ -69,10 +71,17 @@ const OVERFLOW: &str = "EVENTS#";
 pub const WATCHES_INDEX: &str = "watches_due";
 const WATCHES_PARTITION: &str = "due";
 const WATCH: &str = "WATCH";
-/// Every index of the table: name, partition key (S), sort key (N).
-pub const INDEXES: [(&str, &str, &str); 2] = [
-    (PARKED_INDEX, "gsi_parked", "parked_at"),
-    (WATCHES_INDEX, "gsi_due", "due_at"),
+/// The index of payments by the merchant's order id (`gsi_order`, set on
+/// a payment's item by the write that records an event naming its order).
+/// Keys only: the item's later writes change nothing the index holds, so
+/// only the first writes it.
+pub const ORDERS_INDEX: &str = "orders";
+/// Every index of the table: name, partition key (S), sort key (N) if it
+/// has one, and projection (CloudFormation's `ProjectionType`).
+pub const INDEXES: [(&str, &str, Option<&str>, &str); 3] = [
+    (PARKED_INDEX, "gsi_parked", Some("parked_at"), "ALL"),
+    (WATCHES_INDEX, "gsi_due", Some("due_at"), "ALL"),
+    (ORDERS_INDEX, "gsi_order", None, "KEYS_ONLY"),
 ];
 /// Reads of a payment before one whose parked items match its item is
 /// given up as unavailable (a torn view lasts one write's commit).
@@ -165,6 +174,31 @@ impl DynamoLedger {
 impl Ledger for DynamoLedger {
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError> {
         Ok(self.read_entry(key, None, Freshness::Latest).await?.entry)
+    }
+
+    async fn payments_by_order(
+        &self,
+        order_id: &str,
+        limit: usize,
+    ) -> Result<Vec<PaymentKey>, LedgerError> {
+        // DynamoDB refuses an empty key value; neither is ever indexed.
+        if order_id.is_empty() || order_id.len() > crate::event::MAX_ORDER_ID_BYTES {
+            return Ok(Vec::new());
+        }
+        let items = self
+            .index_items(
+                ORDERS_INDEX,
+                "gsi_order = :o",
+                &[(":o", s(order_id))],
+                limit,
+            )
+            .await?;
+        let mut keys: Vec<PaymentKey> = items
+            .iter()
+            .filter_map(|item| get_s(item, "pk").map(PaymentKey::from_stored))
+            .collect();
+        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(keys)
     }
 
     async fn remove_parked(
@@ -288,8 +322,7 @@ impl Ledger for DynamoLedger {
             .index_items(
                 PARKED_INDEX,
                 "gsi_parked = :g AND parked_at < :t",
-                PARKED_PARTITION,
-                t,
+                &[(":g", s(PARKED_PARTITION)), (":t", n(unix_ms(t)))],
                 limit,
             )
             .await?;
@@ -395,6 +428,7 @@ mod tests {
             result_code: Some("00".into()),
             result_message: Some("成功[0000000]".into()),
             settle_date: Some("0908".into()),
+            order_id: None,
             legacy_key: None,
         }
     }

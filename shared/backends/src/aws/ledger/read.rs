@@ -29,24 +29,26 @@ where
 }
 
 impl DynamoLedger {
-    /// The first `limit` items of a sparse time index: `condition` over the
-    /// partition `:g` and the time `:t`, in time order.
+    /// The first `limit` items of a sparse index: `condition` over the
+    /// `values` it names, in the index's order.
     pub(super) async fn index_items(
         &self,
         index: &str,
         condition: &str,
-        partition: &str,
-        t: OffsetDateTime,
+        values: &[(&str, AttributeValue)],
         limit: usize,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
+        let values = values
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         let mut pages = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(index)
             .key_condition_expression(condition)
-            .expression_attribute_values(":g", s(partition))
-            .expression_attribute_values(":t", n(unix_ms(t)))
+            .set_expression_attribute_values(Some(values))
             .into_paginator()
             .send();
         let mut out = Vec::new();

@@ -67,8 +67,7 @@ impl WatchStore for DynamoLedger {
         self.index_items(
             WATCHES_INDEX,
             "gsi_due = :g AND due_at <= :t",
-            WATCHES_PARTITION,
-            t,
+            &[(":g", s(WATCHES_PARTITION)), (":t", n(unix_ms(t)))],
             limit,
         )
         .await?

@@ -12,6 +12,19 @@ pub(super) fn unparked_from(w: &LedgerWrite, key: &PaymentKey) -> Vec<String> {
         .collect()
 }
 
+/// The merchant's order id a write records (its incoming event's, or an
+/// unparked one's: only an event that creates a payment names one).
+pub(super) fn order_of(w: &LedgerWrite) -> Option<&str> {
+    let incoming = match &w.incoming {
+        Incoming::Record(r) => Some(&r.event),
+        Incoming::Park(_) | Incoming::Nothing => None,
+    };
+    incoming
+        .into_iter()
+        .chain(w.unparked.iter().map(|r| &r.event))
+        .find_map(|e| e.order_id.as_deref())
+}
+
 /// What one write stores of its events: the stored events recorded, their
 /// keys' digests, and the conflicting parked events it found (JSON of each
 /// [`ParkedEvent`]).
@@ -82,6 +95,13 @@ impl DynamoLedger {
                 let (a, v) = (x.name(attribute), x.value(attribute, v));
                 x.set.push(format!("{a} = {v}"));
             }
+        }
+        // The merchant's order, from the event that creates the payment
+        // (the `orders` index's key; kept once set, so that later writes
+        // change nothing the index holds).
+        if let Some(order) = order_of(w) {
+            let (a, v) = (x.name("gsi_order"), x.value("order", s(order)));
+            x.set.push(format!("{a} = if_not_exists({a}, {v})"));
         }
         // The parked events this write found contradicting the payment, for
         // the stream's reader (`stream.rs`): only on the write that found

@@ -148,6 +148,13 @@ pub(super) fn record(
             e.psp_time.map(unix_ms),
         ],
     )?;
+    if let Some(order_id) = &e.order_id {
+        exec(
+            c,
+            "INSERT INTO orders (order_id, payment_key) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![order_id, key],
+        )?;
+    }
     if let Some(from) = &r.unparked_from {
         exec(
             c,

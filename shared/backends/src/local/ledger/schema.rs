@@ -36,6 +36,13 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (payment_key, event_key)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (source, psp_ms) WHERE psp_ms IS NOT NULL;
+-- Payments by the merchant's order id (an event that creates a payment
+-- names it), written with the event.
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT NOT NULL,
+    payment_key TEXT NOT NULL,
+    PRIMARY KEY (order_id, payment_key)
+) WITHOUT ROWID;
 -- Status queries owed to a PSP (`Watch`); due_at is NULL once finished.
 CREATE TABLE IF NOT EXISTS watches (
     id TEXT PRIMARY KEY,
