@@ -48,6 +48,19 @@ step "Kubernetes: kubernetes-validate --strict, infra/tests/test_k8s.py (KEDA's 
 "$PAYNOTIFY_TEST_PYTHON" infra/tests/test_k8s.py
 step "the read API's OpenAPI document (docs/api/openapi.json; tests/api.rs checks it is the code's)"
 "$PAYNOTIFY_TEST_PYTHON" -c 'import json, sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print("openapi: valid")' docs/api/openapi.json
+step "Debian's chromium for the console's browser test (tests/console.rs)"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends chromium) >/dev/null
+  else
+    echo "test.sh: no chromium: install Debian's chromium package (apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+PAYNOTIFY_TEST_CHROMIUM=$(command -v chromium)
+export PAYNOTIFY_TEST_CHROMIUM
+echo "   $("$PAYNOTIFY_TEST_CHROMIUM" --version 2>/dev/null | head -n 1)"
 step "a small filesystem for tests/disk_full.rs"
 small=target/small-disk
 mkdir -p "$small"

@@ -9,7 +9,7 @@ use paynotify::api::routes::{document, ROUTES};
 use paynotify::app::AppOptions;
 use paynotify::receiver::Receiver;
 use paynotify::simulate::tamper;
-use paynotify_shared::config::{ApiConfig, ApiKeyConfig, ApiScope, SecretRef};
+use paynotify_shared::config::ApiScope;
 use paynotify_shared::PaymentStatus;
 use serde_json::{json, Value};
 use support::app::{spawn_app_tweaked, TestApp, MERCHANT};
@@ -31,23 +31,13 @@ async fn spawn_with(
 ) -> TestApp {
     spawn_app_tweaked(kind, AppOptions::all(), |c| {
         tweak(c);
-        let dir = c.backend.data_dir.parent().unwrap().to_path_buf();
-        let key = |name: &str, scope: ApiScope, value: &str| {
-            let path = dir.join(format!("{name}.key"));
-            std::fs::write(&path, format!("{value}\n")).unwrap();
-            ApiKeyConfig {
-                name: name.into(),
-                scope,
-                secret: SecretRef::File(path),
-            }
-        };
-        c.api = ApiConfig {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            keys: vec![
-                key("dashboard", ApiScope::Read, READER),
-                key("oncall", ApiScope::Operate, OPERATOR),
+        support::api_keys(
+            c,
+            &[
+                ("dashboard", ApiScope::Read, READER),
+                ("oncall", ApiScope::Operate, OPERATOR),
             ],
-        };
+        );
     })
     .await
 }

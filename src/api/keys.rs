@@ -27,6 +27,23 @@ impl std::fmt::Debug for Key {
     }
 }
 
+impl Key {
+    /// HMAC-SHA256 of `data` under this key's digest: what the console's
+    /// session cookie and its form tokens are signed with, so that they
+    /// are worth nothing once the key is removed from the configuration,
+    /// and any process holding the same keys accepts them.
+    pub fn sign(&self, data: &[u8]) -> Vec<u8> {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.digest);
+        aws_lc_rs::hmac::sign(&key, data).as_ref().to_vec()
+    }
+
+    /// Whether `tag` is [`Key::sign`] of `data` (compared in constant time).
+    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.digest);
+        aws_lc_rs::hmac::verify(&key, data, tag).is_ok()
+    }
+}
+
 /// Every configured key.
 #[derive(Debug, Clone, Default)]
 pub struct Keys(Vec<Key>);
@@ -65,6 +82,11 @@ impl Keys {
             });
         }
         Ok(Self(keys))
+    }
+
+    /// The key named `name`, if any.
+    pub fn named(&self, name: &str) -> Option<&Key> {
+        self.0.iter().find(|k| k.name == name)
     }
 
     /// The key `presented` is, if any. Every key is compared, each in

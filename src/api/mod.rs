@@ -9,6 +9,7 @@
 //! The routes, and the OpenAPI document, come from one table
 //! ([`routes::ROUTES`]).
 
+pub mod console;
 pub mod keys;
 pub mod routes;
 
@@ -179,10 +180,13 @@ fn router(api: Api) -> Router {
     for r in ROUTES {
         router = router.route(r.path, handler(r.op));
     }
-    router
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(middleware::from_fn_with_state(api.clone(), authorize));
+    // The console's pages sign in with a cookie instead of the header.
+    console::router(api.clone())
+        .merge(router)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
@@ -325,7 +329,22 @@ async fn redrive(
         parse(&body)?
     };
     let reason = asked.reason.as_deref();
-    let result = if asked.dry_run {
+    let result = redrive_action(&api, reason, asked.dry_run).await?;
+    audit(
+        &api,
+        &key,
+        "dead-letters/redrive",
+        &json!({ "reason": reason, "dry_run": asked.dry_run }),
+        &result,
+    )
+    .await?;
+    ok(&result)
+}
+
+/// Moves dead letters (all, or those with `reason`) back to the queue, or
+/// with `dry_run` counts them by reason.
+async fn redrive_action(api: &Api, reason: Option<&str>, dry_run: bool) -> Result<Value, ApiError> {
+    Ok(if dry_run {
         let dead = views::dead_letters::read(&api.backends, views::dead_letters::MAX_SCAN).await?;
         let counts = views::dead_letters::by_reason(&dead, reason);
         json!({ "dry_run": true, "would_redrive": counts.values().sum::<u64>(), "by_reason": counts })
@@ -343,16 +362,7 @@ async fn redrive(
             .await
             .map_err(anyhow::Error::from)?;
         json!({ "redriven": moved, "still_in_dlq": left })
-    };
-    audit(
-        &api,
-        &key,
-        "dead-letters/redrive",
-        &json!({ "reason": reason, "dry_run": asked.dry_run }),
-        &result,
-    )
-    .await?;
-    ok(&result)
+    })
 }
 
 async fn parked(
@@ -421,28 +431,7 @@ async fn resend(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let asked: ResendRequest = parse(&body)?;
-    if !api
-        .config
-        .deliveries
-        .endpoints
-        .iter()
-        .any(|e| e.name == asked.endpoint)
-    {
-        return Err(ApiError::not_found(format!(
-            "no endpoint {:?} in the configuration",
-            asked.endpoint
-        )));
-    }
-    let result =
-        match views::deliveries::resend_delivery(&api.backends, &asked.endpoint, &asked.event_id)
-            .await?
-        {
-            Resent::Again => json!({ "resent": "again" }),
-            Resent::Released { payment_key } => {
-                json!({ "resent": "released", "payment_key": payment_key })
-            }
-            Resent::NoSuchDelivery(why) => return Err(ApiError::not_found(why)),
-        };
+    let result = resend_action(&api, &asked.endpoint, &asked.event_id).await?;
     audit(
         &api,
         &key,
@@ -452,6 +441,30 @@ async fn resend(
     )
     .await?;
     ok(&result)
+}
+
+/// Sends a delivery again (a held one releases its payment's later events).
+async fn resend_action(api: &Api, endpoint: &str, event_id: &str) -> Result<Value, ApiError> {
+    if !api
+        .config
+        .deliveries
+        .endpoints
+        .iter()
+        .any(|e| e.name == endpoint)
+    {
+        return Err(ApiError::not_found(format!(
+            "no endpoint {endpoint:?} in the configuration"
+        )));
+    }
+    Ok(
+        match views::deliveries::resend_delivery(&api.backends, endpoint, event_id).await? {
+            Resent::Again => json!({ "resent": "again" }),
+            Resent::Released { payment_key } => {
+                json!({ "resent": "released", "payment_key": payment_key })
+            }
+            Resent::NoSuchDelivery(why) => return Err(ApiError::not_found(why)),
+        },
+    )
 }
 
 async fn reconcile_latest(State(api): State<Api>) -> Result<Response, ApiError> {
@@ -480,23 +493,8 @@ async fn resolve_parked(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let asked: ResolveRequest = parse(&body)?;
-    if asked.note.trim().is_empty() {
-        return Err(ApiError::bad("a note is needed: why it is resolved"));
-    }
     let by = format!("api:{}", key.name);
-    let Some(record) = crate::parked::resolve(
-        &api.backends,
-        &asked.payment_key,
-        &asked.event_key,
-        &asked.note,
-        &by,
-    )
-    .await?
-    else {
-        return Err(ApiError::not_found(
-            "not parked there (applied meanwhile, or resolved before)",
-        ));
-    };
+    let record = resolve_action(&api, &asked, &by).await?;
     audit(
         &api,
         &key,
@@ -506,6 +504,22 @@ async fn resolve_parked(
     )
     .await?;
     ok(&record)
+}
+
+/// Takes a parked event out of the ledger with the operator's note.
+async fn resolve_action(api: &Api, asked: &ResolveRequest, by: &str) -> Result<Value, ApiError> {
+    if asked.note.trim().is_empty() {
+        return Err(ApiError::bad("a note is needed: why it is resolved"));
+    }
+    crate::parked::resolve(
+        &api.backends,
+        &asked.payment_key,
+        &asked.event_key,
+        &asked.note,
+        by,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("not parked there (applied meanwhile, or resolved before)"))
 }
 
 /// Records an action in the archive: who (the key's name and scope), what

@@ -229,6 +229,31 @@ pub fn event(
 }
 
 /// The test receiver's secret (`whsec_…`).
+/// Sets `c`'s read API to listen on a free loopback port with `keys`
+/// (name, scope, value), each in a file beside the data directory.
+pub fn api_keys(
+    c: &mut paynotify_shared::config::Config,
+    keys: &[(&str, paynotify_shared::config::ApiScope, &str)],
+) {
+    use paynotify_shared::config::{ApiConfig, ApiKeyConfig, SecretRef};
+    let dir = c.backend.data_dir.parent().unwrap().to_path_buf();
+    c.api = ApiConfig {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        keys: keys
+            .iter()
+            .map(|(name, scope, value)| {
+                let path = dir.join(format!("{name}.key"));
+                std::fs::write(&path, format!("{value}\n")).unwrap();
+                ApiKeyConfig {
+                    name: (*name).into(),
+                    scope: *scope,
+                    secret: SecretRef::File(path),
+                }
+            })
+            .collect(),
+    };
+}
+
 pub fn receiver_secret() -> String {
     use base64::Engine as _;
     format!(
