@@ -226,6 +226,13 @@ async fn the_stream_gives_the_events_the_embedded_outbox_records() {
         vec![6, 1, 2, 7],
         "the embedded outbox: {expected:#?}"
     );
+    // Every event names the merchant's order (the simulator's purchase of
+    // p1 is order op1), a refund's and an attention's too; the stream's
+    // below must equal these.
+    for e in expected.values().flatten() {
+        let reference = e["payment"]["reference"].as_str().unwrap();
+        assert_eq!(e["payment"]["order_id"], format!("o{reference}"), "{e}");
+    }
 
     // The same on the emulator, through the stream.
     let t = spawn_streaming(paynotify::app::AppOptions::all()).await;

@@ -111,8 +111,14 @@ pub struct PaymentView {
     pub key: String,
     pub source: String,
     pub merchant: String,
-    /// The PSP's id of the payment (the merchant's order id for UnionPay).
+    /// The PSP's id of the payment (UnionPay `queryId`, a Stripe
+    /// PaymentIntent, Adyen `pspReference`).
     pub reference: String,
+    /// The merchant's own order id, as the notification that created the
+    /// payment named it ([`crate::event::order_id_of`]); `None` when it
+    /// named none, or the payment was applied before paynotify kept it.
+    #[serde(default)]
+    pub order_id: Option<String>,
     /// `None` only for an event about a payment that has not arrived.
     pub status: Option<PaymentStatus>,
     pub previous_status: Option<PaymentStatus>,
@@ -168,11 +174,13 @@ pub fn event_id(key: &str, version: u64, sequence: u32) -> String {
     format!("evt_{}", hex::encode(&digest[..16]))
 }
 
-/// The payment `key` after an event (`state`; `None` when it has not
-/// arrived) and its status before (`previous`). `currency` is the event's,
-/// for a payment that has not arrived.
+/// The payment `key` (of the merchant's `order_id`) after an event
+/// (`state`; `None` when it has not arrived) and its status before
+/// (`previous`). `currency` is the event's, for a payment that has not
+/// arrived.
 pub fn payment_view(
     key: &PaymentKey,
+    order_id: Option<&str>,
     currency: Currency,
     state: Option<&PaymentState>,
     previous: Option<PaymentStatus>,
@@ -187,6 +195,7 @@ pub fn payment_view(
         source: source.to_owned(),
         merchant: merchant.to_owned(),
         reference: reference.to_owned(),
+        order_id: order_id.map(str::to_owned),
         status: state.map(|s| s.status),
         previous_status: previous,
         version,

@@ -12,7 +12,9 @@ use paynotify_model::state::{transition, PaymentState, Transition};
 use crate::{Incoming, LedgerError, LedgerWrite};
 
 /// The outgoing events of `w`, written on a payment that was `previous`
-/// before it, recorded at `recorded_at`: one per event that changed the
+/// before it (of the merchant's order `order_id`, as the ledger holds it;
+/// when it holds none, the order an event of `w` names), recorded at
+/// `recorded_at`: one per event that changed the
 /// payment (the incoming one, then those unparked, in order) and one per
 /// parked event found to contradict it. A write that changes no state has
 /// none.
@@ -22,6 +24,7 @@ use crate::{Incoming, LedgerError, LedgerWrite};
 pub fn outgoing_events(
     previous: Option<&PaymentState>,
     w: &LedgerWrite,
+    order_id: Option<&str>,
     recorded_at: OffsetDateTime,
 ) -> Vec<OutgoingEvent> {
     let version = w.expected_version + 1;
@@ -30,6 +33,12 @@ pub fn outgoing_events(
         Incoming::Record(r) => Some(r),
         Incoming::Park(_) | Incoming::Nothing => None,
     };
+    let order_id = order_id.or_else(|| {
+        incoming
+            .into_iter()
+            .chain(&w.unparked)
+            .find_map(|r| r.event.order_id.as_deref())
+    });
     let changes: Vec<_> = incoming
         .into_iter()
         .chain(&w.unparked)
@@ -65,6 +74,7 @@ pub fn outgoing_events(
             recorded_at,
             payment: payment_view(
                 &w.key,
+                order_id,
                 r.event.amount.currency,
                 state.as_ref(),
                 before,
@@ -87,6 +97,7 @@ pub fn outgoing_events(
             recorded_at,
             payment: payment_view(
                 &w.key,
+                order_id,
                 event.amount.currency,
                 state.as_ref(),
                 last,
@@ -363,7 +374,7 @@ mod tests {
             aliases: Vec::new(),
         };
         let at = OffsetDateTime::UNIX_EPOCH;
-        let events = outgoing_events(None, &w, at);
+        let events = outgoing_events(None, &w, None, at);
         let summary: Vec<_> = events
             .iter()
             .map(|e| {
@@ -407,7 +418,7 @@ mod tests {
         assert_eq!(events[1].cause.amount, "3.00");
         assert!(events[2].attention.as_deref().unwrap().contains("exceed"));
         // Stable: the same write gives the same ids; they differ from each other.
-        let again = outgoing_events(None, &w, at);
+        let again = outgoing_events(None, &w, None, at);
         assert_eq!(events, again);
         assert_ne!(events[0].id, events[1].id);
     }
@@ -425,6 +436,6 @@ mod tests {
             conflicts: Vec::new(),
             aliases: Vec::new(),
         };
-        assert!(outgoing_events(None, &w, OffsetDateTime::UNIX_EPOCH).is_empty());
+        assert!(outgoing_events(None, &w, None, OffsetDateTime::UNIX_EPOCH).is_empty());
     }
 }

@@ -255,7 +255,12 @@ impl LedgerStream {
         let recorded_at = get_n(&new, "updated_at")
             .map(stored_time)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        Ok(outgoing_events(previous.as_ref(), &write, recorded_at))
+        Ok(outgoing_events(
+            previous.as_ref(),
+            &write,
+            get_s(&new, "gsi_order"),
+            recorded_at,
+        ))
     }
 
     /// The events of the overflow item a write that found `first` events

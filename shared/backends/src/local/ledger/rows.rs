@@ -255,7 +255,14 @@ pub(super) fn write(c: &Connection, w: &LedgerWrite) -> rusqlite::Result<ApplyOu
     if w.bumps_version() {
         // The outbox: the write's outgoing events, in its transaction.
         let (previous, _, _) = load_row(c, &w.key)?;
-        let events = outgoing_events(previous.as_ref(), w, stored_time(now));
+        let order_id: Option<String> = row(
+            c,
+            "SELECT order_id FROM orders WHERE payment_key = ?1 ORDER BY order_id LIMIT 1",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()?;
+        let events = outgoing_events(previous.as_ref(), w, order_id.as_deref(), stored_time(now));
         super::super::outbox::append(c, &events)?;
     }
     match &w.incoming {
