@@ -281,6 +281,39 @@ async fn a_payment_reads_as_the_ledger_holds_it(kind: Kind) {
         assert_eq!(status, 400, "{bad}: {body}");
     }
     let history = by_id["history"].as_array().unwrap();
+    // Each event's notification, as archived, verified again now.
+    let first = history[0]["notification_id"].as_str().unwrap();
+    let (status, n) = c.get(&format!("/api/v1/notifications/{first}")).await;
+    assert_eq!(status, 200, "{n}");
+    assert_eq!(n["notification_id"], first);
+    assert!(
+        n["archive_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("raw/source=unionpay/"),
+        "{n}"
+    );
+    assert_eq!(n["verification"]["valid"], true, "{n}");
+    assert!(n["body"].as_str().unwrap().contains("queryId=api1"), "{n}");
+    let stored = t
+        .app()
+        .backends
+        .archive
+        .get(
+            n["archive_key"]
+                .as_str()
+                .unwrap()
+                .split('#')
+                .next()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stored).contains(first));
+    for missing in ["01ARZ3NDEKTSV4RRFFQ69G5FAV", "not-a-ulid"] {
+        let (status, body) = c.get(&format!("/api/v1/notifications/{missing}")).await;
+        assert_eq!(status, 404, "{missing}: {body}");
+    }
     assert_eq!(history.len(), 2, "{body}");
     assert_eq!(history[1]["amount"], "2.50");
     for e in history {

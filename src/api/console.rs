@@ -53,6 +53,7 @@ pub(super) fn router(api: Api) -> Router<Api> {
         .route("/console", get(home))
         .route("/console/", get(home))
         .route("/console/payments", get(payments))
+        .route("/console/notifications/{id}", get(notification))
         .route("/console/dead-letters", get(dead_letters))
         .route("/console/dead-letters/{id}", get(dead_letter))
         .route("/console/dead-letters/redrive", post(redrive))
@@ -665,7 +666,7 @@ fn payment_card(f: &Found) -> Markup {
                         " → " (e["status_after"].as_str().map(clip).unwrap_or_else(|| "unchanged".into()))
                         br;
                         span.meta {
-                            "notification " code { (shown(&e["notification_id"])) }
+                            "notification " a href=(format!("/console/notifications/{}", e["notification_id"].as_str().unwrap_or_default())) { code { (shown(&e["notification_id"])) } }
                             @if let Some(ev) = &ev.event {
                                 @if let Some(code) = &ev.result_code { " · code " (clip(code)) }
                                 @if let Some(t) = &ev.psp_txn_id { " · PSP id " (clip(t)) }
@@ -680,6 +681,50 @@ fn payment_card(f: &Found) -> Markup {
             }
         }
     }
+}
+
+async fn notification(
+    State(api): State<Api>,
+    axum::Extension(session): axum::Extension<Session>,
+    Path(id): Path<String>,
+) -> Page {
+    let Some(v) = views::notification::value(&api.config, &api.backends, &id).await? else {
+        return Err(PageError(
+            StatusCode::NOT_FOUND,
+            "No archived notification with this id.".into(),
+            Some(session),
+        ));
+    };
+    let verdict = &v["verification"];
+    let body = match (v["body"].as_str(), v["body_b64"].as_str()) {
+        (Some(text), _) => text.to_owned(),
+        (None, Some(b64)) => format!("(not UTF-8; base64) {b64}"),
+        _ => String::new(),
+    };
+    let shown_body: String = body.chars().take(64 * 1024).collect();
+    let empty = Vec::new();
+    ok(
+        "Notification",
+        &session,
+        html! {
+            dl {
+                dt { "Id" } dd { code { (shown(&v["notification_id"])) } }
+                dt { "Source" } dd { (shown(&v["source"])) }
+                dt { "Received" } dd { (shown(&v["received_at"])) " from " (shown(&v["remote_addr"])) }
+                dt { "Archived at" } dd { code { (shown(&v["archive_key"])) } }
+                dt { "Verified now" } dd.verdict {
+                    @if verdict["valid"].as_bool() == Some(true) { strong.clean { "valid" } }
+                    @else { strong.bad { "fails" } " at " (shown(&verdict["step"])) ": " (shown(&verdict["message"])) }
+                }
+            }
+            h2 { "Headers" }
+            (table(&["name", "value"], v["headers"].as_array().unwrap_or(&empty).iter().map(|h| html! {
+                tr { td { (shown(&h[0])) } td { (shown(&h[1])) } }
+            }).collect()))
+            h2 { "Body (card numbers masked)" }
+            pre.raw { (shown_body) }
+        },
+    )
 }
 
 async fn dead_letters(

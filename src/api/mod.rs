@@ -163,6 +163,7 @@ fn handler(op: Op) -> MethodRouter<Api> {
         Op::OpenApi => get(openapi),
         Op::Payment => get(payment),
         Op::PaymentsByOrder => get(payments_by_order),
+        Op::Notification => get(notification),
         Op::DeadLetters => get(dead_letters),
         Op::DeadLetter => get(dead_letter),
         Op::Redrive => post(redrive),
@@ -291,6 +292,16 @@ async fn payments_by_order(
         "order_id": order_id,
         "payments": found.iter().map(views::payment::Found::to_json).collect::<Vec<_>>(),
     }))
+}
+
+async fn notification(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match views::notification::value(&api.config, &api.backends, &id).await? {
+        Some(v) => ok(&v),
+        None => Err(ApiError::not_found("no archived notification with this id")),
+    }
 }
 
 async fn dead_letters(

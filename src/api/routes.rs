@@ -11,6 +11,7 @@ pub enum Op {
     OpenApi,
     Payment,
     PaymentsByOrder,
+    Notification,
     DeadLetters,
     DeadLetter,
     Redrive,
@@ -99,6 +100,18 @@ pub const ROUTES: &[Route] = &[
         body: None,
         answer: "PaymentsOfOrder",
         errors: &[400],
+    },
+    Route {
+        op: Op::Notification,
+        method: "get",
+        path: "/api/v1/notifications/{id}",
+        scope: ApiScope::Read,
+        id: "getNotification",
+        summary: "One archived notification by its id (a payment event's notification_id): where the archive holds it, the request as received, and its verification at its receive time with the configuration now. Card numbers masked.",
+        params: &[("id", In::Path, "The notification's id (a ULID).")],
+        body: None,
+        answer: "Notification",
+        errors: &[404],
     },
     Route {
         op: Op::DeadLetters,
@@ -246,6 +259,16 @@ fn schemas() -> Value {
                 "amount": { "oneOf": [decimal, { "type": "null" }] },
             })) },
             "parked": { "type": "array", "items": { "type": "object" } },
+        })),
+        "Notification": object(&["notification_id", "archive_key", "source", "received_at", "headers", "body_sha256", "verification"], json!({
+            "notification_id": text, "archive_key": text, "source": text, "received_at": time,
+            "remote_addr": text_or_null, "method": text, "path": text,
+            "headers": { "type": "array", "items": { "type": "array", "items": text, "minItems": 2, "maxItems": 2 } },
+            "body": text_or_null, "body_b64": text_or_null, "body_sha256": text,
+            "verification": object(&["valid"], json!({
+                "valid": { "type": "boolean" }, "error": text, "step": text, "message": text,
+                "event": {}, "explain": {},
+            })),
         })),
         "PaymentsOfOrder": object(&["order_id", "payments"], json!({
             "order_id": text, "payments": list_of("Payment"),

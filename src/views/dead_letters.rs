@@ -108,7 +108,7 @@ pub async fn show_value(
 
 /// The notification verified again, at the time it was received, with the
 /// configuration now: the failing step and, when it fails, every step.
-async fn verification(
+pub(crate) async fn verification(
     config: &Config,
     backends: &Backends,
     envelope: &Envelope,

@@ -133,6 +133,13 @@ with sync_playwright() as p:
     expect(card.locator("ol.timeline li")).to_have_count(2)
     expect(card.locator("ol.timeline li").nth(1)).to_contain_text("refund")
     shot(page, "payment")
+    # Each event's notification as archived, verified again.
+    card.locator("ol.timeline li").first.get_by_role("link").click()
+    expect(page.get_by_role("heading", name="Notification")).to_be_visible()
+    expect(page.locator("dd.verdict")).to_have_text("valid")
+    expect(page.locator("pre.raw")).to_contain_text("orderId=" + plan["order"])
+    shot(page, "notification")
+    page.go_back()
 
     # An order id holding <script> is shown as text, and runs nothing.
     page.get_by_label("Order id").fill(plan["hostile_order"])
