@@ -327,6 +327,63 @@ async fn a_payment_reads_as_the_ledger_holds_it(kind: Kind) {
         )
         .unwrap();
     }
+    // A search, a page at a time: the partially refunded api1 and, with no
+    // status, every payment once.
+    let (status, body) = c
+        .get("/api/v1/payments/search?source=unionpay&status=PARTIALLY_REFUNDED")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let found: Vec<_> = body["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["payment_key"].clone())
+        .collect();
+    assert_eq!(found, [json!(format!("unionpay#{MERCHANT}#api1"))]);
+    assert_eq!(body["payments"][0]["refunded"], "2.50");
+    assert_eq!(body["payments"][0]["order_id"], "oapi1");
+    t.sim.send(t.sim.purchase("api1b", 300)).await;
+    t.wait_for_status("api1b", PaymentStatus::Paid).await;
+    let mut keys = Vec::new();
+    let mut path = format!("/api/v1/payments/search?source=unionpay&merchant={MERCHANT}&limit=1");
+    loop {
+        let (status, page) = c.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page["payments"].as_array().unwrap().len() <= 1, "{page}");
+        keys.extend(
+            page["payments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["payment_key"].clone()),
+        );
+        match page["next"].as_str() {
+            Some(next) => {
+                path = format!(
+                "/api/v1/payments/search?source=unionpay&merchant={MERCHANT}&limit=1&cursor={next}"
+            )
+            }
+            None => break,
+        }
+    }
+    keys.sort_by_key(|k| k.to_string());
+    assert_eq!(
+        keys,
+        [
+            json!(format!("unionpay#{MERCHANT}#api1")),
+            json!(format!("unionpay#{MERCHANT}#api1b"))
+        ]
+    );
+    for bad in [
+        "status=paid",
+        "from=yesterday",
+        "cursor=not-a-cursor",
+        "merchant=777290058167151",
+        "limit=0",
+    ] {
+        let (status, body) = c.get(&format!("/api/v1/payments/search?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     // Unknown payments, sources and references with odd bytes are 404s.
     for path in [
         format!("/api/v1/payments/unionpay/{MERCHANT}/nope"),

@@ -50,6 +50,7 @@ on_both_backends!(
     a_payment_with_150_parked_refunds_applies_every_one,
     a_parked_event_is_removed_once_however_many_ask,
     payments_are_found_by_the_merchants_order_id,
+    a_payment_search_pages_through_every_match_once,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -635,6 +636,138 @@ async fn payments_are_found_by_the_merchants_order_id(kind: Kind) {
         .map(|h| h.event.as_ref().unwrap().order_id.clone())
         .collect();
     assert_eq!(orders, [Some("ORDER-1".to_owned()), None]);
+}
+
+async fn a_payment_search_pages_through_every_match_once(kind: Kind) {
+    use paynotify_shared::ports::{PaymentSearch, SearchCursor};
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let at = |source: &str, merchant: &str, key: &str| {
+        let mut e = event(key, &format!("{key}-e"), EventKind::Payment, 1000);
+        e.source = source.into();
+        e.merchant = merchant.into();
+        e.payment_key = PaymentKey::new(source, merchant, key);
+        e.order_id = Some(format!("order-{key}"));
+        e
+    };
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
+    let mut all = Vec::new();
+    for (source, merchant, key) in [
+        ("u", "m", "s1"),
+        ("u", "m", "s2"),
+        ("u", "m", "s3"),
+        ("u", "m2", "s4"),
+        ("u", "m2", "s5"),
+        ("v", "m", "s6"),
+        ("v", "m", "s7"),
+    ] {
+        let e = at(source, merchant, key);
+        let Transition::Apply(state) = transition(None, &e) else {
+            panic!()
+        };
+        l.apply(&e, "n", Some(&state), 0).await.unwrap();
+        all.push(e.payment_key.as_str().to_owned());
+    }
+    // One refunded in full; a key with only a parked refund is not a
+    // payment.
+    let refund = {
+        let mut r = at("u", "m", "s2");
+        r.event_key = paynotify_shared::EventKey::new("s2-r");
+        r.kind = EventKind::Refund;
+        r.order_id = None;
+        r
+    };
+    let paid = l.get_payment(&refund.payment_key).await.unwrap().unwrap();
+    let Transition::Apply(refunded) = transition(Some(&paid), &refund) else {
+        panic!()
+    };
+    l.apply(&refund, "n", Some(&refunded), paid.version)
+        .await
+        .unwrap();
+    let early = event("nothing-yet", "x-r", EventKind::Refund, 100);
+    l.write(&parking(&early, "n", 0)).await.unwrap();
+    let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+
+    let search = |q: PaymentSearch| async move {
+        let mut keys = Vec::new();
+        let mut cursor: Option<SearchCursor> = None;
+        for _ in 0..100 {
+            let page = l
+                .search_payments(&PaymentSearch {
+                    after: cursor.clone(),
+                    ..q.clone()
+                })
+                .await
+                .unwrap();
+            assert!(page.payments.len() <= q.limit, "{page:?}");
+            for p in &page.payments {
+                assert_eq!(
+                    p.order_id.as_deref(),
+                    Some(format!("order-{}", p.state.payment_key.parts().2).as_str())
+                );
+                assert!(p.updated_at > before && p.updated_at < after, "{p:?}");
+                keys.push(p.state.payment_key.as_str().to_owned());
+            }
+            // The cursor goes through its text, as the API carries it.
+            cursor = page
+                .next
+                .map(|c| SearchCursor::decode(&c.encode()).unwrap());
+            if cursor.is_none() {
+                let mut sorted = keys.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), keys.len(), "each once: {keys:?}");
+                return sorted;
+            }
+        }
+        panic!("the search never ended")
+    };
+    let q = |f: fn(&mut PaymentSearch)| {
+        let mut q = PaymentSearch {
+            limit: 2,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    all.sort();
+    assert_eq!(search(q(|_| {})).await, all);
+    assert_eq!(
+        search(q(|q| q.source = Some("u".into()))).await,
+        ["u#m#s1", "u#m#s2", "u#m#s3", "u#m2#s4", "u#m2#s5"]
+    );
+    assert_eq!(
+        search(q(|q| {
+            q.source = Some("u".into());
+            q.merchant = Some("m2".into());
+        }))
+        .await,
+        ["u#m2#s4", "u#m2#s5"]
+    );
+    assert_eq!(
+        search(q(|q| q.status = Some(PaymentStatus::Refunded))).await,
+        ["u#m#s2"]
+    );
+    assert_eq!(
+        search(q(|q| q.updated_from = Some(
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1)
+        )))
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search(q(|q| q.updated_to = Some(
+            time::OffsetDateTime::now_utc() - time::Duration::hours(1)
+        )))
+        .await,
+        Vec::<String>::new()
+    );
+    // A source whose name is a pattern matches nothing but itself.
+    assert!(search(q(|q| q.source = Some("%".into()))).await.is_empty());
+    for bad in ["", "not base64!", "bm9uZXdsaW5l"] {
+        assert_eq!(SearchCursor::decode(bad), None, "{bad}");
+    }
 }
 
 async fn ledger_parks_early_events_and_applies_them_with_the_payment(kind: Kind) {
@@ -1337,6 +1470,12 @@ impl paynotify_shared::ports::Ledger for Lagging {
         limit: usize,
     ) -> Result<Vec<PaymentKey>, LedgerError> {
         self.inner.payments_by_order(order_id, limit).await
+    }
+    async fn search_payments(
+        &self,
+        search: &paynotify_shared::ports::PaymentSearch,
+    ) -> Result<paynotify_shared::ports::PaymentPage, LedgerError> {
+        self.inner.search_payments(search).await
     }
 }
 

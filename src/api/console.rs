@@ -53,6 +53,7 @@ pub(super) fn router(api: Api) -> Router<Api> {
         .route("/console", get(home))
         .route("/console/", get(home))
         .route("/console/payments", get(payments))
+        .route("/console/search", get(search))
         .route("/console/notifications/{id}", get(notification))
         .route("/console/dead-letters", get(dead_letters))
         .route("/console/dead-letters/{id}", get(dead_letter))
@@ -265,6 +266,7 @@ fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         nav aria-label="Console" {
                             a href="/console/" { "Overview" }
                             a href="/console/payments" { "Payments" }
+                            a href="/console/search" { "Search" }
                             a href="/console/dead-letters" { "Dead letters" }
                             a href="/console/parked" { "Parked" }
                             a href="/console/deliveries" { "Deliveries" }
@@ -640,6 +642,112 @@ async fn payments(
             @for f in &found { (payment_card(f)) }
         },
     )
+}
+
+async fn search(
+    State(api): State<Api>,
+    axum::Extension(session): axum::Extension<Session>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page {
+    let asked = q.values().any(|v| !v.trim().is_empty());
+    let search = views::payment::search_of(&q)
+        .map_err(|why| PageError(StatusCode::BAD_REQUEST, why, Some(session.clone())))?;
+    let page = if asked {
+        Some(
+            api.backends
+                .ledger
+                .search_payments(&paynotify_shared::ports::PaymentSearch {
+                    limit: search.limit.min(50),
+                    ..search
+                })
+                .await
+                .map_err(anyhow::Error::from)?,
+        )
+    } else {
+        None
+    };
+    let field = |name: &str| q.get(name).cloned().unwrap_or_default();
+    let statuses = [
+        "AUTHORIZED",
+        "PAID",
+        "FAILED",
+        "PARTIALLY_REFUNDED",
+        "REFUNDED",
+        "VOIDED",
+    ];
+    let next_link = page.as_ref().and_then(|p| p.next.as_ref()).map(|c| {
+        let mut params: Vec<(String, String)> = q
+            .iter()
+            .filter(|(k, v)| k.as_str() != "cursor" && !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.sort();
+        params.push(("cursor".into(), c.encode()));
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_escape(v)))
+            .collect();
+        format!("/console/search?{}", query.join("&"))
+    });
+    ok(
+        "Search",
+        &session,
+        html! {
+            form.search method="get" action="/console/search" role="search" {
+                fieldset {
+                    legend { "Payments by source, merchant, status and last change" }
+                    label for="source" { "Source" }
+                    select id="source" name="source" {
+                        option value="" { "any" }
+                        @for s in api.config.sources.keys() { option selected[field("source") == *s] { (s) } }
+                    }
+                    label for="merchant" { "Merchant" }
+                    input id="merchant" name="merchant" value=(field("merchant"));
+                    label for="status" { "Status" }
+                    select id="status" name="status" {
+                        option value="" { "any" }
+                        @for s in statuses { option selected[field("status") == s] { (s) } }
+                    }
+                    label for="from" { "Changed from" }
+                    input id="from" name="from" placeholder="2026-12-06T00:00:00Z" value=(field("from"));
+                    label for="to" { "to" }
+                    input id="to" name="to" placeholder="2026-12-07T00:00:00Z" value=(field("to"));
+                    button type="submit" { "Search" }
+                }
+            }
+            @if let Some(page) = &page {
+                @if page.payments.is_empty() { p.empty role="status" { "No payment on this page." } }
+                (table(&["payment", "order", "status", "paid", "refunded", "last change"], page.payments.iter().map(|p| {
+                    let (source, merchant, reference) = p.state.payment_key.parts();
+                    let c = p.state.currency;
+                    html! {
+                        tr {
+                            td { a href=(format!("/console/payments?source={}&merchant={}&reference={}", form_escape(source), form_escape(merchant), form_escape(reference))) { code { (clip(p.state.payment_key.as_str())) } } }
+                            td { (p.order_id.as_deref().map(clip).unwrap_or_else(|| "–".into())) }
+                            td { (p.state.status.as_str()) }
+                            td { (c.decimal(p.state.paid_minor)) " " (c.as_str()) }
+                            td { (c.decimal(p.state.refunded_minor)) " " (c.as_str()) }
+                            td { (views::payment::time(p.updated_at)) }
+                        }
+                    }
+                }).collect()))
+                @if let Some(next) = &next_link { p { a rel="next" href=(next) { "Next page" } } }
+            }
+        },
+    )
+}
+
+/// `text` as a query parameter's value (percent-encoded but for
+/// unreserved characters).
+fn form_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// One payment: its state, its order, and its timeline.

@@ -163,6 +163,7 @@ fn handler(op: Op) -> MethodRouter<Api> {
         Op::OpenApi => get(openapi),
         Op::Payment => get(payment),
         Op::PaymentsByOrder => get(payments_by_order),
+        Op::SearchPayments => get(search_payments),
         Op::Notification => get(notification),
         Op::DeadLetters => get(dead_letters),
         Op::DeadLetter => get(dead_letter),
@@ -292,6 +293,20 @@ async fn payments_by_order(
         "order_id": order_id,
         "payments": found.iter().map(views::payment::Found::to_json).collect::<Vec<_>>(),
     }))
+}
+
+async fn search_payments(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let search = views::payment::search_of(&query).map_err(ApiError::bad)?;
+    let page = api
+        .backends
+        .ledger
+        .search_payments(&search)
+        .await
+        .map_err(anyhow::Error::from)?;
+    ok(&views::payment::page_json(&page))
 }
 
 async fn notification(

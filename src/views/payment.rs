@@ -104,6 +104,76 @@ pub async fn find_by_order(backends: &Backends, order_id: &str) -> anyhow::Resul
     Ok(found)
 }
 
+/// The search a query's parameters ask for (`source`, `merchant`,
+/// `status`, `from`, `to` in RFC 3339, `cursor`, `limit` 1 to 1000,
+/// 100 when absent); what is wrong with them otherwise.
+///
+/// # Errors
+/// A parameter that is not valid, said in words.
+pub fn search_of(
+    query: &std::collections::HashMap<String, String>,
+) -> Result<paynotify_shared::ports::PaymentSearch, String> {
+    use paynotify_shared::ports::{PaymentSearch, SearchCursor};
+    let given = |name: &str| query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let at = |name: &str| {
+        given(name)
+            .map(|v| {
+                time::OffsetDateTime::parse(v, &Rfc3339)
+                    .map_err(|_| format!("{name} is a time in RFC 3339 (2026-12-06T03:00:00Z)"))
+            })
+            .transpose()
+    };
+    let status = given("status")
+        .map(|s| {
+            paynotify_shared::PaymentStatus::parse(s).ok_or_else(|| {
+                "status is AUTHORIZED, PAID, FAILED, PARTIALLY_REFUNDED, REFUNDED or VOIDED"
+                    .to_owned()
+            })
+        })
+        .transpose()?;
+    let limit = match given("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or("limit is 1 to 1000")?,
+    };
+    let after = given("cursor")
+        .map(|c| SearchCursor::decode(c).ok_or("cursor is not one a page gave"))
+        .transpose()?;
+    let source = given("source").map(str::to_owned);
+    let merchant = given("merchant").map(str::to_owned);
+    if merchant.is_some() && source.is_none() {
+        return Err("merchant needs source".into());
+    }
+    Ok(PaymentSearch {
+        source,
+        merchant,
+        status,
+        updated_from: at("from")?,
+        updated_to: at("to")?,
+        after,
+        limit,
+    })
+}
+
+/// A page of a search as the read API answers it.
+pub fn page_json(page: &paynotify_shared::ports::PaymentPage) -> Value {
+    let payments: Vec<Value> = page
+        .payments
+        .iter()
+        .map(|p| {
+            let mut v = state_json(&p.state);
+            v["payment_key"] = json!(p.state.payment_key);
+            v["order_id"] = json!(p.order_id);
+            v["updated_at"] = json!(time(p.updated_at));
+            v
+        })
+        .collect();
+    json!({ "payments": payments, "next": page.next.as_ref().map(|c| c.encode()) })
+}
+
 pub fn time(t: time::OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }

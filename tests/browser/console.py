@@ -149,6 +149,17 @@ with sync_playwright() as p:
     assert dialogs == [], dialogs
     shot(page, "hostile-order")
 
+    # Search by status; a result opens its payment.
+    page.get_by_role("link", name="Search", exact=True).click()
+    page.get_by_label("Status").select_option("PARTIALLY_REFUNDED")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(plan["order"])
+    shot(page, "search")
+    rows.first.get_by_role("link").click()
+    expect(page.locator("dd.order")).to_have_text(plan["order"])
+
     # Redrive a dead letter (after a confirmation) and see the payment applied.
     page.get_by_role("link", name="Dead letters").click()
     expect(page.get_by_role("heading", name=plan["redrive_reason"])).to_be_visible()

@@ -212,6 +212,71 @@ pub struct ParkedEntry {
     pub parked: ParkedEvent,
 }
 
+/// What a payment search asks: every filter given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentSearch {
+    pub source: Option<String>,
+    /// Only with `source`.
+    pub merchant: Option<String>,
+    pub status: Option<PaymentStatus>,
+    /// Last written at or after.
+    pub updated_from: Option<OffsetDateTime>,
+    /// Last written before.
+    pub updated_to: Option<OffsetDateTime>,
+    /// Where the previous page ended.
+    pub after: Option<SearchCursor>,
+    /// At most this many payments in the page.
+    pub limit: usize,
+}
+
+/// Where a page of a search ended: the key of the last item the store
+/// looked at (a payment's, or another item's of the same table), opaque
+/// to callers ([`SearchCursor::encode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchCursor {
+    pub pk: String,
+    pub sk: String,
+}
+
+impl SearchCursor {
+    /// base64url of `pk`, a newline and `sk`.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}\n{}", self.pk, self.sk))
+    }
+
+    /// The cursor `text` encodes; `None` for anything [`SearchCursor::encode`]
+    /// does not give.
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let (pk, sk) = String::from_utf8(bytes)
+            .ok()?
+            .split_once('\n')
+            .map(|(p, s)| (p.to_owned(), s.to_owned()))?;
+        (!pk.is_empty() && !sk.is_empty()).then_some(Self { pk, sk })
+    }
+}
+
+/// One payment a search found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundPayment {
+    pub state: PaymentState,
+    /// When its item was last written.
+    pub updated_at: OffsetDateTime,
+    pub order_id: Option<String>,
+}
+
+/// One page of a search: the payments found, and where to go on from
+/// (`None`: the search is done).
+#[derive(Debug, Clone, Default)]
+pub struct PaymentPage {
+    pub payments: Vec<FoundPayment>,
+    pub next: Option<SearchCursor>,
+}
+
 /// The payment ledger.
 ///
 /// # Contract
@@ -249,6 +314,13 @@ pub struct ParkedEntry {
 ///   the latest writes by a moment (on DynamoDB it reads an index, which
 ///   is eventually consistent). An id no event carries (empty, or longer
 ///   than [`paynotify_model::event::MAX_ORDER_ID_BYTES`]) finds none.
+/// - `search_payments` gives one page of the payments (keys holding a
+///   state: not an alias, not a key with only parked events) that match
+///   every filter of the search, at most `limit`, and the cursor of the
+///   next page. Following the cursors from none to the end lists each
+///   payment that matched throughout exactly once, in an order the store
+///   chooses; a page may hold fewer than `limit`, even none, while more
+///   follow (on DynamoDB a page reads a bounded part of the table).
 /// - `remove_parked` takes one parked event out of the ledger (an operator
 ///   resolving it) and returns it; `None` when it is not parked under `key`
 ///   (applied meanwhile, or removed before). A write planned on a view that
@@ -286,6 +358,7 @@ pub trait Ledger: Send + Sync {
         order_id: &str,
         limit: usize,
     ) -> Result<Vec<PaymentKey>, LedgerError>;
+    async fn search_payments(&self, search: &PaymentSearch) -> Result<PaymentPage, LedgerError>;
     /// Why this store can no longer work in this process (a writer thread
     /// that ended), if so: readiness fails and the process stops.
     fn fatal(&self) -> Option<String> {

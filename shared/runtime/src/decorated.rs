@@ -25,8 +25,8 @@ use crate::metered::{
 use crate::ports::{
     ApplyOutcome, Archive, ArchiveError, Attempt, DeadLetter, DeadLetters, Deliveries, Delivery,
     DeliveryFilter, EndpointStatus, EventRecord, Freshness, Ledger, LedgerError, LedgerWrite,
-    Loaded, OutboxRecord, ParkedEntry, ParkedEvent, PaymentEntry, Progress, Queue, QueueError,
-    QueueMessage, QueueStats, Receipt, Watch, WatchStore,
+    Loaded, OutboxRecord, ParkedEntry, ParkedEvent, PaymentEntry, PaymentPage, PaymentSearch,
+    Progress, Queue, QueueError, QueueMessage, QueueStats, Receipt, Watch, WatchStore,
 };
 
 /// Runs `call` on the inner port between the fault checks, mapping an
@@ -256,6 +256,7 @@ decorators! {
         event_key: &EventKey,
     ) -> Result<Option<ParkedEvent>, LedgerError>, about key;
     async fn payments_by_order(&self, order_id: &str, limit: usize) -> Result<Vec<PaymentKey>, LedgerError>;
+    async fn search_payments(&self, search: &PaymentSearch) -> Result<PaymentPage, LedgerError>;
 }
 
 decorators! {

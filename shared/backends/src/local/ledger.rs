@@ -12,8 +12,9 @@ use super::db::{exec, now_ms, row, Db};
 use crate::event::{EventKey, PaymentEvent, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
-    outgoing_events, ApplyOutcome, EventRecord, Freshness, Incoming, Ledger, LedgerError,
-    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
+    outgoing_events, ApplyOutcome, EventRecord, FoundPayment, Freshness, Incoming, Ledger,
+    LedgerError, LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, PaymentPage,
+    PaymentSearch, RecordedEvent, SearchCursor, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
 use crate::{stored_time, unix_ms};
@@ -162,6 +163,87 @@ impl Ledger for LocalLedger {
             })
             .await
             .map_err(unavailable)
+    }
+
+    async fn search_payments(&self, q: &PaymentSearch) -> Result<PaymentPage, LedgerError> {
+        // The key's prefix names the source and merchant; compared with
+        // substr, so that nothing in them is a pattern.
+        let prefix = match (&q.source, &q.merchant) {
+            (Some(s), Some(m)) => Some(format!("{s}#{m}#")),
+            (Some(s), None) => Some(format!("{s}#")),
+            _ => None,
+        };
+        let status = q.status.map(|s| s.as_str());
+        let from = q.updated_from.map(unix_ms);
+        let to = q.updated_to.map(unix_ms);
+        let after = q.after.as_ref().map(|c| c.pk.clone());
+        let limit = q.limit;
+        let rows = self
+            .db
+            .read(move |c| {
+                let mut s = c.prepare_cached(
+                    "SELECT payment_key, status, currency, authorized_minor, paid_minor,
+                            refunded_minor, version, updated_at,
+                            (SELECT MIN(order_id) FROM orders o WHERE o.payment_key = p.payment_key)
+                     FROM payments p
+                     WHERE status IS NOT NULL
+                       AND (?1 IS NULL OR substr(payment_key, 1, length(?1)) = ?1)
+                       AND (?2 IS NULL OR status = ?2)
+                       AND (?3 IS NULL OR updated_at >= ?3)
+                       AND (?4 IS NULL OR updated_at < ?4)
+                       AND (?5 IS NULL OR payment_key > ?5)
+                     ORDER BY payment_key LIMIT ?6",
+                )?;
+                let rows = s.query_map(
+                    params![prefix, status, from, to, after, limit as i64 + 1],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            [
+                                r.get::<_, i64>(3)?,
+                                r.get::<_, i64>(4)?,
+                                r.get::<_, i64>(5)?,
+                            ],
+                            r.get::<_, i64>(6)?,
+                            r.get::<_, i64>(7)?,
+                            r.get::<_, Option<String>>(8)?,
+                        ))
+                    },
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(unavailable)?;
+        let more = rows.len() > limit;
+        let mut payments = Vec::with_capacity(limit);
+        for (key, status, currency, [authorized, paid, refunded], version, updated, order_id) in
+            rows.into_iter().take(limit)
+        {
+            let bad = |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
+            payments.push(FoundPayment {
+                state: PaymentState {
+                    payment_key: PaymentKey::from_stored(key.clone()),
+                    status: PaymentStatus::parse(&status).ok_or_else(|| bad("status"))?,
+                    currency: Currency::from_alpha(&currency).ok_or_else(|| bad("currency"))?,
+                    authorized_minor: authorized as u64,
+                    paid_minor: paid as u64,
+                    refunded_minor: refunded as u64,
+                    version: version as u64,
+                },
+                updated_at: stored_time(updated),
+                order_id,
+            });
+        }
+        let next = more
+            .then(|| payments.last())
+            .flatten()
+            .map(|p| SearchCursor {
+                pk: p.state.payment_key.as_str().to_owned(),
+                sk: "STATE".into(),
+            });
+        Ok(PaymentPage { payments, next })
     }
 
     async fn parked_before(

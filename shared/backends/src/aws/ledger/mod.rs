@@ -39,8 +39,9 @@ use crate::config::AwsConfig;
 use crate::event::{EventKey, PaymentKey};
 use crate::money::Currency;
 use crate::ports::{
-    ApplyOutcome, Cause, EventRecord, Freshness, Incoming, Ledger, LedgerError, LedgerWrite,
-    Loaded, ParkedEntry, ParkedEvent, PaymentEntry, RecordedEvent, Watch, WatchStore,
+    ApplyOutcome, Cause, EventRecord, FoundPayment, Freshness, Incoming, Ledger, LedgerError,
+    LedgerWrite, Loaded, ParkedEntry, ParkedEvent, PaymentEntry, PaymentPage, PaymentSearch,
+    RecordedEvent, SearchCursor, Watch, WatchStore,
 };
 use crate::state::{PaymentState, PaymentStatus};
 use crate::{stored_time, unix_ms};
@@ -86,6 +87,8 @@ pub const INDEXES: [(&str, &str, Option<&str>, &str); 3] = [
 /// Reads of a payment before one whose parked items match its item is
 /// given up as unavailable (a torn view lasts one write's commit).
 const TORN_READS: usize = 4;
+/// The most 1 MB pages of the table one page of a payment search scans.
+const SEARCH_PAGES: usize = 4;
 /// `TransactWriteItems` takes at most 100 items.
 const MAX_TRANSACTION_ITEMS: usize = 100;
 
@@ -199,6 +202,88 @@ impl Ledger for DynamoLedger {
             .collect();
         keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         Ok(keys)
+    }
+
+    async fn search_payments(&self, q: &PaymentSearch) -> Result<PaymentPage, LedgerError> {
+        // A scan of the payments' items, filtered: no index over status or
+        // time, whose every write would cost one more (BENCHMARKS.md). A
+        // page reads at most SEARCH_PAGES of the table's 1 MB pages.
+        let mut filter = vec!["sk = :state".to_owned(), "attribute_exists(#st)".to_owned()];
+        let mut values = HashMap::from([(":state".to_owned(), s(STATE))]);
+        let prefix = match (&q.source, &q.merchant) {
+            (Some(src), Some(m)) => Some(format!("{src}#{m}#")),
+            (Some(src), None) => Some(format!("{src}#")),
+            _ => None,
+        };
+        if let Some(p) = prefix {
+            filter.push("begins_with(pk, :prefix)".into());
+            values.insert(":prefix".into(), s(p));
+        }
+        if let Some(st) = q.status {
+            filter.push("#st = :status".into());
+            values.insert(":status".into(), s(st.as_str()));
+        }
+        if let Some(t) = q.updated_from {
+            filter.push("updated_at >= :from".into());
+            values.insert(":from".into(), n(unix_ms(t)));
+        }
+        if let Some(t) = q.updated_to {
+            filter.push("updated_at < :to".into());
+            values.insert(":to".into(), n(unix_ms(t)));
+        }
+        let cursor = |pk: Option<&str>, sk: Option<&str>| SearchCursor {
+            pk: pk.unwrap_or_default().to_owned(),
+            sk: sk.unwrap_or_default().to_owned(),
+        };
+        let mut start = q
+            .after
+            .as_ref()
+            .map(|c| HashMap::from([("pk".to_owned(), s(&c.pk)), ("sk".to_owned(), s(&c.sk))]));
+        let mut payments = Vec::new();
+        for _ in 0..SEARCH_PAGES {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression(filter.join(" AND "))
+                .expression_attribute_names("#st", "status")
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(cause(e)))?;
+            for item in out.items.unwrap_or_default() {
+                let Some(pk) = get_s(&item, "pk") else {
+                    continue;
+                };
+                if payments.len() == q.limit {
+                    let next = payments.last().map(|p: &FoundPayment| {
+                        cursor(Some(p.state.payment_key.as_str()), Some(STATE))
+                    });
+                    return Ok(PaymentPage { payments, next });
+                }
+                let key = PaymentKey::from_stored(pk);
+                let Some(state) = state_of(&item, &key)? else {
+                    continue;
+                };
+                payments.push(FoundPayment {
+                    state,
+                    updated_at: stored_time(get_n(&item, "updated_at").unwrap_or(0)),
+                    order_id: get_s(&item, "gsi_order").map(str::to_owned),
+                });
+            }
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => {
+                    return Ok(PaymentPage {
+                        payments,
+                        next: None,
+                    })
+                }
+            }
+        }
+        let next = start.map(|k| cursor(get_s(&k, "pk"), get_s(&k, "sk")));
+        Ok(PaymentPage { payments, next })
     }
 
     async fn remove_parked(
