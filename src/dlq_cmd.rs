@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use paynotify::views::dead_letters::{by_reason, read, show_value, summary, MAX_SCAN};
+use paynotify::views::dead_letters::{by_reason, find, read, show_value, summary, MAX_SCAN};
 use paynotify_shared::backend::Backends;
 use serde_json::{json, Value};
 
@@ -139,8 +139,12 @@ pub struct Redrive {
     #[command(flatten)]
     config: ConfigArg,
     /// Only dead letters with this reason (e.g. `retries_exhausted`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "id")]
     reason: Option<String>,
+    /// Only this dead letter (its id, or its notification's, as `dlq list`
+    /// gives them).
+    #[arg(long)]
+    id: Option<String>,
     /// Say what would move, by reason, and move nothing.
     #[arg(long)]
     dry_run: bool,
@@ -162,6 +166,25 @@ async fn dry_run(backends: &Backends, reason: Option<&str>, key: &str) -> anyhow
 /// Configuration or backend errors.
 pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
     let (_, backends) = args.config.open().await?;
+    if let Some(id) = &args.id {
+        let Some(d) = find(&backends, id).await? else {
+            crate::print_stdout(&format!("no dead letter {id:?}"))?;
+            return Ok(ExitCode::from(1));
+        };
+        if args.dry_run {
+            crate::print_stdout(
+                &json!({ "dry_run": true, "would_redrive": 1, "by_reason": { d.reason.clone(): 1 } })
+                    .to_string(),
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let moved = backends.dead_letters.redrive_one(&d.id).await?;
+        let left = backends.dead_letters.dlq_depth().await?;
+        crate::print_stdout(
+            &json!({ "redriven": u64::from(moved), "still_in_dlq": left }).to_string(),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.dry_run {
         dry_run(&backends, args.reason.as_deref(), "would_redrive").await?;
         return Ok(ExitCode::SUCCESS);

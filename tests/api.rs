@@ -486,6 +486,41 @@ async fn dead_letters_read_and_redrive_with_an_operate_key_recorded(kind: Kind) 
     }
     actions.sort();
     assert_eq!(actions, vec![false, true]);
+
+    // One dead letter by its id (or its notification's), once it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let (_, listed) = c.get("/api/v1/dead-letters").await;
+        if let Some(d) = listed.as_array().unwrap().first() {
+            break d.clone();
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let notification = again["notification_id"].as_str().unwrap();
+    for (asked, status) in [
+        (json!({ "id": "nothing" }), 404),
+        (
+            json!({ "id": notification, "reason": "bad_signature" }),
+            400,
+        ),
+        (json!({ "id": notification, "dry_run": true }), 200),
+    ] {
+        let (got, body) = c
+            .call("post", redrive, Some(OPERATOR), Some(asked.clone()))
+            .await;
+        assert_eq!(got, status, "{asked}: {body}");
+    }
+    let (status, body) = c
+        .call(
+            "post",
+            redrive,
+            Some(OPERATOR),
+            Some(json!({ "id": again["id"] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redriven"], 1);
 }
 
 async fn a_failed_delivery_is_listed_and_resent_with_an_operate_key(kind: Kind) {

@@ -220,6 +220,18 @@ fn dlq_and_ledger_tools() {
     assert_eq!(report["purged"], 1, "the purge was recorded: {report}");
     assert_eq!(out.status.code(), Some(0), "{report}");
 
+    // One dead letter by its notification id.
+    let one = ["dlq", "redrive", "--config", cfg, "--id", notification];
+    let (code, dry) = json(&[&one[..], &["--dry-run"]].concat());
+    assert_eq!(code, Some(0));
+    assert_eq!(dry["by_reason"]["untrusted_certificate"], 1, "{dry}");
+    let none = ["dlq", "redrive", "--config", cfg, "--id", "01NOSUCHTHING"];
+    assert_eq!(text(&none).0, Some(1));
+    assert_eq!(text(&[&one[..], &["--reason", "x"]].concat()).0, Some(2));
+    let (code, moved) = json(&one);
+    assert_eq!(code, Some(0));
+    assert_eq!(moved["redriven"], 1, "{moved}");
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -51,6 +51,7 @@ on_both_backends!(
     a_parked_event_is_removed_once_however_many_ask,
     payments_are_found_by_the_merchants_order_id,
     a_payment_search_pages_through_every_match_once,
+    a_dead_letter_is_redriven_by_its_id_alone,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -202,6 +203,46 @@ async fn queue_dead_letters_after_max_receives_and_redrives(kind: Kind) {
     let back = q.receive(1, Duration::from_secs(3)).await.unwrap();
     assert_eq!(back[0].body, b"{\"poison\":true}");
     assert_eq!(back[0].receive_count, 1, "a redriven message starts over");
+}
+
+async fn a_dead_letter_is_redriven_by_its_id_alone(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let q = &b.queue;
+    for body in [&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"] {
+        q.send(body).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(q.receive(10, Duration::from_secs(2)).await.unwrap());
+    }
+    for m in &got {
+        q.dead_letter(m, "retries_exhausted", "the ledger was down")
+            .await
+            .unwrap();
+    }
+    let dlq = b.dead_letters.dlq_list(10).await.unwrap();
+    assert_eq!(dlq.len(), 3);
+    let chosen = dlq[1].clone();
+    assert!(b.dead_letters.redrive_one(&chosen.id).await.unwrap());
+    // Once: it is no longer there, nor is what was never there.
+    assert!(!b.dead_letters.redrive_one(&chosen.id).await.unwrap());
+    assert!(!b.dead_letters.redrive_one("no-such-id").await.unwrap());
+    let mut left: Vec<_> = b
+        .dead_letters
+        .dlq_list(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    left.sort();
+    let mut expected = vec![dlq[0].id.clone(), dlq[2].id.clone()];
+    expected.sort();
+    assert_eq!(left, expected, "the others stay");
+    let back = q.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].body, chosen.body, "its own body back on the queue");
 }
 
 async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {

@@ -30,7 +30,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::keys::Key;
-use super::{audit, redrive_action, resend_action, resolve_action, Api, ApiError, ResolveRequest};
+use super::{
+    audit, redrive_action, redrive_one_action, resend_action, resolve_action, Api, ApiError,
+    ResolveRequest,
+};
 use crate::views;
 use crate::views::payment::Found;
 
@@ -862,12 +865,20 @@ async fn dead_letters(
                             button type="submit" { "Redrive these " (items.len()) }
                         }
                     }
-                    (table(&["dead since", "notification", "error", "receives"], items.iter().map(|d| html! {
+                    (table(&["dead since", "notification", "error", "receives", ""], items.iter().map(|d| html! {
                         tr {
                             td { (shown(&d["dead_at"])) }
                             td { a href=(format!("/console/dead-letters/{}", d["id"].as_str().unwrap_or_default())) { code { (shown(&d["notification_id"])) } } }
                             td { (shown(&d["error"])) }
                             td { (shown(&d["receive_count"])) }
+                            td {
+                                @if operate {
+                                    form.inline method="post" action="/console/dead-letters/redrive" {
+                                        (hidden(&session, &[("id", d["id"].as_str().unwrap_or_default())]))
+                                        button type="submit" { "Redrive" }
+                                    }
+                                }
+                            }
                         }
                     }).collect()))
                 }
@@ -909,7 +920,11 @@ async fn dead_letter(
 struct RedriveForm {
     #[serde(default)]
     token: String,
+    #[serde(default)]
     reason: String,
+    /// One dead letter, instead of a reason's.
+    #[serde(default)]
+    id: String,
     #[serde(default)]
     confirm: String,
 }
@@ -920,7 +935,18 @@ async fn redrive(
     Form(form): Form<RedriveForm>,
 ) -> Page {
     may_act(&session, &form.token)?;
+    let one = !form.id.is_empty();
     if form.confirm != "yes" {
+        if one {
+            redrive_one_action(&api, &form.id, true).await?;
+            return confirmation(
+                &session,
+                "/console/dead-letters/redrive",
+                html! { p { "Send the dead letter " code { (clip(&form.id)) } " back to the queue? If it was applied meanwhile it is a duplicate and changes nothing." } },
+                &[("id", &form.id)],
+                "Redrive it",
+            );
+        }
         let counted = redrive_action(&api, Some(&form.reason), true).await?;
         return confirmation(
             &session,
@@ -930,12 +956,22 @@ async fn redrive(
             "Redrive them",
         );
     }
-    let result = redrive_action(&api, Some(&form.reason), false).await?;
+    let (result, asked) = if one {
+        (
+            redrive_one_action(&api, &form.id, false).await?,
+            json!({ "id": form.id }),
+        )
+    } else {
+        (
+            redrive_action(&api, Some(&form.reason), false).await?,
+            json!({ "reason": form.reason }),
+        )
+    };
     audit(
         &api,
         &session.key,
         "console/dead-letters/redrive",
-        &json!({ "reason": form.reason }),
+        &asked,
         &result,
     )
     .await?;

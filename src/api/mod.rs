@@ -340,6 +340,7 @@ async fn dead_letter(State(api): State<Api>, Path(id): Path<String>) -> Result<R
 #[serde(deny_unknown_fields)]
 struct RedriveRequest {
     reason: Option<String>,
+    id: Option<String>,
     #[serde(default)]
     dry_run: bool,
 }
@@ -355,12 +356,18 @@ async fn redrive(
         parse(&body)?
     };
     let reason = asked.reason.as_deref();
-    let result = redrive_action(&api, reason, asked.dry_run).await?;
+    let result = match asked.id.as_deref() {
+        Some(_) if reason.is_some() => {
+            return Err(ApiError::bad("a redrive is by reason or by id, not both"))
+        }
+        Some(id) => redrive_one_action(&api, id, asked.dry_run).await?,
+        None => redrive_action(&api, reason, asked.dry_run).await?,
+    };
     audit(
         &api,
         &key,
         "dead-letters/redrive",
-        &json!({ "reason": reason, "dry_run": asked.dry_run }),
+        &json!({ "reason": reason, "id": asked.id, "dry_run": asked.dry_run }),
         &result,
     )
     .await?;
@@ -381,14 +388,39 @@ async fn redrive_action(api: &Api, reason: Option<&str>, dry_run: bool) -> Resul
             .redrive(reason)
             .await
             .map_err(anyhow::Error::from)?;
-        let left = api
-            .backends
-            .dead_letters
-            .dlq_depth()
-            .await
-            .map_err(anyhow::Error::from)?;
-        json!({ "redriven": moved, "still_in_dlq": left })
+        redriven(api, moved as u64).await?
     })
+}
+
+/// What a redrive answers: how many moved, how many are still dead-lettered.
+async fn redriven(api: &Api, moved: u64) -> Result<Value, ApiError> {
+    let left = api
+        .backends
+        .dead_letters
+        .dlq_depth()
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(json!({ "redriven": moved, "still_in_dlq": left }))
+}
+
+/// Moves one dead letter (by its id or its notification's) back to the
+/// queue, or with `dry_run` says it would.
+async fn redrive_one_action(api: &Api, id: &str, dry_run: bool) -> Result<Value, ApiError> {
+    let Some(d) = views::dead_letters::find(&api.backends, id).await? else {
+        return Err(ApiError::not_found("no such dead letter"));
+    };
+    if dry_run {
+        return Ok(
+            json!({ "dry_run": true, "would_redrive": 1, "by_reason": { d.reason.clone(): 1 } }),
+        );
+    }
+    let moved = api
+        .backends
+        .dead_letters
+        .redrive_one(&d.id)
+        .await
+        .map_err(anyhow::Error::from)?;
+    redriven(api, u64::from(moved)).await
 }
 
 async fn parked(

@@ -320,6 +320,7 @@ fn schemas() -> Value {
             "type": "object",
             "properties": {
                 "reason": { "type": "string", "description": "Only dead letters with this reason (all when absent)." },
+                "id": { "type": "string", "description": "Only this dead letter (its id or its notification's); not with reason." },
                 "dry_run": { "type": "boolean", "description": "Count, by reason; move nothing." },
             },
             "additionalProperties": false,

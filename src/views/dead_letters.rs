@@ -60,6 +60,17 @@ pub fn summary(d: &DeadLetter) -> Value {
     })
 }
 
+/// The dead letter whose id, or whose notification's id, is `id`.
+///
+/// # Errors
+/// The store's.
+pub async fn find(backends: &Backends, id: &str) -> anyhow::Result<Option<DeadLetter>> {
+    Ok(read(backends, MAX_SCAN)
+        .await?
+        .into_iter()
+        .find(|d| d.id == id || d.notification_id().as_deref() == Some(id)))
+}
+
 /// One dead letter (by its id or its notification id) as `dlq show --json`
 /// and the read API give it, card numbers masked; `None` when there is no
 /// such dead letter.
@@ -71,15 +82,11 @@ pub async fn show_value(
     backends: &Backends,
     id: &str,
 ) -> anyhow::Result<Option<Value>> {
-    let dead = read(backends, MAX_SCAN).await?;
-    let Some(d) = dead
-        .iter()
-        .find(|d| d.id == id || d.notification_id().as_deref() == Some(id))
-    else {
+    let Some(d) = find(backends, id).await? else {
         return Ok(None);
     };
-    let mut out = summary(d);
-    if let Some((envelope, key)) = envelope_of(backends, d).await {
+    let mut out = summary(&d);
+    if let Some((envelope, key)) = envelope_of(backends, &d).await {
         out["archive_key"] = key.into();
         let header = |name: &str| {
             envelope

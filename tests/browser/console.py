@@ -164,10 +164,11 @@ with sync_playwright() as p:
     page.get_by_role("link", name="Dead letters").click()
     expect(page.get_by_role("heading", name=plan["redrive_reason"])).to_be_visible()
     shot(page, "dead-letters")
-    page.get_by_role("button", name="Redrive these 1").click()
+    expect(page.get_by_role("button", name="Redrive these 1")).to_be_visible()
+    page.get_by_role("button", name="Redrive", exact=True).click()
     expect(page.get_by_role("heading", name="Confirm")).to_be_visible()
     shot(page, "confirm")
-    page.get_by_role("button", name="Redrive them").click()
+    page.get_by_role("button", name="Redrive it").click()
     expect(page.get_by_role("status")).to_contain_text("1 sent back to the queue")
     deadline = time.monotonic() + 30
     while True:

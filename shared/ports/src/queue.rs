@@ -160,7 +160,9 @@ pub trait Queue: Send + Sync {
 /// # Contract
 /// - `redrive_with` moves dead letters (all, or those with `reason`) back to
 ///   the queue with a receive count of zero, reports each one moved to
-///   `progress` and returns how many moved.
+///   `progress` and returns how many moved. `redrive_one` moves the one
+///   dead letter whose id (as `dlq_list` gives it) is `id`: true when it
+///   moved, false when there is none (moved before, or never there).
 /// - `dlq_list` and `redrive_with` may not reach every dead letter on a
 ///   backend that cannot list without receiving (SQS: messages in flight
 ///   elsewhere are skipped); callers compare with `dlq_depth` and say so.
@@ -175,6 +177,7 @@ pub trait DeadLetters: Send + Sync {
         reason: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<usize, QueueError>;
+    async fn redrive_one(&self, id: &str) -> Result<bool, QueueError>;
     async fn purge_dead_letters(
         &self,
         reason: Option<&str>,

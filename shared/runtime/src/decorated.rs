@@ -203,6 +203,7 @@ decorators! {
         reason: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<usize, QueueError>, fault "redrive", metric "redrive";
+    async fn redrive_one(&self, id: &str) -> Result<bool, QueueError>, fault "redrive", metric "redrive";
     async fn purge_dead_letters(
         &self,
         reason: Option<&str>,

@@ -162,10 +162,18 @@ impl SqsQueue {
         &self,
         reason: Option<&str>,
     ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        self.take_dead_letters_where(|m| reason.is_none_or(|r| same_reason(&reason_of(m), r)))
+            .await
+    }
+
+    /// Receives every dead letter `chosen` selects, as
+    /// [`Self::take_dead_letters`] does.
+    async fn take_dead_letters_where(
+        &self,
+        chosen: impl Fn(&aws_sdk_sqs::types::Message) -> bool,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
         let messages = self.scan_dlq(usize::MAX, 300).await?;
-        let (chosen, others): (Vec<_>, Vec<_>) = messages
-            .into_iter()
-            .partition(|m| reason.is_none_or(|r| same_reason(&reason_of(m), r)));
+        let (chosen, others): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| chosen(m));
         self.release(&others).await;
         Ok(chosen)
     }

@@ -247,22 +247,16 @@ impl Queue for SqsQueue {
     }
 }
 
-#[async_trait]
-impl DeadLetters for SqsQueue {
-    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let messages = self.scan_dlq(limit, 5).await?;
-        self.release(&messages).await;
-        Ok(messages.iter().map(dead_letter).collect())
-    }
-
-    async fn redrive_with(
+impl SqsQueue {
+    /// Sends `chosen` (received from the dead-letter queue) back to the
+    /// queue, each then deleted there; how many.
+    async fn move_back(
         &self,
-        reason: Option<&str>,
+        chosen: &[aws_sdk_sqs::types::Message],
         progress: Progress<'_>,
     ) -> Result<usize, QueueError> {
-        let chosen = self.take_dead_letters(reason).await?;
         let mut moved = 0;
-        for m in &chosen {
+        for m in chosen {
             let body = m.body.as_deref().unwrap_or_default();
             let body = crate::envelope::QueuedBody::redriven(body.as_bytes());
             self.client
@@ -285,6 +279,31 @@ impl DeadLetters for SqsQueue {
             progress(moved);
         }
         Ok(moved)
+    }
+}
+
+#[async_trait]
+impl DeadLetters for SqsQueue {
+    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let messages = self.scan_dlq(limit, 5).await?;
+        self.release(&messages).await;
+        Ok(messages.iter().map(dead_letter).collect())
+    }
+
+    async fn redrive_with(
+        &self,
+        reason: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<usize, QueueError> {
+        let chosen = self.take_dead_letters(reason).await?;
+        self.move_back(&chosen, progress).await
+    }
+
+    async fn redrive_one(&self, id: &str) -> Result<bool, QueueError> {
+        let chosen = self
+            .take_dead_letters_where(|m| dead_letter(m).id == id)
+            .await?;
+        Ok(self.move_back(&chosen, &|_| {}).await? > 0)
     }
 
     async fn purge_dead_letters(

@@ -204,6 +204,46 @@ impl Queue for LocalQueue {
     }
 }
 
+/// Moves the dead letters `filter` selects (over `args`) back to the queue;
+/// how many.
+fn move_back(
+    tx: &rusqlite::Connection,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<usize> {
+    let now = now_ms();
+    let n = exec(
+        tx,
+        &format!(
+            "INSERT OR IGNORE INTO messages (id, sent_at, visible_at)
+             SELECT id, {now}, {now} FROM dead_letters WHERE {filter}"
+        ),
+        args,
+    )?;
+    // A retry's pointer goes back without its retry state
+    // (QueuedBody::redriven, as on SQS): a redrive starts a fresh retry
+    // budget. One row at a time: a redrive may move every dead letter.
+    {
+        let mut select =
+            tx.prepare(&format!("SELECT id, body FROM dead_letters WHERE {filter}"))?;
+        let mut rows = select.query(args)?;
+        while let Some(r) = rows.next()? {
+            let (id, body): (String, Vec<u8>) = (r.get(0)?, r.get(1)?);
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO bodies (id, body) VALUES (?1, ?2)",
+                params![id, QueuedBody::redriven(&body).as_ref()],
+            )?;
+        }
+    }
+    exec(
+        tx,
+        &format!("DELETE FROM dead_letters WHERE {filter}"),
+        args,
+    )?;
+    Ok(n)
+}
+
 #[async_trait]
 impl DeadLetters for LocalQueue {
     /// The oldest `limit` dead letters over all shards.
@@ -234,40 +274,7 @@ impl DeadLetters for LocalQueue {
             let [word, old] = spellings(reason);
             moved += db
                 .write(move |tx| {
-                    let filter = "(?1 IS NULL OR reason IN (?1, ?2))";
-                    let now = now_ms();
-                    let n = exec(
-                        tx,
-                        &format!(
-                            "INSERT OR IGNORE INTO messages (id, sent_at, visible_at)
-                             SELECT id, ?3, ?3 FROM dead_letters WHERE {filter}"
-                        ),
-                        params![word, old, now],
-                    )?;
-                    // A retry's pointer goes back without its retry state
-                    // (QueuedBody::redriven, as on SQS): a redrive starts a
-                    // fresh retry budget. One row at a time: a redrive may
-                    // move every dead letter.
-                    {
-                        let mut select = tx.prepare(&format!(
-                            "SELECT id, body FROM dead_letters WHERE {filter}"
-                        ))?;
-                        let mut rows = select.query(params![word, old])?;
-                        while let Some(r) = rows.next()? {
-                            let (id, body): (String, Vec<u8>) = (r.get(0)?, r.get(1)?);
-                            exec(
-                                tx,
-                                "INSERT OR REPLACE INTO bodies (id, body) VALUES (?1, ?2)",
-                                params![id, QueuedBody::redriven(&body).as_ref()],
-                            )?;
-                        }
-                    }
-                    exec(
-                        tx,
-                        &format!("DELETE FROM dead_letters WHERE {filter}"),
-                        params![word, old],
-                    )?;
-                    Ok(n)
+                    move_back(tx, "(?1 IS NULL OR reason IN (?1, ?2))", params![word, old])
                 })
                 .await
                 .map_err(unavailable)?;
@@ -275,6 +282,21 @@ impl DeadLetters for LocalQueue {
             progress(moved);
         }
         Ok(moved)
+    }
+
+    async fn redrive_one(&self, id: &str) -> Result<bool, QueueError> {
+        for db in self.shards().iter() {
+            let id = id.to_owned();
+            let moved = db
+                .write(move |tx| move_back(tx, "id = ?1", params![id]))
+                .await
+                .map_err(unavailable)?;
+            if moved > 0 {
+                self.arrived.notify_waiters();
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn purge_dead_letters(
