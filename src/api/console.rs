@@ -610,6 +610,10 @@ async fn payments(
             }
             _ => (None, Vec::new()),
         };
+    let mut deliveries = Vec::with_capacity(found.len());
+    for f in &found {
+        deliveries.push(deliveries_of(&api, f.key.as_str()).await?);
+    }
     let sources: Vec<&String> = api.config.sources.keys().collect();
     ok(
         "Payments",
@@ -642,7 +646,7 @@ async fn payments(
                     p role="status" { (found.len()) " payment" @if found.len() > 1 { "s" } " for " (clip(asked)) }
                 }
             }
-            @for f in &found { (payment_card(f)) }
+            @for (f, d) in found.iter().zip(&deliveries) { (payment_card(f, d.as_deref())) }
         },
     )
 }
@@ -753,8 +757,30 @@ fn form_escape(text: &str) -> String {
         .collect()
 }
 
-/// One payment: its state, its order, and its timeline.
-fn payment_card(f: &Found) -> Markup {
+/// The deliveries of a payment's events (on AWS, the held ones: the
+/// others are messages on the webhook line); `None` when this backend
+/// keeps none.
+async fn deliveries_of(
+    api: &Api,
+    payment_key: &str,
+) -> Result<Option<Vec<paynotify_shared::ports::Delivery>>, PageError> {
+    let Ok(store) = views::deliveries::store_of(&api.backends) else {
+        return Ok(None);
+    };
+    let held_only = matches!(store, views::deliveries::Store::Line(_));
+    let rows = store
+        .list(&paynotify_shared::ports::DeliveryFilter {
+            payment_key: Some(payment_key.to_owned()),
+            status: held_only.then_some(paynotify_shared::ports::DeliveryStatus::DeadLettered),
+            limit: 100,
+            ..Default::default()
+        })
+        .await?;
+    Ok(Some(rows))
+}
+
+/// One payment: its state, its order, its timeline and its deliveries.
+fn payment_card(f: &Found, deliveries: Option<&[paynotify_shared::ports::Delivery]>) -> Markup {
     let v = f.to_json();
     let state = &v["state"];
     html! {
@@ -789,6 +815,21 @@ fn payment_card(f: &Found) -> Markup {
             @if !f.parked.is_empty() {
                 h3 { "Parked" }
                 ul { @for p in &f.parked { li { (p.event.kind.as_str()) " " (p.event.amount.to_string()) " since " (views::payment::time(p.parked_at)) @if let Some(c) = &p.conflict { " · " (clip(c)) } } } }
+            }
+            @if let Some(deliveries) = deliveries {
+                h3 { "Deliveries" }
+                @if deliveries.is_empty() { p.empty { "None held or pending." } }
+                @else {
+                    (table(&["endpoint", "event", "status", "attempts", "last error"], deliveries.iter().map(|d| html! {
+                        tr.delivery {
+                            td { (clip(&d.endpoint)) }
+                            td { (d.record.event_type.as_str()) }
+                            td { (d.status.as_str()) }
+                            td { (d.attempts) }
+                            td { (d.last_error.as_deref().map(clip).unwrap_or_else(|| "–".into())) }
+                        }
+                    }).collect()))
+                }
             }
         }
     }

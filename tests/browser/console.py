@@ -132,6 +132,8 @@ with sync_playwright() as p:
     expect(card.locator("dd.order")).to_have_text(plan["order"])
     expect(card.locator("ol.timeline li")).to_have_count(2)
     expect(card.locator("ol.timeline li").nth(1)).to_contain_text("refund")
+    # Its deliveries: the receiver was down, so the first is held.
+    expect(card.locator("tr.delivery").first).to_contain_text("dead_lettered")
     shot(page, "payment")
     # Each event's notification as archived, verified again.
     card.locator("ol.timeline li").first.get_by_role("link").click()
