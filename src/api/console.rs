@@ -158,7 +158,7 @@ fn see_other(to: &'static str) -> Response {
 }
 
 /// A page with the console's headers: no cache, no sniffing, no framing,
-/// no referrer, and [`CSP`].
+/// no referrer to other sites, and [`CSP`].
 fn secured(
     status: StatusCode,
     body: Markup,
@@ -182,7 +182,7 @@ fn secured(
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     for (name, value) in extra {
         h.append(name.clone(), value.clone());
@@ -329,7 +329,34 @@ struct LoginForm {
     key: String,
 }
 
-async fn login(State(api): State<Api>, Form(form): Form<LoginForm>) -> Response {
+/// Whether a request's `Origin`, when it names one, is the host it was
+/// sent to: a form posted from another site is not (a sign-in there would
+/// put the browser in someone else's session).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    origin_host.is_some() && origin_host == host
+}
+
+async fn login(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return secured(
+            StatusCode::FORBIDDEN,
+            page(
+                "Sign in",
+                None,
+                login_form(Some("Sign in from this console's own page.")),
+            ),
+            &[],
+        );
+    }
     let Some(key) = api.keys.find(form.key.trim().as_bytes()) else {
         tracing::warn!("console: a sign-in with a key that is not configured");
         return secured(
@@ -1265,6 +1292,24 @@ async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sign_in_posted_from_another_site_is_refused() {
+        let with = |origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9092"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            same_origin(&h)
+        };
+        assert!(with(None), "no Origin: a browser that sends none");
+        assert!(with(Some("http://127.0.0.1:9092")));
+        assert!(with(Some("https://127.0.0.1:9092")));
+        assert!(!with(Some("https://evil.example")));
+        assert!(!with(Some("http://127.0.0.1:9093")));
+        assert!(!with(Some("null")));
+    }
 
     #[test]
     fn long_values_are_cut_and_markup_is_escaped() {

@@ -88,6 +88,11 @@ with sync_playwright() as p:
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("Not a key")
     shot(page, "login")
+    # A sign-in posted from another site is refused, even with a good key.
+    elsewhere = page.request.post(BASE + "/console/login", form={"key": plan["reader"]},
+                                  headers={"Origin": "https://elsewhere.example"}, max_redirects=0)
+    assert elsewhere.status == 403, elsewhere.status
+    assert not [c for c in anonymous.cookies() if c["name"] == "paynotify_console"]
     anonymous.close()
 
     # A read key: sees every page, may act on none (403), and offers no
