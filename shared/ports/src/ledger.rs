@@ -229,6 +229,19 @@ pub struct PaymentSearch {
     pub limit: usize,
 }
 
+impl PaymentSearch {
+    /// The start of the payment keys the search's source and merchant
+    /// select (`source#` or `source#merchant#`; a merchant alone selects
+    /// nothing by itself).
+    pub fn key_prefix(&self) -> Option<String> {
+        match (&self.source, &self.merchant) {
+            (Some(s), Some(m)) => Some(format!("{s}#{m}#")),
+            (Some(s), None) => Some(format!("{s}#")),
+            _ => None,
+        }
+    }
+}
+
 /// Where a page of a search ended: the key of the last item the store
 /// looked at (a payment's, or another item's of the same table), opaque
 /// to callers ([`SearchCursor::encode`]).

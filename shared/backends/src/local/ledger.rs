@@ -168,11 +168,7 @@ impl Ledger for LocalLedger {
     async fn search_payments(&self, q: &PaymentSearch) -> Result<PaymentPage, LedgerError> {
         // The key's prefix names the source and merchant; compared with
         // substr, so that nothing in them is a pattern.
-        let prefix = match (&q.source, &q.merchant) {
-            (Some(s), Some(m)) => Some(format!("{s}#{m}#")),
-            (Some(s), None) => Some(format!("{s}#")),
-            _ => None,
-        };
+        let prefix = q.key_prefix();
         let status = q.status.map(|s| s.as_str());
         let from = q.updated_from.map(unix_ms);
         let to = q.updated_to.map(unix_ms);
@@ -197,19 +193,15 @@ impl Ledger for LocalLedger {
                 let rows = s.query_map(
                     params![prefix, status, from, to, after, limit as i64 + 1],
                     |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            [
-                                r.get::<_, i64>(3)?,
-                                r.get::<_, i64>(4)?,
-                                r.get::<_, i64>(5)?,
-                            ],
-                            r.get::<_, i64>(6)?,
-                            r.get::<_, i64>(7)?,
-                            r.get::<_, Option<String>>(8)?,
-                        ))
+                        let key = PaymentKey::from_stored(r.get::<_, String>(0)?);
+                        let amounts = [r.get(3)?, r.get(4)?, r.get(5)?];
+                        let status: String = r.get(1)?;
+                        let currency: String = r.get(2)?;
+                        Ok(FoundPayment {
+                            state: state_from(&key, &status, Some(&currency), amounts, r.get(6)?)?,
+                            updated_at: stored_time(r.get(7)?),
+                            order_id: r.get(8)?,
+                        })
                     },
                 )?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -217,25 +209,7 @@ impl Ledger for LocalLedger {
             .await
             .map_err(unavailable)?;
         let more = rows.len() > limit;
-        let mut payments = Vec::with_capacity(limit);
-        for (key, status, currency, [authorized, paid, refunded], version, updated, order_id) in
-            rows.into_iter().take(limit)
-        {
-            let bad = |what: &str| unavailable(format!("stored {what} of {key} is invalid"));
-            payments.push(FoundPayment {
-                state: PaymentState {
-                    payment_key: PaymentKey::from_stored(key.clone()),
-                    status: PaymentStatus::parse(&status).ok_or_else(|| bad("status"))?,
-                    currency: Currency::from_alpha(&currency).ok_or_else(|| bad("currency"))?,
-                    authorized_minor: authorized as u64,
-                    paid_minor: paid as u64,
-                    refunded_minor: refunded as u64,
-                    version: version as u64,
-                },
-                updated_at: stored_time(updated),
-                order_id,
-            });
-        }
+        let payments: Vec<FoundPayment> = rows.into_iter().take(limit).collect();
         let next = more
             .then(|| payments.last())
             .flatten()

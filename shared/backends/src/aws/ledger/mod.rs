@@ -210,12 +210,7 @@ impl Ledger for DynamoLedger {
         // page reads at most SEARCH_PAGES of the table's 1 MB pages.
         let mut filter = vec!["sk = :state".to_owned(), "attribute_exists(#st)".to_owned()];
         let mut values = HashMap::from([(":state".to_owned(), s(STATE))]);
-        let prefix = match (&q.source, &q.merchant) {
-            (Some(src), Some(m)) => Some(format!("{src}#{m}#")),
-            (Some(src), None) => Some(format!("{src}#")),
-            _ => None,
-        };
-        if let Some(p) = prefix {
+        if let Some(p) = q.key_prefix() {
             filter.push("begins_with(pk, :prefix)".into());
             values.insert(":prefix".into(), s(p));
         }

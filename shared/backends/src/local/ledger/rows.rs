@@ -34,25 +34,35 @@ pub(super) fn load_row(c: &Connection, key: &PaymentKey) -> rusqlite::Result<Row
         },
     )
     .optional()?;
-    let Some((status, currency, [authorized, paid, refunded], version, alias)) = row_ else {
+    let Some((status, currency, amounts, version, alias)) = row_ else {
         return Ok((None, 0, None));
     };
-    let state = match status {
-        Some(status) => Some(PaymentState {
-            payment_key: key.clone(),
-            status: PaymentStatus::parse(&status).ok_or_else(|| invalid("status"))?,
-            currency: currency
-                .as_deref()
-                .and_then(Currency::from_alpha)
-                .ok_or_else(|| invalid("currency"))?,
-            authorized_minor: authorized as u64,
-            paid_minor: paid as u64,
-            refunded_minor: refunded as u64,
-            version: version as u64,
-        }),
-        None => None,
-    };
+    let state = status
+        .map(|status| state_from(key, &status, currency.as_deref(), amounts, version))
+        .transpose()?;
     Ok((state, version as u64, alias))
+}
+
+/// The state a `payments` row with a status holds: its status, currency,
+/// amounts (authorized, paid, refunded) and version.
+pub(super) fn state_from(
+    key: &PaymentKey,
+    status: &str,
+    currency: Option<&str>,
+    [authorized, paid, refunded]: [i64; 3],
+    version: i64,
+) -> rusqlite::Result<PaymentState> {
+    Ok(PaymentState {
+        payment_key: key.clone(),
+        status: PaymentStatus::parse(status).ok_or_else(|| invalid("status"))?,
+        currency: currency
+            .and_then(Currency::from_alpha)
+            .ok_or_else(|| invalid("currency"))?,
+        authorized_minor: authorized as u64,
+        paid_minor: paid as u64,
+        refunded_minor: refunded as u64,
+        version: version as u64,
+    })
 }
 
 /// Reads everything stored under `key` in one snapshot.
