@@ -25,6 +25,7 @@ use base64::Engine as _;
 use maud::{html, Markup, DOCTYPE};
 use paynotify_shared::config::ApiScope;
 use paynotify_shared::ports::ParkedCounts;
+use paynotify_shared::segment;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -563,17 +564,10 @@ async fn received_last_hour(api: &Api, now: OffsetDateTime) -> Result<[u64; 12],
         .map_err(anyhow::Error::from)?;
     let mut buckets = [0u64; 12];
     for key in keys {
-        let name = key.rsplit('/').next().unwrap_or_default();
-        let (id, n) = match paynotify_shared::segment::segment_len(&key) {
-            Some(n) => (
-                name.rsplit_once('-').map(|(id, _)| id).unwrap_or(name),
-                n as u64,
-            ),
-            None => (name.strip_suffix(".json").unwrap_or(name), 1),
-        };
-        let Ok(ulid) = ulid::Ulid::from_string(id) else {
+        let Some(Ok(ulid)) = segment::first_id(&key).map(ulid::Ulid::from_string) else {
             continue;
         };
+        let n = segment::segment_len(&key).unwrap_or(1) as u64;
         let at =
             OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ulid.timestamp_ms() as i64);
         let ago = (now - at).whole_seconds();

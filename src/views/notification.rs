@@ -37,11 +37,7 @@ pub async fn find(backends: &Backends, id: &str) -> anyhow::Result<Option<(Locat
     let mut candidates: Vec<(&str, &String)> = keys
         .iter()
         .filter_map(|key| {
-            let name = key.rsplit('/').next()?;
-            let first = match segment::segment_len(key) {
-                Some(_) => name.rsplit_once('-')?.0,
-                None => name.strip_suffix(".json")?,
-            };
+            let first = segment::first_id(key)?;
             (first >= earliest.as_str() && first <= id).then_some((first, key))
         })
         .collect();

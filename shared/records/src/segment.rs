@@ -93,6 +93,17 @@ pub fn segment_len(key: &str) -> Option<usize> {
     name.rsplit_once('-')?.1.parse().ok()
 }
 
+/// The id of the first (or only) notification in the archived object at
+/// `key`: a segment's `{first}-{n}.ndjson`, an older object's `{id}.json`;
+/// `None` for any other key.
+pub fn first_id(key: &str) -> Option<&str> {
+    let name = key.rsplit('/').next()?;
+    match segment_len(key) {
+        Some(_) => name.rsplit_once('-').map(|(first, _)| first),
+        None => name.strip_suffix(".json"),
+    }
+}
+
 /// Builds a segment of `envelopes` (serialised envelopes, each one line)
 /// stored at `key`: its bytes and the location of each envelope.
 pub fn build<'a>(
@@ -274,6 +285,15 @@ mod tests {
     #[test]
     fn segments_round_trip_and_torn_ones_are_refused() {
         let key = segment_key("raw/source=u/date=2026-11-25/hour=23/", "01A", 3);
+        assert_eq!(first_id(&key), Some("01A"));
+        assert_eq!(
+            first_id("raw/source=u/date=2026-11-25/hour=23/01B.json"),
+            Some("01B")
+        );
+        assert_eq!(
+            first_id("raw/source=u/date=2026-11-25/hour=23/01B.txt"),
+            None
+        );
         assert_eq!(segment_len(&key), Some(3));
         assert_eq!(
             segment_len("raw/source=u/date=2026-11-25/hour=23/01A.json"),
