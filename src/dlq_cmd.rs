@@ -4,7 +4,9 @@
 
 use std::process::ExitCode;
 
-use paynotify::views::dead_letters::{by_reason, find, read, show_value, summary, MAX_SCAN};
+use paynotify::views::dead_letters::{
+    by_reason, read, redrive_one, redriven, show_value, summary, MAX_SCAN,
+};
 use paynotify_shared::backend::Backends;
 use serde_json::{json, Value};
 
@@ -167,22 +169,11 @@ async fn dry_run(backends: &Backends, reason: Option<&str>, key: &str) -> anyhow
 pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
     let (_, backends) = args.config.open().await?;
     if let Some(id) = &args.id {
-        let Some(d) = find(&backends, id).await? else {
+        let Some(done) = redrive_one(&backends, id, args.dry_run).await? else {
             crate::print_stdout(&format!("no dead letter {id:?}"))?;
             return Ok(ExitCode::from(1));
         };
-        if args.dry_run {
-            crate::print_stdout(
-                &json!({ "dry_run": true, "would_redrive": 1, "by_reason": { d.reason.clone(): 1 } })
-                    .to_string(),
-            )?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        let moved = backends.dead_letters.redrive_one(&d.id).await?;
-        let left = backends.dead_letters.dlq_depth().await?;
-        crate::print_stdout(
-            &json!({ "redriven": u64::from(moved), "still_in_dlq": left }).to_string(),
-        )?;
+        crate::print_stdout(&done.to_string())?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.dry_run {
@@ -198,8 +189,7 @@ pub async fn redrive(args: Redrive) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     // What the scan could not reach (in flight elsewhere on SQS), or
     // dead letters of other reasons, are still there: say so.
-    let left = backends.dead_letters.dlq_depth().await?;
-    crate::print_stdout(&json!({ "redriven": moved, "still_in_dlq": left }).to_string())?;
+    crate::print_stdout(&redriven(&backends, moved as u64).await?.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 

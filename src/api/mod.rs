@@ -45,9 +45,6 @@ use routes::{Op, ROUTES};
 pub const AUDIT_PREFIX: &str = "audit/api/";
 /// The largest request body taken (actions' JSON is small).
 const MAX_BODY: usize = 16 * 1024;
-/// What a listing gives when it is not told.
-const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 1000;
 /// Open connections at most (operators and a few services).
 const MAX_CONNECTIONS: usize = 256;
 
@@ -256,14 +253,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// `?limit=`: 1 to 1000, 100 when absent.
 fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
-    match query.get("limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| ApiError::bad(format!("limit is 1 to {MAX_LIMIT}"))),
-    }
+    views::limit_of(query.get("limit").map(String::as_str)).map_err(ApiError::bad)
 }
 
 async fn payment(
@@ -388,39 +378,16 @@ async fn redrive_action(api: &Api, reason: Option<&str>, dry_run: bool) -> Resul
             .redrive(reason)
             .await
             .map_err(anyhow::Error::from)?;
-        redriven(api, moved as u64).await?
+        views::dead_letters::redriven(&api.backends, moved as u64).await?
     })
-}
-
-/// What a redrive answers: how many moved, how many are still dead-lettered.
-async fn redriven(api: &Api, moved: u64) -> Result<Value, ApiError> {
-    let left = api
-        .backends
-        .dead_letters
-        .dlq_depth()
-        .await
-        .map_err(anyhow::Error::from)?;
-    Ok(json!({ "redriven": moved, "still_in_dlq": left }))
 }
 
 /// Moves one dead letter (by its id or its notification's) back to the
 /// queue, or with `dry_run` says it would.
 async fn redrive_one_action(api: &Api, id: &str, dry_run: bool) -> Result<Value, ApiError> {
-    let Some(d) = views::dead_letters::find(&api.backends, id).await? else {
-        return Err(ApiError::not_found("no such dead letter"));
-    };
-    if dry_run {
-        return Ok(
-            json!({ "dry_run": true, "would_redrive": 1, "by_reason": { d.reason.clone(): 1 } }),
-        );
-    }
-    let moved = api
-        .backends
-        .dead_letters
-        .redrive_one(&d.id)
-        .await
-        .map_err(anyhow::Error::from)?;
-    redriven(api, u64::from(moved)).await
+    views::dead_letters::redrive_one(&api.backends, id, dry_run)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such dead letter"))
 }
 
 async fn parked(

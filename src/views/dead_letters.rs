@@ -71,6 +71,40 @@ pub async fn find(backends: &Backends, id: &str) -> anyhow::Result<Option<DeadLe
         .find(|d| d.id == id || d.notification_id().as_deref() == Some(id)))
 }
 
+/// What a redrive answers: how many moved, how many are still
+/// dead-lettered.
+///
+/// # Errors
+/// The store's.
+pub async fn redriven(backends: &Backends, moved: u64) -> anyhow::Result<Value> {
+    let left = backends.dead_letters.dlq_depth().await?;
+    Ok(json!({ "redriven": moved, "still_in_dlq": left }))
+}
+
+/// Moves the dead letter `id` (its id or its notification's) back to the
+/// queue, or with `dry_run` says that it would, as `dlq redrive --id`
+/// prints it and the read API answers; `None` when there is no such dead
+/// letter.
+///
+/// # Errors
+/// The store's.
+pub async fn redrive_one(
+    backends: &Backends,
+    id: &str,
+    dry_run: bool,
+) -> anyhow::Result<Option<Value>> {
+    let Some(d) = find(backends, id).await? else {
+        return Ok(None);
+    };
+    if dry_run {
+        return Ok(Some(
+            json!({ "dry_run": true, "would_redrive": 1, "by_reason": { d.reason.clone(): 1 } }),
+        ));
+    }
+    let moved = backends.dead_letters.redrive_one(&d.id).await?;
+    Ok(Some(redriven(backends, u64::from(moved)).await?))
+}
+
 /// One dead letter (by its id or its notification id) as `dlq show --json`
 /// and the read API give it, card numbers masked; `None` when there is no
 /// such dead letter.

@@ -131,14 +131,7 @@ pub fn search_of(
             })
         })
         .transpose()?;
-    let limit = match given("limit") {
-        None => 100,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or("limit is 1 to 1000")?,
-    };
+    let limit = super::limit_of(given("limit"))?;
     let after = given("cursor")
         .map(|c| SearchCursor::decode(c).ok_or("cursor is not one a page gave"))
         .transpose()?;
