@@ -244,6 +244,15 @@ pub fn clip(text: &str) -> String {
     }
 }
 
+/// Text that may be absent as a page shows it: cut, or a dash.
+fn or_dash(text: Option<&str>) -> String {
+    text.map_or_else(|| "–".into(), clip)
+}
+
+/// The longest raw text (a body, a JSON document) a page shows, in
+/// characters; the rest is left out.
+const MAX_RAW_SHOWN: usize = 64 * 1024;
+
 /// A JSON value as a page shows it: text as itself, null as a dash.
 fn shown(v: &Value) -> String {
     match v {
@@ -755,7 +764,7 @@ async fn search(
                     html! {
                         tr {
                             td { a href=(format!("/console/payments?source={}&merchant={}&reference={}", form_escape(source), form_escape(merchant), form_escape(reference))) { code { (clip(p.state.payment_key.as_str())) } } }
-                            td { (p.order_id.as_deref().map(clip).unwrap_or_else(|| "–".into())) }
+                            td { (or_dash(p.order_id.as_deref())) }
                             td { (p.state.status.as_str()) }
                             td { (c.decimal(p.state.paid_minor)) " " (c.as_str()) }
                             td { (c.decimal(p.state.refunded_minor)) " " (c.as_str()) }
@@ -851,7 +860,7 @@ fn payment_card(f: &Found, deliveries: Option<&[paynotify_shared::ports::Deliver
                             td { (d.record.event_type.as_str()) }
                             td { (d.status.as_str()) }
                             td { (d.attempts) }
-                            td { (d.last_error.as_deref().map(clip).unwrap_or_else(|| "–".into())) }
+                            td { (or_dash(d.last_error.as_deref())) }
                         }
                     }).collect()))
                 }
@@ -878,7 +887,7 @@ async fn notification(
         (None, Some(b64)) => format!("(not UTF-8; base64) {b64}"),
         _ => String::new(),
     };
-    let shown_body: String = body.chars().take(64 * 1024).collect();
+    let shown_body: String = body.chars().take(MAX_RAW_SHOWN).collect();
     let empty = Vec::new();
     ok(
         "Notification",
@@ -966,7 +975,7 @@ async fn dead_letter(
         ));
     };
     let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
-    let shown_json: String = pretty.chars().take(64 * 1024).collect();
+    let shown_json: String = pretty.chars().take(MAX_RAW_SHOWN).collect();
     ok(
         "Dead letter",
         &session,
@@ -1072,7 +1081,7 @@ async fn parked(
                     td { code { (clip(p.payment_key.as_str())) } }
                     td { (p.parked.event.kind.as_str()) " " (p.parked.event.outcome.as_str()) br; code.small { (clip(p.parked.event.event_key.as_str())) } }
                     td { (p.parked.event.amount.to_string()) }
-                    td { (p.parked.conflict.as_deref().map(clip).unwrap_or_else(|| "–".into())) }
+                    td { (or_dash(p.parked.conflict.as_deref())) }
                     td {
                         @if operate {
                             form.inline method="post" action="/console/parked/resolve" {
@@ -1202,7 +1211,7 @@ async fn deliveries(
                     td { code { (clip(&d.record.payment_key)) } }
                     td { (d.status.as_str()) }
                     td { (d.attempts) }
-                    td { (d.last_error.as_deref().map(clip).unwrap_or_else(|| "–".into())) }
+                    td { (or_dash(d.last_error.as_deref())) }
                     td {
                         @if operate {
                             form.inline method="post" action="/console/deliveries/resend" {
