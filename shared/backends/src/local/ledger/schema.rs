@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS orders (
     payment_key TEXT NOT NULL,
     PRIMARY KEY (order_id, payment_key)
 ) WITHOUT ROWID;
+-- A payment's order, read by every write that makes outgoing events and by
+-- a search's rows: without it, each such read scans the table.
+CREATE INDEX IF NOT EXISTS orders_by_payment ON orders (payment_key);
 -- Status queries owed to a PSP (`Watch`); due_at is NULL once finished.
 CREATE TABLE IF NOT EXISTS watches (
     id TEXT PRIMARY KEY,
