@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The paynotify image: paynotify, paynotify-ingest and paynotify-worker on
+# The paynotify image: paynotify, paynotify-ingest, paynotify-worker and paynotify-api on
 # distroless/cc (glibc, libgcc, CA certificates, no shell, no package
 # manager), run as the non-root user 65532. The debug info is split off into
 # its own stage. From the repository root:
@@ -28,7 +28,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p paynotify --bins \
  && mkdir -p /out/bin /out/debug \
- && for b in paynotify paynotify-ingest paynotify-worker; do \
+ && for b in paynotify paynotify-ingest paynotify-worker paynotify-api; do \
       objcopy --only-keep-debug "target/release/$b" "/out/debug/$b.debug" \
       && objcopy --strip-debug --strip-unneeded --add-gnu-debuglink="/out/debug/$b.debug" \
            "target/release/$b" "/out/bin/$b"; \
@@ -41,5 +41,5 @@ FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /out/bin/ /usr/local/bin/
 COPY infra/docker/paynotify.toml /etc/paynotify/paynotify.toml
 USER 65532:65532
-EXPOSE 8080 9090 9091
+EXPOSE 8080 8082 9090 9091 9092
 CMD ["paynotify-ingest", "--config", "/etc/paynotify/paynotify.toml"]

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bins=${1:-target/debug}
-names="paynotify paynotify-ingest paynotify-worker"
+names="paynotify paynotify-ingest paynotify-worker paynotify-api"
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   echo "image_check.sh: building the image with docker"
@@ -36,7 +36,7 @@ done
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-for lib in $(ldd "$bins/paynotify" "$bins/paynotify-ingest" "$bins/paynotify-worker" \
+for lib in $(for b in $names; do ldd "$bins/$b"; done \
              | awk '/=>/ {print $3} /^[ \t]*\/lib64\// {print $1}' | sort -u); do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
@@ -64,7 +64,7 @@ echo "   $(find "$root" -type f | wc -l) files in the root filesystem: $(ls "$ro
 run /usr/local/bin/paynotify --version
 run /usr/local/bin/paynotify testpki --dir /tmp/pki >/dev/null
 test -s "$root/tmp/pki/root.pem"
-for b in paynotify-ingest paynotify-worker; do
+for b in paynotify-ingest paynotify-worker paynotify-api; do
   if out=$(run "/usr/local/bin/$b" --config /etc/paynotify/paynotify.toml 2>&1); then
     echo "image_check.sh: $b started without the deployment's environment" >&2
     exit 1

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::keys::Key;
+use super::oidc;
 use super::{
     audit, redrive_action, redrive_one_action, resend_action, resolve_action, Api, ApiError,
     ResolveRequest,
@@ -79,6 +80,8 @@ struct Session {
     key: Key,
     /// The cookie's value, which the form tokens are signed over.
     cookie: String,
+    /// Signed in by the load balancer (which signs out too).
+    via_alb: bool,
 }
 
 impl Session {
@@ -122,6 +125,7 @@ fn session_of(api: &Api, value: &str, now: OffsetDateTime) -> Option<Session> {
     (ok && live).then(|| Session {
         key: key.clone(),
         cookie: value.to_owned(),
+        via_alb: false,
     })
 }
 
@@ -138,9 +142,22 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Every page but the sign-in page and the stylesheet: a live session, or
 /// to the sign-in page.
+///
+/// Behind a load balancer's OIDC sign-in (`api.oidc`), the user its
+/// verified `x-amzn-oidc-data` names is signed in instead; a header that
+/// does not verify is 401, never a fall-back to a cookie.
 async fn signed_in(State(api): State<Api>, mut request: Request, next: Next) -> Response {
-    let session = cookie_value(request.headers(), COOKIE)
-        .and_then(|v| session_of(&api, v, OffsetDateTime::now_utc()));
+    let now = OffsetDateTime::now_utc();
+    if let (Some(alb), Some(token)) = (&api.oidc, request.headers().get(oidc::HEADER)) {
+        return match alb_session(alb, token, now).await {
+            Ok(s) => {
+                request.extensions_mut().insert(s);
+                next.run(request).await
+            }
+            Err(e) => e.into_response(),
+        };
+    }
+    let session = cookie_value(request.headers(), COOKIE).and_then(|v| session_of(&api, v, now));
     match session {
         Some(s) => {
             request.extensions_mut().insert(s);
@@ -148,6 +165,54 @@ async fn signed_in(State(api): State<Api>, mut request: Request, next: Next) -> 
         }
         None => see_other("/console/login"),
     }
+}
+
+/// The session of the user a load balancer's token names.
+async fn alb_session(
+    alb: &oidc::AlbOidc,
+    token: &HeaderValue,
+    now: OffsetDateTime,
+) -> Result<Session, PageError> {
+    let token = token.to_str().map_err(|_| {
+        PageError(
+            StatusCode::UNAUTHORIZED,
+            "The load balancer's sign-in token is not valid.".into(),
+            None,
+        )
+    })?;
+    let identity = alb.verify(token, now).await.map_err(|e| {
+        tracing::warn!(error = %e, "console: a load balancer's sign-in was refused");
+        match e {
+            oidc::OidcError::Invalid(_) => PageError(
+                StatusCode::UNAUTHORIZED,
+                "The load balancer's sign-in could not be verified. Sign in again.".into(),
+                None,
+            ),
+            oidc::OidcError::KeyServer(_) => PageError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The sign-in could not be checked just now; try again.".into(),
+                None,
+            ),
+        }
+    })?;
+    let Some(scope) = identity.scope else {
+        return Err(PageError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is signed in, but is not one of the console's users.",
+                identity.user
+            ),
+            None,
+        ));
+    };
+    let name = format!("oidc:{}", identity.user);
+    Ok(Session {
+        // Form tokens are bound to the user, signed with the form secret
+        // every process behind the load balancer shares.
+        cookie: format!("oidc|{}", identity.user),
+        key: alb.form_key(&name, scope),
+        via_alb: true,
+    })
 }
 
 fn see_other(to: &'static str) -> Response {
@@ -285,10 +350,14 @@ fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                             a href="/console/deliveries" { "Deliveries" }
                             a href="/console/reconcile" { "Reconcile" }
                         }
-                        form.who method="post" action="/console/logout" {
-                            span { (s.key.name) " · " (s.key.scope.as_str()) }
-                            input type="hidden" name="token" value=(s.token());
-                            button type="submit" { "Sign out" }
+                        @if s.via_alb {
+                            div.who { span { (s.key.name) " · " (s.key.scope.as_str()) } }
+                        } @else {
+                            form.who method="post" action="/console/logout" {
+                                span { (s.key.name) " · " (s.key.scope.as_str()) }
+                                input type="hidden" name="token" value=(s.token());
+                                button type="submit" { "Sign out" }
+                            }
                         }
                     } @else {
                         span.brand { "paynotify" }

@@ -28,6 +28,16 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// A key that is not an API key: `name` and `scope` for the audit
+    /// records, signing with `secret` (the console's OIDC sessions).
+    pub fn from_secret(name: &str, scope: ApiScope, secret: &[u8]) -> Self {
+        Self {
+            name: name.to_owned(),
+            scope,
+            digest: digest(secret),
+        }
+    }
+
     /// HMAC-SHA256 of `data` under this key's digest: what the console's
     /// session cookie and its form tokens are signed with, so that they
     /// are worth nothing once the key is removed from the configuration,
@@ -116,7 +126,6 @@ mod tests {
 
     fn config(dir: &std::path::Path, keys: &[(&str, ApiScope, &str)]) -> ApiConfig {
         ApiConfig {
-            listen: None,
             keys: keys
                 .iter()
                 .map(|(name, scope, value)| {
@@ -129,6 +138,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            ..ApiConfig::default()
         }
     }
 

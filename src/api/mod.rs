@@ -11,6 +11,7 @@
 
 pub mod console;
 pub mod keys;
+pub mod oidc;
 pub mod routes;
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ struct Api {
     config: Arc<Config>,
     backends: Backends,
     keys: Arc<Keys>,
+    /// The console's users behind a load balancer's OIDC sign-in.
+    oidc: Option<Arc<oidc::AlbOidc>>,
 }
 
 /// An answer that is not a success: its status and words, as JSON.
@@ -133,6 +136,12 @@ pub async fn start(
         return Ok(None);
     };
     let keys = Keys::load(&config.api, backends.secrets.as_deref()).await?;
+    let oidc = match &config.api.oidc {
+        Some(o) => Some(Arc::new(
+            oidc::AlbOidc::load(o, backends.secrets.as_deref()).await?,
+        )),
+        None => None,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the read API to {listen}"))?;
@@ -141,6 +150,7 @@ pub async fn start(
         config: Arc::new(config.clone()),
         backends: backends.clone(),
         keys: Arc::new(keys),
+        oidc,
     });
     // The accept loop ingest and the admin listeners use: a header-read
     // timeout (also an idle keep-alive's), a cap on open connections, a

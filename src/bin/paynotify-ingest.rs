@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let path = config_path()?;
     let config = Config::load(&path)?;
     if let Some(api) = config.api.listen {
-        tracing::warn!(%api, "api.listen is set, but the read API runs in `paynotify serve` only: paynotify-ingest does not start it");
+        tracing::warn!(%api, "api.listen is set, but the read API runs in `paynotify serve` and `paynotify-api`: paynotify-ingest does not start it");
     }
     let (backends, metrics) = metered::build(&config.backend).await?;
     let listener = tokio::net::TcpListener::bind(&config.ingest.listen)

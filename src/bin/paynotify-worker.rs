@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(&path)?;
     if let Some(api) = config.api.listen {
-        tracing::warn!(%api, "api.listen is set, but the read API runs in `paynotify serve` only: paynotify-worker does not start it");
+        tracing::warn!(%api, "api.listen is set, but the read API runs in `paynotify serve` and `paynotify-api`: paynotify-worker does not start it");
     }
     let (backends, metrics) = metered::build(&config.backend).await?;
     let admin_listener = tokio::net::TcpListener::bind(&config.worker.admin_listen)

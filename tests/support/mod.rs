@@ -251,6 +251,7 @@ pub fn api_keys(
                 }
             })
             .collect(),
+        ..ApiConfig::default()
     };
 }
 

@@ -11,7 +11,7 @@ mod deliveries;
 mod servers;
 mod sources;
 
-pub use api::{ApiConfig, ApiKeyConfig, ApiScope};
+pub use api::{AlbOidcConfig, ApiConfig, ApiKeyConfig, ApiScope};
 pub use backend::{AwsConfig, BackendConfig, BackendKind, Sse, MAX_QUEUE_SHARDS};
 pub use deliveries::{DeliveriesConfig, EndpointConfig, SinkConfig, SinkKind};
 pub use servers::{IngestConfig, WorkerConfig};
@@ -120,6 +120,9 @@ impl Config {
         }
         for k in &mut self.api.keys {
             k.secret = k.secret.relative_to(base);
+        }
+        if let Some(oidc) = self.api.oidc.as_mut() {
+            oidc.form_secret = oidc.form_secret.relative_to(base);
         }
         for source in self.sources.values_mut() {
             if let Some(up) = source.unionpay.as_mut() {

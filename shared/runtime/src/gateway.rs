@@ -157,9 +157,23 @@ impl GatewayClient {
     /// # Errors
     /// The last error when every try failed.
     pub async fn post_form(&self, url: &str, body: &str) -> Result<HttpAnswer, GatewayError> {
+        self.call(url, Some(body)).await
+    }
+
+    /// `GET`s `url`, with the same timeout, retries and rate limit as
+    /// [`GatewayClient::post_form`].
+    ///
+    /// # Errors
+    /// The last error when every try failed.
+    pub async fn get(&self, url: &str) -> Result<HttpAnswer, GatewayError> {
+        self.call(url, None).await
+    }
+
+    /// A `POST` of a form `body`, or a `GET` without one.
+    async fn call(&self, url: &str, body: Option<&str>) -> Result<HttpAnswer, GatewayError> {
         let attempt = || async {
             self.limit.wait().await;
-            match tokio::time::timeout(self.settings.timeout, self.post_once(url, body)).await {
+            match tokio::time::timeout(self.settings.timeout, self.once(url, body)).await {
                 Ok(r) => r,
                 Err(_) => Err(GatewayError::Timeout(self.settings.timeout)),
             }
@@ -178,17 +192,20 @@ impl GatewayClient {
             .await
     }
 
-    async fn post_once(&self, url: &str, body: &str) -> Result<HttpAnswer, GatewayError> {
+    async fn once(&self, url: &str, body: Option<&str>) -> Result<HttpAnswer, GatewayError> {
         use http_body_util::BodyExt;
-        let request = hyper::Request::post(url)
-            .header(
-                hyper::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded;charset=UTF-8",
-            )
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_owned(),
-            )))
-            .map_err(|e| GatewayError::Network(format!("bad request: {e}")))?;
+        let request = match body {
+            Some(body) => hyper::Request::post(url)
+                .header(
+                    hyper::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded;charset=UTF-8",
+                )
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_owned(),
+                ))),
+            None => hyper::Request::get(url).body(http_body_util::Full::default()),
+        }
+        .map_err(|e| GatewayError::Network(format!("bad request: {e}")))?;
         let response = self
             .http
             .request(request)
