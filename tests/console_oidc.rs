@@ -7,8 +7,6 @@
 //! reader cannot act; an operator acts with the form's token and is named
 //! in the audit record. Without `api.oidc` the header means nothing.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paynotify::api::oidc::minted::Signer;
@@ -27,29 +25,6 @@ const ISSUER: &str = "https://idp.example.com";
 const OPERATOR: &str = "ops@example.com";
 const READER: &str = "reader@example.com";
 
-/// A key server on loopback holding `keys` (kid → PEM), as AWS's answers.
-async fn key_server(keys: Vec<(&'static str, String)>) -> String {
-    let keys: Arc<HashMap<&'static str, String>> = Arc::new(keys.into_iter().collect());
-    let app = axum::Router::new().route(
-        "/{kid}",
-        axum::routing::get(
-            move |axum::extract::Path(kid): axum::extract::Path<String>| {
-                let keys = keys.clone();
-                async move {
-                    match keys.get(kid.as_str()) {
-                        Some(pem) => (axum::http::StatusCode::OK, pem.clone()),
-                        None => (axum::http::StatusCode::FORBIDDEN, String::new()),
-                    }
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/")
-}
-
 fn header(kid: &str, signer: &str, exp: i64) -> Value {
     json!({"typ": "JWT", "alg": "ES256", "kid": kid, "signer": signer, "iss": ISSUER,
            "client": "console", "exp": exp})
@@ -62,15 +37,6 @@ fn claims(email: &str, exp: i64) -> Value {
 
 fn soon() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp() + 120
-}
-
-/// The value of the form field `name` in `html`.
-fn field(html: &str, name: &str) -> String {
-    let at = html
-        .find(&format!("name=\"{name}\" value=\""))
-        .unwrap_or_else(|| panic!("no field {name} in {html:.2000}"));
-    let rest = &html[at + name.len() + 15..];
-    rest[..rest.find('"').unwrap()].replace("&amp;", "&")
 }
 
 async fn app_with_oidc(keys_url: Option<String>) -> TestApp {
@@ -98,11 +64,12 @@ async fn app_with_oidc(keys_url: Option<String>) -> TestApp {
 async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
     let alb = Signer::new();
     let attacker = Signer::new();
-    let url = key_server(vec![
+    let url = paynotify::api::oidc::minted::key_server(vec![
         ("k1", alb.public_pem()),
         ("k9", attacker.public_pem()),
     ])
-    .await;
+    .await
+    .0;
     let t = app_with_oidc(Some(url)).await;
     let base = format!("http://{}", t.app().api_addr.expect("the API listens"));
     let http = reqwest::Client::builder()
@@ -219,8 +186,8 @@ async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
         .await
         .unwrap();
     let (payment_key, event_key) = (
-        field(&ops_html, "payment_key"),
-        field(&ops_html, "event_key"),
+        support::form_field(&ops_html, "payment_key"),
+        support::form_field(&ops_html, "event_key"),
     );
     let resolve = |token: String, form_token: String| {
         http.post(format!("{base}/console/parked/resolve"))
@@ -254,7 +221,9 @@ async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
         &header("k1", ARN, soon() + 5),
         &claims(OPERATOR, soon() + 5),
     );
-    let r = resolve(later, field(&ops_html, "token")).await.unwrap();
+    let r = resolve(later, support::form_field(&ops_html, "token"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(t
         .app()

@@ -91,6 +91,58 @@ fn the_image_config_with_the_stack_environment_is_complete() {
     assert_eq!(config.ingest.listen, "0.0.0.0:8080");
     assert_eq!(config.ingest.admin_listen, "0.0.0.0:9090");
     assert_eq!(config.worker.admin_listen, "0.0.0.0:9091");
+    // The console's task sets these besides (infra/paynotify.yaml,
+    // ConsoleTask; test_template.py reads the names after this line).
+    // CONSOLE ENVIRONMENT
+    let arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/paynotify/50dc6c495c0c9188";
+    let form =
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:paynotify/console/form-secret-AbCdEf";
+    let console = [
+        ("PAYNOTIFY__API__LISTEN", "0.0.0.0:8082".to_owned()),
+        ("PAYNOTIFY__API__OIDC__LOAD_BALANCER_ARN", arn.to_owned()),
+        (
+            "PAYNOTIFY__API__OIDC__ISSUER",
+            "https://accounts.example.com".to_owned(),
+        ),
+        (
+            "PAYNOTIFY__API__OIDC__OPERATORS",
+            "[\"ops@example.com\",\"lead@example.com\"]".to_owned(),
+        ),
+        ("PAYNOTIFY__API__OIDC__READERS", "[]".to_owned()),
+        (
+            "PAYNOTIFY__API__OIDC__FORM_SECRET",
+            format!("secretsmanager:{form}"),
+        ),
+    ];
+    for (k, v) in env.iter().chain(&console) {
+        std::env::set_var(k, v);
+    }
+    let with_console = Config::load(BAKED.as_ref());
+    for (k, _) in env.iter().chain(&console) {
+        std::env::remove_var(k);
+    }
+    let api = with_console.unwrap().api;
+    assert_eq!(api.listen, Some("0.0.0.0:8082".parse().unwrap()));
+    assert_eq!(api.admin_listen, "0.0.0.0:9092".parse().unwrap());
+    assert!(api.keys.is_empty());
+    let oidc = api.oidc.expect("api.oidc from the environment");
+    assert_eq!(
+        (oidc.load_balancer_arn.as_str(), oidc.issuer.as_str()),
+        (arn, "https://accounts.example.com")
+    );
+    assert_eq!(oidc.operators, ["ops@example.com", "lead@example.com"]);
+    assert!(oidc.readers.is_empty());
+    assert_eq!(
+        oidc.keys_url().unwrap(),
+        "https://public-keys.auth.elb.eu-west-1.amazonaws.com/"
+    );
+    match &oidc.form_secret {
+        SecretRef::SecretsManager { arn, json_key } => {
+            assert_eq!((arn.as_str(), json_key.as_deref()), (form, None));
+        }
+        SecretRef::File(path) => panic!("a file reference: {}", path.display()),
+    }
+
     let source = config.source("unionpay").unwrap();
     assert_eq!(source.merchants, ["777290058167151", "898111148990001"]);
     let up = source.unionpay.as_ref().unwrap();

@@ -286,3 +286,172 @@ async fn the_stack_s_processes_apply_what_a_deployment_receives() {
     assert!(ingest.stop().success());
     assert!(worker.stop().success());
 }
+
+/// `paynotify-api` as the console's task runs it, behind the load
+/// balancer's OIDC sign-in (a key server on loopback plays AWS's): an
+/// operator's every page and two actions, so that the console role's
+/// calls are written down for `infra/tests/test_iam.py`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
+    use paynotify::api::oidc::minted::Signer;
+    use paynotify_shared::ports::{Incoming, LedgerWrite, ParkedEvent};
+
+    let d = Deployed::new().await;
+    let aws = &d.config.backend.aws;
+    let clients = paynotify_shared::backend::aws::Clients::new(aws).await;
+    // The stack's generated form secret, under the name it gives it.
+    let form_secret = clients
+        .secrets
+        .create_secret()
+        .name(format!("{}/console/form-secret", aws.queue))
+        .secret_string("f".repeat(64))
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let alb = Signer::new();
+    let keys_url = paynotify::api::oidc::minted::key_server(vec![("k1", alb.public_pem())])
+        .await
+        .0;
+
+    // Something on the pages: a parked refund and a dead letter.
+    let backends = backend::build(&d.config.backend).await.unwrap();
+    let refund = support::event("con-1", "con-1-r", paynotify_shared::EventKind::Refund, 300);
+    backends
+        .ledger
+        .write(&LedgerWrite {
+            key: refund.payment_key.clone(),
+            expected_version: 0,
+            incoming: Incoming::Park(ParkedEvent {
+                event: refund.clone(),
+                notification_id: "01JCONSOLE00000000000000000".into(),
+                parked_at: time::OffsetDateTime::now_utc(),
+                conflict: None,
+            }),
+            state: None,
+            unparked: vec![],
+            conflicts: vec![],
+            aliases: vec![],
+        })
+        .await
+        .unwrap();
+    backends.queue.send(b"{}").await.unwrap();
+    let [message] = <[_; 1]>::try_from(
+        backends
+            .queue
+            .receive(1, Duration::from_secs(2))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    backends
+        .queue
+        .dead_letter(&message, "bad_signature", "a test's dead letter")
+        .await
+        .unwrap();
+
+    let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/paynotify/50dc6c495c0c9188";
+    let (port, admin) = (free_port(), free_port());
+    let api = Process::start(
+        "paynotify-api",
+        d.env_as("console"),
+        &[
+            ("PAYNOTIFY__API__LISTEN", format!("127.0.0.1:{port}")),
+            ("PAYNOTIFY__API__ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+            ("PAYNOTIFY__API__OIDC__LOAD_BALANCER_ARN", arn.to_owned()),
+            (
+                "PAYNOTIFY__API__OIDC__ISSUER",
+                "https://idp.example.com".into(),
+            ),
+            ("PAYNOTIFY__API__OIDC__PUBLIC_KEYS_URL", keys_url),
+            (
+                "PAYNOTIFY__API__OIDC__OPERATORS",
+                "[\"ops@example.com\"]".into(),
+            ),
+            (
+                "PAYNOTIFY__API__OIDC__FORM_SECRET",
+                format!("secretsmanager:{form_secret}"),
+            ),
+        ],
+    );
+    let http = reqwest::Client::new();
+    wait_for("the console's task ready", async || {
+        http.get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 300;
+    let token = alb.token(
+        &serde_json::json!({"alg": "ES256", "kid": "k1", "signer": arn,
+                            "iss": "https://idp.example.com", "exp": exp}),
+        &serde_json::json!({"sub": "s-1", "email": "ops@example.com", "exp": exp}),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let get = async |path: &str| {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("x-amzn-oidc-data", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "{path}");
+        r.text().await.unwrap()
+    };
+    let dead = backends.dead_letters.dlq_list(10).await.unwrap();
+    for path in [
+        "/console/".to_owned(),
+        "/console/payments?order_id=odep-1".to_owned(),
+        "/console/payments?source=u&merchant=m&reference=con-1".to_owned(),
+        "/console/search?status=PAID".to_owned(),
+        "/console/dead-letters".to_owned(),
+        format!("/console/dead-letters/{}", dead[0].id),
+        "/console/deliveries".to_owned(),
+        "/console/reconcile".to_owned(),
+    ] {
+        get(&path).await;
+    }
+    let parked = get("/console/parked").await;
+    let field = |name: &str| support::form_field(&parked, name);
+    let form_token = field("token");
+    let post = async |path: &str, form: &[(&str, String)]| {
+        let r = http
+            .post(format!("{base}{path}"))
+            .header("x-amzn-oidc-data", &token)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "{path}");
+    };
+    post(
+        "/console/parked/resolve",
+        &[
+            ("token", form_token.clone()),
+            ("payment_key", field("payment_key")),
+            ("event_key", field("event_key")),
+            ("note", "a test".into()),
+            ("confirm", "yes".into()),
+        ],
+    )
+    .await;
+    post(
+        "/console/dead-letters/redrive",
+        &[
+            ("token", form_token),
+            ("id", dead[0].id.clone()),
+            ("confirm", "yes".into()),
+        ],
+    )
+    .await;
+    assert!(backends
+        .ledger
+        .parked_before(time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(backends.dead_letters.dlq_list(10).await.unwrap().is_empty());
+    assert!(api.stop().success());
+}

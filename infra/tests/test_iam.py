@@ -52,6 +52,7 @@ ROLES = {
     "lambda-events": (EVENTS, "EventsFunctionRole"),
     "lambda-webhooks": (SERVERLESS, "WebhooksFunctionRole"),
     "operator": (DATA, "OperatorPolicy"),
+    "console": (CONTAINERS, "ConsoleTaskRole"),
 }
 
 # What AWS authorizes beyond the call itself, and no emulator checks. Each
@@ -134,6 +135,7 @@ class Stack:
             self.attrs[template] = {
                 n: {"Arn": f"arn:{PARTITION}:logs:{self.region}:{ACCOUNT}:log-group:/{self.name}/{n.lower()}"} for n in logs
             }
+        self.attrs["paynotify.yaml"]["ConsoleFormSecret"] = {"Ref": self.secret("console/form-secret")}
         self.attrs["events.yaml"] = {
             "EventsLogs": {"Arn": f"arn:{PARTITION}:logs:{self.region}:{ACCOUNT}:log-group:/{self.name}/lambda/events"},
             "EventsFailed": self.sqs(f"{self.name}-events-failed"),
@@ -271,6 +273,9 @@ class Stack:
             for s in ["UnionPayCertificates", "UnionPaySigningKey"]:
                 if self.resolve({"Ref": s}, "data.yaml") == arn:
                     return r[s]["Properties"].get("KmsKeyId") == {"Ref": "Key"}
+            if self.resolve({"Ref": "ConsoleFormSecret"}, "paynotify.yaml") == arn:
+                key = CONTAINERS["Resources"]["ConsoleFormSecret"]["Properties"].get("KmsKeyId")
+                return key == {"Fn::ImportValue": {"Fn::Sub": "${Name}-data-KeyArn"}}
             return False
         raise AssertionError(kind)
 

@@ -27,6 +27,7 @@ template's short-form intrinsics): python infra/tests/test_template.py.
 """
 
 import re
+import tomllib
 
 
 import checks  # infra/tests/checks.py, beside this file
@@ -182,8 +183,17 @@ def test_queue_config_and_defaults_agree():
     assert "admin_listen = \"0.0.0.0:9090\"" in baked
 
 
+def proven_environment():
+    """What tests/deploy_config.rs sets: every process's, and the console's besides."""
+    common, console = rust("tests/deploy_config.rs").split("// CONSOLE ENVIRONMENT")
+    names = lambda text: set(re.findall(r'"(PAYNOTIFY__[A-Z_]+)"', text))
+    return names(common), names(console)
+
+
 def test_environment_is_what_the_config_test_proves():
-    proven = set(re.findall(r'"(PAYNOTIFY__[A-Z_]+)"', rust("tests/deploy_config.rs")))
+    proven, console = proven_environment()
+    e, _ = env("ConsoleTask")
+    assert set(e) == proven | console, set(e) ^ (proven | console)
     for task in ["IngestTask", "WorkerTask"]:
         e, _ = env(task)
         assert set(e) == proven, (task, set(e) ^ proven)
@@ -474,6 +484,65 @@ def test_worker_scales_on_backlog_per_task():
     assert visible["Dimensions"] == [{"Name": "QueueName", "Value": imported("WebhooksQueue")}]
     assert metrics["backlog_per_task"]["Expression"] == "visible / tasks"
     assert config["TargetValue"] == {"Ref": "WebhooksBacklogPerTask"}
+
+
+def test_the_console_verifies_the_load_balancer_and_provider_that_sign_it_in():
+    r = CONTAINERS["Resources"]
+    e, container = env("ConsoleTask")
+    assert container["Command"][0] == "paynotify-api"
+    # The app checks the signer and issuer the load balancer signs with.
+    assert e["PAYNOTIFY__API__OIDC__LOAD_BALANCER_ARN"] == {"Ref": "LoadBalancer"}
+    assert e["PAYNOTIFY__API__OIDC__ISSUER"] == {"Ref": "OidcIssuer"}
+    assert e["PAYNOTIFY__API__OIDC__FORM_SECRET"] == {"Fn::Sub": "secretsmanager:${ConsoleFormSecret}"}
+    rule = r["ConsoleListenerRule"]["Properties"]
+    assert rule["ListenerArn"] == {"Ref": "HttpsListener"}
+    [host] = rule["Conditions"]
+    assert host["Field"] == "host-header" and host["HostHeaderConfig"]["Values"] == [{"Ref": "ConsoleHostName"}]
+    # Signed in first, on every request (none passes unauthenticated),
+    # then forwarded to the console alone.
+    actions = sorted(rule["Actions"], key=lambda a: a["Order"])
+    assert [a["Type"] for a in actions] == ["authenticate-oidc", "forward"]
+    oidc = actions[0]["AuthenticateOidcConfig"]
+    assert oidc["Issuer"] == {"Ref": "OidcIssuer"}
+    assert oidc["OnUnauthenticatedRequest"] == "authenticate"
+    assert "email" in oidc["Scope"].split() and "openid" in oidc["Scope"].split()
+    # The client secret is resolved from Secrets Manager, never a parameter's value.
+    assert oidc["ClientSecret"]["Fn::Sub"].startswith("{{resolve:secretsmanager:${OidcClientSecretArn}")
+    assert actions[1]["TargetGroupArn"] == {"Ref": "ConsoleTargetGroup"}
+    # The target group reaches the listener the environment opens, and the
+    # health check the image's admin listener (api.admin_listen).
+    group = r["ConsoleTargetGroup"]["Properties"]
+    listen = e["PAYNOTIFY__API__LISTEN"]
+    assert str(group["Port"]) == listen.rsplit(":", 1)[1]
+    baked = tomllib.loads((ROOT / "infra/docker/paynotify.toml").read_text(encoding="utf-8"))
+    admin = baked["api"]["admin_listen"]
+    assert group["HealthCheckPort"] == admin.rsplit(":", 1)[1] and group["HealthCheckPath"] == "/readyz"
+    [mapping] = r["ConsoleService"]["Properties"]["LoadBalancers"]
+    assert mapping["TargetGroupArn"] == {"Ref": "ConsoleTargetGroup"} and str(mapping["ContainerPort"]) == str(group["Port"])
+    # Only the load balancer reaches the console's ports.
+    ingress = r["ConsoleIngressFromLoadBalancer"]["Properties"]
+    assert ingress["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"}
+    for port in (int(group["Port"]), int(group["HealthCheckPort"])):
+        assert ingress["FromPort"] <= port <= ingress["ToPort"], port
+    # Its role: the operator's policy, and its own form secret alone.
+    role = r["ConsoleTaskRole"]["Properties"]
+    assert role["ManagedPolicyArns"] == [imported("OperatorPolicyArn")]
+    [inline] = role["Policies"]
+    [statement] = inline["PolicyDocument"]["Statement"]
+    assert statement == {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                         "Resource": {"Ref": "ConsoleFormSecret"}}, statement
+    # The console's names fit the load balancer's limits too.
+    pattern = CONTAINERS["Parameters"]["Name"]["AllowedPattern"]
+    longest = int(re.search(r"\{1,(\d+)\}", pattern).group(1)) + 1
+    assert longest + len(group["Name"]["Fn::Sub"].replace("${Name}", "")) <= 32
+
+
+def test_every_load_balancer_egress_reaches_only_the_tasks():
+    for name, res in CONTAINERS["Resources"].items():
+        if res["Type"] == "AWS::EC2::SecurityGroupEgress":
+            p = res["Properties"]
+            if p["GroupId"] == {"Ref": "LoadBalancerSecurityGroup"}:
+                assert p.get("DestinationSecurityGroupId") == {"Ref": "TaskSecurityGroup"} and "CidrIp" not in p, name
 
 
 if __name__ == "__main__":

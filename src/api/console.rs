@@ -257,7 +257,7 @@ fn secured(
 }
 
 /// A page that is not what was asked for: its status and words.
-struct PageError(StatusCode, String, Option<Session>);
+struct PageError(StatusCode, String, Option<Box<Session>>);
 
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
@@ -281,7 +281,7 @@ impl IntoResponse for PageError {
         };
         let body = page(
             title,
-            self.2.as_ref(),
+            self.2.as_deref(),
             html! { p.error role="alert" { (clip(&self.1)) } },
         );
         secured(self.0, body, &[])
@@ -500,7 +500,7 @@ fn check_token(session: &Session, token: &str) -> Result<(), PageError> {
             "This form is not one the console gave this session (its token does not match). \
              Open the page again and repeat."
                 .into(),
-            Some(session.clone()),
+            Some(Box::new(session.clone())),
         )),
     }
 }
@@ -515,7 +515,7 @@ fn may_act(session: &Session, token: &str) -> Result<(), PageError> {
                 "Key {:?} may only read; this needs an operate key.",
                 session.key.name
             ),
-            Some(session.clone()),
+            Some(Box::new(session.clone())),
         ));
     }
     Ok(())
@@ -760,8 +760,13 @@ async fn search(
     Query(q): Query<HashMap<String, String>>,
 ) -> Page {
     let asked = q.values().any(|v| !v.trim().is_empty());
-    let search = views::payment::search_of(&q)
-        .map_err(|why| PageError(StatusCode::BAD_REQUEST, why, Some(session.clone())))?;
+    let search = views::payment::search_of(&q).map_err(|why| {
+        PageError(
+            StatusCode::BAD_REQUEST,
+            why,
+            Some(Box::new(session.clone())),
+        )
+    })?;
     let page = if asked {
         Some(
             api.backends
@@ -947,7 +952,7 @@ async fn notification(
         return Err(PageError(
             StatusCode::NOT_FOUND,
             "No archived notification with this id.".into(),
-            Some(session),
+            Some(Box::new(session)),
         ));
     };
     let verdict = &v["verification"];
@@ -1040,7 +1045,7 @@ async fn dead_letter(
         return Err(PageError(
             StatusCode::NOT_FOUND,
             "No such dead letter.".into(),
-            Some(session),
+            Some(Box::new(session)),
         ));
     };
     let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
@@ -1188,7 +1193,7 @@ async fn resolve(
         return Err(PageError(
             StatusCode::BAD_REQUEST,
             "A note is needed: why it is resolved.".into(),
-            Some(session),
+            Some(Box::new(session)),
         ));
     }
     if form.confirm != "yes" {

@@ -271,14 +271,48 @@ fn pem_body(pem: &[u8]) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
-/// Tokens as a load balancer makes them, for tests: an ES256 key pair and
-/// its public key as the key server serves it.
+/// Tokens as a load balancer makes them, for tests: an ES256 key pair, its
+/// public key as the key server serves it, and a key server on loopback.
 pub mod minted {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     use base64::Engine as _;
     use serde_json::Value;
+
+    /// A key server on loopback holding `keys` (kid → PEM) as AWS's holds
+    /// a load balancer's (403 for any other), for `public_keys_url`; it
+    /// counts the requests it answers.
+    pub async fn key_server(keys: Vec<(&'static str, String)>) -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let keys: Arc<HashMap<&'static str, String>> = Arc::new(keys.into_iter().collect());
+        let app = axum::Router::new().route(
+            "/{kid}",
+            axum::routing::get(
+                move |axum::extract::Path(kid): axum::extract::Path<String>| {
+                    let keys = keys.clone();
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        match keys.get(kid.as_str()) {
+                            Some(pem) => (axum::http::StatusCode::OK, pem.clone()),
+                            None => (axum::http::StatusCode::FORBIDDEN, String::new()),
+                        }
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/"), calls)
+    }
 
     /// A load balancer's signing key.
     pub struct Signer {
@@ -352,42 +386,12 @@ pub mod minted {
 mod tests {
     use super::minted::Signer;
     use super::*;
-    use axum::routing::get;
     use paynotify_shared::config::SecretRef;
     use serde_json::json;
 
     const ARN: &str =
         "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/pn/0123456789abcdef";
     const ISS: &str = "https://idp.example.com";
-
-    /// A key server on loopback holding `keys` (kid, PEM); it counts the
-    /// calls it answers.
-    async fn key_server(
-        keys: Vec<(&'static str, String)>,
-    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = calls.clone();
-        let keys: Arc<HashMap<&'static str, String>> = Arc::new(keys.into_iter().collect());
-        let app = axum::Router::new().route(
-            "/{kid}",
-            get(
-                move |axum::extract::Path(kid): axum::extract::Path<String>| {
-                    let keys = keys.clone();
-                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move {
-                        match keys.get(kid.as_str()) {
-                            Some(pem) => (axum::http::StatusCode::OK, pem.clone()),
-                            None => (axum::http::StatusCode::FORBIDDEN, String::new()),
-                        }
-                    }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{addr}/"), calls)
-    }
 
     async fn verifier(url: &str, dir: &std::path::Path) -> AlbOidc {
         let secret = dir.join("form.secret");
@@ -422,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn a_load_balancers_token_names_its_user_and_their_scope() {
         let alb = Signer::new();
-        let (url, calls) = key_server(vec![("k1", alb.public_pem())]).await;
+        let (url, calls) = super::minted::key_server(vec![("k1", alb.public_pem())]).await;
         let dir = tempfile::tempdir().unwrap();
         let v = verifier(&url, dir.path()).await;
         let ops = v
@@ -470,7 +474,7 @@ mod tests {
     async fn forged_foreign_expired_and_malformed_tokens_are_refused() {
         let alb = Signer::new();
         let attacker = Signer::new();
-        let (url, calls) = key_server(vec![
+        let (url, calls) = super::minted::key_server(vec![
             ("k1", alb.public_pem()),
             ("evil", attacker.public_pem()),
         ])

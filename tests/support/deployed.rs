@@ -27,10 +27,11 @@ pub struct Deployed {
 }
 
 /// The roles of the stacks, as `infra/tests/test_iam.py` names them.
-pub const ROLES: [&str; 7] = [
+pub const ROLES: [&str; 8] = [
     "ingest",
     "worker",
     "operator",
+    "console",
     "lambda-ingest",
     "lambda-worker",
     "lambda-events",

@@ -285,3 +285,12 @@ pub fn loopback_endpoint(
         allow_private_addresses: true,
     }
 }
+
+/// The value of the form field `name` in a console page's `html`.
+pub fn form_field(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no field {name} in {html:.2000}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].replace("&amp;", "&")
+}
