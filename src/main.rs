@@ -96,6 +96,10 @@ enum ParkedCommand {
     /// Takes a parked event out of the ledger, with a record of it and a
     /// note (audit/parked-resolved/ in the archive).
     Resolve(reconcile_cmd::ParkedResolve),
+    /// Sets a parked event aside as a dead letter (reason `set_aside`,
+    /// pointing at its archived notification) and takes it out of the
+    /// ledger; `dlq redrive` brings it back once its payment can take it.
+    DeadLetter(reconcile_cmd::ParkedResolve),
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +182,9 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => reconcile_cmd::run(args).await,
         Command::Parked(ParkedCommand::List(args)) => reconcile_cmd::parked_list(args).await,
         Command::Parked(ParkedCommand::Resolve(args)) => reconcile_cmd::parked_resolve(args).await,
+        Command::Parked(ParkedCommand::DeadLetter(args)) => {
+            reconcile_cmd::parked_dead_letter(args).await
+        }
         Command::Deliveries(c) => match c {
             DeliveriesCommand::List(args) => deliveries_cmd::list(args).await,
             DeliveriesCommand::Show(args) => deliveries_cmd::show(args).await,

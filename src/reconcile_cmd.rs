@@ -144,14 +144,14 @@ pub struct ParkedResolve {
     note: String,
 }
 
-/// Takes a parked event out of the ledger and records it; prints the
-/// record. Exit 1 when it is not parked there.
+/// Sets a parked event aside as a dead letter; prints what was done. Exit
+/// 1 when it is not parked there.
 ///
 /// # Errors
-/// Configuration, ledger or archive errors.
-pub async fn parked_resolve(args: ParkedResolve) -> anyhow::Result<ExitCode> {
+/// Configuration or store errors, or a notification not in the archive.
+pub async fn parked_dead_letter(args: ParkedResolve) -> anyhow::Result<ExitCode> {
     let (_, backends) = args.config.open().await?;
-    match paynotify::parked::resolve(
+    let done = match paynotify::parked::dead_letter(
         &backends,
         &args.payment_key,
         &args.event_key,
@@ -160,6 +160,21 @@ pub async fn parked_resolve(args: ParkedResolve) -> anyhow::Result<ExitCode> {
     )
     .await?
     {
+        paynotify::parked::SetAside::Done(record) => Some(record),
+        paynotify::parked::SetAside::NotParked => None,
+        paynotify::parked::SetAside::NotReceived(id) => anyhow::bail!(
+            "notification {id} is not among the archive's received notifications (an event of a \
+             status query or a settlement file has none to redrive): resolve it instead"
+        ),
+    };
+    print_or_not_parked(done, &args)
+}
+
+fn print_or_not_parked(
+    done: Option<serde_json::Value>,
+    args: &ParkedResolve,
+) -> anyhow::Result<ExitCode> {
+    match done {
         Some(record) => {
             crate::print_stdout(&serde_json::to_string_pretty(&record)?)?;
             Ok(ExitCode::SUCCESS)
@@ -172,4 +187,22 @@ pub async fn parked_resolve(args: ParkedResolve) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Takes a parked event out of the ledger and records it; prints the
+/// record. Exit 1 when it is not parked there.
+///
+/// # Errors
+/// Configuration, ledger or archive errors.
+pub async fn parked_resolve(args: ParkedResolve) -> anyhow::Result<ExitCode> {
+    let (_, backends) = args.config.open().await?;
+    let done = paynotify::parked::resolve(
+        &backends,
+        &args.payment_key,
+        &args.event_key,
+        &args.note,
+        "cli",
+    )
+    .await?;
+    print_or_not_parked(done, &args)
 }

@@ -735,7 +735,128 @@ async fn a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it(kind: Ki
     }
 }
 
+/// Setting a parked event aside: its notification is a dead letter, the
+/// event leaves the ledger, reconcile keeps reporting it until a redrive
+/// applies it once its payment is there.
+async fn a_parked_event_set_aside_is_a_dead_letter_until_redriven(kind: Kind) {
+    let t = spawn(kind).await;
+    let c = Client::of(&t);
+    t.sim.send(t.sim.refund("api10", "api10-r1", 100)).await;
+    let parked = c.first_parked().await;
+    let payment_key = parked["payment_key"].as_str().unwrap().to_owned();
+    let event_key = parked["event"]["event_key"].as_str().unwrap().to_owned();
+    let notification_id = parked["notification_id"].as_str().unwrap().to_owned();
+    let path = "/api/v1/parked/dead-letter";
+    let asked = json!({ "payment_key": payment_key, "event_key": event_key,
+                        "note": "purchase expected after the PSP's outage" });
+    assert_eq!(
+        c.call("post", path, Some(READER), Some(asked.clone()))
+            .await
+            .0,
+        403
+    );
+    for (bad, status) in [
+        (
+            json!({ "payment_key": payment_key, "event_key": event_key, "note": "" }),
+            400,
+        ),
+        (
+            json!({ "payment_key": payment_key, "event_key": "nothing", "note": "x" }),
+            404,
+        ),
+    ] {
+        let (got, body) = c.call("post", path, Some(OPERATOR), Some(bad)).await;
+        assert_eq!(got, status, "{body}");
+    }
+    let (status, record) = c
+        .call("post", path, Some(OPERATOR), Some(asked.clone()))
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(
+        (
+            &record["reason"],
+            &record["removed"],
+            &record["by"],
+            &record["notification_id"]
+        ),
+        (
+            &json!("set_aside"),
+            &json!(true),
+            &json!("api:oncall"),
+            &json!(notification_id)
+        )
+    );
+    assert!(
+        record["archive_key"].as_str().unwrap().starts_with("raw/"),
+        "{record}"
+    );
+    assert_eq!(c.get("/api/v1/parked").await.1, json!([]));
+    let (_, dead) = c.get("/api/v1/dead-letters").await;
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (&dead[0]["id"], &dead[0]["reason"]),
+        (&json!(notification_id), &json!("set_aside"))
+    );
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("purchase expected"),
+        "{dead:?}"
+    );
+    // Once.
+    assert_eq!(
+        c.call("post", path, Some(OPERATOR), Some(asked)).await.0,
+        404
+    );
+    // Money the PSP reported that the ledger does not hold: reported.
+    let report = t.reconcile().await;
+    assert!(
+        report
+            .discrepancies
+            .iter()
+            .any(|d| d.kind == "verified_dead_lettered" && d.detail.contains("set_aside")),
+        "{:#?}",
+        report.discrepancies
+    );
+    // The purchase arrives: paid without the refund; the redrive applies it.
+    t.sim.send(t.sim.purchase("api10", 1000)).await;
+    let state = t.wait_for_status("api10", PaymentStatus::Paid).await;
+    assert_eq!(state.refunded_minor, 0);
+    let (status, body) = c
+        .call(
+            "post",
+            "/api/v1/dead-letters/redrive",
+            Some(OPERATOR),
+            Some(json!({ "id": notification_id })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let state = t
+        .wait_for_status("api10", PaymentStatus::PartiallyRefunded)
+        .await;
+    assert_eq!(state.refunded_minor, 100);
+    let report = t.reconcile().await;
+    assert!(report.is_clean(), "{:#?}", report.discrepancies);
+    // The same from the CLI, once.
+    t.sim.send(t.sim.refund("api11", "api11-r1", 100)).await;
+    let parked = c.first_parked().await;
+    let operator = Operator::of(&t);
+    let cli = [
+        "parked",
+        "dead-letter",
+        parked["payment_key"].as_str().unwrap(),
+        parked["event"]["event_key"].as_str().unwrap(),
+        "--note",
+        "waiting for the PSP",
+    ];
+    assert_eq!(operator.json(&cli)["by"], "cli");
+    assert_eq!(operator.run(&cli).status.code(), Some(1), "only once");
+}
+
 on_both_backends!(
+    a_parked_event_set_aside_is_a_dead_letter_until_redriven,
     a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it,
     the_last_reconcile_report_is_served,
     every_route_needs_a_key_and_an_action_an_operate_key,

@@ -52,6 +52,7 @@ on_both_backends!(
     payments_are_found_by_the_merchants_order_id,
     a_payment_search_pages_through_every_match_once,
     a_dead_letter_is_redriven_by_its_id_alone,
+    a_dead_letter_put_by_an_operator_is_listed_and_redriven,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -243,6 +244,45 @@ async fn a_dead_letter_is_redriven_by_its_id_alone(kind: Kind) {
     let back = q.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].body, chosen.body, "its own body back on the queue");
+}
+
+async fn a_dead_letter_put_by_an_operator_is_listed_and_redriven(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let d = &b.dead_letters;
+    let body = b"{\"v\":1,\"archive_key\":\"raw/x-1.ndjson\"}";
+    d.put_dead_letter(
+        "01JSETASIDE0000000000000000",
+        body,
+        "set_aside",
+        "set aside by ops: a test",
+    )
+    .await
+    .unwrap();
+    let dlq = d.dlq_list(10).await.unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(
+        (
+            dlq[0].id.as_str(),
+            dlq[0].reason.as_str(),
+            dlq[0].error.as_str(),
+            dlq[0].receive_count
+        ),
+        (
+            "01JSETASIDE0000000000000000",
+            "set_aside",
+            "set aside by ops: a test",
+            0
+        )
+    );
+    assert_eq!(dlq[0].body, body);
+    assert_eq!(d.dlq_depth().await.unwrap(), 1);
+    // Redriven by its reason or its id, it is on the queue with its body.
+    assert_eq!(d.redrive(Some("set_aside")).await.unwrap(), 1);
+    let back = b.queue.receive(1, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].body, body);
+    assert!(d.dlq_list(10).await.unwrap().is_empty());
 }
 
 async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {

@@ -317,25 +317,38 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
 
     // Something on the pages: a parked refund and a dead letter.
     let backends = backend::build(&d.config.backend).await.unwrap();
-    let refund = support::event("con-1", "con-1-r", paynotify_shared::EventKind::Refund, 300);
-    backends
-        .ledger
-        .write(&LedgerWrite {
-            key: refund.payment_key.clone(),
-            expected_version: 0,
-            incoming: Incoming::Park(ParkedEvent {
-                event: refund.clone(),
-                notification_id: "01JCONSOLE00000000000000000".into(),
-                parked_at: time::OffsetDateTime::now_utc(),
-                conflict: None,
-            }),
-            state: None,
-            unparked: vec![],
-            conflicts: vec![],
-            aliases: vec![],
-        })
-        .await
-        .unwrap();
+    let park = async |reference: &str, notification_id: &str| {
+        let refund = support::event(
+            reference,
+            &format!("{reference}-r"),
+            paynotify_shared::EventKind::Refund,
+            300,
+        );
+        backends
+            .ledger
+            .write(&LedgerWrite {
+                key: refund.payment_key.clone(),
+                expected_version: 0,
+                incoming: Incoming::Park(ParkedEvent {
+                    event: refund,
+                    notification_id: notification_id.into(),
+                    parked_at: time::OffsetDateTime::now_utc(),
+                    conflict: None,
+                }),
+                state: None,
+                unparked: vec![],
+                conflicts: vec![],
+                aliases: vec![],
+            })
+            .await
+            .unwrap();
+    };
+    park("con-1", "01JCONSOLE00000000000000000").await;
+    // A second parked refund, its notification archived: to set aside.
+    let archived = support::envelope(b"a refund notification's bytes");
+    let (segment, bytes, _) = archived.to_segment();
+    backends.archive.put(&segment, &bytes).await.unwrap();
+    park("con-2", &archived.id).await;
     backends.queue.send(b"{}").await.unwrap();
     let [message] = <[_; 1]>::try_from(
         backends
@@ -414,8 +427,7 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
         get(&path).await;
     }
     let parked = get("/console/parked").await;
-    let field = |name: &str| support::form_field(&parked, name);
-    let form_token = field("token");
+    let form_token = support::form_field(&parked, "token");
     let post = async |path: &str, form: &[(&str, String)]| {
         let r = http
             .post(format!("{base}{path}"))
@@ -426,17 +438,34 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
             .unwrap();
         assert_eq!(r.status(), reqwest::StatusCode::OK, "{path}");
     };
-    post(
-        "/console/parked/resolve",
-        &[
-            ("token", form_token.clone()),
-            ("payment_key", field("payment_key")),
-            ("event_key", field("event_key")),
-            ("note", "a test".into()),
-            ("confirm", "yes".into()),
-        ],
-    )
-    .await;
+    for (payment, event, path) in [
+        ("u#m#con-1", "con-1-r", "/console/parked/resolve"),
+        ("u#m#con-2", "con-2-r", "/console/parked/dead-letter"),
+    ] {
+        assert!(
+            parked.contains(payment) && parked.contains(event),
+            "{parked:.3000}"
+        );
+        post(
+            path,
+            &[
+                ("token", form_token.clone()),
+                ("payment_key", payment.to_owned()),
+                ("event_key", event.to_owned()),
+                ("note", "a test".into()),
+                ("confirm", "yes".into()),
+            ],
+        )
+        .await;
+    }
+    // Set aside: a dead letter of its own.
+    let dead_now = backends.dead_letters.dlq_list(10).await.unwrap();
+    assert!(
+        dead_now
+            .iter()
+            .any(|d| d.id == archived.id && d.reason == "set_aside"),
+        "{dead_now:?}"
+    );
     post(
         "/console/dead-letters/redrive",
         &[
@@ -452,6 +481,11 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
         .await
         .unwrap()
         .is_empty());
-    assert!(backends.dead_letters.dlq_list(10).await.unwrap().is_empty());
+    let left = backends.dead_letters.dlq_list(10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        [archived.id.as_str()],
+        "the redriven one gone, the one set aside there"
+    );
     assert!(api.stop().success());
 }

@@ -33,7 +33,7 @@ use time::OffsetDateTime;
 use super::keys::Key;
 use super::oidc;
 use super::{
-    audit, redrive_action, redrive_one_action, resend_action, resolve_action, Api, ApiError,
+    audit, redrive_action, redrive_one_action, resend_action, Api, ApiError, ParkedAction,
     ResolveRequest,
 };
 use crate::views;
@@ -65,6 +65,7 @@ pub(super) fn router(api: Api) -> Router<Api> {
         .route("/console/dead-letters/redrive", post(redrive))
         .route("/console/parked", get(parked))
         .route("/console/parked/resolve", post(resolve))
+        .route("/console/parked/dead-letter", post(set_aside))
         .route("/console/deliveries", get(deliveries))
         .route("/console/deliveries/resend", post(resend))
         .route("/console/reconcile", get(reconcile))
@@ -1147,7 +1148,7 @@ async fn parked(
         "Parked events",
         &session,
         html! {
-            p.note { "Events waiting for their payment, oldest first; a conflicted one contradicts the payment that arrived. Resolving takes one out of the ledger with your note (recorded in the archive)." }
+            p.note { "Events waiting for their payment, oldest first; a conflicted one contradicts the payment that arrived. Resolving takes one out of the ledger with your note (recorded in the archive); setting it aside makes its notification a dead letter instead, for a redrive once its payment can take it." }
             @if parked.is_empty() { p.empty { "Nothing is parked." } }
             (table(&["parked since", "payment", "event", "amount", "conflict", ""], parked.iter().map(|p| html! {
                 tr {
@@ -1162,6 +1163,8 @@ async fn parked(
                                 (hidden(&session, &[("payment_key", p.payment_key.as_str()), ("event_key", p.parked.event.event_key.as_str())]))
                                 label { "Note " input name="note" required maxlength="500"; }
                                 button type="submit" { "Resolve" }
+                                " "
+                                button type="submit" formaction="/console/parked/dead-letter" { "Set aside" }
                             }
                         }
                     }
@@ -1188,25 +1191,51 @@ async fn resolve(
     axum::Extension(session): axum::Extension<Session>,
     Form(form): Form<ResolveForm>,
 ) -> Page {
+    on_parked(&api, session, form, ParkedAction::Resolve).await
+}
+
+async fn set_aside(
+    State(api): State<Api>,
+    axum::Extension(session): axum::Extension<Session>,
+    Form(form): Form<ResolveForm>,
+) -> Page {
+    on_parked(&api, session, form, ParkedAction::SetAside).await
+}
+
+/// Resolves a parked event or sets it aside: the token, an `operate`
+/// scope, a note and a confirmation first.
+async fn on_parked(api: &Api, session: Session, form: ResolveForm, action: ParkedAction) -> Page {
     may_act(&session, &form.token)?;
     if form.note.trim().is_empty() {
         return Err(PageError(
             StatusCode::BAD_REQUEST,
-            "A note is needed: why it is resolved.".into(),
+            "A note is needed: why.".into(),
             Some(Box::new(session)),
         ));
     }
+    let event = html! { code { (clip(&form.event_key)) } };
+    let payment = html! { code { (clip(&form.payment_key)) } };
     if form.confirm != "yes" {
+        let (question, label) = match action {
+            ParkedAction::Resolve => (
+                html! { p { "Take the parked event " (event) " of " (payment) " out of the ledger, with the note " q { (clip(&form.note)) } "? A payment that arrives later is applied without it." } },
+                "Resolve it",
+            ),
+            ParkedAction::SetAside => (
+                html! { p { "Set the parked event " (event) " of " (payment) " aside, with the note " q { (clip(&form.note)) } "? Its notification becomes a dead letter (reason set_aside) and the event leaves the ledger; redrive it once its payment can take it." } },
+                "Set it aside",
+            ),
+        };
         return confirmation(
             &session,
-            "/console/parked/resolve",
-            html! { p { "Take the parked event " code { (clip(&form.event_key)) } " of " code { (clip(&form.payment_key)) } " out of the ledger, with the note " q { (clip(&form.note)) } "? A payment that arrives later is applied without it." } },
+            &format!("/console/parked/{}", action.name()),
+            question,
             &[
                 ("payment_key", &form.payment_key),
                 ("event_key", &form.event_key),
                 ("note", &form.note),
             ],
-            "Resolve it",
+            label,
         );
     }
     let asked = ResolveRequest {
@@ -1214,19 +1243,25 @@ async fn resolve(
         event_key: form.event_key.clone(),
         note: form.note.clone(),
     };
-    let record = resolve_action(&api, &asked, &format!("console:{}", session.key.name)).await?;
-    audit(
-        &api,
-        &session.key,
-        "console/parked/resolve",
-        &json!({ "payment_key": asked.payment_key, "event_key": asked.event_key, "note": asked.note }),
-        &record,
-    )
-    .await?;
+    let record = action
+        .act(api, &asked, &format!("console:{}", session.key.name))
+        .await?;
+    let name = format!("console/parked/{}", action.name());
+    audit(api, &session.key, &name, &asked.asked(), &record).await?;
+    let (title, done) = match action {
+        ParkedAction::Resolve => (
+            "Resolved",
+            html! { "Resolved: " (event) " is no longer parked." },
+        ),
+        ParkedAction::SetAside => (
+            "Set aside",
+            html! { "Set aside: " (event) " is a dead letter (reason set_aside), no longer parked. " a href="/console/dead-letters" { "Dead letters" } },
+        ),
+    };
     ok(
-        "Resolved",
+        title,
         &session,
-        html! { p role="status" { "Resolved: " code { (clip(&form.event_key)) } " is no longer parked." } p { a href="/console/parked" { "Parked events" } } },
+        html! { p role="status" { (done) } p { a href="/console/parked" { "Parked events" } } },
     )
 }
 

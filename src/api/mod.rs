@@ -37,6 +37,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::parked::SetAside;
 use crate::views;
 use crate::views::deliveries::Resent;
 use keys::{Key, Keys};
@@ -181,6 +182,7 @@ fn handler(op: Op) -> MethodRouter<Api> {
         Op::Resend => post(resend),
         Op::Reconcile => get(reconcile_latest),
         Op::ResolveParked => post(resolve_parked),
+        Op::DeadLetterParked => post(dead_letter_parked),
     }
 }
 
@@ -522,23 +524,100 @@ struct ResolveRequest {
     note: String,
 }
 
+impl ResolveRequest {
+    /// What the audit record says was asked.
+    fn asked(&self) -> Value {
+        json!({ "payment_key": self.payment_key, "event_key": self.event_key, "note": self.note })
+    }
+}
+
+/// What an operator does with a parked event: resolve it, or set it aside
+/// as a dead letter.
+#[derive(Debug, Clone, Copy)]
+enum ParkedAction {
+    Resolve,
+    SetAside,
+}
+
+impl ParkedAction {
+    /// Its name in the paths and the audit records.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Resolve => "resolve",
+            Self::SetAside => "dead-letter",
+        }
+    }
+
+    /// Does it, on behalf of `by`: the record.
+    async fn act(self, api: &Api, asked: &ResolveRequest, by: &str) -> Result<Value, ApiError> {
+        match self {
+            Self::Resolve => resolve_action(api, asked, by).await,
+            Self::SetAside => dead_letter_action(api, asked, by).await,
+        }
+    }
+}
+
 async fn resolve_parked(
     State(api): State<Api>,
     axum::Extension(Caller(key)): axum::Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let asked: ResolveRequest = parse(&body)?;
-    let by = format!("api:{}", key.name);
-    let record = resolve_action(&api, &asked, &by).await?;
-    audit(
-        &api,
-        &key,
-        "parked/resolve",
-        &json!({ "payment_key": asked.payment_key, "event_key": asked.event_key, "note": asked.note }),
-        &record,
-    )
-    .await?;
+    on_parked(&api, &key, &body, ParkedAction::Resolve).await
+}
+
+async fn dead_letter_parked(
+    State(api): State<Api>,
+    axum::Extension(Caller(key)): axum::Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    on_parked(&api, &key, &body, ParkedAction::SetAside).await
+}
+
+async fn on_parked(
+    api: &Api,
+    key: &Key,
+    body: &[u8],
+    action: ParkedAction,
+) -> Result<Response, ApiError> {
+    let asked: ResolveRequest = parse(body)?;
+    let record = action
+        .act(api, &asked, &format!("api:{}", key.name))
+        .await?;
+    let name = format!("parked/{}", action.name());
+    audit(api, key, &name, &asked.asked(), &record).await?;
     ok(&record)
+}
+
+/// Sets a parked event aside as a dead letter with the operator's note.
+async fn dead_letter_action(
+    api: &Api,
+    asked: &ResolveRequest,
+    by: &str,
+) -> Result<Value, ApiError> {
+    if asked.note.trim().is_empty() {
+        return Err(ApiError::bad("a note is needed: why it is set aside"));
+    }
+    match crate::parked::dead_letter(
+        &api.backends,
+        &asked.payment_key,
+        &asked.event_key,
+        &asked.note,
+        by,
+    )
+    .await?
+    {
+        SetAside::Done(record) => Ok(record),
+        SetAside::NotParked => Err(ApiError::not_found(
+            "not parked there (applied meanwhile, or resolved before)",
+        )),
+        SetAside::NotReceived(id) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "notification {id} is not among the archive's received notifications (a status \
+                 query's or a settlement file's event has none to redrive): resolve it instead"
+            ),
+        )),
+    }
 }
 
 /// Takes a parked event out of the ledger with the operator's note.

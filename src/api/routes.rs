@@ -22,6 +22,7 @@ pub enum Op {
     Resend,
     Reconcile,
     ResolveParked,
+    DeadLetterParked,
 }
 
 /// Where a parameter is.
@@ -195,6 +196,18 @@ pub const ROUTES: &[Route] = &[
         errors: &[400, 403, 404],
     },
     Route {
+        op: Op::DeadLetterParked,
+        method: "post",
+        path: "/api/v1/parked/dead-letter",
+        scope: ApiScope::Operate,
+        id: "deadLetterParked",
+        summary: "Sets a parked event aside: its notification becomes a dead letter (reason set_aside, pointing at its archived bytes, with the note) and the event leaves the ledger; a redrive brings it back once its payment can take it. 409 for an event with no received notification to redrive (a status query's or a settlement file's: resolve it instead).",
+        params: &[],
+        body: Some("ResolveRequest"),
+        answer: "SetAsideResult",
+        errors: &[400, 403, 404, 409],
+    },
+    Route {
         op: Op::Endpoints,
         method: "get",
         path: "/api/v1/deliveries/endpoints",
@@ -358,6 +371,11 @@ fn schemas() -> Value {
         "ResolveResult": object(&["notification_id", "payment_key", "event_key", "note", "resolved_at"], json!({
             "notification_id": text, "payment_key": text, "event_key": text, "kind": text,
             "amount": decimal, "conflict": text_or_null, "note": text, "by": text, "resolved_at": time,
+        })),
+        "SetAsideResult": object(&["notification_id", "payment_key", "event_key", "archive_key", "reason", "removed"], json!({
+            "notification_id": text, "payment_key": text, "event_key": text, "archive_key": text,
+            "reason": text, "note": text, "by": text, "removed": { "type": "boolean" },
+            "dead_lettered_at": time,
         })),
         "ReconcileRecord": object(&["at", "clean", "report"], json!({
             "key": text, "at": time, "clean": { "type": "boolean" },

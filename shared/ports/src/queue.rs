@@ -169,6 +169,12 @@ pub trait Queue: Send + Sync {
 /// - `purge_dead_letters` deletes dead letters (all, or those with
 ///   `reason`) and returns them; their notifications stay in the archive.
 /// - `dlq_depth` counts them (approximate on SQS).
+/// - `put_dead_letter` adds a dead letter no delivery carried (an
+///   operator's: a parked event set aside), listed under `id` with a
+///   receive count of zero, its `body` a queue message's. Putting one whose
+///   id is already a dead letter replaces it where the store can (SQLite);
+///   SQS lists both, and redriving both applies the notification once
+///   (the second is a duplicate).
 #[async_trait]
 pub trait DeadLetters: Send + Sync {
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
@@ -184,6 +190,13 @@ pub trait DeadLetters: Send + Sync {
         progress: Progress<'_>,
     ) -> Result<Vec<DeadLetter>, QueueError>;
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
+    async fn put_dead_letter(
+        &self,
+        id: &str,
+        body: &[u8],
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError>;
 }
 
 /// Conveniences over [`DeadLetters`], written once for every store.

@@ -29,6 +29,9 @@ pub enum DeadLetterReason {
     /// Received `max_receives` times without being settled (the worker
     /// crashed or hung on it): moved by the queue itself.
     MaxReceivesExceeded,
+    /// An operator set a parked event aside: its notification waits here
+    /// instead of in the ledger, for a redrive once its payment can take it.
+    SetAside,
 }
 
 impl DeadLetterReason {
@@ -43,6 +46,7 @@ impl DeadLetterReason {
             Self::RetriesExhausted => "retries_exhausted",
             Self::Panic => "panic",
             Self::MaxReceivesExceeded => "max_receives_exceeded",
+            Self::SetAside => "set_aside",
         }
     }
 }

@@ -210,6 +210,13 @@ decorators! {
         progress: Progress<'_>,
     ) -> Result<Vec<DeadLetter>, QueueError>, fault "purge";
     async fn dlq_depth(&self) -> Result<u64, QueueError>;
+    async fn put_dead_letter(
+        &self,
+        id: &str,
+        body: &[u8],
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError>, fault "dead_letter", metric "dead_letter";
 }
 
 decorators! {

@@ -284,6 +284,36 @@ impl SqsQueue {
 
 #[async_trait]
 impl DeadLetters for SqsQueue {
+    /// Sent to the DLQ with the attributes a worker's dead letter has.
+    async fn put_dead_letter(
+        &self,
+        id: &str,
+        body: &[u8],
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let mut attributes = HashMap::new();
+        for (k, v) in [
+            ("reason", reason),
+            ("error", error),
+            ("receive_count", "0"),
+            ("original_id", id),
+        ] {
+            if let Some(a) = text(v) {
+                attributes.insert(k.to_owned(), a);
+            }
+        }
+        self.client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(String::from_utf8_lossy(body))
+            .set_message_attributes(Some(attributes))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let messages = self.scan_dlq(limit, 5).await?;
         self.release(&messages).await;

@@ -329,4 +329,36 @@ impl DeadLetters for LocalQueue {
     async fn dlq_depth(&self) -> Result<u64, QueueError> {
         self.count("SELECT COUNT(*) FROM dead_letters").await
     }
+
+    /// Into the first shard's dead letters (each shard's go back to its
+    /// own queue).
+    async fn put_dead_letter(
+        &self,
+        id: &str,
+        body: &[u8],
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let (id, body, reason, error) = (
+            id.to_owned(),
+            body.to_vec(),
+            reason.to_owned(),
+            error.to_owned(),
+        );
+        let shards = self.shards();
+        shards[0]
+            .write(move |tx| {
+                // One dead letter per id, over every shard's table: this
+                // shard's replaces its own.
+                exec(
+                    tx,
+                    "INSERT OR REPLACE INTO dead_letters (id, body, reason, error, receive_count, dead_at)
+                     VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+                    params![id, body, reason, error, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
+    }
 }
