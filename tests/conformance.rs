@@ -722,7 +722,13 @@ async fn payments_are_found_by_the_merchants_order_id(kind: Kind) {
 async fn a_payment_search_pages_through_every_match_once(kind: Kind) {
     use paynotify_shared::ports::{PaymentSearch, SearchCursor};
     let dir = tempfile::tempdir().unwrap();
-    let b = backends(kind, dir.path(), 30, 5).await;
+    // On DynamoDB, scan pages of two items: a search then reads many pages,
+    // several of them with no match, and continues from each one's
+    // LastEvaluatedKey (an emulator's small table is otherwise one page).
+    let b = support::backends_tweaked(kind, dir.path(), 30, 5, |c| {
+        c.aws.search_page_items = Some(2);
+    })
+    .await;
     let l = &b.ledger;
     let at = |source: &str, merchant: &str, key: &str| {
         let mut e = event(key, &format!("{key}-e"), EventKind::Payment, 1000);
@@ -770,6 +776,8 @@ async fn a_payment_search_pages_through_every_match_once(kind: Kind) {
     l.write(&parking(&early, "n", 0)).await.unwrap();
     let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
 
+    let short_pages = std::sync::atomic::AtomicUsize::new(0);
+    let short_pages = &short_pages;
     let search = |q: PaymentSearch| async move {
         let mut keys = Vec::new();
         let mut cursor: Option<SearchCursor> = None;
@@ -782,6 +790,9 @@ async fn a_payment_search_pages_through_every_match_once(kind: Kind) {
                 .await
                 .unwrap();
             assert!(page.payments.len() <= q.limit, "{page:?}");
+            if page.payments.len() < q.limit && page.next.is_some() {
+                short_pages.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             for p in &page.payments {
                 assert_eq!(
                     p.order_id.as_deref(),
@@ -826,10 +837,17 @@ async fn a_payment_search_pages_through_every_match_once(kind: Kind) {
         .await,
         ["u#m2#s4", "u#m2#s5"]
     );
+    let before_refunded = short_pages.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         search(q(|q| q.status = Some(PaymentStatus::Refunded))).await,
         ["u#m#s2"]
     );
+    if kind == Kind::Aws {
+        assert!(
+            short_pages.load(std::sync::atomic::Ordering::SeqCst) > before_refunded,
+            "the search never continued past a page without its match"
+        );
+    }
     assert_eq!(
         search(q(|q| q.updated_from = Some(
             time::OffsetDateTime::now_utc() + time::Duration::hours(1)

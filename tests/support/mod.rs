@@ -151,12 +151,24 @@ pub async fn backends(
     visibility_timeout_secs: u32,
     max_receives: u32,
 ) -> Backends {
+    backends_tweaked(kind, dir, visibility_timeout_secs, max_receives, |_| {}).await
+}
+
+/// As [`backends`], the configuration changed by `tweak` once prepared.
+pub async fn backends_tweaked(
+    kind: Kind,
+    dir: &std::path::Path,
+    visibility_timeout_secs: u32,
+    max_receives: u32,
+    tweak: impl FnOnce(&mut BackendConfig),
+) -> Backends {
     let mut config = BackendConfig {
         visibility_timeout_secs,
         max_receives,
         ..BackendConfig::default()
     };
     prepare(kind, &mut config, dir).await;
+    tweak(&mut config);
     backend::build(&config).await.expect("opening backends")
 }
 

@@ -41,7 +41,7 @@ impl Default for ApiConfig {
 }
 
 fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9092))
+    SocketAddr::from(([127, 0, 0, 1], 9093))
 }
 
 /// The console's users as an Application Load Balancer's OIDC sign-in
@@ -168,6 +168,18 @@ impl ApiConfig {
                     .into(),
             );
         }
+        if let Some(listen) = self.listen {
+            let same_port = listen.port() != 0 && listen.port() == self.admin_listen.port();
+            let same_ip = listen.ip() == self.admin_listen.ip()
+                || listen.ip().is_unspecified()
+                || self.admin_listen.ip().is_unspecified();
+            if same_port && same_ip {
+                return Err(format!(
+                    "api.admin_listen ({}) is api.listen's address: paynotify-api's health checks have their own",
+                    self.admin_listen
+                ));
+            }
+        }
         if let Some(oidc) = &self.oidc {
             oidc.keys_url()?;
             if oidc.issuer.is_empty() {
@@ -186,5 +198,50 @@ impl ApiConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oidc(arn: &str, issuer: &str) -> AlbOidcConfig {
+        AlbOidcConfig {
+            load_balancer_arn: arn.into(),
+            issuer: issuer.into(),
+            public_keys_url: None,
+            operators: vec![],
+            readers: vec![],
+            form_secret: SecretRef::File("/s".into()),
+        }
+    }
+
+    #[test]
+    fn a_console_behind_the_load_balancer_needs_no_keys_but_a_valid_sign_in() {
+        let arn = "arn:aws:elasticloadbalancing:eu-west-1:1:loadbalancer/app/a/b";
+        let mut c = ApiConfig {
+            listen: Some("127.0.0.1:8082".parse().unwrap()),
+            ..ApiConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("api.keys is empty"));
+        c.oidc = Some(oidc(arn, "https://idp.example.com"));
+        assert_eq!(c.validate(), Ok(()));
+        c.oidc = Some(oidc(arn, ""));
+        assert!(c.validate().unwrap_err().contains("issuer"));
+        c.oidc = Some(oidc("arn:aws:s3:::bucket", "https://idp.example.com"));
+        assert!(c.validate().unwrap_err().contains("load balancer"));
+    }
+
+    #[test]
+    fn the_admin_listener_is_not_the_apis() {
+        let arn = "arn:aws:elasticloadbalancing:eu-west-1:1:loadbalancer/app/a/b";
+        let mut c = ApiConfig {
+            listen: Some("0.0.0.0:9093".parse().unwrap()),
+            oidc: Some(oidc(arn, "https://idp.example.com")),
+            ..ApiConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("admin_listen"));
+        c.listen = Some("127.0.0.1:9092".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -73,6 +73,10 @@ pub struct AwsConfig {
     /// nothing reads it: the emulator slows every write of a table with a
     /// stream.
     pub ledger_stream: bool,
+    /// The most items one `Scan` page of a payment search reads
+    /// (DynamoDB's `Limit`). Unset: DynamoDB's own 1 MB pages. Only for
+    /// tests of the paging, which an emulator's small tables never reach.
+    pub search_page_items: Option<u32>,
 }
 
 impl Default for AwsConfig {
@@ -93,6 +97,7 @@ impl Default for AwsConfig {
             operation_timeout_ms: 4_500,
             call_log: None,
             ledger_stream: true,
+            search_page_items: None,
         }
     }
 }

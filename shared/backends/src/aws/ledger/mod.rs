@@ -97,6 +97,8 @@ const MAX_TRANSACTION_ITEMS: usize = 100;
 pub struct DynamoLedger {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// `backend.aws.search_page_items`.
+    search_page_items: Option<i32>,
 }
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
@@ -158,6 +160,9 @@ impl DynamoLedger {
         Self {
             client: clients.dynamodb.clone(),
             table: config.table.clone(),
+            search_page_items: config
+                .search_page_items
+                .map(|n| i32::try_from(n.max(1)).unwrap_or(i32::MAX)),
         }
     }
 
@@ -244,6 +249,7 @@ impl Ledger for DynamoLedger {
                 .expression_attribute_names("#st", "status")
                 .set_expression_attribute_values(Some(values.clone()))
                 .set_exclusive_start_key(start.take())
+                .set_limit(self.search_page_items)
                 .send()
                 .await
                 .map_err(|e| unavailable(cause(e)))?;
