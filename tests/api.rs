@@ -258,6 +258,41 @@ async fn a_payment_reads_as_the_ledger_holds_it(kind: Kind) {
     // The simulator's purchase of api1 is order oapi1 (its orderId).
     assert_eq!(body["order_id"], "oapi1");
     let by_id = body.clone();
+    // Expanded: each event's notification where the archive holds it, and
+    // its verdict; the rest as without.
+    let (status, expanded) = c
+        .get(&format!(
+            "/api/v1/payments/unionpay/{MERCHANT}/api1?expand=notifications"
+        ))
+        .await;
+    assert_eq!(status, 200, "{expanded}");
+    let history = expanded["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{expanded}");
+    for (event, plain) in history.iter().zip(by_id["history"].as_array().unwrap()) {
+        let key = event["archive_key"].as_str().unwrap_or_default();
+        assert!(key.starts_with("raw/source=unionpay/"), "{event}");
+        assert_eq!(event["verification"], json!({ "valid": true }), "{event}");
+        let (_, notification) = c
+            .get(&format!(
+                "/api/v1/notifications/{}",
+                event["notification_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(notification["archive_key"], event["archive_key"]);
+        let mut without = event.clone();
+        let o = without.as_object_mut().unwrap();
+        o.remove("archive_key");
+        o.remove("verification");
+        assert_eq!(&without, plain);
+    }
+    assert_eq!(
+        c.get(&format!(
+            "/api/v1/payments/unionpay/{MERCHANT}/api1?expand=everything"
+        ))
+        .await
+        .0,
+        400
+    );
     let (status, body) = c.get("/api/v1/payments?order_id=oapi1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["order_id"], "oapi1");

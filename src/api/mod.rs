@@ -271,15 +271,25 @@ fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
 async fn payment(
     State(api): State<Api>,
     Path((source, merchant, reference)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     if !api.config.sources.contains_key(&source) {
         return Err(ApiError::not_found(format!("no source {source:?}")));
     }
+    let expand = match query.get("expand").map(String::as_str) {
+        None | Some("") => false,
+        Some("notifications") => true,
+        Some(_) => return Err(ApiError::bad("expand is notifications, or absent")),
+    };
     let found = views::payment::find_payment(&api.backends, &source, &merchant, &reference).await?;
     if !found.exists() {
         return Err(ApiError::not_found("the ledger has no such payment"));
     }
-    ok(&found.to_json())
+    if expand {
+        ok(&found.to_json_expanded(&api.config, &api.backends).await?)
+    } else {
+        ok(&found.to_json())
+    }
 }
 
 async fn payments_by_order(

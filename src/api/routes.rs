@@ -86,6 +86,7 @@ pub const ROUTES: &[Route] = &[
             ("source", In::Path, "The configured source (e.g. unionpay)."),
             ("merchant", In::Path, "The merchant id at the PSP (UnionPay merId)."),
             ("reference", In::Path, "The PSP's id of the payment (UnionPay queryId); a completion's own id leads to its payment."),
+            ("expand", In::Query, "notifications: each event and parked event also gets archive_key (where the archive holds its notification) and verification (valid, or the failing step and why, verified again now); null for one that is not among the received notifications. A read of the archive per notification."),
         ],
         body: None,
         answer: "Payment",
@@ -291,6 +292,10 @@ fn schemas() -> Value {
                 "event_key": text, "kind": text, "outcome": text, "recorded_at": time,
                 "notification_id": text, "status_after": text_or_null,
                 "amount": { "oneOf": [decimal, { "type": "null" }] },
+                "archive_key": { "type": ["string", "null"], "description": "With expand=notifications: where the archive holds the notification." },
+                "verification": { "oneOf": [{ "type": "null" }, object(&["valid"], json!({
+                    "valid": { "type": "boolean" }, "error": text, "step": text, "message": text,
+                }))], "description": "With expand=notifications: the notification verified again now." },
             })) },
             "parked": { "type": "array", "items": { "type": "object" } },
         })),

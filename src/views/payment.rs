@@ -44,6 +44,83 @@ impl Found {
     }
 }
 
+/// The most notifications one payment's expanded answer looks up.
+pub const MAX_EXPANDED: usize = 50;
+
+impl Found {
+    /// [`Found::to_json`] with, on each event and parked event, where the
+    /// archive holds its notification (`archive_key`) and the notification
+    /// verified again at its receive time with the configuration now
+    /// (`verification`: `valid`, or the failing `step` and why): `null`
+    /// for a notification that is not among the archive's received ones
+    /// (a status query's or a settlement file's) or past the first
+    /// [`MAX_EXPANDED`]. Each is found in the archive by its id (its hour's
+    /// keys): a read of the archive per notification, only when asked.
+    ///
+    /// # Errors
+    /// The archive's, or a source's verifier that cannot be loaded.
+    pub async fn to_json_expanded(
+        &self,
+        config: &paynotify_shared::config::Config,
+        backends: &Backends,
+    ) -> anyhow::Result<Value> {
+        let mut out = self.to_json();
+        let ids: Vec<&str> = self
+            .history
+            .iter()
+            .map(|e| e.notification_id.as_str())
+            .chain(self.parked.iter().map(|p| p.notification_id.as_str()))
+            .collect();
+        let mut seen = std::collections::HashMap::new();
+        for id in ids {
+            if seen.contains_key(id) {
+                continue;
+            }
+            let value = if seen.len() < MAX_EXPANDED {
+                expanded(config, backends, id).await?
+            } else {
+                (Value::Null, Value::Null)
+            };
+            seen.insert(id.to_owned(), value);
+        }
+        for list in ["history", "parked"] {
+            for entry in out[list].as_array_mut().into_iter().flatten() {
+                let id = entry["notification_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let (archive_key, verification) = seen.get(&id).cloned().unwrap_or_default();
+                entry["archive_key"] = archive_key;
+                entry["verification"] = verification;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where notification `id` is archived and its verdict now; nulls when it
+/// is not among the received notifications.
+async fn expanded(
+    config: &paynotify_shared::config::Config,
+    backends: &Backends,
+    id: &str,
+) -> anyhow::Result<(Value, Value)> {
+    let Some((location, envelope)) = super::notification::find(backends, id).await? else {
+        return Ok((Value::Null, Value::Null));
+    };
+    let body = envelope.body_bytes().unwrap_or_default();
+    let full = super::dead_letters::verification(config, backends, &envelope, &body).await?;
+    let mut verdict = json!({ "valid": full["valid"] });
+    for k in ["error", "step", "message", "ignored"] {
+        if !full[k].is_null() {
+            verdict[k] = full[k].clone();
+        }
+    }
+    let text = verdict.to_string();
+    let masked = paynotify_shared::telemetry::mask_card_numbers(&text);
+    Ok((json!(location.to_string()), serde_json::from_str(&masked)?))
+}
+
 /// The payment `reference` names (a pre-authorization completion's own id
 /// leads to its payment), with its events and what is parked.
 ///
