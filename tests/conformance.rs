@@ -53,6 +53,7 @@ on_both_backends!(
     a_payment_search_pages_through_every_match_once,
     a_dead_letter_is_redriven_by_its_id_alone,
     a_dead_letter_put_by_an_operator_is_listed_and_redriven,
+    the_ledger_counts_what_it_recorded_lately_where_it_can,
 );
 
 async fn archive_put_is_create_only(kind: Kind) {
@@ -283,6 +284,34 @@ async fn a_dead_letter_put_by_an_operator_is_listed_and_redriven(kind: Kind) {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].body, body);
     assert!(d.dlq_list(10).await.unwrap().is_empty());
+}
+
+async fn the_ledger_counts_what_it_recorded_lately_where_it_can(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(kind, dir.path(), 30, 5).await;
+    let l = &b.ledger;
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    for key in ["c1", "c2", "c3"] {
+        let e = event(key, &format!("{key}-e"), EventKind::Payment, 1000);
+        let Transition::Apply(state) = transition(None, &e) else {
+            panic!()
+        };
+        l.apply(&e, "n", Some(&state), 0).await.unwrap();
+    }
+    // A parked event is not recorded.
+    l.write(&parking(&event("c9", "c9-r", EventKind::Refund, 1), "n", 0))
+        .await
+        .unwrap();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let (since, none_since) = (
+        l.recorded_since(before).await.unwrap(),
+        l.recorded_since(later).await.unwrap(),
+    );
+    match kind {
+        Kind::Local => assert_eq!((since, none_since), (Some(3), Some(0))),
+        // No index by time: it says so rather than scan.
+        Kind::Aws => assert_eq!((since, none_since), (None, None)),
+    }
 }
 
 async fn queue_dead_letter_keeps_reason_and_receive_count(kind: Kind) {
@@ -1530,6 +1559,12 @@ impl paynotify_shared::ports::Ledger for Lagging {
     }
     async fn write(&self, w: &LedgerWrite) -> Result<ApplyOutcome, LedgerError> {
         self.inner.write(w).await
+    }
+    async fn recorded_since(
+        &self,
+        since: time::OffsetDateTime,
+    ) -> Result<Option<u64>, LedgerError> {
+        self.inner.recorded_since(since).await
     }
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError> {
         self.inner.history(key).await

@@ -585,6 +585,12 @@ async fn home(State(api): State<Api>, axum::Extension(session): axum::Extension<
         .map_err(anyhow::Error::from)?;
     let counts = ParkedCounts::of(&parked, now, api.config.worker.parked_alert_secs);
     let received = received_last_hour(&api, now).await?;
+    let applied = api
+        .backends
+        .ledger
+        .recorded_since(now - time::Duration::hours(1))
+        .await
+        .map_err(anyhow::Error::from)?;
     // A backend that keeps no deliveries has no endpoints to fail; a store
     // that fails to answer is an error, not zero.
     let endpoints = if views::deliveries::store_of(&api.backends).is_ok() {
@@ -612,6 +618,10 @@ async fn home(State(api): State<Api>, axum::Extension(session): axum::Extension<
                 p.note { "Notifications archived, by five minutes, oldest on the left." }
             }
             section.tiles aria-label="Now" {
+                @match applied {
+                    Some(n) => div.tile { span.n { (n) } span { "applied in the last hour" } },
+                    None => div.tile title="The DynamoDB ledger keeps no index by time: the dashboard's queue graph shows the messages settled." { span.n { "–" } span { "applied in the last hour (see the dashboard)" } },
+                }
                 div.tile { span.n { (stats.visible) } span { "waiting in the queue" } }
                 div.tile { span.n { (stats.in_flight) } span { "being applied" } }
                 div.tile { span.n { (stats.oldest_age.map(|a| format!("{} s", a.as_secs())).unwrap_or_else(|| "–".into())) } span { "oldest waiting" } }

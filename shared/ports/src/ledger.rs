@@ -339,11 +339,16 @@ pub struct PaymentPage {
 ///   (applied meanwhile, or removed before). A write planned on a view that
 ///   still showed it is refused as `VersionConflict`, as for any event no
 ///   longer parked.
+/// - `recorded_since` counts the events recorded at or after `since` (what
+///   the workers applied, recorded or resolved into the ledger), where the
+///   store keeps an index by that time; `None` where it does not
+///   (DynamoDB: the operator's dashboard counts them instead), never a scan.
 #[async_trait]
 pub trait Ledger: Send + Sync {
     async fn load(&self, key: &PaymentKey) -> Result<PaymentEntry, LedgerError>;
     async fn write(&self, write: &LedgerWrite) -> Result<ApplyOutcome, LedgerError>;
     async fn history(&self, key: &PaymentKey) -> Result<Vec<EventRecord>, LedgerError>;
+    async fn recorded_since(&self, since: OffsetDateTime) -> Result<Option<u64>, LedgerError>;
     /// Whether the event key is already recorded (or parked) for this payment.
     async fn contains_event(
         &self,

@@ -265,6 +265,7 @@ decorators! {
     ) -> Result<Option<ParkedEvent>, LedgerError>, about key;
     async fn payments_by_order(&self, order_id: &str, limit: usize) -> Result<Vec<PaymentKey>, LedgerError>;
     async fn search_payments(&self, search: &PaymentSearch) -> Result<PaymentPage, LedgerError>;
+    async fn recorded_since(&self, since: OffsetDateTime) -> Result<Option<u64>, LedgerError>;
 }
 
 decorators! {

@@ -262,6 +262,21 @@ impl Ledger for LocalLedger {
             .map_err(unavailable)
     }
 
+    async fn recorded_since(&self, since: OffsetDateTime) -> Result<Option<u64>, LedgerError> {
+        let since = unix_ms(since);
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM events WHERE recorded_at >= ?1",
+                    params![since],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .map(|n| Some(n.max(0) as u64))
+            .map_err(unavailable)
+    }
+
     async fn events_between(
         &self,
         source: &str,
