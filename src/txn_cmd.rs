@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use paynotify::views::payment::{
-    event_json, find_by_order, find_payment, parked_json, time, Found,
+    event_json, find_by_order, find_payment, order_lookup_refused, parked_json, time, Found,
 };
 use paynotify_shared::money::display_minor;
 use paynotify_shared::ports::ParkedEvent;
@@ -121,7 +121,10 @@ fn summary(asked: &str, found: &Found) -> String {
 /// # Errors
 /// Configuration or backend errors.
 pub async fn find_order(args: Find) -> anyhow::Result<ExitCode> {
-    let (_, backends) = args.config.open().await?;
+    let (config, backends) = args.config.open().await?;
+    if let Some(why) = order_lookup_refused(&config.backend) {
+        anyhow::bail!(why);
+    }
     let found = find_by_order(&backends, &args.order_id).await?;
     if args.json {
         crate::print_stdout(&serde_json::to_string_pretty(&json!({

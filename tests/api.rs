@@ -770,6 +770,49 @@ async fn a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it(kind: Ki
     }
 }
 
+/// With `backend.aws.order_index = false` a payment's item names no order
+/// (no write to the `orders` index), and a lookup by order id says why it
+/// cannot answer instead of answering that there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_order_index_off_no_order_is_indexed_and_lookups_say_so() {
+    let t = spawn_with(Kind::Aws, |c| c.backend.aws.order_index = false).await;
+    let c = Client::of(&t);
+    t.sim.send(t.sim.purchase("api12", 1000)).await;
+    t.wait_for_status("api12", PaymentStatus::Paid).await;
+    let aws = &t.config.backend.aws;
+    let clients = paynotify_shared::backend::aws::Clients::new(aws).await;
+    let item = clients
+        .dynamodb
+        .get_item()
+        .table_name(&aws.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("unionpay#{MERCHANT}#api12")),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("STATE".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the payment's item");
+    assert!(item.contains_key("status"), "{item:?}");
+    assert!(!item.contains_key("gsi_order"), "{item:?}");
+    let (status, body) = c.get("/api/v1/payments?order_id=oapi12").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("order_index"),
+        "{body}"
+    );
+    // By the PSP's id, as ever; the view has no order then.
+    let (status, body) = c
+        .get(&format!("/api/v1/payments/unionpay/{MERCHANT}/api12"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Setting a parked event aside: its notification is a dead letter, the
 /// event leaves the ledger, reconcile keeps reporting it until a redrive
 /// applies it once its payment is there.

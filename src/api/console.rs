@@ -711,10 +711,19 @@ async fn payments(
     let (source, merchant, reference) = (given(&q.source), given(&q.merchant), given(&q.reference));
     let (asked, found): (Option<String>, Vec<Found>) =
         match (&order, &source, &merchant, &reference) {
-            (Some(o), ..) => (
-                Some(format!("order {o}")),
-                views::payment::find_by_order(&api.backends, o).await?,
-            ),
+            (Some(o), ..) => {
+                if let Some(why) = views::payment::order_lookup_refused(&api.config.backend) {
+                    return Err(PageError(
+                        StatusCode::CONFLICT,
+                        why.into(),
+                        Some(Box::new(session)),
+                    ));
+                }
+                (
+                    Some(format!("order {o}")),
+                    views::payment::find_by_order(&api.backends, o).await?,
+                )
+            }
             (None, Some(s), Some(m), Some(r)) => {
                 let f = views::payment::find_payment(&api.backends, s, m, r).await?;
                 (

@@ -300,6 +300,9 @@ async fn payments_by_order(
         .get("order_id")
         .filter(|o| !o.is_empty())
         .ok_or_else(|| ApiError::bad("order_id is required"))?;
+    if let Some(why) = views::payment::order_lookup_refused(&api.config.backend) {
+        return Err(ApiError(StatusCode::CONFLICT, why.into()));
+    }
     let found = views::payment::find_by_order(&api.backends, order_id).await?;
     ok(&json!({
         "order_id": order_id,

@@ -162,6 +162,17 @@ async fn with_history(
 /// The most payments one order id lists.
 pub const MAX_PER_ORDER: usize = 100;
 
+/// Why payments cannot be found by order id on this backend, if they
+/// cannot: a DynamoDB ledger whose writes leave the order out
+/// (`backend.aws.order_index = false`).
+pub fn order_lookup_refused(
+    config: &paynotify_shared::config::BackendConfig,
+) -> Option<&'static str> {
+    (config.kind == paynotify_shared::config::BackendKind::Aws && !config.aws.order_index).then_some(
+        "payments are not indexed by order id here (backend.aws.order_index = false): find them by the PSP's id",
+    )
+}
+
 /// The payments whose creating event named `order_id` as the merchant's
 /// order (several when an order was paid again after a failure, or at two
 /// sources), each as [`find_payment`] reads it, in key order.

@@ -77,6 +77,12 @@ pub struct AwsConfig {
     /// (DynamoDB's `Limit`). Unset: DynamoDB's own 1 MB pages. Only for
     /// tests of the paging, which an emulator's small tables never reach.
     pub search_page_items: Option<u32>,
+    /// Whether a payment's item names the merchant's order for the table's
+    /// `orders` index (payments by order id, and `order_id` in the stream's
+    /// outgoing events). Off, a payment created costs one index write less
+    /// (BENCHMARKS.md, "Payments by the merchant's order id"), and lookups
+    /// by order id are refused.
+    pub order_index: bool,
 }
 
 impl Default for AwsConfig {
@@ -98,6 +104,7 @@ impl Default for AwsConfig {
             call_log: None,
             ledger_stream: true,
             search_page_items: None,
+            order_index: true,
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct DynamoLedger {
     table: String,
     /// `backend.aws.search_page_items`.
     search_page_items: Option<i32>,
+    /// `backend.aws.order_index`.
+    order_index: bool,
 }
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
@@ -163,6 +165,7 @@ impl DynamoLedger {
             search_page_items: config
                 .search_page_items
                 .map(|n| i32::try_from(n.max(1)).unwrap_or(i32::MAX)),
+            order_index: config.order_index,
         }
     }
 

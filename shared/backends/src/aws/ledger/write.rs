@@ -60,6 +60,7 @@ impl DynamoLedger {
     /// the version, on the incoming event being new, and on the room inline
     /// or the count the spill was planned on.
     pub(super) fn main_expr(
+        &self,
         w: &LedgerWrite,
         records: &Records,
         spill_at: Option<u64>,
@@ -98,8 +99,8 @@ impl DynamoLedger {
         }
         // The merchant's order, from the event that creates the payment
         // (the `orders` index's key; kept once set, so that later writes
-        // change nothing the index holds).
-        if let Some(order) = order_of(w) {
+        // change nothing the index holds). Not at all with the index off.
+        if let Some(order) = order_of(w).filter(|_| self.order_index) {
             let (a, v) = (x.name("gsi_order"), x.value("order", s(order)));
             x.set.push(format!("{a} = if_not_exists({a}, {v})"));
         }
@@ -187,7 +188,7 @@ impl DynamoLedger {
         spill_at: Option<u64>,
         now: i64,
     ) -> Result<Option<Refusal>, LedgerError> {
-        let x = Self::main_expr(w, records, spill_at, now);
+        let x = self.main_expr(w, records, spill_at, now);
         let alone = matches!(w.incoming, Incoming::Record(_))
             && w.unparked.is_empty()
             && w.conflicts.is_empty()
