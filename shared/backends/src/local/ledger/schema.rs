@@ -36,8 +36,6 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (payment_key, event_key)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (source, psp_ms) WHERE psp_ms IS NOT NULL;
--- What was recorded in the last hour (the console's overview).
-CREATE INDEX IF NOT EXISTS events_by_recorded ON events (recorded_at);
 -- Payments by the merchant's order id (an event that creates a payment
 -- names it), written with the event.
 CREATE TABLE IF NOT EXISTS orders (
