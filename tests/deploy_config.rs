@@ -97,6 +97,8 @@ fn the_image_config_with_the_stack_environment_is_complete() {
     let arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/paynotify/50dc6c495c0c9188";
     let form =
         "arn:aws:secretsmanager:eu-west-1:123456789012:secret:paynotify/console/form-secret-AbCdEf";
+    let api_key =
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:paynotify/api/orders-service-AbCdEf";
     let console = [
         ("PAYNOTIFY__API__LISTEN", "0.0.0.0:8082".to_owned()),
         ("PAYNOTIFY__API__OIDC__LOAD_BALANCER_ARN", arn.to_owned()),
@@ -110,6 +112,12 @@ fn the_image_config_with_the_stack_environment_is_complete() {
         ),
         ("PAYNOTIFY__API__OIDC__READERS", "[]".to_owned()),
         (
+            "PAYNOTIFY__API__KEYS",
+            format!(
+                "[{{name=\"orders-service\",scope=\"read\",secret=\"secretsmanager:{api_key}\"}}]"
+            ),
+        ),
+        (
             "PAYNOTIFY__API__OIDC__FORM_SECRET",
             format!("secretsmanager:{form}"),
         ),
@@ -121,10 +129,30 @@ fn the_image_config_with_the_stack_environment_is_complete() {
     for (k, _) in env.iter().chain(&console) {
         std::env::remove_var(k);
     }
+    // The stack's default when it is given no keys.
+    for (k, v) in env.iter().chain(&console) {
+        std::env::set_var(k, v);
+    }
+    std::env::set_var("PAYNOTIFY__API__KEYS", "[]");
+    let without_keys = Config::load(BAKED.as_ref());
+    for (k, _) in env.iter().chain(&console) {
+        std::env::remove_var(k);
+    }
+    assert!(without_keys.unwrap().api.keys.is_empty());
     let api = with_console.unwrap().api;
     assert_eq!(api.listen, Some("0.0.0.0:8082".parse().unwrap()));
     assert_eq!(api.admin_listen, "0.0.0.0:9092".parse().unwrap());
-    assert!(api.keys.is_empty());
+    let [key] = api.keys.as_slice() else {
+        panic!("{:?}", api.keys)
+    };
+    assert_eq!(
+        (key.name.as_str(), key.scope),
+        ("orders-service", paynotify_shared::config::ApiScope::Read)
+    );
+    match &key.secret {
+        SecretRef::SecretsManager { arn, .. } => assert_eq!(arn, api_key),
+        SecretRef::File(path) => panic!("a file reference: {}", path.display()),
+    }
     let oidc = api.oidc.expect("api.oidc from the environment");
     assert_eq!(
         (oidc.load_balancer_arn.as_str(), oidc.issuer.as_str()),

@@ -310,6 +310,18 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
         .unwrap()
         .arn
         .unwrap();
+    // A service's key for the read API, under the prefix the role reads.
+    let api_key = "k".repeat(40);
+    let api_key_secret = clients
+        .secrets
+        .create_secret()
+        .name(format!("{}/api/orders-service", aws.queue))
+        .secret_string(&api_key)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
     let alb = Signer::new();
     let keys_url = paynotify::api::oidc::minted::key_server(vec![("k1", alb.public_pem())])
         .await
@@ -386,6 +398,12 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
                 "PAYNOTIFY__API__OIDC__FORM_SECRET",
                 format!("secretsmanager:{form_secret}"),
             ),
+            (
+                "PAYNOTIFY__API__KEYS",
+                format!(
+                    "[{{name=\"orders-service\",scope=\"read\",secret=\"secretsmanager:{api_key_secret}\"}}]"
+                ),
+            ),
         ],
     );
     let http = reqwest::Client::new();
@@ -426,6 +444,14 @@ async fn the_console_task_serves_an_operator_the_load_balancer_signed_in() {
     ] {
         get(&path).await;
     }
+    // A service, with its key and no sign-in: the API.
+    let r = http
+        .get(format!("{base}/api/v1/parked"))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
     let parked = get("/console/parked").await;
     let form_token = support::form_field(&parked, "token");
     let post = async |path: &str, form: &[(&str, String)]| {

@@ -524,13 +524,28 @@ def test_the_console_verifies_the_load_balancer_and_provider_that_sign_it_in():
     assert ingress["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"}
     for port in (int(group["Port"]), int(group["HealthCheckPort"])):
         assert ingress["FromPort"] <= port <= ingress["ToPort"], port
-    # Its role: the operator's policy, and its own form secret alone.
+    # Its role: the operator's policy, its own form secret, and the API's
+    # keys under the stack's own prefix alone.
     role = r["ConsoleTaskRole"]["Properties"]
     assert role["ManagedPolicyArns"] == [imported("OperatorPolicyArn")]
-    [inline] = role["Policies"]
-    [statement] = inline["PolicyDocument"]["Statement"]
-    assert statement == {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                         "Resource": {"Ref": "ConsoleFormSecret"}}, statement
+    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    assert statements == [
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "ConsoleFormSecret"}},
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Fn::Sub":
+            "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${Name}/api/*"}},
+    ], statements
+    # With keys, /api/ on the console's host is forwarded without the
+    # sign-in (the key authenticates), before the sign-in's rule; the keys
+    # reach the task only then.
+    api_rule = r["ConsoleApiListenerRule"]
+    assert api_rule["Condition"] == "ConsoleApiKeys"
+    api = api_rule["Properties"]
+    assert api["Priority"] < rule["Priority"]
+    assert {"Field": "path-pattern", "PathPatternConfig": {"Values": ["/api/*"]}} in api["Conditions"]
+    assert host in api["Conditions"]
+    assert api["Actions"] == [{"Type": "forward", "TargetGroupArn": {"Ref": "ConsoleTargetGroup"}}]
+    assert e["PAYNOTIFY__API__KEYS"] == {"Fn::If": ["ConsoleApiKeys", {"Ref": "ApiKeys"}, "[]"]}
+    assert CONTAINERS["Parameters"]["ApiKeys"]["Default"] == "[]"
     # The console's names fit the load balancer's limits too.
     pattern = CONTAINERS["Parameters"]["Name"]["AllowedPattern"]
     longest = int(re.search(r"\{1,(\d+)\}", pattern).group(1)) + 1
