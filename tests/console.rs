@@ -107,8 +107,10 @@ async fn an_operator_works_through_the_console_in_chromium() {
     }
     t.faults().ledger.set_down(false);
     t.faults().ledger.only_payment(None);
-    // A refund for a payment that never comes.
+    // A refund for a payment that never comes, and one whose payment is
+    // late (to set aside).
     t.sim.send(t.sim.refund("c4", "c4-r1", 300)).await;
+    t.sim.send(t.sim.refund("c5", "c5-r1", 200)).await;
     // The deliveries to the stopped receiver: retries spent, held.
     let store = paynotify::views::deliveries::store_of(&t.app().backends).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -128,7 +130,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
             .parked_before(time::OffsetDateTime::now_utc(), 10)
             .await
             .unwrap();
-        if !held.is_empty() && !parked.is_empty() {
+        if !held.is_empty() && parked.len() >= 2 {
             break held;
         }
         assert!(Instant::now() < deadline, "never held and parked");
@@ -155,6 +157,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         "redrive_reason": "retries_exhausted",
         "redriven_payment": "c3",
         "parked_payment": format!("unionpay#{MERCHANT}#c4"),
+        "set_aside_payment": format!("unionpay#{MERCHANT}#c5"),
         "resend_event": held[0].record.event_id,
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/console.py");
@@ -185,6 +188,13 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .await
         .unwrap()
         .is_empty());
+    // The one set aside is a dead letter, its notification's.
+    let dead = t.app().backends.dead_letters.dlq_list(10).await.unwrap();
+    assert!(
+        dead.iter()
+            .any(|d| d.reason == "set_aside" && d.error.contains("payment is late")),
+        "{dead:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !receiver
         .view()
@@ -214,6 +224,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         [
             "console/dead-letters/redrive",
             "console/deliveries/resend",
+            "console/parked/dead-letter",
             "console/parked/resolve"
         ],
         "only the operate key's confirmed actions were done"

@@ -195,6 +195,15 @@ with sync_playwright() as p:
     page.get_by_role("button", name="Resolve it").click()
     expect(page.get_by_role("status")).to_contain_text("is no longer parked")
 
+    # Set the other aside: a dead letter until its payment comes.
+    page.get_by_role("link", name="Parked", exact=True).click()
+    row = page.locator("tr", has_text=plan["set_aside_payment"])
+    row.get_by_label("Note").fill("payment is late at the PSP")
+    row.get_by_role("button", name="Set aside").click()
+    expect(page.get_by_role("heading", name="Confirm")).to_be_visible()
+    page.get_by_role("button", name="Set it aside").click()
+    expect(page.get_by_role("status")).to_contain_text("is a dead letter")
+
     # Resend a held delivery, after a confirmation.
     page.get_by_role("link", name="Deliveries").click()
     shot(page, "deliveries")
