@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod gateway_sim;
 pub mod parked;
+pub mod process;
 pub mod purge;
 pub mod receiver;
 pub mod reconcile;

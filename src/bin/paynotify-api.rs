@@ -4,25 +4,18 @@
 //! `/healthz`, `/readyz`, `/metrics`). The containers stack runs it behind
 //! the load balancer's OIDC sign-in (`api.oidc`).
 
-use std::time::Duration;
-
 use anyhow::Context;
-use paynotify_shared::admin::{self, Admin};
+use paynotify::process;
+use paynotify_shared::admin::Admin;
 use paynotify_shared::config::Config;
 use paynotify_shared::metered;
-use paynotify_shared::serve::{serve, Limits};
-use paynotify_shared::telemetry::{init_logging, shutdown_signal};
+use paynotify_shared::telemetry::init_logging;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging("info");
-    let mut args = std::env::args().skip(1);
-    let path = match (args.next().as_deref(), args.next()) {
-        (Some("--config"), Some(path)) => std::path::PathBuf::from(path),
-        _ => anyhow::bail!("usage: paynotify-api --config FILE"),
-    };
-    let config = Config::load(&path)?;
+    let config = Config::load(&process::config_path("paynotify-api")?)?;
     if config.api.listen.is_none() {
         anyhow::bail!("api.listen is not set: paynotify-api has nothing to serve");
     }
@@ -34,28 +27,19 @@ async fn main() -> anyhow::Result<()> {
     let api = paynotify::api::start(&config, &backends, &shutdown)
         .await?
         .context("api.listen is set, yet the API did not start")?;
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        token.cancel();
-    });
+    process::cancel_on_signal(shutdown.clone());
     tracing::info!(api = %api.addr, admin = %admin_listener.local_addr()?, "read API running");
-    let admin = tokio::spawn(serve(
+    let admin = process::serve_admin(
         admin_listener,
-        admin::router(Admin {
+        Admin {
             metrics,
             backends: backends.clone(),
             parked_alert_secs: config.worker.parked_alert_secs,
             // The ledger's parked events are the workers' metrics.
             sample_ledger: false,
-        }),
-        Limits {
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 64,
-            drain: Duration::from_secs(1),
         },
-        shutdown.clone(),
-    ));
+        &shutdown,
+    );
     let watch = paynotify_shared::stores::watch(&backends, shutdown.clone());
     api.task.await??;
     admin.await??;

@@ -2,17 +2,17 @@
 //! on the same backend.
 
 use anyhow::Context;
+use paynotify::process;
 use paynotify_ingest::IngestState;
 use paynotify_shared::config::Config;
 use paynotify_shared::metered;
-use paynotify_shared::telemetry::{init_logging, shutdown_signal};
+use paynotify_shared::telemetry::init_logging;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging("info");
-    let path = config_path()?;
-    let config = Config::load(&path)?;
+    let config = Config::load(&process::config_path("paynotify-ingest")?)?;
     if let Some(api) = config.api.listen {
         tracing::warn!(%api, "api.listen is set, but the read API runs in `paynotify serve` and `paynotify-api`: paynotify-ingest does not start it");
     }
@@ -25,11 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.ingest.admin_listen))?;
     let state = IngestState::new(&config, &backends, metrics, false);
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        token.cancel();
-    });
+    process::cancel_on_signal(shutdown.clone());
     tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "ingest serving");
     let watch = paynotify_shared::stores::watch(&backends, shutdown.clone());
     paynotify_ingest::run(listener, admin, state, &config.ingest, shutdown).await?;
@@ -37,13 +33,4 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("stopped: {why}");
     }
     Ok(())
-}
-
-/// `--config FILE` is the only argument.
-fn config_path() -> anyhow::Result<std::path::PathBuf> {
-    let mut args = std::env::args().skip(1);
-    match (args.next().as_deref(), args.next()) {
-        (Some("--config"), Some(path)) => Ok(path.into()),
-        _ => anyhow::bail!("usage: paynotify-ingest --config FILE"),
-    }
 }
