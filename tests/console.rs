@@ -123,13 +123,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
             })
             .await
             .unwrap();
-        let parked = t
-            .app()
-            .backends
-            .ledger
-            .parked_before(time::OffsetDateTime::now_utc(), 10)
-            .await
-            .unwrap();
+        let parked = t.parked_now().await;
         if !held.is_empty() && parked.len() >= 2 {
             break held;
         }
@@ -180,14 +174,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         t.payment("c3").await.map(|s| s.status),
         Some(PaymentStatus::Paid)
     );
-    assert!(t
-        .app()
-        .backends
-        .ledger
-        .parked_before(time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(t.parked_now().await.is_empty());
     // The one set aside is a dead letter, its notification's.
     let dead = t.app().backends.dead_letters.dlq_list(10).await.unwrap();
     assert!(

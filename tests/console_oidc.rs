@@ -87,15 +87,7 @@ async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
     // A refund before its purchase: something for the parked page.
     t.sim.send(t.sim.refund("o1", "o1-r1", 300)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while t
-        .app()
-        .backends
-        .ledger
-        .parked_before(time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap()
-        .is_empty()
-    {
+    while t.parked_now().await.is_empty() {
         assert!(Instant::now() < deadline, "the refund was never parked");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -206,14 +198,7 @@ async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
     // The operator, with the reader's form token: refused too.
     let r = resolve(ops.clone(), reader_token).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(!t
-        .app()
-        .backends
-        .ledger
-        .parked_before(time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(!t.parked_now().await.is_empty());
 
     // The operator, with the form token a page gave them, under a token
     // minted later (every request carries a fresh one).
@@ -225,14 +210,7 @@ async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(t
-        .app()
-        .backends
-        .ledger
-        .parked_before(time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(t.parked_now().await.is_empty());
     let audits = t
         .app()
         .backends

@@ -211,6 +211,16 @@ impl TestApp {
         assert!(drained.await.unwrap(), "queue never drained");
     }
 
+    /// What is parked now (at most 100).
+    pub async fn parked_now(&self) -> Vec<paynotify_shared::ports::ParkedEntry> {
+        self.app()
+            .backends
+            .ledger
+            .parked_before(time::OffsetDateTime::now_utc(), 100)
+            .await
+            .unwrap()
+    }
+
     pub async fn dlq_reasons(&self) -> Vec<String> {
         super::dlq_reasons(self.app().backends.dead_letters.as_ref()).await
     }
