@@ -110,16 +110,6 @@ impl Client {
     }
 }
 
-/// The archive's keys under `prefix`.
-async fn archived(t: &TestApp, prefix: &str) -> Vec<String> {
-    t.app()
-        .backends
-        .archive
-        .list(prefix, None, None)
-        .await
-        .unwrap()
-}
-
 /// The CLI as an operator: the app's configuration file, and the
 /// operator role's environment on AWS.
 struct Operator {
@@ -509,7 +499,7 @@ async fn dead_letters_read_and_redrive_with_an_operate_key_recorded(kind: Kind) 
         assert_eq!(status, 400, "{body}");
     }
     // Each action done is in the archive with the key that asked.
-    let audits = archived(&t, paynotify::api::AUDIT_PREFIX).await;
+    let audits = t.keys_under(paynotify::api::AUDIT_PREFIX).await;
     assert_eq!(audits.len(), 2, "{audits:?}");
     let mut actions = Vec::new();
     for key in &audits {
@@ -654,7 +644,7 @@ async fn a_failed_delivery_is_listed_and_resent_with_an_operate_key(kind: Kind) 
         assert!(Instant::now() < deadline, "never resent");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let audits = archived(&t, paynotify::api::AUDIT_PREFIX).await;
+    let audits = t.keys_under(paynotify::api::AUDIT_PREFIX).await;
     assert_eq!(
         audits.len(),
         1,
@@ -765,7 +755,7 @@ async fn a_parked_event_is_resolved_with_a_note_and_reconcile_counts_it(kind: Ki
         (paynotify::parked::PREFIX, 2),
         (paynotify::api::AUDIT_PREFIX, 1),
     ] {
-        let keys = archived(&t, prefix).await;
+        let keys = t.keys_under(prefix).await;
         assert_eq!(keys.len(), n, "{prefix}: {keys:?}");
     }
 }

@@ -191,13 +191,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         assert!(Instant::now() < deadline, "the resent event never arrived");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let audits = t
-        .app()
-        .backends
-        .archive
-        .list(paynotify::api::AUDIT_PREFIX, None, None)
-        .await
-        .unwrap();
+    let audits = t.keys_under(paynotify::api::AUDIT_PREFIX).await;
     let mut actions = Vec::new();
     for key in &audits {
         let record: Value =

@@ -211,13 +211,7 @@ async fn only_a_verified_load_balancer_sign_in_opens_the_console() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(t.parked_now().await.is_empty());
-    let audits = t
-        .app()
-        .backends
-        .archive
-        .list(paynotify::api::AUDIT_PREFIX, None, None)
-        .await
-        .unwrap();
+    let audits = t.keys_under(paynotify::api::AUDIT_PREFIX).await;
     assert_eq!(audits.len(), 1, "{audits:?}");
     let record: Value =
         serde_json::from_slice(&t.app().backends.archive.get(&audits[0]).await.unwrap()).unwrap();

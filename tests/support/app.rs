@@ -187,8 +187,13 @@ impl TestApp {
 
     /// Every key in the archive, sorted.
     pub async fn archive_keys(&self) -> Vec<String> {
+        self.keys_under("raw/").await
+    }
+
+    /// The archive's keys under `prefix` (e.g. the audit records'), sorted.
+    pub async fn keys_under(&self, prefix: &str) -> Vec<String> {
         let archive = self.app().backends.archive.as_ref();
-        archive.list("raw/", None, None).await.unwrap()
+        archive.list(prefix, None, None).await.unwrap()
     }
 
     /// Waits until the workers have retried at least `at_least` messages
