@@ -3,7 +3,7 @@
 //! and, when it does not verify now, the step that fails (card numbers
 //! masked).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use paynotify_shared::backend::Backends;
 use paynotify_shared::config::Config;
@@ -155,39 +155,76 @@ pub(crate) async fn verification(
     envelope: &Envelope,
     body: &[u8],
 ) -> anyhow::Result<Value> {
-    let Some(source) = config.sources.get(&envelope.source) else {
-        return Ok(json!({ "valid": false, "error": "unknown_source",
-            "message": format!("source {:?} is not configured", envelope.source) }));
-    };
-    let verifier =
-        SourceVerifier::load(&envelope.source, source, backends.secrets.as_deref()).await?;
-    let inbound = Inbound {
-        body,
-        headers: &envelope.headers,
-        received_at: envelope.received_at,
-    };
-    Ok(match verifier.verify(&envelope.source, &inbound) {
-        Ok(Verified::Event(event)) => json!({ "valid": true, "event": event }),
-        Ok(Verified::Ignored(what)) => json!({ "valid": true, "event": null, "ignored": what }),
-        Ok(Verified::Items(n)) => {
-            let items: Vec<Value> = (0..n)
-                .map(
-                    |i| match verifier.verify_item(&envelope.source, &inbound, i) {
-                        Ok(v) => json!({ "item": i, "valid": true, "verified": format!("{v:?}") }),
-                        Err(e) => json!({ "item": i, "valid": false, "error": e.name(),
-                                      "step": e.step(), "message": e.to_string() }),
-                    },
-                )
-                .collect();
-            let valid = items.iter().all(|i| i["valid"] == true);
-            json!({ "valid": valid, "event": null, "items": items,
-                    "explain": verifier.explain(&inbound) })
+    Verifiers::new(config, backends)
+        .verification(envelope, body)
+        .await
+}
+
+/// The configured sources' verifiers, each loaded (its certificates and
+/// keys read) once, when a notification of its source is first verified:
+/// for verifying several notifications in one answer.
+pub(crate) struct Verifiers<'a> {
+    config: &'a Config,
+    backends: &'a Backends,
+    loaded: HashMap<String, SourceVerifier>,
+}
+
+impl<'a> Verifiers<'a> {
+    pub(crate) fn new(config: &'a Config, backends: &'a Backends) -> Self {
+        Self {
+            config,
+            backends,
+            loaded: HashMap::new(),
         }
-        Err(e) => json!({
-            "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
-            "explain": verifier.explain(&inbound),
-        }),
-    })
+    }
+
+    /// As [`verification`], with this set's verifiers.
+    pub(crate) async fn verification(
+        &mut self,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> anyhow::Result<Value> {
+        let Some(source) = self.config.sources.get(&envelope.source) else {
+            return Ok(json!({ "valid": false, "error": "unknown_source",
+                "message": format!("source {:?} is not configured", envelope.source) }));
+        };
+        if !self.loaded.contains_key(&envelope.source) {
+            let verifier =
+                SourceVerifier::load(&envelope.source, source, self.backends.secrets.as_deref())
+                    .await?;
+            self.loaded.insert(envelope.source.clone(), verifier);
+        }
+        let verifier = &self.loaded[&envelope.source];
+        let inbound = Inbound {
+            body,
+            headers: &envelope.headers,
+            received_at: envelope.received_at,
+        };
+        Ok(match verifier.verify(&envelope.source, &inbound) {
+            Ok(Verified::Event(event)) => json!({ "valid": true, "event": event }),
+            Ok(Verified::Ignored(what)) => json!({ "valid": true, "event": null, "ignored": what }),
+            Ok(Verified::Items(n)) => {
+                let items: Vec<Value> = (0..n)
+                    .map(
+                        |i| match verifier.verify_item(&envelope.source, &inbound, i) {
+                            Ok(v) => {
+                                json!({ "item": i, "valid": true, "verified": format!("{v:?}") })
+                            }
+                            Err(e) => json!({ "item": i, "valid": false, "error": e.name(),
+                                          "step": e.step(), "message": e.to_string() }),
+                        },
+                    )
+                    .collect();
+                let valid = items.iter().all(|i| i["valid"] == true);
+                json!({ "valid": valid, "event": null, "items": items,
+                        "explain": verifier.explain(&inbound) })
+            }
+            Err(e) => json!({
+                "valid": false, "error": e.name(), "step": e.step(), "message": e.to_string(),
+                "explain": verifier.explain(&inbound),
+            }),
+        })
+    }
 }
 
 /// Counts dead letters by reason, of those `reason` selects.

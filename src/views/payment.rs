@@ -71,13 +71,14 @@ impl Found {
             .map(|e| e.notification_id.as_str())
             .chain(self.parked.iter().map(|p| p.notification_id.as_str()))
             .collect();
+        let mut verifiers = super::dead_letters::Verifiers::new(config, backends);
         let mut seen = std::collections::HashMap::new();
         for id in ids {
             if seen.contains_key(id) {
                 continue;
             }
             let value = if seen.len() < MAX_EXPANDED {
-                expanded(config, backends, id).await?
+                expanded(backends, &mut verifiers, id).await?
             } else {
                 (Value::Null, Value::Null)
             };
@@ -101,15 +102,15 @@ impl Found {
 /// Where notification `id` is archived and its verdict now; nulls when it
 /// is not among the received notifications.
 async fn expanded(
-    config: &paynotify_shared::config::Config,
     backends: &Backends,
+    verifiers: &mut super::dead_letters::Verifiers<'_>,
     id: &str,
 ) -> anyhow::Result<(Value, Value)> {
     let Some((location, envelope)) = super::notification::find(backends, id).await? else {
         return Ok((Value::Null, Value::Null));
     };
     let body = envelope.body_bytes().unwrap_or_default();
-    let full = super::dead_letters::verification(config, backends, &envelope, &body).await?;
+    let full = verifiers.verification(&envelope, &body).await?;
     let mut verdict = json!({ "valid": full["valid"] });
     for k in ["error", "step", "message", "ignored"] {
         if !full[k].is_null() {
